@@ -1,0 +1,39 @@
+#ifndef MAL_CLIENT_ARGS_H_
+#define MAL_CLIENT_ARGS_H_
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace mal::cli {
+
+// Parsed command-line options of one malctl command: `--name value`, `--name=value`, `-o value`,
+// boolean `--flag`, and positionals. Unknown options are errors that name them.
+class Args {
+ public:
+  // `valued` and `flags` list the accepted long names (without dashes); `aliases` maps short
+  // names ("o") to long ones ("output").
+  static absl::StatusOr<Args> Parse(const std::vector<std::string>& argv,
+                                    const std::set<std::string>& valued,
+                                    const std::set<std::string>& flags,
+                                    const std::map<std::string, std::string>& aliases = {});
+
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  std::string Get(const std::string& name, const std::string& fallback = "") const;
+  absl::StatusOr<long> GetInt(const std::string& name, long fallback) const;
+  absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
+  bool Flag(const std::string& name) const { return flags_.count(name) > 0; }
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::set<std::string> flags_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace mal::cli
+
+#endif  // MAL_CLIENT_ARGS_H_

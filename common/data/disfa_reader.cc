@@ -1,0 +1,139 @@
+// DISFA: ActionUnit_Labels/SN0xx/SN0xx_au<k>.txt (lines "frame,intensity", frames 1-based),
+// images <images>/SN0xx/<frame-1>.png|jpg (0-based). Active when intensity >= 2.
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/data/reader.h"
+#include "common/data/reader_util.h"
+#include "common/util/csv.h"
+#include "common/util/status_macros.h"
+
+namespace mal::data {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kActiveIntensity = 2;
+
+// Frame (1-based) -> intensity for one AU file; malformed lines are skipped or fail (strict).
+absl::StatusOr<std::map<long, int>> ReadIntensities(const std::string& path, LoadReport& report,
+                                                    size_t* line_count) {
+  ASSIGN_OR_RETURN(TextLines lines, ReadLines(path));
+  std::map<long, int> out;
+  *line_count = 0;
+  for (size_t i = 0; i < lines.lines.size(); ++i) {
+    if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
+    ++*line_count;
+    auto fields = SplitCsvLine(lines.lines[i]);
+    absl::Status bad;
+    if (!fields.ok()) {
+      bad = fields.status();
+    } else if (fields->size() != 2) {
+      bad = absl::InvalidArgumentError(
+          absl::StrCat(fields->size(), " fields, expected frame,intensity"));
+    } else {
+      auto frame = ParseInt((*fields)[0], "frame");
+      auto intensity = ParseInt((*fields)[1], "intensity");
+      if (!frame.ok()) {
+        bad = frame.status();
+      } else if (!intensity.ok()) {
+        bad = intensity.status();
+      } else if (*frame < 1) {
+        bad = absl::InvalidArgumentError(absl::StrCat("frame ", *frame, " (frames are 1-based)"));
+      } else if (*intensity < 0 || *intensity > 5) {
+        bad = absl::InvalidArgumentError(absl::StrCat("intensity ", *intensity, " not in 0..5"));
+      } else {
+        out[*frame] = static_cast<int>(*intensity);
+      }
+    }
+    if (!bad.ok()) {
+      RETURN_IF_ERROR(
+          report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ", bad.message())));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
+  DatasetIndex index;
+  index.format = "disfa";
+  index.root = options.root;
+  index.aus = options.aus.empty() ? DefaultAus("disfa") : options.aus;
+  index.report = LoadReport(options.strict);
+  LoadReport& report = index.report;
+  const std::string label_dir = (fs::path(options.root) / "ActionUnit_Labels").string();
+  RETURN_IF_ERROR(RequireDirectory(label_dir, "DISFA layout ActionUnit_Labels/SN0xx/SN0xx_au<k>.txt"));
+  const std::string image_root = options.images.empty() ? options.root : options.images;
+
+  for (const std::string& subject : ListDirectory(label_dir, /*directories=*/true)) {
+    const fs::path subject_dir = fs::path(label_dir) / subject;
+    std::vector<std::map<long, int>> per_au;
+    std::vector<std::string> counts;
+    std::set<size_t> line_counts;
+    std::set<long> frames;
+    for (int au : index.aus) {
+      const std::string path = (subject_dir / absl::StrCat(subject, "_au", au, ".txt")).string();
+      std::error_code ec;
+      if (!fs::is_regular_file(path, ec)) {
+        RETURN_IF_ERROR(report.Skip("missing_label_file",
+                                    absl::StrCat(path, ": no such file; AU", au, " masked for ",
+                                                 subject)));
+        per_au.emplace_back();
+        continue;
+      }
+      size_t n = 0;
+      ASSIGN_OR_RETURN(auto intensities, ReadIntensities(path, report, &n));
+      line_counts.insert(n);
+      counts.push_back(absl::StrCat("au", au, "=", n));
+      for (const auto& [f, v] : intensities) frames.insert(f);
+      per_au.push_back(std::move(intensities));
+    }
+    if (line_counts.size() > 1) {
+      RETURN_IF_ERROR(report.Skip(
+          "line_count_mismatch",
+          absl::StrCat(subject_dir.string(), ": AU files differ in line count (",
+                       absl::StrJoin(counts, " "), "); subject skipped"),
+          1));
+      continue;
+    }
+    const std::string image_dir = (fs::path(image_root) / subject).string();
+    FrameDirectory images(image_dir);
+    int64_t kept = 0;
+    for (long frame : frames) {
+      Sample s;
+      s.id = absl::StrCat(subject, "/", frame - 1);
+      s.subject = subject;
+      for (const auto& m : per_au) {
+        auto it = m.find(frame);
+        s.au.push_back(it == m.end() ? kAuUnknown
+                                     : (it->second >= kActiveIntensity ? kAuPresent : kAuAbsent));
+      }
+      ASSIGN_OR_RETURN(bool keep, KeepAuSample(s, options, report));
+      if (!keep) continue;
+      const std::string* image = images.Find(frame - 1);
+      ASSIGN_OR_RETURN(bool found,
+                       CheckImage(image ? *image : "",
+                                  absl::StrCat(subject, " label frame ", frame, " -> image ",
+                                               frame - 1, " in ", image_dir),
+                                  options, report));
+      if (!found) continue;
+      s.image = *image;
+      index.samples.push_back(std::move(s));
+      ++kept;
+    }
+    if (kept == 0) {
+      RETURN_IF_ERROR(report.Skip("empty_subject", absl::StrCat(subject, ": no usable frame")));
+    }
+  }
+  return index;
+}
+
+}  // namespace mal::data

@@ -1,0 +1,61 @@
+#ifndef MAL_COMMON_DATA_READER_UTIL_H_
+#define MAL_COMMON_DATA_READER_UTIL_H_
+
+// Helpers shared by the dataset readers (internal to common/data).
+
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/data/reader.h"
+#include "common/data/sample.h"
+
+namespace mal::data {
+
+// The images of one directory keyed by frame number, whatever their zero padding or extension
+// (0732.jpg and 732.png both answer frame 732). One directory listing instead of a stat per frame.
+class FrameDirectory {
+ public:
+  explicit FrameDirectory(const std::string& dir);
+  bool exists() const { return exists_; }
+  // The image path of `frame`, or nullptr.
+  const std::string* Find(long frame) const;
+
+ private:
+  bool exists_ = false;
+  std::unordered_map<long, std::string> frames_;
+};
+
+// True for the image extensions we read (jpg, jpeg, png, bmp), case-insensitive.
+bool IsImageFile(absl::string_view name);
+
+// An AU cell: 0 absent, 1 present; 9, empty or -1 unknown. Anything else is an error.
+absl::StatusOr<int8_t> ParseAuCell(absl::string_view cell);
+
+// Parses an AU column name: "12", "AU12", "AU_12", "au12_c". Returns -1 if it is not one.
+int ParseAuColumn(absl::string_view name);
+
+// Applies the unknown-label policy to a filled-in sample. Returns false (after recording the
+// skip) when the sample must be dropped; a strict report turns the skip into the returned error.
+absl::StatusOr<bool> KeepAuSample(const Sample& sample, const ReaderOptions& options,
+                                  LoadReport& report);
+
+// Checks that the image exists (and decodes, with verify_images); records a skip otherwise.
+absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
+                                const ReaderOptions& options, LoadReport& report);
+
+// Fails with NotFound naming `path` and what was expected there when it is not a directory.
+absl::Status RequireDirectory(const std::string& path, absl::string_view expected);
+
+// Sorted names of the entries of a directory (files or directories).
+std::vector<std::string> ListDirectory(const std::string& dir, bool directories);
+
+// Counts per requested AU how many files lacked its column, as a note.
+void NoteMissingAuColumns(const std::map<int, std::vector<std::string>>& missing, LoadReport& report);
+
+}  // namespace mal::data
+
+#endif  // MAL_COMMON_DATA_READER_UTIL_H_

@@ -1,0 +1,486 @@
+#include "common/spec/spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <vector>
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/reflection.h>
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/util/files.h"
+#include "common/util/status_macros.h"
+
+namespace mal {
+
+namespace pb = google::protobuf;
+
+namespace {
+
+std::string Join(absl::string_view path, absl::string_view key) {
+  return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
+}
+
+// "where" for YAML errors: "exp.yaml:12:3".
+std::string Where(absl::string_view source, const YAML::Node& node) {
+  const YAML::Mark m = node.Mark();
+  if (m.line < 0) return std::string(source);
+  return absl::StrCat(source, ":", m.line + 1, ":", m.column + 1);
+}
+
+absl::Status FieldError(absl::string_view path, absl::string_view reason) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", reason));
+}
+
+// Sets one (non-repeated) or adds one (repeated) scalar value from text.
+absl::Status SetScalar(pb::Message& msg, const pb::FieldDescriptor* f, absl::string_view text,
+                       absl::string_view path) {
+  const pb::Reflection* r = msg.GetReflection();
+  const bool rep = f->is_repeated();
+  const std::string t(absl::StripAsciiWhitespace(text));
+  switch (f->cpp_type()) {
+    case pb::FieldDescriptor::CPPTYPE_INT32: {
+      int32_t v;
+      if (!absl::SimpleAtoi(t, &v)) return FieldError(path, absl::StrCat("'", t, "' is not an integer"));
+      rep ? r->AddInt32(&msg, f, v) : r->SetInt32(&msg, f, v);
+      return absl::OkStatus();
+    }
+    case pb::FieldDescriptor::CPPTYPE_INT64: {
+      int64_t v;
+      if (!absl::SimpleAtoi(t, &v)) return FieldError(path, absl::StrCat("'", t, "' is not an integer"));
+      rep ? r->AddInt64(&msg, f, v) : r->SetInt64(&msg, f, v);
+      return absl::OkStatus();
+    }
+    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+    case pb::FieldDescriptor::CPPTYPE_FLOAT: {
+      double v;
+      if (!absl::SimpleAtod(t, &v) || !std::isfinite(v)) {
+        return FieldError(path, absl::StrCat("'", t, "' is not a finite number"));
+      }
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE) {
+        rep ? r->AddDouble(&msg, f, v) : r->SetDouble(&msg, f, v);
+      } else {
+        rep ? r->AddFloat(&msg, f, static_cast<float>(v)) : r->SetFloat(&msg, f, static_cast<float>(v));
+      }
+      return absl::OkStatus();
+    }
+    case pb::FieldDescriptor::CPPTYPE_BOOL: {
+      bool v;
+      const std::string lower = absl::AsciiStrToLower(t);
+      if (lower == "true" || lower == "yes" || lower == "on" || lower == "1") {
+        v = true;
+      } else if (lower == "false" || lower == "no" || lower == "off" || lower == "0") {
+        v = false;
+      } else {
+        return FieldError(path, absl::StrCat("'", t, "' is not true or false"));
+      }
+      rep ? r->AddBool(&msg, f, v) : r->SetBool(&msg, f, v);
+      return absl::OkStatus();
+    }
+    case pb::FieldDescriptor::CPPTYPE_STRING:
+      rep ? r->AddString(&msg, f, t) : r->SetString(&msg, f, t);
+      return absl::OkStatus();
+    case pb::FieldDescriptor::CPPTYPE_ENUM: {
+      const pb::EnumDescriptor* e = f->enum_type();
+      std::vector<std::string> names;
+      for (int i = 0; i < e->value_count(); ++i) {
+        const pb::EnumValueDescriptor* v = e->value(i);
+        if (v->number() == 0) continue;  // *_UNSPECIFIED is not a user choice
+        names.push_back(absl::AsciiStrToLower(v->name()));
+        if (absl::EqualsIgnoreCase(v->name(), t)) {
+          rep ? r->AddEnumValue(&msg, f, v->number()) : r->SetEnumValue(&msg, f, v->number());
+          return absl::OkStatus();
+        }
+      }
+      return FieldError(path, absl::StrCat("'", t, "' is not one of ", absl::StrJoin(names, ", ")));
+    }
+    case pb::FieldDescriptor::CPPTYPE_UINT32:
+    case pb::FieldDescriptor::CPPTYPE_UINT64:
+    case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+      break;  // the spec has no unsigned fields
+  }
+  return FieldError(path, "expected a mapping, got a scalar");
+}
+
+absl::Status YamlToMessage(const YAML::Node& node, pb::Message& msg, absl::string_view path,
+                           absl::string_view source);
+
+absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::FieldDescriptor* f,
+                         absl::string_view path, absl::string_view source) {
+  const pb::Reflection* r = msg.GetReflection();
+  if (value.IsNull()) return absl::OkStatus();  // `key:` with nothing: leave the default
+  if (f->is_map()) {
+    if (!value.IsMap()) return FieldError(path, absl::StrCat("expected a mapping (", Where(source, value), ")"));
+    const pb::FieldDescriptor* key_f = f->message_type()->map_key();
+    const pb::FieldDescriptor* val_f = f->message_type()->map_value();
+    for (const auto& kv : value) {
+      const std::string key = kv.first.as<std::string>();
+      pb::Message* entry = r->AddMessage(&msg, f);
+      entry->GetReflection()->SetString(entry, key_f, key);
+      const std::string sub = Join(path, key);
+      if (val_f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+        RETURN_IF_ERROR(YamlToMessage(kv.second, *entry->GetReflection()->MutableMessage(entry, val_f),
+                                      sub, source));
+      } else {
+        RETURN_IF_ERROR(YamlToField(kv.second, *entry, val_f, sub, source));
+      }
+    }
+    return absl::OkStatus();
+  }
+  if (f->is_repeated()) {
+    std::vector<YAML::Node> items;
+    if (value.IsSequence()) {
+      for (const auto& item : value) items.push_back(item);
+    } else if (value.IsScalar()) {
+      items.push_back(value);  // `aus: 12` is a list of one
+    } else {
+      return FieldError(path, absl::StrCat("expected a list (", Where(source, value), ")"));
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+      const std::string sub = absl::StrCat(path, "[", i, "]");
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+        RETURN_IF_ERROR(YamlToMessage(items[i], *r->AddMessage(&msg, f), sub, source));
+      } else if (!items[i].IsScalar()) {
+        return FieldError(sub, absl::StrCat("expected a scalar (", Where(source, items[i]), ")"));
+      } else {
+        RETURN_IF_ERROR(SetScalar(msg, f, items[i].Scalar(), sub));
+      }
+    }
+    return absl::OkStatus();
+  }
+  if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+    return YamlToMessage(value, *r->MutableMessage(&msg, f), path, source);
+  }
+  if (!value.IsScalar()) {
+    return FieldError(path, absl::StrCat("expected a scalar (", Where(source, value), ")"));
+  }
+  absl::Status s = SetScalar(msg, f, value.Scalar(), path);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(s.message(), " (", Where(source, value), ")"));
+  return s;
+}
+
+absl::Status YamlToMessage(const YAML::Node& node, pb::Message& msg, absl::string_view path,
+                           absl::string_view source) {
+  if (node.IsNull()) return absl::OkStatus();
+  if (!node.IsMap()) {
+    return FieldError(path.empty() ? "spec" : path,
+                      absl::StrCat("expected a mapping (", Where(source, node), ")"));
+  }
+  const pb::Descriptor* d = msg.GetDescriptor();
+  std::set<std::string> seen;
+  for (const auto& kv : node) {
+    const std::string key = kv.first.as<std::string>();
+    const std::string sub = Join(path, key);
+    const pb::FieldDescriptor* f = d->FindFieldByName(key);
+    if (f == nullptr) {
+      std::vector<std::string> known;
+      for (int i = 0; i < d->field_count(); ++i) known.push_back(d->field(i)->name());
+      return FieldError(sub, absl::StrCat("unknown field (", Where(source, kv.first),
+                                          "); known: ", absl::StrJoin(known, ", ")));
+    }
+    if (!seen.insert(key).second) {
+      return FieldError(sub, absl::StrCat("given twice (", Where(source, kv.first), ")"));
+    }
+    RETURN_IF_ERROR(YamlToField(kv.second, msg, f, sub, source));
+  }
+  return absl::OkStatus();
+}
+
+// --- validation helpers ---
+
+bool OneOf(const std::string& v, std::initializer_list<const char*> options) {
+  for (const char* o : options)
+    if (v == o) return true;
+  return false;
+}
+
+std::string List(std::initializer_list<const char*> options) {
+  return absl::StrJoin(options, ", ");
+}
+
+#define MAL_CHECK_FIELD(cond, path, reason) \
+  do {                                      \
+    if (!(cond)) return FieldError(path, reason); \
+  } while (0)
+
+absl::Status ValidateDataset(const v1::DatasetSpec& d, const std::string& path, bool au) {
+  const std::initializer_list<const char*> au_formats = {"bp4d", "disfa", "gft", "csv", "synthface"};
+  const std::initializer_list<const char*> fe_formats = {"rafdb", "affectnet", "csv", "synthface"};
+  MAL_CHECK_FIELD(!d.format().empty(), path + ".format", "required");
+  MAL_CHECK_FIELD(OneOf(d.format(), au ? au_formats : fe_formats), path + ".format",
+                  absl::StrCat("'", d.format(), "' is not one of ", au ? List(au_formats) : List(fe_formats)));
+  MAL_CHECK_FIELD(!d.root().empty(), path + ".root", "required");
+  MAL_CHECK_FIELD(OneOf(d.split(), {"", "train", "test", "all"}), path + ".split",
+                  "must be train, test or all");
+  MAL_CHECK_FIELD(OneOf(d.unknown_au(), {"", "mask", "drop"}), path + ".unknown_au",
+                  "must be mask or drop");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& key,
+                            const v1::ParamDomain& d, const std::string& algorithm) {
+  const std::string path = absl::StrCat("search.space.", key);
+  auto field = ResolveFieldPath(spec, key);
+  if (!field.ok()) return FieldError(path, field.status().message());
+  const pb::FieldDescriptor* f = *field;
+  MAL_CHECK_FIELD(!f->is_repeated() && f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE, path,
+                  "only single scalar fields can be searched");
+  const int set = (d.uniform_size() > 0) + (d.log_uniform_size() > 0) + (d.int_uniform_size() > 0) +
+                  (d.choice_size() > 0);
+  MAL_CHECK_FIELD(set == 1, path, "give exactly one of uniform, log_uniform, int_uniform, choice");
+  const bool numeric = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE ||
+                       f->cpp_type() == pb::FieldDescriptor::CPPTYPE_FLOAT;
+  const bool integral = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_INT32 ||
+                        f->cpp_type() == pb::FieldDescriptor::CPPTYPE_INT64;
+  if (d.uniform_size() > 0) {
+    MAL_CHECK_FIELD(numeric, path, "uniform needs a floating-point field");
+    MAL_CHECK_FIELD(d.uniform_size() == 2 && d.uniform(0) < d.uniform(1), path,
+                    "uniform needs [low, high] with low < high");
+  }
+  if (d.log_uniform_size() > 0) {
+    MAL_CHECK_FIELD(numeric, path, "log_uniform needs a floating-point field");
+    MAL_CHECK_FIELD(d.log_uniform_size() == 2 && d.log_uniform(0) > 0 &&
+                        d.log_uniform(0) < d.log_uniform(1),
+                    path, "log_uniform needs 0 < low < high");
+  }
+  if (d.int_uniform_size() > 0) {
+    MAL_CHECK_FIELD(integral, path, "int_uniform needs an integer field");
+    MAL_CHECK_FIELD(d.int_uniform_size() == 2 && d.int_uniform(0) <= d.int_uniform(1), path,
+                    "int_uniform needs [low, high] with low <= high");
+  }
+  for (int i = 0; i < d.choice_size(); ++i) {
+    v1::ExperimentSpec probe = spec;
+    absl::Status s = SetFieldByPath(probe, key, d.choice(i));
+    if (!s.ok()) return FieldError(absl::StrCat(path, ".choice[", i, "]"), s.message());
+  }
+  if (algorithm == "grid") {
+    MAL_CHECK_FIELD(d.choice_size() > 0 || d.int_uniform_size() > 0, path,
+                    "grid search needs choice or int_uniform (a finite set)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+  }
+  v1::ExperimentSpec spec;
+  try {
+    RETURN_IF_ERROR(YamlToMessage(root, spec, "", source));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
+  return spec;
+}
+
+absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ASSIGN_OR_RETURN(v1::ExperimentSpec spec, ParseSpecYaml(text, path));
+  ApplyDefaults(spec);
+  absl::Status s = ValidateSpec(spec);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+  return spec;
+}
+
+void ApplyDefaults(v1::ExperimentSpec& spec) {
+  if (spec.method() == v1::METHOD_UNSPECIFIED) spec.set_method(v1::MAL);
+  if (!spec.has_seed()) spec.set_seed(1);
+  if (!spec.has_max_restarts()) spec.set_max_restarts(3);
+  if (!spec.has_priority()) spec.set_priority(0);
+
+  v1::CvSpec& cv = *spec.mutable_cv();
+  if (cv.protocol().empty() && cv.has_folds()) cv.set_protocol("kfold");
+  if (!cv.has_folds()) cv.set_folds(3);
+  if (!cv.has_seed()) cv.set_seed(spec.seed());
+
+  v1::ModelSpec& m = *spec.mutable_model();
+  if (m.backbone().empty()) m.set_backbone("resnet34");
+  if (!m.has_input()) m.set_input(m.backbone() == "small_cnn" ? 96 : 224);
+  if (!m.has_resize()) m.set_resize(m.input() * 8 / 7);  // 224 -> 256, as the paper
+
+  v1::TrainSpec& t = *spec.mutable_train();
+  if (!t.has_epochs()) t.set_epochs(30);
+  if (!t.has_batch_au()) t.set_batch_au(64);
+  if (!t.has_batch_fe()) t.set_batch_fe(64);
+  if (!t.has_lr()) t.set_lr(1e-3);
+  if (!t.has_momentum()) t.set_momentum(0.9);
+  if (!t.has_weight_decay()) t.set_weight_decay(5e-4);
+  if (t.schedule().empty()) t.set_schedule("constant");
+  if (!t.has_step_epochs()) t.set_step_epochs(10);
+  if (!t.has_step_gamma()) t.set_step_gamma(0.1);
+  if (!t.has_fe_lambda()) t.set_fe_lambda(1.0);
+  if (!t.has_hflip()) t.set_hflip(true);
+  if (!t.has_threads()) t.set_threads(0);
+  if (!t.has_data_threads()) t.set_data_threads(2);
+  if (t.device().empty()) t.set_device("cpu");
+  if (!t.has_checkpoint_every()) t.set_checkpoint_every(500);
+  if (!t.has_log_every()) t.set_log_every(50);
+  if (!t.has_max_iterations()) t.set_max_iterations(0);
+
+  v1::MalSpec& mal = *spec.mutable_mal();
+  if (mal.mode().empty()) mal.set_mode("exact");
+  if (!mal.has_meta_lr()) mal.set_meta_lr(1e-3);
+  if (mal.meta_optimizer().empty()) mal.set_meta_optimizer("adam");
+  if (!mal.has_meta_interval()) mal.set_meta_interval(1);
+  if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
+  if (!mal.has_val_batch()) mal.set_val_batch(256);
+  if (!mal.has_fd_epsilon()) mal.set_fd_epsilon(1e-2);
+  if (!mal.has_joint_forward()) mal.set_joint_forward(false);
+
+  v1::SearchSpec& s = *spec.mutable_search();
+  if (s.algorithm().empty()) s.set_algorithm("random");
+  if (!s.has_trials()) s.set_trials(1);
+  if (!s.has_concurrent()) s.set_concurrent(1);
+  if (s.metric().empty()) s.set_metric("mean_f1");
+}
+
+absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
+  MAL_CHECK_FIELD(!spec.name().empty(), "name", "required");
+  for (char c : spec.name()) {
+    MAL_CHECK_FIELD(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.', "name",
+                    "use letters, digits, '-', '_' and '.' only");
+  }
+  MAL_CHECK_FIELD(spec.has_data() && spec.data().has_au(), "data.au", "required");
+  RETURN_IF_ERROR(ValidateDataset(spec.data().au(), "data.au", /*au=*/true));
+  if (spec.method() != v1::STL) {
+    MAL_CHECK_FIELD(spec.data().has_fe(), "data.fe",
+                    "required for method mtl and mal (the auxiliary expression data)");
+  }
+  if (spec.data().has_fe()) RETURN_IF_ERROR(ValidateDataset(spec.data().fe(), "data.fe", false));
+  std::set<int> aus;
+  for (int i = 0; i < spec.data().aus_size(); ++i) {
+    const int au = spec.data().aus(i);
+    const std::string path = absl::StrCat("data.aus[", i, "]");
+    MAL_CHECK_FIELD(au >= 1 && au <= 99, path, absl::StrCat(au, " is not an AU number 1..99"));
+    MAL_CHECK_FIELD(aus.insert(au).second, path, absl::StrCat("AU", au, " listed twice"));
+  }
+
+  const v1::CvSpec& cv = spec.cv();
+  MAL_CHECK_FIELD(OneOf(cv.protocol(), {"", "standard", "official", "kfold"}), "cv.protocol",
+                  absl::StrCat("'", cv.protocol(), "' is not one of standard, official, kfold"));
+  MAL_CHECK_FIELD(cv.folds() >= 2, "cv.folds", "needs at least 2 folds");
+  const int n_folds = cv.protocol() == "kfold" ? cv.folds() : (cv.protocol() == "official" ? 1 : 3);
+  for (int i = 0; i < cv.only_size(); ++i) {
+    MAL_CHECK_FIELD(cv.only(i) >= 1 && cv.only(i) <= n_folds, absl::StrCat("cv.only[", i, "]"),
+                    absl::StrCat("fold ", cv.only(i), " is not in 1..", n_folds));
+  }
+
+  const v1::ModelSpec& m = spec.model();
+  MAL_CHECK_FIELD(OneOf(m.backbone(), {"small_cnn", "resnet18", "resnet34"}), "model.backbone",
+                  absl::StrCat("'", m.backbone(), "' is not one of small_cnn, resnet18, resnet34"));
+  MAL_CHECK_FIELD(m.input() >= 32 && m.input() <= 1024, "model.input", "must be in 32..1024");
+  MAL_CHECK_FIELD(m.resize() >= m.input() && m.resize() <= 2048, "model.resize",
+                  "must be at least model.input and at most 2048");
+
+  const v1::TrainSpec& t = spec.train();
+  MAL_CHECK_FIELD(t.epochs() >= 1, "train.epochs", "must be at least 1");
+  MAL_CHECK_FIELD(t.batch_au() >= 1, "train.batch_au", "must be at least 1");
+  MAL_CHECK_FIELD(t.batch_fe() >= 1, "train.batch_fe", "must be at least 1");
+  MAL_CHECK_FIELD(t.lr() > 0, "train.lr", "must be > 0");
+  MAL_CHECK_FIELD(t.momentum() >= 0 && t.momentum() < 1, "train.momentum", "must be in [0, 1)");
+  MAL_CHECK_FIELD(t.weight_decay() >= 0, "train.weight_decay", "must be >= 0");
+  MAL_CHECK_FIELD(OneOf(t.schedule(), {"constant", "step", "cosine"}), "train.schedule",
+                  "must be constant, step or cosine");
+  MAL_CHECK_FIELD(t.step_epochs() >= 1, "train.step_epochs", "must be at least 1");
+  MAL_CHECK_FIELD(t.step_gamma() > 0 && t.step_gamma() <= 1, "train.step_gamma", "must be in (0, 1]");
+  MAL_CHECK_FIELD(t.fe_lambda() >= 0, "train.fe_lambda", "must be >= 0");
+  MAL_CHECK_FIELD(t.threads() >= 0, "train.threads", "must be >= 0 (0 = all cores)");
+  MAL_CHECK_FIELD(t.data_threads() >= 1, "train.data_threads", "must be at least 1");
+  long ordinal = 0;
+  MAL_CHECK_FIELD(t.device() == "cpu" || t.device() == "cuda" ||
+                      (absl::StartsWith(t.device(), "cuda:") &&
+                       absl::SimpleAtoi(t.device().substr(5), &ordinal) && ordinal >= 0),
+                  "train.device", absl::StrCat("'", t.device(), "' is not cpu, cuda or cuda:N"));
+  MAL_CHECK_FIELD(t.checkpoint_every() >= 1, "train.checkpoint_every", "must be at least 1");
+  MAL_CHECK_FIELD(t.log_every() >= 1, "train.log_every", "must be at least 1");
+  MAL_CHECK_FIELD(t.max_iterations() >= 0, "train.max_iterations", "must be >= 0");
+
+  const v1::MalSpec& mal = spec.mal();
+  MAL_CHECK_FIELD(OneOf(mal.mode(), {"exact", "finite_difference", "heads_only"}), "mal.mode",
+                  absl::StrCat("'", mal.mode(), "' is not one of exact, finite_difference, heads_only"));
+  MAL_CHECK_FIELD(mal.meta_lr() > 0, "mal.meta_lr", "must be > 0");
+  MAL_CHECK_FIELD(OneOf(mal.meta_optimizer(), {"adam", "sgd"}), "mal.meta_optimizer",
+                  "must be adam or sgd");
+  MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");
+  MAL_CHECK_FIELD(mal.val_fraction() > 0 && mal.val_fraction() <= 0.5, "mal.val_fraction",
+                  "must be in (0, 0.5]");
+  MAL_CHECK_FIELD(mal.val_batch() >= 1, "mal.val_batch", "must be at least 1");
+  MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");
+
+  const v1::SearchSpec& s = spec.search();
+  MAL_CHECK_FIELD(OneOf(s.algorithm(), {"grid", "random"}), "search.algorithm",
+                  "must be grid or random");
+  MAL_CHECK_FIELD(s.trials() >= 1, "search.trials", "must be at least 1");
+  MAL_CHECK_FIELD(s.concurrent() >= 1, "search.concurrent", "must be at least 1");
+  MAL_CHECK_FIELD(s.metric() == "mean_f1", "search.metric", "only mean_f1 is supported");
+  std::vector<std::string> keys;
+  for (const auto& [key, domain] : s.space()) keys.push_back(key);
+  std::sort(keys.begin(), keys.end());  // report the first problem deterministically
+  for (const std::string& key : keys) {
+    RETURN_IF_ERROR(ValidateDomain(spec, key, s.space().at(key), s.algorithm()));
+  }
+  MAL_CHECK_FIELD(spec.max_restarts() >= 0, "max_restarts", "must be >= 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const pb::FieldDescriptor*> ResolveFieldPath(const pb::Message& message,
+                                                            absl::string_view path) {
+  const pb::Descriptor* d = message.GetDescriptor();
+  const pb::FieldDescriptor* f = nullptr;
+  std::vector<std::string> parts = absl::StrSplit(path, '.');
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (d == nullptr) return absl::InvalidArgumentError(absl::StrCat("'", path, "' goes below a scalar"));
+    f = d->FindFieldByName(parts[i]);
+    if (f == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "' is not a spec field ('", parts[i], "' unknown)"));
+    }
+    d = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated() ? f->message_type()
+                                                                                   : nullptr;
+  }
+  return f;
+}
+
+absl::Status SetFieldByPath(pb::Message& message, absl::string_view path, absl::string_view value) {
+  std::vector<std::string> parts = absl::StrSplit(path, '.');
+  pb::Message* msg = &message;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts[i]);
+    if (f == nullptr || f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE || f->is_repeated()) {
+      return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a spec field"));
+    }
+    msg = msg->GetReflection()->MutableMessage(msg, f);
+  }
+  const pb::FieldDescriptor* f = msg->GetDescriptor()->FindFieldByName(parts.back());
+  if (f == nullptr || f->is_repeated() || f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a scalar spec field"));
+  }
+  return SetScalar(*msg, f, value, path);
+}
+
+std::string SpecToJson(const v1::ExperimentSpec& spec) {
+  std::string out;
+  pb::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  (void)pb::util::MessageToJsonString(spec, &out, options);
+  return out;
+}
+
+}  // namespace mal

@@ -1,0 +1,49 @@
+#ifndef MAL_COMMON_SPEC_SPEC_H_
+#define MAL_COMMON_SPEC_SPEC_H_
+
+// The experiment spec: YAML in, a validated mal.v1.ExperimentSpec out. Errors name the field path
+// and the reason ("search.space.train.lr: log_uniform needs 0 < low < high"), and YAML errors the
+// file, line and column.
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "mal/v1/spec.pb.h"
+
+namespace google::protobuf {
+class FieldDescriptor;
+class Message;
+}  // namespace google::protobuf
+
+namespace mal {
+
+// Parses YAML text onto the spec message, key for key; `source` names the text in errors.
+// Unknown keys and ill-typed values are errors. Does not apply defaults or validate.
+absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source);
+
+// Reads, parses, fills defaults, validates. Relative paths in the spec stay relative to the
+// current directory, as a user typing them expects.
+absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path);
+
+// Fills every unset field with its documented default (docs/spec.md).
+void ApplyDefaults(v1::ExperimentSpec& spec);
+
+// Checks a spec with defaults applied; the first problem comes back naming its field path.
+absl::Status ValidateSpec(const v1::ExperimentSpec& spec);
+
+// The field at a dotted path below `message`'s type ("train.lr"), or an error naming the path.
+absl::StatusOr<const google::protobuf::FieldDescriptor*> ResolveFieldPath(
+    const google::protobuf::Message& message, absl::string_view path);
+
+// Sets the scalar field at a dotted path from text ("1e-3", "adam", "true"), creating parents.
+absl::Status SetFieldByPath(google::protobuf::Message& message, absl::string_view path,
+                            absl::string_view value);
+
+// The spec as YAML-compatible text (protobuf text format is not YAML; this is JSON, which is).
+std::string SpecToJson(const v1::ExperimentSpec& spec);
+
+}  // namespace mal
+
+#endif  // MAL_COMMON_SPEC_SPEC_H_

@@ -1,0 +1,79 @@
+#include "common/util/csv.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/util/files.h"
+
+namespace mal {
+
+absl::StatusOr<std::vector<std::string>> SplitCsvLine(absl::string_view line, char sep) {
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  std::vector<std::string> fields;
+  std::string field;
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"') {
+        if (i + 1 < line.size() && line[i + 1] == '"') {
+          field.push_back('"');
+          ++i;
+        } else {
+          quoted = false;
+        }
+      } else {
+        field.push_back(c);
+      }
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == sep) {
+      fields.push_back(std::move(field));
+      field.clear();
+    } else {
+      field.push_back(c);
+    }
+  }
+  if (quoted) return absl::InvalidArgumentError("unterminated quoted field");
+  fields.push_back(std::move(field));
+  return fields;
+}
+
+std::string TextLines::Where(size_t index) const { return absl::StrCat(path, ":", index + 1); }
+
+absl::StatusOr<TextLines> ReadLines(const std::string& path) {
+  auto contents = ReadFile(path);
+  if (!contents.ok()) return contents.status();
+  TextLines out;
+  out.path = path;
+  out.lines = absl::StrSplit(*contents, '\n');
+  if (!out.lines.empty() && out.lines.back().empty()) out.lines.pop_back();
+  for (std::string& l : out.lines) {
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+  }
+  // A UTF-8 byte-order mark before the first line is not data.
+  if (!out.lines.empty() && absl::StartsWith(out.lines[0], "\xEF\xBB\xBF")) {
+    out.lines[0].erase(0, 3);
+  }
+  return out;
+}
+
+absl::StatusOr<long> ParseInt(absl::string_view text, absl::string_view what) {
+  long v;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": '", text, "' is not an integer"));
+  }
+  return v;
+}
+
+absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view what) {
+  double v;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(text), &v)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": '", text, "' is not a number"));
+  }
+  return v;
+}
+
+}  // namespace mal

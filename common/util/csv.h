@@ -1,0 +1,32 @@
+#ifndef MAL_COMMON_UTIL_CSV_H_
+#define MAL_COMMON_UTIL_CSV_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace mal {
+
+// Splits one CSV record on `sep`, honouring double quotes ("a,b" and "" escapes). Trailing CR
+// is stripped. Fails on an unterminated quote.
+absl::StatusOr<std::vector<std::string>> SplitCsvLine(absl::string_view line, char sep = ',');
+
+// A text file read line by line, keeping 1-based line numbers for error messages.
+struct TextLines {
+  std::string path;
+  std::vector<std::string> lines;  // without line terminators
+  // "path:line" for messages.
+  std::string Where(size_t index) const;
+};
+
+absl::StatusOr<TextLines> ReadLines(const std::string& path);
+
+// Parses an integer / float field; the error names `what`.
+absl::StatusOr<long> ParseInt(absl::string_view text, absl::string_view what);
+absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view what);
+
+}  // namespace mal
+
+#endif  // MAL_COMMON_UTIL_CSV_H_
