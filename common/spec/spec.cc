@@ -258,10 +258,26 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
     MAL_CHECK_FIELD(d.int_uniform_size() == 2 && d.int_uniform(0) <= d.int_uniform(1), path,
                     "int_uniform needs [low, high] with low <= high");
   }
+  // Every value the search can assign must make a valid spec: try the choices and the bounds.
+  std::vector<std::pair<std::string, std::string>> probes;  // (path, value)
   for (int i = 0; i < d.choice_size(); ++i) {
+    probes.emplace_back(absl::StrCat(path, ".choice[", i, "]"), d.choice(i));
+  }
+  for (int i = 0; i < d.uniform_size(); ++i) {
+    probes.emplace_back(absl::StrCat(path, ".uniform[", i, "]"), absl::StrCat(d.uniform(i)));
+  }
+  for (int i = 0; i < d.log_uniform_size(); ++i) {
+    probes.emplace_back(absl::StrCat(path, ".log_uniform[", i, "]"), absl::StrCat(d.log_uniform(i)));
+  }
+  for (int i = 0; i < d.int_uniform_size(); ++i) {
+    probes.emplace_back(absl::StrCat(path, ".int_uniform[", i, "]"), absl::StrCat(d.int_uniform(i)));
+  }
+  for (const auto& [probe_path, value] : probes) {
     v1::ExperimentSpec probe = spec;
-    absl::Status s = SetFieldByPath(probe, key, d.choice(i));
-    if (!s.ok()) return FieldError(absl::StrCat(path, ".choice[", i, "]"), s.message());
+    probe.mutable_search()->clear_space();
+    absl::Status s = SetFieldByPath(probe, key, value);
+    if (s.ok()) s = ValidateSpec(probe);
+    if (!s.ok()) return FieldError(probe_path, s.message());
   }
   if (algorithm == "grid") {
     MAL_CHECK_FIELD(d.choice_size() > 0 || d.int_uniform_size() > 0, path,

@@ -228,30 +228,32 @@ void DrawMouth(Canvas& c, const FaceState& s) {
   const double half_w = id.mouth_half_width * (1 + 0.25 * a12 - 0.08 * a14) * (1 - 0.15 * a24);
   const double corner_y = id.mouth_y - 0.03 * a12 + 0.03 * a15;
   const double thick = id.lip_thickness * (1 - 0.55 * a23) * (1 - 0.35 * a24);
-  const double gap = 0.022 * a25 + 0.045 * a26;
-  const double mid = id.mouth_y;
+  // Parted lips open both ways; a dropped jaw takes only the lower lip down.
+  const double upper_inner = id.mouth_y - 0.011 * a25;
+  const double lower_inner = id.mouth_y + 0.011 * a25 + 0.045 * a26;
+  const double gap = lower_inner - upper_inner;
   const cv::Point2d left(0.5 - half_w, corner_y), right(0.5 + half_w, corner_y);
-  const double top = mid - gap / 2 - thick * 1.1 - 0.02 * a10;
-  const double bottom = mid + gap / 2 + thick * 1.3 - 0.008 * a17;
+  const double top = upper_inner - thick * 1.1 - 0.02 * a10;
+  const double bottom = lower_inner + thick * 1.3 - 0.008 * a17;
 
   // Upper lip: outer outline with a cupid's bow, then the inner line back.
   std::vector<cv::Point2d> upper;
   Append(upper, Curve(left, {0.5 - 0.5 * half_w, top - 0.003}, {0.5, top + 0.004}, 8));
   Append(upper, Curve({0.5, top + 0.004}, {0.5 + 0.5 * half_w, top - 0.003}, right, 8));
-  Append(upper, Curve(right, {0.5, mid - gap / 2}, left));
+  Append(upper, Curve(right, {0.5, upper_inner}, left));
   c.Fill(upper, id.lips);
-  std::vector<cv::Point2d> lower = Curve(left, {0.5, mid + gap / 2}, right);
+  std::vector<cv::Point2d> lower = Curve(left, {0.5, lower_inner}, right);
   Append(lower, Curve(right, {0.5, bottom}, left));
   c.Fill(lower, id.lips * 1.08);
   if (gap > 0.003) {
-    std::vector<cv::Point2d> inside = Curve(left, {0.5, mid - gap / 2}, right);
-    Append(inside, Curve(right, {0.5, mid + gap / 2}, left));
+    std::vector<cv::Point2d> inside = Curve(left, {0.5, upper_inner}, right);
+    Append(inside, Curve(right, {0.5, lower_inner}, left));
     c.Fill(inside, cv::Scalar(40, 25, 45));
-    std::vector<cv::Point2d> teeth = Curve(left, {0.5, mid - gap / 2}, right);
-    Append(teeth, Curve(right, {0.5, mid - gap / 2 + std::min(gap * 0.4, 0.012)}, left));
+    std::vector<cv::Point2d> teeth = Curve(left, {0.5, upper_inner}, right);
+    Append(teeth, Curve(right, {0.5, upper_inner + std::min(gap * 0.4, 0.012)}, left));
     c.Fill(teeth, cv::Scalar(225, 230, 232));
   } else {
-    c.Poly(Curve(left, {0.5, mid}, right), Darken(id.lips, 0.5), 0.005);
+    c.Poly(Curve(left, {0.5, upper_inner}, right), Darken(id.lips, 0.5), 0.005);
   }
   // AU23: tightened lips get a hard rolled edge.
   if (a23 > 0) {
@@ -399,7 +401,7 @@ cv::Rect AuRegion(int au, const Identity& id, int size) {
   const double mw = id.mouth_half_width * 1.25 + 0.05;
   double x0 = 0, y0 = 0, x1 = 1, y1 = 1;
   switch (au) {
-    case 1: x0 = 0.5 - id.eye_dx; x1 = 0.5 + id.eye_dx; y0 = brow - 0.11; y1 = brow + 0.03; break;
+    case 1:
     case 2: x0 = 0.5 - id.eye_dx - 0.55 * id.brow_length - 0.03;
             x1 = 0.5 + id.eye_dx + 0.55 * id.brow_length + 0.03; y0 = brow - 0.11; y1 = brow + 0.03; break;
     case 4: x0 = 0.5 - id.eye_dx - 0.55 * id.brow_length - 0.03;

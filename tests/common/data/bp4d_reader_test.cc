@@ -1,0 +1,124 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/data/reader.h"
+#include "tests/test_util.h"
+
+namespace mal::data {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A BP4D tree: columns deliberately out of numeric order (map by header name, never position),
+// one zero-padded image name and one not, an unknown (9) label, a malformed line, a missing image.
+class Bp4dReaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::WriteText(dir_ / "AUCoding/AU_OCC/F001_T1.csv",
+                       "0,2,1,4,40\n"
+                       "732,1,0,0,9\n"
+                       "733,0,1,9,9\n"
+                       "734,1,1\n"
+                       "735,0,0,0,9\n");
+    testing::WriteImage(dir_ / "F001/T1/0732.jpg");
+    testing::WriteImage(dir_ / "F001/T1/733.jpg");
+    testing::WriteText(dir_ / "AUCoding/AU_OCC/M001_T2.csv", "0,1,2,4\n10,1,1,1\n");
+    testing::WriteImage(dir_ / "M001/T2/10.png");
+  }
+  ReaderOptions Options() {
+    ReaderOptions o;
+    o.root = dir_.path();
+    o.aus = {1, 2, 4};
+    return o;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(Bp4dReaderTest, MapsColumnsByHeaderAndResolvesPaddedAndUnpaddedNames) {
+  auto index = LoadDataset("bp4d", Options(), DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 3u);
+  const Sample& a = index->samples[0];
+  EXPECT_EQ(a.id, "F001/T1/732");
+  EXPECT_EQ(a.subject, "F001");
+  EXPECT_THAT(a.au, ElementsAre(kAuAbsent, kAuPresent, kAuAbsent));  // AU1=0, AU2=1, AU4=0
+  EXPECT_THAT(a.image, HasSubstr("F001/T1/0732.jpg"));
+  const Sample& b = index->samples[1];
+  EXPECT_THAT(b.au, ElementsAre(kAuPresent, kAuAbsent, kAuUnknown));  // 9 is masked
+  EXPECT_THAT(b.image, HasSubstr("F001/T1/733.jpg"));
+  EXPECT_EQ(index->samples[2].subject, "M001");
+}
+
+TEST_F(Bp4dReaderTest, ReportsEverySkipWithFileAndLine) {
+  auto index = LoadDataset("bp4d", Options(), DataRole::kAu);
+  ASSERT_TRUE(index.ok());
+  const auto& skips = index->report.skips();
+  ASSERT_TRUE(skips.count("malformed_line"));
+  EXPECT_EQ(skips.at("malformed_line").count, 1);
+  EXPECT_THAT(skips.at("malformed_line").examples[0], HasSubstr("F001_T1.csv:4"));
+  ASSERT_TRUE(skips.count("missing_image"));
+  EXPECT_THAT(skips.at("missing_image").examples[0], HasSubstr("F001_T1.csv:5: frame 735"));
+  EXPECT_EQ(index->report.total(), 2);
+}
+
+TEST_F(Bp4dReaderTest, StrictFailsAtFirstProblem) {
+  ReaderOptions o = Options();
+  o.strict = true;
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(std::string(index.status().message()), HasSubstr("F001_T1.csv:4"));
+}
+
+TEST_F(Bp4dReaderTest, DropPolicyDropsFramesWithUnknownLabels) {
+  ReaderOptions o = Options();
+  o.drop_unknown_au = true;
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ(index->samples.size(), 2u);
+  EXPECT_EQ(index->report.skips().at("unknown_au_label").count, 1);
+}
+
+TEST_F(Bp4dReaderTest, MissingAuColumnIsMaskedAndNoted) {
+  ReaderOptions o = Options();
+  o.aus = {1, 12};
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ(index->samples[0].au[1], kAuUnknown);
+  ASSERT_FALSE(index->report.notes().empty());
+  EXPECT_THAT(index->report.notes()[0], HasSubstr("AU12 has no column"));
+}
+
+TEST_F(Bp4dReaderTest, UnreadableImageIsReportedWithVerify) {
+  testing::WriteText(dir_ / "M001/T2/10.png", "not an image");
+  ReaderOptions o = Options();
+  o.verify_images = true;
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ(index->report.skips().at("unreadable_image").count, 1);
+  // M001 now has no usable frame at all.
+  EXPECT_EQ(index->report.skips().at("empty_subject").count, 1);
+}
+
+TEST(Bp4dReaderErrorsTest, MissingLabelDirectoryNamesPath) {
+  testing::TempDir dir;
+  ReaderOptions o;
+  o.root = dir.path();
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(std::string(index.status().message()), HasSubstr("AUCoding/AU_OCC"));
+}
+
+TEST(Bp4dReaderErrorsTest, NothingUsableIsAnErrorWithReasons) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T1.csv", "0,1\n5,1\n");
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(std::string(index.status().message()), HasSubstr("missing_image"));
+}
+
+}  // namespace
+}  // namespace mal::data

@@ -1,0 +1,88 @@
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/data/reader.h"
+#include "tests/test_util.h"
+
+namespace mal::data {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+void WriteAu(const testing::TempDir& dir, const std::string& subject, int au,
+             const std::vector<int>& intensities) {
+  std::string text;
+  for (size_t i = 0; i < intensities.size(); ++i) {
+    absl::StrAppend(&text, i + 1, ",", intensities[i], "\n");
+  }
+  testing::WriteText(dir / absl::StrCat("ActionUnit_Labels/", subject, "/", subject, "_au", au, ".txt"), text);
+}
+
+TEST(DisfaReaderTest, ThresholdsIntensityAndMapsOneBasedLinesToZeroBasedFrames) {
+  testing::TempDir dir;
+  WriteAu(dir, "SN001", 1, {0, 1, 2, 5});
+  WriteAu(dir, "SN001", 2, {3, 0, 0, 1});
+  for (int f = 0; f < 4; ++f) testing::WriteImage(dir / absl::StrCat("SN001/", f, ".png"));
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1, 2};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 4u);
+  EXPECT_EQ(index->samples[0].id, "SN001/0");
+  EXPECT_THAT(index->samples[0].image, HasSubstr("SN001/0.png"));
+  EXPECT_THAT(index->samples[0].au, ElementsAre(kAuAbsent, kAuPresent));  // 0, 3
+  EXPECT_THAT(index->samples[1].au, ElementsAre(kAuAbsent, kAuAbsent));   // 1 is below 2
+  EXPECT_THAT(index->samples[2].au, ElementsAre(kAuPresent, kAuAbsent));  // 2 is active
+  EXPECT_THAT(index->samples[3].image, HasSubstr("SN001/3.png"));
+}
+
+TEST(DisfaReaderTest, UnequalLineCountsSkipTheSubject) {
+  testing::TempDir dir;
+  WriteAu(dir, "SN002", 1, {0, 1, 2});
+  WriteAu(dir, "SN002", 2, {0, 1});
+  WriteAu(dir, "SN003", 1, {2});
+  WriteAu(dir, "SN003", 2, {2});
+  testing::WriteImage(dir / "SN003/0.jpg");
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1, 2};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->samples.size(), 1u);
+  const auto& skip = index->report.skips().at("line_count_mismatch");
+  EXPECT_THAT(skip.examples[0], HasSubstr("au1=3 au2=2"));
+}
+
+TEST(DisfaReaderTest, MalformedLineNamesFileAndLine) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "ActionUnit_Labels/SN001/SN001_au1.txt", "1,0\n2,seven\n3,9\n");
+  testing::WriteImage(dir / "SN001/0.png");
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  const auto& skip = index->report.skips().at("malformed_line");
+  EXPECT_EQ(skip.count, 2);
+  EXPECT_THAT(skip.examples[0], HasSubstr("SN001_au1.txt:2"));
+  EXPECT_THAT(skip.examples[1], HasSubstr("SN001_au1.txt:3: intensity 9 not in 0..5"));
+}
+
+TEST(DisfaReaderTest, MissingAuFileIsReportedAndMasked) {
+  testing::TempDir dir;
+  WriteAu(dir, "SN001", 1, {3});
+  testing::WriteImage(dir / "SN001/0.png");
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1, 26};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_THAT(index->samples[0].au, ElementsAre(kAuPresent, kAuUnknown));
+  EXPECT_THAT(index->report.skips().at("missing_label_file").examples[0], HasSubstr("SN001_au26.txt"));
+}
+
+}  // namespace
+}  // namespace mal::data

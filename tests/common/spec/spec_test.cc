@@ -1,0 +1,143 @@
+#include "common/spec/spec.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace mal {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kDesignExample[] = R"(
+name: bp4d-mal
+method: mal                  # stl | mtl | mal
+data:
+  au: {format: bp4d, root: /data/BP4D}
+  fe: {format: rafdb, root: /data/RAF-DB/basic}
+  aus: [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]
+cv: {protocol: standard}
+model: {backbone: resnet34, input: 224, pretrained: /models/resnet34.pth}
+train: {epochs: 30, batch_au: 64, batch_fe: 64, lr: 1e-3, momentum: 0.9, weight_decay: 5e-4}
+mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, meta_interval: 1, val_fraction: 0.02, val_batch: 256}
+search: {algorithm: random, trials: 8, concurrent: 4, metric: mean_f1,
+         space: {train.lr: {log_uniform: [1e-4, 1e-2]}, mal.meta_lr: {choice: [1e-4, 1e-3]}}}
+max_restarts: 3
+seed: 1
+)";
+
+absl::StatusOr<v1::ExperimentSpec> LoadValid(const std::string& yaml) {
+  auto spec = ParseSpecYaml(yaml, "exp.yaml");
+  if (!spec.ok()) return spec.status();
+  ApplyDefaults(*spec);
+  absl::Status s = ValidateSpec(*spec);
+  if (!s.ok()) return s;
+  return spec;
+}
+
+std::string ErrorOf(const std::string& yaml) {
+  auto spec = LoadValid(yaml);
+  return spec.ok() ? "OK" : std::string(spec.status().message());
+}
+
+TEST(SpecTest, DesignExampleParsesOneToOne) {
+  auto spec = LoadValid(kDesignExample);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->name(), "bp4d-mal");
+  EXPECT_EQ(spec->method(), v1::MAL);
+  EXPECT_EQ(spec->data().au().format(), "bp4d");
+  EXPECT_EQ(spec->data().fe().root(), "/data/RAF-DB/basic");
+  EXPECT_EQ(spec->data().aus_size(), 12);
+  EXPECT_EQ(spec->model().input(), 224);
+  EXPECT_EQ(spec->model().resize(), 256);
+  EXPECT_DOUBLE_EQ(spec->train().weight_decay(), 5e-4);
+  EXPECT_EQ(spec->mal().val_batch(), 256);
+  EXPECT_EQ(spec->search().space().at("train.lr").log_uniform_size(), 2);
+  EXPECT_EQ(spec->search().space().at("mal.meta_lr").choice(1), "1e-3");
+}
+
+TEST(SpecTest, DefaultsFillWhatIsUnset) {
+  auto spec = LoadValid("name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->method(), v1::MAL);
+  EXPECT_DOUBLE_EQ(spec->train().lr(), 1e-3);
+  EXPECT_DOUBLE_EQ(spec->train().momentum(), 0.9);
+  EXPECT_EQ(spec->mal().mode(), "exact");
+  EXPECT_EQ(spec->max_restarts(), 3);
+  EXPECT_EQ(spec->cv().seed(), spec->seed());
+}
+
+TEST(SpecTest, ExplicitZeroIsKeptNotDefaulted) {
+  auto spec = LoadValid(
+      "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {momentum: 0, weight_decay: 0}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->train().momentum(), 0);
+  EXPECT_EQ(spec->train().weight_decay(), 0);
+}
+
+TEST(SpecTest, KFoldShorthand) {
+  auto spec = LoadValid(
+      "name: x\nmethod: stl\ndata: {au: {format: csv, root: /d}}\ncv: {folds: 5, seed: 7}\n");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->cv().protocol(), "kfold");
+  EXPECT_EQ(spec->cv().folds(), 5);
+  EXPECT_EQ(spec->cv().seed(), 7);
+}
+
+TEST(SpecTest, ErrorsNameFieldPathAndReason) {
+  const std::string base = "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n";
+  EXPECT_EQ(ErrorOf(base + "search: {space: {train.lr: {log_uniform: [0, 1e-2]}}}\n"),
+            "search.space.train.lr: log_uniform needs 0 < low < high");
+  EXPECT_THAT(ErrorOf(base + "train: {lr: -1}\n"), HasSubstr("train.lr: must be > 0"));
+  EXPECT_THAT(ErrorOf(base + "train: {lr: fast}\n"), HasSubstr("train.lr: 'fast' is not a finite number"));
+  EXPECT_THAT(ErrorOf(base + "train: {lr: fast}\n"), HasSubstr("exp.yaml:3:"));
+  EXPECT_THAT(ErrorOf(base + "trian: {lr: 1}\n"), HasSubstr("trian: unknown field"));
+  EXPECT_THAT(ErrorOf(base + "method: maml\n"), HasSubstr("method: 'maml' is not one of stl, mtl, mal"));
+  EXPECT_THAT(ErrorOf(base + "model: {backbone: vgg}\n"), HasSubstr("model.backbone"));
+  EXPECT_THAT(ErrorOf(base + "data: {aus: [1, 1]}\n"), HasSubstr("data: given twice"));
+  EXPECT_THAT(ErrorOf("name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}, aus: [1, 1]}\n"),
+              HasSubstr("data.aus[1]: AU1 listed twice"));
+  EXPECT_THAT(ErrorOf("name: x\ndata: {au: {format: bp4d, root: /d}}\n"), HasSubstr("data.fe: required"));
+  EXPECT_THAT(ErrorOf(base + "search: {space: {train.nope: {choice: [1]}}}\n"),
+              HasSubstr("search.space.train.nope"));
+  EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, bogus]}}}\n"),
+              HasSubstr("search.space.mal.mode.choice[1]: mal.mode: 'bogus' is not one of"));
+  EXPECT_THAT(ErrorOf(base + "search: {space: {train.momentum: {uniform: [0.5, 1.5]}}}\n"),
+              HasSubstr("search.space.train.momentum.uniform[1]: train.momentum"));
+  EXPECT_THAT(ErrorOf(base + "search: {space: {train.epochs: {choice: [3, many]}}}\n"),
+              HasSubstr("search.space.train.epochs.choice[1]"));
+  EXPECT_THAT(ErrorOf(base + "search: {algorithm: grid, space: {train.lr: {uniform: [0.1, 0.2]}}}\n"),
+              HasSubstr("grid search needs choice or int_uniform"));
+  EXPECT_THAT(ErrorOf(base + "train: {device: gpu}\n"), HasSubstr("train.device"));
+}
+
+TEST(SpecTest, YamlSyntaxErrorNamesLine) {
+  auto spec = ParseSpecYaml("name: x\ndata: {au: [\n", "bad.yaml");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("bad.yaml:"));
+}
+
+TEST(SpecTest, LoadSpecFileNamesFile) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "e.yaml", "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {epochs: 0}\n");
+  auto spec = LoadSpecFile(dir / "e.yaml");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("e.yaml: train.epochs"));
+  EXPECT_FALSE(LoadSpecFile(dir / "missing.yaml").ok());
+}
+
+TEST(SpecTest, SetFieldByPathSetsAndRejects) {
+  v1::ExperimentSpec spec;
+  ASSERT_TRUE(SetFieldByPath(spec, "train.lr", "0.01").ok());
+  EXPECT_DOUBLE_EQ(spec.train().lr(), 0.01);
+  ASSERT_TRUE(SetFieldByPath(spec, "method", "mtl").ok());
+  EXPECT_EQ(spec.method(), v1::MTL);
+  EXPECT_FALSE(SetFieldByPath(spec, "train.nothing", "1").ok());
+  EXPECT_FALSE(SetFieldByPath(spec, "train", "1").ok());
+  EXPECT_FALSE(SetFieldByPath(spec, "train.epochs", "1.5").ok());
+}
+
+}  // namespace
+}  // namespace mal

@@ -1,0 +1,39 @@
+#include "common/util/files.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace mal {
+namespace {
+
+TEST(WriteFileAtomicTest, WritesAndLeavesNoTempFile) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir / "out.txt", "hello").ok());
+  EXPECT_EQ(*ReadFile(dir / "out.txt"), "hello");
+  ASSERT_TRUE(WriteFileAtomic(dir / "out.txt", "again").ok());
+  EXPECT_EQ(*ReadFile(dir / "out.txt"), "again");
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 1);
+}
+
+TEST(WriteFileAtomicTest, FailsIntoMissingDirectoryWithPath) {
+  absl::Status s = WriteFileAtomic("/nonexistent-dir/out.txt", "x");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("/nonexistent-dir/out.txt"), std::string::npos);
+}
+
+TEST(ResolvePathTest, KeepsAbsoluteJoinsRelative) {
+  EXPECT_EQ(ResolvePath("/data", "/abs/x"), "/abs/x");
+  EXPECT_EQ(ResolvePath("/data", "rel/x"), "/data/rel/x");
+  EXPECT_EQ(ResolvePath("/data", ""), "");
+}
+
+}  // namespace
+}  // namespace mal
