@@ -1,0 +1,272 @@
+#include "worker/engine/mal_step.h"
+
+#include <gtest/gtest.h>
+
+namespace mal::engine {
+namespace {
+
+constexpr double kAlpha = 0.1;
+
+struct Fixture {
+  BaseNet model{nullptr}, shadow{nullptr};
+  MetaNet meta{nullptr};
+  TrainBatch batch;
+  ValBatch val;
+};
+
+Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  Fixture f;
+  BaseNetImpl::Config c;
+  c.backbone = backbone;
+  c.num_aus = 3;
+  c.num_expressions = 7;
+  c.input = 6;
+  f.model = BaseNet(c);
+  f.shadow = BaseNet(c);
+  f.model->to(torch::kDouble);
+  f.shadow->to(torch::kDouble);
+  f.meta = MetaNet(f.model->feature_dim());
+  f.meta->to(torch::kDouble);
+  if (random_meta) {
+    torch::NoGradGuard g;
+    f.meta->linear->weight.normal_(0, 0.5);
+    f.meta->linear->bias.fill_(0.3);
+  }
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  f.batch.au_images = torch::randn({5, 3, 6, 6}, opts);
+  f.batch.au_labels = torch::randint(0, 2, {5, 3}, opts);
+  f.batch.au_mask = torch::ones({5, 3}, opts);
+  f.batch.au_mask[1][2] = 0;
+  f.batch.fe_images = torch::randn({4, 3, 6, 6}, opts);
+  f.batch.fe_labels = torch::randint(0, 7, {4}, torch::kLong);
+  f.val.images = torch::randn({6, 3, 6, 6}, opts);
+  f.val.labels = torch::randint(0, 2, {6, 3}, opts);
+  f.val.mask = torch::ones({6, 3}, opts);
+  f.val.au_weight = torch::tensor({0.5, 1.0, 1.5}, opts);
+  return f;
+}
+
+// L_v(theta - alpha * grad_theta L(theta, phi)) recomputed from scratch: the quantity whose
+// derivative in phi the meta-gradient is.
+double ValLossAfterVirtualStep(Fixture& f) {
+  f.model->train();
+  auto h_au = f.model->Features(f.batch.au_images);
+  auto h_fe = f.model->Features(f.batch.fe_images);
+  auto l_au = PerSampleAuLoss(f.model->au_head(h_au), f.batch.au_labels, f.batch.au_mask);
+  auto l_fe = torch::nn::functional::cross_entropy(
+      f.model->fe_head(h_fe), f.batch.fe_labels,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  auto w_au = f.meta->forward(h_au), w_fe = f.meta->forward(h_fe);
+  auto s = w_au.mean() + w_fe.mean();
+  auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
+  auto params = f.model->parameters();
+  auto g = torch::autograd::grad({loss}, params, {}, false, false, true);
+  auto shadow_params = f.shadow->parameters();
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    shadow_params[i].copy_(g[i].defined() ? params[i] - kAlpha * g[i] : params[i]);
+  }
+  f.shadow->train();
+  return RebalancedAuLoss(f.shadow->forward(f.val.images), f.val.labels, f.val.mask,
+                          f.val.au_weight)
+      .item<double>();
+}
+
+TEST(MalStepTest, ExactMetaGradientMatchesCentralFiniteDifferences) {
+  Fixture f = Make("tiny", /*random_meta=*/true);
+  MalStep step(f.model, f.shadow, f.meta);
+  StepOptions o;
+  const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  const double delta = 1e-5;
+  auto phi = f.meta->parameters();
+  for (size_t p = 0; p < phi.size(); ++p) {
+    auto flat = phi[p].view(-1);
+    for (int64_t k = 0; k < flat.numel(); ++k) {
+      const double original = flat[k].item<double>();
+      {
+        torch::NoGradGuard g;
+        flat[k].fill_(original + delta);
+      }
+      const double plus = ValLossAfterVirtualStep(f);
+      {
+        torch::NoGradGuard g;
+        flat[k].fill_(original - delta);
+      }
+      const double minus = ValLossAfterVirtualStep(f);
+      {
+        torch::NoGradGuard g;
+        flat[k].fill_(original);
+      }
+      const double numeric = (plus - minus) / (2 * delta);
+      const double analytic = exact[p].view(-1)[k].item<double>();
+      EXPECT_NEAR(analytic, numeric, 1e-7 + 1e-5 * std::abs(numeric)) << "param " << p << "[" << k << "]";
+    }
+  }
+  EXPECT_GT(exact[0].abs().sum().item<double>(), 0);
+}
+
+// The meta-gradient written out as a function of explicit parameter tensors (a "MetaModule"
+// formulation) on the MLP backbone, with the virtual step on all parameters or on the heads only.
+std::vector<torch::Tensor> FunctionalMetaGradient(Fixture& f, bool heads_only) {
+  auto W1 = f.model->backbone.ptr()->named_parameters()["fc.weight"].detach().clone().requires_grad_(!heads_only);
+  auto b1 = f.model->backbone.ptr()->named_parameters()["fc.bias"].detach().clone().requires_grad_(!heads_only);
+  auto Wa = f.model->au_head->weight.detach().clone().requires_grad_(true);
+  auto ba = f.model->au_head->bias.detach().clone().requires_grad_(true);
+  auto Wf = f.model->fe_head->weight.detach().clone().requires_grad_(true);
+  auto bf = f.model->fe_head->bias.detach().clone().requires_grad_(true);
+  auto v = f.meta->linear->weight.detach().clone().requires_grad_(true);
+  auto c = f.meta->linear->bias.detach().clone().requires_grad_(true);
+  namespace F = torch::nn::functional;
+  auto features = [](const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& b) {
+    return torch::tanh(F::linear(x.flatten(1), W, b));
+  };
+  auto h_au = features(f.batch.au_images, W1, b1), h_fe = features(f.batch.fe_images, W1, b1);
+  auto l_au = PerSampleAuLoss(F::linear(h_au, Wa, ba), f.batch.au_labels, f.batch.au_mask);
+  auto l_fe = F::cross_entropy(F::linear(h_fe, Wf, bf), f.batch.fe_labels,
+                               F::CrossEntropyFuncOptions().reduction(torch::kNone));
+  auto w_au = torch::sigmoid(F::linear(h_au.detach(), v, c)).squeeze(1);
+  auto w_fe = torch::sigmoid(F::linear(h_fe.detach(), v, c)).squeeze(1);
+  auto s = w_au.mean() + w_fe.mean();
+  auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
+  torch::Tensor z_v;
+  if (heads_only) {
+    auto g = torch::autograd::grad({loss}, {Wa, ba}, {}, true, true);
+    z_v = F::linear(features(f.val.images, W1, b1), Wa - kAlpha * g[0], ba - kAlpha * g[1]);
+  } else {
+    auto g = torch::autograd::grad({loss}, {W1, b1, Wa, ba}, {}, true, true);
+    z_v = F::linear(features(f.val.images, W1 - kAlpha * g[0], b1 - kAlpha * g[1]),
+                    Wa - kAlpha * g[2], ba - kAlpha * g[3]);
+  }
+  auto lv = RebalancedAuLoss(z_v, f.val.labels, f.val.mask, f.val.au_weight);
+  return torch::autograd::grad({lv}, {v, c});
+}
+
+TEST(MalStepTest, ShadowCopyEqualsFunctionalComputation) {
+  Fixture f = Make("mlp", /*random_meta=*/true, 3);
+  const auto functional = FunctionalMetaGradient(f, /*heads_only=*/false);
+  MalStep step(f.model, f.shadow, f.meta);
+  const auto shadow = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+  for (size_t p = 0; p < 2; ++p) {
+    EXPECT_TRUE(torch::allclose(shadow[p], functional[p], 1e-12, 1e-14)) << p;
+  }
+}
+
+TEST(MalStepTest, HeadsOnlyEqualsFunctionalHeadsOnly) {
+  Fixture f = Make("mlp", /*random_meta=*/true, 4);
+  const auto functional = FunctionalMetaGradient(f, /*heads_only=*/true);
+  MalStep step(f.model, f.shadow, f.meta);
+  StepOptions o;
+  o.mode = MetaMode::kHeadsOnly;
+  const auto heads = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  for (size_t p = 0; p < 2; ++p) {
+    EXPECT_TRUE(torch::allclose(heads[p], functional[p], 1e-12, 1e-14)) << p;
+  }
+}
+
+double Cosine(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  auto x = torch::cat({a[0].view(-1), a[1].view(-1)}), y = torch::cat({b[0].view(-1), b[1].view(-1)});
+  return (x.dot(y) / (x.norm() * y.norm())).item<double>();
+}
+
+TEST(MalStepTest, FiniteDifferenceIsCloseToExact) {
+  Fixture f = Make("tiny", /*random_meta=*/true, 5);
+  MalStep step(f.model, f.shadow, f.meta);
+  const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+  StepOptions o;
+  o.mode = MetaMode::kFiniteDifference;
+  o.fd_epsilon = 1e-4;
+  const auto fd = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  EXPECT_GT(Cosine(exact, fd), 0.9999);
+}
+
+TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
+  Fixture f = Make("tiny", /*random_meta=*/false, 6);
+  auto w = f.meta->forward(f.model->Features(f.batch.au_images));
+  EXPECT_TRUE(torch::allclose(w, torch::full_like(w, 0.5)));
+  MalStep step(f.model, f.shadow, f.meta);
+  const auto g = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+  EXPECT_LT(g[1].abs().item<double>(), 1e-15);        // the bias: a common scale cancels
+  EXPECT_GT(g[0].abs().max().item<double>(), 1e-10);  // v learns
+}
+
+TEST(MalStepTest, StepChangesMetaAndAdvancesBatchNormOncePerForward) {
+  Fixture f = Make("tiny", /*random_meta=*/false, 7);
+  // Reference: the same model, only the meta-train forwards.
+  BaseNetImpl::Config c = f.model->config();
+  BaseNet reference(c);
+  reference->to(torch::kDouble);
+  CopyState(*f.model, *reference);
+  reference->train();
+  {
+    torch::NoGradGuard g;
+    reference->Features(f.batch.au_images);
+    reference->Features(f.batch.fe_images);
+  }
+  MalStep step(f.model, f.shadow, f.meta);
+  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
+  torch::optim::Adam meta_opt(f.meta->parameters(), torch::optim::AdamOptions(1e-2));
+  const auto before = f.meta->linear->weight.clone();
+  auto stats = step.Run(f.batch, &f.val, 0.1, StepOptions{}, base, &meta_opt);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_FALSE(torch::equal(before, f.meta->linear->weight));
+  EXPECT_GE(stats->loss_val, 0);
+  EXPECT_NEAR(stats->mean_wn_au + stats->mean_wn_fe, 1.0, 1e-9);
+  auto got = f.model->named_buffers(), want = reference->named_buffers();
+  for (const auto& b : want) {
+    EXPECT_TRUE(torch::equal(got[b.key()], b.value())) << b.key();
+  }
+  EXPECT_EQ(got["backbone.bn.num_batches_tracked"].item<int64_t>(), 2);
+}
+
+TEST(MalStepTest, NoNanWhenWeightsVanish) {
+  Fixture f = Make("tiny", /*random_meta=*/false, 8);
+  {
+    torch::NoGradGuard g;
+    f.meta->linear->bias.fill_(-2000);  // sigmoid underflows to exactly 0
+  }
+  MalStep step(f.model, f.shadow, f.meta);
+  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
+  torch::optim::SGD meta_opt(f.meta->parameters(), torch::optim::SGDOptions(0.1));
+  for (MetaMode mode : {MetaMode::kExact, MetaMode::kFiniteDifference, MetaMode::kHeadsOnly}) {
+    StepOptions o;
+    o.mode = mode;
+    auto stats = step.Run(f.batch, &f.val, 0.1, o, base, &meta_opt);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const auto& p : f.model->parameters()) ASSERT_TRUE(torch::isfinite(p).all().item<bool>());
+    for (const auto& p : f.meta->parameters()) ASSERT_TRUE(torch::isfinite(p).all().item<bool>());
+  }
+}
+
+TEST(MalStepTest, NonFiniteLossIsAnErrorAndChangesNothing) {
+  Fixture f = Make("tiny", /*random_meta=*/false, 9);
+  f.batch.au_images[0][0][0][0] = std::numeric_limits<double>::quiet_NaN();
+  MalStep step(f.model, f.shadow, f.meta);
+  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
+  torch::optim::Adam meta_opt(f.meta->parameters(), torch::optim::AdamOptions(1e-2));
+  const auto before = f.model->au_head->weight.clone();
+  auto stats = step.Run(f.batch, &f.val, 0.1, StepOptions{}, base, &meta_opt);
+  ASSERT_FALSE(stats.ok());
+  EXPECT_NE(std::string(stats.status().message()).find("non-finite"), std::string::npos);
+  EXPECT_TRUE(torch::equal(before, f.model->au_head->weight));
+}
+
+TEST(MalStepTest, BaselinesTrain) {
+  for (Method m : {Method::kStl, Method::kMtl}) {
+    Fixture f = Make("tiny", false, 10);
+    MalStep step(f.model, f.shadow, f.meta);
+    torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.5));
+    StepOptions o;
+    o.method = m;
+    double first = 0, last = 0;
+    for (int i = 0; i < 30; ++i) {
+      auto stats = step.Run(f.batch, nullptr, 0.5, o, base, nullptr);
+      ASSERT_TRUE(stats.ok());
+      (i == 0 ? first : last) = stats->loss_au;
+    }
+    EXPECT_LT(last, first);
+  }
+}
+
+}  // namespace
+}  // namespace mal::engine

@@ -1,0 +1,258 @@
+#include "worker/engine/mal_step.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace mal::engine {
+
+namespace {
+
+// Guards the normalisation s = mean(w_au) + mean(w_fe) against a zero sum.
+constexpr double kMinWeightSum = 1e-6;
+
+std::vector<torch::Tensor> ZerosForUndefined(std::vector<torch::Tensor> grads,
+                                             const std::vector<torch::Tensor>& like) {
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (!grads[i].defined()) grads[i] = torch::zeros_like(like[i]);
+  }
+  return grads;
+}
+
+// Sets `dst` = a + scale * b, parameter by parameter, without autograd.
+void Assign(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& a,
+            const std::vector<torch::Tensor>& b, double scale) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].copy_(a[i] + scale * b[i]);
+}
+
+bool Finite(const torch::Tensor& t) { return torch::isfinite(t).all().item<bool>(); }
+
+}  // namespace
+
+torch::Tensor RebalanceWeights(const std::vector<double>& positive_rates, double floor) {
+  std::vector<double> inv(positive_rates.size());
+  double sum = 0;
+  for (size_t c = 0; c < inv.size(); ++c) {
+    inv[c] = 1.0 / std::max(positive_rates[c], floor);
+    sum += inv[c];
+  }
+  std::vector<float> w(inv.size());
+  for (size_t c = 0; c < inv.size(); ++c) w[c] = static_cast<float>(inv.size() * inv[c] / sum);
+  return torch::tensor(w);
+}
+
+torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
+                              const torch::Tensor& mask) {
+  const torch::Tensor bce = torch::binary_cross_entropy_with_logits(
+      logits, labels, /*weight=*/{}, /*pos_weight=*/{}, at::Reduction::None);
+  return (bce * mask).sum(1) / mask.sum(1).clamp_min(1);
+}
+
+torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
+                               const torch::Tensor& mask, const torch::Tensor& au_weight) {
+  const torch::Tensor bce = torch::binary_cross_entropy_with_logits(
+      logits, labels, /*weight=*/{}, /*pos_weight=*/{}, at::Reduction::None);
+  return (bce * mask * au_weight.unsqueeze(0)).sum() / mask.sum().clamp_min(1);
+}
+
+MalStep::MalStep(BaseNet model, BaseNet shadow, MetaNet meta)
+    : model_(std::move(model)), shadow_(std::move(shadow)), meta_(std::move(meta)) {
+  params_ = model_->parameters();
+  shadow_params_ = shadow_->parameters();
+}
+
+MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
+                                       const StepOptions& o) {
+  Forward f;
+  const bool with_fe = o.method != Method::kStl && b.fe_images.defined();
+  if (with_fe && o.joint_forward) {
+    const torch::Tensor h = net.Features(torch::cat({b.au_images, b.fe_images}));
+    const int64_t n = b.au_images.size(0);
+    f.h_au = h.narrow(0, 0, n);
+    f.h_fe = h.narrow(0, n, h.size(0) - n);
+  } else {
+    f.h_au = net.Features(b.au_images);
+    if (with_fe) f.h_fe = net.Features(b.fe_images);
+  }
+  f.l_au = PerSampleAuLoss(net.au_head(f.h_au), b.au_labels, b.au_mask);
+  if (with_fe) {
+    f.l_fe = torch::nn::functional::cross_entropy(
+        net.fe_head(f.h_fe), b.fe_labels,
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  }
+  return f;
+}
+
+MalStep::Weights MalStep::ComputeWeights(const Forward& f) {
+  Weights w;
+  w.w_au = meta_->forward(f.h_au);
+  w.w_fe = meta_->forward(f.h_fe);
+  const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
+  w.wn_au = w.w_au / s;
+  w.wn_fe = w.w_fe / s;
+  return w;
+}
+
+torch::Tensor MalStep::WeightedLoss(const Forward& f, const Weights& w) {
+  return (w.wn_au * f.l_au).mean() + (w.wn_fe * f.l_fe).mean();
+}
+
+std::vector<torch::Tensor> MalStep::ValidationGradient(const ValBatch& val, double* loss) {
+  shadow_->train();
+  const torch::Tensor lv = RebalancedAuLoss(shadow_->forward(val.images), val.labels, val.mask,
+                                            val.au_weight.to(val.images.dtype()));
+  if (loss != nullptr) *loss = lv.item<double>();
+  return ZerosForUndefined(
+      torch::autograd::grad({lv}, shadow_params_, {}, /*retain_graph=*/false,
+                            /*create_graph=*/false, /*allow_unused=*/true),
+      shadow_params_);
+}
+
+std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
+                                                            const TrainBatch& batch,
+                                                            const ValBatch& val, double alpha,
+                                                            const StepOptions& o,
+                                                            double* val_loss) {
+  const std::vector<torch::Tensor> phi = meta_->parameters();
+  if (o.mode == MetaMode::kHeadsOnly) {
+    // Virtual step on the heads only, features fixed: exact in that subspace, and small.
+    const torch::Tensor h_au = f.h_au.detach(), h_fe = f.h_fe.detach();
+    Forward heads;
+    heads.h_au = h_au;
+    heads.h_fe = h_fe;
+    heads.l_au = PerSampleAuLoss(model_->au_head(h_au), batch.au_labels, batch.au_mask);
+    heads.l_fe = torch::nn::functional::cross_entropy(
+        model_->fe_head(h_fe), batch.fe_labels,
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    const torch::Tensor l = WeightedLoss(heads, ComputeWeights(heads));
+    const torch::Tensor w = model_->au_head->weight, b = model_->au_head->bias;
+    auto g = torch::autograd::grad({l}, {w, b}, {}, /*retain_graph=*/true, /*create_graph=*/true);
+    // Validation features at the current backbone, through the shadow (its BatchNorm buffers).
+    CopyState(*model_, *shadow_);
+    shadow_->train();
+    torch::Tensor h_v;
+    {
+      torch::NoGradGuard no_grad;
+      h_v = shadow_->Features(val.images);
+    }
+    const torch::Tensor z_v = torch::nn::functional::linear(h_v, w - alpha * g[0], b - alpha * g[1]);
+    const torch::Tensor lv =
+        RebalancedAuLoss(z_v, val.labels, val.mask, val.au_weight.to(val.images.dtype()));
+    if (val_loss != nullptr) *val_loss = lv.item<double>();
+    return ZerosForUndefined(torch::autograd::grad({lv}, phi, {}, false, false, true), phi);
+  }
+
+  const Weights weights = ComputeWeights(f);
+  const torch::Tensor loss = WeightedLoss(f, weights);
+  const bool exact = o.mode == MetaMode::kExact;
+  // g = dL/dtheta; with create_graph it stays a function of phi (exact mode).
+  std::vector<torch::Tensor> g = ZerosForUndefined(
+      torch::autograd::grad({loss}, params_, {}, /*retain_graph=*/true, /*create_graph=*/exact,
+                            /*allow_unused=*/true),
+      params_);
+  // Virtual step into the shadow: theta' = theta - alpha g, as plain tensors.
+  Assign(shadow_params_, params_, g, -alpha);
+  const std::vector<torch::Tensor> r = ValidationGradient(val, val_loss);
+
+  if (exact) {
+    // dL_v/dphi = (d theta'/d phi)^T r = -alpha (dg/dphi)^T r: one vector-Jacobian product.
+    std::vector<torch::Tensor> outputs, grad_outputs;
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (!g[i].requires_grad()) continue;  // a parameter the loss does not reach
+      outputs.push_back(g[i]);
+      grad_outputs.push_back(-alpha * r[i]);
+    }
+    return ZerosForUndefined(torch::autograd::grad(outputs, phi, grad_outputs,
+                                                   /*retain_graph=*/true, /*create_graph=*/false,
+                                                   /*allow_unused=*/true),
+                             phi);
+  }
+
+  // Finite differences: d_i = grad l_i(theta) . r from two forwards at theta +- eps r, then
+  // dL_v/dphi = -alpha d/dphi [mean(wn_au d_au) + mean(wn_fe d_fe)] with d held constant.
+  double norm_sq = 0;
+  for (const auto& t : r) norm_sq += t.pow(2).sum().item<double>();
+  const double eps = o.fd_epsilon / std::max(std::sqrt(norm_sq), 1e-12);
+  torch::Tensor d_au, d_fe;
+  {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> l_plus(2), l_minus(2);
+    for (int sign : {1, -1}) {
+      Assign(shadow_params_, params_, r, sign * eps);
+      shadow_->train();
+      const Forward fs = ForwardTrain(*shadow_, batch, o);
+      (sign > 0 ? l_plus : l_minus) = {fs.l_au, fs.l_fe};
+    }
+    d_au = (l_plus[0] - l_minus[0]) / (2 * eps);
+    d_fe = (l_plus[1] - l_minus[1]) / (2 * eps);
+  }
+  const torch::Tensor surrogate =
+      -alpha * ((weights.wn_au * d_au).mean() + (weights.wn_fe * d_fe).mean());
+  return ZerosForUndefined(torch::autograd::grad({surrogate}, phi, {}, false, false, true), phi);
+}
+
+std::vector<torch::Tensor> MalStep::MetaGradient(const TrainBatch& batch, const ValBatch& val,
+                                                 double alpha, const StepOptions& options) {
+  model_->train();
+  const Forward f = ForwardTrain(*model_, batch, options);
+  return MetaGradientFromForward(f, batch, val, alpha, options, nullptr);
+}
+
+absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* val, double alpha,
+                                       const StepOptions& o,
+                                       torch::optim::Optimizer& base_optimizer,
+                                       torch::optim::Optimizer* meta_optimizer) {
+  model_->train();
+  StepStats stats;
+  const Forward f = ForwardTrain(*model_, batch, o);
+  stats.loss_au = f.l_au.mean().item<double>();
+  if (f.l_fe.defined()) stats.loss_fe = f.l_fe.mean().item<double>();
+  if (!std::isfinite(stats.loss_au) || !std::isfinite(stats.loss_fe)) {
+    return absl::DataLossError(absl::StrCat("non-finite training loss (AU ", stats.loss_au,
+                                            ", FE ", stats.loss_fe, ")"));
+  }
+
+  torch::Tensor loss;
+  if (o.method == Method::kStl) {
+    loss = f.l_au.mean();
+  } else if (o.method == Method::kMtl) {
+    loss = f.l_au.mean() + o.fe_lambda * f.l_fe.mean();
+  } else {
+    if (o.update_meta) {
+      if (val == nullptr || meta_optimizer == nullptr) {
+        return absl::InternalError("MAL meta update without a validation batch or meta optimizer");
+      }
+      std::vector<torch::Tensor> meta_grad =
+          MetaGradientFromForward(f, batch, *val, alpha, o, &stats.loss_val);
+      for (const auto& t : meta_grad) {
+        if (!Finite(t)) return absl::DataLossError("non-finite meta-gradient");
+      }
+      meta_optimizer->zero_grad();
+      const std::vector<torch::Tensor> phi = meta_->parameters();
+      for (size_t i = 0; i < phi.size(); ++i) phi[i].mutable_grad() = meta_grad[i];
+      meta_optimizer->step();
+    }
+    // Base learning: weights from the updated meta net on the same (detached) features.
+    const Weights w = ComputeWeights(f);
+    if (!Finite(w.wn_au) || !Finite(w.wn_fe)) return absl::DataLossError("non-finite sample weights");
+    loss = WeightedLoss(f, w);
+    stats.w_au = w.w_au.detach().to(torch::kCPU);
+    stats.w_fe = w.w_fe.detach().to(torch::kCPU);
+    stats.mean_w_au = w.w_au.mean().item<double>();
+    stats.mean_w_fe = w.w_fe.mean().item<double>();
+    stats.mean_wn_au = w.wn_au.mean().item<double>();
+    stats.mean_wn_fe = w.wn_fe.mean().item<double>();
+  }
+  stats.loss_total = loss.item<double>();
+  if (!std::isfinite(stats.loss_total)) {
+    return absl::DataLossError(absl::StrCat("non-finite training loss ", stats.loss_total));
+  }
+  base_optimizer.zero_grad();
+  loss.backward();
+  base_optimizer.step();
+  return stats;
+}
+
+}  // namespace mal::engine

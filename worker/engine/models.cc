@@ -1,0 +1,214 @@
+#include "worker/engine/models.h"
+
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace mal::engine {
+
+namespace nn = torch::nn;
+
+namespace {
+
+nn::Conv2d Conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
+}
+
+}  // namespace
+
+BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
+  conv1 = register_module("conv1", Conv(in, out, 3, stride, 1));
+  bn1 = register_module("bn1", nn::BatchNorm2d(out));
+  conv2 = register_module("conv2", Conv(out, out, 3, 1, 1));
+  bn2 = register_module("bn2", nn::BatchNorm2d(out));
+  if (stride != 1 || in != out) {
+    downsample = register_module(
+        "downsample", nn::Sequential(Conv(in, out, 1, stride, 0), nn::BatchNorm2d(out)));
+  }
+}
+
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = torch::relu(bn1(conv1(x)));
+  y = bn2(conv2(y));
+  return torch::relu(y + (downsample ? downsample->forward(x) : x));
+}
+
+ResNetImpl::ResNetImpl(const std::vector<int>& blocks) {
+  conv1 = register_module("conv1", Conv(3, 64, 7, 2, 3));
+  bn1 = register_module("bn1", nn::BatchNorm2d(64));
+  layer1 = register_module("layer1", MakeLayer(64, 64, blocks[0], 1));
+  layer2 = register_module("layer2", MakeLayer(64, 128, blocks[1], 2));
+  layer3 = register_module("layer3", MakeLayer(128, 256, blocks[2], 2));
+  layer4 = register_module("layer4", MakeLayer(256, 512, blocks[3], 2));
+  // torchvision's initialisation: Kaiming normal (fan_out) for convs, BN weight 1 and bias 0.
+  for (auto& m : modules(/*include_self=*/false)) {
+    if (auto* c = m->as<nn::Conv2d>()) {
+      nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    }
+  }
+}
+
+nn::Sequential ResNetImpl::MakeLayer(int64_t in, int64_t out, int blocks, int64_t stride) {
+  nn::Sequential layer;
+  layer->push_back(BasicBlock(in, out, stride));
+  for (int i = 1; i < blocks; ++i) layer->push_back(BasicBlock(out, out, 1));
+  return layer;
+}
+
+torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+  x = torch::relu(bn1(conv1(x)));
+  x = torch::max_pool2d(x, 3, 2, 1);
+  x = layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
+  return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+}
+
+SmallCnnImpl::SmallCnnImpl(int64_t width) {
+  features = nn::Sequential();
+  int64_t in = 3;
+  for (int64_t out : {width, 2 * width, 4 * width, 8 * width}) {
+    features->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).bias(false)));
+    features->push_back(nn::BatchNorm2d(out));
+    features->push_back(nn::Functional(torch::relu));
+    features->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
+    in = out;
+  }
+  register_module("features", features);
+}
+
+torch::Tensor SmallCnnImpl::forward(torch::Tensor x) {
+  return torch::adaptive_avg_pool2d(features->forward(x), {1, 1}).flatten(1);
+}
+
+TinyNetImpl::TinyNetImpl(const std::string& kind, int64_t in_features) : kind_(kind) {
+  if (kind == "tiny") {
+    conv = register_module("conv", nn::Conv2d(nn::Conv2dOptions(3, 4, 3).padding(1)));
+    bn = register_module("bn", nn::BatchNorm2d(4));
+  } else {
+    fc = register_module("fc", nn::Linear(in_features, 6));
+  }
+}
+
+torch::Tensor TinyNetImpl::forward(torch::Tensor x) {
+  if (kind_ == "tiny") {
+    return torch::adaptive_avg_pool2d(torch::relu(bn(conv(x))), {1, 1}).flatten(1);
+  }
+  return torch::tanh(fc(x.flatten(1)));
+}
+
+BaseNetImpl::BaseNetImpl(const Config& config) : config_(config) {
+  if (config.backbone == "resnet18" || config.backbone == "resnet34") {
+    backbone = nn::AnyModule(ResNet(config.backbone == "resnet18" ? std::vector<int>{2, 2, 2, 2}
+                                                                  : std::vector<int>{3, 4, 6, 3}));
+    feature_dim_ = 512;
+  } else if (config.backbone == "tiny" || config.backbone == "mlp") {
+    backbone = nn::AnyModule(TinyNet(config.backbone, 3 * config.input * config.input));
+    feature_dim_ = config.backbone == "tiny" ? 4 : 6;
+  } else {
+    backbone = nn::AnyModule(SmallCnn(32));
+    feature_dim_ = 256;
+  }
+  register_module("backbone", backbone.ptr());
+  au_head = register_module("au_head", nn::Linear(feature_dim_, config.num_aus));
+  fe_head = register_module("fe_head", nn::Linear(feature_dim_, config.num_expressions));
+}
+
+torch::Tensor BaseNetImpl::Features(const torch::Tensor& x) { return backbone.forward(x); }
+
+std::vector<torch::Tensor> BaseNetImpl::HeadParameters() {
+  std::vector<torch::Tensor> p = au_head->parameters();
+  for (const auto& t : fe_head->parameters()) p.push_back(t);
+  return p;
+}
+
+MetaNetImpl::MetaNetImpl(int64_t feature_dim) {
+  linear = register_module("linear", nn::Linear(feature_dim, 1));
+  torch::NoGradGuard no_grad;
+  linear->weight.zero_();
+  linear->bias.zero_();
+}
+
+torch::Tensor MetaNetImpl::forward(const torch::Tensor& h) {
+  return torch::sigmoid(linear(h.detach())).squeeze(1);
+}
+
+void CopyState(nn::Module& from, nn::Module& to) {
+  torch::NoGradGuard no_grad;
+  auto src = from.named_parameters(true);
+  for (auto& p : to.named_parameters(true)) p.value().copy_(src[p.key()]);
+  auto src_b = from.named_buffers(true);
+  for (auto& b : to.named_buffers(true)) b.value().copy_(src_b[b.key()]);
+}
+
+absl::Status LoadPretrainedBackbone(const std::string& path, BaseNetImpl& net) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (model.pretrained)"));
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::map<std::string, torch::Tensor> loaded;
+  try {
+    const c10::IValue value = torch::pickle_load(bytes);
+    if (!value.isGenericDict()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": not a state dict (torch.save(model.state_dict(), path))"));
+    }
+    for (const auto& entry : value.toGenericDict()) {
+      if (!entry.key().isString() || !entry.value().isTensor()) continue;
+      loaded[entry.key().toStringRef()] = entry.value().toTensor();
+    }
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": cannot read as a PyTorch state dict: ", e.what_without_backtrace()));
+  }
+  std::vector<std::string> unknown, mismatched, missing;
+  auto params = net.backbone.ptr()->named_parameters(true);
+  auto buffers = net.backbone.ptr()->named_buffers(true);
+  auto target = [&](const std::string& name) -> torch::Tensor* {
+    if (auto* p = params.find(name)) return p;
+    return buffers.find(name);
+  };
+  std::set<std::string> assigned;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : loaded) {
+    if (absl::StartsWith(name, "fc.")) continue;  // the ImageNet classifier: we have our heads
+    torch::Tensor* t = target(name);
+    if (t == nullptr) {
+      unknown.push_back(name);
+    } else if (t->sizes() != tensor.sizes()) {
+      std::ostringstream s;
+      s << name << " " << tensor.sizes() << " vs model " << t->sizes();
+      mismatched.push_back(s.str());
+    } else {
+      t->copy_(tensor.to(t->dtype()));
+      assigned.insert(name);
+    }
+  }
+  for (const auto& p : params) {
+    if (!assigned.count(p.key())) missing.push_back(p.key());
+  }
+  for (const auto& b : buffers) {
+    if (!assigned.count(b.key())) missing.push_back(b.key());
+  }
+  if (!unknown.empty() || !mismatched.empty() || !missing.empty()) {
+    std::string msg = absl::StrCat(path, ": does not match backbone ", net.config().backbone);
+    auto list = [&](const char* what, const std::vector<std::string>& v) {
+      if (v.empty()) return;
+      std::vector<std::string> shown(v.begin(), v.begin() + std::min<size_t>(v.size(), 10));
+      absl::StrAppend(&msg, "; ", what, " (", v.size(), "): ", absl::StrJoin(shown, ", "),
+                      v.size() > 10 ? ", ..." : "");
+    };
+    list("names not in the model", unknown);
+    list("shape mismatches", mismatched);
+    list("model tensors missing from the file", missing);
+    return absl::InvalidArgumentError(msg);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mal::engine

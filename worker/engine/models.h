@@ -1,0 +1,116 @@
+#ifndef MAL_WORKER_ENGINE_MODELS_H_
+#define MAL_WORKER_ENGINE_MODELS_H_
+
+// Networks of the engine (torch; included only by engine code). Parameter and buffer names of
+// the ResNets follow torchvision, under the prefix "backbone.", so torchvision state dicts load.
+
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+
+namespace mal::engine {
+
+// torchvision's BasicBlock: conv1, bn1, conv2, bn2, optional downsample (conv, bn).
+class BasicBlockImpl : public torch::nn::Module {
+ public:
+  BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+// ResNet-18/34 without the classifier: image -> 512-d feature after global average pooling.
+class ResNetImpl : public torch::nn::Module {
+ public:
+  explicit ResNetImpl(const std::vector<int>& blocks);
+  torch::Tensor forward(torch::Tensor x);
+
+ private:
+  torch::nn::Sequential MakeLayer(int64_t in, int64_t out, int blocks, int64_t stride);
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
+};
+TORCH_MODULE(ResNet);
+
+// A small CNN for tests and the quickstart: 4 x (conv3x3, BN, ReLU, max-pool), global pool, 256-d.
+class SmallCnnImpl : public torch::nn::Module {
+ public:
+  explicit SmallCnnImpl(int64_t width = 32);
+  torch::Tensor forward(torch::Tensor x);
+
+ private:
+  torch::nn::Sequential features{nullptr};
+};
+TORCH_MODULE(SmallCnn);
+
+// A tiny network for exact-gradient tests: "tiny" = conv(3->4) + BN + ReLU + global pool (4-d);
+// "mlp" = flatten + linear(in -> 6) + tanh (6-d), no BN.
+class TinyNetImpl : public torch::nn::Module {
+ public:
+  TinyNetImpl(const std::string& kind, int64_t in_features);
+  torch::Tensor forward(torch::Tensor x);
+
+ private:
+  std::string kind_;
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::BatchNorm2d bn{nullptr};
+  torch::nn::Linear fc{nullptr};
+};
+TORCH_MODULE(TinyNet);
+
+// Backbone + AU head + FE head: f(x) -> h, z = W_au h + b_au, u = W_fe h + b_fe.
+class BaseNetImpl : public torch::nn::Module {
+ public:
+  struct Config {
+    std::string backbone = "small_cnn";  // small_cnn | resnet18 | resnet34 | tiny | mlp
+    int64_t num_aus = 12;
+    int64_t num_expressions = 7;
+    int64_t input = 96;  // mlp: the input side, for its in-features
+  };
+  explicit BaseNetImpl(const Config& config);
+
+  torch::Tensor Features(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x) { return au_head->forward(Features(x)); }
+  const Config& config() const { return config_; }
+  int64_t feature_dim() const { return feature_dim_; }
+  // Parameters of the two heads only (the heads_only meta step).
+  std::vector<torch::Tensor> HeadParameters();
+
+  torch::nn::AnyModule backbone;
+  torch::nn::Linear au_head{nullptr}, fe_head{nullptr};
+
+ private:
+  Config config_;
+  int64_t feature_dim_ = 0;
+};
+TORCH_MODULE(BaseNet);
+
+// The meta net: w = sigmoid(v . stopgrad(h) + b), zero-initialised so every weight starts at 0.5.
+class MetaNetImpl : public torch::nn::Module {
+ public:
+  explicit MetaNetImpl(int64_t feature_dim);
+  // Per-sample weights in (0, 1), shape [N]. Detaches `h` itself.
+  torch::Tensor forward(const torch::Tensor& h);
+  torch::nn::Linear linear{nullptr};
+};
+TORCH_MODULE(MetaNet);
+
+// Copies parameters and buffers of `from` into `to` (same architecture), without autograd.
+void CopyState(torch::nn::Module& from, torch::nn::Module& to);
+
+// Loads a state dict written by PyTorch's torch.save(model.state_dict(), path) into the backbone
+// of `net` (torchvision names; "fc.*" is ignored). Names or shapes that do not match, and
+// backbone tensors the file lacks, are listed in the error.
+absl::Status LoadPretrainedBackbone(const std::string& path, BaseNetImpl& net);
+
+}  // namespace mal::engine
+
+#endif  // MAL_WORKER_ENGINE_MODELS_H_
