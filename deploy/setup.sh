@@ -9,7 +9,7 @@ packages=(
   libabsl-dev libyaml-cpp-dev libsqlite3-dev libgoogle-glog-dev
   libopencv-dev opencv-data
   libgtest-dev libgmock-dev
-  python3-torch
+  python3-torch python3-torchvision
 )
 
 missing=()

@@ -356,7 +356,8 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!mal.has_meta_interval()) mal.set_meta_interval(1);
   if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
   if (!mal.has_val_batch()) mal.set_val_batch(256);
-  if (!mal.has_fd_epsilon()) mal.set_fd_epsilon(1e-2);
+  if (!mal.has_fd_epsilon()) mal.set_fd_epsilon(1e-3);
+  if (mal.exact_method().empty()) mal.set_exact_method("jvp");
   if (!mal.has_joint_forward()) mal.set_joint_forward(false);
 
   v1::SearchSpec& s = *spec.mutable_search();
@@ -438,6 +439,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
                   "must be in (0, 0.5]");
   MAL_CHECK_FIELD(mal.val_batch() >= 1, "mal.val_batch", "must be at least 1");
   MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");
+  MAL_CHECK_FIELD(OneOf(mal.exact_method(), {"jvp", "vjp"}), "mal.exact_method",
+                  "must be jvp or vjp");
 
   const v1::SearchSpec& s = spec.search();
   MAL_CHECK_FIELD(OneOf(s.algorithm(), {"grid", "random"}), "search.algorithm",

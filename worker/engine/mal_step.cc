@@ -1,6 +1,7 @@
 #include "worker/engine/mal_step.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +29,22 @@ void Assign(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tens
 }
 
 bool Finite(const torch::Tensor& t) { return torch::isfinite(t).all().item<bool>(); }
+
+// Adds the seconds since the last mark to `stats->phases` under `name` (no-op without stats).
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(StepStats* stats) : stats_(stats), last_(std::chrono::steady_clock::now()) {}
+  void Mark(const char* name) {
+    if (stats_ == nullptr) return;
+    const auto now = std::chrono::steady_clock::now();
+    stats_->phases.emplace_back(name, std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+  }
+
+ private:
+  StepStats* stats_;
+  std::chrono::steady_clock::time_point last_;
+};
 
 }  // namespace
 
@@ -114,8 +131,10 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
                                                             const TrainBatch& batch,
                                                             const ValBatch& val, double alpha,
                                                             const StepOptions& o,
-                                                            double* val_loss) {
+                                                            double* val_loss,
+                                                            StepStats* profile) {
   const std::vector<torch::Tensor> phi = meta_->parameters();
+  PhaseTimer timer(profile);
   if (o.mode == MetaMode::kHeadsOnly) {
     // Virtual step on the heads only, features fixed: exact in that subspace, and small.
     const torch::Tensor h_au = f.h_au.detach(), h_fe = f.h_fe.detach();
@@ -129,6 +148,7 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     const torch::Tensor l = WeightedLoss(heads, ComputeWeights(heads));
     const torch::Tensor w = model_->au_head->weight, b = model_->au_head->bias;
     auto g = torch::autograd::grad({l}, {w, b}, {}, /*retain_graph=*/true, /*create_graph=*/true);
+    timer.Mark("meta: head gradient with graph");
     // Validation features at the current backbone, through the shadow (its BatchNorm buffers).
     CopyState(*model_, *shadow_);
     shadow_->train();
@@ -141,22 +161,27 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     const torch::Tensor lv =
         RebalancedAuLoss(z_v, val.labels, val.mask, val.au_weight.to(val.images.dtype()));
     if (val_loss != nullptr) *val_loss = lv.item<double>();
-    return ZerosForUndefined(torch::autograd::grad({lv}, phi, {}, false, false, true), phi);
+    timer.Mark("meta: validation forward");
+    auto meta_grad = ZerosForUndefined(torch::autograd::grad({lv}, phi, {}, false, false, true), phi);
+    timer.Mark("meta: gradient to phi");
+    return meta_grad;
   }
 
   const Weights weights = ComputeWeights(f);
   const torch::Tensor loss = WeightedLoss(f, weights);
-  const bool exact = o.mode == MetaMode::kExact;
-  // g = dL/dtheta; with create_graph it stays a function of phi (exact mode).
+  // The VJP form needs g as a function of phi: only then is the graph of the backward kept.
+  const bool vjp = o.mode == MetaMode::kExact && !o.exact_jvp;
   std::vector<torch::Tensor> g = ZerosForUndefined(
-      torch::autograd::grad({loss}, params_, {}, /*retain_graph=*/true, /*create_graph=*/exact,
+      torch::autograd::grad({loss}, params_, {}, /*retain_graph=*/true, /*create_graph=*/vjp,
                             /*allow_unused=*/true),
       params_);
+  timer.Mark(vjp ? "meta: backward with create_graph" : "meta: backward");
   // Virtual step into the shadow: theta' = theta - alpha g, as plain tensors.
   Assign(shadow_params_, params_, g, -alpha);
   const std::vector<torch::Tensor> r = ValidationGradient(val, val_loss);
+  timer.Mark("meta: virtual step + validation forward/backward");
 
-  if (exact) {
+  if (vjp) {
     // dL_v/dphi = (d theta'/d phi)^T r = -alpha (dg/dphi)^T r: one vector-Jacobian product.
     std::vector<torch::Tensor> outputs, grad_outputs;
     for (size_t i = 0; i < g.size(); ++i) {
@@ -164,40 +189,66 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
       outputs.push_back(g[i]);
       grad_outputs.push_back(-alpha * r[i]);
     }
-    return ZerosForUndefined(torch::autograd::grad(outputs, phi, grad_outputs,
-                                                   /*retain_graph=*/true, /*create_graph=*/false,
-                                                   /*allow_unused=*/true),
-                             phi);
+    auto meta_grad = ZerosForUndefined(torch::autograd::grad(outputs, phi, grad_outputs,
+                                                             /*retain_graph=*/true,
+                                                             /*create_graph=*/false,
+                                                             /*allow_unused=*/true),
+                                       phi);
+    timer.Mark("meta: double backward (VJP)");
+    return meta_grad;
   }
 
-  // Finite differences: d_i = grad l_i(theta) . r from two forwards at theta +- eps r, then
-  // dL_v/dphi = -alpha d/dphi [mean(wn_au d_au) + mean(wn_fe d_fe)] with d held constant.
+  // Since g = sum_i (wn_i / n) grad l_i, the same product is
+  //   dL_v/dphi = -alpha d/dphi [mean(wn_au d_au) + mean(wn_fe d_fe)],  d_i = grad l_i . r held
+  // constant; d comes exactly from forward-mode AD, or approximately from finite differences.
+  const auto [d_au, d_fe] = DirectionalDerivatives(f, batch, r, o);
+  timer.Mark(o.mode == MetaMode::kExact ? "meta: forward-mode directional derivatives (JVP)"
+                                        : "meta: forward at theta + eps r (finite difference)");
+  const torch::Tensor surrogate =
+      -alpha * ((weights.wn_au * d_au).mean() + (weights.wn_fe * d_fe).mean());
+  auto meta_grad = ZerosForUndefined(torch::autograd::grad({surrogate}, phi, {}, false, false, true), phi);
+  timer.Mark("meta: gradient to phi");
+  return meta_grad;
+}
+
+std::pair<torch::Tensor, torch::Tensor> MalStep::DirectionalDerivatives(
+    const Forward& base, const TrainBatch& batch, const std::vector<torch::Tensor>& r,
+    const StepOptions& o) {
+  torch::NoGradGuard no_grad;  // forward-mode AD is not affected by grad mode
+  shadow_->train();
+  if (o.mode == MetaMode::kExact) {
+    Assign(shadow_params_, params_, r, 0.0);
+    const uint64_t level = torch::autograd::forward_ad::enter_dual_level();
+    torch::Tensor d_au, d_fe;
+    try {
+      for (size_t i = 0; i < shadow_params_.size(); ++i) {
+        shadow_params_[i]._set_fw_grad(r[i].contiguous(), level, /*is_inplace_op=*/false);
+      }
+      const Forward fs = ForwardTrain(*shadow_, batch, o);
+      d_au = std::get<1>(at::_unpack_dual(fs.l_au, level)).clone();
+      d_fe = std::get<1>(at::_unpack_dual(fs.l_fe, level)).clone();
+    } catch (...) {
+      torch::autograd::forward_ad::exit_dual_level(level);
+      throw;
+    }
+    torch::autograd::forward_ad::exit_dual_level(level);
+    return {d_au, d_fe};
+  }
+  // Forward difference from the losses at theta, which the meta-train forward already has:
+  // one extra forward instead of two (the bench reports its cosine to the exact gradient).
   double norm_sq = 0;
   for (const auto& t : r) norm_sq += t.pow(2).sum().item<double>();
   const double eps = o.fd_epsilon / std::max(std::sqrt(norm_sq), 1e-12);
-  torch::Tensor d_au, d_fe;
-  {
-    torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> l_plus(2), l_minus(2);
-    for (int sign : {1, -1}) {
-      Assign(shadow_params_, params_, r, sign * eps);
-      shadow_->train();
-      const Forward fs = ForwardTrain(*shadow_, batch, o);
-      (sign > 0 ? l_plus : l_minus) = {fs.l_au, fs.l_fe};
-    }
-    d_au = (l_plus[0] - l_minus[0]) / (2 * eps);
-    d_fe = (l_plus[1] - l_minus[1]) / (2 * eps);
-  }
-  const torch::Tensor surrogate =
-      -alpha * ((weights.wn_au * d_au).mean() + (weights.wn_fe * d_fe).mean());
-  return ZerosForUndefined(torch::autograd::grad({surrogate}, phi, {}, false, false, true), phi);
+  Assign(shadow_params_, params_, r, eps);
+  const Forward plus = ForwardTrain(*shadow_, batch, o);
+  return {(plus.l_au - base.l_au.detach()) / eps, (plus.l_fe - base.l_fe.detach()) / eps};
 }
 
 std::vector<torch::Tensor> MalStep::MetaGradient(const TrainBatch& batch, const ValBatch& val,
                                                  double alpha, const StepOptions& options) {
   model_->train();
   const Forward f = ForwardTrain(*model_, batch, options);
-  return MetaGradientFromForward(f, batch, val, alpha, options, nullptr);
+  return MetaGradientFromForward(f, batch, val, alpha, options, nullptr, nullptr);
 }
 
 absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* val, double alpha,
@@ -206,6 +257,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
                                        torch::optim::Optimizer* meta_optimizer) {
   model_->train();
   StepStats stats;
+  PhaseTimer timer(o.profile ? &stats : nullptr);
   const Forward f = ForwardTrain(*model_, batch, o);
   stats.loss_au = f.l_au.mean().item<double>();
   if (f.l_fe.defined()) stats.loss_fe = f.l_fe.mean().item<double>();
@@ -213,6 +265,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
     return absl::DataLossError(absl::StrCat("non-finite training loss (AU ", stats.loss_au,
                                             ", FE ", stats.loss_fe, ")"));
   }
+  timer.Mark("forward");
 
   torch::Tensor loss;
   if (o.method == Method::kStl) {
@@ -225,7 +278,9 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
         return absl::InternalError("MAL meta update without a validation batch or meta optimizer");
       }
       std::vector<torch::Tensor> meta_grad =
-          MetaGradientFromForward(f, batch, *val, alpha, o, &stats.loss_val);
+          MetaGradientFromForward(f, batch, *val, alpha, o, &stats.loss_val,
+                                  o.profile ? &stats : nullptr);
+      timer = PhaseTimer(o.profile ? &stats : nullptr);  // the meta phases timed themselves
       for (const auto& t : meta_grad) {
         if (!Finite(t)) return absl::DataLossError("non-finite meta-gradient");
       }
@@ -233,6 +288,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
       const std::vector<torch::Tensor> phi = meta_->parameters();
       for (size_t i = 0; i < phi.size(); ++i) phi[i].mutable_grad() = meta_grad[i];
       meta_optimizer->step();
+      timer.Mark("meta: optimizer step");
     }
     // Base learning: weights from the updated meta net on the same (detached) features.
     const Weights w = ComputeWeights(f);
@@ -252,6 +308,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
   base_optimizer.zero_grad();
   loss.backward();
   base_optimizer.step();
+  timer.Mark("base: weights, backward, step");
   return stats;
 }
 

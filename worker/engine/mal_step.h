@@ -4,6 +4,8 @@
 // One training iteration of STL, MTL or MAL (docs/mal.md in shared/, docs/engine.md here).
 // Torch-facing; included only by engine code.
 
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -34,7 +36,11 @@ struct StepOptions {
   double fe_lambda = 1.0;      // MTL
   bool update_meta = true;     // MAL: false between meta updates (meta_interval)
   bool joint_forward = false;  // AU and FE images through one forward (shared BN statistics)
-  double fd_epsilon = 1e-2;    // finite_difference: step along r, relative to |r|
+  double fd_epsilon = 1e-3;    // finite_difference: step along r, relative to |r|
+  // exact: the directional derivatives grad l_i . r by forward-mode AD (one dual forward, true)
+  // or the double-backward VJP of mal.md (false). Both are exact; the tests hold them equal.
+  bool exact_jvp = true;
+  bool profile = false;        // fill StepStats::phases (CPU timing; adds no synchronisation)
 };
 
 // What one iteration measured. Weights are those the base step used (after the meta update).
@@ -43,6 +49,7 @@ struct StepStats {
   double mean_w_au = 0, mean_w_fe = 0;    // raw meta-net outputs
   double mean_wn_au = 0, mean_wn_fe = 0;  // normalised
   torch::Tensor w_au, w_fe;               // raw, detached, on CPU ([n], [m]); undefined for STL/MTL
+  std::vector<std::pair<std::string, double>> phases;  // seconds per phase, with options.profile
 };
 
 // Per-AU weights for the validation loss: C * (1/p_c) / sum_k (1/p_k), p_c the positive rate of
@@ -79,11 +86,17 @@ class MalStep {
   Forward ForwardTrain(BaseNetImpl& net, const TrainBatch& batch, const StepOptions& options);
   Weights ComputeWeights(const Forward& f);
   static torch::Tensor WeightedLoss(const Forward& f, const Weights& w);
+  // d_i = grad_theta l_i(theta) . r for every training sample of `base` (the meta-train
+  // forward): forward-mode AD, or a forward difference through the shadow at theta + eps r.
+  std::pair<torch::Tensor, torch::Tensor> DirectionalDerivatives(
+      const Forward& base, const TrainBatch& batch, const std::vector<torch::Tensor>& r,
+      const StepOptions& options);
   // r = grad of the validation loss at the shadow parameters (zeros where unused).
   std::vector<torch::Tensor> ValidationGradient(const ValBatch& val, double* loss);
   std::vector<torch::Tensor> MetaGradientFromForward(const Forward& f, const TrainBatch& batch,
                                                      const ValBatch& val, double alpha,
-                                                     const StepOptions& options, double* val_loss);
+                                                     const StepOptions& options, double* val_loss,
+                                                     StepStats* profile);
 
   BaseNet model_, shadow_;
   MetaNet meta_;

@@ -73,10 +73,13 @@ double ValLossAfterVirtualStep(Fixture& f) {
       .item<double>();
 }
 
-TEST(MalStepTest, ExactMetaGradientMatchesCentralFiniteDifferences) {
+class ExactTest : public ::testing::TestWithParam<bool> {};  // param: exact_jvp
+
+TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
   Fixture f = Make("tiny", /*random_meta=*/true);
   MalStep step(f.model, f.shadow, f.meta);
   StepOptions o;
+  o.exact_jvp = GetParam();
   const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, o);
   const double delta = 1e-5;
   auto phi = f.meta->parameters();
@@ -142,13 +145,36 @@ std::vector<torch::Tensor> FunctionalMetaGradient(Fixture& f, bool heads_only) {
   return torch::autograd::grad({lv}, {v, c});
 }
 
-TEST(MalStepTest, ShadowCopyEqualsFunctionalComputation) {
+TEST_P(ExactTest, ShadowCopyEqualsFunctionalComputation) {
   Fixture f = Make("mlp", /*random_meta=*/true, 3);
   const auto functional = FunctionalMetaGradient(f, /*heads_only=*/false);
   MalStep step(f.model, f.shadow, f.meta);
-  const auto shadow = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+  StepOptions o;
+  o.exact_jvp = GetParam();
+  const auto shadow = step.MetaGradient(f.batch, f.val, kAlpha, o);
   for (size_t p = 0; p < 2; ++p) {
     EXPECT_TRUE(torch::allclose(shadow[p], functional[p], 1e-12, 1e-14)) << p;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(VjpAndJvp, ExactTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Jvp" : "Vjp"; });
+
+TEST(MalStepTest, JvpEqualsVjpWithBatchNorm) {
+  Fixture f = Make("tiny", /*random_meta=*/true, 12);
+  MalStep step(f.model, f.shadow, f.meta);
+  StepOptions o;
+  o.exact_jvp = false;
+  const auto vjp = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  o.exact_jvp = true;
+  const auto jvp = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  for (size_t p = 0; p < 2; ++p) EXPECT_TRUE(torch::allclose(jvp[p], vjp[p], 1e-10, 1e-14)) << p;
+  o.joint_forward = true;
+  const auto joint_jvp = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  o.exact_jvp = false;
+  const auto joint_vjp = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  for (size_t p = 0; p < 2; ++p) {
+    EXPECT_TRUE(torch::allclose(joint_jvp[p], joint_vjp[p], 1e-10, 1e-14)) << p;
   }
 }
 

@@ -1,0 +1,248 @@
+#include "worker/engine/trainer.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/torch.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_split.h"
+#include "common/spec/spec.h"
+#include "common/synth/synth_dataset.h"
+#include "common/util/files.h"
+#include "tests/test_util.h"
+#include "worker/engine/models.h"
+
+namespace mal::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    synth::SynthOptions o;
+    o.out = *dir_ / "sf";
+    o.au_subjects = 3;
+    o.frames = 40;
+    o.fe_subjects = 10;
+    o.fe_images = 50;
+    o.size = 40;
+    o.threads = 2;
+    ASSERT_TRUE(synth::GenerateSynthFace(o).ok());
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static v1::ExperimentSpec Spec(const std::string& method, const std::string& mode = "exact") {
+    auto spec = ParseSpecYaml(absl::StrCat(R"(
+name: t
+method: )", method, R"(
+data:
+  au: {format: synthface, root: )", *dir_ / "sf", R"(}
+  fe: {format: synthface, root: )", *dir_ / "sf", R"(}
+model: {backbone: small_cnn, input: 32, resize: 36}
+train: {epochs: 2, batch_au: 8, batch_fe: 8, lr: 0.01, max_iterations: 3, threads: 1,
+        data_threads: 1, checkpoint_every: 2, log_every: 2}
+mal: {mode: )", mode, R"(, val_fraction: 0.1, val_batch: 8, meta_lr: 0.01}
+seed: 3
+)"),
+                              "test.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    ApplyDefaults(*spec);
+    EXPECT_TRUE(ValidateSpec(*spec).ok());
+    return *spec;
+  }
+
+  static std::vector<torch::Tensor> Parameters(const std::string& model_path) {
+    BaseNetImpl::Config c;
+    c.backbone = "small_cnn";
+    c.input = 32;
+    BaseNet net(c);
+    torch::serialize::InputArchive archive;
+    archive.load_from(model_path);
+    net->load(archive);
+    std::vector<torch::Tensor> out;
+    for (const auto& p : net->parameters()) out.push_back(p.detach().clone());
+    for (const auto& b : net->buffers()) out.push_back(b.clone());
+    return out;
+  }
+
+  static bool Same(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!torch::equal(a[i], b[i])) return false;
+    }
+    return true;
+  }
+
+  static int CountLines(const std::string& path) {
+    std::ifstream in(path);
+    std::string line;
+    int n = 0;
+    while (std::getline(in, line)) ++n;
+    return n;
+  }
+
+  static testing::TempDir* dir_;
+};
+testing::TempDir* TrainerTest::dir_ = nullptr;
+
+TEST_F(TrainerTest, TrainsEachMethodAndWritesItsFiles) {
+  for (const auto& [method, mode] : std::vector<std::pair<std::string, std::string>>{
+           {"stl", "exact"}, {"mtl", "exact"}, {"mal", "exact"}, {"mal", "finite_difference"},
+           {"mal", "heads_only"}}) {
+    SCOPED_TRACE(method + " " + mode);
+    testing::TempDir out;
+    TrainOptions o;
+    o.spec = Spec(method, mode);
+    o.out_dir = out.path();
+    auto result = Train(o);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->iterations, 6);
+    EXPECT_EQ(result->final_epoch.epoch, 2);
+    EXPECT_EQ(result->final_epoch.test_f1.size(), 12u);
+    for (const char* f : {"model.pt", "model.json", "metrics.json", "records.csv", "checkpoint.pt"}) {
+      EXPECT_TRUE(fs::exists(out / f)) << f;
+    }
+    EXPECT_EQ(CountLines(out / "records.csv"), 7);
+    const std::string metadata = *ReadFile(out / "model.json");
+    EXPECT_THAT(metadata, HasSubstr("\"aus\": [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]"));
+    EXPECT_THAT(metadata, HasSubstr("\"thresholds\""));
+    if (method == "mal") {
+      ASSERT_TRUE(fs::exists(out / "weights/epoch_002.csv"));
+      // Every training AU sample and every FE sample has a weight row.
+      EXPECT_GT(CountLines(out / "weights/epoch_002.csv"), 40);
+      EXPECT_THAT(*ReadFile(out / "summaries.jsonl"), HasSubstr("\"lowest_fe\""));
+      EXPECT_GT(result->final_epoch.mean_fe_weight, 0);
+    }
+  }
+}
+
+TEST_F(TrainerTest, SameSeedSameParameters) {
+  testing::TempDir a, b;
+  TrainOptions o;
+  o.spec = Spec("mal");
+  o.out_dir = a.path();
+  ASSERT_TRUE(Train(o).ok());
+  o.out_dir = b.path();
+  ASSERT_TRUE(Train(o).ok());
+  EXPECT_TRUE(Same(Parameters(a / "model.pt"), Parameters(b / "model.pt")));
+  o.spec.set_seed(4);
+  testing::TempDir c;
+  o.out_dir = c.path();
+  ASSERT_TRUE(Train(o).ok());
+  EXPECT_FALSE(Same(Parameters(a / "model.pt"), Parameters(c / "model.pt")));
+}
+
+TEST_F(TrainerTest, ResumeFromCheckpointEqualsUninterruptedRun) {
+  for (const char* method : {"mal", "mtl"}) {
+    SCOPED_TRACE(method);
+    testing::TempDir full, split;
+    TrainOptions o;
+    o.spec = Spec(method);
+    o.out_dir = full.path();
+    ASSERT_TRUE(Train(o).ok());
+
+    o.out_dir = split.path();
+    int polls = 0;
+    o.should_stop = [&] { return ++polls == 5; };  // stop before iteration 5 (mid epoch 2)
+    auto stopped = Train(o);
+    ASSERT_FALSE(stopped.ok());
+    EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled);
+    o.should_stop = nullptr;
+    o.resume = true;
+    auto resumed = Train(o);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+    EXPECT_EQ(resumed->iterations, 6);
+    EXPECT_TRUE(Same(Parameters(full / "model.pt"), Parameters(split / "model.pt")));
+    // Every iteration is recorded exactly once.
+    std::vector<std::string> rows = absl::StrSplit(*ReadFile(split / "records.csv"), '\n', absl::SkipEmpty());
+    ASSERT_EQ(rows.size(), 7u);
+    for (int i = 1; i <= 6; ++i) {
+      std::vector<std::string> f = absl::StrSplit(rows[i], ',');
+      EXPECT_EQ(f[1], std::to_string(i));
+    }
+    EXPECT_EQ(CountLines(split / "metrics.json"), 4);  // 2 epochs + brackets
+  }
+}
+
+TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("stl");
+  o.spec.mutable_data()->mutable_au()->set_format("bp4d");
+  o.spec.mutable_data()->mutable_au()->set_root("/nonexistent/BP4D");
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_FALSE(result.ok());
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("/nonexistent/BP4D"));
+}
+
+TEST_F(TrainerTest, NonFiniteLossFailsAndKeepsTheLastCheckpoint) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("mtl");
+  o.spec.mutable_train()->set_lr(1e30);
+  o.spec.mutable_train()->set_checkpoint_every(1);
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_FALSE(result.ok());
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("non-finite"));
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("last checkpoint kept"));
+  ASSERT_TRUE(fs::exists(out / "checkpoint.pt"));
+  EXPECT_FALSE(fs::exists(out / "model.pt"));
+}
+
+// A real file written by PyTorch: torchvision's resnet18 state dict, and its features for an input.
+TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
+  if (!fs::exists("/usr/bin/python3") ||
+      std::system("/usr/bin/python3 -c 'import torchvision' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "python3-torchvision not installed (deploy/setup.sh installs it)";
+  }
+  testing::TempDir dir;
+  const std::string script = absl::StrCat(
+      "import torch, torchvision\n"
+      "torch.manual_seed(0)\n"
+      "m = torchvision.models.resnet18()\n"
+      "for mod in m.modules():\n"
+      "    if isinstance(mod, torch.nn.BatchNorm2d):\n"
+      "        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n"
+      "torch.save(m.state_dict(), '", dir / "r18.pth", "')\n"
+      "m.fc = torch.nn.Identity(); m.eval()\n"
+      "x = torch.randn(2, 3, 64, 64)\n"
+      "with torch.no_grad(): y = m(x)\n"
+      "torch.save({'x': x, 'y': y}, '", dir / "io.pt", "')\n"
+      "torch.save(torchvision.models.resnet34().state_dict(), '", dir / "r34.pth", "')\n");
+  testing::WriteText(dir / "make.py", script);
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + (dir / "make.py")).c_str()), 0);
+
+  BaseNetImpl::Config c;
+  c.backbone = "resnet18";
+  BaseNet net(c);
+  absl::Status s = LoadPretrainedBackbone(dir / "r18.pth", *net);
+  ASSERT_TRUE(s.ok()) << s;
+  std::ifstream in(dir / "io.pt", std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto io = torch::pickle_load(bytes).toGenericDict();
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor y = net->Features(io.at("x").toTensor());
+  EXPECT_TRUE(torch::allclose(y, io.at("y").toTensor(), 1e-4, 1e-5));
+
+  absl::Status mismatch = LoadPretrainedBackbone(dir / "r34.pth", *net);
+  ASSERT_FALSE(mismatch.ok());
+  EXPECT_THAT(std::string(mismatch.message()), HasSubstr("names not in the model"));
+  EXPECT_THAT(std::string(mismatch.message()), HasSubstr("names not in the model (96): layer1.2.bn1.bias"));
+  EXPECT_FALSE(LoadPretrainedBackbone(dir / "missing.pth", *net).ok());
+  testing::WriteText(dir / "junk.pth", "not a pickle");
+  absl::Status junk = LoadPretrainedBackbone(dir / "junk.pth", *net);
+  ASSERT_FALSE(junk.ok());
+  EXPECT_THAT(std::string(junk.message()), HasSubstr("junk.pth"));
+}
+
+}  // namespace
+}  // namespace mal::engine

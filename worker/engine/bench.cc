@@ -1,0 +1,218 @@
+#include "worker/engine/bench.h"
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/mal_step.h"
+#include "worker/engine/models.h"
+
+namespace mal::engine {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Peak resident memory since the last reset, in MiB (Linux: VmHWM; reset via clear_refs).
+void ResetPeakMemory() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+}
+double PeakMemoryMiB() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return -1;
+}
+
+struct Variant {
+  std::string name;
+  Method method;
+  MetaMode mode;
+};
+
+struct Setup {
+  BaseNet model{nullptr}, shadow{nullptr};
+  MetaNet meta{nullptr};
+  TrainBatch batch;
+  ValBatch val;
+};
+
+Setup MakeSetup(const BenchOptions& o, const torch::Device& device) {
+  torch::manual_seed(1);
+  Setup s;
+  BaseNetImpl::Config c;
+  c.backbone = o.backbone;
+  c.num_aus = 12;
+  c.input = o.input;
+  s.model = BaseNet(c);
+  s.shadow = BaseNet(c);
+  s.meta = MetaNet(s.model->feature_dim());
+  s.model->to(device);
+  s.shadow->to(device);
+  s.meta->to(device);
+  auto f = torch::TensorOptions().device(device);
+  s.batch.au_images = torch::randn({o.batch, 3, o.input, o.input}, f);
+  s.batch.au_labels = torch::randint(0, 2, {o.batch, 12}, f);
+  s.batch.au_mask = torch::ones({o.batch, 12}, f);
+  s.batch.fe_images = torch::randn({o.batch, 3, o.input, o.input}, f);
+  s.batch.fe_labels = torch::randint(0, 7, {o.batch}, f.dtype(torch::kLong));
+  s.val.images = torch::randn({o.val_batch, 3, o.input, o.input}, f);
+  s.val.labels = torch::randint(0, 2, {o.val_batch, 12}, f);
+  s.val.mask = torch::ones({o.val_batch, 12}, f);
+  s.val.au_weight = torch::ones({12}, f);
+  return s;
+}
+
+torch::Tensor Flat(const std::vector<torch::Tensor>& v) {
+  std::vector<torch::Tensor> parts;
+  for (const auto& t : v) parts.push_back(t.reshape(-1).to(torch::kDouble).cpu());
+  return torch::cat(parts);
+}
+
+}  // namespace
+
+absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
+  try {
+    at::set_num_threads(o.threads > 0 ? o.threads
+                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+    const torch::Device device(o.device);
+    if (device.is_cuda() && !torch::cuda::is_available()) {
+      return absl::FailedPreconditionError(absl::StrCat("--device ", o.device, ": no CUDA here"));
+    }
+    BenchReport report;
+    report.options = o;
+    const std::vector<Variant> variants = {
+        {"stl", Method::kStl, MetaMode::kExact},
+        {"mtl", Method::kMtl, MetaMode::kExact},
+        {"mal_exact", Method::kMal, MetaMode::kExact},
+        {"mal_finite_difference", Method::kMal, MetaMode::kFiniteDifference},
+        {"mal_heads_only", Method::kMal, MetaMode::kHeadsOnly},
+    };
+    for (const Variant& v : variants) {
+      Setup s = MakeSetup(o, device);
+      torch::optim::SGD base(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9).weight_decay(5e-4));
+      torch::optim::Adam meta(s.meta->parameters(), torch::optim::AdamOptions(1e-3));
+      MalStep step(s.model, s.shadow, s.meta);
+      StepOptions so;
+      so.method = v.method;
+      so.mode = v.mode;
+      so.profile = true;
+      for (int i = 0; i < o.warmup; ++i) {
+        auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
+        if (!r.ok()) return r.status();
+      }
+      if (device.is_cuda()) torch::cuda::synchronize();
+      ResetPeakMemory();
+      BenchResult result;
+      result.name = v.name;
+      std::map<std::string, double> phases;
+      std::vector<std::string> order;
+      const auto start = Clock::now();
+      for (int i = 0; i < o.iterations; ++i) {
+        auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
+        if (!r.ok()) return r.status();
+        for (const auto& [name, sec] : r->phases) {
+          if (!phases.count(name)) order.push_back(name);
+          phases[name] += sec / o.iterations;
+        }
+      }
+      if (device.is_cuda()) torch::cuda::synchronize();
+      result.seconds_per_iteration = std::chrono::duration<double>(Clock::now() - start).count() / o.iterations;
+      result.peak_memory_mib = PeakMemoryMiB();
+      for (const auto& name : order) result.phases.emplace_back(name, phases[name]);
+      report.results.push_back(result);
+    }
+    const double mtl = report.results[1].seconds_per_iteration;
+    for (auto& r : report.results) r.ratio_to_mtl = r.seconds_per_iteration / mtl;
+
+    // Cosine of each approximate meta-gradient to the exact one, at the same state. The meta net
+    // is moved off its zero init first (a few exact steps), so the bias gradient is not trivially 0.
+    Setup s = MakeSetup(o, device);
+    MalStep step(s.model, s.shadow, s.meta);
+    {
+      torch::optim::SGD base(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+      torch::optim::Adam meta(s.meta->parameters(), torch::optim::AdamOptions(1e-2));
+      for (int i = 0; i < 3; ++i) {
+        auto r = step.Run(s.batch, &s.val, 1e-3, StepOptions{}, base, &meta);
+        if (!r.ok()) return r.status();
+      }
+    }
+    // Running statistics would move with every MetaGradient call: compare at frozen buffers.
+    std::vector<torch::Tensor> buffers;
+    for (const auto& b : s.model->buffers()) buffers.push_back(b.clone());
+    auto gradient = [&](MetaMode mode) {
+      auto live = s.model->buffers();
+      {
+        torch::NoGradGuard g;
+        for (size_t i = 0; i < live.size(); ++i) live[i].copy_(buffers[i]);
+      }
+      StepOptions so;
+      so.mode = mode;
+      return Flat(step.MetaGradient(s.batch, s.val, 1e-3, so));
+    };
+    const torch::Tensor exact = gradient(MetaMode::kExact);
+    for (auto& r : report.results) {
+      if (r.name == "mal_finite_difference" || r.name == "mal_heads_only") {
+        const torch::Tensor g = gradient(r.name == "mal_heads_only" ? MetaMode::kHeadsOnly
+                                                                    : MetaMode::kFiniteDifference);
+        r.cosine_to_exact = (g.dot(exact) / (g.norm() * exact.norm() + 1e-30)).item<double>();
+      } else if (r.name == "mal_exact") {
+        r.cosine_to_exact = 1;
+      }
+    }
+    return report;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("bench failed: ", e.what_without_backtrace()));
+  }
+}
+
+std::string FormatBench(const BenchReport& r, bool json) {
+  const BenchOptions& o = r.options;
+  if (json) {
+    std::vector<std::string> items;
+    for (const auto& x : r.results) {
+      std::vector<std::string> phases;
+      for (const auto& [name, sec] : x.phases) phases.push_back(absl::StrFormat("\"%s\": %.6f", name, sec));
+      items.push_back(absl::StrFormat(
+          "{\"name\": \"%s\", \"seconds_per_iteration\": %.6f, \"ratio_to_mtl\": %.4f, "
+          "\"peak_memory_mib\": %.1f, \"cosine_to_exact\": %s, \"phases\": {%s}}",
+          x.name, x.seconds_per_iteration, x.ratio_to_mtl, x.peak_memory_mib,
+          x.cosine_to_exact ? absl::StrFormat("%.6f", *x.cosine_to_exact) : "null",
+          absl::StrJoin(phases, ", ")));
+    }
+    return absl::StrFormat(
+        "{\"backbone\": \"%s\", \"input\": %d, \"batch\": %d, \"val_batch\": %d, \"iterations\": %d, "
+        "\"threads\": %d, \"device\": \"%s\", \"results\": [\n  %s\n]}\n",
+        o.backbone, o.input, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device,
+        absl::StrJoin(items, ",\n  "));
+  }
+  std::string out = absl::StrFormat(
+      "%s, input %d, batch %d AU + %d FE, validation batch %d, %d timed iterations, %d threads, %s\n\n",
+      o.backbone, o.input, o.batch, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device);
+  absl::StrAppendFormat(&out, "%-24s %10s %10s %14s %16s\n", "method", "ms/iter", "x MTL",
+                        "peak RSS MiB", "cosine to exact");
+  for (const auto& x : r.results) {
+    absl::StrAppendFormat(&out, "%-24s %10.1f %10.2f %14.0f %16s\n", x.name,
+                          1000 * x.seconds_per_iteration, x.ratio_to_mtl, x.peak_memory_mib,
+                          x.cosine_to_exact ? absl::StrFormat("%.4f", *x.cosine_to_exact) : "-");
+  }
+  absl::StrAppend(&out, "\nwhere the time goes (ms per iteration)\n");
+  for (const auto& x : r.results) {
+    absl::StrAppendFormat(&out, "  %s\n", x.name);
+    for (const auto& [name, sec] : x.phases) absl::StrAppendFormat(&out, "    %-48s %8.1f\n", name, 1000 * sec);
+  }
+  return out;
+}
+
+}  // namespace mal::engine

@@ -1,0 +1,96 @@
+#ifndef MAL_WORKER_ENGINE_TRAINER_H_
+#define MAL_WORKER_ENGINE_TRAINER_H_
+
+// Trains one fold of an experiment with STL, MTL or MAL (no torch in this header).
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mal/v1/spec.pb.h"
+
+namespace mal::engine {
+
+// Every iteration.
+struct IterationRecord {
+  int epoch = 0;           // 1-based
+  int64_t iteration = 0;   // 1-based, over the whole run
+  double loss_au = 0, loss_fe = 0;
+  double loss_val = -1;    // -1 where no meta update ran this iteration
+  double mean_w_au = 0, mean_w_fe = 0;    // raw meta-net weights (0 for STL/MTL)
+  double mean_wn_au = 0, mean_wn_fe = 0;  // normalised
+  double lr = 0, meta_lr = 0;
+  double seconds = 0;      // of this iteration
+};
+
+struct SampleWeight {
+  std::string id;
+  int label = -1;          // canonical expression
+  double consistency = -1;
+  double weight = 0;       // raw meta-net output
+};
+
+// Every `train.log_every` iterations: the weights of the samples seen since the last summary.
+struct WeightSummary {
+  int epoch = 0;
+  int64_t iteration = 0;
+  static constexpr double kQuantiles[] = {0, 0.1, 0.25, 0.5, 0.75, 0.9, 1};
+  std::vector<double> au_quantiles, fe_quantiles;  // at kQuantiles
+  std::vector<SampleWeight> lowest_fe, highest_fe;  // up to 5 each
+};
+
+// Every epoch.
+struct EpochRecord {
+  int epoch = 0;
+  int64_t iteration = 0;
+  std::vector<int> aus;
+  std::vector<double> test_f1;  // per AU, on the fold's test subjects
+  double test_mean_f1 = 0;
+  std::vector<double> val_f1;   // on the validation reserve
+  double val_mean_f1 = 0;
+  double val_loss = 0;          // class-rebalanced
+  double mean_fe_weight = -1, mean_au_weight = -1;  // over every training sample (MAL)
+  double fe_weight_consistency_spearman = 0;         // MAL, where consistency is known
+  double seconds = 0;
+  std::string weights_csv;      // per-sample weights of this epoch (MAL)
+};
+
+// Receives records as training produces them, on the training thread. Keep it fast.
+class RecordSink {
+ public:
+  virtual ~RecordSink() = default;
+  virtual void OnIteration(const IterationRecord&) {}
+  virtual void OnWeightSummary(const WeightSummary&) {}
+  virtual void OnEpoch(const EpochRecord&) {}
+};
+
+struct TrainOptions {
+  v1::ExperimentSpec spec;  // defaults applied and validated
+  int fold = 1;             // 1-based
+  std::string out_dir;
+  bool resume = false;      // continue from out_dir/checkpoint.pt when it exists
+  bool progress = false;    // progress to stderr (a bar on a terminal, plain lines otherwise)
+  RecordSink* sink = nullptr;
+  // Polled between iterations: true stops the run after a checkpoint (status Cancelled).
+  std::function<bool()> should_stop;
+};
+
+struct TrainResult {
+  EpochRecord final_epoch;
+  std::string model_path;     // weights (torch archive)
+  std::string metadata_path;  // model.json: AUs, input, normalisation, thresholds, spec, metrics
+  int64_t iterations = 0;
+};
+
+// Trains, evaluates every epoch, checkpoints, and saves the model under out_dir:
+//   checkpoint.pt, records.csv, summaries.jsonl, metrics.json, weights/epoch_NNN.csv (MAL),
+//   model.pt, model.json. Files are written atomically. Errors (bad spec, unreadable dataset,
+//   non-finite loss or weights) come back as a status naming the cause; the last good checkpoint
+//   stays.
+absl::StatusOr<TrainResult> Train(const TrainOptions& options);
+
+}  // namespace mal::engine
+
+#endif  // MAL_WORKER_ENGINE_TRAINER_H_
