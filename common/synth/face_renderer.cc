@@ -118,8 +118,8 @@ void DrawBrows(Canvas& c, const FaceState& s) {
   const Identity& id = s.identity;
   const double a1 = A(s, 1), a2 = A(s, 2), a4 = A(s, 4);
   const double base = id.eye_y - id.brow_gap;
-  const cv::Scalar wrinkle1 = Darken(id.skin, 0.35 * a1);
-  const cv::Scalar wrinkle2 = Darken(id.skin, 0.35 * a2);
+  const cv::Scalar wrinkle1 = Darken(id.skin, 0.55 * a1);
+  const cv::Scalar wrinkle2 = Darken(id.skin, 0.55 * a2);
   for (int side : {-1, 1}) {
     // AU2: lateral forehead wrinkles above the outer brow.
     if (a2 > 0) {
@@ -131,10 +131,10 @@ void DrawBrows(Canvas& c, const FaceState& s) {
                wrinkle2, 0.006);
       }
     }
-    const double inner_x = 0.5 + side * (id.eye_dx - 0.45 * id.brow_length - 0.012 * a4);
+    const double inner_x = 0.5 + side * (id.eye_dx - 0.45 * id.brow_length - 0.016 * a4);
     const double outer_x = 0.5 + side * (id.eye_dx + 0.55 * id.brow_length);
-    const double inner_y = base - 0.035 * a1 + 0.025 * a4;
-    const double outer_y = base + 0.004 - 0.035 * a2 + 0.012 * a4;
+    const double inner_y = base - 0.05 * a1 + 0.035 * a4;
+    const double outer_y = base + 0.004 - 0.05 * a2 + 0.015 * a4;
     const double mid_y = 0.5 * (inner_y + outer_y) - 0.012;
     c.Poly(Curve({inner_x, inner_y}, {0.5 * (inner_x + outer_x), mid_y}, {outer_x, outer_y}),
            Darken(id.hair, 0.1), id.brow_thickness);
@@ -151,7 +151,7 @@ void DrawBrows(Canvas& c, const FaceState& s) {
   if (a4 > 0) {
     for (int side : {-1, 1}) {
       c.Poly({{0.5 + side * 0.014, base - 0.02}, {0.5 + side * 0.01, base + 0.035}},
-             Darken(id.skin, 0.45 * a4), 0.006);
+             Darken(id.skin, 0.6 * a4), 0.008);
     }
   }
 }
@@ -159,7 +159,7 @@ void DrawBrows(Canvas& c, const FaceState& s) {
 void DrawEyes(Canvas& c, const FaceState& s) {
   const Identity& id = s.identity;
   const double a6 = A(s, 6), a7 = A(s, 7);
-  const double open = id.eye_half_height * (1 - 0.55 * a7) * (1 - 0.15 * a6);
+  const double open = id.eye_half_height * (1 - 0.65 * a7) * (1 - 0.2 * a6);
   for (int side : {-1, 1}) {
     const double x = 0.5 + side * id.eye_dx;
     c.Ellipse(x, id.eye_y, id.eye_half_width, open, 0, cv::Scalar(235, 238, 240));
@@ -178,14 +178,14 @@ void DrawCheeks(Canvas& c, const FaceState& s) {
   const Identity& id = s.identity;
   const double a6 = A(s, 6);
   if (a6 <= 0) return;
-  const cv::Scalar blush = Mix(id.skin, cv::Scalar(90, 90, 200), 0.25 * a6);
+  const cv::Scalar blush = Mix(id.skin, cv::Scalar(90, 90, 200), 0.4 * a6);
   for (int side : {-1, 1}) {
-    c.Ellipse(0.5 + side * (id.eye_dx + 0.01), id.eye_y + 0.09 - 0.025 * a6, 0.055, 0.03, 0, blush);
+    c.Ellipse(0.5 + side * (id.eye_dx + 0.01), id.eye_y + 0.09 - 0.035 * a6, 0.055, 0.03, 0, blush);
     // Crow's feet at the outer eye corner.
     const double x0 = 0.5 + side * (id.eye_dx + id.eye_half_width + 0.008);
     for (int k = -1; k <= 1; ++k) {
       c.Poly({{x0, id.eye_y + 0.008 * k}, {x0 + side * 0.03, id.eye_y + 0.018 * k}},
-             Darken(id.skin, 0.4 * a6), 0.005);
+             Darken(id.skin, 0.6 * a6), 0.006);
     }
   }
 }
@@ -205,7 +205,7 @@ void DrawNose(Canvas& c, const FaceState& s) {
     for (int k = 0; k < 3; ++k) {
       const double y = id.eye_y + 0.03 + 0.014 * k;
       c.Poly(Curve({0.5 - 0.026, y}, {0.5, y - 0.006}, {0.5 + 0.026, y}),
-             Darken(id.skin, 0.45 * a9), 0.005);
+             Darken(id.skin, 0.6 * a9), 0.006);
     }
   }
 }
@@ -222,18 +222,18 @@ void DrawMouth(Canvas& c, const FaceState& s) {
       c.Poly(Curve({0.5 + side * 0.045, tip + 0.005},
                    {0.5 + side * (id.mouth_half_width + 0.005), id.mouth_y - 0.05},
                    {0.5 + side * (id.mouth_half_width + 0.025), id.mouth_y + 0.005}),
-             Darken(id.skin, 0.35 * a10), 0.006);
+             Darken(id.skin, 0.55 * a10), 0.008);
     }
   }
-  const double half_w = id.mouth_half_width * (1 + 0.25 * a12 - 0.08 * a14) * (1 - 0.15 * a24);
-  const double corner_y = id.mouth_y - 0.03 * a12 + 0.03 * a15;
-  const double thick = id.lip_thickness * (1 - 0.55 * a23) * (1 - 0.35 * a24);
+  const double half_w = id.mouth_half_width * (1 + 0.3 * a12 - 0.1 * a14) * (1 - 0.2 * a24);
+  const double corner_y = id.mouth_y - 0.045 * a12 + 0.045 * a15;
+  const double thick = id.lip_thickness * (1 - 0.6 * a23) * (1 - 0.45 * a24);
   // Parted lips open both ways; a dropped jaw takes only the lower lip down.
   const double upper_inner = id.mouth_y - 0.011 * a25;
   const double lower_inner = id.mouth_y + 0.011 * a25 + 0.045 * a26;
   const double gap = lower_inner - upper_inner;
   const cv::Point2d left(0.5 - half_w, corner_y), right(0.5 + half_w, corner_y);
-  const double top = upper_inner - thick * 1.1 - 0.02 * a10;
+  const double top = upper_inner - thick * 1.1 - 0.03 * a10;
   const double bottom = lower_inner + thick * 1.3 - 0.008 * a17;
 
   // Upper lip: outer outline with a cupid's bow, then the inner line back.
@@ -281,7 +281,7 @@ void DrawMouth(Canvas& c, const FaceState& s) {
     const double y_chin = y + JawShift(s, y);
     for (int k = -2; k <= 2; ++k) {
       c.Ellipse(0.5 + 0.022 * k, y_chin + 0.01 * (k % 2), 0.007, 0.005, 0,
-                Darken(id.skin, 0.35 * a17), 0.004);
+                Darken(id.skin, 0.55 * a17), 0.005);
     }
   }
 }

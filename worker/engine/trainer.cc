@@ -466,6 +466,10 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   fs::create_directories(fs::path(options.out_dir) / "weights", ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(options.out_dir, ": ", ec.message()));
 
+  // Temporary files of a run that was killed while writing (they never replaced anything).
+  for (const auto& entry : fs::directory_iterator(options.out_dir, ec)) {
+    if (entry.path().filename().string().find(".tmp.") != std::string::npos) fs::remove(entry.path(), ec);
+  }
   ASSIGN_OR_RETURN(Data data, LoadData(spec, options.fold));
   const Method method = ToMethod(spec.method());
   const int num_aus = static_cast<int>(data.au.aus.size());
