@@ -90,10 +90,7 @@ absl::Status ReadList(const std::string& path, const std::string& part, const st
 }  // namespace
 
 absl::StatusOr<DatasetIndex> ReadAffectNet(const ReaderOptions& options) {
-  DatasetIndex index;
-  index.format = "affectnet";
-  index.root = options.root;
-  index.report = LoadReport(options.strict);
+  DatasetIndex index = NewIndex("affectnet", options, /*au_format=*/false);
   const std::string list_dir = (fs::path(options.root) / "Manually_Annotated_file_lists").string();
   RETURN_IF_ERROR(RequireDirectory(
       list_dir, "AffectNet layout Manually_Annotated_file_lists/{training,validation}.csv"));

@@ -15,11 +15,7 @@ namespace mal::data {
 namespace fs = std::filesystem;
 
 absl::StatusOr<DatasetIndex> ReadBp4d(const ReaderOptions& options) {
-  DatasetIndex index;
-  index.format = "bp4d";
-  index.root = options.root;
-  index.aus = options.aus.empty() ? DefaultAus("bp4d") : options.aus;
-  index.report = LoadReport(options.strict);
+  DatasetIndex index = NewIndex("bp4d", options, /*au_format=*/true);
   const std::string label_dir = (fs::path(options.root) / "AUCoding" / "AU_OCC").string();
   RETURN_IF_ERROR(RequireDirectory(label_dir, "BP4D layout AUCoding/AU_OCC/<Subject>_<Task>.csv"));
   const std::string image_root = options.images.empty() ? options.root : options.images;

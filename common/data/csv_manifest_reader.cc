@@ -21,10 +21,7 @@ namespace mal::data {
 namespace fs = std::filesystem;
 
 absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
-  DatasetIndex index;
-  index.format = "csv";
-  index.root = options.root;
-  index.report = LoadReport(options.strict);
+  DatasetIndex index = NewIndex("csv", options, /*au_format=*/false);
   LoadReport& report = index.report;
   const std::string path =
       ResolvePath(options.root, options.manifest.empty() ? "manifest.csv" : options.manifest);

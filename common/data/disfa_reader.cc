@@ -63,11 +63,7 @@ absl::StatusOr<std::map<long, int>> ReadIntensities(const std::string& path, Loa
 }  // namespace
 
 absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
-  DatasetIndex index;
-  index.format = "disfa";
-  index.root = options.root;
-  index.aus = options.aus.empty() ? DefaultAus("disfa") : options.aus;
-  index.report = LoadReport(options.strict);
+  DatasetIndex index = NewIndex("disfa", options, /*au_format=*/true);
   LoadReport& report = index.report;
   const std::string label_dir = (fs::path(options.root) / "ActionUnit_Labels").string();
   RETURN_IF_ERROR(RequireDirectory(label_dir, "DISFA layout ActionUnit_Labels/SN0xx/SN0xx_au<k>.txt"));

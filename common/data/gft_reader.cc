@@ -50,11 +50,7 @@ absl::StatusOr<std::map<std::string, std::string>> ReadSplitFile(const std::stri
 }  // namespace
 
 absl::StatusOr<DatasetIndex> ReadGft(const ReaderOptions& options) {
-  DatasetIndex index;
-  index.format = "gft";
-  index.root = options.root;
-  index.aus = options.aus.empty() ? DefaultAus("gft") : options.aus;
-  index.report = LoadReport(options.strict);
+  DatasetIndex index = NewIndex("gft", options, /*au_format=*/true);
   const std::string label_dir = (fs::path(options.root) / "AU_OCC").string();
   RETURN_IF_ERROR(RequireDirectory(label_dir, "GFT layout AU_OCC/<video>.csv and split.txt"));
   ASSIGN_OR_RETURN(auto split, ReadSplitFile((fs::path(options.root) / "split.txt").string()));

@@ -74,10 +74,7 @@ std::unordered_set<std::string> ListFiles(const std::string& dir) {
 }  // namespace
 
 absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
-  DatasetIndex index;
-  index.format = "rafdb";
-  index.root = options.root;
-  index.report = LoadReport(options.strict);
+  DatasetIndex index = NewIndex("rafdb", options, /*au_format=*/false);
   LoadReport& report = index.report;
   const std::string list_path =
       (fs::path(options.root) / "EmoLabel" / "list_patition_label.txt").string();

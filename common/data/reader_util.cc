@@ -16,6 +16,15 @@ namespace mal::data {
 
 namespace fs = std::filesystem;
 
+DatasetIndex NewIndex(const std::string& format, const ReaderOptions& options, bool au_format) {
+  DatasetIndex index;
+  index.format = format;
+  index.root = options.root;
+  if (au_format) index.aus = options.aus.empty() ? DefaultAus(format) : options.aus;
+  index.report = LoadReport(options.strict);
+  return index;
+}
+
 bool IsImageFile(absl::string_view name) {
   const std::string lower = absl::AsciiStrToLower(name);
   for (const char* ext : {".jpg", ".jpeg", ".png", ".bmp"}) {

@@ -29,6 +29,10 @@ class FrameDirectory {
   std::unordered_map<long, std::string> frames_;
 };
 
+// An empty index of `format` for `options`: root, strictness, and for AU formats the requested AUs
+// (or the format's standard list).
+DatasetIndex NewIndex(const std::string& format, const ReaderOptions& options, bool au_format);
+
 // True for the image extensions we read (jpg, jpeg, png, bmp), case-insensitive.
 bool IsImageFile(absl::string_view name);
 
