@@ -1,5 +1,8 @@
 #include "worker/engine/bench.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -12,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
 
@@ -21,11 +25,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Peak resident memory since the last reset, in MiB (Linux: VmHWM; reset via clear_refs).
-void ResetPeakMemory() {
-  std::ofstream f("/proc/self/clear_refs");
-  f << "5";
-}
+// Peak resident memory of this process, in MiB (Linux: VmHWM).
 double PeakMemoryMiB() {
   std::ifstream f("/proc/self/status");
   std::string line;
@@ -39,6 +39,7 @@ struct Variant {
   std::string name;
   Method method;
   MetaMode mode;
+  bool exact_jvp = true;
 };
 
 struct Setup {
@@ -80,12 +81,100 @@ torch::Tensor Flat(const std::vector<torch::Tensor>& v) {
   return torch::cat(parts);
 }
 
+// Times one method: warm-up, then `iterations` iterations with per-phase timing.
+absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
+                                       const torch::Device& device) {
+  at::set_num_threads(o.threads > 0 ? o.threads
+                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  Setup s = MakeSetup(o, device);
+  torch::optim::SGD base(s.model->parameters(),
+                         torch::optim::SGDOptions(1e-3).momentum(0.9).weight_decay(5e-4));
+  torch::optim::Adam meta(s.meta->parameters(), torch::optim::AdamOptions(1e-3));
+  MalStep step(s.model, s.shadow, s.meta);
+  StepOptions so;
+  so.method = v.method;
+  so.mode = v.mode;
+  so.exact_jvp = v.exact_jvp;
+  so.profile = true;
+  for (int i = 0; i < o.warmup; ++i) {
+    auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
+    if (!r.ok()) return r.status();
+  }
+  if (device.is_cuda()) torch::cuda::synchronize();
+  BenchResult result;
+  result.name = v.name;
+  std::map<std::string, double> phases;
+  std::vector<std::string> order;
+  const auto start = Clock::now();
+  for (int i = 0; i < o.iterations; ++i) {
+    auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
+    if (!r.ok()) return r.status();
+    for (const auto& [name, sec] : r->phases) {
+      if (!phases.count(name)) order.push_back(name);
+      phases[name] += sec / o.iterations;
+    }
+  }
+  if (device.is_cuda()) torch::cuda::synchronize();
+  result.seconds_per_iteration =
+      std::chrono::duration<double>(Clock::now() - start).count() / o.iterations;
+  result.peak_memory_mib = PeakMemoryMiB();
+  for (const auto& name : order) result.phases.emplace_back(name, phases[name]);
+  return result;
+}
+
+// Runs RunVariant in a child process, so the method's peak memory is its own (the allocator keeps
+// what an earlier method freed) and no thread pool is shared. The caller must not have run torch
+// code yet (fork after OpenMP or CUDA initialisation is unsafe); CUDA runs stay in-process.
+absl::StatusOr<BenchResult> RunVariantInChild(const BenchOptions& o, const Variant& v,
+                                              const torch::Device& device) {
+  int fds[2];
+  if (::pipe(fds) != 0) return absl::InternalError("bench: pipe failed");
+  const pid_t pid = ::fork();
+  if (pid < 0) return absl::InternalError("bench: fork failed");
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string out;
+    auto result = RunVariant(o, v, device);
+    if (result.ok()) {
+      out = absl::StrFormat("ok %.9f %.3f\n", result->seconds_per_iteration, result->peak_memory_mib);
+      for (const auto& [name, sec] : result->phases) absl::StrAppendFormat(&out, "%s\t%.9f\n", name, sec);
+    } else {
+      out = absl::StrCat("error ", result.status().message(), "\n");
+    }
+    (void)!::write(fds[1], out.data(), out.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) text.append(buf, n);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  if (lines.empty() || lines[0].rfind("ok ", 0) != 0) {
+    return absl::InternalError(
+        absl::StrCat("bench ", v.name, ": ", lines.empty() ? "the process died" : lines[0]));
+  }
+  BenchResult result;
+  result.name = v.name;
+  std::vector<std::string> head = absl::StrSplit(lines[0], ' ');
+  result.seconds_per_iteration = std::stod(head[1]);
+  result.peak_memory_mib = std::stod(head[2]);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    std::vector<std::string> f = absl::StrSplit(lines[i], '\t');
+    if (f.size() == 2) result.phases.emplace_back(f[0], std::stod(f[1]));
+  }
+  return result;
+}
+
 }  // namespace
 
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
   try {
-    at::set_num_threads(o.threads > 0 ? o.threads
-                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+    const int threads =
+        o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     const torch::Device device(o.device);
     if (device.is_cuda() && !torch::cuda::is_available()) {
       return absl::FailedPreconditionError(absl::StrCat("--device ", o.device, ": no CUDA here"));
@@ -96,44 +185,18 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
         {"stl", Method::kStl, MetaMode::kExact},
         {"mtl", Method::kMtl, MetaMode::kExact},
         {"mal_exact", Method::kMal, MetaMode::kExact},
+        {"mal_exact_vjp", Method::kMal, MetaMode::kExact, /*exact_jvp=*/false},
         {"mal_finite_difference", Method::kMal, MetaMode::kFiniteDifference},
         {"mal_heads_only", Method::kMal, MetaMode::kHeadsOnly},
     };
     for (const Variant& v : variants) {
-      Setup s = MakeSetup(o, device);
-      torch::optim::SGD base(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9).weight_decay(5e-4));
-      torch::optim::Adam meta(s.meta->parameters(), torch::optim::AdamOptions(1e-3));
-      MalStep step(s.model, s.shadow, s.meta);
-      StepOptions so;
-      so.method = v.method;
-      so.mode = v.mode;
-      so.profile = true;
-      for (int i = 0; i < o.warmup; ++i) {
-        auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
-        if (!r.ok()) return r.status();
-      }
-      if (device.is_cuda()) torch::cuda::synchronize();
-      ResetPeakMemory();
-      BenchResult result;
-      result.name = v.name;
-      std::map<std::string, double> phases;
-      std::vector<std::string> order;
-      const auto start = Clock::now();
-      for (int i = 0; i < o.iterations; ++i) {
-        auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
-        if (!r.ok()) return r.status();
-        for (const auto& [name, sec] : r->phases) {
-          if (!phases.count(name)) order.push_back(name);
-          phases[name] += sec / o.iterations;
-        }
-      }
-      if (device.is_cuda()) torch::cuda::synchronize();
-      result.seconds_per_iteration = std::chrono::duration<double>(Clock::now() - start).count() / o.iterations;
-      result.peak_memory_mib = PeakMemoryMiB();
-      for (const auto& name : order) result.phases.emplace_back(name, phases[name]);
-      report.results.push_back(result);
+      absl::StatusOr<BenchResult> result =
+          device.is_cuda() ? RunVariant(o, v, device) : RunVariantInChild(o, v, device);
+      if (!result.ok()) return result.status();
+      report.results.push_back(*result);
     }
-    const double mtl = report.results[1].seconds_per_iteration;
+    at::set_num_threads(threads);
+    const double mtl = report.results[1].seconds_per_iteration;  // stl, mtl, ...
     for (auto& r : report.results) r.ratio_to_mtl = r.seconds_per_iteration / mtl;
 
     // Cosine of each approximate meta-gradient to the exact one, at the same state. The meta net
@@ -151,7 +214,7 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
     // Running statistics would move with every MetaGradient call: compare at frozen buffers.
     std::vector<torch::Tensor> buffers;
     for (const auto& b : s.model->buffers()) buffers.push_back(b.clone());
-    auto gradient = [&](MetaMode mode) {
+    auto gradient = [&](MetaMode mode, bool jvp) {
       auto live = s.model->buffers();
       {
         torch::NoGradGuard g;
@@ -159,16 +222,19 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
       }
       StepOptions so;
       so.mode = mode;
+      so.exact_jvp = jvp;
       return Flat(step.MetaGradient(s.batch, s.val, 1e-3, so));
     };
-    const torch::Tensor exact = gradient(MetaMode::kExact);
+    // The reference: mal.md's double-backward VJP.
+    const torch::Tensor exact = gradient(MetaMode::kExact, /*jvp=*/false);
     for (auto& r : report.results) {
-      if (r.name == "mal_finite_difference" || r.name == "mal_heads_only") {
-        const torch::Tensor g = gradient(r.name == "mal_heads_only" ? MetaMode::kHeadsOnly
-                                                                    : MetaMode::kFiniteDifference);
+      torch::Tensor g;
+      if (r.name == "mal_exact") g = gradient(MetaMode::kExact, true);
+      if (r.name == "mal_exact_vjp") g = exact;
+      if (r.name == "mal_finite_difference") g = gradient(MetaMode::kFiniteDifference, true);
+      if (r.name == "mal_heads_only") g = gradient(MetaMode::kHeadsOnly, true);
+      if (g.defined()) {
         r.cosine_to_exact = (g.dot(exact) / (g.norm() * exact.norm() + 1e-30)).item<double>();
-      } else if (r.name == "mal_exact") {
-        r.cosine_to_exact = 1;
       }
     }
     return report;

@@ -29,14 +29,15 @@ struct BenchResult {
   std::string name;
   double seconds_per_iteration = 0;
   double ratio_to_mtl = 0;
-  double peak_memory_mib = 0;  // resident set high-water mark during the timed iterations (CPU)
+  double peak_memory_mib = 0;  // resident-set high-water mark of the process that ran it (CPU)
   std::optional<double> cosine_to_exact;
   std::vector<std::pair<std::string, double>> phases;  // seconds per iteration
 };
 
 struct BenchReport {
   BenchOptions options;
-  std::vector<BenchResult> results;  // stl, mtl, mal_exact, mal_finite_difference, mal_heads_only
+  // stl, mtl, mal_exact (JVP), mal_exact_vjp, mal_finite_difference, mal_heads_only
+  std::vector<BenchResult> results;
 };
 
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& options);

@@ -121,6 +121,7 @@ class CyclingLoader {
   CyclingLoader(std::unique_ptr<BatchLoader> loader) : loader_(std::move(loader)) {}
   void Start(int64_t epoch, int64_t next) {
     epoch_ = epoch;
+    next_ = next;
     loader_->StartEpoch(epoch_, next);
   }
   std::optional<Batch> Next() {
@@ -753,7 +754,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
       config.backbone, absl::StrJoin(data.au.aus, ", "), spec.model().input(), spec.model().resize(),
       norm.mean[0], norm.mean[1], norm.mean[2], norm.std[0], norm.std[1], norm.std[2],
       JsonList(std::vector<double>(num_aus, 0.5)), spec.name(), options.fold,
-      v1::Method_Name(spec.method()), EpochJson(last), SpecToJson(spec));
+      absl::AsciiStrToLower(v1::Method_Name(spec.method())), EpochJson(last), SpecToJson(spec));
   RETURN_IF_ERROR(WriteFileAtomic(result.metadata_path, metadata));
   return result;
 }
