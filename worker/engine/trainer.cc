@@ -290,7 +290,8 @@ absl::Status SaveCheckpoint(const std::string& path, BaseNetImpl& model, MetaNet
     archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
     archive.save_to(tmp);
   } catch (const c10::Error& e) {
-    fs::remove(tmp);
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
     return absl::DataLossError(absl::StrCat(path, ": cannot write checkpoint: ", e.what_without_backtrace()));
   }
   std::error_code ec;
