@@ -1,5 +1,7 @@
 #include "common/data/au_csv.h"
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/util/csv.h"
@@ -53,6 +55,9 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     }
   }
 
+  size_t needed = static_cast<size_t>(frame_col) + 1;
+  for (int c : cols) needed = std::max(needed, static_cast<size_t>(c) + 1);
+
   int64_t kept = 0;
   for (size_t i = 1; i < lines.lines.size(); ++i) {
     if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
@@ -63,7 +68,9 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
       continue;
     }
     const std::vector<std::string>& f = *fields_or;
-    if (f.size() != header.size()) {
+    // Exported files differ in trailing separators between header and rows: a row is malformed
+    // when it lacks a column this reader uses, or has more fields than the header and one more.
+    if (f.size() < needed || f.size() > header.size() + 1) {
       RETURN_IF_ERROR(report.Skip(
           "malformed_line", absl::StrCat(lines.Where(i), ": ", f.size(), " fields, header has ",
                                          header.size())));

@@ -27,6 +27,14 @@ namespace {
 
 using Distribution = std::array<double, 7>;
 
+// Distribution files name images as the list does ("train_00001.jpg"), or by the aligned file
+// ("train_00001_aligned.jpg"), or without extension: all are keyed by the bare stem.
+std::string DistributionKey(const std::string& name) {
+  std::string stem = fs::path(name).stem().string();
+  if (absl::EndsWith(stem, "_aligned")) stem.resize(stem.size() - 8);
+  return stem;
+}
+
 absl::StatusOr<std::unordered_map<std::string, Distribution>> ReadDistribution(
     const std::string& path, LoadReport& report) {
   ASSIGN_OR_RETURN(TextLines lines, ReadLines(path));
@@ -61,7 +69,7 @@ absl::StatusOr<std::unordered_map<std::string, Distribution>> ReadDistribution(
       continue;
     }
     for (double& p : d) p /= sum;
-    out[f[0]] = d;
+    out[DistributionKey(f[0])] = d;
   }
   return out;
 }
@@ -144,7 +152,7 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
     s.id = stem;
     s.split = part;
     s.expression = ExpressionFromRafDb(static_cast<int>(label));
-    if (auto it = distribution.find(name); it != distribution.end()) {
+    if (auto it = distribution.find(DistributionKey(name)); it != distribution.end()) {
       s.consistency = static_cast<float>(it->second[label - 1]);
     } else {
       ++without_distribution;

@@ -100,6 +100,21 @@ TEST_F(Bp4dReaderTest, UnreadableImageIsReportedWithVerify) {
   EXPECT_EQ(index->report.skips().at("empty_subject").count, 1);
 }
 
+TEST(Bp4dReaderLayoutTest, TrailingSeparatorsInHeaderOrRowsAreNotErrors) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T1.csv", "0,1,2,\n5,1,0\n6,0,1,\n7,1\n");
+  for (int f : {5, 6, 7}) testing::WriteImage(dir / ("F001/T1/" + std::to_string(f) + ".jpg"));
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1, 2};
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->samples.size(), 2u);
+  EXPECT_THAT(index->samples[1].au, ElementsAre(kAuAbsent, kAuPresent));
+  // Frame 7 lacks the AU2 column: that is still malformed.
+  EXPECT_THAT(index->report.skips().at("malformed_line").examples[0], HasSubstr("F001_T1.csv:4"));
+}
+
 TEST(Bp4dReaderErrorsTest, MissingLabelDirectoryNamesPath) {
   testing::TempDir dir;
   ReaderOptions o;

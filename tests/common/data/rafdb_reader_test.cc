@@ -75,6 +75,17 @@ TEST_F(RafDbReaderTest, ConfigurableDistributionPathAndMissingOne) {
   EXPECT_FLOAT_EQ(index->samples[1].consistency, -1.0f);
 }
 
+TEST_F(RafDbReaderTest, DistributionKeyedByAlignedNameOrStem) {
+  testing::WriteText(dir_ / "EmoLabel/distribution_basic.txt",
+                     "train_00001_aligned.jpg 0 0 0 0 0.5 0.5 0\ntrain_00002 1 0 0 0 0 0 0\n");
+  ReaderOptions o;
+  o.root = dir_.path();
+  auto index = LoadDataset("rafdb", o, DataRole::kFe);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_FLOAT_EQ(index->samples[0].consistency, 0.5f);
+  EXPECT_FLOAT_EQ(index->samples[1].consistency, 1.0f);
+}
+
 TEST_F(RafDbReaderTest, MissingListNamesExpectedFile) {
   testing::TempDir empty;
   ReaderOptions o;

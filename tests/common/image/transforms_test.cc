@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -80,6 +81,31 @@ TEST(TransformsTest, DecodeErrorsNameTheFile) {
   auto ok = DecodeImage(dir / "ok.png");
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(ok->cols, 10);
+}
+
+TEST(TransformsTest, DecodesTheImageKindsPhotosComeIn) {
+  testing::TempDir dir;
+  cv::Mat gray(20, 30, CV_8UC1, cv::Scalar(90));
+  cv::Mat rgba(20, 30, CV_8UC4, cv::Scalar(10, 20, 30, 128));
+  cv::Mat deep(20, 30, CV_16UC3, cv::Scalar(60000, 30000, 0));
+  ASSERT_TRUE(cv::imwrite(dir / "gray.jpg", gray));
+  ASSERT_TRUE(cv::imwrite(dir / "rgba.png", rgba));
+  ASSERT_TRUE(cv::imwrite(dir / "deep.png", deep));
+  TransformOptions o;
+  o.resize = 16;
+  o.crop = 12;
+  std::vector<float> out(3 * 12 * 12);
+  for (const char* name : {"gray.jpg", "rgba.png", "deep.png"}) {
+    auto m = DecodeImage(dir / name);
+    ASSERT_TRUE(m.ok()) << name;
+    EXPECT_EQ(m->type(), CV_8UC3) << name;
+    Rng rng(1);
+    TransformToTensor(*m, o, &rng, out.data());  // smaller or larger than resize: both fine
+  }
+  auto deep_decoded = DecodeImage(dir / "deep.png");
+  EXPECT_GT(deep_decoded->at<cv::Vec3b>(0, 0)[0], 200);  // 16-bit scaled down, not truncated
+  testing::WriteText(dir / "empty.jpg", "");
+  EXPECT_FALSE(DecodeImage(dir / "empty.jpg").ok());
 }
 
 TEST(TransformsTest, CropBoxClipsToImage) {
