@@ -1,0 +1,176 @@
+#include "server/state/state_store.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include <set>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace mal::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(StateStoreTest, ExperimentsAndRunsPersistAcrossReopen) {
+  testing::TempDir dir;
+  std::string id;
+  {
+    auto store = StateStore::Open(dir / "state.db");
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto created = (*store)->CreateExperiment("req-1", "bp4d-mal", "spec-bytes", 2, 3);
+    ASSERT_TRUE(created.ok()) << created.status();
+    id = *created;
+  }
+  auto store = StateStore::Open(dir / "state.db");
+  ASSERT_TRUE(store.ok());
+  EXPECT_EQ(*(*store)->ExperimentSpec(id), "spec-bytes");
+  auto runs = (*store)->Runs(id);
+  ASSERT_TRUE(runs.ok());
+  ASSERT_EQ(runs->size(), 6u);
+  EXPECT_EQ((*runs)[5].trial, 1);
+  EXPECT_EQ((*runs)[5].fold, 3);
+  for (const FoldRun& r : *runs) EXPECT_EQ(r.state, RunState::kPending);
+}
+
+TEST(StateStoreTest, RequestIdMakesSubmissionIdempotent) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  auto a = store->CreateExperiment("req-7", "x", "s", 1, 3);
+  auto b = store->CreateExperiment("req-7", "x", "s", 1, 3);
+  auto c = store->CreateExperiment("", "x", "s", 1, 3);
+  auto d = store->CreateExperiment("", "x", "s", 1, 3);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok() && d.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*c, *d);
+  EXPECT_EQ(store->Runs(*a)->size(), 3u);
+}
+
+TEST(StateStoreTest, LifecycleWithLeaseEpochFencing) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  const std::string id = *store->CreateExperiment("", "x", "s", 1, 1);
+  auto next = store->NextPending();
+  ASSERT_TRUE(next.ok() && next->has_value());
+  const int64_t run = (*next)->id;
+  auto epoch = store->Assign(run, "worker-a");
+  ASSERT_TRUE(epoch.ok());
+  EXPECT_FALSE(store->Assign(run, "worker-b").ok());  // already assigned
+  EXPECT_FALSE(store->NextPending()->has_value());
+  ASSERT_TRUE(store->Transition(run, *epoch, RunState::kRunning, "").ok());
+  // A stale epoch is rejected and changes nothing.
+  absl::Status stale = store->Transition(run, *epoch - 1, RunState::kSucceeded, "");
+  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(stale.message()), HasSubstr("stale lease epoch"));
+  EXPECT_EQ(store->Run(run)->state, RunState::kRunning);
+  // An illegal move is rejected.
+  EXPECT_FALSE(store->Transition(run, *epoch, RunState::kPending, "").ok());
+  ASSERT_TRUE(store->Transition(run, *epoch, RunState::kSucceeded, "f1 0.61").ok());
+  EXPECT_EQ(store->Run(run)->message, "f1 0.61");
+  EXPECT_FALSE(store->Transition(run, *epoch, RunState::kFailed, "").ok());  // finished
+  EXPECT_EQ(store->Runs(id)->at(0).state, RunState::kSucceeded);
+}
+
+TEST(StateStoreTest, LostRunsRetryUpToMaxRestartsAndFenceTheOldWorker) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  store->CreateExperiment("", "x", "s", 1, 1).IgnoreError();
+  const int64_t run = (*store->NextPending())->id;
+  const int64_t e1 = *store->Assign(run, "worker-a");
+  EXPECT_EQ(*store->MarkLost(run, /*max_restarts=*/1), RunState::kPending);
+  FoldRun r = *store->Run(run);
+  EXPECT_EQ(r.attempt, 1);
+  EXPECT_TRUE(r.worker.empty());
+  // The worker that came back late cannot report.
+  EXPECT_FALSE(store->Transition(run, e1, RunState::kSucceeded, "").ok());
+  const int64_t e2 = *store->Assign(run, "worker-b");
+  EXPECT_GT(e2, e1);
+  EXPECT_EQ(*store->MarkLost(run, 1), RunState::kFailed);
+  EXPECT_THAT(store->Run(run)->message, HasSubstr("gave up after 2 attempts"));
+  EXPECT_FALSE(store->MarkLost(run, 1).ok());
+}
+
+TEST(StateStoreTest, CancelFencesWhoeverHoldsTheRun) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  store->CreateExperiment("", "x", "s", 1, 1).IgnoreError();
+  const int64_t run = (*store->NextPending())->id;
+  const int64_t epoch = *store->Assign(run, "w");
+  ASSERT_TRUE(store->Cancel(run, "by user").ok());
+  EXPECT_EQ(store->Run(run)->state, RunState::kCancelled);
+  EXPECT_FALSE(store->Transition(run, epoch, RunState::kSucceeded, "").ok());
+  EXPECT_TRUE(store->Cancel(run, "again").ok());
+}
+
+TEST(StateStoreTest, EventsArePerExperimentContiguousAndReadFromASeq) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  const std::string a = *store->CreateExperiment("", "a", "s", 1, 1);
+  const std::string b = *store->CreateExperiment("", "b", "s", 1, 1);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(*store->AppendEvent(a, "point", std::to_string(i)), i + 1);
+  EXPECT_EQ(*store->AppendEvent(b, "state", "x"), 1);
+  auto events = store->ReadEvents(a, 3, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ((*events)[0].seq, 3);
+  EXPECT_EQ((*events)[0].payload, "2");
+  EXPECT_EQ(store->ReadEvents(a, 1, 2)->size(), 2u);
+  EXPECT_FALSE(store->AppendEvent("exp-999", "x", "y").ok());  // no such experiment
+}
+
+TEST(StateStoreTest, AcknowledgedEventsSurviveKillNine) {
+  testing::TempDir dir;
+  const std::string id = *(*StateStore::Open(dir / "state.db"))->CreateExperiment("", "x", "s", 1, 1);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    auto store = StateStore::Open(dir / "state.db");
+    for (int i = 0; store.ok(); ++i) {
+      auto seq = (*store)->AppendEvent(id, "point", std::string(100, 'p'));
+      if (!seq.ok()) break;
+      const int64_t acked = *seq;
+      if (::write(fds[1], &acked, sizeof acked) != sizeof acked) break;
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  int64_t last_acked = 0, value;
+  while (last_acked < 200 && ::read(fds[0], &value, sizeof value) == sizeof value) last_acked = value;
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  while (::read(fds[0], &value, sizeof value) == sizeof value) last_acked = value;
+  ::close(fds[0]);
+  auto store = StateStore::Open(dir / "state.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto events = (*store)->ReadEvents(id, 1, 1 << 20);
+  ASSERT_TRUE(events.ok());
+  ASSERT_GE(static_cast<int64_t>(events->size()), last_acked);
+  for (size_t i = 0; i < events->size(); ++i) ASSERT_EQ((*events)[i].seq, static_cast<int64_t>(i + 1));
+}
+
+TEST(StateStoreTest, RefusesANewerSchemaAndAnUnopenablePath) {
+  testing::TempDir dir;
+  { auto store = StateStore::Open(dir / "state.db"); ASSERT_TRUE(store.ok()); }
+  // A coordinator from the future wrote this database.
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir / "state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto newer = StateStore::Open(dir / "state.db");
+  ASSERT_FALSE(newer.ok());
+  EXPECT_THAT(std::string(newer.status().message()), HasSubstr("schema version 99"));
+  EXPECT_FALSE(StateStore::Open("/nonexistent-dir/state.db").ok());
+}
+
+}  // namespace
+}  // namespace mal::server
