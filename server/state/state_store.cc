@@ -375,6 +375,14 @@ absl::StatusOr<int64_t> StateStore::AppendEvent(const std::string& experiment_id
   return seq;
 }
 
+absl::StatusOr<int64_t> StateStore::LastEventSeq(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE experiment_id = ?");
+  s.Bind(1, experiment_id);
+  if (s.Step() != SQLITE_ROW) return SqlError(db_, "reading the last event");
+  return s.Int(0);
+}
+
 absl::StatusOr<std::vector<Event>> StateStore::ReadEvents(const std::string& experiment_id,
                                                           int64_t from_seq, int limit) {
   absl::MutexLock lock(&mu_);

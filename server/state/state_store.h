@@ -82,6 +82,8 @@ class StateStore {
   // Appends to the experiment's event log; returns the event's sequence number.
   absl::StatusOr<int64_t> AppendEvent(const std::string& experiment_id, const std::string& kind,
                                       const std::string& payload);
+  // The experiment's newest event seq (0 when it has none).
+  absl::StatusOr<int64_t> LastEventSeq(const std::string& experiment_id);
   // Events with seq >= from_seq, in order, at most `limit`.
   absl::StatusOr<std::vector<Event>> ReadEvents(const std::string& experiment_id, int64_t from_seq,
                                                 int limit);

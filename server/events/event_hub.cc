@@ -1,0 +1,147 @@
+#include "server/events/event_hub.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/util/status_macros.h"
+
+namespace mal::server {
+
+namespace {
+constexpr int kReplayPage = 256;
+}  // namespace
+
+Subscription::Subscription(EventHub* hub, std::string experiment, int64_t from_seq,
+                           int64_t live_from, size_t capacity)
+    : hub_(hub),
+      experiment_(std::move(experiment)),
+      live_from_(live_from),
+      first_wanted_(std::max<int64_t>(from_seq, 1)),
+      capacity_(capacity),
+      next_replay_(std::max<int64_t>(from_seq, 1)) {}
+
+Subscription::~Subscription() { hub_->Remove(this); }
+
+bool Subscription::Ready() const { return !queue_.empty() || !ended_.ok(); }
+
+Subscription::Offered Subscription::Offer(const WatchEvent& event) {
+  if (event.seq < first_wanted_) return Offered::kIgnored;
+  absl::MutexLock lock(&mu_);
+  if (!ended_.ok()) return Offered::kIgnored;
+  if (queue_.size() < capacity_) {
+    queue_.push_back(event);
+    return Offered::kQueued;
+  }
+  if (event.coalescable) {
+    auto older = std::find_if(queue_.begin(), queue_.end(), [&](const WatchEvent& e) {
+      return e.coalescable && e.kind == event.kind;
+    });
+    if (older != queue_.end()) {
+      queue_.erase(older);
+      queue_.push_back(event);
+      return Offered::kCoalesced;
+    }
+  }
+  ended_ = absl::ResourceExhaustedError(absl::StrCat(
+      "watcher of ", experiment_, " fell behind; resume from seq ", event.seq));
+  return Offered::kEnded;
+}
+
+absl::StatusOr<std::optional<WatchEvent>> Subscription::Next(absl::Duration timeout) {
+  // Replay what was written before the subscription started, from the store, page by page.
+  if (replay_page_.empty() && next_replay_ < live_from_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ended_.ok()) return ended_;
+    }
+    auto events = hub_->store_->ReadEvents(
+        experiment_, next_replay_,
+        static_cast<int>(std::min<int64_t>(kReplayPage, live_from_ - next_replay_)));
+    if (!events.ok()) return events.status();
+    for (Event& e : *events) replay_page_.push_back(WatchEvent{e.seq, e.kind, std::move(e.payload), false});
+    next_replay_ = replay_page_.empty() ? live_from_ : replay_page_.back().seq + 1;
+  }
+  if (!replay_page_.empty()) {
+    WatchEvent e = std::move(replay_page_.front());
+    replay_page_.pop_front();
+    return std::optional<WatchEvent>(std::move(e));
+  }
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(this, &Subscription::Ready), timeout);
+  if (!queue_.empty()) {
+    WatchEvent e = std::move(queue_.front());
+    queue_.pop_front();
+    return std::optional<WatchEvent>(std::move(e));
+  }
+  if (!ended_.ok()) return ended_;
+  return std::optional<WatchEvent>();
+}
+
+void Subscription::Cancel() {
+  absl::MutexLock lock(&mu_);
+  if (ended_.ok()) ended_ = absl::CancelledError("watch cancelled");
+  queue_.clear();
+}
+
+EventHub::EventHub(StateStore* store, size_t queue_capacity)
+    : store_(store), capacity_(std::max<size_t>(queue_capacity, 1)) {}
+
+absl::StatusOr<int64_t> EventHub::LastSeqLocked(const std::string& experiment) {
+  auto it = last_seq_.find(experiment);
+  if (it != last_seq_.end()) return it->second;
+  ASSIGN_OR_RETURN(int64_t last, store_->LastEventSeq(experiment));
+  last_seq_[experiment] = last;
+  return last;
+}
+
+absl::StatusOr<int64_t> EventHub::LastSeq(const std::string& experiment) {
+  absl::MutexLock lock(&mu_);
+  return LastSeqLocked(experiment);
+}
+
+absl::StatusOr<int64_t> EventHub::Publish(const std::string& experiment, const std::string& kind,
+                                          const std::string& payload, bool coalescable) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(int64_t seq, store_->AppendEvent(experiment, kind, payload));
+  last_seq_[experiment] = seq;
+  auto it = watchers_.find(experiment);
+  if (it == watchers_.end()) return seq;
+  const WatchEvent event{seq, kind, payload, coalescable};
+  for (Subscription* s : it->second) {
+    switch (s->Offer(event)) {
+      case Subscription::Offered::kCoalesced: ++coalesced_; break;
+      case Subscription::Offered::kEnded: ++ended_slow_; break;
+      default: break;
+    }
+  }
+  return seq;
+}
+
+absl::StatusOr<std::unique_ptr<Subscription>> EventHub::Subscribe(const std::string& experiment,
+                                                                  int64_t from_seq) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(int64_t last, LastSeqLocked(experiment));
+  std::unique_ptr<Subscription> s(new Subscription(this, experiment, from_seq, last + 1, capacity_));
+  watchers_[experiment].push_back(s.get());
+  return s;
+}
+
+void EventHub::Remove(Subscription* s) {
+  absl::MutexLock lock(&mu_);
+  auto it = watchers_.find(s->experiment());
+  if (it == watchers_.end()) return;
+  auto& v = it->second;
+  v.erase(std::remove(v.begin(), v.end(), s), v.end());
+  if (v.empty()) watchers_.erase(it);
+}
+
+EventHub::Stats EventHub::stats() {
+  absl::MutexLock lock(&mu_);
+  Stats st;
+  for (const auto& [experiment, subs] : watchers_) st.watchers += static_cast<int64_t>(subs.size());
+  st.coalesced = coalesced_;
+  st.ended_slow = ended_slow_;
+  return st;
+}
+
+}  // namespace mal::server
