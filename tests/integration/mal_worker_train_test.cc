@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/util/files.h"
 #include "tests/test_util.h"
 
 namespace mal {
@@ -89,8 +90,7 @@ mal: {val_fraction: 0.1, val_batch: 8}
 
 TEST_F(MalWorkerTrainTest, TrainsToTheEnd) {
   const int code = Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log"));
-  std::ifstream log(dir_ / "log");
-  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  const std::string text = ReadFile(dir_ / "log").value_or("");
   ASSERT_EQ(code, 0) << text;
   EXPECT_THAT(text, HasSubstr("test mean F1"));
   EXPECT_TRUE(fs::exists(dir_ / "run/model.pt"));
@@ -130,14 +130,10 @@ TEST_F(MalWorkerTrainTest, KillNineThenResumeFromLastCheckpoint) {
 TEST_F(MalWorkerTrainTest, BadSpecAndMissingDataExitWithTheirMessage) {
   testing::WriteText(dir_ / "bad.yaml", "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}, fe: {format: rafdb, root: /r}}\ntrain: {lr: -1}\n");
   EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "bad.yaml", "--out", dir_ / "bad"}, dir_ / "log")), 2);
-  std::ifstream log(dir_ / "log");
-  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  EXPECT_THAT(text, HasSubstr("train.lr: must be > 0"));
+  EXPECT_THAT(ReadFile(dir_ / "log").value_or(""), HasSubstr("train.lr: must be > 0"));
   testing::WriteText(dir_ / "missing.yaml", "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}}\n");
   EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "missing.yaml", "--out", dir_ / "missing"}, dir_ / "log3")), 1);
-  std::ifstream log3(dir_ / "log3");
-  std::string text3((std::istreambuf_iterator<char>(log3)), std::istreambuf_iterator<char>());
-  EXPECT_THAT(text3, HasSubstr("/nonexistent/BP4D"));
+  EXPECT_THAT(ReadFile(dir_ / "log3").value_or(""), HasSubstr("/nonexistent/BP4D"));
 }
 
 }  // namespace
