@@ -74,3 +74,16 @@ absl::StatusOr<double> Args::GetDouble(const std::string& name, double fallback)
 }
 
 }  // namespace mal::cli
+
+namespace mal::cli {
+
+absl::Status Args::ReadInts(std::initializer_list<std::pair<const char*, int*>> targets) const {
+  for (const auto& [name, target] : targets) {
+    auto v = GetInt(name, *target);
+    if (!v.ok()) return v.status();
+    *target = static_cast<int>(*v);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mal::cli

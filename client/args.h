@@ -3,7 +3,9 @@
 
 #include <map>
 #include <set>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -25,6 +27,8 @@ class Args {
   std::string Get(const std::string& name, const std::string& fallback = "") const;
   absl::StatusOr<long> GetInt(const std::string& name, long fallback) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
+  // Overwrites each target whose option was given; the first bad value is the error.
+  absl::Status ReadInts(std::initializer_list<std::pair<const char*, int*>> targets) const;
   bool Flag(const std::string& name) const { return flags_.count(name) > 0; }
   const std::vector<std::string>& positional() const { return positional_; }
 

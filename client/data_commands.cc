@@ -135,16 +135,11 @@ int RunDataSynth(const std::vector<std::string>& argv) {
   synth::SynthOptions o;
   o.out = args->Get("out");
   o.force = args->Flag("force");
-  struct IntOption {
-    const char* name;
-    int* target;
-  };
-  for (const IntOption& opt : {IntOption{"au-subjects", &o.au_subjects}, {"fe-subjects", &o.fe_subjects},
-                               {"frames", &o.frames}, {"fe-images", &o.fe_images},
-                               {"size", &o.size}, {"threads", &o.threads}}) {
-    auto v = args->GetInt(opt.name, *opt.target);
-    if (!v.ok()) return Fail(kUsageError, std::string(v.status().message()));
-    *opt.target = static_cast<int>(*v);
+  if (absl::Status s = args->ReadInts({{"au-subjects", &o.au_subjects}, {"fe-subjects", &o.fe_subjects},
+                                       {"frames", &o.frames}, {"fe-images", &o.fe_images},
+                                       {"size", &o.size}, {"threads", &o.threads}});
+      !s.ok()) {
+    return Fail(kUsageError, std::string(s.message()));
   }
   auto seed = args->GetInt("seed", 1);
   auto ambiguous = args->GetDouble("ambiguous", o.ambiguous);

@@ -82,12 +82,11 @@ int Bench(const std::vector<std::string>& argv) {
   mal::engine::BenchOptions o;
   o.backbone = args->Get("backbone", o.backbone);
   o.device = args->Get("device", o.device);
-  for (auto [name, target] : std::vector<std::pair<const char*, int*>>{
-           {"input", &o.input}, {"batch", &o.batch}, {"val-batch", &o.val_batch},
-           {"iterations", &o.iterations}, {"warmup", &o.warmup}, {"threads", &o.threads}}) {
-    auto v = args->GetInt(name, *target);
-    if (!v.ok()) return Fail(2, std::string(v.status().message()));
-    *target = static_cast<int>(*v);
+  if (absl::Status s = args->ReadInts({{"input", &o.input}, {"batch", &o.batch},
+                                       {"val-batch", &o.val_batch}, {"iterations", &o.iterations},
+                                       {"warmup", &o.warmup}, {"threads", &o.threads}});
+      !s.ok()) {
+    return Fail(2, std::string(s.message()));
   }
   if (o.backbone != "small_cnn" && o.backbone != "resnet18" && o.backbone != "resnet34") {
     return Fail(2, "--backbone: small_cnn, resnet18 or resnet34");

@@ -30,6 +30,14 @@ TEST(ArgsTest, NumbersAreCheckedWithTheOptionName) {
   ASSERT_FALSE(v.ok());
   EXPECT_NE(std::string(v.status().message()).find("--frames"), std::string::npos);
   EXPECT_EQ(*a->GetInt("other", 5), 5);
+  int frames = 1, size = 7;
+  absl::Status bad = a->ReadInts({{"size", &size}, {"frames", &frames}});
+  EXPECT_FALSE(bad.ok());
+  EXPECT_EQ(size, 7);
+  auto b = Args::Parse({"--frames", "12"}, {"frames", "size"}, {});
+  ASSERT_TRUE(b->ReadInts({{"frames", &frames}, {"size", &size}}).ok());
+  EXPECT_EQ(frames, 12);
+  EXPECT_EQ(size, 7);
 }
 
 }  // namespace
