@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "client/data_commands.h"
+#include "client/service_commands.h"
 #include "common/util/logging.h"
 
 namespace {
@@ -14,6 +15,15 @@ void Usage() {
                "data commands (local, no server needed):\n"
                "  malctl data synth --out DIR [...]          generate the SynthFace dataset\n"
                "  malctl data inspect --format F --root DIR   check a dataset, show its folds\n\n"
+               "service commands (--address HOST:PORT or MAL_ADDRESS; default 127.0.0.1:7070; -o json):\n"
+               "  malctl submit -f SPEC.yaml [--follow]       submit an experiment\n"
+               "  malctl ls                                    list experiments\n"
+               "  malctl describe ID                           an experiment and its fold runs\n"
+               "  malctl watch ID [--from-seq N]               stream its events (losses, weights, metrics)\n"
+               "  malctl cancel ID                             stop it\n"
+               "  malctl wait ID [--timeout S]                 wait until it ends (exit 0: succeeded)\n"
+               "  malctl results ID                            per-trial, per-AU F1 (mean and std over folds)\n"
+               "  malctl workers                               the worker daemons\n\n"
                "Run a command with --help for its options.\n";
 }
 
@@ -25,6 +35,9 @@ int main(int argc, char** argv) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     Usage();
     return args.empty() ? 2 : 0;
+  }
+  if (mal::cli::IsServiceCommand(args[0])) {
+    return mal::cli::RunServiceCommand(args[0], std::vector<std::string>(args.begin() + 1, args.end()));
   }
   if (args[0] == "data" && args.size() >= 2) {
     const std::vector<std::string> rest(args.begin() + 2, args.end());

@@ -1,5 +1,6 @@
-// mal-worker: trains a fold standalone (`train`) and measures the engine (`bench`). The daemon
-// that takes work from a coordinator comes with the distributed service.
+// mal-worker: the worker daemon (`--coordinator ...`), which runs each fold run it takes as a
+// child `mal-worker train --events-fd 3`; `train` also trains a fold standalone, and `bench`
+// measures the engine.
 
 #include <malloc.h>
 #include <unistd.h>
@@ -7,14 +8,18 @@
 #include <csignal>
 #include <atomic>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "client/args.h"
 #include "common/spec/spec.h"
 #include "common/util/logging.h"
 #include "worker/engine/bench.h"
 #include "worker/engine/trainer.h"
+#include "worker/daemon/daemon.h"
+#include "worker/daemon/event_pipe.h"
 
 namespace {
 
@@ -28,7 +33,7 @@ int Fail(int code, const std::string& message) {
 }
 
 int Train(const std::vector<std::string>& argv) {
-  auto args = mal::cli::Args::Parse(argv, {"file", "fold", "out", "threads", "device"},
+  auto args = mal::cli::Args::Parse(argv, {"file", "fold", "out", "threads", "device", "events-fd"},
                                     {"resume", "help", "quiet"}, {{"f", "file"}});
   if (!args.ok()) return Fail(2, std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("file") || !args->Has("out")) {
@@ -56,6 +61,15 @@ int Train(const std::vector<std::string>& argv) {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   options.should_stop = [] { return g_stop.load(); };
+  // Under the worker daemon: every record also goes to the daemon as a JSON line.
+  std::unique_ptr<mal::worker::PipeSink> sink;
+  if (args->Has("events-fd")) {
+    auto fd = args->GetInt("events-fd", -1);
+    if (!fd.ok() || *fd < 0) return Fail(2, "--events-fd: needs an open file descriptor number");
+    std::signal(SIGPIPE, SIG_IGN);
+    sink = std::make_unique<mal::worker::PipeSink>(static_cast<int>(*fd));
+    options.sink = sink.get();
+  }
   auto result = mal::engine::Train(options);
   if (!result.ok()) {
     const bool stopped = result.status().code() == absl::StatusCode::kCancelled;
@@ -101,6 +115,35 @@ int Bench(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// mal-worker --coordinator HOST:PORT --slots N --work-dir DIR: the daemon.
+int Daemon(const std::vector<std::string>& argv) {
+  auto args = mal::cli::Args::Parse(argv,
+                                    {"coordinator", "slots", "work-dir", "name", "devices", "threads",
+                                     "upload-every-s", "stop-grace-s"},
+                                    {"help"});
+  if (!args.ok()) return Fail(2, std::string(args.status().message()));
+  if (args->Flag("help") || !args->Has("coordinator") || !args->Has("work-dir")) {
+    std::cerr << "usage: mal-worker --coordinator HOST:PORT --work-dir DIR [--slots 1] [--name NAME] "
+                 "[--devices cpu|cuda:0,cuda:1] [--threads N] [--upload-every-s 15] [--stop-grace-s 10]\n";
+    return args->Flag("help") ? 0 : 2;
+  }
+  mal::worker::DaemonOptions o;
+  o.coordinator = args->Get("coordinator");
+  o.work_dir = args->Get("work-dir");
+  o.name = args->Get("name");
+  if (args->Has("devices")) o.devices = absl::StrSplit(args->Get("devices"), ',', absl::SkipEmpty());
+  if (absl::Status s = args->ReadInts({{"slots", &o.slots}, {"threads", &o.threads},
+                                       {"upload-every-s", &o.upload_every_s}, {"stop-grace-s", &o.stop_grace_s}});
+      !s.ok()) {
+    return Fail(2, std::string(s.message()));
+  }
+  if (o.slots < 1 || o.devices.empty()) return Fail(2, "--slots must be >= 1 and --devices not empty");
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGPIPE, SIG_IGN);
+  return mal::worker::RunDaemon(o, &g_stop);
+}
+
 // glibc hands large blocks back to the kernel on free and faults them in again on the next
 // allocation: with tensors of a few MB allocated every step that cost a third of the CPU time
 // (measured with mal-worker bench). Keep them in the heap instead.
@@ -117,7 +160,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (!args.empty() && args[0] == "train") return Train({args.begin() + 1, args.end()});
   if (!args.empty() && args[0] == "bench") return Bench({args.begin() + 1, args.end()});
-  std::cerr << "usage: mal-worker train -f SPEC.yaml [--fold K] --out DIR [--resume]\n"
+  if (!args.empty() && args[0] == "daemon") return Daemon({args.begin() + 1, args.end()});
+  if (!args.empty() && args[0].rfind("--coordinator", 0) == 0) return Daemon(args);
+  std::cerr << "usage: mal-worker --coordinator HOST:PORT --work-dir DIR [--slots N]   (the daemon)\n"
+               "       mal-worker train -f SPEC.yaml [--fold K] --out DIR [--resume]\n"
                "       mal-worker bench [--backbone resnet18] [--input 112] [--batch 16] [-o json]\n";
   return args.empty() || args[0] == "--help" ? (args.empty() ? 2 : 0) : 2;
 }

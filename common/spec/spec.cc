@@ -321,7 +321,14 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!spec.has_priority()) spec.set_priority(0);
 
   v1::CvSpec& cv = *spec.mutable_cv();
-  if (cv.protocol().empty() && cv.has_folds()) cv.set_protocol("kfold");
+  // {folds: 5} alone means kfold; otherwise the format's protocol (data::DefaultProtocol, which
+  // a test holds this equal to). Filled in here so that applying defaults twice changes nothing.
+  if (cv.protocol().empty()) {
+    const std::string& f = spec.data().au().format();
+    cv.set_protocol(cv.has_folds() ? "kfold"
+                    : (f == "bp4d" || f == "disfa" || f == "synthface") ? "standard"
+                    : f == "gft" ? "official" : "kfold");
+  }
   if (!cv.has_folds()) cv.set_folds(3);
   if (!cv.has_seed()) cv.set_seed(spec.seed());
 

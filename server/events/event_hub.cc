@@ -101,20 +101,54 @@ absl::StatusOr<int64_t> EventHub::LastSeq(const std::string& experiment) {
 
 absl::StatusOr<int64_t> EventHub::Publish(const std::string& experiment, const std::string& kind,
                                           const std::string& payload, bool coalescable) {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(int64_t seq, store_->AppendEvent(experiment, kind, payload));
-  last_seq_[experiment] = seq;
+  return PublishBatch(experiment, {Outgoing{kind, payload, coalescable}});
+}
+
+void EventHub::FanOut(const std::string& experiment, int64_t first_seq,
+                      const std::vector<Outgoing>& events, size_t from) {
+  last_seq_[experiment] = first_seq + static_cast<int64_t>(events.size() - from) - 1;
   auto it = watchers_.find(experiment);
-  if (it == watchers_.end()) return seq;
-  const WatchEvent event{seq, kind, payload, coalescable};
-  for (Subscription* s : it->second) {
-    switch (s->Offer(event)) {
-      case Subscription::Offered::kCoalesced: ++coalesced_; break;
-      case Subscription::Offered::kEnded: ++ended_slow_; break;
-      default: break;
+  if (it == watchers_.end()) return;
+  for (size_t i = from; i < events.size(); ++i) {
+    const WatchEvent event{first_seq + static_cast<int64_t>(i - from), events[i].kind, events[i].payload,
+                           events[i].coalescable};
+    for (Subscription* s : it->second) {
+      switch (s->Offer(event)) {
+        case Subscription::Offered::kCoalesced: ++coalesced_; break;
+        case Subscription::Offered::kEnded: ++ended_slow_; break;
+        default: break;
+      }
     }
   }
-  return seq;
+}
+
+namespace {
+std::vector<EventIn> ToStore(const std::vector<EventHub::Outgoing>& events) {
+  std::vector<EventIn> out;
+  out.reserve(events.size());
+  for (const auto& e : events) out.push_back(EventIn{e.kind, e.payload});
+  return out;
+}
+}  // namespace
+
+absl::StatusOr<int64_t> EventHub::PublishBatch(const std::string& experiment,
+                                               const std::vector<Outgoing>& events) {
+  if (events.empty()) return LastSeq(experiment);
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(int64_t first, store_->AppendEvents(experiment, ToStore(events)));
+  FanOut(experiment, first, events, 0);
+  return first;
+}
+
+absl::StatusOr<StateStore::Appended> EventHub::PublishRunEvents(const std::string& experiment,
+                                                                int64_t run_id, int64_t epoch,
+                                                                int64_t first_index,
+                                                                const std::vector<Outgoing>& events) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(StateStore::Appended a,
+                   store_->AppendRunEvents(run_id, epoch, first_index, ToStore(events)));
+  if (a.skipped < static_cast<int>(events.size())) FanOut(experiment, a.first_seq, events, a.skipped);
+  return a;
 }
 
 absl::StatusOr<std::unique_ptr<Subscription>> EventHub::Subscribe(const std::string& experiment,

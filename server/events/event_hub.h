@@ -16,6 +16,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -79,6 +80,17 @@ class EventHub {
   // Appends durably, then offers the event to every watcher of the experiment.
   absl::StatusOr<int64_t> Publish(const std::string& experiment, const std::string& kind,
                                   const std::string& payload, bool coalescable);
+  struct Outgoing {
+    std::string kind;
+    std::string payload;
+    bool coalescable = false;
+  };
+  // Appends a batch in one transaction, then offers it; returns the first seq.
+  absl::StatusOr<int64_t> PublishBatch(const std::string& experiment, const std::vector<Outgoing>& events);
+  // A worker's batch for a run (StateStore::AppendRunEvents: lease-checked, deduplicated).
+  absl::StatusOr<StateStore::Appended> PublishRunEvents(const std::string& experiment, int64_t run_id,
+                                                        int64_t epoch, int64_t first_index,
+                                                        const std::vector<Outgoing>& events);
   // Watches `experiment` from `from_seq` (1 = from the beginning).
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const std::string& experiment,
                                                           int64_t from_seq);
@@ -93,6 +105,8 @@ class EventHub {
  private:
   friend class Subscription;
   void Remove(Subscription* s);
+  void FanOut(const std::string& experiment, int64_t first_seq, const std::vector<Outgoing>& events,
+              size_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<int64_t> LastSeqLocked(const std::string& experiment)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

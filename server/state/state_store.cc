@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -43,6 +44,37 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 )sql";
 
+// Version 1 -> 2: experiment state and priority, trials, run results, event dedup, models.
+constexpr const char* kMigrate2 = R"sql(
+ALTER TABLE experiments ADD COLUMN state INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE experiments ADD COLUMN message TEXT NOT NULL DEFAULT '';
+ALTER TABLE experiments ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE fold_runs ADD COLUMN result BLOB NOT NULL DEFAULT '';
+ALTER TABLE fold_runs ADD COLUMN reported INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE fold_runs ADD COLUMN has_checkpoint INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE trials (
+  experiment_id TEXT NOT NULL REFERENCES experiments(id),
+  trial INTEGER NOT NULL,
+  params TEXT NOT NULL,
+  seed INTEGER NOT NULL,
+  state TEXT NOT NULL DEFAULT '',
+  message TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (experiment_id, trial)
+) WITHOUT ROWID;
+CREATE TABLE models (
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  experiment_id TEXT NOT NULL REFERENCES experiments(id),
+  trial INTEGER NOT NULL,
+  fold INTEGER NOT NULL,
+  test_mean_f1 REAL NOT NULL,
+  artifact TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  created_ms INTEGER NOT NULL,
+  PRIMARY KEY (name, version)
+);
+)sql";
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -69,6 +101,11 @@ class Statement {
     sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
   }
+  Statement& BindReal(int i, double v) {
+    sqlite3_bind_double(stmt_, i, v);
+    return *this;
+  }
+  double Real(int col) { return sqlite3_column_double(stmt_, col); }
   Statement& BindBlob(int i, const std::string& v) {
     sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     return *this;
@@ -76,6 +113,7 @@ class Statement {
   // SQLITE_ROW, SQLITE_DONE or an error code.
   int Step() { return sqlite3_step(stmt_); }
   int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  sqlite3_stmt* raw() { return stmt_; }
   std::string Text(int col) {
     const void* p = sqlite3_column_blob(stmt_, col);
     return p ? std::string(static_cast<const char*>(p), sqlite3_column_bytes(stmt_, col)) : "";
@@ -96,11 +134,15 @@ FoldRun ReadRun(Statement& s) {
   r.lease_epoch = s.Int(6);
   r.worker = s.Text(7);
   r.message = s.Text(8);
+  r.result = s.Text(9);
+  r.reported = s.Int(10);
+  r.has_checkpoint = s.Int(11) != 0;
   return r;
 }
 
 constexpr const char* kRunColumns =
-    "id, experiment_id, trial, fold, state, attempt, lease_epoch, worker, message";
+    "id, experiment_id, trial, fold, state, attempt, lease_epoch, worker, message, result, reported, "
+    "has_checkpoint";
 
 bool Finished(RunState s) {
   return s == RunState::kSucceeded || s == RunState::kFailed || s == RunState::kCancelled;
@@ -153,17 +195,33 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
     return absl::FailedPreconditionError(absl::StrCat(
         path, ": schema version ", v, " is newer than this coordinator's ", kSchemaVersion));
   }
-  if (v == 0) {
-    RETURN_IF_ERROR(store->Exec("BEGIN IMMEDIATE"));
-    absl::Status s = store->Exec(kSchema);
-    if (s.ok()) s = store->Exec(absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
-    if (!s.ok()) {
-      (void)store->Exec("ROLLBACK");
-      return s;
-    }
-    RETURN_IF_ERROR(store->Exec("COMMIT"));
-  }
+  if (v < kSchemaVersion) RETURN_IF_ERROR(store->Migrate(v));
   return store;
+}
+
+// Each step and its version number commit together, so a crash mid-migration leaves the old
+// version intact.
+absl::Status StateStore::Migrate(int64_t from) {
+  return InTransaction([&]() -> absl::Status {
+    if (from < 1) RETURN_IF_ERROR(Exec(kSchema));
+    if (from < 2) RETURN_IF_ERROR(Exec(kMigrate2));
+    return Exec(absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
+  });
+}
+
+template <typename F>
+auto StateStore::InTransaction(F body) -> decltype(body()) {
+  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
+  auto result = body();
+  if (!result.ok()) {
+    (void)Exec("ROLLBACK");
+    return result;
+  }
+  if (absl::Status s = Exec("COMMIT"); !s.ok()) {
+    (void)Exec("ROLLBACK");
+    return s;
+  }
+  return result;
 }
 
 StateStore::~StateStore() {
@@ -185,42 +243,113 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const std::string& requ
                                                          const std::string& name,
                                                          const std::string& spec, int trials,
                                                          int folds) {
-  if (trials < 1 || folds < 1) return absl::InvalidArgumentError("trials and folds must be >= 1");
+  ExperimentRow e;
+  e.request_id = request_id;
+  e.name = name;
+  e.spec = spec;
+  std::vector<TrialRow> rows(std::max(trials, 0));
+  for (int t = 0; t < trials; ++t) rows[t].trial = t;
+  std::vector<int> numbers;
+  for (int f = 1; f <= folds; ++f) numbers.push_back(f);
+  bool existing = false;
+  return CreateExperiment(e, rows, numbers, &existing);
+}
+
+absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
+                                                         const std::vector<TrialRow>& trials,
+                                                         const std::vector<int>& folds, bool* existing) {
+  if (trials.empty() || folds.empty()) return absl::InvalidArgumentError("trials and folds must not be empty");
+  *existing = false;
   absl::MutexLock lock(&mu_);
-  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  auto body = [&]() -> absl::StatusOr<std::string> {
-    if (!request_id.empty()) {
+  return InTransaction([&]() -> absl::StatusOr<std::string> {
+    if (!e.request_id.empty()) {
       Statement seen(db_, "SELECT id FROM experiments WHERE request_id = ?");
-      seen.Bind(1, request_id);
-      if (seen.Step() == SQLITE_ROW) return seen.Text(0);
+      seen.Bind(1, e.request_id);
+      if (seen.Step() == SQLITE_ROW) {
+        *existing = true;
+        return seen.Text(0);
+      }
     }
     Statement count(db_, "SELECT COUNT(*) FROM experiments");
     if (count.Step() != SQLITE_ROW) return SqlError(db_, "counting experiments");
     const std::string id = absl::StrCat("exp-", count.Int(0) + 1);
     const int64_t now = NowMs();
     Statement insert(db_,
-                     "INSERT INTO experiments (id, request_id, name, spec, created_ms) VALUES (?, ?, ?, ?, ?)");
-    insert.Bind(1, id).Bind(3, name).BindBlob(4, spec).Bind(5, now);
+                     "INSERT INTO experiments (id, request_id, name, spec, created_ms, state, message, priority) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    insert.Bind(1, id).Bind(3, e.name).BindBlob(4, e.spec).Bind(5, now).Bind(6, e.state);
+    insert.Bind(7, e.message).Bind(8, e.priority);
     // Without a request id the column stays NULL: UNIQUE allows many NULLs.
-    if (!request_id.empty()) insert.Bind(2, request_id);
+    if (!e.request_id.empty()) insert.Bind(2, e.request_id);
     if (insert.Step() != SQLITE_DONE) return SqlError(db_, "inserting the experiment");
-    for (int t = 0; t < trials; ++t) {
-      for (int f = 1; f <= folds; ++f) {
+    for (const TrialRow& t : trials) {
+      Statement trial(db_, "INSERT INTO trials (experiment_id, trial, params, seed) VALUES (?, ?, ?, ?)");
+      trial.Bind(1, id).Bind(2, t.trial).Bind(3, t.params).Bind(4, t.seed);
+      if (trial.Step() != SQLITE_DONE) return SqlError(db_, "inserting trials");
+      for (int f : folds) {
         Statement run(db_,
                       "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, ?, ?, ?, ?)");
-        run.Bind(1, id).Bind(2, t).Bind(3, f).Bind(4, static_cast<int64_t>(RunState::kPending)).Bind(5, now);
+        run.Bind(1, id).Bind(2, t.trial).Bind(3, f).Bind(4, static_cast<int64_t>(RunState::kPending)).Bind(5, now);
         if (run.Step() != SQLITE_DONE) return SqlError(db_, "inserting fold runs");
       }
     }
     return id;
-  };
-  absl::StatusOr<std::string> id = body();
-  if (!id.ok()) {
-    (void)Exec("ROLLBACK");
-    return id.status();
+  });
+}
+
+absl::StatusOr<std::vector<ExperimentRow>> StateStore::Experiments() {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_,
+              "SELECT id, COALESCE(request_id, ''), name, spec, state, message, priority, created_ms "
+              "FROM experiments ORDER BY created_ms, rowid");
+  std::vector<ExperimentRow> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    ExperimentRow e;
+    e.id = s.Text(0);
+    e.request_id = s.Text(1);
+    e.name = s.Text(2);
+    e.spec = s.Text(3);
+    e.state = static_cast<int>(s.Int(4));
+    e.message = s.Text(5);
+    e.priority = static_cast<int>(s.Int(6));
+    e.created_ms = s.Int(7);
+    out.push_back(std::move(e));
   }
-  RETURN_IF_ERROR(Exec("COMMIT"));
-  return id;
+  if (rc != SQLITE_DONE) return SqlError(db_, "listing experiments");
+  return out;
+}
+
+absl::Status StateStore::SetExperimentState(const std::string& experiment_id, int state,
+                                            const std::string& message) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
+  s.Bind(1, state).Bind(2, message).Bind(3, experiment_id);
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating an experiment");
+  if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<TrialRow>> StateStore::Trials(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT trial, params, seed, state, message FROM trials WHERE experiment_id = ? ORDER BY trial");
+  s.Bind(1, experiment_id);
+  std::vector<TrialRow> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    out.push_back(TrialRow{static_cast<int>(s.Int(0)), s.Text(1), s.Int(2), s.Text(3), s.Text(4)});
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "listing trials");
+  return out;
+}
+
+absl::Status StateStore::SetTrialState(const std::string& experiment_id, int trial,
+                                       const std::string& state, const std::string& message) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND trial = ?");
+  s.Bind(1, state).Bind(2, message).Bind(3, experiment_id).Bind(4, trial);
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating a trial");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> StateStore::ExperimentSpec(const std::string& experiment_id) {
@@ -259,9 +388,10 @@ absl::StatusOr<FoldRun> StateStore::Run(int64_t run_id) {
 absl::Status StateStore::SetRun(const FoldRun& r) {
   Statement s(db_,
               "UPDATE fold_runs SET state = ?, attempt = ?, lease_epoch = ?, worker = ?, message = ?, "
-              "updated_ms = ? WHERE id = ?");
+              "updated_ms = ?, result = ?, reported = ?, has_checkpoint = ? WHERE id = ?");
   s.Bind(1, static_cast<int64_t>(r.state)).Bind(2, r.attempt).Bind(3, r.lease_epoch);
-  s.Bind(4, r.worker).Bind(5, r.message).Bind(6, NowMs()).Bind(7, r.id);
+  s.Bind(4, r.worker).Bind(5, r.message).Bind(6, NowMs()).BindBlob(7, r.result);
+  s.Bind(8, r.reported).Bind(9, r.has_checkpoint ? 1 : 0).Bind(10, r.id);
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating a run");
   return absl::OkStatus();
 }
@@ -287,6 +417,7 @@ absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& wo
   }
   r.state = RunState::kAssigned;
   r.worker = worker;
+  r.reported = 0;
   ++r.lease_epoch;
   RETURN_IF_ERROR(SetRun(r));
   return r.lease_epoch;
@@ -306,6 +437,60 @@ absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
   }
   r.state = to;
   r.message = message;
+  return SetRun(r);
+}
+
+absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::string& result) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
+  if (epoch != r.lease_epoch) {
+    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
+                                                      epoch, " (current ", r.lease_epoch, ")"));
+  }
+  if (!Allowed(r.state, RunState::kSucceeded)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": cannot complete"));
+  }
+  r.state = RunState::kSucceeded;
+  r.result = result;
+  r.message.clear();
+  return SetRun(r);
+}
+
+absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const std::string& message,
+                                           int max_restarts) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
+  if (epoch != r.lease_epoch) {
+    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
+                                                      epoch, " (current ", r.lease_epoch, ")"));
+  }
+  if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": nothing to retry"));
+  }
+  ++r.lease_epoch;
+  r.worker.clear();
+  r.message = message;
+  if (r.attempt < max_restarts) {
+    ++r.attempt;
+    r.state = RunState::kPending;
+  } else {
+    r.state = RunState::kFailed;
+    r.message = absl::StrCat(message, "; gave up after ", r.attempt + 1, " attempts");
+  }
+  RETURN_IF_ERROR(SetRun(r));
+  return r.state;
+}
+
+absl::Status StateStore::SetHasCheckpoint(int64_t run_id, int64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
+  if (epoch != r.lease_epoch) {
+    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
+                                                      epoch, " (current ", r.lease_epoch, ")"));
+  }
+  r.has_checkpoint = true;
   return SetRun(r);
 }
 
@@ -350,29 +535,64 @@ absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts) 
   return r.state;
 }
 
+absl::StatusOr<int64_t> StateStore::AppendLocked(const std::string& experiment_id,
+                                                 const std::vector<EventIn>& events) {
+  Statement last(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE experiment_id = ?");
+  last.Bind(1, experiment_id);
+  if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading the last event");
+  const int64_t first = last.Int(0) + 1;
+  const int64_t now = NowMs();
+  Statement insert(db_,
+                   "INSERT INTO events (experiment_id, seq, kind, payload, time_ms) VALUES (?, ?, ?, ?, ?)");
+  for (size_t i = 0; i < events.size(); ++i) {
+    sqlite3_reset(insert.raw());
+    insert.Bind(1, experiment_id).Bind(2, first + static_cast<int64_t>(i)).Bind(3, events[i].kind);
+    insert.BindBlob(4, events[i].payload).Bind(5, now);
+    if (insert.Step() != SQLITE_DONE) return SqlError(db_, "appending an event");
+  }
+  return first;
+}
+
 absl::StatusOr<int64_t> StateStore::AppendEvent(const std::string& experiment_id,
                                                 const std::string& kind,
                                                 const std::string& payload) {
+  return AppendEvents(experiment_id, {EventIn{kind, payload}});
+}
+
+absl::StatusOr<int64_t> StateStore::AppendEvents(const std::string& experiment_id,
+                                                 const std::vector<EventIn>& events) {
   absl::MutexLock lock(&mu_);
-  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  auto body = [&]() -> absl::StatusOr<int64_t> {
-    Statement last(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE experiment_id = ?");
-    last.Bind(1, experiment_id);
-    if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading the last event");
-    const int64_t seq = last.Int(0) + 1;
-    Statement insert(db_,
-                     "INSERT INTO events (experiment_id, seq, kind, payload, time_ms) VALUES (?, ?, ?, ?, ?)");
-    insert.Bind(1, experiment_id).Bind(2, seq).Bind(3, kind).BindBlob(4, payload).Bind(5, NowMs());
-    if (insert.Step() != SQLITE_DONE) return SqlError(db_, "appending an event");
-    return seq;
-  };
-  absl::StatusOr<int64_t> seq = body();
-  if (!seq.ok()) {
-    (void)Exec("ROLLBACK");
-    return seq.status();
-  }
-  RETURN_IF_ERROR(Exec("COMMIT"));
-  return seq;
+  return InTransaction([&] { return AppendLocked(experiment_id, events); });
+}
+
+absl::StatusOr<StateStore::Appended> StateStore::AppendRunEvents(int64_t run_id, int64_t epoch,
+                                                                int64_t first_index,
+                                                                const std::vector<EventIn>& events) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction([&]() -> absl::StatusOr<Appended> {
+    ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
+    if (epoch != r.lease_epoch) {
+      return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
+                                                        epoch, " (current ", r.lease_epoch, ")"));
+    }
+    if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": takes no more events"));
+    }
+    if (first_index < 1 || first_index > r.reported + 1) {
+      return absl::InvalidArgumentError(absl::StrCat("fold run ", run_id, ": events from index ",
+                                                     first_index, " leave a gap after ", r.reported));
+    }
+    Appended out;
+    out.skipped = static_cast<int>(std::min<int64_t>(r.reported + 1 - first_index,
+                                                     static_cast<int64_t>(events.size())));
+    if (out.skipped == static_cast<int>(events.size())) return out;
+    const std::vector<EventIn> fresh(events.begin() + out.skipped, events.end());
+    ASSIGN_OR_RETURN(out.first_seq, AppendLocked(r.experiment_id, fresh));
+    r.reported = first_index + static_cast<int64_t>(events.size()) - 1;
+    RETURN_IF_ERROR(SetRun(r));
+    return out;
+  });
 }
 
 absl::StatusOr<int64_t> StateStore::LastEventSeq(const std::string& experiment_id) {
@@ -396,6 +616,48 @@ absl::StatusOr<std::vector<Event>> StateStore::ReadEvents(const std::string& exp
     out.push_back(Event{s.Int(0), s.Text(1), s.Text(2), s.Int(3)});
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "reading events");
+  return out;
+}
+
+absl::StatusOr<int> StateStore::RegisterModel(const ModelRow& m) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction([&]() -> absl::StatusOr<int> {
+    Statement last(db_, "SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?");
+    last.Bind(1, m.name);
+    if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading model versions");
+    const int version = static_cast<int>(last.Int(0)) + 1;
+    Statement s(db_,
+                "INSERT INTO models (name, version, experiment_id, trial, fold, test_mean_f1, artifact, "
+                "metadata, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    s.Bind(1, m.name).Bind(2, version).Bind(3, m.experiment_id).Bind(4, m.trial).Bind(5, m.fold);
+    s.BindReal(6, m.test_mean_f1).Bind(7, m.artifact).Bind(8, m.metadata).Bind(9, NowMs());
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "registering a model");
+    return version;
+  });
+}
+
+absl::StatusOr<std::vector<ModelRow>> StateStore::Models(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_,
+              "SELECT name, version, experiment_id, trial, fold, test_mean_f1, artifact, metadata, created_ms "
+              "FROM models WHERE experiment_id = ? ORDER BY name, version");
+  s.Bind(1, experiment_id);
+  std::vector<ModelRow> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    ModelRow m;
+    m.name = s.Text(0);
+    m.version = static_cast<int>(s.Int(1));
+    m.experiment_id = s.Text(2);
+    m.trial = static_cast<int>(s.Int(3));
+    m.fold = static_cast<int>(s.Int(4));
+    m.test_mean_f1 = s.Real(5);
+    m.artifact = s.Text(6);
+    m.metadata = s.Text(7);
+    m.created_ms = s.Int(8);
+    out.push_back(std::move(m));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "listing models");
   return out;
 }
 

@@ -1,10 +1,9 @@
 #ifndef MAL_SERVER_STATE_STATE_STORE_H_
 #define MAL_SERVER_STATE_STATE_STORE_H_
 
-// The coordinator's durable state: experiments, fold runs with their attempts and lease epochs,
-// and the per-experiment event log, in SQLite (WAL, synchronous FULL), so that whatever a call
-// acknowledged survives kill -9. No gRPC here. Part of the distributed service (issue 4), which
-// is not built yet: this is its storage layer.
+// The coordinator's durable state: experiments, trials, fold runs with their attempts, lease
+// epochs and results, the per-experiment event log and the model registry, in SQLite (WAL,
+// synchronous FULL), so that whatever a call acknowledged survives kill -9. No gRPC here.
 
 #include <cstdint>
 #include <memory>
@@ -36,6 +35,43 @@ struct FoldRun {
   int64_t lease_epoch = 0;  // bumped at every assignment; reports must carry the current one
   std::string worker;
   std::string message;
+  std::string result;        // serialized mal.v1.FoldResult once SUCCEEDED
+  int64_t reported = 0;      // run-local index of the last event accepted under lease_epoch
+  bool has_checkpoint = false;  // a checkpoint artifact was uploaded
+};
+
+struct ExperimentRow {
+  std::string id;
+  std::string request_id;
+  std::string name;
+  std::string spec;  // serialized mal.v1.ExperimentSpec
+  int state = 1;     // mal.v1.ExperimentState
+  std::string message;
+  int priority = 0;
+  int64_t created_ms = 0;
+};
+
+struct TrialRow {
+  int trial = 0;
+  std::string params;  // serialized mal.v1.TrialResult.params (the assignment), as JSON
+  int64_t seed = 0;
+  std::string state;   // "" while it runs; SUCCEEDED | FAILED | STOPPED | CANCELLED
+  std::string message;
+};
+
+struct ModelRow {
+  std::string name;
+  int version = 0;  // assigned by RegisterModel
+  std::string experiment_id;
+  int trial = 0, fold = 0;
+  double test_mean_f1 = 0;
+  std::string artifact, metadata;
+  int64_t created_ms = 0;
+};
+
+struct EventIn {
+  std::string kind;
+  std::string payload;
 };
 
 struct Event {
@@ -48,7 +84,7 @@ struct Event {
 // Thread-safe: one connection behind a mutex; the coordinator is the only writer.
 class StateStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;  // 1: experiments, runs, events; 2: + trials, results, models
 
   // Opens or creates the database at `path`. A database written by a newer schema is an error.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(const std::string& path);
@@ -61,7 +97,17 @@ class StateStore {
   // may retry a submission whose answer it lost.
   absl::StatusOr<std::string> CreateExperiment(const std::string& request_id, const std::string& name,
                                                const std::string& spec, int trials, int folds);
+  // The full form: the trials' assignments and seeds are stored with the experiment.
+  // `existing` is set when the request id was seen before.
+  absl::StatusOr<std::string> CreateExperiment(const ExperimentRow& experiment,
+                                               const std::vector<TrialRow>& trials,
+                                               const std::vector<int>& folds, bool* existing);
   absl::StatusOr<std::string> ExperimentSpec(const std::string& experiment_id);
+  absl::StatusOr<std::vector<ExperimentRow>> Experiments();
+  absl::Status SetExperimentState(const std::string& experiment_id, int state, const std::string& message);
+  absl::StatusOr<std::vector<TrialRow>> Trials(const std::string& experiment_id);
+  absl::Status SetTrialState(const std::string& experiment_id, int trial, const std::string& state,
+                             const std::string& message);
 
   absl::StatusOr<std::vector<FoldRun>> Runs(const std::string& experiment_id);
   absl::StatusOr<FoldRun> Run(int64_t run_id);
@@ -73,6 +119,14 @@ class StateStore {
   // Moves a run on behalf of the worker holding lease `epoch`. A stale epoch is
   // FailedPrecondition (the report of a worker that came back late); so is an illegal move.
   absl::Status Transition(int64_t run_id, int64_t epoch, RunState to, const std::string& message);
+  // ASSIGNED|RUNNING -> SUCCEEDED with its serialized FoldResult, for the holder of `epoch`.
+  absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result);
+  // The holder of `epoch` gave the run back (its child crashed): PENDING with the next attempt
+  // while attempts < max_restarts, else FAILED. Returns the new state.
+  absl::StatusOr<RunState> Retry(int64_t run_id, int64_t epoch, const std::string& message,
+                                 int max_restarts);
+  // Records that the holder of `epoch` uploaded a checkpoint.
+  absl::Status SetHasCheckpoint(int64_t run_id, int64_t epoch);
   // Cancels a run that has not finished, whoever holds it.
   absl::Status Cancel(int64_t run_id, const std::string& message);
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
@@ -82,13 +136,34 @@ class StateStore {
   // Appends to the experiment's event log; returns the event's sequence number.
   absl::StatusOr<int64_t> AppendEvent(const std::string& experiment_id, const std::string& kind,
                                       const std::string& payload);
+  // Appends several events in one transaction; returns the seq of the first.
+  absl::StatusOr<int64_t> AppendEvents(const std::string& experiment_id, const std::vector<EventIn>& events);
+  // A worker's batch for a run: checks the lease epoch (stale: FailedPrecondition), skips the
+  // events whose run-local index (first_index, first_index + 1, ...) was accepted before (a
+  // retried batch), appends the rest and records the index, in one transaction. Returns how many
+  // were skipped and the seq of the first appended.
+  struct Appended {
+    int skipped = 0;
+    int64_t first_seq = 0;
+  };
+  absl::StatusOr<Appended> AppendRunEvents(int64_t run_id, int64_t epoch, int64_t first_index,
+                                           const std::vector<EventIn>& events);
   // The experiment's newest event seq (0 when it has none).
   absl::StatusOr<int64_t> LastEventSeq(const std::string& experiment_id);
   // Events with seq >= from_seq, in order, at most `limit`.
   absl::StatusOr<std::vector<Event>> ReadEvents(const std::string& experiment_id, int64_t from_seq,
                                                 int limit);
 
+  // Registers a model under its name with the next version number; returns the version.
+  absl::StatusOr<int> RegisterModel(const ModelRow& model);
+  absl::StatusOr<std::vector<ModelRow>> Models(const std::string& experiment_id);
+
  private:
+  absl::Status Migrate(int64_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<int64_t> AppendLocked(const std::string& experiment_id, const std::vector<EventIn>& events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  template <typename F>
+  auto InTransaction(F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> decltype(body());
   explicit StateStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<FoldRun> RunLocked(int64_t run_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,4 +1,6 @@
 #include "common/spec/spec.h"
+#include "common/data/folds.h"
+#include "absl/strings/str_cat.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -55,6 +57,26 @@ TEST(SpecTest, DesignExampleParsesOneToOne) {
   EXPECT_EQ(spec->mal().val_batch(), 256);
   EXPECT_EQ(spec->search().space().at("train.lr").log_uniform_size(), 2);
   EXPECT_EQ(spec->search().space().at("mal.meta_lr").choice(1), "1e-3");
+}
+
+// The coordinator applies defaults to a spec malctl already completed: nothing may change, or
+// the fold runs would train a different protocol than the engine alone (a bug found that way).
+TEST(SpecTest, ApplyingDefaultsTwiceChangesNothing) {
+  for (const char* format : {"bp4d", "disfa", "gft", "synthface", "csv"}) {
+    auto spec = ParseSpecYaml(absl::StrCat("name: x\ndata: {au: {format: ", format, ", root: /d}}\n"), "x.yaml");
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    ApplyDefaults(*spec);
+    EXPECT_EQ(spec->cv().protocol(), data::DefaultProtocol(format)) << format;
+    const std::string once = spec->SerializeAsString();
+    ApplyDefaults(*spec);
+    EXPECT_EQ(spec->SerializeAsString(), once) << format;
+  }
+  auto kfold = ParseSpecYaml("name: x\ndata: {au: {format: bp4d, root: /d}}\ncv: {folds: 5}\n", "x.yaml");
+  ASSERT_TRUE(kfold.ok());
+  ApplyDefaults(*kfold);
+  ApplyDefaults(*kfold);
+  EXPECT_EQ(kfold->cv().protocol(), "kfold");
+  EXPECT_EQ(kfold->cv().folds(), 5);
 }
 
 TEST(SpecTest, DefaultsFillWhatIsUnset) {

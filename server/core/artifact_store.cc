@@ -1,0 +1,99 @@
+#include "server/core/artifact_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace mal::server {
+
+namespace fs = std::filesystem;
+
+absl::Status ArtifactStore::CheckName(absl::string_view name) {
+  if (name.empty() || name.size() > 200) return absl::InvalidArgumentError("artifact name: empty or too long");
+  for (absl::string_view part : absl::StrSplit(name, '/')) {
+    if (part.empty() || part == "." || part == "..") {
+      return absl::InvalidArgumentError(absl::StrCat("artifact name '", name, "': bad path component"));
+    }
+    for (char c : part) {
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
+        return absl::InvalidArgumentError(absl::StrCat("artifact name '", name, "': character '", std::string(1, c),
+                                                       "' not allowed"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string ArtifactStore::RunDir(const std::string& experiment, int trial, int fold) const {
+  return absl::StrCat(root_, "/", experiment, "/trial-", trial, "/fold-", fold);
+}
+
+absl::StatusOr<std::string> ArtifactStore::Find(const std::string& experiment, int trial, int fold,
+                                                const std::string& name) const {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  const std::string path = absl::StrCat(RunDir(experiment, trial, fold), "/", name);
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return absl::NotFoundError(absl::StrCat("artifact ", name, " not found"));
+  return path;
+}
+
+absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> ArtifactStore::BeginUpload(
+    const std::string& experiment, int trial, int fold, const std::string& name) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  const std::string path = absl::StrCat(RunDir(experiment, trial, fold), "/", name);
+  std::error_code ec;
+  fs::create_directories(fs::path(path).parent_path(), ec);
+  if (ec) return absl::InternalError(absl::StrCat(path, ": ", ec.message()));
+  static std::atomic<int64_t> counter{0};
+  const std::string tmp = absl::StrCat(path, ".upload-", ::getpid(), "-", counter++);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat(tmp, ": ", std::strerror(errno)));
+  return std::unique_ptr<Upload>(new Upload(path, tmp, fd));
+}
+
+ArtifactStore::Upload::~Upload() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+absl::Status ArtifactStore::Upload::Append(absl::string_view data) {
+  hash_.Update(data);
+  size_ += static_cast<int64_t>(data.size());
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd_, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ResourceExhaustedError(absl::StrCat(tmp_, ": ", std::strerror(errno)));
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> ArtifactStore::Upload::Commit(const std::string& expected_sha256) {
+  digest_ = hash_.HexDigest();
+  if (digest_ != expected_sha256) {
+    return absl::DataLossError(absl::StrCat("artifact ", fs::path(path_).filename().string(),
+                                            ": checksum mismatch (sent ", expected_sha256, ", received ",
+                                            digest_, ")"));
+  }
+  if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
+    fd_ = -1;
+    return absl::InternalError(absl::StrCat(tmp_, ": ", std::strerror(errno)));
+  }
+  fd_ = -1;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat(path_, ": ", std::strerror(errno)));
+  }
+  committed_ = true;
+  return size_;
+}
+
+}  // namespace mal::server

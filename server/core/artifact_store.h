@@ -1,0 +1,60 @@
+#ifndef MAL_SERVER_CORE_ARTIFACT_STORE_H_
+#define MAL_SERVER_CORE_ARTIFACT_STORE_H_
+
+// Artifacts on the coordinator's local disk (checkpoints, models, per-sample weight CSVs), laid
+// out as ROOT/<experiment>/trial-<t>/fold-<f>/<name>. Uploads land in a temporary file that is
+// checked against the sender's SHA-256, synced and renamed into place, so a reader never sees a
+// partial artifact and a failed upload leaves nothing behind. No gRPC here.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/util/sha256.h"
+
+namespace mal::server {
+
+class ArtifactStore {
+ public:
+  explicit ArtifactStore(std::string root) : root_(std::move(root)) {}
+
+  // Checks a relative artifact name: letters, digits, '.', '_', '-', and '/' between parts; no
+  // "..", no absolute path.
+  static absl::Status CheckName(absl::string_view name);
+  std::string RunDir(const std::string& experiment, int trial, int fold) const;
+  // The path of an existing artifact, or NotFound.
+  absl::StatusOr<std::string> Find(const std::string& experiment, int trial, int fold,
+                                   const std::string& name) const;
+
+  // One upload in progress. Destroying it without Commit removes the temporary file.
+  class Upload {
+   public:
+    ~Upload();
+    absl::Status Append(absl::string_view data);
+    // Verifies the checksum, syncs, renames into place; returns the final size.
+    absl::StatusOr<int64_t> Commit(const std::string& expected_sha256);
+    const std::string& path() const { return path_; }
+    std::string sha256() const { return digest_; }
+
+   private:
+    friend class ArtifactStore;
+    Upload(std::string path, std::string tmp, int fd) : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
+    std::string path_, tmp_;
+    int fd_;
+    int64_t size_ = 0;
+    Sha256 hash_;
+    std::string digest_;
+    bool committed_ = false;
+  };
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& experiment, int trial, int fold,
+                                                      const std::string& name);
+
+ private:
+  const std::string root_;
+};
+
+}  // namespace mal::server
+
+#endif  // MAL_SERVER_CORE_ARTIFACT_STORE_H_

@@ -1,0 +1,835 @@
+#include "server/core/coordinator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "common/spec/spec.h"
+#include "common/util/files.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+#include "server/core/searcher.h"
+
+namespace mal::server {
+
+namespace {
+
+class RealClock : public Clock {
+ public:
+  int64_t NowMs() override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+bool Finished(RunState s) {
+  return s == RunState::kSucceeded || s == RunState::kFailed || s == RunState::kCancelled;
+}
+bool Held(RunState s) { return s == RunState::kAssigned || s == RunState::kRunning; }
+
+v1::RunState ToProto(RunState s) {
+  switch (s) {
+    case RunState::kPending: return v1::RUN_PENDING;
+    case RunState::kAssigned: return v1::RUN_ASSIGNED;
+    case RunState::kRunning: return v1::RUN_RUNNING;
+    case RunState::kSucceeded: return v1::RUN_SUCCEEDED;
+    case RunState::kFailed: return v1::RUN_FAILED;
+    case RunState::kCancelled: return v1::RUN_CANCELLED;
+    case RunState::kLost: return v1::RUN_LOST;
+  }
+  return v1::RUN_STATE_UNSPECIFIED;
+}
+
+const char* ExperimentStateName(int s) {
+  switch (s) {
+    case v1::EXPERIMENT_RUNNING: return "RUNNING";
+    case v1::EXPERIMENT_SUCCEEDED: return "SUCCEEDED";
+    case v1::EXPERIMENT_FAILED: return "FAILED";
+    case v1::EXPERIMENT_CANCELLED: return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+const char* EventKind(const v1::Event& e) {
+  switch (e.body_case()) {
+    case v1::Event::kState: return "state";
+    case v1::Event::kPoint: return "point";
+    case v1::Event::kWeights: return "weights";
+    case v1::Event::kEpoch: return "epoch";
+    case v1::Event::kFoldResult: return "fold_result";
+    case v1::Event::kTrialResult: return "trial_result";
+    case v1::Event::kEnd: return "end";
+    default: return "";
+  }
+}
+
+// Weighted fair share: an experiment's weight grows with its priority.
+double Weight(int priority) { return priority >= 0 ? 1.0 + priority : 1.0 / (1.0 - priority); }
+
+}  // namespace
+
+Clock* SystemClock() {
+  static RealClock clock;
+  return &clock;
+}
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(StateStore* store, EventHub* hub,
+                                                                 ArtifactStore* artifacts, Clock* clock,
+                                                                 CoordinatorOptions options) {
+  std::unique_ptr<Coordinator> c(new Coordinator(store, hub, artifacts, clock, std::move(options)));
+  RETURN_IF_ERROR(c->Load());
+  return c;
+}
+
+absl::Status Coordinator::Load() {
+  absl::MutexLock lock(&mu_);
+  started_ms_ = clock_->NowMs();
+  ASSIGN_OR_RETURN(std::vector<ExperimentRow> rows, store_->Experiments());
+  for (ExperimentRow& row : rows) {
+    Experiment& e = experiments_[row.id];
+    e.row = std::move(row);
+    if (!e.spec.ParseFromString(e.row.spec)) {
+      return absl::DataLossError(absl::StrCat("experiment ", e.row.id, ": unreadable spec in the state store"));
+    }
+    ASSIGN_OR_RETURN(std::vector<TrialRow> trials, store_->Trials(e.row.id));
+    if (trials.empty()) {  // written by schema 1: the plans are a pure function of the spec
+      ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(e.spec));
+      for (const TrialPlan& p : plans) trials.push_back(TrialRow{p.trial, ParamsToJson(p.params), p.seed, "", ""});
+    }
+    for (TrialRow& t : trials) {
+      Trial trial;
+      trial.row = std::move(t);
+      ASSIGN_OR_RETURN(trial.params, ParamsFromJson(trial.row.params));
+      ASSIGN_OR_RETURN(trial.spec, TrialSpec(e.spec, TrialPlan{trial.row.trial, trial.params, trial.row.seed}));
+      e.trials.push_back(std::move(trial));
+    }
+    ASSIGN_OR_RETURN(std::vector<FoldRun> runs, store_->Runs(e.row.id));
+    for (FoldRun& r : runs) {
+      run_experiment_[r.id] = e.row.id;
+      if (Held(r.state) && !workers_.count(r.worker)) {
+        // Its worker may still be running it: it has one lease to re-register and claim it.
+        Worker& w = workers_[r.worker];
+        w.info.set_name(r.worker);
+        w.last_ms = started_ms_;
+        w.registered = false;
+      }
+      e.runs[r.id] = std::move(r);
+    }
+  }
+  // Finish what a crash interrupted: trials whose runs all ended, experiments whose trials did.
+  for (auto& [id, e] : experiments_) {
+    if (e.row.state != v1::EXPERIMENT_RUNNING) continue;
+    std::set<int> published;
+    bool end_published = false;
+    for (int64_t from = 1;;) {
+      ASSIGN_OR_RETURN(std::vector<Event> page, store_->ReadEvents(id, from, 1000));
+      if (page.empty()) break;
+      for (const Event& ev : page) {
+        if (ev.kind == "trial_result") {
+          v1::Event parsed;
+          if (parsed.ParseFromString(ev.payload)) published.insert(parsed.trial_result().trial());
+        }
+        end_published = end_published || ev.kind == "end";
+      }
+      from = page.back().seq + 1;
+    }
+    for (Trial& t : e.trials) {
+      if (t.row.state.empty() && published.count(t.row.trial)) {
+        // Its trial_result went out; only the state write was lost.
+        t.row.state = "SUCCEEDED";
+        for (const auto& [rid, r] : e.runs) {
+          if (r.trial == t.row.trial && r.state == RunState::kFailed) {
+            t.row.state = "FAILED";
+            t.row.message = absl::StrCat("fold ", r.fold, ": ", r.message);
+          }
+        }
+        RETURN_IF_ERROR(store_->SetTrialState(id, t.row.trial, t.row.state, t.row.message));
+      }
+    }
+    if (end_published) {
+      // The End event went out; only the state write was lost.
+      bool any_succeeded = false;
+      for (const Trial& t : e.trials) any_succeeded = any_succeeded || t.row.state == "SUCCEEDED";
+      e.row.state = any_succeeded ? v1::EXPERIMENT_SUCCEEDED : v1::EXPERIMENT_FAILED;
+      RETURN_IF_ERROR(store_->SetExperimentState(id, e.row.state, e.row.message));
+      continue;
+    }
+    for (Trial& t : e.trials) Settle(e, t.row.trial);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Coordinator::Experiment*> Coordinator::Find(const std::string& id) {
+  auto it = experiments_.find(id);
+  if (it == experiments_.end()) return absl::NotFoundError(absl::StrCat("experiment ", id, " not found"));
+  return &it->second;
+}
+
+absl::StatusOr<FoldRun*> Coordinator::FindRun(int64_t run_id, Experiment** experiment) {
+  auto it = run_experiment_.find(run_id);
+  if (it == run_experiment_.end()) return absl::NotFoundError(absl::StrCat("fold run ", run_id, " not found"));
+  Experiment& e = experiments_.at(it->second);
+  *experiment = &e;
+  return &e.runs.at(run_id);
+}
+
+absl::StatusOr<FoldRun*> Coordinator::HeldRun(int64_t run_id, int64_t epoch, Experiment** e) {
+  ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, e));
+  if (run->lease_epoch != epoch) {
+    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ", epoch,
+                                                      " (current ", run->lease_epoch, ")"));
+  }
+  if (!Held(run->state)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("fold run ", run_id, " is ", RunStateName(run->state)));
+  }
+  return run;
+}
+
+absl::Status Coordinator::Refresh(Experiment& e, int64_t run_id) {
+  ASSIGN_OR_RETURN(FoldRun fresh, store_->Run(run_id));
+  e.runs[run_id] = std::move(fresh);
+  return absl::OkStatus();
+}
+
+void Coordinator::Emit(Experiment& e, const FoldRun* run, v1::Event event) {
+  if (run != nullptr) {
+    event.set_run_id(run->id);
+    event.set_trial(run->trial);
+    event.set_fold(run->fold);
+    event.set_attempt(run->attempt);
+  } else {
+    event.set_trial(-1);
+  }
+  event.set_time_ms(clock_->NowMs());
+  const std::string kind = EventKind(event);
+  auto seq = hub_->Publish(e.row.id, kind, event.SerializeAsString(), kind == "weights");
+  if (!seq.ok()) LOG(ERROR) << e.row.id << ": could not append a " << kind << " event: " << seq.status();
+}
+
+void Coordinator::EmitRunState(Experiment& e, const FoldRun& run) {
+  v1::Event ev;
+  v1::StateChange* s = ev.mutable_state();
+  s->set_scope("run");
+  s->set_state(RunStateName(run.state));
+  s->set_message(run.message);
+  s->set_attempt(run.attempt);
+  s->set_worker(run.worker);
+  Emit(e, &run, std::move(ev));
+}
+
+// ------------------------------------------------------------------------------------------
+// Client side.
+
+absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(const v1::SubmitExperimentRequest& request) {
+  v1::ExperimentSpec spec = request.spec();
+  ApplyDefaults(spec);
+  if (absl::Status s = ValidateSpec(spec); !s.ok()) return absl::InvalidArgumentError(s.message());
+  if (spec.final_fit()) {
+    return absl::UnimplementedError("final_fit: the final fit on all subjects is not supported yet");
+  }
+  ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
+  const std::vector<int> folds = FoldNumbers(spec);
+  ExperimentRow row;
+  row.request_id = request.request_id();
+  row.name = spec.name().empty() ? "experiment" : spec.name();
+  row.spec = spec.SerializeAsString();
+  row.state = v1::EXPERIMENT_RUNNING;
+  row.priority = spec.priority();
+  std::vector<TrialRow> trials;
+  for (const TrialPlan& p : plans) trials.push_back(TrialRow{p.trial, ParamsToJson(p.params), p.seed, "", ""});
+
+  absl::MutexLock lock(&mu_);
+  bool existing = false;
+  ASSIGN_OR_RETURN(std::string id, store_->CreateExperiment(row, trials, folds, &existing));
+  v1::SubmitExperimentResponse out;
+  out.set_experiment_id(id);
+  out.set_trials(static_cast<int>(plans.size()));
+  out.set_runs(static_cast<int>(plans.size() * folds.size()));
+  out.set_existing(existing);
+  if (existing) return out;
+  Experiment& e = experiments_[id];
+  row.id = id;
+  row.created_ms = clock_->NowMs();
+  e.row = row;
+  e.spec = spec;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    Trial t;
+    t.row = trials[i];
+    t.params = plans[i].params;
+    ASSIGN_OR_RETURN(t.spec, TrialSpec(spec, plans[i]));
+    e.trials.push_back(std::move(t));
+  }
+  ASSIGN_OR_RETURN(std::vector<FoldRun> runs, store_->Runs(id));
+  for (FoldRun& r : runs) {
+    run_experiment_[r.id] = id;
+    e.runs[r.id] = std::move(r);
+  }
+  v1::Event ev;
+  ev.mutable_state()->set_scope("experiment");
+  ev.mutable_state()->set_state("RUNNING");
+  ev.mutable_state()->set_message(absl::StrCat(plans.size(), " trial(s) x ", folds.size(), " fold(s)"));
+  Emit(e, nullptr, std::move(ev));
+  LOG(INFO) << "submitted " << id << " (" << row.name << "): " << out.runs() << " fold runs";
+  return out;
+}
+
+v1::ExperimentInfo Coordinator::Info(const Experiment& e, bool with_runs) {
+  v1::ExperimentInfo info;
+  info.set_id(e.row.id);
+  info.set_name(e.row.name);
+  info.set_state(static_cast<v1::ExperimentState>(e.row.state));
+  info.set_message(e.row.message);
+  info.set_priority(e.row.priority);
+  info.set_created_ms(e.row.created_ms);
+  info.set_request_id(e.row.request_id);
+  *info.mutable_spec() = e.spec;
+  int done = 0, running = 0;
+  for (const auto& [id, r] : e.runs) {
+    done += Finished(r.state);
+    running += Held(r.state);
+    if (!with_runs) continue;
+    v1::FoldRunInfo* ri = info.add_runs();
+    ri->set_id(r.id);
+    ri->set_trial(r.trial);
+    ri->set_fold(r.fold);
+    ri->set_state(ToProto(r.state));
+    ri->set_attempt(r.attempt);
+    ri->set_lease_epoch(r.lease_epoch);
+    ri->set_worker(r.worker);
+    ri->set_message(r.message);
+    if (!r.result.empty()) ri->mutable_result()->ParseFromString(r.result);
+    auto epoch = e.last_epoch.find(r.id);
+    if (epoch != e.last_epoch.end()) ri->set_epoch(epoch->second);
+  }
+  info.set_runs_total(static_cast<int>(e.runs.size()));
+  info.set_runs_done(done);
+  info.set_runs_running(running);
+  auto last = hub_->LastSeq(e.row.id);
+  if (last.ok()) info.set_last_seq(*last);
+  return info;
+}
+
+absl::StatusOr<v1::ExperimentInfo> Coordinator::Get(const std::string& experiment_id, bool with_runs) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
+  return Info(*e, with_runs);
+}
+
+v1::ListExperimentsResponse Coordinator::List() {
+  absl::MutexLock lock(&mu_);
+  v1::ListExperimentsResponse out;
+  for (const auto& [id, e] : experiments_) *out.add_experiments() = Info(e, false);
+  std::sort(out.mutable_experiments()->begin(), out.mutable_experiments()->end(),
+            [](const v1::ExperimentInfo& a, const v1::ExperimentInfo& b) {
+              return a.created_ms() != b.created_ms() ? a.created_ms() < b.created_ms() : a.id() < b.id();
+            });
+  return out;
+}
+
+absl::StatusOr<v1::ExperimentState> Coordinator::State(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
+  return static_cast<v1::ExperimentState>(e->row.state);
+}
+
+absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
+  if (e->row.state != v1::EXPERIMENT_RUNNING) return Info(*e, true);
+  for (auto& [id, run] : e->runs) {
+    if (Finished(run.state)) continue;
+    RETURN_IF_ERROR(store_->Cancel(id, "cancelled by the user"));
+    RETURN_IF_ERROR(Refresh(*e, id));
+    EmitRunState(*e, e->runs[id]);
+  }
+  for (Trial& t : e->trials) {
+    if (!t.row.state.empty()) continue;
+    t.row.state = "CANCELLED";
+    RETURN_IF_ERROR(store_->SetTrialState(experiment_id, t.row.trial, t.row.state, "cancelled by the user"));
+  }
+  e->row.message = "cancelled by the user";
+  FinishExperiment(*e);
+  return Info(*e, true);
+}
+
+absl::StatusOr<v1::ExperimentInfo> Coordinator::Wait(const std::string& experiment_id, absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
+  auto done = [e]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return e->row.state != v1::EXPERIMENT_RUNNING; };
+  mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  return Info(*e, true);
+}
+
+v1::TrialResult Coordinator::Aggregate(const Experiment& e, int trial) {
+  v1::TrialResult out;
+  out.set_trial(trial);
+  const Trial* t = nullptr;
+  for (const Trial& candidate : e.trials) {
+    if (candidate.row.trial == trial) t = &candidate;
+  }
+  if (t != nullptr) {
+    for (const auto& [k, v] : t->params) (*out.mutable_params())[k] = v;
+    out.set_state(t->row.state);
+    out.set_message(t->row.message);
+  }
+  std::vector<v1::FoldResult> results;
+  for (const auto& [id, r] : e.runs) {
+    if (r.trial != trial || r.state != RunState::kSucceeded) continue;
+    v1::FoldResult fr;
+    if (fr.ParseFromString(r.result)) results.push_back(std::move(fr));
+  }
+  if (results.empty()) return out;
+  *out.mutable_aus() = results[0].aus();
+  const double n = static_cast<double>(results.size());
+  // Population std over folds (numpy's default, ddof=0).
+  auto mean_std = [&](auto value) {
+    double sum = 0, sq = 0;
+    for (const auto& r : results) sum += value(r);
+    const double mean = sum / n;
+    for (const auto& r : results) sq += (value(r) - mean) * (value(r) - mean);
+    return std::make_pair(mean, std::sqrt(sq / n));
+  };
+  for (int a = 0; a < results[0].test_f1_size(); ++a) {
+    auto [m, s] = mean_std([a](const v1::FoldResult& r) { return a < r.test_f1_size() ? r.test_f1(a) : 0.0; });
+    out.add_au_mean_f1(m);
+    out.add_au_std_f1(s);
+  }
+  auto [m, s] = mean_std([](const v1::FoldResult& r) { return r.test_mean_f1(); });
+  out.set_mean_f1(m);
+  out.set_std_f1(s);
+  return out;
+}
+
+absl::StatusOr<v1::ResultsResponse> Coordinator::Results(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
+  v1::ResultsResponse out;
+  out.set_experiment_id(experiment_id);
+  out.set_state(static_cast<v1::ExperimentState>(e->row.state));
+  int best = -1;
+  double best_f1 = -1;
+  for (const Trial& t : e->trials) {
+    v1::TrialResult r = Aggregate(*e, t.row.trial);
+    if (t.row.state == "SUCCEEDED" && r.mean_f1() > best_f1) {
+      best = t.row.trial;
+      best_f1 = r.mean_f1();
+    }
+    *out.add_trials() = std::move(r);
+  }
+  out.set_best_trial(best);
+  *out.mutable_runs() = Info(*e, true).runs();
+  ASSIGN_OR_RETURN(std::vector<ModelRow> models, store_->Models(experiment_id));
+  for (const ModelRow& m : models) {
+    v1::ModelInfo* mi = out.add_models();
+    mi->set_name(m.name);
+    mi->set_version(m.version);
+    mi->set_experiment_id(m.experiment_id);
+    mi->set_trial(m.trial);
+    mi->set_fold(m.fold);
+    mi->set_test_mean_f1(m.test_mean_f1);
+    mi->set_artifact(m.artifact);
+    mi->set_metadata(m.metadata);
+    mi->set_created_ms(m.created_ms);
+  }
+  return out;
+}
+
+v1::ListWorkersResponse Coordinator::Workers() {
+  absl::MutexLock lock(&mu_);
+  v1::ListWorkersResponse out;
+  for (const auto& [name, w] : workers_) {
+    v1::WorkerInfo* wi = out.add_workers();
+    wi->set_name(name);
+    wi->set_host(w.info.host());
+    wi->set_slots(w.info.slots());
+    *wi->mutable_devices() = w.info.devices();
+    wi->set_version(w.info.version());
+    wi->set_last_heartbeat_ms(w.last_ms);
+    wi->set_alive(w.alive && w.registered);
+    for (const auto& [id, e] : experiments_) {
+      for (const auto& [rid, r] : e.runs) {
+        if (Held(r.state) && r.worker == name) wi->add_runs(rid);
+      }
+    }
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------
+// Trials and experiments settling.
+
+void Coordinator::Settle(Experiment& e, int trial) {
+  Trial* t = nullptr;
+  for (Trial& candidate : e.trials) {
+    if (candidate.row.trial == trial) t = &candidate;
+  }
+  if (t != nullptr && t->row.state.empty()) {
+    const FoldRun* failed = nullptr;
+    bool all_succeeded = true;
+    for (const auto& [id, r] : e.runs) {
+      if (r.trial != trial) continue;
+      if (r.state == RunState::kFailed && failed == nullptr) failed = &r;
+      all_succeeded = all_succeeded && r.state == RunState::kSucceeded;
+    }
+    if (failed == nullptr && !all_succeeded) return;
+    std::string message;
+    if (failed != nullptr) {
+      message = absl::StrCat("fold ", failed->fold, ": ", failed->message);
+      // The trial's metric is undefined without every fold: stop the others.
+      for (auto& [id, r] : e.runs) {
+        if (r.trial != trial || Finished(r.state)) continue;
+        if (!store_->Cancel(id, "another fold of the trial failed").ok() || !Refresh(e, id).ok()) continue;
+        EmitRunState(e, e.runs[id]);
+      }
+    }
+    t->row.state = failed != nullptr ? "FAILED" : "SUCCEEDED";
+    t->row.message = message;
+    v1::Event ev;
+    *ev.mutable_trial_result() = Aggregate(e, trial);
+    Emit(e, nullptr, std::move(ev));
+    if (absl::Status s = store_->SetTrialState(e.row.id, trial, t->row.state, message); !s.ok()) {
+      LOG(ERROR) << e.row.id << ": " << s;
+    }
+  }
+  for (const Trial& other : e.trials) {
+    if (other.row.state.empty()) return;
+  }
+  if (e.row.state == v1::EXPERIMENT_RUNNING) FinishExperiment(e);
+}
+
+void Coordinator::FinishExperiment(Experiment& e) {
+  int best = -1;
+  double best_f1 = -1;
+  std::string first_failure;
+  bool cancelled = false;
+  for (const Trial& t : e.trials) {
+    if (t.row.state == "SUCCEEDED") {
+      const double f1 = Aggregate(e, t.row.trial).mean_f1();
+      if (f1 > best_f1) {
+        best_f1 = f1;
+        best = t.row.trial;
+      }
+    }
+    if (t.row.state == "FAILED" && first_failure.empty()) {
+      first_failure = absl::StrCat("trial ", t.row.trial, ": ", t.row.message);
+    }
+    cancelled = cancelled || t.row.state == "CANCELLED";
+  }
+  int state;
+  if (cancelled && e.row.message == "cancelled by the user") {
+    state = v1::EXPERIMENT_CANCELLED;
+  } else if (best >= 0) {
+    state = v1::EXPERIMENT_SUCCEEDED;
+    e.row.message = first_failure;
+    // Register the best trial's fold models (once: a recovery may come through here again).
+    auto existing = store_->Models(e.row.id);
+    if (existing.ok() && existing->empty()) {
+      for (const auto& [id, r] : e.runs) {
+        if (r.trial != best || r.state != RunState::kSucceeded) continue;
+        auto model = artifacts_->Find(e.row.id, r.trial, r.fold, "model.pt");
+        if (!model.ok()) continue;
+        ModelRow m;
+        m.name = e.row.name;
+        m.experiment_id = e.row.id;
+        m.trial = r.trial;
+        m.fold = r.fold;
+        v1::FoldResult fr;
+        fr.ParseFromString(r.result);
+        m.test_mean_f1 = fr.test_mean_f1();
+        m.artifact = *model;
+        auto meta = artifacts_->Find(e.row.id, r.trial, r.fold, "model.json");
+        if (meta.ok()) m.metadata = ReadFile(*meta).value_or("");
+        auto version = store_->RegisterModel(m);
+        if (!version.ok()) LOG(ERROR) << e.row.id << ": registering a model: " << version.status();
+      }
+    }
+  } else {
+    state = v1::EXPERIMENT_FAILED;
+    e.row.message = first_failure.empty() ? "no trial finished" : first_failure;
+  }
+  v1::Event change;
+  change.mutable_state()->set_scope("experiment");
+  change.mutable_state()->set_state(ExperimentStateName(state));
+  change.mutable_state()->set_message(e.row.message);
+  Emit(e, nullptr, std::move(change));
+  v1::Event end;
+  end.mutable_end()->set_state(static_cast<v1::ExperimentState>(state));
+  end.mutable_end()->set_message(e.row.message);
+  end.mutable_end()->set_best_trial(best);
+  end.mutable_end()->set_best_mean_f1(best >= 0 ? best_f1 : 0);
+  Emit(e, nullptr, std::move(end));
+  e.row.state = state;
+  if (absl::Status s = store_->SetExperimentState(e.row.id, state, e.row.message); !s.ok()) {
+    LOG(ERROR) << e.row.id << ": " << s;
+  }
+  LOG(INFO) << e.row.id << " " << ExperimentStateName(state) << (e.row.message.empty() ? "" : ": ")
+            << e.row.message;
+}
+
+// ------------------------------------------------------------------------------------------
+// Worker side.
+
+void Coordinator::LoseRun(Experiment& e, FoldRun& run) {
+  const int max_restarts = e.spec.max_restarts();
+  const int64_t id = run.id;
+  v1::Event lost;
+  lost.mutable_state()->set_scope("run");
+  lost.mutable_state()->set_state("LOST");
+  lost.mutable_state()->set_message(absl::StrCat("lease of ", run.worker, " lapsed"));
+  lost.mutable_state()->set_attempt(run.attempt);
+  lost.mutable_state()->set_worker(run.worker);
+  auto state = store_->MarkLost(id, max_restarts);
+  if (!state.ok()) {
+    LOG(ERROR) << "fold run " << id << ": " << state.status();
+    return;
+  }
+  Emit(e, &run, std::move(lost));
+  if (!Refresh(e, id).ok()) return;
+  EmitRunState(e, e.runs[id]);
+  LOG(WARNING) << e.row.id << " fold run " << id << " LOST, now " << RunStateName(*state);
+  if (*state == RunState::kFailed) Settle(e, e.runs[id].trial);
+}
+
+std::vector<v1::RunClaim> Coordinator::Reconcile(
+    const std::string& worker, const google::protobuf::RepeatedPtrField<v1::RunClaim>& claims) {
+  std::vector<v1::RunClaim> drop;
+  std::set<int64_t> kept;
+  for (const v1::RunClaim& c : claims) {
+    Experiment* e = nullptr;
+    auto run = FindRun(c.run_id(), &e);
+    if (run.ok() && Held((*run)->state) && (*run)->lease_epoch == c.lease_epoch() && (*run)->worker == worker) {
+      kept.insert(c.run_id());
+    } else {
+      drop.push_back(c);
+    }
+  }
+  for (auto& [id, e] : experiments_) {
+    if (e.row.state != v1::EXPERIMENT_RUNNING) continue;
+    std::vector<int64_t> lost;
+    for (auto& [rid, r] : e.runs) {
+      if (Held(r.state) && r.worker == worker && !kept.count(rid)) lost.push_back(rid);
+    }
+    // The worker does not have these (an assignment whose answer it never got, or a run it lost).
+    for (int64_t rid : lost) LoseRun(e, e.runs[rid]);
+  }
+  return drop;
+}
+
+absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterRequest& request) {
+  if (request.name().empty()) return absl::InvalidArgumentError("register: name is empty");
+  if (request.slots() < 1) return absl::InvalidArgumentError("register: slots must be >= 1");
+  absl::MutexLock lock(&mu_);
+  Worker& w = workers_[request.name()];
+  w.info = request;
+  w.info.clear_running();
+  w.last_ms = clock_->NowMs();
+  w.alive = true;
+  w.registered = true;
+  v1::RegisterResponse out;
+  out.set_heartbeat_ms(options_.heartbeat_ms);
+  out.set_lease_ms(options_.lease_ms);
+  for (v1::RunClaim& c : Reconcile(request.name(), request.running())) *out.add_drop() = c;
+  LOG(INFO) << "worker " << request.name() << " registered: " << request.slots() << " slot(s), "
+            << request.running_size() << " claimed run(s), " << out.drop_size() << " dropped";
+  return out;
+}
+
+bool Coordinator::AssignNext(const std::string& worker, v1::Assignment* out) {
+  Experiment* chosen = nullptr;
+  int64_t chosen_run = 0;
+  double chosen_load = 0;
+  for (auto& [id, e] : experiments_) {
+    if (e.row.state != v1::EXPERIMENT_RUNNING) continue;
+    std::set<int> started, open;
+    int held = 0;
+    for (const Trial& t : e.trials) {
+      if (t.row.state.empty()) open.insert(t.row.trial);
+    }
+    for (const auto& [rid, r] : e.runs) {
+      held += Held(r.state);
+      if (open.count(r.trial) && (r.state != RunState::kPending || r.attempt > 0)) started.insert(r.trial);
+    }
+    const int concurrent = std::max(1, e.spec.search().concurrent());
+    int64_t candidate = 0;
+    bool candidate_started = false;
+    for (const auto& [rid, r] : e.runs) {
+      if (r.state != RunState::kPending || !open.count(r.trial)) continue;
+      const bool s = started.count(r.trial) > 0;
+      if (!s && static_cast<int>(started.size()) >= concurrent) continue;
+      // Runs of trials already under way first, then by (trial, fold) order of the map.
+      if (candidate == 0 || (s && !candidate_started)) {
+        candidate = rid;
+        candidate_started = s;
+      }
+      if (candidate_started) break;
+    }
+    if (candidate == 0) continue;
+    const double load = held / Weight(e.row.priority);
+    if (chosen == nullptr || load < chosen_load) {
+      chosen = &e;
+      chosen_run = candidate;
+      chosen_load = load;
+    }
+  }
+  if (chosen == nullptr) return false;
+  auto epoch = store_->Assign(chosen_run, worker);
+  if (!epoch.ok() || !Refresh(*chosen, chosen_run).ok()) {
+    LOG(ERROR) << "assigning fold run " << chosen_run << ": " << epoch.status();
+    return false;
+  }
+  const FoldRun& run = chosen->runs[chosen_run];
+  EmitRunState(*chosen, run);
+  out->set_run_id(run.id);
+  out->set_lease_epoch(run.lease_epoch);
+  out->set_experiment_id(chosen->row.id);
+  out->set_trial(run.trial);
+  out->set_fold(run.fold);
+  out->set_attempt(run.attempt);
+  for (const Trial& t : chosen->trials) {
+    if (t.row.trial == run.trial) *out->mutable_spec() = t.spec;
+  }
+  out->set_has_checkpoint(run.has_checkpoint);
+  return true;
+}
+
+absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& request) {
+  absl::MutexLock lock(&mu_);
+  v1::HeartbeatResponse out;
+  auto it = workers_.find(request.name());
+  if (it == workers_.end() || !it->second.registered || !it->second.alive) {
+    out.set_reregister(true);
+    return out;
+  }
+  it->second.last_ms = clock_->NowMs();
+  for (v1::RunClaim& c : Reconcile(request.name(), request.running())) *out.add_drop() = c;
+  const int free = std::min(request.free_slots(), it->second.info.slots());
+  for (int i = 0; i < free; ++i) {
+    v1::Assignment a;
+    if (!AssignNext(request.name(), &a)) break;
+    *out.add_assignments() = std::move(a);
+  }
+  return out;
+}
+
+absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(const v1::ReportEventsRequest& request) {
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, HeldRun(request.run_id(), request.lease_epoch(), &e));
+  if (run->state == RunState::kAssigned) {
+    RETURN_IF_ERROR(store_->Transition(run->id, run->lease_epoch, RunState::kRunning, ""));
+    RETURN_IF_ERROR(Refresh(*e, request.run_id()));
+    run = &e->runs[request.run_id()];
+    EmitRunState(*e, *run);
+  }
+  std::vector<EventHub::Outgoing> out;
+  out.reserve(request.events_size());
+  const int64_t now = clock_->NowMs();
+  for (const v1::Event& in : request.events()) {
+    const std::string kind = EventKind(in);
+    if (kind.empty() || kind == "state" || kind == "trial_result" || kind == "end" || kind == "fold_result") {
+      return absl::InvalidArgumentError(absl::StrCat("report: a worker may send point, weights and epoch events, not '",
+                                                     kind.empty() ? "empty" : kind, "'"));
+    }
+    v1::Event ev = in;
+    ev.set_seq(0);
+    ev.set_run_id(run->id);
+    ev.set_trial(run->trial);
+    ev.set_fold(run->fold);
+    ev.set_attempt(run->attempt);
+    if (ev.time_ms() == 0) ev.set_time_ms(now);
+    if (ev.has_epoch()) e->last_epoch[run->id] = ev.epoch().epoch();
+    out.push_back(EventHub::Outgoing{kind, ev.SerializeAsString(), kind == "weights"});
+  }
+  ASSIGN_OR_RETURN(StateStore::Appended a, hub_->PublishRunEvents(e->row.id, run->id, run->lease_epoch,
+                                                                  request.first_index(), out));
+  if (!out.empty()) {
+    run->reported = std::max<int64_t>(run->reported, request.first_index() + request.events_size() - 1);
+  }
+  (void)a;
+  return v1::ReportEventsResponse();
+}
+
+absl::Status Coordinator::Complete(const v1::CompleteRunRequest& request) {
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, HeldRun(request.run_id(), request.lease_epoch(), &e));
+  RETURN_IF_ERROR(store_->Complete(run->id, run->lease_epoch, request.result().SerializeAsString()));
+  RETURN_IF_ERROR(Refresh(*e, request.run_id()));
+  run = &e->runs[request.run_id()];
+  v1::Event result;
+  *result.mutable_fold_result() = request.result();
+  Emit(*e, run, std::move(result));
+  EmitRunState(*e, *run);
+  Settle(*e, run->trial);
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Fail(const v1::FailRunRequest& request) {
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, HeldRun(request.run_id(), request.lease_epoch(), &e));
+  const std::string message = request.message().empty() ? "failed without a message" : request.message();
+  RunState state = RunState::kFailed;
+  if (request.retryable()) {
+    ASSIGN_OR_RETURN(state, store_->Retry(run->id, run->lease_epoch, message, e->spec.max_restarts()));
+  } else {
+    RETURN_IF_ERROR(store_->Transition(run->id, run->lease_epoch, RunState::kFailed, message));
+  }
+  RETURN_IF_ERROR(Refresh(*e, request.run_id()));
+  run = &e->runs[request.run_id()];
+  EmitRunState(*e, *run);
+  if (state == RunState::kFailed) Settle(*e, run->trial);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> Coordinator::BeginUpload(int64_t run_id, int64_t epoch,
+                                                                                 const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, HeldRun(run_id, epoch, &e));
+  return artifacts_->BeginUpload(e->row.id, run->trial, run->fold, name);
+}
+
+absl::StatusOr<int64_t> Coordinator::FinishUpload(int64_t run_id, int64_t epoch, const std::string& name,
+                                                  ArtifactStore::Upload& upload, const std::string& sha256) {
+  // Under the lock, so a worker whose lease lapsed meanwhile cannot replace the new holder's file.
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, HeldRun(run_id, epoch, &e));
+  ASSIGN_OR_RETURN(int64_t size, upload.Commit(sha256));
+  if (name == "checkpoint.pt" && !run->has_checkpoint) {
+    RETURN_IF_ERROR(store_->SetHasCheckpoint(run_id, epoch));
+    run->has_checkpoint = true;
+  }
+  return size;
+}
+
+absl::StatusOr<std::string> Coordinator::ArtifactPath(int64_t run_id, const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, &e));
+  return artifacts_->Find(e->row.id, run->trial, run->fold, name);
+}
+
+void Coordinator::Tick() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->NowMs();
+  for (auto& [name, w] : workers_) {
+    if (!w.alive || now - w.last_ms <= options_.lease_ms) continue;
+    w.alive = false;
+    LOG(WARNING) << "worker " << name << ": lease lapsed (" << now - w.last_ms << " ms since its last call)";
+    for (auto& [id, e] : experiments_) {
+      std::vector<int64_t> held;
+      for (auto& [rid, r] : e.runs) {
+        if (Held(r.state) && r.worker == name) held.push_back(rid);
+      }
+      for (int64_t rid : held) LoseRun(e, e.runs[rid]);
+    }
+  }
+}
+
+}  // namespace mal::server

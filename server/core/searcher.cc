@@ -1,0 +1,124 @@
+#include "server/core/searcher.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "common/data/folds.h"
+#include "common/spec/spec.h"
+#include "common/util/random.h"
+#include "common/util/status_macros.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace mal::server {
+
+namespace {
+
+// Four significant digits: what a person reports, and exactly what the trial trains with.
+std::string Format(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", v);
+  return buf;
+}
+
+std::vector<std::string> GridValues(const v1::ParamDomain& d) {
+  std::vector<std::string> out(d.choice().begin(), d.choice().end());
+  if (d.int_uniform_size() == 2) {
+    for (int64_t v = d.int_uniform(0); v <= d.int_uniform(1); ++v) out.push_back(absl::StrCat(v));
+  }
+  return out;
+}
+
+std::string Draw(const v1::ParamDomain& d, Rng& rng) {
+  if (d.choice_size() > 0) return d.choice(static_cast<int>(rng.Below(d.choice_size())));
+  if (d.int_uniform_size() == 2) return absl::StrCat(rng.IntIn(d.int_uniform(0), d.int_uniform(1)));
+  if (d.log_uniform_size() == 2) {
+    return Format(std::exp(rng.Uniform(std::log(d.log_uniform(0)), std::log(d.log_uniform(1)))));
+  }
+  return Format(rng.Uniform(d.uniform(0), d.uniform(1)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& spec) {
+  const v1::SearchSpec& s = spec.search();
+  std::vector<std::string> keys;
+  for (const auto& [key, domain] : s.space()) keys.push_back(key);
+  std::sort(keys.begin(), keys.end());
+  std::vector<TrialPlan> plans;
+  if (keys.empty()) {
+    plans.push_back(TrialPlan{0, {}, spec.seed()});
+  } else if (s.algorithm() == "grid") {
+    std::vector<std::vector<std::string>> values;
+    size_t total = 1;
+    for (const auto& k : keys) {
+      values.push_back(GridValues(s.space().at(k)));
+      total *= values.back().size();
+      if (total > 10000) return absl::InvalidArgumentError("search.space: the grid has over 10000 trials");
+    }
+    for (size_t t = 0; t < total; ++t) {
+      TrialPlan p{static_cast<int>(t), {}, spec.seed()};
+      size_t rest = t;
+      for (size_t k = keys.size(); k-- > 0;) {
+        p.params[keys[k]] = values[k][rest % values[k].size()];
+        rest /= values[k].size();
+      }
+      plans.push_back(std::move(p));
+    }
+  } else {
+    for (int t = 0; t < s.trials(); ++t) {
+      TrialPlan p{t, {}, spec.seed()};
+      Rng rng(MixSeed(static_cast<uint64_t>(spec.seed()), 0x5ea7c4 + static_cast<uint64_t>(t)));
+      for (const auto& k : keys) p.params[k] = Draw(s.space().at(k), rng);
+      plans.push_back(std::move(p));
+    }
+  }
+  for (const TrialPlan& p : plans) {
+    auto trial_spec = TrialSpec(spec, p);
+    if (!trial_spec.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("trial ", p.trial, ": ", trial_spec.status().message()));
+    }
+  }
+  return plans;
+}
+
+absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec, const TrialPlan& plan) {
+  v1::ExperimentSpec out = spec;
+  out.clear_search();
+  ApplyDefaults(out);
+  for (const auto& [path, value] : plan.params) RETURN_IF_ERROR(SetFieldByPath(out, path, value));
+  out.set_seed(plan.seed);
+  RETURN_IF_ERROR(ValidateSpec(out));
+  return out;
+}
+
+std::vector<int> FoldNumbers(const v1::ExperimentSpec& spec) {
+  if (spec.cv().only_size() > 0) return {spec.cv().only().begin(), spec.cv().only().end()};
+  std::string protocol = spec.cv().protocol();
+  if (protocol.empty()) protocol = data::DefaultProtocol(spec.data().au().format());
+  const int n = protocol == "kfold" ? spec.cv().folds() : (protocol == "official" ? 1 : 3);
+  std::vector<int> out;
+  for (int f = 1; f <= n; ++f) out.push_back(f);
+  return out;
+}
+
+std::string ParamsToJson(const std::map<std::string, std::string>& params) {
+  google::protobuf::Struct s;
+  for (const auto& [k, v] : params) (*s.mutable_fields())[k].set_string_value(v);
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(s, &out);
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ParamsFromJson(const std::string& json) {
+  std::map<std::string, std::string> out;
+  if (json.empty()) return out;
+  google::protobuf::Struct s;
+  auto st = google::protobuf::util::JsonStringToMessage(json, &s);
+  if (!st.ok()) return absl::DataLossError(absl::StrCat("trial params: ", st.ToString()));
+  for (const auto& [k, v] : s.fields()) out[k] = v.string_value();
+  return out;
+}
+
+}  // namespace mal::server

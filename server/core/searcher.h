@@ -1,0 +1,41 @@
+#ifndef MAL_SERVER_CORE_SEARCHER_H_
+#define MAL_SERVER_CORE_SEARCHER_H_
+
+// Expands an experiment into trials (hyperparameter assignments) and fold numbers. No gRPC.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mal/v1/spec.pb.h"
+
+namespace mal::server {
+
+struct TrialPlan {
+  int trial = 0;
+  std::map<std::string, std::string> params;  // field path -> value as applied
+  int64_t seed = 0;
+};
+
+// Grid: every combination of the choice / int_uniform domains, keys in sorted order, the last key
+// varying fastest (search.trials is ignored). Random: search.trials draws, each seeded from the
+// experiment seed and the trial number, so a resubmission draws the same values. Without a search
+// space: one trial. Every trial keeps the experiment's seed, so trials differ only by their
+// hyperparameters (paired comparison across the same folds and initialisation).
+absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& spec);
+
+// The spec a fold run of `plan` trains: the assignment applied, the search cleared, validated.
+absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec, const TrialPlan& plan);
+
+// The fold numbers the spec's protocol runs (cv.only when given).
+std::vector<int> FoldNumbers(const v1::ExperimentSpec& spec);
+
+// JSON object of string values (the params column).
+std::string ParamsToJson(const std::map<std::string, std::string>& params);
+absl::StatusOr<std::map<std::string, std::string>> ParamsFromJson(const std::string& json);
+
+}  // namespace mal::server
+
+#endif  // MAL_SERVER_CORE_SEARCHER_H_

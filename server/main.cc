@@ -1,0 +1,104 @@
+// mal-coordinator: owns the state, schedules fold runs onto worker daemons, streams events.
+//   mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] [--heartbeat-ms 1000]
+//                   [--watch-queue 1024]
+// DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
+// streams, stop the server (in-flight calls get a few seconds), close the store.
+
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include "absl/synchronization/notification.h"
+#include "client/args.h"
+#include "common/util/grpc_channel.h"
+#include "common/util/logging.h"
+#include "server/core/coordinator.h"
+#include "server/service/services.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+int Fail(const std::string& message) {
+  std::cerr << "mal-coordinator: " << message << "\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mal::InitLogging(argv[0]);
+  auto args = mal::cli::Args::Parse(std::vector<std::string>(argv + 1, argv + argc),
+                                    {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue"}, {"help"});
+  if (!args.ok()) return Fail(std::string(args.status().message()));
+  if (args->Flag("help") || !args->Has("data-dir")) {
+    std::cerr << "usage: mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] "
+                 "[--heartbeat-ms 1000] [--watch-queue 1024]\n";
+    return args->Flag("help") ? 0 : 2;
+  }
+  const std::string listen = args->Get("listen", "127.0.0.1:7070");
+  // Absolute, so the artifact paths it reports mean the same from any directory.
+  const std::string dir = std::filesystem::absolute(args->Get("data-dir")).lexically_normal().string();
+  auto lease = args->GetInt("lease-ms", 15000);
+  auto heartbeat = args->GetInt("heartbeat-ms", 1000);
+  auto queue = args->GetInt("watch-queue", 1024);
+  if (!lease.ok() || !heartbeat.ok() || !queue.ok()) {
+    return Fail(std::string((!lease.ok() ? lease.status() : !heartbeat.ok() ? heartbeat.status() : queue.status()).message()));
+  }
+  if (*heartbeat < 10 || *lease < 2 * *heartbeat || *queue < 1) {
+    return Fail("--heartbeat-ms must be >= 10, --lease-ms at least twice that, --watch-queue >= 1");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir + "/artifacts", ec);
+  if (ec) return Fail(dir + ": " + ec.message());
+
+  auto store = mal::server::StateStore::Open(dir + "/state.db");
+  if (!store.ok()) return Fail(std::string(store.status().message()));
+  mal::server::EventHub hub(store->get(), static_cast<size_t>(*queue));
+  mal::server::ArtifactStore artifacts(dir + "/artifacts");
+  mal::server::CoordinatorOptions options;
+  options.lease_ms = *lease;
+  options.heartbeat_ms = *heartbeat;
+  auto core = mal::server::Coordinator::Create(store->get(), &hub, &artifacts, mal::server::SystemClock(), options);
+  if (!core.ok()) return Fail(std::string(core.status().message()));
+
+  mal::server::CoordinatorService client_service(core->get());
+  mal::server::WorkerGatewayService worker_service(core->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  mal::rpc::ConfigureServer(builder);
+  builder.RegisterService(&client_service);
+  builder.RegisterService(&worker_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
+  server->GetHealthCheckService()->SetServingStatus(true);
+  // The port actually bound (":0" picks a free one), for scripts and tests.
+  std::cout << "mal-coordinator listening on port " << port << std::endl;
+  LOG(INFO) << "listening on " << listen << " (port " << port << "), data in " << dir;
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGPIPE, SIG_IGN);
+  const auto tick = std::chrono::milliseconds(std::max<int64_t>(50, *heartbeat / 2));
+  while (!g_stop) {
+    std::this_thread::sleep_for(tick);
+    (*core)->Tick();
+  }
+  LOG(INFO) << "shutting down";
+  server->GetHealthCheckService()->SetServingStatus(false);
+  client_service.Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  return 0;
+}

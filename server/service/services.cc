@@ -1,0 +1,192 @@
+#include "server/service/services.h"
+
+#include <fstream>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/util/grpc_channel.h"
+#include "common/util/grpc_status.h"
+#include "common/util/sha256.h"
+
+namespace mal::server {
+
+namespace {
+
+template <typename T>
+grpc::Status Reply(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = std::move(*result);
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext*, const v1::SubmitExperimentRequest* request,
+                                                  v1::SubmitExperimentResponse* response) {
+  return Reply(core_->Submit(*request), response);
+}
+
+grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext*, const v1::GetExperimentRequest* request,
+                                               v1::ExperimentInfo* response) {
+  return Reply(core_->Get(request->experiment_id()), response);
+}
+
+grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext*, const v1::ListExperimentsRequest*,
+                                                 v1::ListExperimentsResponse* response) {
+  *response = core_->List();
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext*, const v1::CancelExperimentRequest* request,
+                                                  v1::ExperimentInfo* response) {
+  return Reply(core_->Cancel(request->experiment_id()), response);
+}
+
+grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
+                                                const v1::WaitExperimentRequest* request,
+                                                v1::ExperimentInfo* response) {
+  int64_t ms = request->timeout_ms() <= 0 ? 30000 : std::min<int64_t>(request->timeout_ms(), 60000);
+  // Never past the caller's own deadline.
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(context->deadline() -
+                                                                          std::chrono::system_clock::now());
+  if (left.count() > 0) ms = std::min<int64_t>(ms, std::max<int64_t>(left.count() - 200, 0));
+  return Reply(core_->Wait(request->experiment_id(), absl::Milliseconds(ms)), response);
+}
+
+grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
+                                       grpc::ServerWriter<v1::WatchResponse>* writer) {
+  auto state = core_->State(request->experiment_id());
+  if (!state.ok()) return ToGrpcStatus(state.status());
+  const std::set<std::string> kinds(request->kinds().begin(), request->kinds().end());
+  auto sub = core_->hub()->Subscribe(request->experiment_id(), std::max<int64_t>(request->from_seq(), 1));
+  if (!sub.ok()) return ToGrpcStatus(sub.status());
+  int64_t last_sent = std::max<int64_t>(request->from_seq(), 1) - 1;
+  auto progress = [&]() {
+    v1::WatchResponse r;
+    auto latest = core_->hub()->LastSeq(request->experiment_id());
+    r.mutable_progress()->set_latest_seq(latest.ok() ? *latest : last_sent);
+    auto st = core_->State(request->experiment_id());
+    r.mutable_progress()->set_state(st.ok() ? *st : v1::EXPERIMENT_STATE_UNSPECIFIED);
+    return writer->Write(r);
+  };
+  auto last_progress = std::chrono::steady_clock::now();
+  while (!context->IsCancelled()) {
+    if (shutting_down_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          absl::StrCat("coordinator shutting down; resume from seq ", last_sent + 1));
+    }
+    auto next = (*sub)->Next(absl::Milliseconds(500));
+    if (!next.ok()) return ToGrpcStatus(next.status());
+    if (!next->has_value() || std::chrono::steady_clock::now() - last_progress > std::chrono::seconds(2)) {
+      // Periodic progress, whether events flow or not: it carries the latest seq.
+      if (!progress()) return grpc::Status::CANCELLED;
+      last_progress = std::chrono::steady_clock::now();
+    }
+    if (!next->has_value()) continue;
+    const WatchEvent& we = **next;
+    last_sent = we.seq;
+    if (kinds.empty() || kinds.count(we.kind)) {
+      v1::WatchResponse r;
+      v1::Event* ev = r.mutable_event();
+      if (!ev->ParseFromString(we.payload)) {
+        return grpc::Status(grpc::StatusCode::DATA_LOSS, absl::StrCat("event ", we.seq, " is unreadable"));
+      }
+      ev->set_seq(we.seq);
+      if (!writer->Write(r)) return grpc::Status::CANCELLED;
+    }
+    if (we.kind == "end") return grpc::Status::OK;
+  }
+  return grpc::Status::CANCELLED;
+}
+
+grpc::Status CoordinatorService::GetResults(grpc::ServerContext*, const v1::ResultsRequest* request,
+                                            v1::ResultsResponse* response) {
+  return Reply(core_->Results(request->experiment_id()), response);
+}
+
+grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+                                             v1::ListWorkersResponse* response) {
+  *response = core_->Workers();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGatewayService::Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+                                            v1::RegisterResponse* response) {
+  return Reply(core_->Register(*request), response);
+}
+
+grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+                                             v1::HeartbeatResponse* response) {
+  return Reply(core_->Heartbeat(*request), response);
+}
+
+grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext*, const v1::ReportEventsRequest* request,
+                                                v1::ReportEventsResponse* response) {
+  return Reply(core_->ReportEvents(*request), response);
+}
+
+grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext*, grpc::ServerReader<v1::ArtifactChunk>* reader,
+                                                  v1::UploadArtifactResponse* response) {
+  v1::ArtifactChunk chunk;
+  if (!reader->Read(&chunk)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
+  const int64_t run_id = chunk.run_id(), epoch = chunk.lease_epoch();
+  const std::string name = chunk.name();
+  auto upload = core_->BeginUpload(run_id, epoch, name);
+  if (!upload.ok()) return ToGrpcStatus(upload.status());
+  std::string sha256;
+  do {
+    if (absl::Status s = (*upload)->Append(chunk.data()); !s.ok()) return ToGrpcStatus(s);
+    if (!chunk.sha256().empty()) sha256 = chunk.sha256();
+  } while (reader->Read(&chunk));
+  if (sha256.empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("upload ", name, ": no checksum"));
+  }
+  auto size = core_->FinishUpload(run_id, epoch, name, **upload, sha256);
+  if (!size.ok()) return ToGrpcStatus(size.status());
+  response->set_size(*size);
+  response->set_sha256(sha256);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context, const v1::FetchArtifactRequest* request,
+                                                 grpc::ServerWriter<v1::ArtifactChunk>* writer) {
+  auto path = core_->ArtifactPath(request->run_id(), request->name());
+  if (!path.ok()) return ToGrpcStatus(path.status());
+  // Artifacts are replaced by rename, never rewritten: the open file stays one version.
+  std::ifstream in(*path, std::ios::binary);
+  if (!in) return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat(request->name(), ": cannot open"));
+  // Two passes over the one open file: the checksum goes in the first chunk.
+  Sha256 hash;
+  std::vector<char> buf(rpc::kArtifactChunkBytes);
+  int64_t size = 0;
+  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+    hash.Update(absl::string_view(buf.data(), static_cast<size_t>(in.gcount())));
+    size += in.gcount();
+  }
+  in.clear();
+  in.seekg(0);
+  v1::ArtifactChunk chunk;
+  chunk.set_name(request->name());
+  chunk.set_size(size);
+  chunk.set_sha256(hash.HexDigest());
+  bool first = true;
+  while (first || in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+    if (!first) {
+      chunk = v1::ArtifactChunk();
+      chunk.set_data(buf.data(), static_cast<size_t>(in.gcount()));
+    }
+    first = false;
+    if (context->IsCancelled() || !writer->Write(chunk)) return grpc::Status::CANCELLED;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext*, const v1::CompleteRunRequest* request, v1::Ack*) {
+  return ToGrpcStatus(core_->Complete(*request));
+}
+
+grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext*, const v1::FailRunRequest* request, v1::Ack*) {
+  return ToGrpcStatus(core_->Fail(*request));
+}
+
+}  // namespace mal::server

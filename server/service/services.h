@@ -1,0 +1,57 @@
+#ifndef MAL_SERVER_SERVICE_SERVICES_H_
+#define MAL_SERVER_SERVICE_SERVICES_H_
+
+// Thin gRPC adapters over the coordinator core: each method converts the status and nothing else,
+// except the two streams (Watch, artifact transfers), which loop over the core's pieces.
+
+#include <atomic>
+
+#include "mal/v1/service.grpc.pb.h"
+#include "server/core/coordinator.h"
+
+namespace mal::server {
+
+class CoordinatorService final : public v1::Coordinator::Service {
+ public:
+  explicit CoordinatorService(Coordinator* core) : core_(core) {}
+  // Ends open Watch streams (graceful shutdown).
+  void Shutdown() { shutting_down_ = true; }
+
+  grpc::Status SubmitExperiment(grpc::ServerContext*, const v1::SubmitExperimentRequest*,
+                                v1::SubmitExperimentResponse*) override;
+  grpc::Status GetExperiment(grpc::ServerContext*, const v1::GetExperimentRequest*, v1::ExperimentInfo*) override;
+  grpc::Status ListExperiments(grpc::ServerContext*, const v1::ListExperimentsRequest*,
+                               v1::ListExperimentsResponse*) override;
+  grpc::Status CancelExperiment(grpc::ServerContext*, const v1::CancelExperimentRequest*,
+                                v1::ExperimentInfo*) override;
+  grpc::Status WaitExperiment(grpc::ServerContext*, const v1::WaitExperimentRequest*, v1::ExperimentInfo*) override;
+  grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, grpc::ServerWriter<v1::WatchResponse>*) override;
+  grpc::Status GetResults(grpc::ServerContext*, const v1::ResultsRequest*, v1::ResultsResponse*) override;
+  grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*, v1::ListWorkersResponse*) override;
+
+ private:
+  Coordinator* const core_;
+  std::atomic<bool> shutting_down_{false};
+};
+
+class WorkerGatewayService final : public v1::WorkerGateway::Service {
+ public:
+  explicit WorkerGatewayService(Coordinator* core) : core_(core) {}
+
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*, v1::RegisterResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override;
+  grpc::Status ReportEvents(grpc::ServerContext*, const v1::ReportEventsRequest*, v1::ReportEventsResponse*) override;
+  grpc::Status UploadArtifact(grpc::ServerContext*, grpc::ServerReader<v1::ArtifactChunk>*,
+                              v1::UploadArtifactResponse*) override;
+  grpc::Status FetchArtifact(grpc::ServerContext*, const v1::FetchArtifactRequest*,
+                             grpc::ServerWriter<v1::ArtifactChunk>*) override;
+  grpc::Status CompleteRun(grpc::ServerContext*, const v1::CompleteRunRequest*, v1::Ack*) override;
+  grpc::Status FailRun(grpc::ServerContext*, const v1::FailRunRequest*, v1::Ack*) override;
+
+ private:
+  Coordinator* const core_;
+};
+
+}  // namespace mal::server
+
+#endif  // MAL_SERVER_SERVICE_SERVICES_H_

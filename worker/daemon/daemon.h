@@ -1,0 +1,35 @@
+#ifndef MAL_WORKER_DAEMON_DAEMON_H_
+#define MAL_WORKER_DAEMON_DAEMON_H_
+
+// The worker daemon: registers with the coordinator, renews its lease by heartbeat, takes fold
+// runs up to its slot count and runs each in a child process running the engine (so a crash or
+// an out-of-memory of one run never takes the daemon down, and device memory is returned between
+// runs), relays the child's events, uploads checkpoints and the final artifacts, and reports the
+// outcome. When the coordinator goes away it keeps training, buffers events, reconnects with
+// backoff and re-claims its runs. No torch here: the engine runs in the child.
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+namespace mal::worker {
+
+struct DaemonOptions {
+  std::string coordinator;  // HOST:PORT
+  int slots = 1;
+  std::string work_dir;
+  std::string name;                    // stable id; default <hostname>-<pid>
+  std::vector<std::string> devices{"cpu"};  // slot i trains on devices[i % size]
+  int threads = 0;                     // engine threads per run; 0: cores / slots
+  std::string engine;                  // the mal-worker binary for children; default this one
+  int upload_every_s = 15;             // checkpoint upload interval (also at every epoch end)
+  int stop_grace_s = 10;               // SIGTERM -> SIGKILL for a child told to stop
+};
+
+// Runs until `*stop` becomes true; then stops its children (checkpointing), hands their runs
+// back, and returns 0. Returns 2 for bad options.
+int RunDaemon(const DaemonOptions& options, const std::atomic<bool>* stop);
+
+}  // namespace mal::worker
+
+#endif  // MAL_WORKER_DAEMON_DAEMON_H_

@@ -1,0 +1,101 @@
+#include "worker/daemon/event_pipe.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace mal::worker {
+
+namespace {
+
+void Fill(v1::SampleWeightEntry* out, const engine::SampleWeight& w) {
+  out->set_id(w.id);
+  out->set_label(w.label);
+  out->set_consistency(w.consistency);
+  out->set_weight(w.weight);
+}
+
+}  // namespace
+
+v1::Event ToEvent(const engine::IterationRecord& r) {
+  v1::Event e;
+  v1::TrainingPoint* p = e.mutable_point();
+  p->set_epoch(r.epoch);
+  p->set_iteration(r.iteration);
+  p->set_loss_au(r.loss_au);
+  p->set_loss_fe(r.loss_fe);
+  p->set_loss_val(r.loss_val);
+  p->set_mean_w_au(r.mean_w_au);
+  p->set_mean_w_fe(r.mean_w_fe);
+  p->set_mean_wn_au(r.mean_wn_au);
+  p->set_mean_wn_fe(r.mean_wn_fe);
+  p->set_lr(r.lr);
+  p->set_meta_lr(r.meta_lr);
+  p->set_seconds(r.seconds);
+  return e;
+}
+
+v1::Event ToEvent(const engine::WeightSummary& s) {
+  v1::Event e;
+  v1::WeightSummary* w = e.mutable_weights();
+  w->set_epoch(s.epoch);
+  w->set_iteration(s.iteration);
+  for (double q : engine::WeightSummary::kQuantiles) w->add_quantile_levels(q);
+  for (double q : s.au_quantiles) w->add_au_quantiles(q);
+  for (double q : s.fe_quantiles) w->add_fe_quantiles(q);
+  for (const auto& x : s.lowest_fe) Fill(w->add_lowest_fe(), x);
+  for (const auto& x : s.highest_fe) Fill(w->add_highest_fe(), x);
+  return e;
+}
+
+v1::Event ToEvent(const engine::EpochRecord& r) {
+  v1::Event e;
+  v1::EpochMetrics* m = e.mutable_epoch();
+  m->set_epoch(r.epoch);
+  m->set_iteration(r.iteration);
+  for (int a : r.aus) m->add_aus(a);
+  for (double f : r.test_f1) m->add_test_f1(f);
+  m->set_test_mean_f1(r.test_mean_f1);
+  for (double f : r.val_f1) m->add_val_f1(f);
+  m->set_val_mean_f1(r.val_mean_f1);
+  m->set_val_loss(r.val_loss);
+  m->set_mean_fe_weight(r.mean_fe_weight);
+  m->set_mean_au_weight(r.mean_au_weight);
+  m->set_fe_weight_consistency_spearman(r.fe_weight_consistency_spearman);
+  m->set_seconds(r.seconds);
+  return e;
+}
+
+std::string EncodeEventLine(const v1::Event& event) {
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(event, &json);  // one line by default
+  json.push_back('\n');
+  return json;
+}
+
+absl::StatusOr<v1::Event> DecodeEventLine(const std::string& line) {
+  v1::Event e;
+  auto s = google::protobuf::util::JsonStringToMessage(line, &e);
+  if (!s.ok()) return absl::DataLossError(absl::StrCat("engine event: ", s.ToString()));
+  return e;
+}
+
+void PipeSink::Write(const v1::Event& event) {
+  if (fd_ < 0) return;
+  const std::string line = EncodeEventLine(event);
+  size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      fd_ = -1;  // the reader is gone
+      return;
+    }
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace mal::worker
