@@ -30,6 +30,7 @@ using std::chrono::milliseconds;
 
 constexpr int kOk = 0, kFailed = 1, kUsage = 2, kUnavailable = 3;
 constexpr milliseconds kTimeout{15000};
+constexpr int kReconnectSeconds = 120;  // watch and wait ride out coordinator restarts this long
 
 int Fail(int code, const std::string& message) {
   std::cerr << "malctl: " << message << "\n";
@@ -175,6 +176,8 @@ int Follow(const Common& c, const std::string& id, int64_t from_seq, const std::
   auto stub = Connect(c);
   int64_t next = std::max<int64_t>(from_seq, 1);
   int backoff = 200;
+  bool reached = false;
+  auto last_contact = std::chrono::steady_clock::now();
   for (;;) {
     grpc::ClientContext ctx;
     v1::WatchRequest req;
@@ -185,6 +188,8 @@ int Follow(const Common& c, const std::string& id, int64_t from_seq, const std::
     v1::WatchResponse resp;
     while (reader->Read(&resp)) {
       backoff = 200;
+      reached = true;
+      last_contact = std::chrono::steady_clock::now();
       if (resp.has_progress()) continue;  // keeps the stream alive; carries the latest seq
       const v1::Event& e = resp.event();
       next = e.seq() + 1;
@@ -209,6 +214,11 @@ int Follow(const Common& c, const std::string& id, int64_t from_seq, const std::
       continue;
     }
     if (s.error_code() == grpc::StatusCode::NOT_FOUND || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+      return RpcFail(s);
+    }
+    // Reconnect across a coordinator restart, but not to an address that never answered.
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+        (!reached || std::chrono::steady_clock::now() - last_contact > std::chrono::seconds(kReconnectSeconds))) {
       return RpcFail(s);
     }
     if (!c.json) std::cerr << "malctl: watch interrupted (" << s.error_message() << "); resuming from seq " << next << "\n";
@@ -365,11 +375,14 @@ int Wait(const std::vector<std::string>& argv) {
   const auto end = std::chrono::steady_clock::now() + milliseconds(static_cast<int64_t>(*timeout * 1000));
   auto stub = Connect(c);
   v1::ExperimentInfo info;
+  bool reached = false;
+  auto last_contact = std::chrono::steady_clock::now();
   for (;;) {
     int64_t slice = 30000;
     if (*timeout > 0) {
       slice = std::min<int64_t>(slice, std::chrono::duration_cast<milliseconds>(end - std::chrono::steady_clock::now()).count());
-      if (slice <= 0) break;
+      if (slice <= 0 && reached) break;
+      slice = std::max<int64_t>(slice, 0);
     }
     v1::WaitExperimentRequest req;
     req.set_experiment_id(args->positional()[0]);
@@ -377,11 +390,14 @@ int Wait(const std::vector<std::string>& argv) {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, milliseconds(slice + 10000));
     grpc::Status s = stub->WaitExperiment(&ctx, req, &info);
-    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {  // a coordinator restart: keep waiting
-      std::this_thread::sleep_for(milliseconds(1000));
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE && reached &&
+        std::chrono::steady_clock::now() - last_contact < std::chrono::seconds(kReconnectSeconds)) {
+      std::this_thread::sleep_for(milliseconds(1000));  // a coordinator restart: keep waiting
       continue;
     }
     if (!s.ok()) return RpcFail(s);
+    reached = true;
+    last_contact = std::chrono::steady_clock::now();
     if (info.state() != v1::EXPERIMENT_RUNNING) break;
   }
   if (c.json) {

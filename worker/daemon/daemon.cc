@@ -165,7 +165,8 @@ void Daemon::Heartbeat() {
   }
   v1::HeartbeatResponse resp;
   grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kCallTimeout);
+  // Short: a call stuck on a half-open connection must not eat the lease.
+  rpc::SetDeadline(ctx, milliseconds(std::max<int64_t>(1000, 2 * heartbeat_ms_)));
   grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
   if (!s.ok()) {
     LOG_EVERY_N(WARNING, 20) << "heartbeat to " << o_.coordinator << ": " << s.error_message();
@@ -544,6 +545,7 @@ void Daemon::Execute(RunTask* t) {
           if (ev->has_epoch()) {
             last_epoch = ev->epoch();
             pending.push_back(std::move(*ev));
+            if (stale || t->dropped) continue;
             Flush(t, pending, next_index, &stale);
             UploadProgress(t, last_epoch.epoch());
             last_upload = Clock::now();

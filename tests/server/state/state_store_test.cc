@@ -172,5 +172,47 @@ TEST(StateStoreTest, RefusesANewerSchemaAndAnUnopenablePath) {
   EXPECT_FALSE(StateStore::Open("/nonexistent-dir/state.db").ok());
 }
 
+// A database written by the first release (schema 1) is migrated in place, keeping its rows.
+TEST(StateStoreTest, MigratesSchemaOne) {
+  testing::TempDir dir;
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir / "state.db").c_str(), &db), SQLITE_OK);
+    const char* v1 = R"sql(
+CREATE TABLE experiments (id TEXT PRIMARY KEY, request_id TEXT UNIQUE, name TEXT NOT NULL, spec BLOB NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE fold_runs (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id TEXT NOT NULL REFERENCES experiments(id),
+  trial INTEGER NOT NULL, fold INTEGER NOT NULL, state INTEGER NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+  lease_epoch INTEGER NOT NULL DEFAULT 0, worker TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
+  updated_ms INTEGER NOT NULL, UNIQUE (experiment_id, trial, fold));
+CREATE INDEX fold_runs_by_state ON fold_runs(state, updated_ms, id);
+CREATE TABLE events (experiment_id TEXT NOT NULL REFERENCES experiments(id), seq INTEGER NOT NULL,
+  kind TEXT NOT NULL, payload BLOB NOT NULL, time_ms INTEGER NOT NULL, PRIMARY KEY (experiment_id, seq)) WITHOUT ROWID;
+INSERT INTO experiments VALUES ('exp-1', 'r', 'old', 'spec', 5);
+INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES ('exp-1', 0, 1, 0, 5);
+PRAGMA user_version=1;
+)sql";
+    ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  auto store = StateStore::Open(dir / "state.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto experiments = (*store)->Experiments();
+  ASSERT_TRUE(experiments.ok());
+  ASSERT_EQ(experiments->size(), 1u);
+  EXPECT_EQ((*experiments)[0].name, "old");
+  EXPECT_EQ((*experiments)[0].state, 1);
+  auto runs = (*store)->Runs("exp-1");
+  ASSERT_TRUE(runs.ok());
+  ASSERT_EQ(runs->size(), 1u);
+  EXPECT_EQ((*runs)[0].reported, 0);
+  EXPECT_TRUE((*store)->Trials("exp-1")->empty());
+  ModelRow m;
+  m.name = "old";
+  m.experiment_id = "exp-1";
+  EXPECT_EQ(*(*store)->RegisterModel(m), 1);
+  EXPECT_EQ(*(*store)->RegisterModel(m), 2);
+}
+
 }  // namespace
 }  // namespace mal::server
