@@ -1,0 +1,516 @@
+// The distributed service end to end: the real mal-coordinator and mal-worker daemons as
+// processes on loopback, driven by malctl and by the gRPC stubs. Every wait is bounded.
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/util/files.h"
+#include "common/util/grpc_channel.h"
+#include "common/util/sha256.h"
+#include "mal/v1/service.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace mal {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+std::string Bin(const std::string& rel) { return testing::BinaryDir() + "/" + rel; }
+
+// A child process with its output in a log file; killed with SIGKILL if still running at the end.
+class Process {
+ public:
+  Process(const std::string& bin, const std::vector<std::string>& args, const std::string& log) : log_(log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(bin.c_str()));
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      FILE* f = std::fopen(log.c_str(), "a");
+      ::dup2(::fileno(f), 1);
+      ::dup2(::fileno(f), 2);
+      ::execv(bin.c_str(), argv.data());
+      ::_exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      Wait();
+    }
+  }
+  void Kill(int sig) { ::kill(pid_, sig); }
+  int Wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  pid_t pid() const { return pid_; }
+  std::string Log() const { return ReadFile(log_).value_or(""); }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+};
+
+bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline) {
+  const auto end = Clock::now() + deadline;
+  while (Clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+// Runs a command line, returns its exit code and output.
+int Shell(const std::string& command, std::string* output = nullptr) {
+  const std::string out_file = fs::temp_directory_path() / absl::StrCat("mal-shell-", ::getpid(), ".txt");
+  const int rc = std::system((command + " > " + out_file + " 2>&1").c_str());
+  if (output) *output = ReadFile(out_file).value_or("");
+  fs::remove(out_file);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+// Whether any process has `parent` as its parent (scans /proc).
+bool HasChildren(pid_t parent) {
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = ReadFile(entry.path().string() + "/stat").value_or("");
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::vector<std::string> fields = absl::StrSplit(stat.substr(close + 2), ' ');
+    if (fields.size() > 1 && fields[1] == std::to_string(parent)) return true;
+  }
+  return false;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string synth = Bin("client/malctl") + " data synth --out " + (dir_ / "sf") +
+                              " --au-subjects 3 --frames 40 --fe-images 60 --fe-subjects 10 --size 40";
+    ASSERT_EQ(Shell(synth), 0);
+  }
+  // A spec on the tiny SynthFace; `epochs` x `iterations` per fold.
+  std::string WriteSpec(const std::string& name, int epochs, int iterations, const std::string& extra = "",
+                        const std::string& root = "") {
+    const std::string path = dir_ / (name + ".yaml");
+    const std::string r = root.empty() ? dir_ / "sf" : root;
+    testing::WriteText(path, absl::StrCat("name: ", name, R"(
+method: mal
+data:
+  au: {format: synthface, root: )", r, R"(}
+  fe: {format: synthface, root: )", r, R"(}
+model: {backbone: small_cnn, input: 32, resize: 36}
+train: {epochs: )", epochs, R"(, batch_au: 8, batch_fe: 8, lr: 0.01, threads: 1, data_threads: 1,
+        checkpoint_every: 3, log_every: 5, max_iterations: )", iterations, R"(}
+mal: {val_fraction: 0.1, val_batch: 8}
+)", extra));
+    return path;
+  }
+
+  void StartCoordinator(int lease_ms = 6000) {
+    const std::string listen = port_ == 0 ? "127.0.0.1:0" : absl::StrCat("127.0.0.1:", port_);
+    const std::string log = dir_ / absl::StrCat("coordinator-", ++coordinator_starts_, ".log");
+    coordinator_ = std::make_unique<Process>(
+        Bin("server/mal-coordinator"),
+        std::vector<std::string>{"--listen", listen, "--data-dir", dir_ / "data", "--lease-ms",
+                                 absl::StrCat(lease_ms), "--heartbeat-ms", "200"},
+        log);
+    ASSERT_TRUE(WaitFor([&] { return coordinator_->Log().find("listening on port") != std::string::npos; },
+                        std::chrono::seconds(20)))
+        << coordinator_->Log();
+    if (port_ == 0) {
+      const std::string text = coordinator_->Log();
+      port_ = std::stoi(text.substr(text.find("listening on port ") + 18));
+    }
+    address_ = absl::StrCat("127.0.0.1:", port_);
+    auto channel = rpc::MakeChannel(address_);
+    stub_ = v1::Coordinator::NewStub(channel);
+    gateway_ = v1::WorkerGateway::NewStub(channel);
+  }
+  Process* StartWorker(const std::string& name) {
+    workers_[name] = std::make_unique<Process>(
+        Bin("worker/mal-worker"),
+        std::vector<std::string>{"--coordinator", address_, "--slots", "1", "--work-dir", dir_ / name, "--name",
+                                 name, "--threads", "1", "--upload-every-s", "1", "--stop-grace-s", "5"},
+        dir_ / (name + ".log"));
+    return workers_[name].get();
+  }
+  bool WorkersAlive(size_t n) {
+    v1::ListWorkersResponse r;
+    grpc::ClientContext ctx;
+    rpc::SetDeadline(ctx, std::chrono::seconds(5));
+    if (!stub_->ListWorkers(&ctx, v1::ListWorkersRequest(), &r).ok()) return false;
+    size_t alive = 0;
+    for (const auto& w : r.workers()) alive += w.alive();
+    return alive >= n;
+  }
+  std::string Malctl(const std::string& args, int* rc = nullptr) {
+    std::string out;
+    const int code = Shell(absl::StrCat("MAL_ADDRESS=", address_, " ", Bin("client/malctl"), " ", args), &out);
+    if (rc) *rc = code;
+    return out;
+  }
+  std::string Submit(const std::string& spec_path) {
+    int rc = 0;
+    const std::string out = Malctl("submit -f " + spec_path + " -o json", &rc);
+    EXPECT_EQ(rc, 0) << out;
+    const size_t at = out.find("\"experiment_id\": \"");
+    if (at == std::string::npos) return "";
+    const size_t start = at + 18;
+    return out.substr(start, out.find('"', start) - start);
+  }
+  v1::ExperimentInfo Get(const std::string& id) {
+    v1::GetExperimentRequest req;
+    req.set_experiment_id(id);
+    v1::ExperimentInfo info;
+    grpc::ClientContext ctx;
+    rpc::SetDeadline(ctx, std::chrono::seconds(5));
+    (void)stub_->GetExperiment(&ctx, req, &info);
+    return info;
+  }
+  v1::ExperimentInfo WaitDone(const std::string& id, std::chrono::seconds deadline) {
+    v1::ExperimentInfo info;
+    WaitFor([&] {
+      info = Get(id);
+      return info.state() != v1::EXPERIMENT_RUNNING && info.state() != v1::EXPERIMENT_STATE_UNSPECIFIED;
+    }, deadline);
+    return info;
+  }
+  // Every event, replayed from seq `from` until End (or the deadline).
+  std::vector<v1::Event> Replay(const std::string& id, int64_t from) {
+    grpc::ClientContext ctx;
+    rpc::SetDeadline(ctx, std::chrono::seconds(30));
+    v1::WatchRequest req;
+    req.set_experiment_id(id);
+    req.set_from_seq(from);
+    auto reader = stub_->Watch(&ctx, req);
+    std::vector<v1::Event> out;
+    v1::WatchResponse r;
+    while (reader->Read(&r)) {
+      if (!r.has_event()) continue;
+      out.push_back(r.event());
+      if (r.event().has_end()) break;
+    }
+    ctx.TryCancel();
+    (void)reader->Finish();
+    return out;
+  }
+  // The engine alone on one fold: its final test mean F1.
+  double EngineAlone(const std::string& spec, int fold) {
+    std::string out;
+    const std::string dir = dir_ / absl::StrCat("alone-", fold);
+    EXPECT_EQ(Shell(absl::StrCat(Bin("worker/mal-worker"), " train -f ", spec, " --fold ", fold, " --out ", dir,
+                                 " --quiet --threads 1"),
+                    &out),
+              0)
+        << out;
+    const size_t at = out.find("test mean F1 ");
+    return at == std::string::npos ? -1 : std::stod(out.substr(at + 13));
+  }
+  std::string DiagnosticLogs() {
+    std::string s = "coordinator:\n" + (coordinator_ ? coordinator_->Log() : "");
+    for (auto& [name, w] : workers_) s += "\n" + name + ":\n" + w->Log();
+    return s;
+  }
+
+  testing::TempDir dir_;
+  int port_ = 0;
+  int coordinator_starts_ = 0;
+  std::string address_;
+  std::unique_ptr<Process> coordinator_;
+  std::map<std::string, std::unique_ptr<Process>> workers_;
+  std::unique_ptr<v1::Coordinator::Stub> stub_;
+  std::unique_ptr<v1::WorkerGateway::Stub> gateway_;
+};
+
+TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
+  const std::string spec = WriteSpec("cv3", 3, 6);
+  StartCoordinator();
+  StartWorker("w1");
+  StartWorker("w2");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_FALSE(id.empty());
+  int rc = 0;
+  const std::string waited = Malctl("wait " + id + " --timeout 180", &rc);
+  ASSERT_EQ(rc, 0) << waited << DiagnosticLogs();
+
+  v1::ResultsRequest req;
+  req.set_experiment_id(id);
+  v1::ResultsResponse results;
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, std::chrono::seconds(5));
+  ASSERT_TRUE(stub_->GetResults(&ctx, req, &results).ok());
+  ASSERT_EQ(results.runs_size(), 3);
+  std::set<std::string> used;
+  for (const auto& run : results.runs()) {
+    EXPECT_EQ(run.state(), v1::RUN_SUCCEEDED);
+    used.insert(run.worker());
+    // The same seed gives the same model whether a worker daemon or the engine alone trains it.
+    EXPECT_NEAR(run.result().test_mean_f1(), EngineAlone(spec, run.fold()), 1e-6) << "fold " << run.fold();
+    EXPECT_EQ(run.result().iterations(), 18);
+    EXPECT_TRUE(fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-", run.fold(), "/model.pt")));
+    EXPECT_TRUE(fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-", run.fold(),
+                                               "/weights/epoch_003.csv")));
+  }
+  EXPECT_EQ(used.size(), 2u);
+  ASSERT_EQ(results.trials_size(), 1);
+  EXPECT_EQ(results.best_trial(), 0);
+  EXPECT_EQ(results.models_size(), 3);
+  const std::string text = Malctl("results " + id);
+  EXPECT_THAT(text, HasSubstr("trial 0 (best) SUCCEEDED: mean F1"));
+  // The event log: losses of every iteration of every fold, each exactly once.
+  const auto events = Replay(id, 0);
+  std::map<int, std::set<int64_t>> iterations;
+  int points = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
+    if (events[i].has_point()) {
+      ++points;
+      iterations[events[i].fold()].insert(events[i].point().iteration());
+    }
+  }
+  EXPECT_EQ(points, 54);
+  for (int f = 1; f <= 3; ++f) EXPECT_EQ(iterations[f].size(), 18u);
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(events.back().has_end());
+}
+
+TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
+  const std::string spec = WriteSpec("kill", 8, 10, "cv: {only: [1]}\n");
+  StartCoordinator(3000);
+  StartWorker("w1");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  // Let it get past two epochs (the first epoch's checkpoint is uploaded by then).
+  ASSERT_TRUE(WaitFor([&] {
+    auto info = Get(id);
+    return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
+  }, std::chrono::seconds(120))) << DiagnosticLogs();
+  StartWorker("w2");
+  workers_["w1"]->Kill(SIGKILL);
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  ASSERT_EQ(info.runs_size(), 1);
+  EXPECT_EQ(info.runs(0).worker(), "w2");
+  EXPECT_EQ(info.runs(0).attempt(), 1);
+  // Resuming is exact: the same result as an uninterrupted run.
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+  bool lost = false;
+  int64_t first_resumed_iteration = 0;
+  for (const auto& e : Replay(id, 1)) {
+    lost = lost || (e.has_state() && e.state().state() == "LOST");
+    if (e.has_point() && e.attempt() == 1 && first_resumed_iteration == 0) first_resumed_iteration = e.point().iteration();
+  }
+  EXPECT_TRUE(lost);
+  EXPECT_GT(first_resumed_iteration, 10) << "the second attempt started over instead of resuming";
+}
+
+TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
+  const std::string spec = WriteSpec("restart", 5, 8);
+  StartCoordinator();
+  StartWorker("w1");
+  StartWorker("w2");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_TRUE(WaitFor([&] {
+    auto info = Get(id);
+    return info.runs_size() == 3 && info.runs(0).epoch() >= 1;
+  }, std::chrono::seconds(120))) << DiagnosticLogs();
+  coordinator_->Kill(SIGKILL);
+  coordinator_->Wait();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  StartCoordinator();  // same port, same data directory
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  const auto events = Replay(id, 0);
+  ASSERT_FALSE(events.empty());
+  for (size_t i = 0; i < events.size(); ++i) ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
+  EXPECT_TRUE(events.back().has_end());
+  int ends = 0;
+  for (const auto& e : events) ends += e.has_end();
+  EXPECT_EQ(ends, 1);
+  // The workers re-registered claiming their runs.
+  EXPECT_THAT(coordinator_->Log(), HasSubstr("registered"));
+}
+
+TEST_F(ServiceTest, CancelStopsRunningWorkPromptly) {
+  const std::string spec = WriteSpec("cancel", 50, 10, "cv: {only: [1]}\n");
+  StartCoordinator();
+  Process* w1 = StartWorker("w1");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 1; },
+                      std::chrono::seconds(120)))
+      << DiagnosticLogs();
+  int rc = 0;
+  const std::string out = Malctl("cancel " + id, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("CANCELLED"));
+  // The engine child of the worker is gone within a few seconds; the daemon lives on.
+  EXPECT_TRUE(WaitFor([&] { return !HasChildren(w1->pid()); }, std::chrono::seconds(15)))
+      << DiagnosticLogs();
+  EXPECT_EQ(::kill(w1->pid(), 0), 0);
+  EXPECT_EQ(Get(id).state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_EQ(Malctl("wait " + id, &rc).find("CANCELLED") != std::string::npos, true);
+  EXPECT_EQ(rc, 1);
+}
+
+TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
+  StartCoordinator();
+  StartWorker("w1");
+  // Rejected by malctl, naming the field.
+  int rc = 0;
+  std::string out = Malctl("submit -f " + WriteSpec("bad", 1, 1, "", "") + ".missing", &rc);
+  EXPECT_EQ(rc, 2);
+  testing::WriteText(dir_ / "lr.yaml", "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\ntrain: {lr: -1}\n");
+  out = Malctl("submit -f " + (dir_ / "lr.yaml"), &rc);
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(out, HasSubstr("train.lr"));
+  // Rejected by the coordinator too, for a client that skips malctl.
+  v1::SubmitExperimentRequest req;
+  req.mutable_spec()->set_name("raw");
+  req.mutable_spec()->set_method(v1::STL);
+  req.mutable_spec()->mutable_data()->mutable_au()->set_format("synthface");
+  req.mutable_spec()->mutable_data()->mutable_au()->set_root("/x");
+  req.mutable_spec()->mutable_train()->set_lr(-1);
+  v1::SubmitExperimentResponse resp;
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, std::chrono::seconds(5));
+  grpc::Status s = stub_->SubmitExperiment(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("train.lr"));
+
+  // A dataset that is not there fails the run at once, without retries, naming the path.
+  // (SynthFace would be generated where it is missing: take a licensed format.)
+  testing::WriteText(dir_ / "missing.yaml",
+                     "name: missing\nmethod: mal\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}, "
+                     "fe: {format: rafdb, root: /nonexistent/RAF-DB}}\ncv: {only: [1]}\n");
+  const std::string id = Submit(dir_ / "missing.yaml");
+  const auto info = WaitDone(id, std::chrono::seconds(60));
+  EXPECT_EQ(info.state(), v1::EXPERIMENT_FAILED) << DiagnosticLogs();
+  ASSERT_EQ(info.runs_size(), 1);
+  EXPECT_EQ(info.runs(0).state(), v1::RUN_FAILED);
+  EXPECT_EQ(info.runs(0).attempt(), 0);
+  EXPECT_THAT(info.runs(0).message(), HasSubstr("/nonexistent/BP4D"));
+  EXPECT_THAT(info.message(), HasSubstr("/nonexistent/BP4D"));
+}
+
+TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {
+  StartCoordinator(1000);
+  const std::string id = Submit(WriteSpec("fence", 1, 1, "cv: {only: [1]}\n"));
+  // A hand-made worker speaking the protocol.
+  auto call = [&](auto method, const auto& request, auto* response) {
+    grpc::ClientContext ctx;
+    rpc::SetDeadline(ctx, std::chrono::seconds(5));
+    return ((*gateway_).*method)(&ctx, request, response);
+  };
+  v1::RegisterRequest reg;
+  reg.set_name("fake");
+  reg.set_slots(1);
+  v1::RegisterResponse reg_resp;
+  ASSERT_TRUE(call(&v1::WorkerGateway::Stub::Register, reg, &reg_resp).ok());
+  v1::HeartbeatRequest hb;
+  hb.set_name("fake");
+  hb.set_free_slots(1);
+  v1::HeartbeatResponse hb_resp;
+  ASSERT_TRUE(call(&v1::WorkerGateway::Stub::Heartbeat, hb, &hb_resp).ok());
+  ASSERT_EQ(hb_resp.assignments_size(), 1);
+  const v1::Assignment a = hb_resp.assignments(0);
+
+  v1::ReportEventsRequest report;
+  report.set_run_id(a.run_id());
+  report.set_lease_epoch(a.lease_epoch() + 1);
+  report.set_first_index(1);
+  report.add_events()->mutable_point()->set_iteration(1);
+  v1::ReportEventsResponse report_resp;
+  grpc::Status s = call(&v1::WorkerGateway::Stub::ReportEvents, report, &report_resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("stale lease epoch"));
+  report.set_lease_epoch(a.lease_epoch());
+  EXPECT_TRUE(call(&v1::WorkerGateway::Stub::ReportEvents, report, &report_resp).ok());
+
+  // An upload whose checksum does not match is refused and leaves nothing.
+  {
+    grpc::ClientContext ctx;
+    rpc::SetDeadline(ctx, std::chrono::seconds(5));
+    v1::UploadArtifactResponse up;
+    auto writer = gateway_->UploadArtifact(&ctx, &up);
+    v1::ArtifactChunk chunk;
+    chunk.set_run_id(a.run_id());
+    chunk.set_lease_epoch(a.lease_epoch());
+    chunk.set_name("checkpoint.pt");
+    chunk.set_data("bytes");
+    chunk.set_sha256("0000");
+    writer->Write(chunk);
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::DATA_LOSS);
+    EXPECT_FALSE(fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-1/checkpoint.pt")));
+  }
+  // The fake worker goes silent; after its lease the run is LOST and its epoch is dead.
+  ASSERT_TRUE(WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20)));
+  report.set_first_index(2);
+  s = call(&v1::WorkerGateway::Stub::ReportEvents, report, &report_resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  v1::CompleteRunRequest complete;
+  complete.set_run_id(a.run_id());
+  complete.set_lease_epoch(a.lease_epoch());
+  v1::Ack ack;
+  EXPECT_EQ(call(&v1::WorkerGateway::Stub::CompleteRun, complete, &ack).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// grpc.health.v1.Health/Check answers SERVING (the standard service, as probes use it).
+TEST_F(ServiceTest, HealthServiceAnswersServing) {
+  StartCoordinator();
+  grpc::GenericStub generic(rpc::MakeChannel(address_));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, std::chrono::seconds(5));
+  grpc::Slice empty("", 0);
+  grpc::ByteBuffer request(&empty, 1);  // HealthCheckRequest{service: ""}
+  auto call = generic.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
+  call->StartCall();
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+}  // namespace
+}  // namespace mal
