@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/spec/spec.h"
 #include "common/util/files.h"
 #include "common/util/logging.h"
@@ -132,6 +133,12 @@ absl::Status Coordinator::Load() {
           v1::Event parsed;
           if (parsed.ParseFromString(ev.payload)) published.insert(parsed.trial_result().trial());
         }
+        if (ev.kind == "epoch" && e.spec.search().early_stopping()) {
+          v1::Event parsed;
+          if (parsed.ParseFromString(ev.payload)) {
+            e.rungs[{parsed.fold(), parsed.epoch().epoch()}][parsed.trial()] = parsed.epoch().val_mean_f1();
+          }
+        }
         end_published = end_published || ev.kind == "end";
       }
       from = page.back().seq + 1;
@@ -140,6 +147,9 @@ absl::Status Coordinator::Load() {
       if (t.row.state.empty() && published.count(t.row.trial)) {
         // Its trial_result went out; only the state write was lost.
         t.row.state = "SUCCEEDED";
+        for (const auto& [rid, r] : e.runs) {
+          if (r.trial == t.row.trial && r.state == RunState::kCancelled) t.row.state = "STOPPED";
+        }
         for (const auto& [rid, r] : e.runs) {
           if (r.trial == t.row.trial && r.state == RunState::kFailed) {
             t.row.state = "FAILED";
@@ -570,6 +580,52 @@ void Coordinator::FinishExperiment(Experiment& e) {
             << e.row.message;
 }
 
+void Coordinator::CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch) {
+  constexpr int kEta = 3;
+  int rung = 1;
+  while (rung < epoch.epoch()) rung *= kEta;
+  if (rung != epoch.epoch()) return;
+  for (const Trial& t : e.trials) {
+    if (t.row.trial != run.trial) continue;
+    if (!t.row.state.empty() || epoch.epoch() >= t.spec.train().epochs()) return;
+  }
+  std::map<int, double>& seen = e.rungs[{run.fold, rung}];
+  seen[run.trial] = epoch.val_mean_f1();
+  const int keep = static_cast<int>(seen.size()) / kEta;
+  if (keep < 1) return;
+  int better = 0;
+  for (const auto& [trial, f1] : seen) better += trial != run.trial && f1 > epoch.val_mean_f1();
+  if (better < keep) return;
+  StopTrial(e, run.trial,
+            absl::StrCat("stopped early at epoch ", rung, " of fold ", run.fold, ": validation F1 ",
+                         absl::StrFormat("%.4f", epoch.val_mean_f1()), " is not in the top ", keep, " of ",
+                         seen.size(), " trials there"));
+}
+
+void Coordinator::StopTrial(Experiment& e, int trial, const std::string& message) {
+  for (auto& [id, r] : e.runs) {
+    if (r.trial != trial || Finished(r.state)) continue;
+    if (!store_->Cancel(id, message).ok() || !Refresh(e, id).ok()) continue;
+    EmitRunState(e, e.runs[id]);
+  }
+  for (Trial& t : e.trials) {
+    if (t.row.trial != trial) continue;
+    t.row.state = "STOPPED";
+    t.row.message = message;
+  }
+  v1::Event ev;
+  *ev.mutable_trial_result() = Aggregate(e, trial);
+  Emit(e, nullptr, std::move(ev));
+  if (absl::Status s = store_->SetTrialState(e.row.id, trial, "STOPPED", message); !s.ok()) {
+    LOG(ERROR) << e.row.id << ": " << s;
+  }
+  LOG(INFO) << e.row.id << " trial " << trial << ": " << message;
+  for (const Trial& t : e.trials) {
+    if (t.row.state.empty()) return;
+  }
+  if (e.row.state == v1::EXPERIMENT_RUNNING) FinishExperiment(e);
+}
+
 // ------------------------------------------------------------------------------------------
 // Worker side.
 
@@ -749,8 +805,15 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(const v1::Rep
   if (!out.empty()) {
     run->reported = std::max<int64_t>(run->reported, request.first_index() + request.events_size() - 1);
   }
-  (void)a;
-  return v1::ReportEventsResponse();
+  v1::ReportEventsResponse response;
+  if (e->spec.search().early_stopping()) {
+    const FoldRun current = *run;
+    for (int i = a.skipped; i < request.events_size(); ++i) {
+      if (request.events(i).has_epoch()) CheckRung(*e, current, request.events(i).epoch());
+    }
+    response.set_stop(e->runs[current.id].state == RunState::kCancelled);
+  }
+  return response;
 }
 
 absl::Status Coordinator::Complete(const v1::CompleteRunRequest& request) {

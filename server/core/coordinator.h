@@ -91,6 +91,8 @@ class Coordinator {
     std::vector<Trial> trials;
     std::map<int64_t, FoldRun> runs;  // by id
     std::map<int64_t, int> last_epoch;
+    // Early stopping: validation F1 per (fold, rung epoch), per trial.
+    std::map<std::pair<int, int>, std::map<int, double>> rungs;
   };
   struct Worker {
     v1::RegisterRequest info;
@@ -115,6 +117,11 @@ class Coordinator {
   // After a run reached a final state: settles its trial, then the experiment.
   void Settle(Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ASHA-style early stopping at rung epochs 1, 3, 9, ... (eta = 3): a trial whose validation F1
+  // on a fold is not in the top third of the trials that reached that rung on that fold stops.
+  void CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopTrial(Experiment& e, int trial, const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Picks and assigns the next run for `worker`, or returns false.
   bool AssignNext(const std::string& worker, v1::Assignment* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LoseRun(Experiment& e, FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -330,6 +330,39 @@ TEST_F(CoordinatorTest, ConcurrentTrialsAreLimited) {
   EXPECT_EQ((*core_->Results(id)).best_trial(), 1);
 }
 
+TEST_F(CoordinatorTest, EarlyStoppingStopsTrialsBelowTheTopThirdAtARung) {
+  const std::string id = Submit(Spec(
+      "cv: {only: [1]}\ntrain: {epochs: 9}\nsearch: {algorithm: grid, concurrent: 3, early_stopping: true, "
+      "space: {train.lr: {choice: ['0.1', '0.01', '0.001']}}}\n"));
+  Register("w1", 3);
+  const auto hb = Beat("w1", 3);
+  ASSERT_EQ(hb.assignments_size(), 3);
+  auto epoch = [&](const v1::Assignment& a, int epoch, double val_f1) {
+    v1::ReportEventsRequest req;
+    req.set_run_id(a.run_id());
+    req.set_lease_epoch(a.lease_epoch());
+    req.set_first_index(epoch);
+    req.add_events()->mutable_epoch()->set_epoch(epoch);
+    req.mutable_events(0)->mutable_epoch()->set_val_mean_f1(val_f1);
+    return core_->ReportEvents(req);
+  };
+  ASSERT_FALSE(epoch(hb.assignments(0), 1, 0.5)->stop());
+  ASSERT_FALSE(epoch(hb.assignments(1), 1, 0.7)->stop());
+  auto third = epoch(hb.assignments(2), 1, 0.2);  // last of three at rung 1: stopped
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(third->stop());
+  ASSERT_FALSE(epoch(hb.assignments(0), 2, 0.1)->stop());  // epoch 2 is no rung
+  auto info = Info(id);
+  EXPECT_EQ(info.runs(2).state(), v1::RUN_CANCELLED);
+  EXPECT_THAT(info.runs(2).message(), HasSubstr("stopped early at epoch 1"));
+  ASSERT_TRUE(Complete(hb.assignments(0), 0.5).ok());
+  ASSERT_TRUE(Complete(hb.assignments(1), 0.6).ok());
+  auto results = *core_->Results(id);
+  EXPECT_EQ(results.state(), v1::EXPERIMENT_SUCCEEDED);
+  EXPECT_EQ(results.trials(2).state(), "STOPPED");
+  EXPECT_EQ(results.best_trial(), 1);
+}
+
 TEST_F(CoordinatorTest, WorkersAreSharedByPriority) {
   const std::string low = Submit(Spec("priority: 0\ncv: {protocol: kfold, folds: 8}\n"));
   const std::string high = Submit(Spec("priority: 2\ncv: {protocol: kfold, folds: 8}\n"));
