@@ -246,11 +246,11 @@ void PrintExperiment(const v1::ExperimentInfo& e) {
 
 int Submit(const std::vector<std::string>& argv) {
   Common c;
-  auto args = ParseWith(argv, {"file", "request-id", "priority"}, {"follow"}, &c);
+  auto args = ParseWith(argv, {"file", "request-id", "priority", "kinds"}, {"follow"}, &c);
   if (!args.ok()) return Fail(kUsage, std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("file")) {
-    std::cerr << "usage: malctl submit -f SPEC.yaml [--follow] [--request-id ID] [--priority N] "
-                 "[--address HOST:PORT] [-o json]\n";
+    std::cerr << "usage: malctl submit -f SPEC.yaml [--follow [--kinds state,epoch,...]] [--request-id ID] "
+                 "[--priority N] [--address HOST:PORT] [-o json]\n";
     return args->Flag("help") ? kOk : kUsage;
   }
   auto spec = LoadSpecFile(args->Get("file"));
@@ -284,7 +284,9 @@ int Submit(const std::vector<std::string>& argv) {
               << resp.trials() << " trial(s), " << resp.runs() << " fold run(s)\n";
   }
   if (!args->Flag("follow")) return kOk;
-  return Follow(c, resp.experiment_id(), 1, {});
+  std::vector<std::string> kinds;
+  if (args->Has("kinds")) kinds = absl::StrSplit(args->Get("kinds"), ',', absl::SkipEmpty());
+  return Follow(c, resp.experiment_id(), 1, kinds);
 }
 
 int Ls(const std::vector<std::string>& argv) {

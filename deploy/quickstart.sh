@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The main job on the embedded synthetic data: set up, build, generate SynthFace (BP4D layout for
-# AU data, RAF-DB layout for expression data) and inspect it with the same readers real datasets
-# go through, then train MAL on fold 1 with deploy/examples/quickstart.yaml.
+# The main job on the embedded synthetic data, in local mode: set up, build, generate SynthFace
+# (BP4D layout for AU data, RAF-DB layout for expression data) and inspect it with the same
+# readers real datasets go through; then start a coordinator and one worker daemon on loopback
+# (state and artifacts under one directory), submit deploy/examples/quickstart.yaml (MAL, fold 1)
+# and follow it to the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/build.sh malctl mal-worker
+bash deploy/build.sh malctl mal-worker mal-coordinator
 build_dir="${MAL_BUILD_DIR:-build}"
 data=.cache/synthface  # where deploy/examples/quickstart.yaml reads it
 if [ ! -f "$data/synthface.txt" ]; then
@@ -12,9 +14,38 @@ if [ ! -f "$data/synthface.txt" ]; then
 fi
 "$build_dir/client/malctl" data inspect --format synthface --root "$data"
 echo
+
 out="${MAL_QUICKSTART_OUT:-runs/quickstart}"
 rm -rf "$out"
-"$build_dir/worker/mal-worker" train -f deploy/examples/quickstart.yaml --fold 1 --out "$out"
+mkdir -p "$out"
+"$build_dir/server/mal-coordinator" --listen 127.0.0.1:0 --data-dir "$out/coordinator" \
+  > "$out/coordinator.out" 2> "$out/coordinator.log" &
+coordinator=$!
+worker=""
+cleanup() {
+  [ -n "$worker" ] && kill "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
+  kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  grep -q 'listening on port' "$out/coordinator.out" 2>/dev/null && break
+  sleep 0.1
+done
+port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/coordinator.out")
+[ -n "$port" ] || { echo "the coordinator did not start; see $out/coordinator.log" >&2; exit 1; }
+export MAL_ADDRESS="127.0.0.1:$port"
+"$build_dir/worker/mal-worker" --coordinator "$MAL_ADDRESS" --slots 1 --work-dir "$out/worker" \
+  > "$out/worker.log" 2>&1 &
+worker=$!
+echo "coordinator on $MAL_ADDRESS (logs in $out); submitting deploy/examples/quickstart.yaml"
+"$build_dir/client/malctl" submit -f deploy/examples/quickstart.yaml --follow \
+  --kinds state,epoch,fold_result,trial_result,end
 echo
-echo "SynthFace: $data (preview $data-preview.png). Run: $out (metrics.json, records.csv,"
-echo "weights/epoch_*.csv with every sample's learned weight, model.pt + model.json)."
+"$build_dir/client/malctl" results exp-1
+echo
+echo "SynthFace: $data (preview $data-preview.png). Artifacts: $out/coordinator/artifacts/exp-1/trial-0/fold-1"
+echo "(model.pt + model.json, metrics.json, records.csv, weights/epoch_*.csv with every sample's learned weight)."
+echo "Every loss point and weight summary is in the event log: start"
+echo "  $build_dir/server/mal-coordinator --listen 127.0.0.1:7070 --data-dir $out/coordinator &"
+echo "and run: $build_dir/client/malctl watch exp-1"
