@@ -64,6 +64,9 @@ int main(int argc, char** argv) {
   if (!store.ok()) return Fail(std::string(store.status().message()));
   mal::server::EventHub hub(store->get(), static_cast<size_t>(*queue));
   mal::server::ArtifactStore artifacts(dir + "/artifacts");
+  if (const int removed = artifacts.RemovePartialUploads(); removed > 0) {
+    LOG(INFO) << "removed " << removed << " partial upload(s) a crash left behind";
+  }
   mal::server::CoordinatorOptions options;
   options.lease_ms = *lease;
   options.heartbeat_ms = *heartbeat;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -42,6 +43,20 @@ absl::StatusOr<std::string> ArtifactStore::Find(const std::string& experiment, i
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) return absl::NotFoundError(absl::StrCat("artifact ", name, " not found"));
   return path;
+}
+
+int ArtifactStore::RemovePartialUploads() {
+  int removed = 0;
+  std::error_code ec;
+  std::vector<fs::path> partial;
+  for (auto it = fs::recursive_directory_iterator(root_, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->is_regular_file() && it->path().filename().string().find(".upload-") != std::string::npos) {
+      partial.push_back(it->path());
+    }
+  }
+  for (const auto& p : partial) removed += fs::remove(p, ec) ? 1 : 0;
+  return removed;
 }
 
 absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> ArtifactStore::BeginUpload(

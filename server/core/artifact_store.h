@@ -48,6 +48,10 @@ class ArtifactStore {
     std::string digest_;
     bool committed_ = false;
   };
+  // Removes the temporary files of uploads a crash interrupted; returns how many. Call at start,
+  // before any upload.
+  int RemovePartialUploads();
+
   absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& experiment, int trial, int fold,
                                                       const std::string& name);
 

@@ -202,15 +202,15 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
 // Each step and its version number commit together, so a crash mid-migration leaves the old
 // version intact.
 absl::Status StateStore::Migrate(int64_t from) {
-  return InTransaction([&]() -> absl::Status {
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     if (from < 1) RETURN_IF_ERROR(Exec(kSchema));
     if (from < 2) RETURN_IF_ERROR(Exec(kMigrate2));
     return Exec(absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
   });
 }
 
-template <typename F>
-auto StateStore::InTransaction(F body) -> decltype(body()) {
+template <typename F, typename R>
+R StateStore::InTransaction(F body) {
   RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   auto result = body();
   if (!result.ok()) {
@@ -261,7 +261,7 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
   if (trials.empty() || folds.empty()) return absl::InvalidArgumentError("trials and folds must not be empty");
   *existing = false;
   absl::MutexLock lock(&mu_);
-  return InTransaction([&]() -> absl::StatusOr<std::string> {
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<std::string> {
     if (!e.request_id.empty()) {
       Statement seen(db_, "SELECT id FROM experiments WHERE request_id = ?");
       seen.Bind(1, e.request_id);
@@ -562,14 +562,14 @@ absl::StatusOr<int64_t> StateStore::AppendEvent(const std::string& experiment_id
 absl::StatusOr<int64_t> StateStore::AppendEvents(const std::string& experiment_id,
                                                  const std::vector<EventIn>& events) {
   absl::MutexLock lock(&mu_);
-  return InTransaction([&] { return AppendLocked(experiment_id, events); });
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return AppendLocked(experiment_id, events); });
 }
 
 absl::StatusOr<StateStore::Appended> StateStore::AppendRunEvents(int64_t run_id, int64_t epoch,
                                                                 int64_t first_index,
                                                                 const std::vector<EventIn>& events) {
   absl::MutexLock lock(&mu_);
-  return InTransaction([&]() -> absl::StatusOr<Appended> {
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<Appended> {
     ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
     if (epoch != r.lease_epoch) {
       return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
@@ -621,7 +621,7 @@ absl::StatusOr<std::vector<Event>> StateStore::ReadEvents(const std::string& exp
 
 absl::StatusOr<int> StateStore::RegisterModel(const ModelRow& m) {
   absl::MutexLock lock(&mu_);
-  return InTransaction([&]() -> absl::StatusOr<int> {
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<int> {
     Statement last(db_, "SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?");
     last.Bind(1, m.name);
     if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading model versions");

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -162,8 +163,7 @@ class StateStore {
   absl::Status Migrate(int64_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<int64_t> AppendLocked(const std::string& experiment_id, const std::vector<EventIn>& events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  template <typename F>
-  auto InTransaction(F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> decltype(body());
+
   explicit StateStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<FoldRun> RunLocked(int64_t run_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -171,6 +171,10 @@ class StateStore {
 
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);
+
+  // Runs `body` between BEGIN IMMEDIATE and COMMIT (ROLLBACK when it fails).
+  template <typename F, typename R = std::invoke_result_t<F>>
+  R InTransaction(F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace mal::server

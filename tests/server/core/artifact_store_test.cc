@@ -65,6 +65,16 @@ TEST(ArtifactStoreTest, AbandonedUploadLeavesNothing) {
   EXPECT_TRUE(fs::is_empty(store.RunDir("exp-1", 0, 1)));
 }
 
+TEST(ArtifactStoreTest, PartialUploadsOfACrashAreRemovedAtStart) {
+  testing::TempDir dir;
+  ArtifactStore store(dir / "a");
+  testing::WriteText(store.RunDir("exp-1", 0, 1) + "/checkpoint.pt.upload-123-0", "half");
+  testing::WriteText(store.RunDir("exp-1", 0, 1) + "/model.pt", "whole");
+  EXPECT_EQ(store.RemovePartialUploads(), 1);
+  EXPECT_TRUE(store.Find("exp-1", 0, 1, "model.pt").ok());
+  EXPECT_FALSE(fs::exists(store.RunDir("exp-1", 0, 1) + "/checkpoint.pt.upload-123-0"));
+}
+
 TEST(ArtifactStoreTest, NamesMayNotEscape) {
   for (const char* bad : {"", "../x", "/etc/passwd", "a/../../b", "a//b", "a b", "x\n"}) {
     EXPECT_FALSE(ArtifactStore::CheckName(bad).ok()) << bad;
