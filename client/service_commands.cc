@@ -110,7 +110,9 @@ void Absolutize(v1::ExperimentSpec& spec) {
 }
 
 std::string FormatEvent(const v1::Event& e) {
-  std::string where = e.trial() >= 0 ? absl::StrFormat("t%d/f%d", e.trial(), e.fold()) : "exp";
+  std::string where = e.trial() < 0 ? "exp"
+                      : e.fold() == 0 ? absl::StrFormat("t%d/all", e.trial())
+                                      : absl::StrFormat("t%d/f%d", e.trial(), e.fold());
   std::string head = absl::StrFormat("%6d %-8s ", e.seq(), where);
   switch (e.body_case()) {
     case v1::Event::kState:
@@ -147,6 +149,10 @@ std::string FormatEvent(const v1::Event& e) {
                                                   : "");
     }
     case v1::Event::kFoldResult:
+      if (e.fold() == 0) {
+        return absl::StrCat(head, absl::StrFormat("final fit result: validation mean F1 %.4f after %d iterations",
+                                                  e.fold_result().val_mean_f1(), e.fold_result().iterations()));
+      }
       return absl::StrCat(head, absl::StrFormat("fold result: test mean F1 %.4f after %d iterations",
                                                 e.fold_result().test_mean_f1(), e.fold_result().iterations()));
     case v1::Event::kTrialResult: {
@@ -237,9 +243,12 @@ void PrintExperiment(const v1::ExperimentInfo& e) {
   std::cout << absl::StrFormat("  %-6s %-5s %-4s %-10s %-7s %-5s %-9s %-20s %s\n", "RUN", "TRIAL", "FOLD", "STATE",
                                "ATTEMPT", "EPOCH", "TEST F1", "WORKER", "MESSAGE");
   for (const auto& r : e.runs()) {
-    std::cout << absl::StrFormat("  %-6d %-5d %-4d %-10s %-7d %-5d %-9s %-20s %s\n", r.id(), r.trial(), r.fold(),
+    std::cout << absl::StrFormat("  %-6d %-5d %-4s %-10s %-7d %-5d %-9s %-20s %s\n", r.id(), r.trial(),
+                                 r.fold() == 0 ? "all" : absl::StrCat(r.fold()),
                                  Name(r.state()), r.attempt() + 1, r.epoch(),
-                                 r.state() == v1::RUN_SUCCEEDED ? absl::StrFormat("%.4f", r.result().test_mean_f1()) : "-",
+                                 r.state() == v1::RUN_SUCCEEDED && r.fold() != 0
+                                     ? absl::StrFormat("%.4f", r.result().test_mean_f1())
+                                     : "-",
                                  r.worker().empty() ? "-" : r.worker(), r.message());
   }
 }
@@ -452,12 +461,19 @@ int Results(const std::vector<std::string>& argv) {
   }
   for (const auto& run : r.runs()) {
     if (run.state() != v1::RUN_SUCCEEDED) continue;
+    if (run.fold() == 0) {
+      std::cout << absl::StrFormat("  trial %d final fit on all subjects: validation mean F1 %.4f (%d iterations)\n",
+                                   run.trial(), run.result().val_mean_f1(), run.result().iterations());
+      continue;
+    }
     std::cout << absl::StrFormat("  trial %d fold %d: test mean F1 %.4f (%d iterations)\n", run.trial(), run.fold(),
                                  run.result().test_mean_f1(), run.result().iterations());
   }
   for (const auto& m : r.models()) {
-    std::cout << absl::StrFormat("model %s@%d: trial %d fold %d, test mean F1 %.4f, %s\n", m.name(), m.version(),
-                                 m.trial(), m.fold(), m.test_mean_f1(), m.artifact());
+    std::cout << absl::StrFormat("model %s@%d: trial %d %s, %s %.4f, %s\n", m.name(), m.version(), m.trial(),
+                                 m.fold() == 0 ? "final fit" : absl::StrCat("fold ", m.fold()),
+                                 m.fold() == 0 ? "cross-validated mean F1" : "test mean F1", m.test_mean_f1(),
+                                 m.artifact());
   }
   return kOk;
 }

@@ -37,7 +37,7 @@ int Train(const std::vector<std::string>& argv) {
                                     {"resume", "help", "quiet"}, {{"f", "file"}});
   if (!args.ok()) return Fail(2, std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("file") || !args->Has("out")) {
-    std::cerr << "usage: mal-worker train -f SPEC.yaml [--fold K] --out DIR [--resume] "
+    std::cerr << "usage: mal-worker train -f SPEC.yaml [--fold K (0: all subjects)] --out DIR [--resume] "
                  "[--threads N] [--device cpu|cuda:N] [--quiet]\n";
     return args->Flag("help") ? 0 : 2;
   }
@@ -77,9 +77,13 @@ int Train(const std::vector<std::string>& argv) {
               << (stopped ? " (continue with --resume)" : "") << "\n";
     return stopped ? 130 : 1;
   }
-  std::cout << "fold " << options.fold << ": test mean F1 " << result->final_epoch.test_mean_f1
-            << " after " << result->iterations << " iterations; model " << result->model_path
-            << ", metadata " << result->metadata_path << "\n";
+  if (options.fold == 0) {
+    std::cout << "final fit on all subjects: validation mean F1 " << result->final_epoch.val_mean_f1;
+  } else {
+    std::cout << "fold " << options.fold << ": test mean F1 " << result->final_epoch.test_mean_f1;
+  }
+  std::cout << " after " << result->iterations << " iterations; model " << result->model_path << ", metadata "
+            << result->metadata_path << "\n";
   return 0;
 }
 

@@ -105,6 +105,53 @@ absl::StatusOr<std::vector<std::vector<std::string>>> PartsFor(const DatasetInde
   return parts;
 }
 
+std::map<std::string, std::vector<int64_t>> BySubject(const DatasetIndex& index) {
+  std::map<std::string, std::vector<int64_t>> by_subject;
+  for (size_t i = 0; i < index.samples.size(); ++i) {
+    by_subject[index.samples[i].subject].push_back(static_cast<int64_t>(i));
+  }
+  return by_subject;
+}
+
+// The samples of the test subjects, and of the training subjects minus each one's validation
+// reserve (drawn per subject from the seed, so the same subject reserves the same samples in every
+// fold it trains in).
+Fold BuildFold(int number, const std::vector<std::string>& train_subjects,
+               const std::vector<std::string>& test_subjects,
+               const std::map<std::string, std::vector<int64_t>>& by_subject, const FoldOptions& options) {
+  Fold fold;
+  fold.number = number;
+  fold.train_subjects = train_subjects;
+  fold.test_subjects = test_subjects;
+  static const std::vector<int64_t> kNone;
+  auto samples_of = [&](const std::string& subject) -> const std::vector<int64_t>& {
+    auto it = by_subject.find(subject);
+    return it == by_subject.end() ? kNone : it->second;
+  };
+  for (const std::string& subject : fold.test_subjects) {
+    const auto& v = samples_of(subject);
+    fold.test.insert(fold.test.end(), v.begin(), v.end());
+  }
+  for (const std::string& subject : fold.train_subjects) {
+    const std::vector<int64_t>& v = samples_of(subject);
+    const size_t n_val =
+        options.val_fraction > 0
+            ? std::max<size_t>(1, static_cast<size_t>(std::lround(options.val_fraction * v.size())))
+            : 0;
+    // Never reserve a subject's only samples: training must keep at least one.
+    const size_t reserve = v.size() > 1 ? std::min(n_val, v.size() - 1) : 0;
+    Rng rng(MixSeed(options.seed, StableHash(subject)));
+    std::vector<int64_t> shuffled = v;
+    rng.Shuffle(shuffled);
+    fold.val.insert(fold.val.end(), shuffled.begin(), shuffled.begin() + reserve);
+    fold.train.insert(fold.train.end(), shuffled.begin() + reserve, shuffled.end());
+  }
+  std::sort(fold.train.begin(), fold.train.end());
+  std::sort(fold.val.begin(), fold.val.end());
+  std::sort(fold.test.begin(), fold.test.end());
+  return fold;
+}
+
 }  // namespace
 
 std::string DefaultProtocol(const std::string& format) {
@@ -138,10 +185,7 @@ absl::StatusOr<std::vector<Fold>> MakeFolds(const DatasetIndex& index, const Fol
   const std::string protocol = options.protocol.empty() ? DefaultProtocol(index.format)
                                                         : absl::AsciiStrToLower(options.protocol);
 
-  std::map<std::string, std::vector<int64_t>> by_subject;
-  for (size_t i = 0; i < index.samples.size(); ++i) {
-    by_subject[index.samples[i].subject].push_back(static_cast<int64_t>(i));
-  }
+  const std::map<std::string, std::vector<int64_t>> by_subject = BySubject(index);
 
   // (train subjects, test subjects) per fold.
   std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>> splits;
@@ -167,34 +211,20 @@ absl::StatusOr<std::vector<Fold>> MakeFolds(const DatasetIndex& index, const Fol
 
   std::vector<Fold> folds;
   for (size_t k = 0; k < splits.size(); ++k) {
-    Fold fold;
-    fold.number = static_cast<int>(k + 1);
-    fold.train_subjects = splits[k].first;
-    fold.test_subjects = splits[k].second;
-    for (const std::string& subject : fold.test_subjects) {
-      const auto& v = by_subject[subject];
-      fold.test.insert(fold.test.end(), v.begin(), v.end());
-    }
-    for (const std::string& subject : fold.train_subjects) {
-      std::vector<int64_t> v = by_subject[subject];
-      const size_t n_val =
-          options.val_fraction > 0
-              ? std::max<size_t>(1, static_cast<size_t>(std::lround(options.val_fraction * v.size())))
-              : 0;
-      // Never reserve a subject's only samples: training must keep at least one.
-      const size_t reserve = v.size() > 1 ? std::min(n_val, v.size() - 1) : 0;
-      Rng rng(MixSeed(options.seed, StableHash(subject)));
-      std::vector<int64_t> shuffled = v;
-      rng.Shuffle(shuffled);
-      fold.val.insert(fold.val.end(), shuffled.begin(), shuffled.begin() + reserve);
-      fold.train.insert(fold.train.end(), shuffled.begin() + reserve, shuffled.end());
-    }
-    std::sort(fold.train.begin(), fold.train.end());
-    std::sort(fold.val.begin(), fold.val.end());
-    std::sort(fold.test.begin(), fold.test.end());
-    folds.push_back(std::move(fold));
+    folds.push_back(BuildFold(static_cast<int>(k + 1), splits[k].first, splits[k].second, by_subject, options));
   }
   return folds;
+}
+
+absl::StatusOr<Fold> AllSubjectsFold(const DatasetIndex& index, const FoldOptions& options) {
+  if (!(options.val_fraction >= 0 && options.val_fraction < 1)) {
+    return absl::InvalidArgumentError("mal.val_fraction: must be in [0, 1)");
+  }
+  const std::vector<std::string> subjects = index.Subjects();
+  if (subjects.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(index.root, ": samples have no subject ids"));
+  }
+  return BuildFold(0, subjects, {}, BySubject(index), options);
 }
 
 std::vector<double> PositiveRates(const DatasetIndex& index, const std::vector<int64_t>& samples) {

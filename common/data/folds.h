@@ -39,6 +39,9 @@ const std::vector<std::vector<std::string>>& StandardParts(const std::string& da
 // A pure function of (index, options): the same inputs give the same folds on every machine.
 absl::StatusOr<std::vector<Fold>> MakeFolds(const DatasetIndex& index, const FoldOptions& options);
 
+// The final fit's "fold 0": every subject trains (minus the same per-subject validation reserve
+// as in the folds), no test part.
+absl::StatusOr<Fold> AllSubjectsFold(const DatasetIndex& index, const FoldOptions& options);
 // Per AU of `index.aus`: positives / known labels over `samples` (0 where no label is known).
 std::vector<double> PositiveRates(const DatasetIndex& index, const std::vector<int64_t>& samples);
 

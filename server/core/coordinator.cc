@@ -238,9 +238,6 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(const v1::Submi
   v1::ExperimentSpec spec = request.spec();
   ApplyDefaults(spec);
   if (absl::Status s = ValidateSpec(spec); !s.ok()) return absl::InvalidArgumentError(s.message());
-  if (spec.final_fit()) {
-    return absl::UnimplementedError("final_fit: the final fit on all subjects is not supported yet");
-  }
   ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
   const std::vector<int> folds = FoldNumbers(spec);
   ExperimentRow row;
@@ -388,7 +385,7 @@ v1::TrialResult Coordinator::Aggregate(const Experiment& e, int trial) {
   }
   std::vector<v1::FoldResult> results;
   for (const auto& [id, r] : e.runs) {
-    if (r.trial != trial || r.state != RunState::kSucceeded) continue;
+    if (r.trial != trial || r.fold == 0 || r.state != RunState::kSucceeded) continue;
     v1::FoldResult fr;
     if (fr.ParseFromString(r.result)) results.push_back(std::move(fr));
   }
@@ -481,7 +478,7 @@ void Coordinator::Settle(Experiment& e, int trial) {
     const FoldRun* failed = nullptr;
     bool all_succeeded = true;
     for (const auto& [id, r] : e.runs) {
-      if (r.trial != trial) continue;
+      if (r.trial != trial || r.fold == 0) continue;
       if (r.state == RunState::kFailed && failed == nullptr) failed = &r;
       all_succeeded = all_succeeded && r.state == RunState::kSucceeded;
     }
@@ -505,53 +502,103 @@ void Coordinator::Settle(Experiment& e, int trial) {
       LOG(ERROR) << e.row.id << ": " << s;
     }
   }
-  for (const Trial& other : e.trials) {
-    if (other.row.state.empty()) return;
+  MaybeFinish(e);
+}
+
+int Coordinator::BestTrial(const Experiment& e, double* best_f1) {
+  int best = -1;
+  double f1_best = -1;
+  for (const Trial& t : e.trials) {
+    if (t.row.state != "SUCCEEDED") continue;
+    const double f1 = Aggregate(e, t.row.trial).mean_f1();
+    if (f1 > f1_best) {
+      f1_best = f1;
+      best = t.row.trial;
+    }
   }
-  if (e.row.state == v1::EXPERIMENT_RUNNING) FinishExperiment(e);
+  if (best_f1 != nullptr) *best_f1 = f1_best;
+  return best;
+}
+
+void Coordinator::MaybeFinish(Experiment& e) {
+  if (e.row.state != v1::EXPERIMENT_RUNNING) return;
+  for (const Trial& t : e.trials) {
+    if (t.row.state.empty()) return;
+  }
+  const int best = BestTrial(e, nullptr);
+  if (e.spec.final_fit() && best >= 0) {
+    const FoldRun* final_run = nullptr;
+    for (const auto& [id, r] : e.runs) {
+      if (r.fold == 0) final_run = &r;
+    }
+    if (final_run == nullptr) {
+      // Every trial is done: train the best one on every subject, then finish.
+      auto id = store_->AddRun(e.row.id, best, 0);
+      if (!id.ok() || !Refresh(e, *id).ok()) {
+        LOG(ERROR) << e.row.id << ": adding the final fit: " << id.status();
+        return;
+      }
+      run_experiment_[*id] = e.row.id;
+      v1::Event ev;
+      ev.mutable_state()->set_scope("experiment");
+      ev.mutable_state()->set_state("RUNNING");
+      ev.mutable_state()->set_message(absl::StrCat("final fit of trial ", best, " on all subjects"));
+      Emit(e, nullptr, std::move(ev));
+      return;
+    }
+    if (!Finished(final_run->state)) return;
+  }
+  FinishExperiment(e);
 }
 
 void Coordinator::FinishExperiment(Experiment& e) {
-  int best = -1;
   double best_f1 = -1;
+  const int best = BestTrial(e, &best_f1);
   std::string first_failure;
   bool cancelled = false;
   for (const Trial& t : e.trials) {
-    if (t.row.state == "SUCCEEDED") {
-      const double f1 = Aggregate(e, t.row.trial).mean_f1();
-      if (f1 > best_f1) {
-        best_f1 = f1;
-        best = t.row.trial;
-      }
-    }
     if (t.row.state == "FAILED" && first_failure.empty()) {
       first_failure = absl::StrCat("trial ", t.row.trial, ": ", t.row.message);
     }
     cancelled = cancelled || t.row.state == "CANCELLED";
   }
+  const FoldRun* final_run = nullptr;
+  for (const auto& [id, r] : e.runs) {
+    if (r.fold == 0) final_run = &r;
+  }
   int state;
   if (cancelled && e.row.message == "cancelled by the user") {
     state = v1::EXPERIMENT_CANCELLED;
+  } else if (final_run != nullptr && final_run->state != RunState::kSucceeded) {
+    state = v1::EXPERIMENT_FAILED;
+    e.row.message = absl::StrCat("final fit of trial ", final_run->trial, ": ",
+                                 final_run->message.empty() ? RunStateName(final_run->state) : final_run->message);
   } else if (best >= 0) {
     state = v1::EXPERIMENT_SUCCEEDED;
     e.row.message = first_failure;
-    // Register the best trial's fold models (once: a recovery may come through here again).
+    // Register the best trial's fold models, then the final fit's (once: a recovery may come
+    // through here again).
     auto existing = store_->Models(e.row.id);
     if (existing.ok() && existing->empty()) {
+      std::vector<const FoldRun*> order;
       for (const auto& [id, r] : e.runs) {
-        if (r.trial != best || r.state != RunState::kSucceeded) continue;
-        auto model = artifacts_->Find(e.row.id, r.trial, r.fold, "model.pt");
+        if (r.trial == best && r.state == RunState::kSucceeded && r.fold != 0) order.push_back(&r);
+      }
+      if (final_run != nullptr) order.push_back(final_run);
+      for (const FoldRun* r : order) {
+        auto model = artifacts_->Find(e.row.id, r->trial, r->fold, "model.pt");
         if (!model.ok()) continue;
         ModelRow m;
         m.name = e.row.name;
         m.experiment_id = e.row.id;
-        m.trial = r.trial;
-        m.fold = r.fold;
+        m.trial = r->trial;
+        m.fold = r->fold;
         v1::FoldResult fr;
-        fr.ParseFromString(r.result);
-        m.test_mean_f1 = fr.test_mean_f1();
+        fr.ParseFromString(r->result);
+        // The final fit has no test part: its estimate is the trial's cross-validated F1.
+        m.test_mean_f1 = r->fold == 0 ? best_f1 : fr.test_mean_f1();
         m.artifact = *model;
-        auto meta = artifacts_->Find(e.row.id, r.trial, r.fold, "model.json");
+        auto meta = artifacts_->Find(e.row.id, r->trial, r->fold, "model.json");
         if (meta.ok()) m.metadata = ReadFile(*meta).value_or("");
         auto version = store_->RegisterModel(m);
         if (!version.ok()) LOG(ERROR) << e.row.id << ": registering a model: " << version.status();
@@ -620,10 +667,7 @@ void Coordinator::StopTrial(Experiment& e, int trial, const std::string& message
     LOG(ERROR) << e.row.id << ": " << s;
   }
   LOG(INFO) << e.row.id << " trial " << trial << ": " << message;
-  for (const Trial& t : e.trials) {
-    if (t.row.state.empty()) return;
-  }
-  if (e.row.state == v1::EXPERIMENT_RUNNING) FinishExperiment(e);
+  MaybeFinish(e);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -713,8 +757,9 @@ bool Coordinator::AssignNext(const std::string& worker, v1::Assignment* out) {
     int64_t candidate = 0;
     bool candidate_started = false;
     for (const auto& [rid, r] : e.runs) {
-      if (r.state != RunState::kPending || !open.count(r.trial)) continue;
-      const bool s = started.count(r.trial) > 0;
+      // The final fit (fold 0) belongs to a finished trial and always may start.
+      if (r.state != RunState::kPending || (!open.count(r.trial) && r.fold != 0)) continue;
+      const bool s = started.count(r.trial) > 0 || r.fold == 0;
       if (!s && static_cast<int>(started.size()) >= concurrent) continue;
       // Runs of trials already under way first, then by (trial, fold) order of the map.
       if (candidate == 0 || (s && !candidate_started)) {

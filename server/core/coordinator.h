@@ -117,6 +117,10 @@ class Coordinator {
   // After a run reached a final state: settles its trial, then the experiment.
   void Settle(Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Once every trial settled: starts the final fit when asked (and not yet run), else finishes.
+  void MaybeFinish(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The succeeded trial with the highest mean F1 over folds, or -1.
+  int BestTrial(const Experiment& e, double* best_f1) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ASHA-style early stopping at rung epochs 1, 3, 9, ... (eta = 3): a trial whose validation F1
   // on a fold is not in the top third of the trials that reached that rung on that fold stops.
   void CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch)

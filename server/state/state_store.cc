@@ -373,6 +373,15 @@ absl::StatusOr<std::vector<FoldRun>> StateStore::Runs(const std::string& experim
   return out;
 }
 
+absl::StatusOr<int64_t> StateStore::AddRun(const std::string& experiment_id, int trial, int fold) {
+  absl::MutexLock lock(&mu_);
+  Statement run(db_, "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, ?, ?, ?, ?)");
+  run.Bind(1, experiment_id).Bind(2, trial).Bind(3, fold).Bind(4, static_cast<int64_t>(RunState::kPending));
+  run.Bind(5, NowMs());
+  if (run.Step() != SQLITE_DONE) return SqlError(db_, "adding a run");
+  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+}
+
 absl::StatusOr<FoldRun> StateStore::RunLocked(int64_t run_id) {
   Statement s(db_, absl::StrCat("SELECT ", kRunColumns, " FROM fold_runs WHERE id = ?").c_str());
   s.Bind(1, run_id);

@@ -111,6 +111,8 @@ class StateStore {
                              const std::string& message);
 
   absl::StatusOr<std::vector<FoldRun>> Runs(const std::string& experiment_id);
+  // Adds a PENDING run to an experiment (the final fit: fold 0); returns its id.
+  absl::StatusOr<int64_t> AddRun(const std::string& experiment_id, int trial, int fold);
   absl::StatusOr<FoldRun> Run(int64_t run_id);
   // The longest-waiting PENDING run, if any.
   absl::StatusOr<std::optional<FoldRun>> NextPending();

@@ -88,6 +88,16 @@ mal: {val_fraction: 0.1, val_batch: 8}
   testing::TempDir dir_;
 };
 
+TEST_F(MalWorkerTrainTest, FinalFitTrainsOnEverySubject) {
+  const int code = Wait(Start({"train", "-f", dir_ / "spec.yaml", "--fold", "0", "--out", dir_ / "all", "--quiet"},
+                              dir_ / "log"));
+  const std::string text = ReadFile(dir_ / "log").value_or("");
+  ASSERT_EQ(code, 0) << text;
+  EXPECT_THAT(text, HasSubstr("final fit on all subjects: validation mean F1"));
+  EXPECT_TRUE(fs::exists(dir_ / "all/model.pt"));
+  EXPECT_EQ(RecordRows(dir_ / "all/records.csv"), 18);
+}
+
 TEST_F(MalWorkerTrainTest, TrainsToTheEnd) {
   const int code = Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log"));
   const std::string text = ReadFile(dir_ / "log").value_or("");

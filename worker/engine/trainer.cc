@@ -92,11 +92,17 @@ absl::StatusOr<Data> LoadData(const v1::ExperimentSpec& spec, int fold_number) {
   fo.folds = spec.cv().folds();
   fo.seed = static_cast<uint64_t>(spec.cv().seed());
   fo.val_fraction = spec.mal().val_fraction();
+  if (fold_number == 0) {  // the final fit: every subject trains, nothing is held out for testing
+    ASSIGN_OR_RETURN(d.fold, data::AllSubjectsFold(d.au, fo));
+    if (d.fold.train.empty()) return absl::FailedPreconditionError("final fit: no training sample");
+    d.val_rates = data::PositiveRates(d.au, d.fold.val);
+    return d;
+  }
   auto folds = data::MakeFolds(d.au, fo);
   if (!folds.ok()) return folds.status();
   if (fold_number < 1 || fold_number > static_cast<int>(folds->size())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--fold: ", fold_number, " is not in 1..", folds->size()));
+        absl::StrCat("--fold: ", fold_number, " is not in 1..", folds->size(), " (0: all subjects)"));
   }
   d.fold = (*folds)[fold_number - 1];
   if (d.fold.train.empty() || d.fold.test.empty()) {
@@ -516,7 +522,10 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
     val_train = std::make_unique<CyclingLoader>(std::move(val));
   }
   // The meta validation batches are shuffled but not augmented.
-  ASSIGN_OR_RETURN(auto test_eval, MakeLoader(data.au, data.fold.test, 64, false, spec, seed));
+  std::unique_ptr<BatchLoader> test_eval;  // none for the final fit (fold 0)
+  if (!data.fold.test.empty()) {
+    ASSIGN_OR_RETURN(test_eval, MakeLoader(data.au, data.fold.test, 64, false, spec, seed));
+  }
   ASSIGN_OR_RETURN(auto val_eval, MakeLoader(data.au, data.fold.val, 64, false, spec, seed));
   std::unique_ptr<BatchLoader> au_all, fe_all;
   if (method == Method::kMal) {
@@ -595,10 +604,14 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
     e.epoch = epoch;
     e.iteration = pos.global_iter;
     e.aus = data.au.aus;
-    Evaluation test = Evaluate(*model, *test_eval, au_weight, device, num_aus);
+    if (test_eval) {
+      Evaluation test = Evaluate(*model, *test_eval, au_weight, device, num_aus);
+      e.test_f1 = test.f1.PerAu();
+      e.test_mean_f1 = test.f1.Mean();
+    } else {
+      e.test_mean_f1 = -1;  // no test part
+    }
     Evaluation val = Evaluate(*model, *val_eval, au_weight, device, num_aus);
-    e.test_f1 = test.f1.PerAu();
-    e.test_mean_f1 = test.f1.Mean();
     e.val_f1 = val.f1.PerAu();
     e.val_mean_f1 = val.f1.Mean();
     e.val_loss = val.loss;

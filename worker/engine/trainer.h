@@ -46,8 +46,8 @@ struct EpochRecord {
   int epoch = 0;
   int64_t iteration = 0;
   std::vector<int> aus;
-  std::vector<double> test_f1;  // per AU, on the fold's test subjects
-  double test_mean_f1 = 0;
+  std::vector<double> test_f1;  // per AU, on the fold's test subjects (empty for fold 0)
+  double test_mean_f1 = 0;      // -1 for fold 0 (the final fit), which has no test part
   std::vector<double> val_f1;   // on the validation reserve
   double val_mean_f1 = 0;
   double val_loss = 0;          // class-rebalanced
@@ -68,7 +68,7 @@ class RecordSink {
 
 struct TrainOptions {
   v1::ExperimentSpec spec;  // defaults applied and validated
-  int fold = 1;             // 1-based
+  int fold = 1;             // 1-based; 0: the final fit on every subject (no test part)
   std::string out_dir;
   bool resume = false;      // continue from out_dir/checkpoint.pt when it exists
   bool progress = false;    // progress to stderr (a bar on a terminal, plain lines otherwise)

@@ -64,6 +64,21 @@ TEST(FoldsTest, StandardBp4dFoldsTestOnThePublishedParts) {
   }
 }
 
+TEST(FoldsTest, AllSubjectsFoldTrainsOnEverySubjectWithTheSameReserve) {
+  const DatasetIndex index = IndexOf(AllOf("bp4d"), 100);
+  auto all = AllSubjectsFold(index, FoldOptions{});
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->number, 0);
+  EXPECT_EQ(all->train_subjects.size(), 41u);
+  EXPECT_TRUE(all->test.empty());
+  EXPECT_EQ(all->train.size() + all->val.size(), index.samples.size());
+  // A subject reserves the same validation samples as in the folds it trains in.
+  auto folds = MakeFolds(index, FoldOptions{});
+  ASSERT_TRUE(folds.ok());
+  const std::set<int64_t> val_all(all->val.begin(), all->val.end());
+  for (int64_t v : (*folds)[0].val) EXPECT_TRUE(val_all.count(v)) << v;
+}
+
 TEST(FoldsTest, PureFunctionOfIndexProtocolAndSeed) {
   const DatasetIndex index = IndexOf(AllOf("bp4d"), 60);
   FoldOptions o;

@@ -157,8 +157,6 @@ TEST_F(CoordinatorTest, MalformedSpecIsRejectedWithItsFieldPath) {
   auto r = core_->Submit(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("train.lr"));
-  *req.mutable_spec() = Spec("final_fit: true\n");
-  EXPECT_EQ(core_->Submit(req).status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(core_->List().experiments_size(), 0);
 }
 
@@ -361,6 +359,51 @@ TEST_F(CoordinatorTest, EarlyStoppingStopsTrialsBelowTheTopThirdAtARung) {
   EXPECT_EQ(results.state(), v1::EXPERIMENT_SUCCEEDED);
   EXPECT_EQ(results.trials(2).state(), "STOPPED");
   EXPECT_EQ(results.best_trial(), 1);
+}
+
+TEST_F(CoordinatorTest, FinalFitTrainsTheBestTrialOnAllSubjectsThenRegistersIt) {
+  const std::string id = Submit(Spec(
+      "final_fit: true\ncv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 2, space: {train.lr: {choice: ['0.1', '0.01']}}}\n"));
+  Register("w1", 4);
+  const auto hb = Beat("w1", 4);
+  ASSERT_EQ(hb.assignments_size(), 4);
+  for (const auto& a : hb.assignments()) {
+    ASSERT_TRUE(Complete(a, a.trial() == 1 ? 0.8 : 0.4).ok());
+    testing::WriteText(artifacts_->RunDir(id, a.trial(), a.fold()) + "/model.pt", "weights");
+  }
+  // Every trial is done, but the experiment is not: the final fit of trial 1 is queued.
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
+  const auto next = Beat("w1", 1);
+  ASSERT_EQ(next.assignments_size(), 1);
+  EXPECT_EQ(next.assignments(0).trial(), 1);
+  EXPECT_EQ(next.assignments(0).fold(), 0);
+  EXPECT_EQ(next.assignments(0).spec().train().lr(), 0.01);
+  testing::WriteText(artifacts_->RunDir(id, 1, 0) + "/model.pt", "final weights");
+  v1::CompleteRunRequest done;
+  done.set_run_id(next.assignments(0).run_id());
+  done.set_lease_epoch(next.assignments(0).lease_epoch());
+  done.mutable_result()->set_test_mean_f1(-1);  // no test part
+  ASSERT_TRUE(core_->Complete(done).ok());
+  auto results = *core_->Results(id);
+  EXPECT_EQ(results.state(), v1::EXPERIMENT_SUCCEEDED);
+  EXPECT_EQ(results.best_trial(), 1);
+  EXPECT_NEAR(results.trials(1).mean_f1(), 0.6, 1e-9);  // the final fit does not enter the CV mean
+  ASSERT_EQ(results.models_size(), 3);                  // two fold models and the final one
+  EXPECT_EQ(results.models(2).fold(), 0);
+  EXPECT_EQ(results.models(2).version(), 3);
+  EXPECT_NEAR(results.models(2).test_mean_f1(), 0.6, 1e-9);
+}
+
+TEST_F(CoordinatorTest, FailedFinalFitFailsTheExperiment) {
+  const std::string id = Submit(Spec("final_fit: true\ncv: {only: [1]}\n"));
+  Register("w1", 1);
+  ASSERT_TRUE(Complete(Beat("w1", 1).assignments(0), 0.5).ok());
+  const auto final_fit = Beat("w1", 1).assignments(0);
+  ASSERT_EQ(final_fit.fold(), 0);
+  ASSERT_TRUE(FailRun(final_fit, "non-finite loss at epoch 2", false).ok());
+  auto info = Info(id);
+  EXPECT_EQ(info.state(), v1::EXPERIMENT_FAILED);
+  EXPECT_THAT(info.message(), HasSubstr("final fit of trial 0: non-finite loss"));
 }
 
 TEST_F(CoordinatorTest, WorkersAreSharedByPriority) {
