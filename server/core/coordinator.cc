@@ -723,6 +723,13 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   if (request.name().empty()) return absl::InvalidArgumentError("register: name is empty");
   if (request.slots() < 1) return absl::InvalidArgumentError("register: slots must be >= 1");
   absl::MutexLock lock(&mu_);
+  auto live = workers_.find(request.name());
+  if (live != workers_.end() && live->second.registered && live->second.alive &&
+      !live->second.info.instance().empty() && live->second.info.instance() != request.instance() &&
+      clock_->NowMs() - live->second.last_ms <= options_.lease_ms) {
+    return absl::AlreadyExistsError(absl::StrCat("worker name ", request.name(), " is in use by a live daemon on ",
+                                                 live->second.info.host(), " (give each daemon its own --name)"));
+  }
   Worker& w = workers_[request.name()];
   w.info = request;
   w.info.clear_running();
@@ -882,8 +889,9 @@ absl::Status Coordinator::Fail(const v1::FailRunRequest& request) {
   ASSIGN_OR_RETURN(FoldRun * run, HeldRun(request.run_id(), request.lease_epoch(), &e));
   const std::string message = request.message().empty() ? "failed without a message" : request.message();
   RunState state = RunState::kFailed;
-  if (request.retryable()) {
-    ASSIGN_OR_RETURN(state, store_->Retry(run->id, run->lease_epoch, message, e->spec.max_restarts()));
+  if (request.retryable() || request.released()) {
+    ASSIGN_OR_RETURN(state, store_->Retry(run->id, run->lease_epoch, message, e->spec.max_restarts(),
+                                          /*count_attempt=*/!request.released()));
   } else {
     RETURN_IF_ERROR(store_->Transition(run->id, run->lease_epoch, RunState::kFailed, message));
   }
@@ -926,6 +934,10 @@ absl::StatusOr<std::string> Coordinator::ArtifactPath(int64_t run_id, const std:
 void Coordinator::Tick() {
   absl::MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
+  // Forget workers silent for an hour (their runs were re-queued long ago).
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    it = !it->second.alive && now - it->second.last_ms > 3600 * 1000 ? workers_.erase(it) : std::next(it);
+  }
   for (auto& [name, w] : workers_) {
     if (!w.alive || now - w.last_ms <= options_.lease_ms) continue;
     w.alive = false;

@@ -467,7 +467,7 @@ absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::stri
 }
 
 absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const std::string& message,
-                                           int max_restarts) {
+                                           int max_restarts, bool count_attempt) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (epoch != r.lease_epoch) {
@@ -481,7 +481,9 @@ absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const 
   ++r.lease_epoch;
   r.worker.clear();
   r.message = message;
-  if (r.attempt < max_restarts) {
+  if (!count_attempt) {
+    r.state = RunState::kPending;
+  } else if (r.attempt < max_restarts) {
     ++r.attempt;
     r.state = RunState::kPending;
   } else {

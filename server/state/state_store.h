@@ -126,8 +126,10 @@ class StateStore {
   absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result);
   // The holder of `epoch` gave the run back (its child crashed): PENDING with the next attempt
   // while attempts < max_restarts, else FAILED. Returns the new state.
+  // `count_attempt` false (the worker was shut down, the run did nothing wrong): PENDING again
+  // with the same attempt number.
   absl::StatusOr<RunState> Retry(int64_t run_id, int64_t epoch, const std::string& message,
-                                 int max_restarts);
+                                 int max_restarts, bool count_attempt = true);
   // Records that the holder of `epoch` uploaded a checkpoint.
   absl::Status SetHasCheckpoint(int64_t run_id, int64_t epoch);
   // Cancels a run that has not finished, whoever holds it.

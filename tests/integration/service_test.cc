@@ -330,6 +330,26 @@ TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
   EXPECT_GT(first_resumed_iteration, 10) << "the second attempt started over instead of resuming";
 }
 
+TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {
+  const std::string spec = WriteSpec("stop", 8, 10, "cv: {only: [1]}\n");
+  StartCoordinator();
+  Process* w1 = StartWorker("w1");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_TRUE(WaitFor([&] {
+    auto info = Get(id);
+    return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
+  }, std::chrono::seconds(120))) << DiagnosticLogs();
+  StartWorker("w2");
+  w1->Kill(SIGTERM);
+  EXPECT_EQ(w1->Wait(), 0);  // it checkpointed, uploaded and handed the run back, then exited
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  EXPECT_EQ(info.runs(0).worker(), "w2");
+  EXPECT_EQ(info.runs(0).attempt(), 0);  // a shutdown is no failure of the run
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+}
+
 TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
   const std::string spec = WriteSpec("restart", 5, 8);
   StartCoordinator();

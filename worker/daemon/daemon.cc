@@ -75,7 +75,10 @@ struct RunTask {
 class Daemon {
  public:
   Daemon(const DaemonOptions& o, const std::atomic<bool>* stop)
-      : o_(o), stop_(stop), stub_(v1::WorkerGateway::NewStub(rpc::MakeChannel(o.coordinator))) {}
+      : o_(o),
+        stop_(stop),
+        stub_(v1::WorkerGateway::NewStub(rpc::MakeChannel(o.coordinator))),
+        instance_(absl::StrCat(::getpid(), "-", std::chrono::system_clock::now().time_since_epoch().count())) {}
 
   int Run();
 
@@ -103,6 +106,7 @@ class Daemon {
   const DaemonOptions& o_;
   const std::atomic<bool>* stop_;
   std::unique_ptr<v1::WorkerGateway::Stub> stub_;
+  const std::string instance_;
   int64_t heartbeat_ms_ = 1000;
   bool registered_ = false;
   int next_slot_ = 0;
@@ -134,13 +138,19 @@ bool Daemon::Register() {
   req.set_slots(o_.slots);
   for (const auto& d : o_.devices) req.add_devices(d);
   req.set_version("mal-worker 0.1.0");
+  req.set_instance(instance_);
   for (const auto& c : Claims()) *req.add_running() = c;
   v1::RegisterResponse resp;
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, kCallTimeout);
   grpc::Status s = stub_->Register(&ctx, req, &resp);
   if (!s.ok()) {
-    LOG_EVERY_N(WARNING, 20) << "register with " << o_.coordinator << ": " << s.error_message();
+    if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+      LOG_FIRST_N(ERROR, 1) << "register with " << o_.coordinator << ": " << s.error_message()
+                            << " (retrying until that daemon's lease lapses)";
+    } else {
+      LOG_EVERY_N(WARNING, 20) << "register with " << o_.coordinator << ": " << s.error_message();
+    }
     return false;
   }
   heartbeat_ms_ = std::max<int64_t>(10, resp.heartbeat_ms());
@@ -467,14 +477,16 @@ void Daemon::UploadAll(RunTask* t) {
 
 void Daemon::Execute(RunTask* t) {
   const int64_t run_id = t->a.run_id();
-  auto fail = [&](const std::string& message, bool retryable) {
-    LOG(WARNING) << "run " << run_id << " failed" << (retryable ? " (retryable)" : "") << ": " << message;
+  auto fail = [&](const std::string& message, bool retryable, bool released = false) {
+    LOG(WARNING) << "run " << run_id << (released ? " handed back" : " failed") << (retryable ? " (retryable)" : "")
+                 << ": " << message;
     (void)Deliver(t, [&]() {
       v1::FailRunRequest req;
       req.set_run_id(run_id);
       req.set_lease_epoch(t->a.lease_epoch());
       req.set_message(message);
       req.set_retryable(retryable);
+      req.set_released(released);
       v1::Ack ack;
       grpc::ClientContext ctx;
       rpc::SetDeadline(ctx, kCallTimeout);
@@ -602,7 +614,7 @@ void Daemon::Execute(RunTask* t) {
   if (stale || t->dropped) return;
   if (t->stopping) {
     UploadProgress(t, 0);
-    fail(absl::StrCat("worker ", o_.name, " shut down"), true);
+    fail(absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
     return;
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {

@@ -68,6 +68,7 @@ class CoordinatorTest : public ::testing::Test {
     v1::RegisterRequest req;
     req.set_name(name);
     req.set_slots(slots);
+    req.set_instance("i-" + name);
     for (auto& c : claims) *req.add_running() = c;
     ASSERT_TRUE(core_->Register(req).ok());
   }
@@ -404,6 +405,33 @@ TEST_F(CoordinatorTest, FailedFinalFitFailsTheExperiment) {
   auto info = Info(id);
   EXPECT_EQ(info.state(), v1::EXPERIMENT_FAILED);
   EXPECT_THAT(info.message(), HasSubstr("final fit of trial 0: non-finite loss"));
+}
+
+TEST_F(CoordinatorTest, ASecondDaemonUnderALiveNameIsRefused) {
+  Register("w1", 1);
+  v1::RegisterRequest other;
+  other.set_name("w1");
+  other.set_slots(1);
+  other.set_instance("another process");
+  EXPECT_EQ(core_->Register(other).status().code(), absl::StatusCode::kAlreadyExists);
+  clock_.now += 10001;  // the first one's lease lapsed: the name is free again
+  core_->Tick();
+  EXPECT_TRUE(core_->Register(other).ok());
+}
+
+TEST_F(CoordinatorTest, ARunHandedBackAtShutdownKeepsItsAttempt) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  v1::FailRunRequest req;
+  req.set_run_id(a.run_id());
+  req.set_lease_epoch(a.lease_epoch());
+  req.set_message("worker w1 shut down");
+  req.set_retryable(true);
+  req.set_released(true);
+  ASSERT_TRUE(core_->Fail(req).ok());
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_PENDING);
+  EXPECT_EQ(Info(id).runs(0).attempt(), 0);
 }
 
 TEST_F(CoordinatorTest, WorkersAreSharedByPriority) {
