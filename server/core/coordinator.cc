@@ -188,10 +188,7 @@ absl::StatusOr<FoldRun*> Coordinator::FindRun(int64_t run_id, Experiment** exper
 
 absl::StatusOr<FoldRun*> Coordinator::HeldRun(int64_t run_id, int64_t epoch, Experiment** e) {
   ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, e));
-  if (run->lease_epoch != epoch) {
-    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ", epoch,
-                                                      " (current ", run->lease_epoch, ")"));
-  }
+  RETURN_IF_ERROR(CheckLeaseEpoch(*run, epoch));
   if (!Held(run->state)) {
     return absl::FailedPreconditionError(
         absl::StrCat("fold run ", run_id, " is ", RunStateName(run->state)));

@@ -160,6 +160,12 @@ bool Allowed(RunState from, RunState to) {
 
 }  // namespace
 
+absl::Status CheckLeaseEpoch(const FoldRun& r, int64_t epoch) {
+  if (epoch == r.lease_epoch) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("fold run ", r.id, ": stale lease epoch ", epoch, " (current ", r.lease_epoch, ")"));
+}
+
 const char* RunStateName(RunState state) {
   switch (state) {
     case RunState::kPending: return "PENDING";
@@ -436,10 +442,7 @@ absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
                                     const std::string& message) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (epoch != r.lease_epoch) {
-    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
-                                                      epoch, " (current ", r.lease_epoch, ")"));
-  }
+  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
   if (!Allowed(r.state, to)) {
     return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": cannot go from ",
                                                       RunStateName(r.state), " to ", RunStateName(to)));
@@ -452,10 +455,7 @@ absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
 absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::string& result) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (epoch != r.lease_epoch) {
-    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
-                                                      epoch, " (current ", r.lease_epoch, ")"));
-  }
+  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
   if (!Allowed(r.state, RunState::kSucceeded)) {
     return absl::FailedPreconditionError(
         absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": cannot complete"));
@@ -470,10 +470,7 @@ absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const 
                                            int max_restarts, bool count_attempt) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (epoch != r.lease_epoch) {
-    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
-                                                      epoch, " (current ", r.lease_epoch, ")"));
-  }
+  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
   if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
     return absl::FailedPreconditionError(
         absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": nothing to retry"));
@@ -497,10 +494,7 @@ absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const 
 absl::Status StateStore::SetHasCheckpoint(int64_t run_id, int64_t epoch) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (epoch != r.lease_epoch) {
-    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
-                                                      epoch, " (current ", r.lease_epoch, ")"));
-  }
+  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
   r.has_checkpoint = true;
   return SetRun(r);
 }
@@ -582,10 +576,7 @@ absl::StatusOr<StateStore::Appended> StateStore::AppendRunEvents(int64_t run_id,
   absl::MutexLock lock(&mu_);
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<Appended> {
     ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-    if (epoch != r.lease_epoch) {
-      return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": stale lease epoch ",
-                                                        epoch, " (current ", r.lease_epoch, ")"));
-    }
+    RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
     if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
       return absl::FailedPreconditionError(
           absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": takes no more events"));

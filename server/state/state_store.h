@@ -41,6 +41,9 @@ struct FoldRun {
   bool has_checkpoint = false;  // a checkpoint artifact was uploaded
 };
 
+// Only the holder of the current lease may report on a run: FailedPrecondition otherwise.
+absl::Status CheckLeaseEpoch(const FoldRun& run, int64_t epoch);
+
 struct ExperimentRow {
   std::string id;
   std::string request_id;

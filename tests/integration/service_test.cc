@@ -231,6 +231,20 @@ mal: {val_fraction: 0.1, val_batch: 8}
     const size_t at = out.find("test mean F1 ");
     return at == std::string::npos ? -1 : std::stod(out.substr(at + 13));
   }
+  // Starts worker w1, submits a one-run spec and waits until the run is past two epochs (the first
+  // epoch's checkpoint is uploaded by then); returns the experiment id, or "" (with the failure
+  // recorded) when that does not happen in time.
+  std::string RunPastEpochTwoOnW1(const std::string& spec) {
+    StartWorker("w1");
+    EXPECT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+    const std::string id = Submit(spec);
+    const bool going = WaitFor([&] {
+      auto info = Get(id);
+      return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
+    }, std::chrono::seconds(120));
+    EXPECT_TRUE(going) << DiagnosticLogs();
+    return going ? id : "";
+  }
   std::string DiagnosticLogs() {
     std::string s = "coordinator:\n" + (coordinator_ ? coordinator_->Log() : "");
     for (auto& [name, w] : workers_) s += "\n" + name + ":\n" + w->Log();
@@ -303,14 +317,8 @@ TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
 TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
   const std::string spec = WriteSpec("kill", 8, 10, "cv: {only: [1]}\n");
   StartCoordinator(3000);
-  StartWorker("w1");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
-  const std::string id = Submit(spec);
-  // Let it get past two epochs (the first epoch's checkpoint is uploaded by then).
-  ASSERT_TRUE(WaitFor([&] {
-    auto info = Get(id);
-    return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
-  }, std::chrono::seconds(120))) << DiagnosticLogs();
+  const std::string id = RunPastEpochTwoOnW1(spec);
+  ASSERT_FALSE(id.empty()) << "the run did not get going";
   StartWorker("w2");
   workers_["w1"]->Kill(SIGKILL);
   const auto info = WaitDone(id, std::chrono::seconds(180));
@@ -333,16 +341,11 @@ TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
 TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {
   const std::string spec = WriteSpec("stop", 8, 10, "cv: {only: [1]}\n");
   StartCoordinator();
-  Process* w1 = StartWorker("w1");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
-  const std::string id = Submit(spec);
-  ASSERT_TRUE(WaitFor([&] {
-    auto info = Get(id);
-    return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
-  }, std::chrono::seconds(120))) << DiagnosticLogs();
+  const std::string id = RunPastEpochTwoOnW1(spec);
+  ASSERT_FALSE(id.empty()) << "the run did not get going";
   StartWorker("w2");
-  w1->Kill(SIGTERM);
-  EXPECT_EQ(w1->Wait(), 0);  // it checkpointed, uploaded and handed the run back, then exited
+  workers_["w1"]->Kill(SIGTERM);
+  EXPECT_EQ(workers_["w1"]->Wait(), 0);  // it checkpointed, uploaded and handed the run back, then exited
   const auto info = WaitDone(id, std::chrono::seconds(180));
   ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
   EXPECT_EQ(info.runs(0).worker(), "w2");
