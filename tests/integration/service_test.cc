@@ -316,7 +316,7 @@ TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
 
 TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
   const std::string spec = WriteSpec("kill", 8, 10, "cv: {only: [1]}\n");
-  StartCoordinator(3000);
+  StartCoordinator(4000);
   const std::string id = RunPastEpochTwoOnW1(spec);
   ASSERT_FALSE(id.empty()) << "the run did not get going";
   StartWorker("w2");
