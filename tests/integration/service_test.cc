@@ -507,10 +507,10 @@ TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {
             grpc::StatusCode::FAILED_PRECONDITION);
 }
 
-// grpc.health.v1.Health/Check answers SERVING (the standard service, as probes use it).
-TEST_F(ServiceTest, HealthServiceAnswersServing) {
-  StartCoordinator();
-  grpc::GenericStub generic(rpc::MakeChannel(address_));
+// grpc.health.v1.Health/Check for the whole server (""): the status byte of the answer
+// (1 SERVING, 2 NOT_SERVING), or -1 when the call fails.
+int HealthOf(const std::string& address) {
+  grpc::GenericStub generic(rpc::MakeChannel(address));
   grpc::CompletionQueue cq;
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, std::chrono::seconds(5));
@@ -523,16 +523,39 @@ TEST_F(ServiceTest, HealthServiceAnswersServing) {
   call->Finish(&response, &status, reinterpret_cast<void*>(1));
   void* tag = nullptr;
   bool ok = false;
-  ASSERT_TRUE(cq.Next(&tag, &ok));
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(response.Dump(&slices).ok());
-  std::string bytes;
-  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+  cq.Next(&tag, &ok);
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
   }
+  std::vector<grpc::Slice> slices;
+  if (!status.ok() || !response.Dump(&slices).ok()) return -1;
+  std::string bytes;
+  for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;  // field 1, varint
+}
+
+// Both daemons serve the standard health service, as probes use it: the coordinator when up, a
+// worker while it is registered with and reaching its coordinator.
+TEST_F(ServiceTest, HealthServicesAnswer) {
+  StartCoordinator();
+  EXPECT_EQ(HealthOf(address_), 1);
+  Process worker(Bin("worker/mal-worker"),
+                 {"--coordinator", address_, "--work-dir", dir_ / "hw", "--name", "hw", "--listen", "127.0.0.1:0"},
+                 dir_ / "hw.log");
+  ASSERT_TRUE(WaitFor([&] { return worker.Log().find("health on port") != std::string::npos; },
+                      std::chrono::seconds(20)))
+      << worker.Log();
+  const std::string text = worker.Log();
+  const std::string worker_address =
+      absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("health on port ") + 15)));
+  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20))) << worker.Log();
+  coordinator_->Kill(SIGKILL);
+  coordinator_->Wait();
+  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 2; }, std::chrono::seconds(20))) << worker.Log();
+  StartCoordinator();  // same port: the worker registers again
+  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20))) << worker.Log();
+  worker.Kill(SIGTERM);
+  EXPECT_EQ(worker.Wait(), 0);
 }
 
 }  // namespace

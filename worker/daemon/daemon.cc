@@ -14,11 +14,18 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -84,7 +91,7 @@ class Daemon {
 
  private:
   bool Register();
-  void Heartbeat();
+  bool Heartbeat();  // false when the coordinator could not be reached
   void Start(const v1::Assignment& a);
   void Reap();
   std::vector<v1::RunClaim> Claims();
@@ -164,7 +171,7 @@ bool Daemon::Register() {
   return true;
 }
 
-void Daemon::Heartbeat() {
+bool Daemon::Heartbeat() {
   v1::HeartbeatRequest req;
   req.set_name(o_.name);
   const auto claims = Claims();
@@ -180,11 +187,11 @@ void Daemon::Heartbeat() {
   grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
   if (!s.ok()) {
     LOG_EVERY_N(WARNING, 20) << "heartbeat to " << o_.coordinator << ": " << s.error_message();
-    return;
+    return false;
   }
   if (resp.reregister()) {
     registered_ = false;
-    return;
+    return true;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -198,6 +205,7 @@ void Daemon::Heartbeat() {
     }
   }
   for (const auto& a : resp.assignments()) Start(a);
+  return true;
 }
 
 void Daemon::Start(const v1::Assignment& a) {
@@ -240,11 +248,33 @@ int Daemon::Run() {
     LOG(ERROR) << o_.work_dir << ": " << ec.message();
     return 2;
   }
+  std::unique_ptr<grpc::Server> health;
+  if (!o_.listen.empty()) {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort(o_.listen, grpc::InsecureServerCredentials(), &port);
+    rpc::ConfigureServer(builder);
+    health = builder.BuildAndStart();
+    if (health == nullptr || port == 0) {
+      LOG(ERROR) << "cannot listen on " << o_.listen;
+      return 2;
+    }
+    health->GetHealthCheckService()->SetServingStatus(false);
+    std::cout << "mal-worker health on port " << port << std::endl;
+  }
   int backoff_ms = 100;
+  bool serving = false;
+  bool in_contact = false;  // the last call to the coordinator went through
   while (!*stop_) {
     Reap();
+    if (health && serving != (registered_ && in_contact)) {
+      serving = registered_ && in_contact;
+      health->GetHealthCheckService()->SetServingStatus(serving);
+    }
     if (!registered_) {
-      registered_ = Register();
+      registered_ = in_contact = Register();
       if (!registered_) {
         Sleep(milliseconds(backoff_ms));
         backoff_ms = std::min(backoff_ms * 2, 5000);
@@ -252,7 +282,7 @@ int Daemon::Run() {
       }
       backoff_ms = 100;
     }
-    Heartbeat();
+    in_contact = Heartbeat();
     std::unique_lock<std::mutex> lock(mu_);
     // Wake early when a run ends, so its slot is offered at once.
     wake_.wait_for(lock, milliseconds(heartbeat_ms_), [&] {
@@ -272,8 +302,12 @@ int Daemon::Run() {
       if (pid > 0) ::kill(pid, SIGTERM);
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [id, t] : runs_) t->thread.join();
+  if (health) health->GetHealthCheckService()->SetServingStatus(false);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, t] : runs_) t->thread.join();
+  }
+  if (health) health->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return 0;
 }
 

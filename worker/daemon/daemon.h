@@ -24,6 +24,9 @@ struct DaemonOptions {
   std::string engine;                  // the mal-worker binary for children; default this one
   int upload_every_s = 15;             // checkpoint upload interval (also at every epoch end)
   int stop_grace_s = 10;               // SIGTERM -> SIGKILL for a child told to stop
+  // Where to serve grpc.health.v1 (SERVING while registered with the coordinator) and server
+  // reflection, for probes; empty: not served. Port 0 picks one (logged).
+  std::string listen;
 };
 
 // Runs until `*stop` becomes true; then stops its children (checkpointing), hands their runs
