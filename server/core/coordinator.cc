@@ -133,10 +133,13 @@ absl::Status Coordinator::Load() {
           v1::Event parsed;
           if (parsed.ParseFromString(ev.payload)) published.insert(parsed.trial_result().trial());
         }
-        if (ev.kind == "epoch" && e.spec.search().early_stopping()) {
+        if (ev.kind == "epoch") {
           v1::Event parsed;
           if (parsed.ParseFromString(ev.payload)) {
-            e.rungs[{parsed.fold(), parsed.epoch().epoch()}][parsed.trial()] = parsed.epoch().val_mean_f1();
+            e.last_epoch[parsed.run_id()] = parsed.epoch().epoch();
+            if (e.spec.search().early_stopping()) {
+              e.rungs[{parsed.fold(), parsed.epoch().epoch()}][parsed.trial()] = parsed.epoch().val_mean_f1();
+            }
           }
         }
         end_published = end_published || ev.kind == "end";
@@ -307,7 +310,11 @@ v1::ExperimentInfo Coordinator::Info(const Experiment& e, bool with_runs) {
     ri->set_message(r.message);
     if (!r.result.empty()) ri->mutable_result()->ParseFromString(r.result);
     auto epoch = e.last_epoch.find(r.id);
-    if (epoch != e.last_epoch.end()) ri->set_epoch(epoch->second);
+    if (epoch != e.last_epoch.end()) {
+      ri->set_epoch(epoch->second);
+    } else if (ri->has_result()) {
+      ri->set_epoch(ri->result().epochs());  // finished before a restart
+    }
   }
   info.set_runs_total(static_cast<int>(e.runs.size()));
   info.set_runs_done(done);
@@ -670,16 +677,16 @@ void Coordinator::StopTrial(Experiment& e, int trial, const std::string& message
 // ------------------------------------------------------------------------------------------
 // Worker side.
 
-void Coordinator::LoseRun(Experiment& e, FoldRun& run) {
+void Coordinator::LoseRun(Experiment& e, FoldRun& run, const std::string& reason) {
   const int max_restarts = e.spec.max_restarts();
   const int64_t id = run.id;
   v1::Event lost;
   lost.mutable_state()->set_scope("run");
   lost.mutable_state()->set_state("LOST");
-  lost.mutable_state()->set_message(absl::StrCat("lease of ", run.worker, " lapsed"));
+  lost.mutable_state()->set_message(reason);
   lost.mutable_state()->set_attempt(run.attempt);
   lost.mutable_state()->set_worker(run.worker);
-  auto state = store_->MarkLost(id, max_restarts);
+  auto state = store_->MarkLost(id, max_restarts, reason);
   if (!state.ok()) {
     LOG(ERROR) << "fold run " << id << ": " << state.status();
     return;
@@ -711,7 +718,9 @@ std::vector<v1::RunClaim> Coordinator::Reconcile(
       if (Held(r.state) && r.worker == worker && !kept.count(rid)) lost.push_back(rid);
     }
     // The worker does not have these (an assignment whose answer it never got, or a run it lost).
-    for (int64_t rid : lost) LoseRun(e, e.runs[rid]);
+    for (int64_t rid : lost) {
+      LoseRun(e, e.runs[rid], absl::StrCat(worker, " no longer has it (restarted, or never got the assignment)"));
+    }
   }
   return drop;
 }
@@ -944,7 +953,7 @@ void Coordinator::Tick() {
       for (auto& [rid, r] : e.runs) {
         if (Held(r.state) && r.worker == name) held.push_back(rid);
       }
-      for (int64_t rid : held) LoseRun(e, e.runs[rid]);
+      for (int64_t rid : held) LoseRun(e, e.runs[rid], absl::StrCat("lease of ", name, " lapsed"));
     }
   }
 }

@@ -128,7 +128,7 @@ class Coordinator {
   void StopTrial(Experiment& e, int trial, const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Picks and assigns the next run for `worker`, or returns false.
   bool AssignNext(const std::string& worker, v1::Assignment* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void LoseRun(Experiment& e, FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LoseRun(Experiment& e, FoldRun& run, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Validates claims; unclaimed runs held by `worker` are lost; returns the claims to drop.
   std::vector<v1::RunClaim> Reconcile(const std::string& worker,
                                       const google::protobuf::RepeatedPtrField<v1::RunClaim>& claims)

@@ -509,7 +509,7 @@ absl::Status StateStore::Cancel(int64_t run_id, const std::string& message) {
   return SetRun(r);
 }
 
-absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts) {
+absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts, const std::string& reason) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
@@ -518,7 +518,7 @@ absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts) 
   }
   RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
   r.state = RunState::kLost;
-  r.message = absl::StrCat("lease of ", r.worker, " lapsed");
+  r.message = reason.empty() ? absl::StrCat("lease of ", r.worker, " lapsed") : reason;
   ++r.lease_epoch;
   absl::Status s = SetRun(r);
   if (s.ok()) {

@@ -139,7 +139,8 @@ class StateStore {
   absl::Status Cancel(int64_t run_id, const std::string& message);
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
   // attempt while attempts < max_restarts, else FAILED. Old epochs stay fenced off.
-  absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts);
+  // `reason` says why (default: the holder's lease lapsed).
+  absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts, const std::string& reason = "");
 
   // Appends to the experiment's event log; returns the event's sequence number.
   absl::StatusOr<int64_t> AppendEvent(const std::string& experiment_id, const std::string& kind,

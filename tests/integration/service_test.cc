@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -151,7 +152,9 @@ mal: {val_fraction: 0.1, val_batch: 8}
     stub_ = v1::Coordinator::NewStub(channel);
     gateway_ = v1::WorkerGateway::NewStub(channel);
   }
+  // Starts worker `name`; one already running under that name is killed first (SIGKILL).
   Process* StartWorker(const std::string& name) {
+    workers_.erase(name);
     workers_[name] = std::make_unique<Process>(
         Bin("worker/mal-worker"),
         std::vector<std::string>{"--coordinator", address_, "--slots", "1", "--work-dir", dir_ / name, "--name",
@@ -379,6 +382,56 @@ TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
   EXPECT_EQ(ends, 1);
   // The workers re-registered claiming their runs.
   EXPECT_THAT(coordinator_->Log(), HasSubstr("registered"));
+}
+
+// Processes killed at random moments (seeded): the coordinator and the workers, again and again
+// while three folds train. The experiment still completes, every fold's result equals the engine
+// alone (resumes are exact), and the event log has every seq once and one End.
+TEST_F(ServiceTest, RandomKillsLoseNothing) {
+  const std::string spec = WriteSpec("chaos", 6, 10, "max_restarts: 50\n");
+  StartCoordinator(3000);
+  StartWorker("w1");
+  StartWorker("w2");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_FALSE(id.empty());
+  // MAL_CHAOS_SEED explores other kill sequences (the default is what CI runs).
+  const char* seed = std::getenv("MAL_CHAOS_SEED");
+  std::mt19937 rng(seed != nullptr ? static_cast<unsigned>(std::atoi(seed)) : 7u);
+  std::string kills;
+  for (int i = 0; i < 10; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(700 + rng() % 2000));
+    if (Get(id).state() == v1::EXPERIMENT_SUCCEEDED) break;
+    switch (rng() % 3) {
+      case 0:
+        coordinator_->Kill(SIGKILL);
+        coordinator_->Wait();
+        StartCoordinator(3000);
+        kills += " coordinator";
+        break;
+      case 1:
+        StartWorker("w1");  // kills the running one with SIGKILL first
+        kills += " w1";
+        break;
+      default:
+        StartWorker("w2");
+        kills += " w2";
+        break;
+    }
+  }
+  const auto info = WaitDone(id, std::chrono::seconds(240));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << "killed:" << kills << "\n" << DiagnosticLogs();
+  for (const auto& run : info.runs()) {
+    EXPECT_NEAR(run.result().test_mean_f1(), EngineAlone(spec, run.fold()), 1e-6) << "fold " << run.fold()
+                                                                                  << ", killed:" << kills;
+  }
+  const auto events = Replay(id, 0);
+  int ends = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
+    ends += events[i].has_end();
+  }
+  EXPECT_EQ(ends, 1);
 }
 
 TEST_F(ServiceTest, CancelStopsRunningWorkPromptly) {
