@@ -93,8 +93,8 @@ int Shell(const std::string& command, std::string* output = nullptr) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
-// Whether any process has `parent` as its parent (scans /proc).
-bool HasChildren(pid_t parent) {
+// A process whose parent is `parent`, or 0 (scans /proc).
+pid_t ChildOf(pid_t parent) {
   for (const auto& entry : fs::directory_iterator("/proc")) {
     const std::string name = entry.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
@@ -102,10 +102,11 @@ bool HasChildren(pid_t parent) {
     const size_t close = stat.rfind(')');
     if (close == std::string::npos) continue;
     std::vector<std::string> fields = absl::StrSplit(stat.substr(close + 2), ' ');
-    if (fields.size() > 1 && fields[1] == std::to_string(parent)) return true;
+    if (fields.size() > 1 && fields[1] == std::to_string(parent)) return std::stoi(name);
   }
-  return false;
+  return 0;
 }
+bool HasChildren(pid_t parent) { return ChildOf(parent) != 0; }
 
 class ServiceTest : public ::testing::Test {
  protected:
@@ -354,6 +355,30 @@ TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {
   EXPECT_EQ(info.runs(0).worker(), "w2");
   EXPECT_EQ(info.runs(0).attempt(), 0);  // a shutdown is no failure of the run
   EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+}
+
+// The engine child dies (as the kernel's OOM killer would do it): that run is retried, from its
+// checkpoint, and the daemon carries on.
+TEST_F(ServiceTest, CrashedEngineIsRetriedAndTheDaemonLives) {
+  const std::string spec = WriteSpec("crash", 8, 10, "cv: {only: [1]}\n");
+  StartCoordinator();
+  const std::string id = RunPastEpochTwoOnW1(spec);
+  ASSERT_FALSE(id.empty()) << "the run did not get going";
+  const pid_t daemon = workers_["w1"]->pid();
+  const pid_t engine = ChildOf(daemon);
+  ASSERT_GT(engine, 0);
+  ASSERT_EQ(::kill(engine, SIGKILL), 0);
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  EXPECT_EQ(info.runs(0).attempt(), 1);
+  EXPECT_EQ(info.runs(0).worker(), "w1");
+  EXPECT_EQ(::kill(daemon, 0), 0);  // the daemon is still there
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+  bool reported = false;
+  for (const auto& e : Replay(id, 1)) {
+    reported = reported || (e.has_state() && e.state().message().find("killed by signal 9") != std::string::npos);
+  }
+  EXPECT_TRUE(reported);
 }
 
 TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
