@@ -401,7 +401,9 @@ int Wait(const std::vector<std::string>& argv) {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, milliseconds(slice + 10000));
     grpc::Status s = stub->WaitExperiment(&ctx, req, &info);
-    if (s.error_code() == grpc::StatusCode::UNAVAILABLE && reached &&
+    // A coordinator restarting (the call cancelled by its shutdown, then unreachable): keep waiting.
+    const bool restarting = s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::CANCELLED;
+    if (restarting && reached &&
         std::chrono::steady_clock::now() - last_contact < std::chrono::seconds(kReconnectSeconds)) {
       std::this_thread::sleep_for(milliseconds(1000));  // a coordinator restart: keep waiting
       continue;

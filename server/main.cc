@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   LOG(INFO) << "shutting down";
   server->GetHealthCheckService()->SetServingStatus(false);
   client_service.Shutdown();
+  (*core)->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   return 0;

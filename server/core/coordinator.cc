@@ -370,7 +370,9 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
 absl::StatusOr<v1::ExperimentInfo> Coordinator::Wait(const std::string& experiment_id, absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
-  auto done = [e]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return e->row.state != v1::EXPERIMENT_RUNNING; };
+  auto done = [this, e]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return e->row.state != v1::EXPERIMENT_RUNNING || shutting_down_;
+  };
   mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
   return Info(*e, true);
 }
@@ -935,6 +937,11 @@ absl::StatusOr<std::string> Coordinator::ArtifactPath(int64_t run_id, const std:
   Experiment* e = nullptr;
   ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, &e));
   return artifacts_->Find(e->row.id, run->trial, run->fold, name);
+}
+
+void Coordinator::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
 }
 
 void Coordinator::Tick() {

@@ -75,6 +75,9 @@ class Coordinator {
   // The path of a run's artifact (checkpoints for a resumed attempt on another host).
   absl::StatusOr<std::string> ArtifactPath(int64_t run_id, const std::string& name);
 
+  // Ends pending Wait calls (graceful shutdown).
+  void Shutdown();
+
   // Expires the leases of silent workers: their runs become LOST and are re-queued (or FAILED
   // past max_restarts). Called periodically.
   void Tick();
@@ -146,6 +149,7 @@ class Coordinator {
   std::map<std::string, Experiment> experiments_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, std::string> run_experiment_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   int64_t started_ms_ = 0;
 };
 
