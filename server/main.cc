@@ -4,6 +4,10 @@
 // DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
 // streams, stop the server (in-flight calls get a few seconds), close the store.
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -17,6 +21,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "client/args.h"
+#include "common/util/files.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/logging.h"
 #include "server/core/coordinator.h"
@@ -59,6 +64,19 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(dir + "/artifacts", ec);
   if (ec) return Fail(dir + ": " + ec.message());
+
+  // One coordinator per data directory: the state store assumes a single writer.
+  const std::string lock_path = dir + "/coordinator.lock";
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    const std::string holder = mal::ReadFile(lock_path).value_or("");
+    return Fail(dir + ": another mal-coordinator is using this data directory" +
+                (holder.empty() ? "" : " (pid " + holder + ")"));
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(lock_fd, 0) != 0 || ::write(lock_fd, pid.data(), pid.size()) < 0) {
+    LOG(WARNING) << lock_path << ": could not record the pid";
+  }
 
   auto store = mal::server::StateStore::Open(dir + "/state.db");
   if (!store.ok()) return Fail(std::string(store.status().message()));

@@ -636,5 +636,13 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
   EXPECT_EQ(worker.Wait(), 0);
 }
 
+TEST_F(ServiceTest, ASecondCoordinatorOnTheSameDataDirectoryIsRefused) {
+  StartCoordinator();
+  std::string out;
+  EXPECT_EQ(Shell(Bin("server/mal-coordinator") + " --listen 127.0.0.1:0 --data-dir " + (dir_ / "data"), &out), 2);
+  EXPECT_THAT(out, HasSubstr("another mal-coordinator is using this data directory"));
+  EXPECT_EQ(HealthOf(address_), 1);  // the first one is untouched
+}
+
 }  // namespace
 }  // namespace mal
