@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -246,6 +247,14 @@ int Daemon::Run() {
   fs::create_directories(o_.work_dir + "/runs", ec);
   if (ec) {
     LOG(ERROR) << o_.work_dir << ": " << ec.message();
+    return 2;
+  }
+  // One daemon per work directory: run directories are wiped and refilled per assignment.
+  const std::string lock_path = o_.work_dir + "/worker.lock";
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    LOG(ERROR) << o_.work_dir << ": another mal-worker is using this work directory";
+    std::cerr << "mal-worker: " << o_.work_dir << ": another mal-worker is using this work directory\n";
     return 2;
   }
   std::unique_ptr<grpc::Server> health;
