@@ -644,5 +644,49 @@ TEST_F(ServiceTest, ASecondCoordinatorOnTheSameDataDirectoryIsRefused) {
   EXPECT_EQ(HealthOf(address_), 1);  // the first one is untouched
 }
 
+// Server reflection answers (what grpcurl and grpc_cli use): ListServices names our services.
+std::string ReflectionServices(const std::string& address) {
+  grpc::GenericStub generic(rpc::MakeChannel(address));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, std::chrono::seconds(5));
+  auto call = generic.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](intptr_t t) { return cq.Next(&tag, &ok) && tag == reinterpret_cast<void*>(t) && ok; };
+  call->StartCall(reinterpret_cast<void*>(1));
+  std::string answer;
+  if (step(1)) {
+    const std::string request("\x3a\x00", 2);  // ServerReflectionRequest{list_services: ""}
+    grpc::Slice slice(request.data(), request.size());
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, reinterpret_cast<void*>(2));
+    if (step(2)) {
+      grpc::ByteBuffer response;
+      call->Read(&response, reinterpret_cast<void*>(3));
+      std::vector<grpc::Slice> slices;
+      if (step(3) && response.Dump(&slices).ok()) {
+        for (const auto& sl : slices) answer.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+      }
+    }
+  }
+  ctx.TryCancel();
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return answer;
+}
+
+TEST_F(ServiceTest, ReflectionListsTheServices) {
+  StartCoordinator();
+  const std::string services = ReflectionServices(address_);
+  EXPECT_THAT(services, HasSubstr("mal.v1.Coordinator"));
+  EXPECT_THAT(services, HasSubstr("mal.v1.WorkerGateway"));
+  EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
+}
+
 }  // namespace
 }  // namespace mal
