@@ -154,11 +154,11 @@ mal: {val_fraction: 0.1, val_batch: 8}
     gateway_ = v1::WorkerGateway::NewStub(channel);
   }
   // Starts worker `name`; one already running under that name is killed first (SIGKILL).
-  Process* StartWorker(const std::string& name) {
+  Process* StartWorker(const std::string& name, int slots = 1) {
     workers_.erase(name);
     workers_[name] = std::make_unique<Process>(
         Bin("worker/mal-worker"),
-        std::vector<std::string>{"--coordinator", address_, "--slots", "1", "--work-dir", dir_ / name, "--name",
+        std::vector<std::string>{"--coordinator", address_, "--slots", absl::StrCat(slots), "--work-dir", dir_ / name, "--name",
                                  name, "--threads", "1", "--upload-every-s", "1", "--stop-grace-s", "5"},
         dir_ / (name + ".log"));
     return workers_[name].get();
@@ -379,6 +379,31 @@ TEST_F(ServiceTest, CrashedEngineIsRetriedAndTheDaemonLives) {
     reported = reported || (e.has_state() && e.state().message().find("killed by signal 9") != std::string::npos);
   }
   EXPECT_TRUE(reported);
+}
+
+// A worker that stalls past its lease (SIGSTOP) comes back to find its run revoked, stops its old
+// task and, having a free slot, may be given the same run again (had the old task not ended yet,
+// the new one would wait for it: two tasks never share a run directory); the run resumes from its
+// checkpoint, exactly.
+TEST_F(ServiceTest, StalledWorkerGetsItsRevokedRunBackSafely) {
+  const std::string spec = WriteSpec("stall", 8, 10, "cv: {only: [1]}\n");
+  StartCoordinator(2000);
+  Process* w1 = StartWorker("w1", 2);
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 2; },
+                      std::chrono::seconds(120)))
+      << DiagnosticLogs();
+  w1->Kill(SIGSTOP);
+  const bool lost = WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
+  w1->Kill(SIGCONT);
+  ASSERT_TRUE(lost) << DiagnosticLogs();
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  EXPECT_EQ(info.runs(0).worker(), "w1");
+  EXPECT_EQ(info.runs(0).attempt(), 1);
+  EXPECT_EQ(::kill(w1->pid(), 0), 0);  // the daemon survived
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
 }
 
 TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -94,7 +95,9 @@ class Daemon {
   bool Register();
   bool Heartbeat();  // false when the coordinator could not be reached
   void Start(const v1::Assignment& a);
+  void Launch(const v1::Assignment& a);  // mu_ held
   void Reap();
+  void Drop(const v1::RunClaim& claim);  // mu_ held
   std::vector<v1::RunClaim> Claims();
 
   // Run side (one thread per run).
@@ -117,23 +120,28 @@ class Daemon {
   const std::string instance_;
   int64_t heartbeat_ms_ = 1000;
   bool registered_ = false;
-  int next_slot_ = 0;
 
   std::mutex mu_;
   std::condition_variable wake_;
   std::map<int64_t, std::unique_ptr<RunTask>> runs_;  // guarded by mu_
+  // Assignments of a run whose previous task (revoked, being stopped) has not ended yet: they
+  // start when it has, so two tasks never share a run directory. Guarded by mu_.
+  std::vector<v1::Assignment> waiting_;
 };
 
 std::vector<v1::RunClaim> Daemon::Claims() {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<v1::RunClaim> out;
-  for (const auto& [id, t] : runs_) {
-    if (t->done || t->dropped) continue;
+  auto claim = [&](const v1::Assignment& a) {
     v1::RunClaim c;
-    c.set_run_id(id);
-    c.set_lease_epoch(t->a.lease_epoch());
+    c.set_run_id(a.run_id());
+    c.set_lease_epoch(a.lease_epoch());
     out.push_back(c);
+  };
+  for (const auto& [id, t] : runs_) {
+    if (!t->done && !t->dropped) claim(t->a);
   }
+  for (const auto& a : waiting_) claim(a);
   return out;
 }
 
@@ -165,11 +173,22 @@ bool Daemon::Register() {
   LOG(INFO) << "registered with " << o_.coordinator << " as " << o_.name << " (" << o_.slots << " slot(s), "
             << req.running_size() << " run(s) claimed, " << resp.drop_size() << " dropped)";
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& d : resp.drop()) {
-    auto it = runs_.find(d.run_id());
-    if (it != runs_.end()) it->second->dropped = true;
-  }
+  for (const auto& d : resp.drop()) Drop(d);
   return true;
+}
+
+void Daemon::Drop(const v1::RunClaim& d) {
+  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
+                                [&](const v1::Assignment& a) {
+                                  return a.run_id() == d.run_id() && a.lease_epoch() == d.lease_epoch();
+                                }),
+                 waiting_.end());
+  auto it = runs_.find(d.run_id());
+  if (it == runs_.end() || it->second->a.lease_epoch() != d.lease_epoch()) return;
+  LOG(INFO) << "run " << d.run_id() << " revoked by the coordinator: stopping it";
+  it->second->dropped = true;
+  const pid_t pid = it->second->child;
+  if (pid > 0) ::kill(pid, SIGTERM);
 }
 
 bool Daemon::Heartbeat() {
@@ -179,7 +198,7 @@ bool Daemon::Heartbeat() {
   for (const auto& c : claims) *req.add_running() = c;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    req.set_free_slots(std::max(0, o_.slots - static_cast<int>(runs_.size())));
+    req.set_free_slots(std::max(0, o_.slots - static_cast<int>(runs_.size() + waiting_.size())));
   }
   v1::HeartbeatResponse resp;
   grpc::ClientContext ctx;
@@ -196,28 +215,38 @@ bool Daemon::Heartbeat() {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& d : resp.drop()) {
-      auto it = runs_.find(d.run_id());
-      if (it == runs_.end() || it->second->a.lease_epoch() != d.lease_epoch()) continue;
-      LOG(INFO) << "run " << d.run_id() << " revoked by the coordinator: stopping it";
-      it->second->dropped = true;
-      const pid_t pid = it->second->child;
-      if (pid > 0) ::kill(pid, SIGTERM);
-    }
+    for (const auto& d : resp.drop()) Drop(d);
   }
   for (const auto& a : resp.assignments()) Start(a);
   return true;
 }
 
 void Daemon::Start(const v1::Assignment& a) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (runs_.count(a.run_id())) {
+    waiting_.push_back(a);  // its previous task is still stopping
+    return;
+  }
+  Launch(a);
+}
+
+void Daemon::Launch(const v1::Assignment& a) {
   auto t = std::make_unique<RunTask>();
   t->a = a;
-  t->device = o_.devices[static_cast<size_t>(next_slot_++) % o_.devices.size()];
+  // The device with the fewest runs on it.
+  std::map<std::string, int> load;
+  for (const auto& d : o_.devices) load[d] = 0;
+  for (const auto& [id, other] : runs_) {
+    if (!other->done) ++load[other->device];
+  }
+  t->device = o_.devices[0];
+  for (const auto& d : o_.devices) {
+    if (load[d] < load[t->device]) t->device = d;
+  }
   t->dir = absl::StrCat(o_.work_dir, "/runs/", a.experiment_id(), "/trial-", a.trial(), "-fold-", a.fold());
   LOG(INFO) << "run " << a.run_id() << ": " << a.experiment_id() << " trial " << a.trial() << " fold " << a.fold()
             << " attempt " << a.attempt() << " on " << t->device << (a.has_checkpoint() ? " (resuming)" : "");
   RunTask* raw = t.get();
-  std::lock_guard<std::mutex> lock(mu_);
   runs_[a.run_id()] = std::move(t);
   raw->thread = std::thread([this, raw] {
     Execute(raw);
@@ -240,6 +269,16 @@ void Daemon::Reap() {
     }
   }
   for (auto& t : finished) t->thread.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (runs_.count(it->run_id())) {
+      ++it;
+      continue;
+    }
+    const v1::Assignment a = *it;
+    it = waiting_.erase(it);
+    Launch(a);
+  }
 }
 
 int Daemon::Run() {
@@ -302,9 +341,22 @@ int Daemon::Run() {
       return false;
     });
   }
-  LOG(INFO) << "stopping: handing back " << runs_.size() << " run(s)";
+  LOG(INFO) << "stopping: handing back " << runs_.size() + waiting_.size() << " run(s)";
   {
     std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& a : waiting_) {  // never started: give them back as they are
+      v1::FailRunRequest req;
+      req.set_run_id(a.run_id());
+      req.set_lease_epoch(a.lease_epoch());
+      req.set_message(absl::StrCat("worker ", o_.name, " shut down"));
+      req.set_retryable(true);
+      req.set_released(true);
+      v1::Ack ack;
+      grpc::ClientContext ctx;
+      rpc::SetDeadline(ctx, kCallTimeout);
+      (void)stub_->FailRun(&ctx, req, &ack);
+    }
+    waiting_.clear();
     for (auto& [id, t] : runs_) {
       t->stopping = true;
       const pid_t pid = t->child;
