@@ -123,13 +123,13 @@ int Bench(const std::vector<std::string>& argv) {
 int Daemon(const std::vector<std::string>& argv) {
   auto args = mal::cli::Args::Parse(argv,
                                     {"coordinator", "slots", "work-dir", "name", "devices", "threads",
-                                     "upload-every-s", "stop-grace-s", "listen"},
+                                     "upload-every-s", "stop-grace-s", "listen", "engine"},
                                     {"help"});
   if (!args.ok()) return Fail(2, std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("coordinator") || !args->Has("work-dir")) {
     std::cerr << "usage: mal-worker --coordinator HOST:PORT --work-dir DIR [--slots 1] [--name NAME] "
                  "[--devices cpu|cuda:0,cuda:1] [--threads N] [--upload-every-s 15] [--stop-grace-s 10] "
-                 "[--listen HOST:PORT (health)]\n";
+                 "[--listen HOST:PORT (health)] [--engine PATH (default: this binary)]\n";
     return args->Flag("help") ? 0 : 2;
   }
   mal::worker::DaemonOptions o;
@@ -137,6 +137,7 @@ int Daemon(const std::vector<std::string>& argv) {
   o.work_dir = args->Get("work-dir");
   o.name = args->Get("name");
   o.listen = args->Get("listen");
+  o.engine = args->Get("engine");  // a wrapper (nice, numactl, a container) or a test double
   if (args->Has("devices")) o.devices = absl::StrSplit(args->Get("devices"), ',', absl::SkipEmpty());
   if (absl::Status s = args->ReadInts({{"slots", &o.slots}, {"threads", &o.threads},
                                        {"upload-every-s", &o.upload_every_s}, {"stop-grace-s", &o.stop_grace_s}});

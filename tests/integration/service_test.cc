@@ -406,6 +406,53 @@ TEST_F(ServiceTest, StalledWorkerGetsItsRevokedRunBackSafely) {
   EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
 }
 
+// The same, made deterministic with a test double for the engine (`--engine`) that is slow to stop:
+// when the revoked run comes back to the worker, its old task is still stopping, and the new
+// assignment must wait for it (replacing a running task used to abort the daemon).
+TEST_F(ServiceTest, ReassignedRunWaitsForItsOldTaskToStop) {
+  // First call: one loss point, then ignore SIGTERM and hang (the daemon SIGKILLs it after
+  // --stop-grace-s). Second call: an epoch and success.
+  const std::string engine = dir_ / "slow-engine.sh";
+  testing::WriteText(engine, R"(#!/bin/bash
+out=""
+while [ $# -gt 0 ]; do [ "$1" = "--out" ] && out="$2"; shift; done
+marker="$(dirname "$out")/first-call"
+if [ ! -e "$marker" ]; then
+  touch "$marker"
+  echo '{"point": {"epoch": 1, "iteration": 1}}' >&3
+  trap '' TERM
+  sleep 60
+  exit 1
+fi
+echo '{"epoch": {"epoch": 1, "iteration": 1, "aus": [1], "testF1": [0.5], "testMeanF1": 0.5}}' >&3
+exit 0
+)");
+  fs::permissions(engine, fs::perms::owner_all);
+  StartCoordinator(1500);
+  workers_["w1"] = std::make_unique<Process>(
+      Bin("worker/mal-worker"),
+      std::vector<std::string>{"--coordinator", address_, "--slots", "2", "--work-dir", dir_ / "w1", "--name", "w1",
+                               "--engine", engine, "--stop-grace-s", "3"},
+      dir_ / "w1.log");
+  Process* w1 = workers_["w1"].get();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  const std::string id = Submit(WriteSpec("slow", 1, 1, "cv: {only: [1]}\n"));
+  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).state() == v1::RUN_RUNNING; },
+                      std::chrono::seconds(20)))
+      << DiagnosticLogs();
+  w1->Kill(SIGSTOP);
+  const bool lost = WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
+  w1->Kill(SIGCONT);
+  ASSERT_TRUE(lost) << DiagnosticLogs();
+  const auto info = WaitDone(id, std::chrono::seconds(60));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  EXPECT_EQ(info.runs(0).worker(), "w1");
+  EXPECT_EQ(info.runs(0).attempt(), 1);
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), 0.5, 1e-9);
+  EXPECT_EQ(::kill(w1->pid(), 0), 0) << DiagnosticLogs();
+  EXPECT_THAT(w1->Log(), HasSubstr("revoked by the coordinator"));
+}
+
 TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
   const std::string spec = WriteSpec("restart", 5, 8);
   StartCoordinator();

@@ -188,7 +188,7 @@ void Daemon::Drop(const v1::RunClaim& d) {
   LOG(INFO) << "run " << d.run_id() << " revoked by the coordinator: stopping it";
   it->second->dropped = true;
   const pid_t pid = it->second->child;
-  if (pid > 0) ::kill(pid, SIGTERM);
+  if (pid > 0) ::kill(-pid, SIGTERM);
 }
 
 bool Daemon::Heartbeat() {
@@ -360,7 +360,7 @@ int Daemon::Run() {
     for (auto& [id, t] : runs_) {
       t->stopping = true;
       const pid_t pid = t->child;
-      if (pid > 0) ::kill(pid, SIGTERM);
+      if (pid > 0) ::kill(-pid, SIGTERM);
     }
   }
   if (health) health->GetHealthCheckService()->SetServingStatus(false);
@@ -510,6 +510,9 @@ pid_t Daemon::Spawn(RunTask* t, int* events_fd) {
     ::_exit(127);
   }
   ::close(fds[1]);
+  // The child makes itself a group leader too; doing it here as well closes the race with a
+  // signal to the group sent before the child got there.
+  if (pid > 0) ::setpgid(pid, pid);
   if (pid < 0) {
     ::close(fds[0]);
     return -1;
@@ -622,7 +625,7 @@ void Daemon::Execute(RunTask* t) {
     return;
   }
   t->child = pid;
-  if (t->dropped || *stop_) ::kill(pid, SIGTERM);
+  if (t->dropped || *stop_) ::kill(-pid, SIGTERM);
 
   std::string partial;
   auto last_flush = Clock::now();
@@ -684,11 +687,11 @@ void Daemon::Execute(RunTask* t) {
       last_upload = Clock::now();
     }
     if ((stale || t->dropped || t->stopping) && term_sent == Clock::time_point()) {
-      ::kill(pid, SIGTERM);
+      ::kill(-pid, SIGTERM);
       term_sent = Clock::now();
     }
     if (term_sent != Clock::time_point() && Clock::now() - term_sent > std::chrono::seconds(o_.stop_grace_s)) {
-      ::kill(pid, SIGKILL);
+      ::kill(-pid, SIGKILL);  // the whole group: helpers too, or the pipe would stay open
     }
   }
   ::close(events_fd);

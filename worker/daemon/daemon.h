@@ -21,7 +21,9 @@ struct DaemonOptions {
   std::string name;                    // stable id; default <hostname>-<pid>
   std::vector<std::string> devices{"cpu"};  // slot i trains on devices[i % size]
   int threads = 0;                     // engine threads per run; 0: cores / slots
-  std::string engine;                  // the mal-worker binary for children; default this one
+  // What each fold run executes, with `train -f SPEC --fold K --out DIR --events-fd 3 ...`: a
+  // wrapper (nice, numactl, a container runner) or a test double; default this mal-worker binary.
+  std::string engine;
   int upload_every_s = 15;             // checkpoint upload interval (also at every epoch end)
   int stop_grace_s = 10;               // SIGTERM -> SIGKILL for a child told to stop
   // Where to serve grpc.health.v1 (SERVING while registered with the coordinator) and server
