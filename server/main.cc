@@ -1,6 +1,6 @@
 // mal-coordinator: owns the state, schedules fold runs onto worker daemons, streams events.
 //   mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] [--heartbeat-ms 1000]
-//                   [--watch-queue 1024]
+//                   [--watch-queue 1024] [--metrics-listen HOST:PORT]
 // DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
 // streams, stop the server (in-flight calls get a few seconds), close the store.
 
@@ -25,6 +25,7 @@
 #include "common/util/grpc_channel.h"
 #include "common/util/logging.h"
 #include "server/core/coordinator.h"
+#include "server/service/metrics_http.h"
 #include "server/service/services.h"
 
 namespace {
@@ -42,11 +43,11 @@ int Fail(const std::string& message) {
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
   auto args = mal::cli::Args::Parse(std::vector<std::string>(argv + 1, argv + argc),
-                                    {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue"}, {"help"});
+                                    {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue", "metrics-listen"}, {"help"});
   if (!args.ok()) return Fail(std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("data-dir")) {
     std::cerr << "usage: mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] "
-                 "[--heartbeat-ms 1000] [--watch-queue 1024]\n";
+                 "[--heartbeat-ms 1000] [--watch-queue 1024] [--metrics-listen HOST:PORT]\n";
     return args->Flag("help") ? 0 : 2;
   }
   const std::string listen = args->Get("listen", "127.0.0.1:7070");
@@ -90,6 +91,16 @@ int main(int argc, char** argv) {
   options.heartbeat_ms = *heartbeat;
   auto core = mal::server::Coordinator::Create(store->get(), &hub, &artifacts, mal::server::SystemClock(), options);
   if (!core.ok()) return Fail(std::string(core.status().message()));
+
+  // Prometheus metrics on their own port.
+  std::unique_ptr<mal::server::MetricsHttpServer> metrics;
+  if (args->Has("metrics-listen")) {
+    mal::server::Coordinator* c = core->get();
+    auto started = mal::server::MetricsHttpServer::Start(args->Get("metrics-listen"), [c] { return c->MetricsText(); });
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    metrics = std::move(*started);
+    std::cout << "mal-coordinator metrics on port " << metrics->port() << std::endl;
+  }
 
   mal::server::CoordinatorService client_service(core->get());
   mal::server::WorkerGatewayService worker_service(core->get());

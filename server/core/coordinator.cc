@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/spec/spec.h"
@@ -693,6 +694,7 @@ void Coordinator::LoseRun(Experiment& e, FoldRun& run, const std::string& reason
     LOG(ERROR) << "fold run " << id << ": " << state.status();
     return;
   }
+  ++runs_lost_;
   Emit(e, &run, std::move(lost));
   if (!Refresh(e, id).ok()) return;
   EmitRunState(e, e.runs[id]);
@@ -797,6 +799,7 @@ bool Coordinator::AssignNext(const std::string& worker, v1::Assignment* out) {
     LOG(ERROR) << "assigning fold run " << chosen_run << ": " << epoch.status();
     return false;
   }
+  ++assignments_;
   const FoldRun& run = chosen->runs[chosen_run];
   EmitRunState(*chosen, run);
   out->set_run_id(run.id);
@@ -939,6 +942,56 @@ absl::StatusOr<std::string> Coordinator::ArtifactPath(int64_t run_id, const std:
   return artifacts_->Find(e->row.id, run->trial, run->fold, name);
 }
 
+std::string Coordinator::MetricsText() {
+  const EventHub::Stats watch = hub_->stats();
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, int64_t> runs, experiments;
+  for (RunState st : {RunState::kPending, RunState::kAssigned, RunState::kRunning, RunState::kSucceeded,
+                      RunState::kFailed, RunState::kCancelled}) {
+    runs[absl::AsciiStrToLower(RunStateName(st))] = 0;
+  }
+  for (int st : {v1::EXPERIMENT_RUNNING, v1::EXPERIMENT_SUCCEEDED, v1::EXPERIMENT_FAILED, v1::EXPERIMENT_CANCELLED}) {
+    experiments[absl::AsciiStrToLower(ExperimentStateName(st))] = 0;
+  }
+  for (const auto& [id, e] : experiments_) {
+    ++experiments[absl::AsciiStrToLower(ExperimentStateName(e.row.state))];
+    for (const auto& [rid, r] : e.runs) ++runs[absl::AsciiStrToLower(RunStateName(r.state))];
+  }
+  int64_t alive = 0, slots = 0;
+  for (const auto& [name, w] : workers_) {
+    if (!w.alive || !w.registered) continue;
+    ++alive;
+    slots += w.info.slots();
+  }
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  };
+  metric("mal_fold_runs", "gauge", "Fold runs by state.");
+  for (const auto& [st, n] : runs) absl::StrAppend(&out, "mal_fold_runs{state=\"", st, "\"} ", n, "\n");
+  metric("mal_experiments", "gauge", "Experiments by state.");
+  for (const auto& [st, n] : experiments) absl::StrAppend(&out, "mal_experiments{state=\"", st, "\"} ", n, "\n");
+  metric("mal_queue_length", "gauge", "Fold runs waiting for a worker slot.");
+  absl::StrAppend(&out, "mal_queue_length ", runs["pending"], "\n");
+  metric("mal_workers_alive", "gauge", "Registered workers whose lease holds.");
+  absl::StrAppend(&out, "mal_workers_alive ", alive, "\n");
+  metric("mal_worker_slots", "gauge", "Slots of the live workers.");
+  absl::StrAppend(&out, "mal_worker_slots ", slots, "\n");
+  metric("mal_assignments_total", "counter", "Fold runs assigned to workers.");
+  absl::StrAppend(&out, "mal_assignments_total ", assignments_, "\n");
+  metric("mal_lease_expiries_total", "counter", "Workers whose lease lapsed.");
+  absl::StrAppend(&out, "mal_lease_expiries_total ", lease_expiries_, "\n");
+  metric("mal_runs_lost_total", "counter", "Fold runs lost with their worker.");
+  absl::StrAppend(&out, "mal_runs_lost_total ", runs_lost_, "\n");
+  metric("mal_watch_subscribers", "gauge", "Open watch streams.");
+  absl::StrAppend(&out, "mal_watch_subscribers ", watch.watchers, "\n");
+  metric("mal_watch_coalesced_total", "counter", "Weight summaries replaced by a newer one in a full watch queue.");
+  absl::StrAppend(&out, "mal_watch_coalesced_total ", watch.coalesced, "\n");
+  metric("mal_watch_ended_slow_total", "counter", "Watch streams ended for falling behind.");
+  absl::StrAppend(&out, "mal_watch_ended_slow_total ", watch.ended_slow, "\n");
+  return out;
+}
+
 void Coordinator::Shutdown() {
   absl::MutexLock lock(&mu_);
   shutting_down_ = true;
@@ -954,6 +1007,7 @@ void Coordinator::Tick() {
   for (auto& [name, w] : workers_) {
     if (!w.alive || now - w.last_ms <= options_.lease_ms) continue;
     w.alive = false;
+    ++lease_expiries_;
     LOG(WARNING) << "worker " << name << ": lease lapsed (" << now - w.last_ms << " ms since its last call)";
     for (auto& [id, e] : experiments_) {
       std::vector<int64_t> held;

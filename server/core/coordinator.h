@@ -75,6 +75,10 @@ class Coordinator {
   // The path of a run's artifact (checkpoints for a resumed attempt on another host).
   absl::StatusOr<std::string> ArtifactPath(int64_t run_id, const std::string& name);
 
+  // Prometheus text exposition: runs and experiments by state, workers and slots, queue length,
+  // assignments, lease expiries, lost runs, watch subscribers, coalesced and slow-ended streams.
+  std::string MetricsText();
+
   // Ends pending Wait calls (graceful shutdown).
   void Shutdown();
 
@@ -150,6 +154,9 @@ class Coordinator {
   std::map<int64_t, std::string> run_experiment_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Worker> workers_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t assignments_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t lease_expiries_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t runs_lost_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t started_ms_ = 0;
 };
 

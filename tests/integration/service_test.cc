@@ -1,7 +1,10 @@
 // The distributed service end to end: the real mal-coordinator and mal-worker daemons as
 // processes on loopback, driven by malctl and by the gRPC stubs. Every wait is bounded.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -758,6 +761,41 @@ TEST_F(ServiceTest, ReflectionListsTheServices) {
   EXPECT_THAT(services, HasSubstr("mal.v1.Coordinator"));
   EXPECT_THAT(services, HasSubstr("mal.v1.WorkerGateway"));
   EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
+}
+
+// GET on a loopback port; returns the whole response ("" when the connection fails).
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+    const std::string request = "GET " + path + " HTTP/1.0\r\n\r\n";
+    (void)::send(fd, request.data(), request.size(), 0);
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+TEST_F(ServiceTest, PrometheusMetricsOnTheirOwnPort) {
+  Process coordinator(Bin("server/mal-coordinator"),
+                      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "m", "--metrics-listen", "127.0.0.1:0"},
+                      dir_ / "m.log");
+  ASSERT_TRUE(WaitFor([&] { return coordinator.Log().find("metrics on port") != std::string::npos; },
+                      std::chrono::seconds(20)))
+      << coordinator.Log();
+  const std::string text = coordinator.Log();
+  const int port = std::stoi(text.substr(text.find("metrics on port ") + 16));
+  const std::string metrics = HttpGet(port, "/metrics");
+  EXPECT_THAT(metrics, HasSubstr("HTTP/1.0 200 OK"));
+  EXPECT_THAT(metrics, HasSubstr("mal_queue_length 0"));
+  EXPECT_THAT(metrics, HasSubstr("mal_watch_subscribers 0"));
+  EXPECT_THAT(HttpGet(port, "/other"), HasSubstr("404"));
 }
 
 }  // namespace

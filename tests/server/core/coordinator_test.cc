@@ -434,6 +434,26 @@ TEST_F(CoordinatorTest, ARunHandedBackAtShutdownKeepsItsAttempt) {
   EXPECT_EQ(Info(id).runs(0).attempt(), 0);
 }
 
+TEST_F(CoordinatorTest, MetricsCountRunsWorkersAndLeaseExpiries) {
+  Submit(Spec());
+  Register("w1", 2);
+  Beat("w1", 2);
+  std::string text = core_->MetricsText();
+  EXPECT_THAT(text, HasSubstr("mal_fold_runs{state=\"assigned\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("mal_queue_length 1\n"));
+  EXPECT_THAT(text, HasSubstr("mal_workers_alive 1\n"));
+  EXPECT_THAT(text, HasSubstr("mal_worker_slots 2\n"));
+  EXPECT_THAT(text, HasSubstr("mal_assignments_total 2\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE mal_lease_expiries_total counter\n"));
+  clock_.now += 10001;
+  core_->Tick();
+  text = core_->MetricsText();
+  EXPECT_THAT(text, HasSubstr("mal_lease_expiries_total 1\n"));
+  EXPECT_THAT(text, HasSubstr("mal_runs_lost_total 2\n"));
+  EXPECT_THAT(text, HasSubstr("mal_queue_length 3\n"));
+  EXPECT_THAT(text, HasSubstr("mal_workers_alive 0\n"));
+}
+
 TEST_F(CoordinatorTest, WorkersAreSharedByPriority) {
   const std::string low = Submit(Spec("priority: 0\ncv: {protocol: kfold, folds: 8}\n"));
   const std::string high = Submit(Spec("priority: 2\ncv: {protocol: kfold, folds: 8}\n"));
