@@ -59,11 +59,17 @@ std::string Json(const google::protobuf::Message& m, bool pretty = true) {
 struct Common {
   std::string address;
   bool json = false;
+  rpc::ClientSecurity security;
 };
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
 
 absl::StatusOr<Args> ParseWith(const std::vector<std::string>& argv, std::set<std::string> valued,
                                std::set<std::string> flags, Common* common) {
-  valued.insert({"address", "output"});
+  valued.insert({"address", "output", "tls-ca", "tls-cert", "tls-key", "token-file"});
   flags.insert("help");
   auto args = Args::Parse(argv, valued, flags, {{"o", "output"}, {"f", "file"}});
   if (!args.ok()) return args.status();
@@ -72,11 +78,22 @@ absl::StatusOr<Args> ParseWith(const std::vector<std::string>& argv, std::set<st
   const std::string output = args->Get("output", "text");
   if (output != "text" && output != "json") return absl::InvalidArgumentError("-o: must be text or json");
   common->json = output == "json";
+  common->security.ca_file = args->Get("tls-ca", Env("MAL_TLS_CA"));
+  common->security.cert_file = args->Get("tls-cert", Env("MAL_TLS_CERT"));
+  common->security.key_file = args->Get("tls-key", Env("MAL_TLS_KEY"));
+  auto token = rpc::LoadToken(args->Get("token-file"), "MAL_TOKEN");
+  if (!token.ok()) return token.status();
+  common->security.token = *token;
+  // Fail here, naming the file, rather than at the first call.
+  if (auto channel = rpc::MakeSecureChannel(common->address, common->security); !channel.ok()) {
+    return channel.status();
+  }
   return args;
 }
 
 std::unique_ptr<v1::Coordinator::Stub> Connect(const Common& c) {
-  return v1::Coordinator::NewStub(rpc::MakeChannel(c.address));
+  auto channel = rpc::MakeSecureChannel(c.address, c.security);  // checked by ParseWith
+  return v1::Coordinator::NewStub(channel.ok() ? *channel : rpc::MakeChannel(c.address));
 }
 
 std::string Name(v1::ExperimentState s) {

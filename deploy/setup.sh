@@ -6,7 +6,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config clang
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libyaml-cpp-dev libsqlite3-dev libgoogle-glog-dev libssl-dev
+  libabsl-dev libyaml-cpp-dev libsqlite3-dev libgoogle-glog-dev libssl-dev openssl
   libopencv-dev opencv-data
   libgtest-dev libgmock-dev
   python3-torch python3-torchvision

@@ -1,6 +1,7 @@
 // mal-coordinator: owns the state, schedules fold runs onto worker daemons, streams events.
 //   mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] [--heartbeat-ms 1000]
 //                   [--watch-queue 1024] [--metrics-listen HOST:PORT]
+//                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE] [--insecure]
 // DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
 // streams, stop the server (in-flight calls get a few seconds), close the store.
 
@@ -43,11 +44,14 @@ int Fail(const std::string& message) {
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
   auto args = mal::cli::Args::Parse(std::vector<std::string>(argv + 1, argv + argc),
-                                    {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue", "metrics-listen"}, {"help"});
+                                    {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue", "metrics-listen",
+                                     "tls-cert", "tls-key", "tls-client-ca", "token-file"},
+                                    {"help", "insecure"});
   if (!args.ok()) return Fail(std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("data-dir")) {
     std::cerr << "usage: mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] "
-                 "[--heartbeat-ms 1000] [--watch-queue 1024] [--metrics-listen HOST:PORT]\n";
+                 "[--heartbeat-ms 1000] [--watch-queue 1024] [--metrics-listen HOST:PORT]\n"
+                 "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE] [--insecure]\n";
     return args->Flag("help") ? 0 : 2;
   }
   const std::string listen = args->Get("listen", "127.0.0.1:7070");
@@ -102,13 +106,24 @@ int main(int argc, char** argv) {
     std::cout << "mal-coordinator metrics on port " << metrics->port() << std::endl;
   }
 
-  mal::server::CoordinatorService client_service(core->get());
-  mal::server::WorkerGatewayService worker_service(core->get());
+  mal::rpc::ServerSecurity security;
+  security.cert_file = args->Get("tls-cert");
+  security.key_file = args->Get("tls-key");
+  security.client_ca_file = args->Get("tls-client-ca");
+  security.token_file = args->Get("token-file");
+  security.insecure = args->Flag("insecure");
+  auto credentials = mal::rpc::MakeServerCredentials(listen, security);
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
+  auto tokens = mal::rpc::LoadTokens(security.token_file);
+  if (!tokens.ok()) return Fail(std::string(tokens.status().message()));
+
+  mal::server::CoordinatorService client_service(core->get(), *tokens);
+  mal::server::WorkerGatewayService worker_service(core->get(), *tokens);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, *credentials, &port);
   mal::rpc::ConfigureServer(builder);
   builder.RegisterService(&client_service);
   builder.RegisterService(&worker_service);

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_split.h"
 #include "client/args.h"
+#include "common/util/grpc_channel.h"
 #include "common/spec/spec.h"
 #include "common/util/logging.h"
 #include "worker/engine/bench.h"
@@ -123,13 +124,15 @@ int Bench(const std::vector<std::string>& argv) {
 int Daemon(const std::vector<std::string>& argv) {
   auto args = mal::cli::Args::Parse(argv,
                                     {"coordinator", "slots", "work-dir", "name", "devices", "threads",
-                                     "upload-every-s", "stop-grace-s", "listen", "engine"},
+                                     "upload-every-s", "stop-grace-s", "listen", "engine", "tls-ca", "tls-cert",
+                                     "tls-key", "token-file"},
                                     {"help"});
   if (!args.ok()) return Fail(2, std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("coordinator") || !args->Has("work-dir")) {
     std::cerr << "usage: mal-worker --coordinator HOST:PORT --work-dir DIR [--slots 1] [--name NAME] "
                  "[--devices cpu|cuda:0,cuda:1] [--threads N] [--upload-every-s 15] [--stop-grace-s 10] "
-                 "[--listen HOST:PORT (health)] [--engine PATH (default: this binary)]\n";
+                 "[--listen HOST:PORT (health)] [--engine PATH (default: this binary)]\n"
+                 "       [--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--token-file FILE (or MAL_TOKEN)]\n";
     return args->Flag("help") ? 0 : 2;
   }
   mal::worker::DaemonOptions o;
@@ -138,6 +141,12 @@ int Daemon(const std::vector<std::string>& argv) {
   o.name = args->Get("name");
   o.listen = args->Get("listen");
   o.engine = args->Get("engine");  // a wrapper (nice, numactl, a container) or a test double
+  o.tls_ca = args->Get("tls-ca");
+  o.tls_cert = args->Get("tls-cert");
+  o.tls_key = args->Get("tls-key");
+  auto token = mal::rpc::LoadToken(args->Get("token-file"), "MAL_TOKEN");
+  if (!token.ok()) return Fail(2, std::string(token.status().message()));
+  o.token = *token;
   if (args->Has("devices")) o.devices = absl::StrSplit(args->Get("devices"), ',', absl::SkipEmpty());
   if (absl::Status s = args->ReadInts({{"slots", &o.slots}, {"threads", &o.threads},
                                        {"upload-every-s", &o.upload_every_s}, {"stop-grace-s", &o.stop_grace_s}});

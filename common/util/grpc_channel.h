@@ -12,7 +12,13 @@
 
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
+#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
+#include <grpcpp/server_context.h>
+
+#include <vector>
+
+#include "absl/status/statusor.h"
 
 namespace mal::rpc {
 
@@ -22,8 +28,41 @@ constexpr int kServerMinPingIntervalMs = 10000;
 constexpr int kMaxMessageBytes = 64 << 20;
 constexpr int kArtifactChunkBytes = 1 << 20;
 
-// An insecure channel to `address` (loopback or a trusted network) with the agreed keepalive.
+// How a client connects: TLS when `ca_file` is set (with a client certificate for mutual TLS
+// when `cert_file` and `key_file` are), and a bearer token sent with every call when `token` is
+// set (over TLS or, on loopback, plaintext).
+struct ClientSecurity {
+  std::string ca_file, cert_file, key_file;
+  std::string token;
+};
+// Reads the token from `token_file` (first line) when given, else from the environment variable
+// `token_env` when set; errors name the file.
+absl::StatusOr<std::string> LoadToken(const std::string& token_file, const char* token_env);
+
+// A channel to `address` with the agreed keepalive; plaintext unless `security` asks for TLS.
+// Files that cannot be read are an error naming them.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeSecureChannel(const std::string& address,
+                                                                 const ClientSecurity& security);
+// A plaintext channel (loopback, tests).
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
+
+// How a server listens: TLS with `cert_file` + `key_file`, requiring client certificates signed by
+// `client_ca_file` when set (mutual TLS); bearer tokens from `token_file` (one per line) required
+// on every call of the mal services when set. Without TLS, only loopback addresses are accepted
+// unless `insecure` says the network is trusted.
+struct ServerSecurity {
+  std::string cert_file, key_file, client_ca_file;
+  std::string token_file;
+  bool insecure = false;
+};
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const std::string& address,
+                                                                               const ServerSecurity& security);
+// The accepted tokens (empty: no token required).
+absl::StatusOr<std::vector<std::string>> LoadTokens(const std::string& token_file);
+// OK when no token is required or the call carries `authorization: Bearer <one of them>`;
+// UNAUTHENTICATED otherwise.
+grpc::Status CheckToken(const grpc::ServerContext& context, const std::vector<std::string>& tokens);
+
 // Applies the agreed keepalive and message limits to a server.
 void ConfigureServer(grpc::ServerBuilder& builder);
 // A context whose deadline is `timeout` from now.

@@ -21,30 +21,35 @@ grpc::Status Reply(absl::StatusOr<T> result, T* response) {
 
 }  // namespace
 
-grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext*, const v1::SubmitExperimentRequest* request,
+grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context, const v1::SubmitExperimentRequest* request,
                                                   v1::SubmitExperimentResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Submit(*request), response);
 }
 
-grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext*, const v1::GetExperimentRequest* request,
+grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext* context, const v1::GetExperimentRequest* request,
                                                v1::ExperimentInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Get(request->experiment_id()), response);
 }
 
-grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext*, const v1::ListExperimentsRequest*,
+grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context, const v1::ListExperimentsRequest*,
                                                  v1::ListExperimentsResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   *response = core_->List();
   return grpc::Status::OK;
 }
 
-grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext*, const v1::CancelExperimentRequest* request,
+grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context, const v1::CancelExperimentRequest* request,
                                                   v1::ExperimentInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Cancel(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
                                                 const v1::WaitExperimentRequest* request,
                                                 v1::ExperimentInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   int64_t ms = request->timeout_ms() <= 0 ? 30000 : std::min<int64_t>(request->timeout_ms(), 60000);
   // Never past the caller's own deadline.
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(context->deadline() -
@@ -55,6 +60,7 @@ grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
 
 grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
                                        grpc::ServerWriter<v1::WatchResponse>* writer) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   auto state = core_->State(request->experiment_id());
   if (!state.ok()) return ToGrpcStatus(state.status());
   const std::set<std::string> kinds(request->kinds().begin(), request->kinds().end());
@@ -99,34 +105,40 @@ grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::W
   return grpc::Status::CANCELLED;
 }
 
-grpc::Status CoordinatorService::GetResults(grpc::ServerContext*, const v1::ResultsRequest* request,
+grpc::Status CoordinatorService::GetResults(grpc::ServerContext* context, const v1::ResultsRequest* request,
                                             v1::ResultsResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Results(request->experiment_id()), response);
 }
 
-grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context, const v1::ListWorkersRequest*,
                                              v1::ListWorkersResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   *response = core_->Workers();
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGatewayService::Register(grpc::ServerContext*, const v1::RegisterRequest* request,
+grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                                             v1::RegisterResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Register(*request), response);
 }
 
-grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* request,
+grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
                                              v1::HeartbeatResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Heartbeat(*request), response);
 }
 
-grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext*, const v1::ReportEventsRequest* request,
+grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context, const v1::ReportEventsRequest* request,
                                                 v1::ReportEventsResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->ReportEvents(*request), response);
 }
 
-grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext*, grpc::ServerReader<v1::ArtifactChunk>* reader,
+grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context, grpc::ServerReader<v1::ArtifactChunk>* reader,
                                                   v1::UploadArtifactResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   v1::ArtifactChunk chunk;
   if (!reader->Read(&chunk)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
   const int64_t run_id = chunk.run_id(), epoch = chunk.lease_epoch();
@@ -150,6 +162,7 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext*, grpc::Se
 
 grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context, const v1::FetchArtifactRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   auto path = core_->ArtifactPath(request->run_id(), request->name());
   if (!path.ok()) return ToGrpcStatus(path.status());
   // Artifacts are replaced by rename, never rewritten: the open file stays one version.
@@ -181,11 +194,13 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context, c
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext*, const v1::CompleteRunRequest* request, v1::Ack*) {
+grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context, const v1::CompleteRunRequest* request, v1::Ack*) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return ToGrpcStatus(core_->Complete(*request));
 }
 
-grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext*, const v1::FailRunRequest* request, v1::Ack*) {
+grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext* context, const v1::FailRunRequest* request, v1::Ack*) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return ToGrpcStatus(core_->Fail(*request));
 }
 

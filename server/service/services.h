@@ -5,6 +5,8 @@
 // except the two streams (Watch, artifact transfers), which loop over the core's pieces.
 
 #include <atomic>
+#include <string>
+#include <vector>
 
 #include "mal/v1/service.grpc.pb.h"
 #include "server/core/coordinator.h"
@@ -13,7 +15,9 @@ namespace mal::server {
 
 class CoordinatorService final : public v1::Coordinator::Service {
  public:
-  explicit CoordinatorService(Coordinator* core) : core_(core) {}
+  // `tokens`: bearer tokens a call must carry one of (none: no token required).
+  CoordinatorService(Coordinator* core, std::vector<std::string> tokens = {})
+      : core_(core), tokens_(std::move(tokens)) {}
   // Ends open Watch streams (graceful shutdown).
   void Shutdown() { shutting_down_ = true; }
 
@@ -31,12 +35,14 @@ class CoordinatorService final : public v1::Coordinator::Service {
 
  private:
   Coordinator* const core_;
+  const std::vector<std::string> tokens_;
   std::atomic<bool> shutting_down_{false};
 };
 
 class WorkerGatewayService final : public v1::WorkerGateway::Service {
  public:
-  explicit WorkerGatewayService(Coordinator* core) : core_(core) {}
+  WorkerGatewayService(Coordinator* core, std::vector<std::string> tokens = {})
+      : core_(core), tokens_(std::move(tokens)) {}
 
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*, v1::RegisterResponse*) override;
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override;
@@ -50,6 +56,7 @@ class WorkerGatewayService final : public v1::WorkerGateway::Service {
 
  private:
   Coordinator* const core_;
+  const std::vector<std::string> tokens_;
 };
 
 }  // namespace mal::server

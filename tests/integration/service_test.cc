@@ -798,5 +798,65 @@ TEST_F(ServiceTest, PrometheusMetricsOnTheirOwnPort) {
   EXPECT_THAT(HttpGet(port, "/other"), HasSubstr("404"));
 }
 
+// TLS (mutual) and bearer tokens: a client without the CA cannot connect, one without a token or
+// with a wrong one is refused, and with both a worker trains and malctl sees the result. Off
+// loopback, plaintext needs --insecure.
+TEST_F(ServiceTest, TlsAndTokens) {
+  const std::string d = dir_ / "pki";
+  fs::create_directories(d);
+  const std::string openssl = "cd " + d + " && openssl ";
+  ASSERT_EQ(Shell(openssl + "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=mal-test-ca"), 0);
+  testing::WriteText(d + "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  for (const std::string who : {"server", "client"}) {
+    ASSERT_EQ(Shell(openssl + "req -newkey rsa:2048 -nodes -keyout " + who + ".key -out " + who + ".csr -subj /CN=" + who), 0);
+    ASSERT_EQ(Shell(openssl + "x509 -req -in " + who + ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out " +
+                    who + ".pem" + (who == "server" ? " -extfile san.ext" : "")),
+              0);
+  }
+  testing::WriteText(d + "/tokens", "# one per line\ns3cret-token\n");
+  testing::WriteText(d + "/token", "s3cret-token\n");
+
+  int rc = 0;
+  std::string out;
+  rc = Shell(Bin("server/mal-coordinator") + " --listen 0.0.0.0:0 --data-dir " + (dir_ / "plain"), &out);
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(out, HasSubstr("plaintext off loopback"));
+
+  Process coordinator(Bin("server/mal-coordinator"),
+                      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "tls", "--lease-ms", "6000", "--heartbeat-ms",
+                       "200", "--tls-cert", d + "/server.pem", "--tls-key", d + "/server.key", "--tls-client-ca",
+                       d + "/ca.pem", "--token-file", d + "/tokens"},
+                      dir_ / "tls.log");
+  ASSERT_TRUE(WaitFor([&] { return coordinator.Log().find("listening on port") != std::string::npos; },
+                      std::chrono::seconds(20)))
+      << coordinator.Log();
+  const std::string text = coordinator.Log();
+  const std::string address = absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("listening on port ") + 18)));
+  const std::string malctl = "MAL_ADDRESS=" + address + " " + Bin("client/malctl");
+  const std::string tls = " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
+
+  EXPECT_EQ(Shell(malctl + " ls", &out), 3) << out;  // plaintext to a TLS port: no connection
+  EXPECT_EQ(Shell(malctl + " ls" + tls, &out), 1);
+  EXPECT_THAT(out, HasSubstr("bearer token is required"));
+  EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " ls" + tls, &out), 1);
+  EXPECT_THAT(out, HasSubstr("not accepted"));
+  EXPECT_EQ(Shell(malctl + " ls" + tls + " --tls-ca /nonexistent/ca.pem", &out), 2);
+  EXPECT_THAT(out, HasSubstr("/nonexistent/ca.pem"));
+
+  Process worker(Bin("worker/mal-worker"),
+                 {"--coordinator", address, "--work-dir", dir_ / "tw", "--name", "tw", "--threads", "1", "--tls-ca",
+                  d + "/ca.pem", "--tls-cert", d + "/client.pem", "--tls-key", d + "/client.key", "--token-file",
+                  d + "/token"},
+                 dir_ / "tw.log");
+  out.clear();
+  EXPECT_EQ(Shell(malctl + " submit -f " + WriteSpec("tls", 1, 2, "cv: {only: [1]}\n") + tls + " --token-file " + d +
+                      "/token",
+                  &out),
+            0)
+      << out;
+  EXPECT_EQ(Shell("MAL_TOKEN=s3cret-token " + malctl + " wait exp-1 --timeout 120" + tls, &out), 0)
+      << out << worker.Log() << coordinator.Log();
+}
+
 }  // namespace
 }  // namespace mal

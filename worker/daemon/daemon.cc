@@ -83,10 +83,10 @@ struct RunTask {
 
 class Daemon {
  public:
-  Daemon(const DaemonOptions& o, const std::atomic<bool>* stop)
+  Daemon(const DaemonOptions& o, const std::atomic<bool>* stop, std::shared_ptr<grpc::Channel> channel)
       : o_(o),
         stop_(stop),
-        stub_(v1::WorkerGateway::NewStub(rpc::MakeChannel(o.coordinator))),
+        stub_(v1::WorkerGateway::NewStub(std::move(channel))),
         instance_(absl::StrCat(::getpid(), "-", std::chrono::system_clock::now().time_since_epoch().count())) {}
 
   int Run();
@@ -773,7 +773,14 @@ int RunDaemon(const DaemonOptions& options, const std::atomic<bool>* stop) {
   if (o.threads <= 0) {
     o.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / o.slots);
   }
-  Daemon d(o, stop);
+  rpc::ClientSecurity security{o.tls_ca, o.tls_cert, o.tls_key, o.token};
+  auto channel = rpc::MakeSecureChannel(o.coordinator, security);
+  if (!channel.ok()) {
+    LOG(ERROR) << channel.status().message();
+    std::cerr << "mal-worker: " << channel.status().message() << "\n";
+    return 2;
+  }
+  Daemon d(o, stop, *channel);
   return d.Run();
 }
 

@@ -29,6 +29,8 @@ struct DaemonOptions {
   // Where to serve grpc.health.v1 (SERVING while registered with the coordinator) and server
   // reflection, for probes; empty: not served. Port 0 picks one (logged).
   std::string listen;
+  // TLS to the coordinator (CA, and a client certificate for mutual TLS) and the bearer token.
+  std::string tls_ca, tls_cert, tls_key, token;
 };
 
 // Runs until `*stop` becomes true; then stops its children (checkpointing), hands their runs
