@@ -236,7 +236,12 @@ int Follow(const Common& c, const std::string& id, int64_t from_seq, const std::
       }
       continue;
     }
-    if (s.error_code() == grpc::StatusCode::NOT_FOUND || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    // Resume after falling behind (RESOURCE_EXHAUSTED), a coordinator shutdown (UNAVAILABLE,
+    // CANCELLED) or a broken stream; anything else (not found, not authenticated...) is final.
+    const auto code = s.error_code();
+    if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::RESOURCE_EXHAUSTED &&
+        code != grpc::StatusCode::CANCELLED && code != grpc::StatusCode::DEADLINE_EXCEEDED &&
+        code != grpc::StatusCode::ABORTED && code != grpc::StatusCode::INTERNAL) {
       return RpcFail(s);
     }
     // Reconnect across a coordinator restart, but not to an address that never answered.

@@ -840,6 +840,9 @@ TEST_F(ServiceTest, TlsAndTokens) {
   EXPECT_THAT(out, HasSubstr("bearer token is required"));
   EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " ls" + tls, &out), 1);
   EXPECT_THAT(out, HasSubstr("not accepted"));
+  // A stream refused for its token ends at once (watch resumes only after transient errors).
+  EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " watch exp-1" + tls, &out), 1);
+  EXPECT_THAT(out, HasSubstr("not accepted"));
   EXPECT_EQ(Shell(malctl + " ls" + tls + " --tls-ca /nonexistent/ca.pem", &out), 2);
   EXPECT_THAT(out, HasSubstr("/nonexistent/ca.pem"));
 
