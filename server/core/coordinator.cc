@@ -68,6 +68,9 @@ const char* EventKind(const v1::Event& e) {
   }
 }
 
+// One submission may not flood the store (a typo in a grid or cv.folds).
+constexpr size_t kMaxRunsPerExperiment = 100000;
+
 // Weighted fair share: an experiment's weight grows with its priority.
 double Weight(int priority) { return priority >= 0 ? 1.0 + priority : 1.0 / (1.0 - priority); }
 
@@ -241,6 +244,10 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(const v1::Submi
   if (absl::Status s = ValidateSpec(spec); !s.ok()) return absl::InvalidArgumentError(s.message());
   ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
   const std::vector<int> folds = FoldNumbers(spec);
+  if (plans.size() * folds.size() > kMaxRunsPerExperiment) {
+    return absl::InvalidArgumentError(absl::StrCat("search, cv: ", plans.size(), " trials x ", folds.size(),
+                                                   " folds is over ", kMaxRunsPerExperiment, " fold runs"));
+  }
   ExperimentRow row;
   row.request_id = request.request_id();
   row.name = spec.name().empty() ? "experiment" : spec.name();

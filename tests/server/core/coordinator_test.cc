@@ -158,6 +158,12 @@ TEST_F(CoordinatorTest, MalformedSpecIsRejectedWithItsFieldPath) {
   auto r = core_->Submit(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("train.lr"));
+  // A grid of 1000 trials over 1000 folds is a typo, not an experiment.
+  *req.mutable_spec() = Spec(
+      "cv: {folds: 1000}\nsearch: {algorithm: grid, space: {train.epochs: {int_uniform: [1, 1000]}}}\n");
+  r = core_->Submit(req);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("1000 trials x 1000 folds"));
   EXPECT_EQ(core_->List().experiments_size(), 0);
 }
 
