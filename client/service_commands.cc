@@ -60,6 +60,7 @@ struct Common {
   std::string address;
   bool json = false;
   rpc::ClientSecurity security;
+  std::shared_ptr<grpc::Channel> channel;  // made once the options are read
 };
 
 std::string Env(const char* name) {
@@ -85,16 +86,13 @@ absl::StatusOr<Args> ParseWith(const std::vector<std::string>& argv, std::set<st
   if (!token.ok()) return token.status();
   common->security.token = *token;
   // Fail here, naming the file, rather than at the first call.
-  if (auto channel = rpc::MakeSecureChannel(common->address, common->security); !channel.ok()) {
-    return channel.status();
-  }
+  auto channel = rpc::MakeSecureChannel(common->address, common->security);
+  if (!channel.ok()) return channel.status();
+  common->channel = *channel;
   return args;
 }
 
-std::unique_ptr<v1::Coordinator::Stub> Connect(const Common& c) {
-  auto channel = rpc::MakeSecureChannel(c.address, c.security);  // checked by ParseWith
-  return v1::Coordinator::NewStub(channel.ok() ? *channel : rpc::MakeChannel(c.address));
-}
+std::unique_ptr<v1::Coordinator::Stub> Connect(const Common& c) { return v1::Coordinator::NewStub(c.channel); }
 
 std::string Name(v1::ExperimentState s) {
   std::string n = v1::ExperimentState_Name(s);

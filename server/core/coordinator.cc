@@ -27,10 +27,6 @@ class RealClock : public Clock {
   }
 };
 
-bool Finished(RunState s) {
-  return s == RunState::kSucceeded || s == RunState::kFailed || s == RunState::kCancelled;
-}
-bool Held(RunState s) { return s == RunState::kAssigned || s == RunState::kRunning; }
 
 v1::RunState ToProto(RunState s) {
   switch (s) {
@@ -111,17 +107,15 @@ absl::Status Coordinator::Load() {
       ASSIGN_OR_RETURN(trial.spec, TrialSpec(e.spec, TrialPlan{trial.row.trial, trial.params, trial.row.seed}));
       e.trials.push_back(std::move(trial));
     }
-    ASSIGN_OR_RETURN(std::vector<FoldRun> runs, store_->Runs(e.row.id));
-    for (FoldRun& r : runs) {
-      run_experiment_[r.id] = e.row.id;
-      if (Held(r.state) && !workers_.count(r.worker)) {
+    RETURN_IF_ERROR(LoadRuns(e));
+    for (const auto& [id, r] : e.runs) {
+      if (IsHeld(r.state) && !workers_.count(r.worker)) {
         // Its worker may still be running it: it has one lease to re-register and claim it.
         Worker& w = workers_[r.worker];
         w.info.set_name(r.worker);
         w.last_ms = started_ms_;
         w.registered = false;
       }
-      e.runs[r.id] = std::move(r);
     }
   }
   // Finish what a crash interrupted: trials whose runs all ended, experiments whose trials did.
@@ -179,6 +173,15 @@ absl::Status Coordinator::Load() {
   return absl::OkStatus();
 }
 
+absl::Status Coordinator::LoadRuns(Experiment& e) {
+  ASSIGN_OR_RETURN(std::vector<FoldRun> runs, store_->Runs(e.row.id));
+  for (FoldRun& r : runs) {
+    run_experiment_[r.id] = e.row.id;
+    e.runs[r.id] = std::move(r);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Coordinator::Experiment*> Coordinator::Find(const std::string& id) {
   auto it = experiments_.find(id);
   if (it == experiments_.end()) return absl::NotFoundError(absl::StrCat("experiment ", id, " not found"));
@@ -196,7 +199,7 @@ absl::StatusOr<FoldRun*> Coordinator::FindRun(int64_t run_id, Experiment** exper
 absl::StatusOr<FoldRun*> Coordinator::HeldRun(int64_t run_id, int64_t epoch, Experiment** e) {
   ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, e));
   RETURN_IF_ERROR(CheckLeaseEpoch(*run, epoch));
-  if (!Held(run->state)) {
+  if (!IsHeld(run->state)) {
     return absl::FailedPreconditionError(
         absl::StrCat("fold run ", run_id, " is ", RunStateName(run->state)));
   }
@@ -278,11 +281,7 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(const v1::Submi
     ASSIGN_OR_RETURN(t.spec, TrialSpec(spec, plans[i]));
     e.trials.push_back(std::move(t));
   }
-  ASSIGN_OR_RETURN(std::vector<FoldRun> runs, store_->Runs(id));
-  for (FoldRun& r : runs) {
-    run_experiment_[r.id] = id;
-    e.runs[r.id] = std::move(r);
-  }
+  RETURN_IF_ERROR(LoadRuns(e));
   v1::Event ev;
   ev.mutable_state()->set_scope("experiment");
   ev.mutable_state()->set_state("RUNNING");
@@ -304,8 +303,8 @@ v1::ExperimentInfo Coordinator::Info(const Experiment& e, bool with_runs) {
   *info.mutable_spec() = e.spec;
   int done = 0, running = 0;
   for (const auto& [id, r] : e.runs) {
-    done += Finished(r.state);
-    running += Held(r.state);
+    done += IsFinished(r.state);
+    running += IsHeld(r.state);
     if (!with_runs) continue;
     v1::FoldRunInfo* ri = info.add_runs();
     ri->set_id(r.id);
@@ -360,7 +359,7 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
   if (e->row.state != v1::EXPERIMENT_RUNNING) return Info(*e, true);
   for (auto& [id, run] : e->runs) {
-    if (Finished(run.state)) continue;
+    if (IsFinished(run.state)) continue;
     RETURN_IF_ERROR(store_->Cancel(id, "cancelled by the user"));
     RETURN_IF_ERROR(Refresh(*e, id));
     EmitRunState(*e, e->runs[id]);
@@ -385,14 +384,28 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Wait(const std::string& experime
   return Info(*e, true);
 }
 
+Coordinator::Trial* Coordinator::FindTrial(Experiment& e, int trial) {
+  for (Trial& t : e.trials) {
+    if (t.row.trial == trial) return &t;
+  }
+  return nullptr;
+}
+
+const Coordinator::Trial* Coordinator::FindTrial(const Experiment& e, int trial) {
+  return FindTrial(const_cast<Experiment&>(e), trial);
+}
+
+const FoldRun* Coordinator::FinalRun(const Experiment& e) {
+  for (const auto& [id, r] : e.runs) {
+    if (r.fold == 0) return &r;
+  }
+  return nullptr;
+}
+
 v1::TrialResult Coordinator::Aggregate(const Experiment& e, int trial) {
   v1::TrialResult out;
   out.set_trial(trial);
-  const Trial* t = nullptr;
-  for (const Trial& candidate : e.trials) {
-    if (candidate.row.trial == trial) t = &candidate;
-  }
-  if (t != nullptr) {
+  if (const Trial* t = FindTrial(e, trial)) {
     for (const auto& [k, v] : t->params) (*out.mutable_params())[k] = v;
     out.set_state(t->row.state);
     out.set_message(t->row.message);
@@ -473,7 +486,7 @@ v1::ListWorkersResponse Coordinator::Workers() {
     wi->set_alive(w.alive && w.registered);
     for (const auto& [id, e] : experiments_) {
       for (const auto& [rid, r] : e.runs) {
-        if (Held(r.state) && r.worker == name) wi->add_runs(rid);
+        if (IsHeld(r.state) && r.worker == name) wi->add_runs(rid);
       }
     }
   }
@@ -484,10 +497,7 @@ v1::ListWorkersResponse Coordinator::Workers() {
 // Trials and experiments settling.
 
 void Coordinator::Settle(Experiment& e, int trial) {
-  Trial* t = nullptr;
-  for (Trial& candidate : e.trials) {
-    if (candidate.row.trial == trial) t = &candidate;
-  }
+  Trial* t = FindTrial(e, trial);
   if (t != nullptr && t->row.state.empty()) {
     const FoldRun* failed = nullptr;
     bool all_succeeded = true;
@@ -502,7 +512,7 @@ void Coordinator::Settle(Experiment& e, int trial) {
       message = absl::StrCat("fold ", failed->fold, ": ", failed->message);
       // The trial's metric is undefined without every fold: stop the others.
       for (auto& [id, r] : e.runs) {
-        if (r.trial != trial || Finished(r.state)) continue;
+        if (r.trial != trial || IsFinished(r.state)) continue;
         if (!store_->Cancel(id, "another fold of the trial failed").ok() || !Refresh(e, id).ok()) continue;
         EmitRunState(e, e.runs[id]);
       }
@@ -541,10 +551,7 @@ void Coordinator::MaybeFinish(Experiment& e) {
   }
   const int best = BestTrial(e, nullptr);
   if (e.spec.final_fit() && best >= 0) {
-    const FoldRun* final_run = nullptr;
-    for (const auto& [id, r] : e.runs) {
-      if (r.fold == 0) final_run = &r;
-    }
+    const FoldRun* final_run = FinalRun(e);
     if (final_run == nullptr) {
       // Every trial is done: train the best one on every subject, then finish.
       auto id = store_->AddRun(e.row.id, best, 0);
@@ -560,7 +567,7 @@ void Coordinator::MaybeFinish(Experiment& e) {
       Emit(e, nullptr, std::move(ev));
       return;
     }
-    if (!Finished(final_run->state)) return;
+    if (!IsFinished(final_run->state)) return;
   }
   FinishExperiment(e);
 }
@@ -576,10 +583,7 @@ void Coordinator::FinishExperiment(Experiment& e) {
     }
     cancelled = cancelled || t.row.state == "CANCELLED";
   }
-  const FoldRun* final_run = nullptr;
-  for (const auto& [id, r] : e.runs) {
-    if (r.fold == 0) final_run = &r;
-  }
+  const FoldRun* final_run = FinalRun(e);
   int state;
   if (cancelled && e.row.message == "cancelled by the user") {
     state = v1::EXPERIMENT_CANCELLED;
@@ -646,10 +650,8 @@ void Coordinator::CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMe
   int rung = 1;
   while (rung < epoch.epoch()) rung *= kEta;
   if (rung != epoch.epoch()) return;
-  for (const Trial& t : e.trials) {
-    if (t.row.trial != run.trial) continue;
-    if (!t.row.state.empty() || epoch.epoch() >= t.spec.train().epochs()) return;
-  }
+  const Trial* t = FindTrial(e, run.trial);
+  if (t == nullptr || !t->row.state.empty() || epoch.epoch() >= t->spec.train().epochs()) return;
   std::map<int, double>& seen = e.rungs[{run.fold, rung}];
   seen[run.trial] = epoch.val_mean_f1();
   const int keep = static_cast<int>(seen.size()) / kEta;
@@ -665,14 +667,13 @@ void Coordinator::CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMe
 
 void Coordinator::StopTrial(Experiment& e, int trial, const std::string& message) {
   for (auto& [id, r] : e.runs) {
-    if (r.trial != trial || Finished(r.state)) continue;
+    if (r.trial != trial || IsFinished(r.state)) continue;
     if (!store_->Cancel(id, message).ok() || !Refresh(e, id).ok()) continue;
     EmitRunState(e, e.runs[id]);
   }
-  for (Trial& t : e.trials) {
-    if (t.row.trial != trial) continue;
-    t.row.state = "STOPPED";
-    t.row.message = message;
+  if (Trial* t = FindTrial(e, trial)) {
+    t->row.state = "STOPPED";
+    t->row.message = message;
   }
   v1::Event ev;
   *ev.mutable_trial_result() = Aggregate(e, trial);
@@ -716,7 +717,7 @@ std::vector<v1::RunClaim> Coordinator::Reconcile(
   for (const v1::RunClaim& c : claims) {
     Experiment* e = nullptr;
     auto run = FindRun(c.run_id(), &e);
-    if (run.ok() && Held((*run)->state) && (*run)->lease_epoch == c.lease_epoch() && (*run)->worker == worker) {
+    if (run.ok() && IsHeld((*run)->state) && (*run)->lease_epoch == c.lease_epoch() && (*run)->worker == worker) {
       kept.insert(c.run_id());
     } else {
       drop.push_back(c);
@@ -726,7 +727,7 @@ std::vector<v1::RunClaim> Coordinator::Reconcile(
     if (e.row.state != v1::EXPERIMENT_RUNNING) continue;
     std::vector<int64_t> lost;
     for (auto& [rid, r] : e.runs) {
-      if (Held(r.state) && r.worker == worker && !kept.count(rid)) lost.push_back(rid);
+      if (IsHeld(r.state) && r.worker == worker && !kept.count(rid)) lost.push_back(rid);
     }
     // The worker does not have these (an assignment whose answer it never got, or a run it lost).
     for (int64_t rid : lost) {
@@ -774,7 +775,7 @@ bool Coordinator::AssignNext(const std::string& worker, v1::Assignment* out) {
       if (t.row.state.empty()) open.insert(t.row.trial);
     }
     for (const auto& [rid, r] : e.runs) {
-      held += Held(r.state);
+      held += IsHeld(r.state);
       if (open.count(r.trial) && (r.state != RunState::kPending || r.attempt > 0)) started.insert(r.trial);
     }
     const int concurrent = std::max(1, e.spec.search().concurrent());
@@ -815,9 +816,7 @@ bool Coordinator::AssignNext(const std::string& worker, v1::Assignment* out) {
   out->set_trial(run.trial);
   out->set_fold(run.fold);
   out->set_attempt(run.attempt);
-  for (const Trial& t : chosen->trials) {
-    if (t.row.trial == run.trial) *out->mutable_spec() = t.spec;
-  }
+  if (const Trial* t = FindTrial(*chosen, run.trial)) *out->mutable_spec() = t->spec;
   out->set_has_checkpoint(run.has_checkpoint);
   return true;
 }
@@ -1019,7 +1018,7 @@ void Coordinator::Tick() {
     for (auto& [id, e] : experiments_) {
       std::vector<int64_t> held;
       for (auto& [rid, r] : e.runs) {
-        if (Held(r.state) && r.worker == name) held.push_back(rid);
+        if (IsHeld(r.state) && r.worker == name) held.push_back(rid);
       }
       for (int64_t rid : held) LoseRun(e, e.runs[rid], absl::StrCat("lease of ", name, " lapsed"));
     }

@@ -112,6 +112,12 @@ class Coordinator {
               CoordinatorOptions options)
       : store_(store), hub_(hub), artifacts_(artifacts), clock_(clock), options_(std::move(options)) {}
   absl::Status Load();
+  // Adds the experiment's runs (from the store) to the in-memory view.
+  absl::Status LoadRuns(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static Trial* FindTrial(Experiment& e, int trial);
+  static const Trial* FindTrial(const Experiment& e, int trial);
+  // The final fit's run (fold 0), once added.
+  static const FoldRun* FinalRun(const Experiment& e);
 
   absl::StatusOr<Experiment*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<FoldRun*> FindRun(int64_t run_id, Experiment** experiment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -144,10 +144,6 @@ constexpr const char* kRunColumns =
     "id, experiment_id, trial, fold, state, attempt, lease_epoch, worker, message, result, reported, "
     "has_checkpoint";
 
-bool Finished(RunState s) {
-  return s == RunState::kSucceeded || s == RunState::kFailed || s == RunState::kCancelled;
-}
-
 // The moves a worker's report may make.
 bool Allowed(RunState from, RunState to) {
   switch (to) {
@@ -165,6 +161,12 @@ absl::Status CheckLeaseEpoch(const FoldRun& r, int64_t epoch) {
   return absl::FailedPreconditionError(
       absl::StrCat("fold run ", r.id, ": stale lease epoch ", epoch, " (current ", r.lease_epoch, ")"));
 }
+
+bool IsFinished(RunState s) {
+  return s == RunState::kSucceeded || s == RunState::kFailed || s == RunState::kCancelled;
+}
+
+bool IsHeld(RunState s) { return s == RunState::kAssigned || s == RunState::kRunning; }
 
 const char* RunStateName(RunState state) {
   switch (state) {
@@ -502,7 +504,7 @@ absl::Status StateStore::SetHasCheckpoint(int64_t run_id, int64_t epoch) {
 absl::Status StateStore::Cancel(int64_t run_id, const std::string& message) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (Finished(r.state)) return absl::OkStatus();
+  if (IsFinished(r.state)) return absl::OkStatus();
   r.state = RunState::kCancelled;
   r.message = message;
   ++r.lease_epoch;  // whoever ran it can no longer report

@@ -25,6 +25,10 @@ namespace mal::server {
 // lapses, after which the run is PENDING again with the next attempt (or FAILED past max_restarts).
 enum class RunState { kPending, kAssigned, kRunning, kSucceeded, kFailed, kCancelled, kLost };
 const char* RunStateName(RunState state);
+// SUCCEEDED, FAILED or CANCELLED: nothing more happens to the run.
+bool IsFinished(RunState state);
+// ASSIGNED or RUNNING: a worker holds its lease.
+bool IsHeld(RunState state);
 
 struct FoldRun {
   int64_t id = 0;
