@@ -355,6 +355,8 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!t.has_checkpoint_every()) t.set_checkpoint_every(500);
   if (!t.has_log_every()) t.set_log_every(50);
   if (!t.has_max_iterations()) t.set_max_iterations(0);
+  if (t.au_pos_weight().empty()) t.set_au_pos_weight("inverse_frequency");
+  if (t.bn_stats().empty()) t.set_bn_stats("au");
 
   v1::MalSpec& mal = *spec.mutable_mal();
   if (mal.mode().empty()) mal.set_mode("exact");
@@ -366,6 +368,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!mal.has_fd_epsilon()) mal.set_fd_epsilon(1e-3);
   if (mal.exact_method().empty()) mal.set_exact_method("jvp");
   if (!mal.has_joint_forward()) mal.set_joint_forward(false);
+  if (!mal.has_task_bias()) mal.set_task_bias(true);
 
   v1::SearchSpec& s = *spec.mutable_search();
   if (s.algorithm().empty()) s.set_algorithm("random");
@@ -434,6 +437,10 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(t.checkpoint_every() >= 1, "train.checkpoint_every", "must be at least 1");
   MAL_CHECK_FIELD(t.log_every() >= 1, "train.log_every", "must be at least 1");
   MAL_CHECK_FIELD(t.max_iterations() >= 0, "train.max_iterations", "must be >= 0");
+  MAL_CHECK_FIELD(OneOf(t.au_pos_weight(), {"none", "inverse_frequency"}), "train.au_pos_weight",
+                  absl::StrCat("'", t.au_pos_weight(), "' is not one of none, inverse_frequency"));
+  MAL_CHECK_FIELD(OneOf(t.bn_stats(), {"au", "all"}), "train.bn_stats",
+                  absl::StrCat("'", t.bn_stats(), "' is not one of au, all"));
 
   const v1::MalSpec& mal = spec.mal();
   MAL_CHECK_FIELD(OneOf(mal.mode(), {"exact", "finite_difference", "heads_only"}), "mal.mode",

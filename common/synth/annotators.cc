@@ -39,9 +39,14 @@ Votes SimulateAnnotators(const std::array<double, kSynthAus.size()>& visible, in
     }
     score[e] = in / proto.size() - 0.15 * out;
   }
-  if (context >= 0 && context < data::kNumExpressions) score[context] += 0.15;
+  // Cues beyond the face's muscles (the scene, the body, the caption of an in-the-wild photo) pull
+  // the votes towards the intended expression, the more so the less the face shows: an ambiguous
+  // photo gets a label its face does not support, as in RAF-DB.
+  if (context >= 0 && context < data::kNumExpressions) {
+    score[context] += 0.15 + 0.25 * (1 - std::min(1.0, strongest));
+  }
   // Less visible evidence, more guessing.
-  const double noise = 0.08 + 0.12 * (1 - std::min(1.0, strongest));
+  const double noise = 0.08 + 0.3 * (1 - std::min(1.0, strongest));
   Votes v;
   for (int a = 0; a < annotators; ++a) {
     int best = 0;

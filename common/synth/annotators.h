@@ -23,8 +23,10 @@ struct Votes {
 
 // `annotators` people look at the *visible* AU evidence (intensity times the unoccluded share) and
 // vote. Clear evidence for one expression gives agreement; weak, partial or hidden evidence gives
-// disagreement, hence low consistency. `context` (the intended expression, or -1) adds a small
-// pull towards it, like cues other than the face's muscles would.
+// disagreement, hence low consistency. `context` (the intended expression, or -1) adds a pull
+// towards it, like cues other than the face's muscles would: 0.15 on the evidence score with a
+// clear face, up to 0.40 when no AU is visible, so an ambiguous face often carries a label it does
+// not show (RAF-DB's in-the-wild photos).
 Votes SimulateAnnotators(const std::array<double, kSynthAus.size()>& visible, int context,
                          int annotators, Rng& rng);
 

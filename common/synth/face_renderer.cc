@@ -25,6 +25,13 @@ cv::Scalar Darken(const cv::Scalar& c, double k) { return c * (1.0 - std::clamp(
 
 cv::Scalar Mix(const cv::Scalar& a, const cv::Scalar& b, double t) { return a * (1 - t) + b * t; }
 
+// Contrast of an AU's wrinkles and folds at intensity `a`: a present AU shows at least 35% of its
+// full contrast (FACS codes an AU only where its evidence is visible, docs/synthface.md).
+double Visible(double a) { return a > 0 ? 0.35 + 0.65 * a : 0.0; }
+
+// Width of wrinkle and fold lines, in image sides: at least about one pixel at 64-96 px.
+constexpr double kWrinkle = 0.011;
+
 // Drawing in image-side units on a canvas of `px` pixels.
 class Canvas {
  public:
@@ -118,8 +125,8 @@ void DrawBrows(Canvas& c, const FaceState& s) {
   const Identity& id = s.identity;
   const double a1 = A(s, 1), a2 = A(s, 2), a4 = A(s, 4);
   const double base = id.eye_y - id.brow_gap;
-  const cv::Scalar wrinkle1 = Darken(id.skin, 0.55 * a1);
-  const cv::Scalar wrinkle2 = Darken(id.skin, 0.55 * a2);
+  const cv::Scalar wrinkle1 = Darken(id.skin, 0.55 * Visible(a1));
+  const cv::Scalar wrinkle2 = Darken(id.skin, 0.55 * Visible(a2));
   for (int side : {-1, 1}) {
     // AU2: lateral forehead wrinkles above the outer brow.
     if (a2 > 0) {
@@ -128,7 +135,7 @@ void DrawBrows(Canvas& c, const FaceState& s) {
         c.Poly(Curve({0.5 + side * (id.eye_dx - 0.01), y + 0.004},
                      {0.5 + side * (id.eye_dx + 0.025), y - 0.004},
                      {0.5 + side * (id.eye_dx + 0.06), y + 0.004}),
-               wrinkle2, 0.006);
+               wrinkle2, kWrinkle);
       }
     }
     const double inner_x = 0.5 + side * (id.eye_dx - 0.45 * id.brow_length - 0.016 * a4);
@@ -144,14 +151,14 @@ void DrawBrows(Canvas& c, const FaceState& s) {
     for (int k = 0; k < 2; ++k) {
       const double y = base - 0.06 - 0.022 * k;
       c.Poly(Curve({0.5 - 0.06, y + 0.004}, {0.5, y - 0.004}, {0.5 + 0.06, y + 0.004}), wrinkle1,
-             0.006);
+             kWrinkle);
     }
   }
   // AU4: vertical furrows between the brows.
   if (a4 > 0) {
     for (int side : {-1, 1}) {
       c.Poly({{0.5 + side * 0.014, base - 0.02}, {0.5 + side * 0.01, base + 0.035}},
-             Darken(id.skin, 0.6 * a4), 0.008);
+             Darken(id.skin, 0.6 * Visible(a4)), kWrinkle);
     }
   }
 }
@@ -185,7 +192,7 @@ void DrawCheeks(Canvas& c, const FaceState& s) {
     const double x0 = 0.5 + side * (id.eye_dx + id.eye_half_width + 0.008);
     for (int k = -1; k <= 1; ++k) {
       c.Poly({{x0, id.eye_y + 0.008 * k}, {x0 + side * 0.03, id.eye_y + 0.018 * k}},
-             Darken(id.skin, 0.6 * a6), 0.006);
+             Darken(id.skin, 0.6 * Visible(a6)), kWrinkle);
     }
   }
 }
@@ -205,7 +212,7 @@ void DrawNose(Canvas& c, const FaceState& s) {
     for (int k = 0; k < 3; ++k) {
       const double y = id.eye_y + 0.03 + 0.014 * k;
       c.Poly(Curve({0.5 - 0.026, y}, {0.5, y - 0.006}, {0.5 + 0.026, y}),
-             Darken(id.skin, 0.6 * a9), 0.006);
+             Darken(id.skin, 0.6 * Visible(a9)), kWrinkle);
     }
   }
 }
@@ -222,7 +229,7 @@ void DrawMouth(Canvas& c, const FaceState& s) {
       c.Poly(Curve({0.5 + side * 0.045, tip + 0.005},
                    {0.5 + side * (id.mouth_half_width + 0.005), id.mouth_y - 0.05},
                    {0.5 + side * (id.mouth_half_width + 0.025), id.mouth_y + 0.005}),
-             Darken(id.skin, 0.55 * a10), 0.008);
+             Darken(id.skin, 0.55 * Visible(a10)), kWrinkle);
     }
   }
   const double half_w = id.mouth_half_width * (1 + 0.3 * a12 - 0.1 * a14) * (1 - 0.2 * a24);
@@ -257,22 +264,22 @@ void DrawMouth(Canvas& c, const FaceState& s) {
   }
   // AU23: tightened lips get a hard rolled edge.
   if (a23 > 0) {
-    c.Poly(Curve(left, {0.5, top + 0.004}, right), Darken(id.lips, 0.4 * a23), 0.005);
+    c.Poly(Curve(left, {0.5, top + 0.004}, right), Darken(id.lips, 0.4 * Visible(a23)), kWrinkle);
   }
   // AU24: skin bulges above and below pressed lips.
   if (a24 > 0) {
-    const cv::Scalar bulge = Darken(id.skin, 0.3 * a24);
+    const cv::Scalar bulge = Darken(id.skin, 0.3 * Visible(a24));
     c.Poly(Curve({0.5 - half_w * 0.7, top - 0.012}, {0.5, top - 0.02}, {0.5 + half_w * 0.7, top - 0.012}),
-           bulge, 0.005);
+           bulge, kWrinkle);
     c.Poly(Curve({0.5 - half_w * 0.7, bottom + 0.014}, {0.5, bottom + 0.022},
                  {0.5 + half_w * 0.7, bottom + 0.014}),
-           bulge, 0.005);
+           bulge, kWrinkle);
   }
   // AU14: dimples just outside the corners.
   if (a14 > 0) {
     for (int side : {-1, 1}) {
       c.Ellipse(0.5 + side * (half_w + 0.018), corner_y, 0.006, 0.016, 0,
-                Darken(id.skin, 0.5 * a14), 0.005, side > 0 ? 90 : -90, side > 0 ? 270 : 90);
+                Darken(id.skin, 0.5 * Visible(a14)), kWrinkle, side > 0 ? 90 : -90, side > 0 ? 270 : 90);
     }
   }
   // AU17: chin boss wrinkles.
@@ -281,7 +288,7 @@ void DrawMouth(Canvas& c, const FaceState& s) {
     const double y_chin = y + JawShift(s, y);
     for (int k = -2; k <= 2; ++k) {
       c.Ellipse(0.5 + 0.022 * k, y_chin + 0.01 * (k % 2), 0.007, 0.005, 0,
-                Darken(id.skin, 0.55 * a17), 0.005);
+                Darken(id.skin, 0.55 * Visible(a17)), kWrinkle);
     }
   }
 }

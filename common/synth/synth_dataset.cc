@@ -32,6 +32,11 @@ namespace {
 
 constexpr int kMaxAuInHeader = 64;  // BP4D files carry integer columns well past the coded AUs
 constexpr int kFirstUncodedAu = 40;  // BP4D: all AUs >= 40 are 9
+// Lowest apex intensity of an AU in the AU videos, and the lowest share of the apex at onset and
+// offset: a coded AU is always at least kMinApex * kMinProfile = 0.3 (docs/synthface.md: BP4D's
+// frames are 1040 x 1392 px, where a trace AU covers many pixels; at 64-96 px anything fainter
+// moved a pixel or less and no detector could see it).
+constexpr double kMinApex = 0.5, kMinProfile = 0.6;
 
 struct ImageJob {
   std::string path;
@@ -68,15 +73,15 @@ std::array<double, kSynthAus.size()> SegmentApex(Rng& rng) {
   if (!rng.Bernoulli(0.25)) {
     const int e = static_cast<int>(rng.IntIn(1, data::kNumExpressions - 1));
     for (int au : PrototypeAus(e)) {
-      if (rng.Bernoulli(0.85)) SetAu(s, au, rng.Uniform(0.35, 1.0));
+      if (rng.Bernoulli(0.85)) SetAu(s, au, rng.Uniform(kMinApex, 1.0));
     }
   }
   for (int au : kSynthAus) {
-    if (rng.Bernoulli(0.06)) SetAu(s, au, rng.Uniform(0.35, 1.0));
+    if (rng.Bernoulli(0.06)) SetAu(s, au, rng.Uniform(kMinApex, 1.0));
   }
-  if (s.au[SynthAuSlot(12)] > 0 && rng.Bernoulli(0.6)) SetAu(s, 6, rng.Uniform(0.35, 1.0));
-  if (s.au[SynthAuSlot(1)] > 0 && rng.Bernoulli(0.7)) SetAu(s, 2, rng.Uniform(0.35, 1.0));
-  if (s.au[SynthAuSlot(26)] > 0) SetAu(s, 25, rng.Uniform(0.35, 1.0));
+  if (s.au[SynthAuSlot(12)] > 0 && rng.Bernoulli(0.6)) SetAu(s, 6, rng.Uniform(kMinApex, 1.0));
+  if (s.au[SynthAuSlot(1)] > 0 && rng.Bernoulli(0.7)) SetAu(s, 2, rng.Uniform(kMinApex, 1.0));
+  if (s.au[SynthAuSlot(26)] > 0) SetAu(s, 25, rng.Uniform(kMinApex, 1.0));
   return s.au;
 }
 
@@ -161,12 +166,14 @@ absl::Status BuildAuData(const SynthOptions& o, const fs::path& dir, std::vector
         FaceState s;
         s.identity = identity;
         s.appearance = base;
-        s.appearance.rotation_deg += rng.Uniform(-1.5, 1.5);
-        s.appearance.shift_x += rng.Uniform(-0.005, 0.005);
-        s.appearance.shift_y += rng.Uniform(-0.005, 0.005);
+        // Spontaneous head motion from frame to frame (BP4D's subjects move while they talk).
+        s.appearance.rotation_deg += rng.Uniform(-4, 4);
+        s.appearance.scale *= rng.Uniform(0.97, 1.03);
+        s.appearance.shift_x += rng.Uniform(-0.02, 0.02);
+        s.appearance.shift_y += rng.Uniform(-0.02, 0.02);
         s.appearance.noise_seed = rng.NextU64();
-        // Onset, apex, offset within the segment; present AUs stay above 0.15 throughout.
-        const double profile = 0.45 + 0.55 * std::sin(M_PI * phase);
+        // Onset, apex, offset within the segment; present AUs stay above kMinProfile of the apex.
+        const double profile = kMinProfile + (1 - kMinProfile) * std::sin(M_PI * phase);
         for (size_t k = 0; k < apex.size(); ++k) s.au[k] = apex[k] * profile;
         const std::string name = pad ? absl::StrFormat("%04d", frame) : absl::StrCat(frame);
         jobs.push_back({(dir / subject / task / (name + ".jpg")).string(), s});

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# The paper in miniature: STL, MTL and MAL on SynthFace (with ambiguous FE samples), small CNN,
-# several seeds; mean test F1 +- std per method, and how MAL weights FE samples against their
-# annotator consistency. Usage: tests/bench/miniature.sh [OUT_DIR] (SEEDS="1 2 3", FOLD=1)
+# The paper in miniature: STL, MTL and MAL on SynthFace (24 AU subjects, 300 FE identities, 30% of
+# the FE images ambiguous), small CNN, the same data, budget, folds and seeds for every method.
+# Prints mean test F1 +- std over seeds per method (unseen subjects of the fold), MAL's FE weights
+# against annotator consistency and true ambiguity, and how the task balance moved; writes
+# OUT/summary.json. Usage: tests/bench/miniature.sh [OUT_DIR]
+# Environment: DATA_SEED (SynthFace seed, 11), SEEDS ("1 2 3"), FOLD (1), EPOCHS (12),
+# AU_SUBJECTS (24), FRAMES (80 per subject), FE_SUBJECTS (300), FE_IMAGES (3000), AMBIGUOUS (0.3),
+# METHODS ("stl mtl mal"), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-runs/miniature}"
 seeds="${SEEDS:-1 2 3}"
 fold="${FOLD:-1}"
-epochs="${EPOCHS:-20}"
+epochs="${EPOCHS:-12}"
+methods="${METHODS:-stl mtl mal}"
 build="${MAL_BUILD_DIR:-build}"
 mkdir -p "$out"
 data="$out/synthface"
-if [ ! -d "$data" ]; then
-  "$build/client/malctl" data synth --out "$data" --au-subjects 9 --frames 150 --fe-subjects 300 \
-    --fe-images 3000 --ambiguous 0.3 --size 96 --seed 11
+if [ ! -f "$data/synthface.txt" ]; then
+  "$build/client/malctl" data synth --out "$data" --force --seed "${DATA_SEED:-11}" \
+    --au-subjects "${AU_SUBJECTS:-24}" --frames "${FRAMES:-80}" --fe-subjects "${FE_SUBJECTS:-300}" \
+    --fe-images "${FE_IMAGES:-3000}" --ambiguous "${AMBIGUOUS:-0.3}" --size 80
 fi
-for method in stl mtl mal; do
-  for seed in $seeds; do
+start=$(date +%s)
+for seed in $seeds; do
+  for method in $methods; do
     run="$out/$method-seed$seed"
     [ -f "$run/model.json" ] && continue
     cat > "$out/$method-seed$seed.yaml" <<SPEC
@@ -25,37 +33,77 @@ method: $method
 data:
   au: {format: synthface, root: $data}
   fe: {format: synthface, root: $data}
-model: {backbone: small_cnn, input: 80, resize: 88}
-train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.05, momentum: 0.9, weight_decay: 5e-4,
-        fe_lambda: 1.0, log_every: 50, checkpoint_every: 1000}
-mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, val_fraction: 0.05, val_batch: 64}
+model: {backbone: small_cnn, input: 64, resize: 72}
+train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.01, schedule: cosine, momentum: 0.9,
+        weight_decay: 5e-4, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
+mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, val_fraction: 0.05, val_batch: 64${MAL_EXTRA:-}}
 seed: $seed
 SPEC
-    echo "== $method seed $seed"
+    echo "== $method seed $seed ($(( $(date +%s) - start )) s so far)"
+    rm -rf "$run"
     "$build/worker/mal-worker" train -f "$out/$method-seed$seed.yaml" --fold "$fold" --out "$run" --quiet
   done
 done
-python3 - "$out" "$seeds" <<'PY'
+echo "== all runs: $(( $(date +%s) - start )) s"
+python3 - "$out" "$seeds" "$methods" <<'PY'
 import csv, json, statistics, sys
-out, seeds = sys.argv[1], sys.argv[2].split()
-print(f"{'method':8} {'test mean F1 (last epoch)':>28} {'best epoch F1':>16}")
-for method in ["stl", "mtl", "mal"]:
-    last, best = [], []
+out, seeds, methods = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+def sd(v): return statistics.stdev(v) if len(v) > 1 else 0.0
+summary = {}
+print(f"{'method':8} {'test mean F1 (last epoch)':>26} {'best epoch':>11} {'s/run':>7}   per-AU F1 (mean over seeds)")
+for method in methods:
+    last, best, secs, per_au, aus = [], [], [], None, None
     for s in seeds:
         epochs = json.load(open(f"{out}/{method}-seed{s}/metrics.json"))["epochs"]
         last.append(epochs[-1]["test_mean_f1"]); best.append(max(e["test_mean_f1"] for e in epochs))
-    sd = statistics.stdev(last) if len(last) > 1 else 0.0
-    print(f"{method:8} {statistics.mean(last):20.4f} +- {sd:.4f} {statistics.mean(best):16.4f}")
-truth = {r["name"].rsplit(".", 1)[0]: r for r in csv.DictReader(open(f"{out}/synthface/fe/synth_truth.csv"))}
-for s in seeds:
-    epochs = json.load(open(f"{out}/mal-seed{s}/metrics.json"))["epochs"]
-    rows = [r for r in csv.DictReader(open(epochs[-1]["weights_csv"] if "weights_csv" in epochs[-1]
-            else f"{out}/mal-seed{s}/weights/epoch_{len(epochs):03d}.csv")) if r["task"] == "fe"]
-    by_kind = {}
-    for r in rows:
-        by_kind.setdefault(truth[r["id"]]["kind"], []).append(float(r["weight"]))
-    kinds = ", ".join(f"{k} {statistics.mean(v):.4f}" for k, v in sorted(by_kind.items()))
-    au = [e for e in epochs][-1]
-    print(f"mal seed {s}: Spearman(FE weight, consistency) {au['fe_weight_consistency_spearman']:+.3f}; "
-          f"mean weight AU {au['mean_au_weight']:.4f} FE {au['mean_fe_weight']:.4f}; FE by kind: {kinds}")
+        secs.append(sum(e["seconds"] for e in epochs))
+        aus = epochs[-1]["aus"]
+        f1 = epochs[-1]["test_f1"]
+        per_au = f1 if per_au is None else [a + b for a, b in zip(per_au, f1)]
+    per_au = [x / len(seeds) for x in per_au]
+    summary[method] = {"mean": statistics.mean(last), "std": sd(last), "per_seed": last,
+                       "best_epoch_mean": statistics.mean(best), "seconds_mean": statistics.mean(secs),
+                       "per_au": dict(zip(map(str, aus), per_au))}
+    print(f"{method:8} {statistics.mean(last):14.4f} +- {sd(last):.4f} {statistics.mean(best):11.4f} "
+          f"{statistics.mean(secs):7.0f}   " + " ".join(f"{a}:{f:.2f}" for a, f in zip(aus, per_au)))
+for a, b in [("mal", "mtl"), ("mal", "stl"), ("mtl", "stl")]:
+    if a in summary and b in summary:
+        d = [x - y for x, y in zip(summary[a]["per_seed"], summary[b]["per_seed"])]
+        summary[f"{a}_minus_{b}"] = {"mean": statistics.mean(d), "std": sd(d), "per_seed": d}
+        print(f"{a} - {b}: {statistics.mean(d):+.4f} (per seed {', '.join(f'{x:+.3f}' for x in d)})")
+if "mal" in summary:
+    truth = {r["name"].rsplit(".", 1)[0]: r
+             for r in csv.DictReader(open(f"{out}/synthface/fe/synth_truth.csv"))}
+    rhos, kinds_all, balance = [], {}, []
+    for s in seeds:
+        epochs = json.load(open(f"{out}/mal-seed{s}/metrics.json"))["epochs"]
+        rows = [r for r in csv.DictReader(open(f"{out}/mal-seed{s}/weights/epoch_{len(epochs):03d}.csv"))
+                if r["task"] == "fe"]
+        by_kind = {}
+        for r in rows:
+            by_kind.setdefault(truth[r["id"]]["kind"], []).append(float(r["weight"]))
+        kinds = {k: statistics.mean(v) for k, v in by_kind.items()}
+        rec = list(csv.DictReader(open(f"{out}/mal-seed{s}/records.csv")))
+        def share(rows):  # normalised AU share of the weights
+            au = statistics.mean(float(r["mean_wn_au"]) for r in rows)
+            fe = statistics.mean(float(r["mean_wn_fe"]) for r in rows)
+            return au / (au + fe)
+        first, final = share(rec[:20]), share(rec[-20:])
+        rho = epochs[-1]["fe_weight_consistency_spearman"]
+        rhos.append(rho)
+        balance.append({"first_20_iterations": {"au": first, "fe": 1 - first},
+                        "last_20_iterations": {"au": final, "fe": 1 - final}})
+        kinds_all[s] = kinds
+        print(f"mal seed {s}: Spearman(FE weight, consistency) {rho:+.3f} (by epoch: "
+              + " ".join(f"{e['fe_weight_consistency_spearman']:+.2f}" for e in epochs) + ")")
+        print(f"  mean FE weight by true ambiguity: "
+              + ", ".join(f"{k} {kinds[k]:.4f}" for k in ["clear", "partial", "weak", "none"] if k in kinds))
+        print(f"  normalised task shares AU / FE: first 20 iterations {first:.3f} / {1 - first:.3f}, "
+              f"last 20 {final:.3f} / {1 - final:.3f}")
+    summary["mal_spearman"] = dict(zip(seeds, rhos))
+    summary["spearman_min"] = min(rhos)
+    summary["mal_fe_weight_by_kind"] = kinds_all
+    summary["mal_task_balance"] = dict(zip(seeds, balance))
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
+print(f"wrote {out}/summary.json")
 PY

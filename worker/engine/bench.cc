@@ -71,7 +71,7 @@ Setup MakeSetup(const BenchOptions& o, const torch::Device& device) {
   s.val.images = torch::randn({o.val_batch, 3, o.input, o.input}, f);
   s.val.labels = torch::randint(0, 2, {o.val_batch, 12}, f);
   s.val.mask = torch::ones({o.val_batch, 12}, f);
-  s.val.au_weight = torch::ones({12}, f);
+  s.val.pos_weight = torch::ones({12}, f);
   return s;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 
@@ -48,31 +49,61 @@ class PhaseTimer {
 
 }  // namespace
 
-torch::Tensor RebalanceWeights(const std::vector<double>& positive_rates, double floor) {
-  std::vector<double> inv(positive_rates.size());
-  double sum = 0;
-  for (size_t c = 0; c < inv.size(); ++c) {
-    inv[c] = 1.0 / std::max(positive_rates[c], floor);
-    sum += inv[c];
+torch::Tensor PositiveWeights(const std::vector<double>& positive_rates, double cap) {
+  std::vector<float> w(positive_rates.size(), 1.0f);
+  for (size_t c = 0; c < w.size(); ++c) {
+    const double p = positive_rates[c];
+    if (p > 0 && p < 1) w[c] = static_cast<float>(std::clamp((1 - p) / p, 1.0 / cap, cap));
   }
-  std::vector<float> w(inv.size());
-  for (size_t c = 0; c < inv.size(); ++c) w[c] = static_cast<float>(inv.size() * inv[c] / sum);
   return torch::tensor(w);
 }
 
+namespace {
+
+torch::Tensor Bce(const torch::Tensor& logits, const torch::Tensor& labels,
+                  const torch::Tensor& pos_weight) {
+  return torch::binary_cross_entropy_with_logits(
+      logits, labels, /*weight=*/{},
+      pos_weight.defined() ? pos_weight.to(logits.dtype()) : torch::Tensor(), at::Reduction::None);
+}
+
+}  // namespace
+
 torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
-                              const torch::Tensor& mask) {
-  const torch::Tensor bce = torch::binary_cross_entropy_with_logits(
-      logits, labels, /*weight=*/{}, /*pos_weight=*/{}, at::Reduction::None);
-  return (bce * mask).sum(1) / mask.sum(1).clamp_min(1);
+                              const torch::Tensor& mask, const torch::Tensor& pos_weight) {
+  return (Bce(logits, labels, pos_weight) * mask).sum(1) / mask.sum(1).clamp_min(1);
 }
 
 torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
-                               const torch::Tensor& mask, const torch::Tensor& au_weight) {
-  const torch::Tensor bce = torch::binary_cross_entropy_with_logits(
-      logits, labels, /*weight=*/{}, /*pos_weight=*/{}, at::Reduction::None);
-  return (bce * mask * au_weight.unsqueeze(0)).sum() / mask.sum().clamp_min(1);
+                               const torch::Tensor& mask, const torch::Tensor& pos_weight) {
+  return (Bce(logits, labels, pos_weight) * mask).sum() / mask.sum().clamp_min(1);
 }
+
+namespace {
+
+// Holds the BatchNorm running statistics of a net still while alive (momentum 0: the batch
+// statistics still normalise, the running ones do not move), and restores the momenta after.
+class FrozenBatchNormStats {
+ public:
+  explicit FrozenBatchNormStats(torch::nn::Module& net) {
+    for (const auto& m : net.modules(/*include_self=*/false)) {
+      if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+        saved_.emplace_back(bn, bn->options.momentum());
+        bn->options.momentum(0.0);
+      }
+    }
+  }
+  ~FrozenBatchNormStats() {
+    for (auto& [bn, momentum] : saved_) bn->options.momentum(momentum);
+  }
+  FrozenBatchNormStats(const FrozenBatchNormStats&) = delete;
+  FrozenBatchNormStats& operator=(const FrozenBatchNormStats&) = delete;
+
+ private:
+  std::vector<std::pair<torch::nn::BatchNorm2dImpl*, c10::optional<double>>> saved_;
+};
+
+}  // namespace
 
 MalStep::MalStep(BaseNet model, BaseNet shadow, MetaNet meta)
     : model_(std::move(model)), shadow_(std::move(shadow)), meta_(std::move(meta)) {
@@ -91,9 +122,13 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
     f.h_fe = h.narrow(0, n, h.size(0) - n);
   } else {
     f.h_au = net.Features(b.au_images);
-    if (with_fe) f.h_fe = net.Features(b.fe_images);
+    if (with_fe) {
+      std::optional<FrozenBatchNormStats> frozen;
+      if (o.bn_stats_au_only) frozen.emplace(net);
+      f.h_fe = net.Features(b.fe_images);
+    }
   }
-  f.l_au = PerSampleAuLoss(net.au_head(f.h_au), b.au_labels, b.au_mask);
+  f.l_au = PerSampleAuLoss(net.au_head(f.h_au), b.au_labels, b.au_mask, o.au_pos_weight);
   if (with_fe) {
     f.l_fe = torch::nn::functional::cross_entropy(
         net.fe_head(f.h_fe), b.fe_labels,
@@ -104,8 +139,8 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
 
 MalStep::Weights MalStep::ComputeWeights(const Forward& f) {
   Weights w;
-  w.w_au = meta_->forward(f.h_au);
-  w.w_fe = meta_->forward(f.h_fe);
+  w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask);
+  w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask);
   const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
   w.wn_au = w.w_au / s;
   w.wn_fe = w.w_fe / s;
@@ -118,8 +153,8 @@ torch::Tensor MalStep::WeightedLoss(const Forward& f, const Weights& w) {
 
 std::vector<torch::Tensor> MalStep::ValidationGradient(const ValBatch& val, double* loss) {
   shadow_->train();
-  const torch::Tensor lv = RebalancedAuLoss(shadow_->forward(val.images), val.labels, val.mask,
-                                            val.au_weight.to(val.images.dtype()));
+  const torch::Tensor lv =
+      RebalancedAuLoss(shadow_->forward(val.images), val.labels, val.mask, val.pos_weight);
   if (loss != nullptr) *loss = lv.item<double>();
   return ZerosForUndefined(
       torch::autograd::grad({lv}, shadow_params_, {}, /*retain_graph=*/false,
@@ -141,7 +176,8 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     Forward heads;
     heads.h_au = h_au;
     heads.h_fe = h_fe;
-    heads.l_au = PerSampleAuLoss(model_->au_head(h_au), batch.au_labels, batch.au_mask);
+    heads.l_au = PerSampleAuLoss(model_->au_head(h_au), batch.au_labels, batch.au_mask,
+                                 o.au_pos_weight);
     heads.l_fe = torch::nn::functional::cross_entropy(
         model_->fe_head(h_fe), batch.fe_labels,
         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
@@ -158,8 +194,7 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
       h_v = shadow_->Features(val.images);
     }
     const torch::Tensor z_v = torch::nn::functional::linear(h_v, w - alpha * g[0], b - alpha * g[1]);
-    const torch::Tensor lv =
-        RebalancedAuLoss(z_v, val.labels, val.mask, val.au_weight.to(val.images.dtype()));
+    const torch::Tensor lv = RebalancedAuLoss(z_v, val.labels, val.mask, val.pos_weight);
     if (val_loss != nullptr) *val_loss = lv.item<double>();
     timer.Mark("meta: validation forward");
     auto meta_grad = ZerosForUndefined(torch::autograd::grad({lv}, phi, {}, false, false, true), phi);

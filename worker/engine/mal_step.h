@@ -24,10 +24,11 @@ struct TrainBatch {
   torch::Tensor fe_images, fe_labels;  // undefined for STL
 };
 
-// A batch of the AU validation reserve, and per-AU weights of the class-rebalanced loss.
+// A batch of the AU validation reserve, and the per-AU positive weights of the class-rebalanced
+// loss (PositiveWeights of the reserve's positive rates).
 struct ValBatch {
-  torch::Tensor images, labels, mask;
-  torch::Tensor au_weight;  // [C]
+  torch::Tensor images, labels, mask;  // N x 3 x H x W, N x C, N x C
+  torch::Tensor pos_weight;            // [C]
 };
 
 struct StepOptions {
@@ -36,6 +37,12 @@ struct StepOptions {
   double fe_lambda = 1.0;      // MTL
   bool update_meta = true;     // MAL: false between meta updates (meta_interval)
   bool joint_forward = false;  // AU and FE images through one forward (shared BN statistics)
+  // With separate forwards: BatchNorm running statistics advance on the AU batch only (the FE
+  // forward uses its batch statistics but leaves the running ones alone), so evaluation on AU
+  // images uses AU statistics. False: both forwards move them, the FE batch last.
+  bool bn_stats_au_only = true;
+  // Per-AU positive weights of the AU training loss ([C]); undefined = plain BCE (train.au_pos_weight).
+  torch::Tensor au_pos_weight;
   double fd_epsilon = 1e-3;    // finite_difference: step along r, relative to |r|
   // exact: the directional derivatives grad l_i . r by forward-mode AD (one dual forward, true)
   // or the double-backward VJP of mal.md (false). Both are exact; the tests hold them equal.
@@ -52,9 +59,11 @@ struct StepStats {
   std::vector<std::pair<std::string, double>> phases;  // seconds per phase, with options.profile
 };
 
-// Per-AU weights for the validation loss: C * (1/p_c) / sum_k (1/p_k), p_c the positive rate of
-// AU c in the reserve, clamped to at least `floor` (so an AU without positives stays finite).
-torch::Tensor RebalanceWeights(const std::vector<double>& positive_rates, double floor);
+// Per-AU positive weights that balance positives against negatives within each AU:
+// pos_weight_c = (1 - p_c) / p_c, clamped to [1 / cap, cap], with p_c the AU's positive rate
+// (a share in [0, 1]). An AU without positives (p_c = 0) or without negatives gets 1: its loss is
+// the plain BCE of the frames it has, never amplified (docs/mal.md, "class-rebalanced"). [C], float.
+torch::Tensor PositiveWeights(const std::vector<double>& positive_rates, double cap = 20.0);
 
 // Runs iterations on a model, its shadow (same architecture, own buffers: the virtual step and the
 // validation pass happen there, so the real BatchNorm statistics move only in the meta-train
@@ -103,13 +112,15 @@ class MalStep {
   std::vector<torch::Tensor> params_, shadow_params_;
 };
 
-// Per-sample AU loss: masked mean over AUs of sigmoid BCE ([n]).
+// Per-sample AU loss: masked mean over AUs of sigmoid BCE, positives weighted by `pos_weight`
+// ([C]; undefined = 1). logits, labels, mask: N x C. Returns [N].
 torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
-                              const torch::Tensor& mask);
+                              const torch::Tensor& mask, const torch::Tensor& pos_weight = {});
 
-// The class-rebalanced AU loss of the meta-test stage (a scalar).
+// The class-rebalanced AU loss of the meta-test stage (mal.md stage 2): masked mean over frames
+// and AUs of sigmoid BCE with per-AU positive weights `pos_weight` ([C]). A scalar.
 torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
-                               const torch::Tensor& mask, const torch::Tensor& au_weight);
+                               const torch::Tensor& mask, const torch::Tensor& pos_weight);
 
 }  // namespace mal::engine
 

@@ -130,15 +130,18 @@ std::vector<torch::Tensor> BaseNetImpl::HeadParameters() {
   return p;
 }
 
-MetaNetImpl::MetaNetImpl(int64_t feature_dim) {
+MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias) {
   linear = register_module("linear", nn::Linear(feature_dim, 1));
+  if (with_task_bias) task_bias = register_parameter("task_bias", torch::zeros({2}));
   torch::NoGradGuard no_grad;
   linear->weight.zero_();
   linear->bias.zero_();
 }
 
-torch::Tensor MetaNetImpl::forward(const torch::Tensor& h) {
-  return torch::sigmoid(linear(h.detach())).squeeze(1);
+torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task) {
+  torch::Tensor z = linear(h.detach()).squeeze(1);
+  if (task_bias.defined()) z = z + task_bias[task];
+  return torch::sigmoid(z);
 }
 
 void CopyState(nn::Module& from, nn::Module& to) {

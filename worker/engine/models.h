@@ -93,13 +93,20 @@ class BaseNetImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BaseNet);
 
-// The meta net: w = sigmoid(v . stopgrad(h) + b), zero-initialised so every weight starts at 0.5.
+// The meta net: w = sigmoid(v . stopgrad(h) + b), zero-initialised so every weight starts at 0.5
+// (paper, section 4.1.2). With `task_bias` (mal.task_bias, an extension the paper does not have)
+// it adds a learned bias per task, w = sigmoid(v . stopgrad(h) + b + c_task), also zero-initialised:
+// the balance between the AU and FE tasks then has its own parameter instead of having to be read
+// from features that AU and FE images may share.
 class MetaNetImpl : public torch::nn::Module {
  public:
-  explicit MetaNetImpl(int64_t feature_dim);
-  // Per-sample weights in (0, 1), shape [N]. Detaches `h` itself.
-  torch::Tensor forward(const torch::Tensor& h);
+  static constexpr int kAuTask = 0, kFeTask = 1;
+  explicit MetaNetImpl(int64_t feature_dim, bool with_task_bias = false);
+  // Per-sample weights in (0, 1), shape [N], for features `h` (N x D) of samples of `task`
+  // (kAuTask or kFeTask). Detaches `h` itself.
+  torch::Tensor forward(const torch::Tensor& h, int task = kAuTask);
   torch::nn::Linear linear{nullptr};
+  torch::Tensor task_bias;  // [2] (AU, FE), or undefined without task_bias
 };
 TORCH_MODULE(MetaNet);
 

@@ -149,16 +149,22 @@ class CyclingLoader {
   int64_t epoch_ = 0, next_ = 0;
 };
 
+// How a loader visits its samples: training batches are shuffled and augmented, the meta
+// validation batches shuffled (a new seeded order each epoch, so every meta-gradient sees frames
+// of several subjects) but not augmented, evaluation neither.
+enum class LoaderKind { kTrain, kMetaValidation, kEval };
+
 absl::StatusOr<std::unique_ptr<BatchLoader>> MakeLoader(const data::DatasetIndex& index,
                                                         std::vector<int64_t> samples, int batch,
-                                                        bool train, const v1::ExperimentSpec& spec,
+                                                        LoaderKind kind,
+                                                        const v1::ExperimentSpec& spec,
                                                         uint64_t seed) {
   BatchLoader::Options o;
   o.batch_size = batch;
   o.threads = spec.train().data_threads();
   o.prefetch = kPrefetch;
-  o.shuffle = train;
-  o.augment = train;
+  o.shuffle = kind != LoaderKind::kEval;
+  o.augment = kind == LoaderKind::kTrain;
   o.seed = seed;
   o.transform.resize = spec.model().resize();
   o.transform.crop = spec.model().input();
@@ -195,7 +201,7 @@ struct Evaluation {
   double loss = 0;
 };
 
-Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor& au_weight,
+Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor& pos_weight,
                     const torch::Device& device, int num_aus) {
   torch::NoGradGuard no_grad;
   model.eval();
@@ -207,7 +213,7 @@ Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor
     torch::Tensor logits = model.forward(Images(*b, device));
     torch::Tensor labels = AuTensor(b->au_labels, b->size, device);
     torch::Tensor mask = AuTensor(b->au_mask, b->size, device);
-    loss_sum += RebalancedAuLoss(logits, labels, mask, au_weight).item<double>() * b->size;
+    loss_sum += RebalancedAuLoss(logits, labels, mask, pos_weight).item<double>() * b->size;
     n += b->size;
     torch::Tensor probs = torch::sigmoid(logits).to(torch::kCPU).contiguous();
     e.f1.Add(probs.data_ptr<float>(), b->au_labels.data(), b->au_mask.data(), b->size);
@@ -240,7 +246,10 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     BatchLoader& loader = task == 0 ? au_loader : fe_loader;
     loader.StartEpoch(0);
     while (auto b = loader.Next()) {
-      torch::Tensor w = meta.forward(model.Features(Images(*b, device))).to(torch::kCPU).to(torch::kDouble);
+      torch::Tensor w = meta.forward(model.Features(Images(*b, device)),
+                                     task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask)
+                            .to(torch::kCPU)
+                            .to(torch::kDouble);
       for (int i = 0; i < b->size; ++i) {
         rows.push_back({b->samples[i], task == 1, w[i].item<double>()});
         sum[task] += rows.back().w;
@@ -491,7 +500,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   config.num_expressions = data::kNumExpressions;
   config.input = spec.model().input();
   BaseNet model(config), shadow(config);
-  MetaNet meta(model->feature_dim());
+  MetaNet meta(model->feature_dim(), spec.mal().task_bias());
   if (!spec.model().pretrained().empty()) {
     RETURN_IF_ERROR(LoadPretrainedBackbone(spec.model().pretrained(), *model));
   }
@@ -511,28 +520,31 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   }
 
   // Loaders.
-  ASSIGN_OR_RETURN(auto au_train, MakeLoader(data.au, data.fold.train, t.batch_au(), true, spec, seed));
+  ASSIGN_OR_RETURN(auto au_train, MakeLoader(data.au, data.fold.train, t.batch_au(),
+                                             LoaderKind::kTrain, spec, seed));
   std::unique_ptr<CyclingLoader> fe_train, val_train;
   if (method != Method::kStl) {
-    ASSIGN_OR_RETURN(auto fe, MakeLoader(data.fe, AllOf(data.fe), t.batch_fe(), true, spec, seed + 1));
+    ASSIGN_OR_RETURN(auto fe, MakeLoader(data.fe, AllOf(data.fe), t.batch_fe(), LoaderKind::kTrain,
+                                         spec, seed + 1));
     fe_train = std::make_unique<CyclingLoader>(std::move(fe));
   }
   if (method == Method::kMal) {
-    ASSIGN_OR_RETURN(auto val, MakeLoader(data.au, data.fold.val, spec.mal().val_batch(), false, spec, seed + 2));
+    ASSIGN_OR_RETURN(auto val, MakeLoader(data.au, data.fold.val, spec.mal().val_batch(),
+                                          LoaderKind::kMetaValidation, spec, seed + 2));
     val_train = std::make_unique<CyclingLoader>(std::move(val));
   }
-  // The meta validation batches are shuffled but not augmented.
   std::unique_ptr<BatchLoader> test_eval;  // none for the final fit (fold 0)
   if (!data.fold.test.empty()) {
-    ASSIGN_OR_RETURN(test_eval, MakeLoader(data.au, data.fold.test, 64, false, spec, seed));
+    ASSIGN_OR_RETURN(test_eval, MakeLoader(data.au, data.fold.test, 64, LoaderKind::kEval, spec, seed));
   }
-  ASSIGN_OR_RETURN(auto val_eval, MakeLoader(data.au, data.fold.val, 64, false, spec, seed));
+  ASSIGN_OR_RETURN(auto val_eval, MakeLoader(data.au, data.fold.val, 64, LoaderKind::kEval, spec, seed));
   std::unique_ptr<BatchLoader> au_all, fe_all;
   if (method == Method::kMal) {
-    ASSIGN_OR_RETURN(au_all, MakeLoader(data.au, data.fold.train, 64, false, spec, seed));
-    ASSIGN_OR_RETURN(fe_all, MakeLoader(data.fe, AllOf(data.fe), 64, false, spec, seed));
+    ASSIGN_OR_RETURN(au_all, MakeLoader(data.au, data.fold.train, 64, LoaderKind::kEval, spec, seed));
+    ASSIGN_OR_RETURN(fe_all, MakeLoader(data.fe, AllOf(data.fe), 64, LoaderKind::kEval, spec, seed));
   }
-  const torch::Tensor au_weight = RebalanceWeights(data.val_rates, 1.0 / std::max<size_t>(1, data.fold.val.size())).to(device);
+  // The class-rebalanced validation loss (meta-test stage, and the reported validation loss).
+  const torch::Tensor val_pos_weight = PositiveWeights(data.val_rates).to(device);
 
   const int64_t per_epoch =
       t.max_iterations() > 0 ? std::min<int64_t>(t.max_iterations(), au_train->batches_per_epoch())
@@ -581,6 +593,10 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   so.joint_forward = spec.mal().joint_forward();
   so.fd_epsilon = spec.mal().fd_epsilon();
   so.exact_jvp = spec.mal().exact_method() != "vjp";
+  so.bn_stats_au_only = t.bn_stats() != "all";
+  if (t.au_pos_weight() == "inverse_frequency") {
+    so.au_pos_weight = PositiveWeights(data::PositiveRates(data.au, data.fold.train)).to(device);
+  }
   if (fe_train) fe_train->Start(pos.fe_epoch, pos.fe_next);
   if (val_train) val_train->Start(pos.val_epoch, pos.val_next);
 
@@ -605,13 +621,13 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
     e.iteration = pos.global_iter;
     e.aus = data.au.aus;
     if (test_eval) {
-      Evaluation test = Evaluate(*model, *test_eval, au_weight, device, num_aus);
+      Evaluation test = Evaluate(*model, *test_eval, val_pos_weight, device, num_aus);
       e.test_f1 = test.f1.PerAu();
       e.test_mean_f1 = test.f1.Mean();
     } else {
       e.test_mean_f1 = -1;  // no test part
     }
-    Evaluation val = Evaluate(*model, *val_eval, au_weight, device, num_aus);
+    Evaluation val = Evaluate(*model, *val_eval, val_pos_weight, device, num_aus);
     e.val_f1 = val.f1.PerAu();
     e.val_mean_f1 = val.f1.Mean();
     e.val_loss = val.loss;
@@ -654,7 +670,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
         val.images = Images(*vb, device);
         val.labels = AuTensor(vb->au_labels, vb->size, device);
         val.mask = AuTensor(vb->au_mask, vb->size, device);
-        val.au_weight = au_weight;
+        val.pos_weight = val_pos_weight;
       }
       absl::StatusOr<StepStats> stats = step.Run(batch, so.update_meta ? &val : nullptr, lr, so, base_opt, meta_opt.get());
       if (!stats.ok()) {

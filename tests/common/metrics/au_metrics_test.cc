@@ -24,6 +24,20 @@ TEST(AuF1Test, AccumulatesOverBatchesAndExcludesUnknown) {
   EXPECT_DOUBLE_EQ(f1.Mean(), 0.75);
 }
 
+TEST(AuF1Test, CountsFalsePositivesAndFalseNegativesApart) {
+  // One AU, five frames: 1 TP, 3 FP, 1 FN, no TN. F1 = 2 / (2 + 3 + 1) = 1/3 either way round,
+  // so only the separate counts show an FP counted as an FN.
+  AuF1 f1(1);
+  const float probs[] = {0.9f, 0.8f, 0.7f, 0.6f, 0.2f};
+  const float labels[] = {1, 0, 0, 0, 1};
+  const float mask[] = {1, 1, 1, 1, 1};
+  f1.Add(probs, labels, mask, 5);
+  EXPECT_EQ(f1.tp(0), 1);
+  EXPECT_EQ(f1.fp(0), 3);
+  EXPECT_EQ(f1.fn(0), 1);
+  EXPECT_DOUBLE_EQ(f1.F1(0), 1.0 / 3);
+}
+
 TEST(AuF1Test, ThresholdIsInclusive) {
   AuF1 f1(1);
   const float p[] = {0.5f}, y[] = {1}, m[] = {1};

@@ -38,7 +38,22 @@ TEST(AnnotatorsTest, NoEvidenceLooksNeutral) {
   Rng rng(2);
   const Votes v = SimulateAnnotators({}, data::kNeutral, 40, rng);
   EXPECT_EQ(v.label, data::kNeutral);
-  EXPECT_GE(v.consistency, 0.8);
+  EXPECT_GE(v.consistency, 0.6);
+}
+
+// A blank face in a happy context (an in-the-wild photo's scene): the vote splits, and the label
+// is often the context's, which the face does not support (RAF-DB's ambiguous samples).
+TEST(AnnotatorsTest, BlankFaceInContextGetsUnsupportedLabelsWithLowConsistency) {
+  int happy = 0;
+  double consistency = 0;
+  for (uint64_t seed = 0; seed < 100; ++seed) {
+    Rng rng(seed);
+    const Votes v = SimulateAnnotators({}, data::kHappiness, 40, rng);
+    happy += v.label == data::kHappiness;
+    consistency += v.consistency;
+  }
+  EXPECT_GT(happy, 30);
+  EXPECT_LT(consistency / 100, 0.6);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "worker/engine/mal_step.h"
 
+#include <map>
+
 #include <gtest/gtest.h>
 
 namespace mal::engine {
@@ -14,7 +16,11 @@ struct Fixture {
   ValBatch val;
 };
 
-Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0) {
+// A tiny model in double precision, its shadow, a meta net (random or zero-initialised; with a
+// per-task bias when `task_bias`), an AU batch of 5 frames, an FE batch of `n_fe` images and a
+// validation batch of 6 frames.
+Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, int n_fe = 4,
+             bool task_bias = false) {
   torch::manual_seed(seed);
   Fixture f;
   BaseNetImpl::Config c;
@@ -26,24 +32,25 @@ Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0) {
   f.shadow = BaseNet(c);
   f.model->to(torch::kDouble);
   f.shadow->to(torch::kDouble);
-  f.meta = MetaNet(f.model->feature_dim());
+  f.meta = MetaNet(f.model->feature_dim(), task_bias);
   f.meta->to(torch::kDouble);
   if (random_meta) {
     torch::NoGradGuard g;
     f.meta->linear->weight.normal_(0, 0.5);
     f.meta->linear->bias.fill_(0.3);
+    if (task_bias) f.meta->task_bias.copy_(torch::tensor({0.4, -0.7}, torch::kDouble));
   }
   auto opts = torch::TensorOptions().dtype(torch::kDouble);
   f.batch.au_images = torch::randn({5, 3, 6, 6}, opts);
   f.batch.au_labels = torch::randint(0, 2, {5, 3}, opts);
   f.batch.au_mask = torch::ones({5, 3}, opts);
   f.batch.au_mask[1][2] = 0;
-  f.batch.fe_images = torch::randn({4, 3, 6, 6}, opts);
-  f.batch.fe_labels = torch::randint(0, 7, {4}, torch::kLong);
+  f.batch.fe_images = torch::randn({n_fe, 3, 6, 6}, opts);
+  f.batch.fe_labels = torch::randint(0, 7, {n_fe}, torch::kLong);
   f.val.images = torch::randn({6, 3, 6, 6}, opts);
   f.val.labels = torch::randint(0, 2, {6, 3}, opts);
   f.val.mask = torch::ones({6, 3}, opts);
-  f.val.au_weight = torch::tensor({0.5, 1.0, 1.5}, opts);
+  f.val.pos_weight = torch::tensor({0.5, 1.0, 1.5}, opts);
   return f;
 }
 
@@ -57,7 +64,8 @@ double ValLossAfterVirtualStep(Fixture& f) {
   auto l_fe = torch::nn::functional::cross_entropy(
       f.model->fe_head(h_fe), f.batch.fe_labels,
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  auto w_au = f.meta->forward(h_au), w_fe = f.meta->forward(h_fe);
+  auto w_au = f.meta->forward(h_au, MetaNetImpl::kAuTask);
+  auto w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask);
   auto s = w_au.mean() + w_fe.mean();
   auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
   auto params = f.model->parameters();
@@ -69,44 +77,58 @@ double ValLossAfterVirtualStep(Fixture& f) {
   }
   f.shadow->train();
   return RebalancedAuLoss(f.shadow->forward(f.val.images), f.val.labels, f.val.mask,
-                          f.val.au_weight)
+                          f.val.pos_weight)
       .item<double>();
 }
 
 class ExactTest : public ::testing::TestWithParam<bool> {};  // param: exact_jvp
 
 TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
-  Fixture f = Make("tiny", /*random_meta=*/true);
-  MalStep step(f.model, f.shadow, f.meta);
-  StepOptions o;
-  o.exact_jvp = GetParam();
-  const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, o);
-  const double delta = 1e-5;
-  auto phi = f.meta->parameters();
-  for (size_t p = 0; p < phi.size(); ++p) {
-    auto flat = phi[p].view(-1);
-    for (int64_t k = 0; k < flat.numel(); ++k) {
-      const double original = flat[k].item<double>();
-      {
-        torch::NoGradGuard g;
-        flat[k].fill_(original + delta);
+  for (bool task_bias : {false, true}) {
+    Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, task_bias);
+    MalStep step(f.model, f.shadow, f.meta);
+    StepOptions o;
+    o.exact_jvp = GetParam();
+    const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, o);
+    // Central differences in double: truncation O(delta^2) and rounding O(1e-16 / delta) both
+    // stay near 1e-11, far below the gradient's components (1e-5 .. 1e-2 here).
+    const double delta = 1e-5;
+    auto phi = f.meta->parameters();
+    ASSERT_EQ(phi.size(), task_bias ? 3u : 2u);
+    double largest = 0;
+    for (size_t p = 0; p < phi.size(); ++p) {
+      auto flat = phi[p].view(-1);
+      for (int64_t k = 0; k < flat.numel(); ++k) {
+        const double original = flat[k].item<double>();
+        {
+          torch::NoGradGuard g;
+          flat[k].fill_(original + delta);
+        }
+        const double plus = ValLossAfterVirtualStep(f);
+        {
+          torch::NoGradGuard g;
+          flat[k].fill_(original - delta);
+        }
+        const double minus = ValLossAfterVirtualStep(f);
+        {
+          torch::NoGradGuard g;
+          flat[k].fill_(original);
+        }
+        const double numeric = (plus - minus) / (2 * delta);
+        const double analytic = exact[p].view(-1)[k].item<double>();
+        largest = std::max(largest, std::abs(numeric));
+        EXPECT_NEAR(analytic, numeric, 1e-10 + 1e-6 * std::abs(numeric))
+            << "task_bias " << task_bias << " param " << p << "[" << k << "]";
       }
-      const double plus = ValLossAfterVirtualStep(f);
-      {
-        torch::NoGradGuard g;
-        flat[k].fill_(original - delta);
-      }
-      const double minus = ValLossAfterVirtualStep(f);
-      {
-        torch::NoGradGuard g;
-        flat[k].fill_(original);
-      }
-      const double numeric = (plus - minus) / (2 * delta);
-      const double analytic = exact[p].view(-1)[k].item<double>();
-      EXPECT_NEAR(analytic, numeric, 1e-7 + 1e-5 * std::abs(numeric)) << "param " << p << "[" << k << "]";
+    }
+    EXPECT_GT(largest, 1e-6);  // the comparison is not between zeros
+    if (task_bias) {
+      // The task bias sees the AU and FE samples apart: its gradient has two distinct entries.
+      size_t t = 0;
+      while (!phi[t].is_same(f.meta->task_bias)) ++t;
+      EXPECT_GT(std::abs(exact[t][0].item<double>() - exact[t][1].item<double>()), 1e-8);
     }
   }
-  EXPECT_GT(exact[0].abs().sum().item<double>(), 0);
 }
 
 // The meta-gradient written out as a function of explicit parameter tensors (a "MetaModule"
@@ -141,7 +163,7 @@ std::vector<torch::Tensor> FunctionalMetaGradient(Fixture& f, bool heads_only) {
     z_v = F::linear(features(f.val.images, W1 - kAlpha * g[0], b1 - kAlpha * g[1]),
                     Wa - kAlpha * g[2], ba - kAlpha * g[3]);
   }
-  auto lv = RebalancedAuLoss(z_v, f.val.labels, f.val.mask, f.val.au_weight);
+  auto lv = RebalancedAuLoss(z_v, f.val.labels, f.val.mask, f.val.pos_weight);
   return torch::autograd::grad({lv}, {v, c});
 }
 
@@ -154,6 +176,62 @@ TEST_P(ExactTest, ShadowCopyEqualsFunctionalComputation) {
   const auto shadow = step.MetaGradient(f.batch, f.val, kAlpha, o);
   for (size_t p = 0; p < 2; ++p) {
     EXPECT_TRUE(torch::allclose(shadow[p], functional[p], 1e-12, 1e-14)) << p;
+  }
+}
+
+// The same for the BatchNorm backbone ("tiny": conv -> batch norm -> ReLU -> mean pool), written
+// with explicit tensors: batch statistics per forward (AU, FE and validation batches apart), the
+// virtual step on every parameter, and the meta net with its per-task bias.
+std::vector<torch::Tensor> FunctionalMetaGradientBatchNorm(Fixture& f) {
+  auto named = f.model->backbone.ptr()->named_parameters();
+  auto leaf = [](const torch::Tensor& t) { return t.detach().clone().requires_grad_(true); };
+  auto Wc = leaf(named["conv.weight"]), bc = leaf(named["conv.bias"]);
+  auto gamma = leaf(named["bn.weight"]), beta = leaf(named["bn.bias"]);
+  auto Wa = leaf(f.model->au_head->weight), ba = leaf(f.model->au_head->bias);
+  auto Wf = leaf(f.model->fe_head->weight), bf = leaf(f.model->fe_head->bias);
+  auto v = leaf(f.meta->linear->weight), c = leaf(f.meta->linear->bias);
+  auto t = leaf(f.meta->task_bias);
+  namespace F = torch::nn::functional;
+  auto features = [](const torch::Tensor& x, const torch::Tensor& Wc, const torch::Tensor& bc,
+                     const torch::Tensor& gamma, const torch::Tensor& beta) {
+    auto y = F::conv2d(x, Wc, F::Conv2dFuncOptions().bias(bc).padding(1));
+    y = torch::batch_norm(y, gamma, beta, {}, {}, /*training=*/true, 0.1, 1e-5, false);
+    return torch::adaptive_avg_pool2d(torch::relu(y), {1, 1}).flatten(1);
+  };
+  auto h_au = features(f.batch.au_images, Wc, bc, gamma, beta);
+  auto h_fe = features(f.batch.fe_images, Wc, bc, gamma, beta);
+  auto l_au = PerSampleAuLoss(F::linear(h_au, Wa, ba), f.batch.au_labels, f.batch.au_mask);
+  auto l_fe = F::cross_entropy(F::linear(h_fe, Wf, bf), f.batch.fe_labels,
+                               F::CrossEntropyFuncOptions().reduction(torch::kNone));
+  auto w_au = torch::sigmoid(F::linear(h_au.detach(), v, c).squeeze(1) + t[0]);
+  auto w_fe = torch::sigmoid(F::linear(h_fe.detach(), v, c).squeeze(1) + t[1]);
+  auto s = w_au.mean() + w_fe.mean();
+  auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
+  auto g = torch::autograd::grad({loss}, {Wc, bc, gamma, beta, Wa, ba}, {}, true, true);
+  auto h_v = features(f.val.images, Wc - kAlpha * g[0], bc - kAlpha * g[1],
+                      gamma - kAlpha * g[2], beta - kAlpha * g[3]);
+  auto z_v = F::linear(h_v, Wa - kAlpha * g[4], ba - kAlpha * g[5]);
+  auto lv = RebalancedAuLoss(z_v, f.val.labels, f.val.mask, f.val.pos_weight);
+  // In the order of the meta net's parameters().
+  std::map<std::string, torch::Tensor> by_name = {
+      {"linear.weight", v}, {"linear.bias", c}, {"task_bias", t}};
+  std::vector<torch::Tensor> inputs;
+  for (const auto& p : f.meta->named_parameters()) inputs.push_back(by_name.at(p.key()));
+  return torch::autograd::grad({lv}, inputs);
+}
+
+TEST_P(ExactTest, ShadowCopyEqualsFunctionalComputationWithBatchNorm) {
+  // Equal AU and FE batch sizes: swapping the two tasks' weights would keep every shape right.
+  Fixture f = Make("tiny", /*random_meta=*/true, 13, /*n_fe=*/5, /*task_bias=*/true);
+  const auto functional = FunctionalMetaGradientBatchNorm(f);
+  MalStep step(f.model, f.shadow, f.meta);
+  StepOptions o;
+  o.exact_jvp = GetParam();
+  const auto shadow = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  ASSERT_EQ(shadow.size(), 3u);
+  for (size_t p = 0; p < 3; ++p) {
+    EXPECT_GT(functional[p].abs().max().item<double>(), 1e-8) << p;
+    EXPECT_TRUE(torch::allclose(shadow[p], functional[p], 1e-10, 1e-14)) << p;
   }
 }
 
@@ -217,32 +295,98 @@ TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
 }
 
 TEST(MalStepTest, StepChangesMetaAndAdvancesBatchNormOncePerForward) {
-  Fixture f = Make("tiny", /*random_meta=*/false, 7);
-  // Reference: the same model, only the meta-train forwards.
-  BaseNetImpl::Config c = f.model->config();
-  BaseNet reference(c);
-  reference->to(torch::kDouble);
-  CopyState(*f.model, *reference);
-  reference->train();
-  {
-    torch::NoGradGuard g;
-    reference->Features(f.batch.au_images);
-    reference->Features(f.batch.fe_images);
+  for (bool au_only : {true, false}) {
+    Fixture f = Make("tiny", /*random_meta=*/false, 7);
+    // Reference: the same model, only the meta-train forwards (the FE one only when it counts).
+    BaseNetImpl::Config c = f.model->config();
+    BaseNet reference(c);
+    reference->to(torch::kDouble);
+    CopyState(*f.model, *reference);
+    reference->train();
+    {
+      torch::NoGradGuard g;
+      reference->Features(f.batch.au_images);
+      if (!au_only) reference->Features(f.batch.fe_images);
+    }
+    MalStep step(f.model, f.shadow, f.meta);
+    torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
+    torch::optim::Adam meta_opt(f.meta->parameters(), torch::optim::AdamOptions(1e-2));
+    const auto before = f.meta->linear->weight.clone();
+    StepOptions o;
+    o.bn_stats_au_only = au_only;
+    auto stats = step.Run(f.batch, &f.val, 0.1, o, base, &meta_opt);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_FALSE(torch::equal(before, f.meta->linear->weight));
+    EXPECT_GE(stats->loss_val, 0);
+    EXPECT_NEAR(stats->mean_wn_au + stats->mean_wn_fe, 1.0, 1e-9);
+    auto got = f.model->named_buffers(), want = reference->named_buffers();
+    for (const char* name : {"backbone.bn.running_mean", "backbone.bn.running_var"}) {
+      EXPECT_TRUE(torch::equal(got[name], want[name])) << name << " au_only " << au_only;
+    }
+    // The momenta are restored after the FE forward.
+    EXPECT_EQ(f.model->named_modules()["backbone.bn"]->as<torch::nn::BatchNorm2d>()->options.momentum(),
+              c10::optional<double>(0.1));
   }
+}
+
+TEST(MalStepTest, SgdMetaStepMovesPhiByMinusLearningRateTimesMetaGradient) {
+  Fixture f = Make("mlp", /*random_meta=*/true, 14, 4, /*task_bias=*/true);  // no BatchNorm
   MalStep step(f.model, f.shadow, f.meta);
-  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
-  torch::optim::Adam meta_opt(f.meta->parameters(), torch::optim::AdamOptions(1e-2));
-  const auto before = f.meta->linear->weight.clone();
-  auto stats = step.Run(f.batch, &f.val, 0.1, StepOptions{}, base, &meta_opt);
-  ASSERT_TRUE(stats.ok()) << stats.status();
-  EXPECT_FALSE(torch::equal(before, f.meta->linear->weight));
-  EXPECT_GE(stats->loss_val, 0);
-  EXPECT_NEAR(stats->mean_wn_au + stats->mean_wn_fe, 1.0, 1e-9);
-  auto got = f.model->named_buffers(), want = reference->named_buffers();
-  for (const auto& b : want) {
-    EXPECT_TRUE(torch::equal(got[b.key()], b.value())) << b.key();
+  const auto g = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+  std::vector<torch::Tensor> before;
+  for (const auto& p : f.meta->parameters()) before.push_back(p.detach().clone());
+  constexpr double kMetaLr = 0.7;
+  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(kAlpha));
+  torch::optim::SGD meta_opt(f.meta->parameters(), torch::optim::SGDOptions(kMetaLr));
+  ASSERT_TRUE(step.Run(f.batch, &f.val, kAlpha, StepOptions{}, base, &meta_opt).ok());
+  const auto after = f.meta->parameters();
+  for (size_t p = 0; p < after.size(); ++p) {
+    EXPECT_GT(g[p].abs().max().item<double>(), 1e-8) << p;
+    EXPECT_TRUE(torch::allclose(after[p], before[p] - kMetaLr * g[p], 1e-12, 1e-15)) << p;
   }
-  EXPECT_EQ(got["backbone.bn.num_batches_tracked"].item<int64_t>(), 2);
+}
+
+TEST(MalStepTest, MetaStepsLowerTheValidationLossAfterTheVirtualStep) {
+  Fixture f = Make("tiny", /*random_meta=*/false, 15, 4, /*task_bias=*/true);
+  MalStep step(f.model, f.shadow, f.meta);
+  const double start = ValLossAfterVirtualStep(f);
+  double previous = start;
+  for (int i = 0; i < 5; ++i) {
+    const auto g = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+    {
+      torch::NoGradGuard no_grad;
+      auto phi = f.meta->parameters();
+      for (size_t p = 0; p < phi.size(); ++p) phi[p].sub_(g[p] * 1e3);  // gradient descent on phi
+    }
+    const double now = ValLossAfterVirtualStep(f);
+    EXPECT_LT(now, previous) << "meta step " << i;
+    previous = now;
+  }
+  EXPECT_LT(previous, start - 1e-7);
+}
+
+TEST(MalStepTest, PositiveWeightsBalanceEachAuAndLeaveAnAuWithoutPositivesAlone) {
+  const torch::Tensor w = PositiveWeights({0.1, 0.5, 0.0, 1.0, 0.001, 0.9}, 20.0);
+  const std::vector<double> want = {9.0, 1.0, 1.0, 1.0, 20.0, 1.0 / 9};
+  for (size_t c = 0; c < want.size(); ++c) EXPECT_NEAR(w[c].item<double>(), want[c], 1e-6) << c;
+}
+
+TEST(MalStepTest, PositiveWeightScalesOnlyThePositiveTermOfTheAuLoss) {
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const torch::Tensor logits = torch::tensor({{0.3, -1.2}, {2.0, 0.5}}, opts);
+  const torch::Tensor labels = torch::tensor({{1.0, 0.0}, {0.0, 1.0}}, opts);
+  const torch::Tensor mask = torch::tensor({{1.0, 1.0}, {1.0, 0.0}}, opts);
+  const torch::Tensor pos = torch::tensor({3.0, 5.0}, opts);
+  auto sp = [](double x) { return std::log1p(std::exp(x)); };  // softplus: -log sigmoid(-x)
+  // Frame 0: positive of AU a (weight 3), negative of AU b. Frame 1: negative of AU a only.
+  const double l0 = (3.0 * sp(-0.3) + sp(-1.2)) / 2, l1 = sp(2.0);
+  const torch::Tensor per_sample = PerSampleAuLoss(logits, labels, mask, pos);
+  EXPECT_NEAR(per_sample[0].item<double>(), l0, 1e-12);
+  EXPECT_NEAR(per_sample[1].item<double>(), l1, 1e-12);
+  EXPECT_NEAR(RebalancedAuLoss(logits, labels, mask, pos).item<double>(),
+              (3.0 * sp(-0.3) + sp(-1.2) + sp(2.0)) / 3, 1e-12);
+  EXPECT_NEAR(PerSampleAuLoss(logits, labels, mask)[0].item<double>(), (sp(-0.3) + sp(-1.2)) / 2,
+              1e-12);
 }
 
 TEST(MalStepTest, NoNanWhenWeightsVanish) {
@@ -291,6 +435,43 @@ TEST(MalStepTest, BaselinesTrain) {
       (i == 0 ? first : last) = stats->loss_au;
     }
     EXPECT_LT(last, first);
+  }
+}
+
+// One MTL step equals SGD on L_au + lambda L_fe computed by hand, for two lambdas; STL ignores FE.
+TEST(MalStepTest, BaselineStepsFollowTheirLosses) {
+  for (double lambda : {0.0, 0.3, 2.0}) {
+    for (Method m : {Method::kStl, Method::kMtl}) {
+      Fixture f = Make("tiny", false, 16);
+      BaseNet reference(f.model->config());
+      reference->to(torch::kDouble);
+      CopyState(*f.model, *reference);
+      reference->train();
+      torch::Tensor loss = PerSampleAuLoss(reference->forward(f.batch.au_images), f.batch.au_labels,
+                                           f.batch.au_mask)
+                               .mean();
+      if (m == Method::kMtl) {
+        loss = loss + lambda * torch::nn::functional::cross_entropy(
+                                   reference->fe_head(reference->Features(f.batch.fe_images)),
+                                   f.batch.fe_labels);
+      }
+      torch::optim::SGD ref_opt(reference->parameters(), torch::optim::SGDOptions(0.2));
+      ref_opt.zero_grad();
+      loss.backward();
+      ref_opt.step();
+
+      MalStep step(f.model, f.shadow, f.meta);
+      torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.2));
+      StepOptions o;
+      o.method = m;
+      o.fe_lambda = lambda;
+      ASSERT_TRUE(step.Run(f.batch, nullptr, 0.2, o, base, nullptr).ok());
+      auto got = f.model->named_parameters(), want = reference->named_parameters();
+      for (const auto& p : want) {
+        EXPECT_TRUE(torch::allclose(got[p.key()], p.value(), 1e-12, 1e-14))
+            << p.key() << " lambda " << lambda << " method " << static_cast<int>(m);
+      }
+    }
   }
 }
 

@@ -170,6 +170,59 @@ TEST_F(TrainerTest, ResumeFromCheckpointEqualsUninterruptedRun) {
   }
 }
 
+// The meta net's linear weights after a run, read from its checkpoint.
+torch::Tensor MetaWeights(const fs::path& checkpoint) {
+  torch::serialize::InputArchive archive, meta_archive;
+  archive.load_from(checkpoint.string());
+  archive.read("meta", meta_archive);
+  MetaNet meta(256, /*with_task_bias=*/true);
+  meta->load(meta_archive);
+  return meta->linear->weight.detach().clone();
+}
+
+// The virtual step uses the current base learning rate: with a zero-initialised meta net and
+// plain SGD on it, the first meta update is proportional to alpha (to first order), so doubling
+// train.lr doubles it; a trainer passing 0 or a constant would not.
+TEST_F(TrainerTest, MetaUpdateScalesWithTheCurrentLearningRate) {
+  std::vector<double> norms;
+  for (double lr : {0.002, 0.004}) {
+    testing::TempDir out;
+    TrainOptions o;
+    o.spec = Spec("mal");
+    o.spec.mutable_train()->set_epochs(1);
+    o.spec.mutable_train()->set_max_iterations(1);
+    o.spec.mutable_train()->set_lr(lr);
+    o.spec.mutable_mal()->set_meta_optimizer("sgd");
+    o.spec.mutable_mal()->set_meta_lr(100);
+    o.out_dir = out.path();
+    ASSERT_TRUE(Train(o).ok());
+    norms.push_back(MetaWeights(out / "checkpoint.pt").norm().item<double>());
+  }
+  ASSERT_GT(norms[0], 0);
+  EXPECT_NEAR(norms[1] / norms[0], 2.0, 0.1);
+}
+
+// A short MAL run moves the per-sample weights off their initial 0.5, for AU and FE samples.
+TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("mal");
+  o.out_dir = out.path();
+  ASSERT_TRUE(Train(o).ok());
+  std::vector<std::string> rows =
+      absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
+  ASSERT_GT(rows.size(), 2u);
+  double spread[2] = {0, 0};  // largest |w - 0.5| per task
+  for (size_t i = 1; i < rows.size(); ++i) {
+    std::vector<std::string> f = absl::StrSplit(rows[i], ',');
+    ASSERT_EQ(f.size(), 6u) << rows[i];
+    const int task = f[1] == "fe" ? 1 : 0;
+    spread[task] = std::max(spread[task], std::abs(std::stod(f[4]) - 0.5));
+  }
+  EXPECT_GT(spread[0], 1e-4);
+  EXPECT_GT(spread[1], 1e-4);
+}
+
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
   testing::TempDir out;
   TrainOptions o;

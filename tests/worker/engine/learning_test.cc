@@ -1,0 +1,104 @@
+// Does training learn? A CI-sized run of the real trainer on a small SynthFace (fixed seeds,
+// deterministic on CPU): STL must detect AUs on the fold's unseen subjects well above the
+// all-positive baseline, and MAL's FE weights must rank samples by annotator consistency.
+// Thresholds are the measured values (docs/benchmarks.md) with margin.
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/data/folds.h"
+#include "common/data/reader.h"
+#include "common/spec/spec.h"
+#include "common/synth/synth_dataset.h"
+#include "tests/test_util.h"
+#include "worker/engine/trainer.h"
+
+namespace mal::engine {
+namespace {
+
+class LearningTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    synth::SynthOptions o;
+    o.out = *dir_ / "sf";
+    o.au_subjects = 12;
+    o.frames = 60;
+    o.fe_subjects = 100;
+    o.fe_images = 800;
+    o.size = 48;
+    o.seed = 5;
+    o.threads = 2;
+    ASSERT_TRUE(synth::GenerateSynthFace(o).ok());
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static v1::ExperimentSpec Spec(const std::string& method, int epochs) {
+    auto spec = ParseSpecYaml(absl::StrCat(R"(
+name: learning
+method: )", method, R"(
+data:
+  au: {format: synthface, root: )", *dir_ / "sf", R"(}
+  fe: {format: synthface, root: )", *dir_ / "sf", R"(}
+cv: {protocol: standard, only: [1]}
+model: {backbone: small_cnn, input: 40, resize: 44}
+train: {epochs: )", epochs, R"(, batch_au: 32, batch_fe: 32, lr: 0.01, schedule: cosine, threads: 2,
+        data_threads: 1, checkpoint_every: 100000, log_every: 100}
+mal: {val_fraction: 0.05, val_batch: 32}
+seed: 1
+)"),
+                              "learning.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    ApplyDefaults(*spec);
+    EXPECT_TRUE(ValidateSpec(*spec).ok());
+    return *spec;
+  }
+
+  // Mean over AUs of the F1 of predicting every AU present on fold 1's test subjects.
+  static double AllPositiveF1(const v1::ExperimentSpec& spec) {
+    const std::vector<int> aus(spec.data().aus().begin(), spec.data().aus().end());
+    auto index = data::LoadDataset(spec.data().au(), aus, data::DataRole::kAu);
+    EXPECT_TRUE(index.ok()) << index.status();
+    data::FoldOptions fo;
+    fo.protocol = "standard";
+    fo.val_fraction = spec.mal().val_fraction();
+    auto folds = data::MakeFolds(*index, fo);
+    EXPECT_TRUE(folds.ok()) << folds.status();
+    const std::vector<double> rates = data::PositiveRates(*index, (*folds)[0].test);
+    double sum = 0;
+    for (double p : rates) sum += 2 * p / (1 + p);
+    return sum / rates.size();
+  }
+
+  static testing::TempDir* dir_;
+};
+testing::TempDir* LearningTest::dir_ = nullptr;
+
+TEST_F(LearningTest, StlDetectsAusOnUnseenSubjects) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("stl", 10);
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const double baseline = AllPositiveF1(o.spec);
+  const double f1 = result->final_epoch.test_mean_f1;
+  std::cout << "STL test mean F1 " << f1 << ", all-positive baseline " << baseline << "\n";
+  EXPECT_GT(f1, baseline + 0.15);
+}
+
+TEST_F(LearningTest, MalWeightsFollowAnnotatorConsistency) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("mal", 8);
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const double rho = result->final_epoch.fe_weight_consistency_spearman;
+  std::cout << "MAL Spearman(FE weight, consistency) " << rho << ", test mean F1 "
+            << result->final_epoch.test_mean_f1 << "\n";
+  EXPECT_GT(rho, 0.1);
+}
+
+}  // namespace
+}  // namespace mal::engine
