@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 bash deploy/build.sh malctl mal-worker mal-coordinator
 build_dir="${MAL_BUILD_DIR:-build}"
 data=.cache/synthface  # where deploy/examples/quickstart.yaml reads it
-if [ ! -f "$data/synthface.txt" ]; then
+# (Re)generated when missing or made by an older generator (docs/synthface.md).
+if ! grep -qx "generator 2" "$data/synthface.txt" 2>/dev/null; then
   "$build_dir/client/malctl" data synth --out "$data" --force --preview "$data-preview.png"
 fi
 "$build_dir/client/malctl" data inspect --format synthface --root "$data"
@@ -44,7 +45,11 @@ echo "coordinator on $MAL_ADDRESS (logs in $out); submitting deploy/examples/qui
 echo
 "$build_dir/client/malctl" results exp-1
 echo
-echo "SynthFace: $data (preview $data-preview.png). Artifacts: $out/coordinator/artifacts/exp-1/trial-0/fold-1"
+run_dir="$out/coordinator/artifacts/exp-1/trial-0/fold-1"
+"$build_dir/client/malctl" data inspect --format synthface --root "$data" -o json > "$out/inspect.json"
+python3 deploy/explain_run.py "$run_dir" "$out/inspect.json"
+echo
+echo "SynthFace: $data (preview $data-preview.png). Artifacts: $run_dir"
 echo "(model.pt + model.json, metrics.json, records.csv, weights/epoch_*.csv with every sample's learned weight)."
 echo "Every loss point and weight summary is in the event log: start"
 echo "  $build_dir/server/mal-coordinator --listen 127.0.0.1:7070 --data-dir $out/coordinator &"

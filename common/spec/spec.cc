@@ -369,6 +369,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (mal.exact_method().empty()) mal.set_exact_method("jvp");
   if (!mal.has_joint_forward()) mal.set_joint_forward(false);
   if (!mal.has_task_bias()) mal.set_task_bias(true);
+  if (!mal.has_center_features()) mal.set_center_features(true);
 
   v1::SearchSpec& s = *spec.mutable_search();
   if (s.algorithm().empty()) s.set_algorithm("random");

@@ -8,13 +8,19 @@
 
 namespace mal::synth {
 
+// Changes whenever the same options would draw different images or labels; written to
+// DIR/synthface.txt as "generator N", so a cache made by an older generator is recognised.
+inline constexpr int kSynthFaceGenerator = 2;
+
 // What `malctl data synth` generates (docs/synthface.md).
 struct SynthOptions {
   std::string out;
-  int au_subjects = 6;     // BP4D-style subjects, named from the standard 3-fold lists
-  int frames = 200;        // per AU subject, spread over tasks T1..T8
-  int fe_subjects = 200;   // identities of the FE images
-  int fe_images = 2000;    // train + test
+  // Defaults: a miniature of BP4D + RAF-DB in subjects and balance (docs/synthface.md): 24 AU
+  // subjects (a fold trains on 16; with 6 no detector generalised to a new face), 80 frames each.
+  int au_subjects = 24;    // BP4D-style subjects, named from the standard 3-fold lists
+  int frames = 80;         // per AU subject, spread over tasks T1..T8
+  int fe_subjects = 300;   // identities of the FE images
+  int fe_images = 3000;    // train + test
   double ambiguous = 0.3;  // share of FE images with weak, partial or no AU evidence
   double fe_test_fraction = 0.2;
   double occluder_probability = 0.1;

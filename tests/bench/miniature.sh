@@ -34,7 +34,7 @@ data:
   au: {format: synthface, root: $data}
   fe: {format: synthface, root: $data}
 model: {backbone: small_cnn, input: 64, resize: 72}
-train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.01, schedule: cosine, momentum: 0.9,
+train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.02, schedule: cosine, momentum: 0.9,
         weight_decay: 5e-4, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
 mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, val_fraction: 0.05, val_batch: 64${MAL_EXTRA:-}}
 seed: $seed

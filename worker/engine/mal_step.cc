@@ -308,6 +308,9 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
   } else if (o.method == Method::kMtl) {
     loss = f.l_au.mean() + o.fe_lambda * f.l_fe.mean();
   } else {
+    // The meta net's running feature mean moves before this iteration's weights (a constant for
+    // the meta-gradient below).
+    meta_->UpdateFeatureMean(torch::cat({f.h_au.detach(), f.h_fe.detach()}));
     if (o.update_meta) {
       if (val == nullptr || meta_optimizer == nullptr) {
         return absl::InternalError("MAL meta update without a validation batch or meta optimizer");

@@ -130,18 +130,32 @@ std::vector<torch::Tensor> BaseNetImpl::HeadParameters() {
   return p;
 }
 
-MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias) {
+MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center) : center_(center) {
   linear = register_module("linear", nn::Linear(feature_dim, 1));
   if (with_task_bias) task_bias = register_parameter("task_bias", torch::zeros({2}));
+  feature_mean = register_buffer("feature_mean", torch::zeros({feature_dim}));
+  mean_updates = register_buffer("mean_updates", torch::zeros({}, torch::kLong));
   torch::NoGradGuard no_grad;
   linear->weight.zero_();
   linear->bias.zero_();
 }
 
 torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task) {
-  torch::Tensor z = linear(h.detach()).squeeze(1);
+  torch::Tensor z = linear(h.detach() - feature_mean.to(h.dtype())).squeeze(1);
   if (task_bias.defined()) z = z + task_bias[task];
   return torch::sigmoid(z);
+}
+
+void MetaNetImpl::UpdateFeatureMean(const torch::Tensor& h, double momentum) {
+  if (!center_) return;
+  torch::NoGradGuard no_grad;
+  const torch::Tensor m = h.detach().mean(0).to(feature_mean.dtype());
+  if (mean_updates.item<int64_t>() == 0) {
+    feature_mean.copy_(m);
+  } else {
+    feature_mean.mul_(1 - momentum).add_(m, momentum);
+  }
+  mean_updates.add_(1);
 }
 
 void CopyState(nn::Module& from, nn::Module& to) {

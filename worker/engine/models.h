@@ -93,20 +93,32 @@ class BaseNetImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BaseNet);
 
-// The meta net: w = sigmoid(v . stopgrad(h) + b), zero-initialised so every weight starts at 0.5
-// (paper, section 4.1.2). With `task_bias` (mal.task_bias, an extension the paper does not have)
-// it adds a learned bias per task, w = sigmoid(v . stopgrad(h) + b + c_task), also zero-initialised:
-// the balance between the AU and FE tasks then has its own parameter instead of having to be read
-// from features that AU and FE images may share.
+// The meta net: w = sigmoid(v . (stopgrad(h) - mu) + b), zero-initialised so every weight starts
+// at 0.5 (paper, section 4.1.2). `mu` is a running mean of the training features (a buffer, not
+// learned; with `center` false it stays 0, the paper's literal form). Centring changes nothing
+// the meta net can express (v . mu folds into b) but how it learns: without it, every step on v
+// also moves the level of all weights, since ReLU features share a large common component, and the
+// level is what the normalisation cancels, so the raw weights drifted from seed to seed.
+// With `task_bias` (mal.task_bias, an extension the paper does not have) it adds a learned bias per
+// task, w = sigmoid(v . (h - mu) + b + c_task), also zero-initialised: the balance between the AU
+// and FE tasks then has its own parameter instead of having to be read from the features.
 class MetaNetImpl : public torch::nn::Module {
  public:
   static constexpr int kAuTask = 0, kFeTask = 1;
-  explicit MetaNetImpl(int64_t feature_dim, bool with_task_bias = false);
+  explicit MetaNetImpl(int64_t feature_dim, bool with_task_bias = false, bool center = false);
   // Per-sample weights in (0, 1), shape [N], for features `h` (N x D) of samples of `task`
   // (kAuTask or kFeTask). Detaches `h` itself.
   torch::Tensor forward(const torch::Tensor& h, int task = kAuTask);
+  // Moves mu towards the mean of `h` (N x D, detached): mu <- (1 - m) mu + m mean(h), with the
+  // first call setting mu to mean(h). No-op without `center`.
+  void UpdateFeatureMean(const torch::Tensor& h, double momentum = 0.05);
   torch::nn::Linear linear{nullptr};
-  torch::Tensor task_bias;  // [2] (AU, FE), or undefined without task_bias
+  torch::Tensor task_bias;     // [2] (AU, FE), or undefined without task_bias
+  torch::Tensor feature_mean;  // [D] buffer
+  torch::Tensor mean_updates;  // [] buffer: how often UpdateFeatureMean ran
+
+ private:
+  bool center_ = false;
 };
 TORCH_MODULE(MetaNet);
 

@@ -500,7 +500,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   config.num_expressions = data::kNumExpressions;
   config.input = spec.model().input();
   BaseNet model(config), shadow(config);
-  MetaNet meta(model->feature_dim(), spec.mal().task_bias());
+  MetaNet meta(model->feature_dim(), spec.mal().task_bias(), spec.mal().center_features());
   if (!spec.model().pretrained().empty()) {
     RETURN_IF_ERROR(LoadPretrainedBackbone(spec.model().pretrained(), *model));
   }

@@ -365,6 +365,30 @@ TEST(MalStepTest, MetaStepsLowerTheValidationLossAfterTheVirtualStep) {
   EXPECT_LT(previous, start - 1e-7);
 }
 
+TEST(MalStepTest, CentredMetaNetSubtractsTheRunningFeatureMean) {
+  MetaNet meta(3, /*with_task_bias=*/true, /*center=*/true);
+  meta->to(torch::kDouble);
+  {
+    torch::NoGradGuard g;
+    meta->linear->weight.copy_(torch::tensor({{0.5, -1.0, 2.0}}, torch::kDouble));
+    meta->linear->bias.fill_(0.1);
+    meta->task_bias.copy_(torch::tensor({0.0, -0.3}, torch::kDouble));
+  }
+  const auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const torch::Tensor a = torch::tensor({{1.0, 2.0, 3.0}, {3.0, 2.0, 1.0}}, opts);
+  meta->UpdateFeatureMean(a);  // the first call sets mu = mean(a) = (2, 2, 2)
+  EXPECT_TRUE(torch::allclose(meta->feature_mean.to(torch::kDouble), torch::full({3}, 2.0, opts)));
+  meta->UpdateFeatureMean(torch::zeros({1, 3}, opts), 0.25);  // mu <- 0.75 mu
+  EXPECT_TRUE(torch::allclose(meta->feature_mean.to(torch::kDouble), torch::full({3}, 1.5, opts)));
+  const torch::Tensor h = torch::tensor({{1.5, 0.5, 2.5}}, opts);
+  const double z = 0.5 * 0.0 - 1.0 * -1.0 + 2.0 * 1.0 + 0.1 - 0.3;
+  EXPECT_NEAR(meta->forward(h, MetaNetImpl::kFeTask)[0].item<double>(), 1 / (1 + std::exp(-z)), 1e-7);
+  // Without centring, mu stays 0: the paper's literal sigmoid(v . h + b).
+  MetaNet plain(3);
+  plain->UpdateFeatureMean(torch::ones({2, 3}));
+  EXPECT_EQ(plain->feature_mean.abs().sum().item<double>(), 0.0);
+}
+
 TEST(MalStepTest, PositiveWeightsBalanceEachAuAndLeaveAnAuWithoutPositivesAlone) {
   const torch::Tensor w = PositiveWeights({0.1, 0.5, 0.0, 1.0, 0.001, 0.9}, 20.0);
   const std::vector<double> want = {9.0, 1.0, 1.0, 1.0, 20.0, 1.0 / 9};
