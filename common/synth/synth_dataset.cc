@@ -149,7 +149,12 @@ absl::Status BuildAuData(const SynthOptions& o, const fs::path& dir, std::vector
       const std::string task = absl::StrCat("T", t + 1);
       const int n = o.frames / tasks + (t < o.frames % tasks ? 1 : 0);
       Rng rng(MixSeed(o.seed, (uint64_t{1} << 32) + i * 64 + t));
-      const Appearance base = RandomAppearance(rng, o.occluder_probability);
+      // A lab session (BP4D: frontal camera, controlled light): a quarter of the in-the-wild
+      // occluder rate, half the directional light, little blur. The FE photos keep the full
+      // in-the-wild variation: that gap is part of what the auxiliary task has to bridge.
+      Appearance base = RandomAppearance(rng, o.occluder_probability / 4);
+      base.light_strength *= 0.5;
+      base.blur_sigma = std::min(base.blur_sigma, 0.5);
       RETURN_IF_ERROR(MakeDirs(dir / subject / task));
       std::string csv = "0";
       for (int au = 1; au <= kMaxAuInHeader; ++au) absl::StrAppend(&csv, ",", au);

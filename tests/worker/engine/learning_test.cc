@@ -22,11 +22,11 @@ class LearningTest : public ::testing::Test {
     dir_ = new testing::TempDir();
     synth::SynthOptions o;
     o.out = *dir_ / "sf";
-    o.au_subjects = 12;
-    o.frames = 60;
+    o.au_subjects = 24;
+    o.frames = 40;
     o.fe_subjects = 100;
     o.fe_images = 800;
-    o.size = 48;
+    o.size = 56;
     o.seed = 5;
     o.threads = 2;
     ASSERT_TRUE(synth::GenerateSynthFace(o).ok());
@@ -41,8 +41,8 @@ data:
   au: {format: synthface, root: )", *dir_ / "sf", R"(}
   fe: {format: synthface, root: )", *dir_ / "sf", R"(}
 cv: {protocol: standard, only: [1]}
-model: {backbone: small_cnn, input: 40, resize: 44}
-train: {epochs: )", epochs, R"(, batch_au: 32, batch_fe: 32, lr: 0.01, schedule: cosine, threads: 2,
+model: {backbone: small_cnn, input: 48, resize: 52}
+train: {epochs: )", epochs, R"(, batch_au: 32, batch_fe: 32, lr: 0.02, schedule: cosine, threads: 2,
         data_threads: 1, checkpoint_every: 100000, log_every: 100}
 mal: {val_fraction: 0.05, val_batch: 32}
 seed: 1
@@ -77,7 +77,7 @@ testing::TempDir* LearningTest::dir_ = nullptr;
 TEST_F(LearningTest, StlDetectsAusOnUnseenSubjects) {
   testing::TempDir out;
   TrainOptions o;
-  o.spec = Spec("stl", 10);
+  o.spec = Spec("stl", 20);
   o.out_dir = out.path();
   auto result = Train(o);
   ASSERT_TRUE(result.ok()) << result.status();
