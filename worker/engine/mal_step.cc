@@ -47,39 +47,12 @@ class PhaseTimer {
   std::chrono::steady_clock::time_point last_;
 };
 
-}  // namespace
-
-torch::Tensor PositiveWeights(const std::vector<double>& positive_rates, double cap) {
-  std::vector<float> w(positive_rates.size(), 1.0f);
-  for (size_t c = 0; c < w.size(); ++c) {
-    const double p = positive_rates[c];
-    if (p > 0 && p < 1) w[c] = static_cast<float>(std::clamp((1 - p) / p, 1.0 / cap, cap));
-  }
-  return torch::tensor(w);
-}
-
-namespace {
-
 torch::Tensor Bce(const torch::Tensor& logits, const torch::Tensor& labels,
                   const torch::Tensor& pos_weight) {
   return torch::binary_cross_entropy_with_logits(
       logits, labels, /*weight=*/{},
       pos_weight.defined() ? pos_weight.to(logits.dtype()) : torch::Tensor(), at::Reduction::None);
 }
-
-}  // namespace
-
-torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
-                              const torch::Tensor& mask, const torch::Tensor& pos_weight) {
-  return (Bce(logits, labels, pos_weight) * mask).sum(1) / mask.sum(1).clamp_min(1);
-}
-
-torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
-                               const torch::Tensor& mask, const torch::Tensor& pos_weight) {
-  return (Bce(logits, labels, pos_weight) * mask).sum() / mask.sum().clamp_min(1);
-}
-
-namespace {
 
 // Holds the BatchNorm running statistics of a net still while alive (momentum 0: the batch
 // statistics still normalise, the running ones do not move), and restores the momenta after.
@@ -104,6 +77,25 @@ class FrozenBatchNormStats {
 };
 
 }  // namespace
+
+torch::Tensor PositiveWeights(const std::vector<double>& positive_rates, double cap) {
+  std::vector<float> w(positive_rates.size(), 1.0f);
+  for (size_t c = 0; c < w.size(); ++c) {
+    const double p = positive_rates[c];
+    if (p > 0 && p < 1) w[c] = static_cast<float>(std::clamp((1 - p) / p, 1.0 / cap, cap));
+  }
+  return torch::tensor(w);
+}
+
+torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
+                              const torch::Tensor& mask, const torch::Tensor& pos_weight) {
+  return (Bce(logits, labels, pos_weight) * mask).sum(1) / mask.sum(1).clamp_min(1);
+}
+
+torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
+                               const torch::Tensor& mask, const torch::Tensor& pos_weight) {
+  return (Bce(logits, labels, pos_weight) * mask).sum() / mask.sum().clamp_min(1);
+}
 
 MalStep::MalStep(BaseNet model, BaseNet shadow, MetaNet meta)
     : model_(std::move(model)), shadow_(std::move(shadow)), meta_(std::move(meta)) {
