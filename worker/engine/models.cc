@@ -1,5 +1,6 @@
 #include "worker/engine/models.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -7,12 +8,10 @@
 #include <set>
 #include <sstream>
 
-#include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/unpickler.h>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/torch_file.h"
 
 namespace mal::engine {
 
@@ -166,87 +165,21 @@ void CopyState(nn::Module& from, nn::Module& to) {
   for (auto& b : to.named_buffers(true)) b.value().copy_(src_b[b.key()]);
 }
 
-namespace {
-
-// torch.save(model.state_dict()) pickles a collections.OrderedDict, with a `_metadata` attribute
-// set by BUILD at the end. LibTorch's unpickler turns every OrderedDict into None (it expects them
-// only as tensors' backward hooks) and supports neither POP nor BUILD on a dict, so the pickle is
-// rewritten into one that builds a plain dict:
-//   head  PROTO 2, GLOBAL OrderedDict, BINPUT 0, EMPTY_TUPLE, REDUCE, BINPUT 1
-//   ->    PROTO 2, EMPTY_DICT, BINPUT 1, MARK, GLOBAL OrderedDict, BINPUT 0, NONE, SETITEMS
-//         (memo 0 still names OrderedDict for the hooks; the dict gets one non-string key, which
-//         the loader ignores)
-//   tail  EMPTY_DICT, BINPUT n, '_metadata' ..., BUILD, STOP  ->  STOP
-// Returns false, changing nothing, when the pickle does not have that shape.
-bool PatchStateDictPickle(std::string& pkl) {
-  static const std::string kHead("\x80\x02" "ccollections\nOrderedDict\n" "q\x00" ")R" "q\x01", 33);
-  static const std::string kNewHead("\x80\x02" "}" "q\x01" "(" "ccollections\nOrderedDict\n" "q\x00" "N" "u", 35);
-  static const std::string kMetadata("X\x09\x00\x00\x00_metadata", 14);
-  if (pkl.compare(0, kHead.size(), kHead) != 0) return false;
-  const size_t meta = pkl.rfind(kMetadata);
-  if (meta == std::string::npos || pkl.size() < 2 || pkl.compare(pkl.size() - 2, 2, "b.") != 0) {
-    return false;
-  }
-  size_t cut;
-  if (meta >= 3 && pkl[meta - 3] == '}' && pkl[meta - 2] == 'q') {
-    cut = meta - 3;  // EMPTY_DICT, BINPUT n
-  } else if (meta >= 6 && pkl[meta - 6] == '}' && pkl[meta - 5] == 'r') {
-    cut = meta - 6;  // EMPTY_DICT, LONG_BINPUT n
-  } else {
-    return false;
-  }
-  pkl = kNewHead + pkl.substr(kHead.size(), cut - kHead.size()) + ".";
-  return true;
-}
-
-absl::StatusOr<std::map<std::string, torch::Tensor>> ReadStateDict(const std::string& path) {
-  std::map<std::string, torch::Tensor> out;
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    if (!reader.hasRecord("data.pkl")) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": no data.pkl in the archive"));
-    }
-    auto [data, size] = reader.getRecord("data.pkl");
-    std::string pkl(static_cast<const char*>(data.get()), size);
-    PatchStateDictPickle(pkl);
-    size_t pos = 0;
-    torch::jit::Unpickler unpickler(
-        [&](char* buffer, size_t n) {
-          n = std::min(n, pkl.size() - pos);
-          std::memcpy(buffer, pkl.data() + pos, n);
-          pos += n;
-          return n;
-        },
-        /*type_resolver=*/nullptr, /*obj_loader=*/nullptr,
-        [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); },
-        c10::Device(c10::kCPU));
-    const c10::IValue value = unpickler.parse_ivalue();
-    if (!value.isGenericDict()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": not a state dict (write one with torch.save(model.state_dict(), path))"));
-    }
-    for (const auto& entry : value.toGenericDict()) {
-      if (entry.key().isString() && entry.value().isTensor()) {
-        out[entry.key().toStringRef()] = entry.value().toTensor();
-      }
-    }
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": cannot read as a PyTorch state dict (torch.save zip format, PyTorch >= 1.6): ",
-        e.what_without_backtrace()));
-  }
-  return out;
-}
-
-}  // namespace
-
 absl::Status LoadPretrainedBackbone(const std::string& path, BaseNetImpl& net) {
   if (!std::ifstream(path)) {
     return absl::NotFoundError(absl::StrCat(path, ": cannot open (model.pretrained)"));
   }
-  auto loaded_or = ReadStateDict(path);
+  auto loaded_or = ReadTorchStateDict(path);
   if (!loaded_or.ok()) return loaded_or.status();
-  const std::map<std::string, torch::Tensor>& loaded = *loaded_or;
+  std::map<std::string, torch::Tensor> loaded = *std::move(loaded_or);
+  // nn.DataParallel / DistributedDataParallel save every name under "module.".
+  if (!loaded.empty() && std::all_of(loaded.begin(), loaded.end(), [](const auto& e) {
+        return absl::StartsWith(e.first, "module.");
+      })) {
+    std::map<std::string, torch::Tensor> stripped;
+    for (auto& [name, t] : loaded) stripped[name.substr(7)] = t;
+    loaded = std::move(stripped);
+  }
   std::vector<std::string> unknown, mismatched, missing;
   auto params = net.backbone.ptr()->named_parameters(true);
   auto buffers = net.backbone.ptr()->named_buffers(true);
@@ -274,6 +207,9 @@ absl::Status LoadPretrainedBackbone(const std::string& path, BaseNetImpl& net) {
     if (!assigned.count(p.key())) missing.push_back(p.key());
   }
   for (const auto& b : buffers) {
+    // BatchNorm's step counter exists since PyTorch 0.4.1 and is used only with momentum None;
+    // files written before it lack it, and PyTorch loads them (the counter keeps its value).
+    if (absl::EndsWith(b.key(), "num_batches_tracked")) continue;
     if (!assigned.count(b.key())) missing.push_back(b.key());
   }
   if (!unknown.empty() || !mismatched.empty() || !missing.empty()) {

@@ -125,9 +125,13 @@ TORCH_MODULE(MetaNet);
 // Copies parameters and buffers of `from` into `to` (same architecture), without autograd.
 void CopyState(torch::nn::Module& from, torch::nn::Module& to);
 
-// Loads a state dict written by PyTorch's torch.save(model.state_dict(), path) into the backbone
-// of `net` (torchvision names; "fc.*" is ignored). Names or shapes that do not match, and
-// backbone tensors the file lacks, are listed in the error.
+// Loads a state dict written by PyTorch's torch.save into the backbone of `net` (torchvision
+// names; "fc.*" is ignored; a "module." prefix on every name, from nn.DataParallel, is removed).
+// The file formats and where the state dict may sit are those of ReadTorchStateDict
+// (torch_file.h). Tensors are converted to the model's dtype. BatchNorm's num_batches_tracked may
+// be absent (files from PyTorch < 0.4.1); every parameter and running statistic must be present.
+// Errors: NotFound for a file that cannot be opened; InvalidArgument naming the file for an
+// unreadable file, and listing names not in the model, shape mismatches and missing tensors.
 absl::Status LoadPretrainedBackbone(const std::string& path, BaseNetImpl& net);
 
 }  // namespace mal::engine
