@@ -114,16 +114,6 @@ std::string Time(int64_t ms) {
 
 // Relative dataset and model paths mean "from where malctl runs": make them absolute before the
 // spec leaves this machine.
-void Absolutize(v1::ExperimentSpec& spec) {
-  auto fix = [](std::string* p) {
-    if (!p->empty() && (*p)[0] != '/') *p = (fs::current_path() / *p).lexically_normal().string();
-  };
-  for (v1::DatasetSpec* d : {spec.mutable_data()->mutable_au(), spec.mutable_data()->mutable_fe()}) {
-    fix(d->mutable_root());
-  }
-  fix(spec.mutable_model()->mutable_pretrained());
-}
-
 std::string FormatEvent(const v1::Event& e) {
   std::string where = e.trial() < 0 ? "exp"
                       : e.fold() == 0 ? absl::StrFormat("t%d/all", e.trial())
@@ -230,6 +220,10 @@ int Follow(const Common& c, const std::string& id, int64_t from_seq, const std::
       grpc::ClientContext gctx;
       rpc::SetDeadline(gctx, kTimeout);
       if (stub->GetExperiment(&gctx, g, &info).ok() && info.state() != v1::EXPERIMENT_RUNNING) {
+        if (!c.json && next > info.last_seq()) {
+          std::cerr << "malctl: " << id << " is " << Name(info.state()) << "; its last event is seq "
+                    << info.last_seq() << ", nothing at or after seq " << next << "\n";
+        }
         return info.state() == v1::EXPERIMENT_SUCCEEDED ? kOk : kFailed;
       }
       continue;
@@ -284,7 +278,7 @@ int Submit(const std::vector<std::string>& argv) {
   }
   auto spec = LoadSpecFile(args->Get("file"));
   if (!spec.ok()) return Fail(kUsage, std::string(spec.status().message()));
-  Absolutize(*spec);
+  ResolveSpecPaths(*spec, fs::current_path().string());
   if (args->Has("priority")) {
     auto p = args->GetInt("priority", 0);
     if (!p.ok()) return Fail(kUsage, std::string(p.status().message()));

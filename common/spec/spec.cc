@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <set>
 #include <vector>
 
@@ -312,6 +313,17 @@ absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path) {
   absl::Status s = ValidateSpec(spec);
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
   return spec;
+}
+
+void ResolveSpecPaths(v1::ExperimentSpec& spec, const std::string& base_dir) {
+  auto fix = [&](std::string* p) {
+    if (!p->empty() && (*p)[0] != '/') {
+      *p = (std::filesystem::path(base_dir) / *p).lexically_normal().string();
+    }
+  };
+  if (spec.data().has_au()) fix(spec.mutable_data()->mutable_au()->mutable_root());
+  if (spec.data().has_fe()) fix(spec.mutable_data()->mutable_fe()->mutable_root());
+  if (spec.has_model()) fix(spec.mutable_model()->mutable_pretrained());
 }
 
 void ApplyDefaults(v1::ExperimentSpec& spec) {

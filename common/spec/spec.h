@@ -27,6 +27,13 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
 // current directory, as a user typing them expects.
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path);
 
+// Makes the spec's relative file paths (data.au.root, data.fe.root, model.pretrained) absolute
+// against `base_dir` (an absolute directory, normally the current one), so the spec means on a
+// coordinator or worker what it meant where it was written. Only fields that are set are touched:
+// no message is created (an STL spec without data.fe stays without it). Paths inside a dataset
+// (images, manifest) stay relative to its root, as everywhere.
+void ResolveSpecPaths(v1::ExperimentSpec& spec, const std::string& base_dir);
+
 // Fills every unset field with its documented default (docs/spec.md).
 void ApplyDefaults(v1::ExperimentSpec& spec);
 

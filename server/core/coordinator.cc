@@ -8,6 +8,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "common/spec/spec.h"
 #include "common/util/files.h"
 #include "common/util/logging.h"
@@ -268,7 +270,24 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(const v1::Submi
   out.set_trials(static_cast<int>(plans.size()));
   out.set_runs(static_cast<int>(plans.size() * folds.size()));
   out.set_existing(existing);
-  if (existing) return out;
+  if (existing) {
+    // An idempotency key names one payload: the same request id with another spec is a conflict,
+    // not a silent return of the first experiment (the edit would be lost).
+    auto first = experiments_.find(id);
+    if (first != experiments_.end()) {
+      std::string diff;
+      google::protobuf::util::MessageDifferencer differencer;
+      differencer.ReportDifferencesToString(&diff);
+      if (!differencer.Compare(first->second.spec, spec)) {
+        while (!diff.empty() && diff.back() == '\n') diff.pop_back();
+        absl::StrReplaceAll({{"\n", "; "}}, &diff);
+        return absl::AlreadyExistsError(absl::StrCat(
+            "request id ", request.request_id(), " was used for ", id,
+            " with a different spec (", diff, "); submit the changed spec under a new request id"));
+      }
+    }
+    return out;
+  }
   Experiment& e = experiments_[id];
   row.id = id;
   row.created_ms = clock_->NowMs();

@@ -75,6 +75,18 @@ grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::W
     r.mutable_progress()->set_state(st.ok() ? *st : v1::EXPERIMENT_STATE_UNSPECIFIED);
     return writer->Write(r);
   };
+  // A watcher that starts (or resumes) past the End event has nothing left to wait for. The End
+  // event is appended before the experiment's state turns terminal, so a terminal state with no
+  // event at or after the next wanted seq means the log is complete.
+  auto nothing_left = [&]() {
+    auto st = core_->State(request->experiment_id());
+    if (!st.ok() || *st == v1::EXPERIMENT_RUNNING) return false;
+    auto latest = core_->hub()->LastSeq(request->experiment_id());
+    return latest.ok() && *latest <= last_sent;
+  };
+  if (nothing_left()) {
+    return progress() ? grpc::Status::OK : grpc::Status::CANCELLED;
+  }
   auto last_progress = std::chrono::steady_clock::now();
   while (!context->IsCancelled()) {
     if (shutting_down_) {
@@ -88,7 +100,10 @@ grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::W
       if (!progress()) return grpc::Status::CANCELLED;
       last_progress = std::chrono::steady_clock::now();
     }
-    if (!next->has_value()) continue;
+    if (!next->has_value()) {
+      if (nothing_left()) return grpc::Status::OK;
+      continue;
+    }
     const WatchEvent& we = **next;
     last_sent = we.seq;
     if (kinds.empty() || kinds.count(we.kind)) {

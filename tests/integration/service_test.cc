@@ -36,6 +36,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using Clock = std::chrono::steady_clock;
 
 std::string Bin(const std::string& rel) { return testing::BinaryDir() + "/" + rel; }
@@ -319,6 +320,17 @@ TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
   for (int f = 1; f <= 3; ++f) EXPECT_EQ(iterations[f].size(), 18u);
   ASSERT_FALSE(events.empty());
   EXPECT_TRUE(events.back().has_end());
+  // A consumer resuming past the End event (from the seq after the last one it stored, or
+  // further) gets nothing more, and the watch ends with the experiment's outcome.
+  const int64_t last = events.back().seq();
+  for (int64_t from : {last + 1, last + 50}) {
+    const auto started = std::chrono::steady_clock::now();
+    const std::string watched = Malctl(absl::StrCat("watch ", id, " --from-seq ", from), &rc);
+    EXPECT_EQ(rc, 0) << watched;
+    EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));
+    EXPECT_THAT(watched, HasSubstr(absl::StrCat("its last event is seq ", last))) << watched;
+    EXPECT_THAT(watched, Not(HasSubstr(" exp "))) << watched;  // no event line
+  }
 }
 
 TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
@@ -554,6 +566,9 @@ TEST_F(ServiceTest, CancelStopsRunningWorkPromptly) {
   EXPECT_EQ(Get(id).state(), v1::EXPERIMENT_CANCELLED);
   EXPECT_EQ(Malctl("wait " + id, &rc).find("CANCELLED") != std::string::npos, true);
   EXPECT_EQ(rc, 1);
+  // Resuming past the End event of a cancelled experiment ends at once with its outcome.
+  Malctl(absl::StrCat("watch ", id, " --from-seq ", Get(id).last_seq() + 1), &rc);
+  EXPECT_EQ(rc, 1);
 }
 
 TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
@@ -580,6 +595,25 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   grpc::Status s = stub_->SubmitExperiment(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("train.lr"));
+
+  // An STL spec without data.fe means the same through malctl as through mal-worker train.
+  testing::WriteText(dir_ / "stl.yaml", absl::StrCat("name: stl-no-fe\nmethod: stl\ndata: {au: {format: synthface, root: ",
+                                                     dir_ / "sf", "}}\ntrain: {epochs: 1, max_iterations: 1}\n"));
+  out = Malctl("submit -f " + (dir_ / "stl.yaml") + " --request-id stl-1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("submitted exp-"));
+  // The same request id: the same payload returns the first experiment, an edited one is refused.
+  out = Malctl("submit -f " + (dir_ / "stl.yaml") + " --request-id stl-1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("already submitted as exp-"));
+  testing::WriteText(dir_ / "stl2.yaml", absl::StrCat("name: stl-no-fe\nmethod: stl\ndata: {au: {format: synthface, root: ",
+                                                      dir_ / "sf", "}}\ntrain: {epochs: 1, max_iterations: 1, lr: 0.05}\n"));
+  out = Malctl("submit -f " + (dir_ / "stl2.yaml") + " --request-id stl-1", &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("request id stl-1 was used for exp-"));
+  EXPECT_THAT(out, HasSubstr("train.lr"));
+  Malctl("cancel exp-1", &rc);  // its runs would hold the worker
+  EXPECT_EQ(rc, 0);
 
   // A dataset that is not there fails the run at once, without retries, naming the path.
   // (SynthFace would be generated where it is missing: take a licensed format.)

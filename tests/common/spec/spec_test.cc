@@ -150,6 +150,29 @@ TEST(SpecTest, LoadSpecFileNamesFile) {
   EXPECT_FALSE(LoadSpecFile(dir / "missing.yaml").ok());
 }
 
+// The field report: malctl's path rewriting used to create an empty data.fe, which the server
+// then refused as "data.fe.format: required". Resolving paths sets nothing that was unset.
+TEST(SpecTest, ResolvingPathsKeepsTheSpecValidAndCreatesNothing) {
+  auto stl = LoadValid("name: x\nmethod: stl\ndata: {au: {format: synthface, root: sf}}\n");
+  ASSERT_TRUE(stl.ok()) << stl.status();
+  ResolveSpecPaths(*stl, "/home/u/exp");
+  EXPECT_EQ(stl->data().au().root(), "/home/u/exp/sf");
+  EXPECT_FALSE(stl->data().has_fe());
+  EXPECT_TRUE(stl->model().pretrained().empty());
+  ApplyDefaults(*stl);
+  EXPECT_TRUE(ValidateSpec(*stl).ok()) << ValidateSpec(*stl);
+
+  auto mal = LoadValid(
+      "name: x\ndata: {au: {format: synthface, root: ../sf}, fe: {format: synthface, root: /abs/sf}}\n"
+      "model: {backbone: resnet18, pretrained: w/r18.pth}\n");
+  ASSERT_TRUE(mal.ok()) << mal.status();
+  ResolveSpecPaths(*mal, "/home/u/exp");
+  EXPECT_EQ(mal->data().au().root(), "/home/u/sf");
+  EXPECT_EQ(mal->data().fe().root(), "/abs/sf");
+  EXPECT_EQ(mal->model().pretrained(), "/home/u/exp/w/r18.pth");
+  EXPECT_TRUE(ValidateSpec(*mal).ok());
+}
+
 TEST(SpecTest, SetFieldByPathSetsAndRejects) {
   v1::ExperimentSpec spec;
   ASSERT_TRUE(SetFieldByPath(spec, "train.lr", "0.01").ok());
