@@ -2,6 +2,7 @@
 // (subDirectory_filePath, face_x, face_y, face_width, face_height, expression, ...), images under
 // Manually_Annotated_Images/. Codes map to the canonical order through expression.h.
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -100,9 +101,16 @@ absl::StatusOr<DatasetIndex> ReadAffectNet(const ReaderOptions& options) {
   const std::string want = options.split.empty() ? "train" : options.split;
   for (const auto& [file, part] :
        {std::pair<const char*, const char*>{"training.csv", "train"}, {"validation.csv", "test"}}) {
-    if (want != "all" && want != part) continue;
-    RETURN_IF_ERROR(
-        ReadList((fs::path(list_dir) / file).string(), part, image_root, options, index));
+    const std::string path = (fs::path(list_dir) / file).string();
+    const bool used = want == "all" || want == part;
+    // Every list is counted (its data lines, after the header), read or not.
+    if (auto lines = ReadLines(path); lines.ok()) {
+      int64_t n = 0;
+      for (const std::string& l : lines->lines) n += !absl::StripAsciiWhitespace(l).empty();
+      index.CountPartition(part, std::max<int64_t>(n - 1, 0), "images", used);
+    }
+    if (!used) continue;
+    RETURN_IF_ERROR(ReadList(path, part, image_root, options, index));
   }
   return index;
 }

@@ -4,13 +4,15 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/data/reader_util.h"
 #include "common/util/csv.h"
 #include "common/util/status_macros.h"
 
 namespace mal::data {
 
 absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, DatasetIndex& index,
-                            std::map<int, std::vector<std::string>>& missing_columns) {
+                            std::map<int, std::vector<std::string>>& missing_columns,
+                            FrameNamingTally* naming_tally) {
   LoadReport& report = index.report;
   auto lines_or = ReadLines(video.label_file);
   if (!lines_or.ok()) {
@@ -58,7 +60,13 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
   size_t needed = static_cast<size_t>(frame_col) + 1;
   for (int c : cols) needed = std::max(needed, static_cast<size_t>(c) + 1);
 
-  int64_t kept = 0;
+  // First the labels, then the images: the image naming is decided from all the video's frames.
+  struct Row {
+    Sample sample;
+    long frame;
+    size_t line;
+  };
+  std::vector<Row> rows;
   for (size_t i = 1; i < lines.lines.size(); ++i) {
     if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
     auto fields_or = SplitCsvLine(lines.lines[i]);
@@ -107,15 +115,31 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     }
     ASSIGN_OR_RETURN(bool keep, KeepAuSample(s, options, report));
     if (!keep) continue;
-    const std::string* image = video.images ? video.images->Find(*frame_or) : nullptr;
+    rows.push_back(Row{std::move(s), static_cast<long>(*frame_or), i});
+  }
+
+  // Image numbers equal the label frames in BP4D's and GFT's releases; frames re-extracted from
+  // the videos are often numbered from 0 or from 1 instead: take what the directory holds.
+  FrameNaming naming;
+  if (video.images != nullptr && video.images->exists()) {
+    std::vector<long> frames;
+    for (const Row& r : rows) frames.push_back(r.frame);
+    naming = DetectFrameNaming(*video.images, frames, {0, -1, 1});
+    if (naming_tally != nullptr) naming_tally->Add(naming.offset);
+  }
+  int64_t kept = 0;
+  for (Row& r : rows) {
+    const long number = r.frame + naming.offset;
+    const std::string* image = video.images ? video.images->Find(number) : nullptr;
     ASSIGN_OR_RETURN(bool found,
                      CheckImage(image ? *image : "",
-                                absl::StrCat(lines.Where(i), ": frame ", *frame_or, " in ",
-                                             video.image_dir),
+                                absl::StrCat(lines.Where(r.line), ": frame ", r.frame,
+                                             naming.offset == 0 ? "" : absl::StrCat(" (image ", number, ")"),
+                                             " in ", video.image_dir),
                                 options, report));
     if (!found) continue;
-    s.image = *image;
-    index.samples.push_back(std::move(s));
+    r.sample.image = *image;
+    index.samples.push_back(std::move(r.sample));
     ++kept;
   }
   if (kept == 0) {

@@ -26,9 +26,12 @@ struct AuVideo {
 
 // Appends the video's usable frames to `index` (whose `aus` are set). Columns are found by header
 // name, never position. Malformed lines are skipped (error in strict mode) naming file:line;
-// requested AUs without a column are masked and collected in `missing_columns`.
+// requested AUs without a column are masked and collected in `missing_columns`. Images are looked
+// up as frame + offset, the offset (0, -1 or +1; ties go to 0) detected from the image directory
+// (DetectFrameNaming) and counted in `naming_tally` when given.
 absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, DatasetIndex& index,
-                            std::map<int, std::vector<std::string>>& missing_columns);
+                            std::map<int, std::vector<std::string>>& missing_columns,
+                            FrameNamingTally* naming_tally);
 
 }  // namespace mal::data
 

@@ -21,6 +21,7 @@ absl::StatusOr<DatasetIndex> ReadBp4d(const ReaderOptions& options) {
   const std::string image_root = options.images.empty() ? options.root : options.images;
 
   std::map<int, std::vector<std::string>> missing_columns;
+  FrameNamingTally naming;
   std::map<std::string, int64_t> per_subject;
   for (const std::string& name : ListDirectory(label_dir, /*directories=*/false)) {
     const std::string path = (fs::path(label_dir) / name).string();
@@ -39,10 +40,11 @@ absl::StatusOr<DatasetIndex> ReadBp4d(const ReaderOptions& options) {
     const size_t before = index.samples.size();
     RETURN_IF_ERROR(ReadAuVideoCsv(
         AuVideo{path, subject, absl::StrCat(subject, "/", task), "", image_dir, &images}, options,
-        index, missing_columns));
+        index, missing_columns, &naming));
     per_subject[subject] += static_cast<int64_t>(index.samples.size() - before);
   }
   NoteMissingAuColumns(missing_columns, index.report);
+  naming.Note("BP4D videos", 0, index.report);
   for (const auto& [subject, n] : per_subject) {
     if (n == 0) {
       RETURN_IF_ERROR(index.report.Skip("empty_subject",

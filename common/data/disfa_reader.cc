@@ -1,5 +1,7 @@
 // DISFA: ActionUnit_Labels/SN0xx/SN0xx_au<k>.txt (lines "frame,intensity", frames 1-based),
-// images <images>/SN0xx/<frame-1>.png|jpg (0-based). Active when intensity >= 2.
+// images <images>/SN0xx/<frame-1>.png|jpg (0-based, the documented layout) or <frame>.png|jpg
+// (1-based, as ffmpeg's %d numbers extracted frames): detected per subject from the files on
+// disk and reported in a note. Active when intensity >= 2.
 
 #include <filesystem>
 #include <map>
@@ -68,6 +70,7 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
   const std::string label_dir = (fs::path(options.root) / "ActionUnit_Labels").string();
   RETURN_IF_ERROR(RequireDirectory(label_dir, "DISFA layout ActionUnit_Labels/SN0xx/SN0xx_au<k>.txt"));
   const std::string image_root = options.images.empty() ? options.root : options.images;
+  FrameNamingTally tally;
 
   for (const std::string& subject : ListDirectory(label_dir, /*directories=*/true)) {
     const fs::path subject_dir = fs::path(label_dir) / subject;
@@ -102,10 +105,14 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
     }
     const std::string image_dir = (fs::path(image_root) / subject).string();
     FrameDirectory images(image_dir);
+    const FrameNaming naming =
+        DetectFrameNaming(images, std::vector<long>(frames.begin(), frames.end()), {-1, 0});
+    if (images.exists()) tally.Add(naming.offset);
     int64_t kept = 0;
     for (long frame : frames) {
+      const long image_number = frame + naming.offset;
       Sample s;
-      s.id = absl::StrCat(subject, "/", frame - 1);
+      s.id = absl::StrCat(subject, "/", image_number);
       s.subject = subject;
       for (const auto& m : per_au) {
         auto it = m.find(frame);
@@ -114,11 +121,11 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
       }
       ASSIGN_OR_RETURN(bool keep, KeepAuSample(s, options, report));
       if (!keep) continue;
-      const std::string* image = images.Find(frame - 1);
+      const std::string* image = images.Find(image_number);
       ASSIGN_OR_RETURN(bool found,
                        CheckImage(image ? *image : "",
                                   absl::StrCat(subject, " label frame ", frame, " -> image ",
-                                               frame - 1, " in ", image_dir),
+                                               image_number, " in ", image_dir),
                                   options, report));
       if (!found) continue;
       s.image = *image;
@@ -129,6 +136,7 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
       RETURN_IF_ERROR(report.Skip("empty_subject", absl::StrCat(subject, ": no usable frame")));
     }
   }
+  tally.Note("DISFA subjects", -1, report);
   return index;
 }
 

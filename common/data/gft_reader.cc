@@ -58,6 +58,7 @@ absl::StatusOr<DatasetIndex> ReadGft(const ReaderOptions& options) {
   const std::string want = options.split.empty() ? "all" : options.split;
 
   std::map<int, std::vector<std::string>> missing_columns;
+  FrameNamingTally naming;
   std::map<std::string, int64_t> per_subject;
   for (const std::string& name : ListDirectory(label_dir, /*directories=*/false)) {
     if (!absl::EndsWithIgnoreCase(name, ".csv")) continue;
@@ -70,15 +71,17 @@ absl::StatusOr<DatasetIndex> ReadGft(const ReaderOptions& options) {
           "subject_not_in_split", absl::StrCat(path, ": subject ", subject, " not in split.txt")));
       continue;
     }
+    index.CountPartition(it->second, 1, "videos", want == "all" || it->second == want);
     if (want != "all" && it->second != want) continue;
     const std::string image_dir = (fs::path(image_root) / video).string();
     FrameDirectory images(image_dir);
     const size_t before = index.samples.size();
     RETURN_IF_ERROR(ReadAuVideoCsv(AuVideo{path, subject, video, it->second, image_dir, &images},
-                                   options, index, missing_columns));
+                                   options, index, missing_columns, &naming));
     per_subject[subject] += static_cast<int64_t>(index.samples.size() - before);
   }
   NoteMissingAuColumns(missing_columns, index.report);
+  naming.Note("GFT videos", 0, index.report);
   for (const auto& [subject, part] : split) {
     if (want != "all" && part != want) continue;
     auto it = per_subject.find(subject);

@@ -78,6 +78,13 @@ v1::DatasetInspection Inspect(const DatasetIndex& index, const std::string& prot
     for (double r : PositiveRates(index, f.val)) fs->add_val_positive_rate(r);
   }
   for (const std::string& n : index.report.notes()) out.add_notes(n);
+  for (const DatasetIndex::Partition& p : index.partitions) {
+    v1::PartitionSummary* ps = out.add_partitions();
+    ps->set_name(p.name);
+    ps->set_entries(p.entries);
+    ps->set_unit(p.unit);
+    ps->set_used(p.used);
+  }
   return out;
 }
 
@@ -85,6 +92,16 @@ std::string FormatInspection(const v1::DatasetInspection& in) {
   std::string out;
   absl::StrAppendFormat(&out, "dataset   %s at %s\n", in.format(), in.root());
   absl::StrAppendFormat(&out, "samples   %d usable, %d skipped\n", in.samples(), in.skipped());
+  if (in.partitions_size() > 0) {
+    std::vector<std::string> parts;
+    bool left_out = false;
+    for (const auto& p : in.partitions()) {
+      parts.push_back(absl::StrCat(p.name(), " ", p.entries(), " ", p.unit(), p.used() ? " (read)" : " (not read)"));
+      left_out = left_out || !p.used();
+    }
+    absl::StrAppendFormat(&out, "partitions %s%s\n", absl::StrJoin(parts, ", "),
+                          left_out ? "; --split (data.*.split in a spec) chooses: train, test or all" : "");
+  }
   if (in.subjects_size() > 0) {
     std::vector<std::string> s;
     for (const auto& x : in.subjects()) s.push_back(absl::StrCat(x.subject(), "(", x.samples(), ")"));

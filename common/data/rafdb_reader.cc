@@ -145,6 +145,7 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
           absl::StrCat(lines.Where(i), ": '", name, "' has neither train_ nor test_ prefix")));
       continue;
     }
+    index.CountPartition(part, 1, "images", want == "all" || part == want);
     if (want != "all" && part != want) continue;
     const std::string stem = fs::path(name).stem().string();
     const std::string file = options.aligned ? absl::StrCat(stem, "_aligned.jpg") : name;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <filesystem>
 
 #include <opencv2/imgcodecs.hpp>
@@ -11,6 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/image/image_file.h"
+#include "common/util/files.h"
 
 namespace mal::data {
 
@@ -55,6 +58,30 @@ FrameDirectory::FrameDirectory(const std::string& dir) {
 const std::string* FrameDirectory::Find(long frame) const {
   auto it = frames_.find(frame);
   return it == frames_.end() ? nullptr : &it->second;
+}
+
+FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<long>& frames,
+                              const std::vector<long>& offsets) {
+  FrameNaming best;
+  best.matched = -1;
+  for (long offset : offsets) {
+    int64_t matched = 0;
+    for (long f : frames) matched += images.Find(f + offset) != nullptr;
+    if (matched > best.matched) best = FrameNaming{offset, matched};
+  }
+  if (best.matched < 0) best = FrameNaming{};
+  return best;
+}
+
+void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport& report) const {
+  if (directories_.empty()) return;
+  std::vector<std::string> parts;
+  for (const auto& [offset, n] : directories_) {
+    parts.push_back(absl::StrCat("image N", offset == 0 ? "" : offset > 0 ? "+" : "-",
+                                 offset == 0 ? "" : absl::StrCat(std::labs(offset)),
+                                 offset == documented ? " (the documented layout)" : "", " in ", n));
+  }
+  report.Note(absl::StrCat("image names of ", what, ": label frame N is ", absl::StrJoin(parts, ", ")));
 }
 
 absl::StatusOr<int8_t> ParseAuCell(absl::string_view cell) {
@@ -114,10 +141,27 @@ absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
     return false;
   }
   if (options.verify_images) {
-    cv::Mat m = cv::imread(path, cv::IMREAD_REDUCED_COLOR_2);
-    if (m.empty()) {
+    // The container first (a truncated JPEG decodes into a partly grey image without an error),
+    // then a decode at half resolution.
+    auto bytes = ReadFile(path);
+    absl::Status bad;
+    if (!bytes.ok()) {
+      bad = absl::DataLossError("cannot read it");
+    } else if (absl::Status complete = image::CheckImageComplete(*bytes); !complete.ok()) {
+      bad = complete;
+    } else {
+      cv::Mat m;
+      try {
+        m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes->size()), CV_8UC1, bytes->data()),
+                         cv::IMREAD_REDUCED_COLOR_2);
+      } catch (const cv::Exception& e) {
+        m = cv::Mat();
+      }
+      if (m.empty()) bad = absl::DataLossError("cannot decode it");
+    }
+    if (!bad.ok()) {
       absl::Status s =
-          report.Skip("unreadable_image", absl::StrCat(what, ": cannot decode ", path));
+          report.Skip("unreadable_image", absl::StrCat(what, ": ", path, ": ", bad.message()));
       if (!s.ok()) return s;
       return false;
     }

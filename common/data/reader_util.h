@@ -29,6 +29,32 @@ class FrameDirectory {
   std::unordered_map<long, std::string> frames_;
 };
 
+// How a directory's image names relate to the label frame numbers: image number = frame + offset.
+// Datasets are documented with one convention (DISFA: 0-based images for 1-based labels), but
+// frames re-extracted with ffmpeg are numbered from 1, and a wrong guess shifts every label by a
+// frame while losing only one "missing image" per video.
+struct FrameNaming {
+  long offset = 0;
+  int64_t matched = 0;  // label frames with an image under that offset
+};
+
+// Picks among `offsets` (the format's documented convention first) the one under which most of
+// `frames` have an image in `images`; ties go to the earlier offset.
+FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<long>& frames,
+                              const std::vector<long>& offsets);
+
+// Counts directories per detected offset, for a note saying which conventions were found.
+class FrameNamingTally {
+ public:
+  void Add(long offset) { ++directories_[offset]; }
+  // Adds to `report` a note such as "image names of DISFA subjects: label frame N is image N-1
+  // (the documented layout) in 26, image N in 1". `documented` is the format's own offset.
+  void Note(absl::string_view what, long documented, LoadReport& report) const;
+
+ private:
+  std::map<long, int64_t> directories_;
+};
+
 // An empty index of `format` for `options`: root, strictness, and for AU formats the requested AUs
 // (or the format's standard list).
 DatasetIndex NewIndex(const std::string& format, const ReaderOptions& options, bool au_format);

@@ -37,4 +37,16 @@ bool DatasetIndex::HasExpressions() const {
   return false;
 }
 
+void DatasetIndex::CountPartition(const std::string& name, int64_t n, const std::string& unit,
+                                  bool used) {
+  for (Partition& p : partitions) {
+    if (p.name == name) {
+      p.entries += n;
+      p.used = p.used || used;
+      return;
+    }
+  }
+  partitions.push_back(Partition{name, n, unit, used});
+}
+
 }  // namespace mal::data

@@ -63,6 +63,18 @@ struct DatasetIndex {
   std::vector<int> aus;  // AU numbers, the meaning of Sample::au
   std::vector<Sample> samples;
   LoadReport report;
+  // For formats with an official split (RAF-DB, AffectNet, GFT): every partition the label files
+  // list, with its size, and whether it was read into `samples` (ReaderOptions::split), so that a
+  // partition left out is reported rather than silently absent.
+  struct Partition {
+    std::string name;   // "train", "test"
+    int64_t entries = 0;
+    std::string unit;   // what `entries` counts: "images", "videos"
+    bool used = false;
+  };
+  std::vector<Partition> partitions;
+  // Adds `n` entries to partition `name` (created on first use, in order of first use).
+  void CountPartition(const std::string& name, int64_t n, const std::string& unit, bool used);
 
   // Sorted distinct non-empty subjects.
   std::vector<std::string> Subjects() const;

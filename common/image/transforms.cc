@@ -7,22 +7,24 @@
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/image/image_file.h"
+#include "common/util/files.h"
 
 namespace mal::image {
 
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path) {
-  cv::Mat m;
-  try {
-    m = cv::imread(path, cv::IMREAD_COLOR);
-  } catch (const cv::Exception& e) {
-    return absl::DataLossError(absl::StrCat(path, ": cannot decode: ", e.what()));
-  }
-  if (m.empty()) return absl::DataLossError(absl::StrCat(path, ": missing or not a decodable image"));
+  auto bytes = ReadFile(path);
+  if (!bytes.ok()) return absl::DataLossError(absl::StrCat(path, ": missing or unreadable"));
+  auto m = DecodeImageBytes(*bytes, path);
+  if (!m.ok()) return absl::DataLossError(m.status().message());
   return m;
 }
 
 absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what) {
   if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty image"));
+  if (absl::Status complete = CheckImageComplete(bytes); !complete.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", complete.message()));
+  }
   cv::Mat m;
   try {
     m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1,

@@ -20,9 +20,12 @@ struct TransformOptions {
   float std[3] = {0.229f, 0.224f, 0.225f};
 };
 
-// Decodes an image file to 8-bit BGR; the error names the path.
+// Decodes an image file to 8-bit BGR. Errors (DataLoss) name the path: a missing file, an
+// incomplete container (CheckImageComplete in image_file.h: a truncated JPEG, PNG or BMP is not
+// decoded into a partly grey image), or bytes OpenCV cannot decode.
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path);
-// Decodes encoded bytes (JPEG, PNG, ...); `what` names them in errors.
+// Decodes encoded bytes (JPEG, PNG, BMP, ...), checked as above; errors (InvalidArgument) start
+// with `what`.
 absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what);
 
 // Crops `box` (x, y, w, h; w == 0 = whole image, clipped to the image) out of `bgr`.

@@ -33,6 +33,25 @@ Result Malctl(const std::string& args) {
   return r;
 }
 
+// The field report: 3 training and 2 test images, of which inspect reported 3 and nothing else.
+TEST(MalctlDataTest, InspectReportsEveryPartition) {
+  testing::TempDir dir;
+  std::string list;
+  for (const char* name : {"train_00001", "train_00002", "train_00003", "test_0001", "test_0002"}) {
+    list += std::string(name) + ".jpg 4\n";
+    testing::WriteImage(dir / (std::string("Image/aligned/") + name + "_aligned.jpg"));
+  }
+  testing::WriteText(dir / "EmoLabel/list_patition_label.txt", list);
+  Result text = Malctl("data inspect --format rafdb --root " + dir.path());
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_THAT(text.output, HasSubstr("samples   3 usable"));
+  EXPECT_THAT(text.output, HasSubstr("partitions train 3 images (read), test 2 images (not read)"));
+  Result all = Malctl("data inspect --format rafdb --split all --root " + dir.path() + " -o json");
+  ASSERT_EQ(all.exit_code, 0) << all.output;
+  EXPECT_THAT(all.output, HasSubstr("\"samples\": 5"));
+  EXPECT_THAT(all.output, HasSubstr("\"name\": \"test\""));
+}
+
 TEST(MalctlDataTest, SynthThenInspectAsJson) {
   testing::TempDir dir;
   Result synth = Malctl("data synth --out " + (dir / "sf") +

@@ -1,6 +1,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/data/reader.h"
 #include "tests/test_util.h"
 
@@ -133,6 +134,24 @@ TEST(Bp4dReaderErrorsTest, NothingUsableIsAnErrorWithReasons) {
   auto index = LoadDataset("bp4d", o, DataRole::kAu);
   ASSERT_FALSE(index.ok());
   EXPECT_THAT(std::string(index.status().message()), HasSubstr("missing_image"));
+}
+
+// Frames re-extracted from the videos with 0-based names (start_number 0): the same silent offset
+// as in DISFA must not happen here either.
+TEST(Bp4dNamingTest, ZeroBasedReExtractedFramesAreDetected) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T1.csv", "0,1\n1,0\n2,0\n3,1\n4,0\n");
+  for (int f = 0; f < 4; ++f) testing::WriteImage(dir / absl::StrCat("F001/T1/", f, ".jpg"), 4, 10 * f);
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 4u);
+  EXPECT_THAT(index->samples[2].image, HasSubstr("F001/T1/2.jpg"));  // label frame 3
+  EXPECT_EQ(index->samples[2].au[0], kAuPresent);
+  ASSERT_FALSE(index->report.notes().empty());
+  EXPECT_THAT(index->report.notes().back(), HasSubstr("label frame N is image N-1 in 1"));
 }
 
 }  // namespace

@@ -39,6 +39,42 @@ TEST(DisfaReaderTest, ThresholdsIntensityAndMapsOneBasedLinesToZeroBasedFrames) 
   EXPECT_THAT(index->samples[3].image, HasSubstr("SN001/3.png"));
 }
 
+// The field report: frames extracted with ffmpeg are named 1.jpg ... N.jpg. Assuming 0-based names
+// read 24 frames with 2 AU1 positives as 22 frames with none. The naming is taken from the disk,
+// per subject, and said in a note.
+TEST(DisfaReaderTest, OneBasedImageNamesAreDetectedPerSubject) {
+  testing::TempDir dir;
+  std::vector<int> au1(24, 0);
+  au1[22] = 3;  // frames 23 and 24 (1-based) are positive
+  au1[23] = 4;
+  WriteAu(dir, "SN001", 1, au1);
+  WriteAu(dir, "SN002", 1, au1);
+  for (int f = 1; f <= 24; ++f) testing::WriteImage(dir / absl::StrCat("SN001/", f, ".jpg"), 4);
+  for (int f = 0; f < 24; ++f) testing::WriteImage(dir / absl::StrCat("SN002/", f, ".jpg"), 4);
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 48u);
+  EXPECT_EQ(index->report.total(), 0);
+  for (const std::string subject : {"SN001", "SN002"}) {
+    int positives = 0;
+    std::string last;
+    for (const Sample& s : index->samples) {
+      if (s.subject != subject) continue;
+      positives += s.au[0] == kAuPresent;
+      last = s.image;
+    }
+    EXPECT_EQ(positives, 2) << subject;
+    EXPECT_THAT(last, HasSubstr(subject == "SN001" ? "SN001/24.jpg" : "SN002/23.jpg"));
+  }
+  ASSERT_EQ(index->report.notes().size(), 1u);
+  EXPECT_EQ(index->report.notes()[0],
+            "image names of DISFA subjects: label frame N is image N-1 (the documented layout) in "
+            "1, image N in 1");
+}
+
 TEST(DisfaReaderTest, UnequalLineCountsSkipTheSubject) {
   testing::TempDir dir;
   WriteAu(dir, "SN002", 1, {0, 1, 2});

@@ -57,6 +57,14 @@ TEST_F(RafDbReaderTest, SplitsByPrefix) {
   ASSERT_EQ(index->samples.size(), 1u);
   EXPECT_EQ(index->samples[0].expression, kNeutral);
   EXPECT_EQ(index->samples[0].split, "test");
+  // Both partitions are reported, with the one read.
+  ASSERT_EQ(index->partitions.size(), 2u);
+  EXPECT_EQ(index->partitions[0].name, "train");
+  EXPECT_EQ(index->partitions[0].entries, 3);  // the malformed line is counted as skipped, not here
+  EXPECT_FALSE(index->partitions[0].used);
+  EXPECT_EQ(index->partitions[1].name, "test");
+  EXPECT_EQ(index->partitions[1].entries, 1);
+  EXPECT_TRUE(index->partitions[1].used);
 }
 
 TEST_F(RafDbReaderTest, ConfigurableDistributionPathAndMissingOne) {

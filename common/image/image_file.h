@@ -1,0 +1,28 @@
+#ifndef MAL_COMMON_IMAGE_IMAGE_FILE_H_
+#define MAL_COMMON_IMAGE_IMAGE_FILE_H_
+
+// Structural checks of encoded image files, before decoding. OpenCV decodes a JPEG that ends early
+// into a partly grey image and reports it only as libjpeg's "Premature end of JPEG file" on
+// stderr, without a file name; a truncated PNG or BMP may fare the same. A partially decoded image
+// is a bad sample, so the container is walked first (no pixel is decoded; a linear pass over the
+// bytes).
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace mal::image {
+
+// OK when `bytes` hold a complete image of a format we read:
+//   JPEG: markers from SOI to EOI (ITU-T T.81 Annex B), entropy-coded data scanned for the next
+//         marker, every segment length inside the file;
+//   PNG:  signature, then chunks (length, type, data, CRC) up to IEND (PNG spec section 5);
+//   BMP:  BITMAPFILEHEADER; for uncompressed (BI_RGB / BI_BITFIELDS) bitmaps the pixel array
+//         (rows padded to 4 bytes) fits in the file.
+// Other formats pass (the decoder decides). Errors are DataLoss, without a path (the caller adds
+// it), saying what is wrong and where: "truncated JPEG: the compressed data ends at byte 6144 of
+// 6144 without an end-of-image marker".
+absl::Status CheckImageComplete(absl::string_view bytes);
+
+}  // namespace mal::image
+
+#endif  // MAL_COMMON_IMAGE_IMAGE_FILE_H_

@@ -1,0 +1,78 @@
+#include "common/image/image_file.h"
+
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/data/reader.h"
+#include "common/image/transforms.h"
+#include "tests/test_util.h"
+
+namespace mal::image {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Encode(const std::string& ext, const std::vector<int>& params = {}) {
+  cv::Mat m(96, 80, CV_8UC3);
+  cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(255));  // noise: the data part is most of the file
+  std::vector<uchar> buf;
+  EXPECT_TRUE(cv::imencode(ext, m, buf, params));
+  return std::string(buf.begin(), buf.end());
+}
+
+TEST(ImageFileTest, CompleteFilesPass) {
+  EXPECT_TRUE(CheckImageComplete(Encode(".jpg")).ok());
+  EXPECT_TRUE(CheckImageComplete(Encode(".jpg", {cv::IMWRITE_JPEG_PROGRESSIVE, 1})).ok());
+  EXPECT_TRUE(CheckImageComplete(Encode(".jpg", {cv::IMWRITE_JPEG_RST_INTERVAL, 2})).ok());
+  EXPECT_TRUE(CheckImageComplete(Encode(".jpg") + "trailing bytes after EOI").ok());
+  EXPECT_TRUE(CheckImageComplete(Encode(".png")).ok());
+  EXPECT_TRUE(CheckImageComplete(Encode(".bmp")).ok());
+  EXPECT_TRUE(CheckImageComplete("not an image format we know").ok());  // the decoder decides
+}
+
+// The field report: a JPEG cut at 60% of its bytes decoded into a partly grey image.
+TEST(ImageFileTest, TruncatedFilesOfEveryFormatAreRefusedWithTheReason) {
+  for (const char* ext : {".jpg", ".png", ".bmp"}) {
+    const std::string full = Encode(ext);
+    for (double keep : {0.6, 0.95, 0.999}) {
+      const std::string cut = full.substr(0, static_cast<size_t>(full.size() * keep));
+      absl::Status s = CheckImageComplete(cut);
+      EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << ext << " " << keep;
+      EXPECT_THAT(std::string(s.message()), HasSubstr("truncated")) << ext << " " << keep;
+    }
+  }
+  const std::string jpeg = Encode(".jpg", {cv::IMWRITE_JPEG_PROGRESSIVE, 1});
+  EXPECT_FALSE(CheckImageComplete(jpeg.substr(0, jpeg.size() * 6 / 10)).ok());
+  EXPECT_FALSE(CheckImageComplete(jpeg.substr(0, jpeg.size() - 2)).ok());  // just the EOI gone
+}
+
+TEST(ImageFileTest, DecodingAndVerifyingNameThePathAndTheReason) {
+  testing::TempDir dir;
+  const std::string full = Encode(".jpg");
+  testing::WriteText(dir / "Image/aligned/train_00001_aligned.jpg", full);
+  testing::WriteText(dir / "Image/aligned/train_00002_aligned.jpg", full.substr(0, full.size() * 6 / 10));
+  testing::WriteText(dir / "EmoLabel/list_patition_label.txt", "train_00001.jpg 1\ntrain_00002.jpg 2\n");
+
+  auto bad = DecodeImage(dir / "Image/aligned/train_00002_aligned.jpg");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("train_00002_aligned.jpg: truncated JPEG"));
+  EXPECT_TRUE(DecodeImage(dir / "Image/aligned/train_00001_aligned.jpg").ok());
+
+  data::ReaderOptions o;
+  o.root = dir.path();
+  o.verify_images = true;
+  auto index = data::LoadDataset("rafdb", o, data::DataRole::kFe);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->samples.size(), 1u);
+  const auto& skip = index->report.skips().at("unreadable_image");
+  EXPECT_EQ(skip.count, 1);
+  EXPECT_THAT(skip.examples[0], HasSubstr("train_00002_aligned.jpg: truncated JPEG"));
+}
+
+}  // namespace
+}  // namespace mal::image
