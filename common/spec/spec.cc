@@ -382,6 +382,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!mal.has_joint_forward()) mal.set_joint_forward(false);
   if (!mal.has_task_bias()) mal.set_task_bias(true);
   if (!mal.has_center_features()) mal.set_center_features(true);
+  if (mal.val_pos_weight().empty()) mal.set_val_pos_weight("inverse_frequency");
 
   v1::SearchSpec& s = *spec.mutable_search();
   if (s.algorithm().empty()) s.set_algorithm("random");
@@ -468,6 +469,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.exact_method(), {"jvp", "vjp"}), "mal.exact_method",
                   "must be jvp or vjp");
+  MAL_CHECK_FIELD(OneOf(mal.val_pos_weight(), {"inverse_frequency", "sqrt", "none"}), "mal.val_pos_weight",
+                  absl::StrCat("'", mal.val_pos_weight(), "' is not one of inverse_frequency, sqrt, none"));
 
   const v1::SearchSpec& s = spec.search();
   MAL_CHECK_FIELD(OneOf(s.algorithm(), {"grid", "random"}), "search.algorithm",

@@ -87,6 +87,14 @@ torch::Tensor PositiveWeights(const std::vector<double>& positive_rates, double 
   return torch::tensor(w);
 }
 
+torch::Tensor ValidationPositiveWeights(const std::vector<double>& positive_rates,
+                                        const std::string& mode) {
+  const torch::Tensor w = PositiveWeights(positive_rates);
+  if (mode == "sqrt") return w.sqrt();
+  if (mode == "none") return torch::ones_like(w);
+  return w;
+}
+
 torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
                               const torch::Tensor& mask, const torch::Tensor& pos_weight) {
   return (Bce(logits, labels, pos_weight) * mask).sum(1) / mask.sum(1).clamp_min(1);

@@ -65,6 +65,12 @@ struct StepStats {
 // the plain BCE of the frames it has, never amplified (docs/mal.md, "class-rebalanced"). [C], float.
 torch::Tensor PositiveWeights(const std::vector<double>& positive_rates, double cap = 20.0);
 
+// The positive weights of the validation loss L_v for mal.val_pos_weight: "inverse_frequency"
+// (PositiveWeights), "sqrt" (their square root) or "none" (ones). [C], float; an unknown mode is
+// treated as inverse_frequency (the spec validation refuses it first).
+torch::Tensor ValidationPositiveWeights(const std::vector<double>& positive_rates,
+                                        const std::string& mode);
+
 // Runs iterations on a model, its shadow (same architecture, own buffers: the virtual step and the
 // validation pass happen there, so the real BatchNorm statistics move only in the meta-train
 // forward) and the meta net. Not thread-safe.

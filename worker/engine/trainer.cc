@@ -544,7 +544,9 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
     ASSIGN_OR_RETURN(fe_all, MakeLoader(data.fe, AllOf(data.fe), 64, LoaderKind::kEval, spec, seed));
   }
   // The class-rebalanced validation loss (meta-test stage, and the reported validation loss).
-  const torch::Tensor val_pos_weight = PositiveWeights(data.val_rates).to(device);
+  // L_v's positive weights (mal.val_pos_weight), also those of the reported validation loss.
+  const torch::Tensor val_pos_weight =
+      ValidationPositiveWeights(data.val_rates, spec.mal().val_pos_weight()).to(device);
 
   const int64_t per_epoch =
       t.max_iterations() > 0 ? std::min<int64_t>(t.max_iterations(), au_train->batches_per_epoch())
@@ -658,6 +660,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
       if (fe_train) {
         fe = fe_train->Next();
         if (!fe) return absl::DataLossError("data.fe: no image of the expression data decodes");
+        for (const auto& f : fe->failures) LOG(WARNING) << "skipped image: " << f;
         batch.fe_images = Images(*fe, device);
         batch.fe_labels = torch::from_blob(fe->expressions.data(), {fe->size}, torch::kLong).to(device);
       }
@@ -667,6 +670,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
       if (so.update_meta) {
         vb = val_train->Next();
         if (!vb) return absl::DataLossError("validation reserve: no image decodes");
+        for (const auto& f : vb->failures) LOG(WARNING) << "skipped image: " << f;
         val.images = Images(*vb, device);
         val.labels = AuTensor(vb->au_labels, vb->size, device);
         val.mask = AuTensor(vb->au_mask, vb->size, device);

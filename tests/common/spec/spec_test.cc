@@ -133,6 +133,9 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "search: {algorithm: grid, space: {train.lr: {uniform: [0.1, 0.2]}}}\n"),
               HasSubstr("grid search needs choice or int_uniform"));
   EXPECT_THAT(ErrorOf(base + "train: {device: gpu}\n"), HasSubstr("train.device"));
+  EXPECT_THAT(ErrorOf(base + "mal: {val_pos_weight: half}\n"),
+              HasSubstr("mal.val_pos_weight: 'half' is not one of inverse_frequency, sqrt, none"));
+  EXPECT_EQ(ErrorOf(base + "mal: {val_pos_weight: sqrt}\n"), "OK");
 }
 
 TEST(SpecTest, YamlSyntaxErrorNamesLine) {

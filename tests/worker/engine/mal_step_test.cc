@@ -389,6 +389,14 @@ TEST(MalStepTest, CentredMetaNetSubtractsTheRunningFeatureMean) {
   EXPECT_EQ(plain->feature_mean.abs().sum().item<double>(), 0.0);
 }
 
+TEST(MalStepTest, ValidationPositiveWeightsFollowTheMode) {
+  const std::vector<double> rates{0.1, 0.5, 0.0, 0.01};
+  const torch::Tensor full = ValidationPositiveWeights(rates, "inverse_frequency");
+  EXPECT_TRUE(torch::allclose(full, torch::tensor({9.0f, 1.0f, 1.0f, 20.0f})));
+  EXPECT_TRUE(torch::allclose(ValidationPositiveWeights(rates, "sqrt"), full.sqrt()));
+  EXPECT_TRUE(torch::equal(ValidationPositiveWeights(rates, "none"), torch::ones({4})));
+}
+
 TEST(MalStepTest, PositiveWeightsBalanceEachAuAndLeaveAnAuWithoutPositivesAlone) {
   const torch::Tensor w = PositiveWeights({0.1, 0.5, 0.0, 1.0, 0.001, 0.9}, 20.0);
   const std::vector<double> want = {9.0, 1.0, 1.0, 1.0, 20.0, 1.0 / 9};
