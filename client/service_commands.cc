@@ -112,8 +112,6 @@ std::string Time(int64_t ms) {
   return buf;
 }
 
-// Relative dataset and model paths mean "from where malctl runs": make them absolute before the
-// spec leaves this machine.
 std::string FormatEvent(const v1::Event& e) {
   std::string where = e.trial() < 0 ? "exp"
                       : e.fold() == 0 ? absl::StrFormat("t%d/all", e.trial())
@@ -278,6 +276,8 @@ int Submit(const std::vector<std::string>& argv) {
   }
   auto spec = LoadSpecFile(args->Get("file"));
   if (!spec.ok()) return Fail(kUsage, std::string(spec.status().message()));
+  // Relative dataset and model paths mean "from where malctl runs": absolute before the spec
+  // leaves this machine.
   ResolveSpecPaths(*spec, fs::current_path().string());
   if (args->Has("priority")) {
     auto p = args->GetInt("priority", 0);
