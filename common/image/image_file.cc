@@ -26,7 +26,10 @@ absl::Status CheckJpeg(absl::string_view b) {
   while (true) {
     if (pos >= b.size()) return Truncated("JPEG", "no end-of-image marker", b.size());
     if (static_cast<uint8_t>(b[pos]) != 0xFF) {
-      return absl::DataLossError(absl::StrCat("corrupt JPEG: no marker at byte ", pos));
+      // Bytes between segments (padding after an APP segment, a short length): libjpeg skips
+      // them to the next marker and decodes the image whole, so do we.
+      pos = b.find('\xFF', pos);
+      if (pos == absl::string_view::npos) return Truncated("JPEG", "no end-of-image marker", b.size());
     }
     while (pos < b.size() && static_cast<uint8_t>(b[pos]) == 0xFF) ++pos;  // fill bytes
     if (pos >= b.size()) return Truncated("JPEG", "no end-of-image marker", b.size());
@@ -73,10 +76,12 @@ absl::Status CheckPng(absl::string_view b) {
 }
 
 absl::Status CheckBmp(absl::string_view b) {
-  if (b.size() < 34) return Truncated("BMP", "the headers are cut off", b.size());
+  if (b.size() < 18) return Truncated("BMP", "the headers are cut off", b.size());
   const uint64_t offset = Le32(b, 10);
   const uint32_t header = Le32(b, 14);
-  if (header < 40) return absl::OkStatus();  // OS/2 core header: leave it to the decoder
+  // OS/2 headers (12 and 64 bytes; compression 3 means Huffman there): left to the decoder.
+  if (header < 40 || header == 64) return absl::OkStatus();
+  if (b.size() < 34) return Truncated("BMP", "the headers are cut off", b.size());
   const int64_t width = static_cast<int32_t>(Le32(b, 18));
   const int64_t height = std::llabs(static_cast<int32_t>(Le32(b, 22)));
   const uint32_t bpp = Le16(b, 28);

@@ -62,6 +62,30 @@ struct Value {
   std::shared_ptr<Storage> storage;                     // kStorage, kTensor
   int64_t offset = 0;                                   // kTensor: storage offset (elements)
   std::vector<int64_t> sizes, strides;                  // kTensor
+
+  Value() = default;
+  Value(const Value&) = delete;
+  Value& operator=(const Value&) = delete;
+  // Frees nested values with an explicit stack: a pickle can nest a million tuples, and the
+  // implicit recursive destruction would overflow the call stack.
+  ~Value() {
+    std::vector<ValuePtr> pending;
+    auto take = [&pending](Value& v) {
+      for (ValuePtr& x : v.items) pending.push_back(std::move(x));
+      for (auto& [k, x] : v.entries) {
+        pending.push_back(std::move(k));
+        pending.push_back(std::move(x));
+      }
+      v.items.clear();
+      v.entries.clear();
+    };
+    take(*this);
+    while (!pending.empty()) {
+      ValuePtr p = std::move(pending.back());
+      pending.pop_back();
+      if (p != nullptr && p.use_count() == 1) take(*p);  // p dies here, its children later
+    }
+  }
 };
 
 ValuePtr Make(Value::Kind k) {
@@ -147,8 +171,9 @@ class Unpickler {
         case 'X': Push(Str(Value::kStr, Length(4, at))); break;  // BINUNICODE
         case 0x8c: Push(Str(Value::kStr, U8())); break;          // SHORT_BINUNICODE
         case 0x8d: Push(Str(Value::kStr, Length(8, at))); break; // BINUNICODE8
-        case 'T': Push(Str(Value::kBytes, Length(4, at))); break;  // BINSTRING (py2 str)
-        case 'U': Push(Str(Value::kBytes, U8())); break;           // SHORT_BINSTRING
+        // Python 2 str: torch.load decodes them as text (encoding utf-8), and so do we.
+        case 'T': Push(Str(Value::kStr, Length(4, at))); break;    // BINSTRING
+        case 'U': Push(Str(Value::kStr, U8())); break;             // SHORT_BINSTRING
         case 'B': Push(Str(Value::kBytes, Length(4, at))); break;  // BINBYTES
         case 'C': Push(Str(Value::kBytes, U8())); break;           // SHORT_BINBYTES
         case 0x8e: Push(Str(Value::kBytes, Length(8, at))); break; // BINBYTES8
@@ -162,7 +187,7 @@ class Unpickler {
         case 'S': {  // STRING: a quoted Python literal
           absl::string_view line = Line();
           if (line.size() < 2 || line.front() != line.back()) Fail(at, "malformed STRING");
-          auto v = Make(Value::kBytes);
+          auto v = Make(Value::kStr);
           std::string error;
           if (!absl::CUnescape(line.substr(1, line.size() - 2), &v->s, &error)) {
             Fail(at, "malformed STRING: " + error);
@@ -173,7 +198,9 @@ class Unpickler {
         case ')': Push(Make(Value::kTuple)); break;  // EMPTY_TUPLE
         case 0x85: case 0x86: case 0x87: {           // TUPLE1, TUPLE2, TUPLE3
           const size_t n = op - 0x84;
-          if (stack_.size() < n) Fail(at, "TUPLE on a short stack");
+          if (stack_.size() < n + (marks_.empty() ? 0 : marks_.back())) {
+            Fail(at, "TUPLE on a short stack");
+          }
           auto t = Make(Value::kTuple);
           t->items.assign(stack_.end() - n, stack_.end());
           stack_.resize(stack_.size() - n);
@@ -355,6 +382,7 @@ class Unpickler {
     if (marks_.empty()) Fail(at, "no MARK");
     const size_t m = marks_.back();
     marks_.pop_back();
+    if (m > stack_.size()) Fail(at, "MARK above the stack");
     std::vector<ValuePtr> out(stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
     stack_.resize(m);
     return out;
@@ -400,8 +428,13 @@ class Unpickler {
     if (line == "01") return Bool(true);  // protocol 0 writes True / False as INT 01 / 00
     if (line == "00") return Bool(false);
     int64_t i;
-    if (!absl::SimpleAtoi(line, &i)) Fail(at, absl::StrCat("bad integer '", line, "'"));
-    return Int(i);
+    if (absl::SimpleAtoi(line, &i)) return Int(i);
+    const size_t digits = line.find_first_not_of("0123456789", line.empty() || line[0] != '-' ? 0 : 1);
+    if (line.empty() || digits != absl::string_view::npos) Fail(at, absl::StrCat("bad integer '", line, "'"));
+    auto v = Make(Value::kInt);  // wider than 64 bits: kept as its decimal text
+    v->big = true;
+    v->s = std::string(line);
+    return v;
   }
   uint64_t TextIndex(absl::string_view line, size_t at) {
     uint64_t i;
@@ -455,7 +488,8 @@ class Unpickler {
       auto d = Make(Value::kDict);
       if (!args.empty() && (args[0]->kind == Value::kList || args[0]->kind == Value::kTuple)) {
         for (const ValuePtr& pair : args[0]->items) {
-          if (pair->kind == Value::kTuple && pair->items.size() == 2) {
+          // Python 3 reduces an OrderedDict's items to tuples, Python 2 to lists.
+          if ((pair->kind == Value::kTuple || pair->kind == Value::kList) && pair->items.size() == 2) {
             d->entries.emplace_back(pair->items[0], pair->items[1]);
           }
         }
@@ -576,17 +610,32 @@ at::Tensor StorageTensor(const Storage& s, const void* bytes, size_t size) {
 at::Tensor Materialize(const Value& v) {
   const Storage* s = v.storage.get();
   int64_t base = v.offset;
-  while (s->root != nullptr) {
-    base += s->root_offset;
+  while (s->root != nullptr) {  // a legacy view: its elements must lie in its root
+    if (s->root_offset < 0 || s->numel < 0 || s->root_offset > s->root->numel - s->numel ||
+        __builtin_add_overflow(base, s->root_offset, &base)) {
+      throw ParseError("storage view " + s->key + " outside its root storage");
+    }
     s = s->root.get();
   }
   if (!s->data.defined()) throw ParseError("storage " + s->key + " has no data");
-  int64_t last = base;
-  bool empty = false;
+  // Every element the tensor reaches lies in its storage; sizes and strides may come from a
+  // damaged file, so the arithmetic is checked.
+  constexpr int64_t kMaxElements = int64_t{1} << 32;
+  int64_t last = base, elements = 1;
+  bool empty = false, overflow = false;
   for (size_t d = 0; d < v.sizes.size(); ++d) {
     if (v.sizes[d] < 0 || v.strides[d] < 0) throw ParseError("negative tensor size or stride");
-    if (v.sizes[d] == 0) empty = true;
-    else last += (v.sizes[d] - 1) * v.strides[d];
+    if (v.sizes[d] == 0) {
+      empty = true;
+      continue;
+    }
+    int64_t reach;
+    overflow = overflow || __builtin_mul_overflow(v.sizes[d] - 1, v.strides[d], &reach) ||
+               __builtin_add_overflow(last, reach, &last) ||
+               __builtin_mul_overflow(elements, v.sizes[d], &elements);
+  }
+  if (!empty && (overflow || elements > kMaxElements)) {
+    throw ParseError("a tensor with more than 2^32 elements (damaged sizes?)");
   }
   if (empty) return at::empty(v.sizes, at::TensorOptions().dtype(s->dtype));
   if (base < 0 || last >= s->numel) {
@@ -599,6 +648,8 @@ at::Tensor Materialize(const Value& v) {
 // The legacy stream starts with the pickled magic number 0x1950a86a20f9469cfc6c (LONG1 with these
 // 10 little-endian bytes), in whatever pickle protocol the file was written with.
 constexpr absl::string_view kLegacyMagic("\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 10);
+// The same number as protocols 0 and 1 write it (text LONG).
+constexpr absl::string_view kLegacyMagicText("119547037146038801333356");
 
 ValuePtr ReadZip(const std::string& path, StorageTable& table) {
   caffe2::serialize::PyTorchStreamReader reader(path);
@@ -630,7 +681,8 @@ ValuePtr ReadZip(const std::string& path, StorageTable& table) {
 ValuePtr ReadLegacy(const std::string& bytes, StorageTable& table) {
   Unpickler u(bytes, [&](const ValuePtr& pid) { return table.Resolve(pid); });
   const ValuePtr magic = u.Load();
-  if (magic->kind != Value::kInt || !magic->big || magic->s != kLegacyMagic) {
+  if (magic->kind != Value::kInt || !magic->big ||
+      (magic->s != kLegacyMagic && magic->s != kLegacyMagicText)) {
     throw ParseError("a pickle without torch.save's magic number");
   }
   const ValuePtr version = u.Load();  // protocol version (1001)
@@ -677,7 +729,7 @@ bool IsStateDict(const Value& v) {
   if (v.kind != Value::kDict || v.entries.empty()) return false;
   for (const auto& [k, x] : v.entries) {
     if (k->kind != Value::kStr) return false;
-    const bool extra = k->s.size() >= 11 && k->s.compare(k->s.size() - 11, 11, "_extra_state") == 0;
+    const bool extra = absl::EndsWith(k->s, "_extra_state");
     if (x->kind != Value::kTensor && !extra) return false;
   }
   return true;
@@ -739,8 +791,9 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadTorchStateDict(const std::
     ValuePtr top;
     if (absl::StartsWith(bytes, "PK\x03\x04")) {
       top = ReadZip(path, table);
-    } else if (absl::StartsWith(bytes, "\x80") &&
-               bytes.find(std::string(kLegacyMagic)) < 32) {  // PROTO, then the magic number
+    } else if ((absl::StartsWith(bytes, "\x80") &&
+                bytes.find(std::string(kLegacyMagic)) < 32) ||  // PROTO, then the magic number
+               absl::StartsWith(bytes, absl::StrCat("L", kLegacyMagicText))) {  // protocol 0/1
       top = ReadLegacy(bytes, table);
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -762,6 +815,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadTorchStateDict(const std::
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": cannot read as a PyTorch zip archive: ",
                                                    e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // a backstop: bad_alloc on absurd sizes, and the like
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot read as a PyTorch file: ", e.what()));
   }
 }
 

@@ -7,10 +7,10 @@
 //
 // Formats read:
 //   - the zip archive of torch.save (PyTorch >= 1.6; records data.pkl and data/<key>), any pickle
-//     protocol from 2 to 5;
+//     protocol from 1 to 5;
 //   - the legacy stream of torch.save(..., _use_new_zipfile_serialization=False) and of
-//     PyTorch < 1.6 (magic number, protocol version, sys_info, the pickle, the storage keys,
-//     then each storage's element count (int64) and bytes), little-endian only.
+//     PyTorch < 1.6, from Python 3 or 2 (magic number, protocol version, sys_info, the pickle,
+//     the storage keys, then each storage's element count (int64) and bytes), little-endian only.
 // Objects understood inside the pickle: dict, collections.OrderedDict (its `_metadata` is
 // ignored), list, tuple, str, bytes, int, float, bool, None, and tensors rebuilt by
 // torch._utils._rebuild_tensor_v2 / _rebuild_tensor / _rebuild_parameter(_with_state) and
@@ -33,7 +33,8 @@ namespace mal::engine {
 // tensors; otherwise a dict of tensors nested under "state_dict", "model_state_dict", "model",
 // "net", "network" or "state" (checked in that order), or the only dict of tensors among the top
 // dict's values (the usual training checkpoint {"epoch": .., "state_dict": .., "optimizer": ..}).
-// Entries whose value is not a tensor are dropped.
+// A dict of tensors has string keys and tensor values, except entries named *_extra_state (which
+// modules may add), which are allowed and dropped.
 //
 // Errors (always naming `path`): NotFound when the file cannot be opened; InvalidArgument when it
 // is neither format (with its first bytes), a TorchScript archive (torch.jit.save), big-endian,

@@ -33,6 +33,16 @@ TEST(ImageFileTest, CompleteFilesPass) {
   EXPECT_TRUE(CheckImageComplete(Encode(".png")).ok());
   EXPECT_TRUE(CheckImageComplete(Encode(".bmp")).ok());
   EXPECT_TRUE(CheckImageComplete("not an image format we know").ok());  // the decoder decides
+  // Stray bytes between segments (here after APP0, which OpenCV writes first): libjpeg skips
+  // them and decodes the whole image.
+  std::string padded = Encode(".jpg");
+  ASSERT_EQ(padded.substr(2, 2), "\xFF\xE0");
+  const size_t app0_end = 4 + ((static_cast<uint8_t>(padded[4]) << 8) | static_cast<uint8_t>(padded[5]));
+  padded.insert(app0_end, std::string("\x00\x00", 2));
+  EXPECT_TRUE(CheckImageComplete(padded).ok()) << CheckImageComplete(padded);
+  // An OS/2 1.x bitmap header (12 bytes) is left to the decoder, however short the file.
+  std::string os2("BM\x1e\0\0\0\0\0\0\0\x1a\0\0\0\x0c\0\0\0\x01\0\x01\0\x01\0\x18\0\xff\xff\xff\0", 30);
+  EXPECT_TRUE(CheckImageComplete(os2).ok()) << CheckImageComplete(os2);
 }
 
 // The field report: a JPEG cut at 60% of its bytes decoded into a partly grey image.

@@ -60,6 +60,21 @@ torch.save({'weights': sd, 'epoch': 1}, d + '/nested_other.pt')
 torch.save(sd, d + '/legacy.pt', _use_new_zipfile_serialization=False)
 torch.save(sd, d + '/protocol4.pt', pickle_protocol=4)
 torch.save(sd, d + '/protocol5_legacy.pt', pickle_protocol=5, _use_new_zipfile_serialization=False)
+torch.save(sd, d + '/protocol1.pt', pickle_protocol=1)
+torch.save(sd, d + '/protocol1_legacy.pt', pickle_protocol=1, _use_new_zipfile_serialization=False)
+class WithExtra(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+    def get_extra_state(self):
+        return {'note': 'kept by the module'}
+    def set_extra_state(self, state):
+        pass
+torch.save(WithExtra().state_dict(), d + '/extra_state.pt')
+import pickle
+header = pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2) + pickle.dumps(1001, protocol=2) + pickle.dumps({'little_endian': True}, protocol=2)
+open(d + '/hostile_mark.pt', 'wb').write(header + b'\x80\x02K\x01K\x02(\x86t.')
+open(d + '/hostile_deep.pt', 'wb').write(header + b'\x80\x02K\x01' + b'\x85' * 1000000 + b'.')
 torch.save(net.state_dict(keep_vars=True), d + '/parameters.pt')
 torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, d + '/half.pt')
 real_tag = torch.serialization.location_tag
@@ -131,12 +146,21 @@ TEST_F(TorchFileTest, ReadsEveryCommonWayOfSavingAStateDict) {
   ExpectMatchesReference("legacy.pt");        // _use_new_zipfile_serialization=False
   ExpectMatchesReference("protocol4.pt");     // FRAME, MEMOIZE, SHORT_BINUNICODE
   ExpectMatchesReference("protocol5_legacy.pt");
+  ExpectMatchesReference("protocol1.pt");         // text opcodes: no PROTO, the magic as text LONG
+  ExpectMatchesReference("protocol1_legacy.pt");
   ExpectMatchesReference("parameters.pt");    // nn.Parameter (keep_vars=True)
   ExpectMatchesReference("cuda.pt");          // stored for cuda:0, loads on the CPU
   ExpectMatchesReference("half.pt", 1e-3);    // float16 storages
   auto half = ReadTorchStateDict(File("half.pt"));
   ASSERT_TRUE(half.ok());
   EXPECT_EQ(half->at("0.weight").scalar_type(), torch::kHalf);
+}
+
+TEST_F(TorchFileTest, ExtraStateEntriesAreAllowedAndDropped) {
+  auto sd = ReadTorchStateDict(File("extra_state.pt"));
+  ASSERT_TRUE(sd.ok()) << sd.status();
+  EXPECT_EQ(sd->size(), 2u);  // lin.weight, lin.bias
+  EXPECT_TRUE(sd->count("lin.weight"));
 }
 
 TEST_F(TorchFileTest, ViewsOfOneStorageKeepTheirOffsetsAndStrides) {
@@ -169,6 +193,9 @@ TEST_F(TorchFileTest, WhatIsNotAStateDictIsNamedInMalsOwnWords) {
   expect_error("no_tensors.pt", "a dict {epoch: an int, lr: a float} without a dict of tensors");
   expect_error("plain_truncated.pt", "cannot read");
   expect_error("legacy_truncated.pt", "truncated");
+  // Hand-made hostile pickles: a TUPLE2 reaching below its MARK, a million nested tuples.
+  expect_error("hostile_mark.pt", "TUPLE on a short stack");
+  expect_error("hostile_deep.pt", "cannot read");
   testing::WriteText(File("junk.pt"), "not a pickle");
   expect_error("junk.pt", "not a file written by torch.save");
   EXPECT_EQ(ReadTorchStateDict(File("absent.pt")).status().code(), absl::StatusCode::kNotFound);
