@@ -123,13 +123,20 @@ int RunDataSynth(const std::vector<std::string>& argv) {
   auto args = Args::Parse(argv,
                           {"out", "au-subjects", "fe-subjects", "frames", "fe-images", "ambiguous",
                            "size", "seed", "preview", "threads", "occluders"},
-                          {"force", "help"});
+                          {"force", "help", "generator-version"});
   if (!args.ok()) return Fail(kUsageError, std::string(args.status().message()));
+  if (args->Flag("generator-version")) {
+    // What DIR/synthface.txt says as "generator N" when this binary makes the data, so scripts
+    // can tell a cache made by an older generator without repeating the number.
+    std::cout << synth::kSynthFaceGenerator << "\n";
+    return 0;
+  }
   if (args->Flag("help") || (!args->Has("out") && !args->Has("preview"))) {
     std::cerr << "usage: malctl data synth --out DIR [--au-subjects N] [--fe-subjects N] "
                  "[--frames N] [--fe-images N]\n"
                  "       [--ambiguous FRACTION] [--size PX] [--seed S] [--preview sheet.png] "
-                 "[--threads N] [--occluders P] [--force]\n";
+                 "[--threads N] [--occluders P] [--force]\n"
+                 "       malctl data synth --generator-version   (the N of \"generator N\" in synthface.txt)\n";
     return args->Flag("help") ? 0 : kUsageError;
   }
   synth::SynthOptions o;

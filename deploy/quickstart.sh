@@ -10,7 +10,8 @@ bash deploy/build.sh malctl mal-worker mal-coordinator
 build_dir="${MAL_BUILD_DIR:-build}"
 data=.cache/synthface  # where deploy/examples/quickstart.yaml reads it
 # (Re)generated when missing or made by an older generator (docs/synthface.md).
-if ! grep -qx "generator 2" "$data/synthface.txt" 2>/dev/null; then
+generator="generator $("$build_dir/client/malctl" data synth --generator-version)"
+if ! grep -qx "$generator" "$data/synthface.txt" 2>/dev/null; then
   "$build_dir/client/malctl" data synth --out "$data" --force --preview "$data-preview.png"
 fi
 "$build_dir/client/malctl" data inspect --format synthface --root "$data"

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/util/files.h"
 #include "tests/test_util.h"
 
 namespace mal {
@@ -59,6 +60,10 @@ TEST(MalctlDataTest, SynthThenInspectAsJson) {
                         " --preview " + (dir / "sheet.png"));
   ASSERT_EQ(synth.exit_code, 0) << synth.output;
   EXPECT_THAT(synth.output, HasSubstr("images/s"));
+  // The quickstart recognises an old cache by this number.
+  Result version = Malctl("data synth --generator-version");
+  ASSERT_EQ(version.exit_code, 0) << version.output;
+  EXPECT_THAT(ReadFile(dir / "sf/synthface.txt").value_or(""), HasSubstr("generator " + version.output));
 
   Result json = Malctl("data inspect --format synthface --root " + (dir / "sf") + " -o json");
   ASSERT_EQ(json.exit_code, 0) << json.output;
