@@ -7,7 +7,8 @@
 # Environment: DATA_SEED (SynthFace seed, 11), SEEDS ("1 2 3"), FOLD (1), EPOCHS (12),
 # AU_SUBJECTS (24), FRAMES (80 per subject), FE_SUBJECTS (300), FE_IMAGES (3000), AMBIGUOUS (0.3),
 # METHODS ("stl mtl mal"), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
-# (train.schedule for every method: cosine, or constant).
+# (train.schedule for every method: cosine, or constant), VAL_BATCH (mal.val_batch, 64),
+# VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-runs/miniature}"
@@ -37,7 +38,7 @@ data:
 model: {backbone: small_cnn, input: 64, resize: 72}
 train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.02, schedule: ${SCHEDULE:-cosine}, momentum: 0.9,
         weight_decay: 5e-4, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
-mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, val_fraction: 0.05, val_batch: 64${MAL_EXTRA:-}}
+mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, val_fraction: ${VAL_FRACTION:-0.05}, val_batch: ${VAL_BATCH:-64}${MAL_EXTRA:-}}
 seed: $seed
 SPEC
     echo "== $method seed $seed ($(( $(date +%s) - start )) s so far)"
