@@ -51,6 +51,7 @@ TEST(MalctlDataTest, InspectReportsEveryPartition) {
   ASSERT_EQ(all.exit_code, 0) << all.output;
   EXPECT_THAT(all.output, HasSubstr("\"samples\": 5"));
   EXPECT_THAT(all.output, HasSubstr("\"name\": \"test\""));
+  EXPECT_THAT(all.output, HasSubstr("\"entries\": 2,"));  // a JSON number, like every count
 }
 
 TEST(MalctlDataTest, SynthThenInspectAsJson) {
