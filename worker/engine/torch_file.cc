@@ -556,10 +556,7 @@ class StorageTable {
     }
     std::shared_ptr<Storage>& s = by_key_[it[2]->s];
     if (s == nullptr) {
-      s = std::make_shared<Storage>();
-      s->dtype = *dtype;
-      s->key = it[2]->s;
-      s->numel = it[4]->i;
+      s = NewStorage(*dtype, it[2]->s, it[4]->i);
       order_.push_back(s);
     }
     auto v = Make(Value::kStorage);
@@ -573,10 +570,7 @@ class StorageTable {
       }
       std::shared_ptr<Storage>& vs = by_key_[view[0]->s];
       if (vs == nullptr) {
-        vs = std::make_shared<Storage>();
-        vs->dtype = *dtype;
-        vs->key = view[0]->s;
-        vs->numel = view[2]->i;
+        vs = NewStorage(*dtype, view[0]->s, view[2]->i);
         vs->root = s;
         vs->root_offset = view[1]->i;
       }
@@ -585,6 +579,14 @@ class StorageTable {
     return v;
   }
   const std::vector<std::shared_ptr<Storage>>& roots() const { return order_; }
+  static std::shared_ptr<Storage> NewStorage(at::ScalarType dtype, const std::string& key,
+                                             int64_t numel) {
+    auto s = std::make_shared<Storage>();
+    s->dtype = dtype;
+    s->key = key;
+    s->numel = numel;
+    return s;
+  }
   std::shared_ptr<Storage> Find(const std::string& key) const {
     auto it = by_key_.find(key);
     return it == by_key_.end() ? nullptr : it->second;
@@ -784,7 +786,11 @@ std::string Head(const std::string& bytes) {
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadTorchStateDict(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The head decides the format; the zip reader opens the file itself, so only the legacy
+  // stream is read whole here.
+  std::string bytes(64, '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  bytes.resize(static_cast<size_t>(in.gcount()));
   if (in.bad()) return absl::InvalidArgumentError(absl::StrCat(path, ": read error"));
   try {
     StorageTable table;
@@ -794,6 +800,8 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadTorchStateDict(const std::
     } else if ((absl::StartsWith(bytes, "\x80") &&
                 bytes.find(std::string(kLegacyMagic)) < 32) ||  // PROTO, then the magic number
                absl::StartsWith(bytes, absl::StrCat("L", kLegacyMagicText))) {  // protocol 0/1
+      bytes.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      if (in.bad()) return absl::InvalidArgumentError(absl::StrCat(path, ": read error"));
       top = ReadLegacy(bytes, table);
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
