@@ -166,10 +166,10 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
                                                             const TrainBatch& batch,
                                                             const ValBatch& val, double alpha,
                                                             const StepOptions& o,
-                                                            double* val_loss,
-                                                            StepStats* profile) {
+                                                            StepStats* stats) {
   const std::vector<torch::Tensor> phi = meta_->parameters();
-  PhaseTimer timer(profile);
+  PhaseTimer timer(stats != nullptr && o.profile ? stats : nullptr);
+  double* val_loss = stats != nullptr ? &stats->loss_val : nullptr;
   if (o.mode == MetaMode::kHeadsOnly) {
     // Virtual step on the heads only, features fixed: exact in that subspace, and small.
     const torch::Tensor h_au = f.h_au.detach(), h_fe = f.h_fe.detach();
@@ -237,6 +237,10 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
   //   dL_v/dphi = -alpha d/dphi [mean(wn_au d_au) + mean(wn_fe d_fe)],  d_i = grad l_i . r held
   // constant; d comes exactly from forward-mode AD, or approximately from finite differences.
   const auto [d_au, d_fe] = DirectionalDerivatives(f, batch, r, o);
+  if (stats != nullptr) {
+    stats->alignment_au = d_au.detach().to(torch::kCPU);
+    stats->alignment_fe = d_fe.detach().to(torch::kCPU);
+  }
   timer.Mark(o.mode == MetaMode::kExact ? "meta: forward-mode directional derivatives (JVP)"
                                         : "meta: forward at theta + eps r (finite difference)");
   const torch::Tensor surrogate =
@@ -283,7 +287,7 @@ std::vector<torch::Tensor> MalStep::MetaGradient(const TrainBatch& batch, const 
                                                  double alpha, const StepOptions& options) {
   model_->train();
   const Forward f = ForwardTrain(*model_, batch, options);
-  return MetaGradientFromForward(f, batch, val, alpha, options, nullptr, nullptr);
+  return MetaGradientFromForward(f, batch, val, alpha, options, nullptr);
 }
 
 absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* val, double alpha,
@@ -316,8 +320,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
         return absl::InternalError("MAL meta update without a validation batch or meta optimizer");
       }
       std::vector<torch::Tensor> meta_grad =
-          MetaGradientFromForward(f, batch, *val, alpha, o, &stats.loss_val,
-                                  o.profile ? &stats : nullptr);
+          MetaGradientFromForward(f, batch, *val, alpha, o, &stats);
       timer = PhaseTimer(o.profile ? &stats : nullptr);  // the meta phases timed themselves
       for (const auto& t : meta_grad) {
         if (!Finite(t)) return absl::DataLossError("non-finite meta-gradient");

@@ -56,6 +56,11 @@ struct StepStats {
   double mean_w_au = 0, mean_w_fe = 0;    // raw meta-net outputs
   double mean_wn_au = 0, mean_wn_fe = 0;  // normalised
   torch::Tensor w_au, w_fe;               // raw, detached, on CPU ([n], [m]); undefined for STL/MTL
+  // MAL meta updates in exact (JVP) and finite_difference modes: the gradient alignment of every
+  // training sample, grad_theta l_i(theta) . grad_theta' L_v(theta') (detached, CPU, [n], [m]).
+  // Positive: a larger weight on the sample lowers L_v after the virtual step, since
+  // dL_v/dwn_i = -(alpha / n) alignment_i. Undefined in the other modes and without a meta update.
+  torch::Tensor alignment_au, alignment_fe;
   std::vector<std::pair<std::string, double>> phases;  // seconds per phase, with options.profile
 };
 
@@ -110,8 +115,7 @@ class MalStep {
   std::vector<torch::Tensor> ValidationGradient(const ValBatch& val, double* loss);
   std::vector<torch::Tensor> MetaGradientFromForward(const Forward& f, const TrainBatch& batch,
                                                      const ValBatch& val, double alpha,
-                                                     const StepOptions& options, double* val_loss,
-                                                     StepStats* profile);
+                                                     const StepOptions& options, StepStats* stats);
 
   BaseNet model_, shadow_;
   MetaNet meta_;

@@ -12,6 +12,7 @@
 
 #include <torch/torch.h>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -229,9 +230,13 @@ struct AllWeights {
   double mean_au = 0, mean_fe = 0, spearman = 0;
 };
 
+// Sum and count of a sample's gradient alignment over the meta updates of one epoch, by sample.
+using AlignmentSums = absl::flat_hash_map<int64_t, std::pair<double, int>>;
+
 AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader& au_loader,
                              const data::DatasetIndex& au, BatchLoader& fe_loader,
-                             const data::DatasetIndex& fe, const torch::Device& device) {
+                             const data::DatasetIndex& fe, const AlignmentSums alignment[2],
+                             const torch::Device& device) {
   torch::NoGradGuard no_grad;
   model.eval();
   struct Row {
@@ -262,13 +267,17 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
   out.mean_au = count[0] ? sum[0] / count[0] : 0;
   out.mean_fe = count[1] ? sum[1] / count[1] : 0;
   const double s = std::max(out.mean_au + out.mean_fe, 1e-6);
-  out.csv = "id,task,label,consistency,weight,normalized_weight\n";
+  out.csv = "id,task,label,consistency,weight,normalized_weight,alignment\n";
   std::vector<double> fe_w, fe_c;
   for (const Row& r : rows) {
     const data::Sample& x = (r.is_fe ? fe : au).samples[r.sample];
-    absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f\n", x.id, r.is_fe ? "fe" : "au",
+    std::string mean_alignment;  // empty: not in a meta update of this epoch
+    if (auto it = alignment[r.is_fe].find(r.sample); it != alignment[r.is_fe].end()) {
+      mean_alignment = absl::StrFormat("%.6g", it->second.first / it->second.second);
+    }
+    absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f,%s\n", x.id, r.is_fe ? "fe" : "au",
                           r.is_fe ? data::ExpressionName(x.expression) : "",
-                          r.is_fe ? x.consistency : -1.0, r.w, r.w / s);
+                          r.is_fe ? x.consistency : -1.0, r.w, r.w / s, mean_alignment);
     if (r.is_fe && x.consistency >= 0) {
       fe_w.push_back(r.w);
       fe_c.push_back(x.consistency);
@@ -604,6 +613,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
 
   // Samples weighted since the last summary.
   std::vector<std::pair<int64_t, double>> window_au, window_fe;
+  AlignmentSums alignment[2];  // AU, FE samples: this epoch's meta updates
   EpochRecord last;
   auto save = [&]() {
     if (fe_train) {
@@ -707,6 +717,20 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
         const torch::Tensor wf = stats->w_fe.to(torch::kDouble).contiguous();
         for (int i = 0; i < au->size; ++i) window_au.emplace_back(au->samples[i], wa.data_ptr<double>()[i]);
         for (int i = 0; i < fe->size; ++i) window_fe.emplace_back(fe->samples[i], wf.data_ptr<double>()[i]);
+        if (stats->alignment_au.defined()) {
+          const torch::Tensor da = stats->alignment_au.to(torch::kDouble).contiguous();
+          const torch::Tensor df = stats->alignment_fe.to(torch::kDouble).contiguous();
+          for (int i = 0; i < au->size; ++i) {
+            auto& [sum, n] = alignment[0][au->samples[i]];
+            sum += da.data_ptr<double>()[i];
+            ++n;
+          }
+          for (int i = 0; i < fe->size; ++i) {
+            auto& [sum, n] = alignment[1][fe->samples[i]];
+            sum += df.data_ptr<double>()[i];
+            ++n;
+          }
+        }
         if (pos.global_iter % t.log_every() == 0) {
           WeightSummary s;
           s.epoch = r.epoch;
@@ -741,7 +765,9 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
     // End of epoch: evaluate, per-sample weights, checkpoint, metrics.
     EpochRecord e = evaluate(static_cast<int>(pos.epoch));
     if (method == Method::kMal) {
-      AllWeights w = ComputeAllWeights(*model, *meta, *au_all, data.au, *fe_all, data.fe, device);
+      AllWeights w = ComputeAllWeights(*model, *meta, *au_all, data.au, *fe_all, data.fe, alignment, device);
+      alignment[0].clear();
+      alignment[1].clear();
       e.mean_au_weight = w.mean_au;
       e.mean_fe_weight = w.mean_fe;
       e.fe_weight_consistency_spearman = w.spearman;

@@ -212,15 +212,25 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
   std::vector<std::string> rows =
       absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
   ASSERT_GT(rows.size(), 2u);
+  EXPECT_EQ(rows[0], "id,task,label,consistency,weight,normalized_weight,alignment");
   double spread[2] = {0, 0};  // largest |w - 0.5| per task
+  int aligned[2] = {0, 0};    // samples with a gradient alignment from this epoch's meta updates
+  double alignment_abs = 0;
   for (size_t i = 1; i < rows.size(); ++i) {
     std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-    ASSERT_EQ(f.size(), 6u) << rows[i];
+    ASSERT_EQ(f.size(), 7u) << rows[i];
     const int task = f[1] == "fe" ? 1 : 0;
     spread[task] = std::max(spread[task], std::abs(std::stod(f[4]) - 0.5));
+    if (!f[6].empty()) {
+      ++aligned[task];
+      alignment_abs += std::abs(std::stod(f[6]));
+    }
   }
   EXPECT_GT(spread[0], 1e-4);
   EXPECT_GT(spread[1], 1e-4);
+  EXPECT_GT(aligned[0], 0);
+  EXPECT_GT(aligned[1], 0);
+  EXPECT_GT(alignment_abs, 0);
 }
 
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
