@@ -6,7 +6,8 @@
 # OUT/summary.json. Usage: tests/bench/miniature.sh [OUT_DIR]
 # Environment: DATA_SEED (SynthFace seed, 11), SEEDS ("1 2 3"), FOLD (1), EPOCHS (12),
 # AU_SUBJECTS (24), FRAMES (80 per subject), FE_SUBJECTS (300), FE_IMAGES (3000), AMBIGUOUS (0.3),
-# METHODS ("stl mtl mal"), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
+# METHODS ("stl mtl mal"; add mtl_clear for the reference row: MTL trained on the clear FE images
+# only, which no method may use, as it reads SynthFace's ground truth), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
 # (train.schedule for every method: cosine, or constant), VAL_BATCH (mal.val_batch, 64),
 # VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1).
 set -euo pipefail
@@ -24,17 +25,33 @@ if [ ! -f "$data/synthface.txt" ]; then
     --au-subjects "${AU_SUBJECTS:-24}" --frames "${FRAMES:-80}" --fe-subjects "${FE_SUBJECTS:-300}" \
     --fe-images "${FE_IMAGES:-3000}" --ambiguous "${AMBIGUOUS:-0.3}" --size 80
 fi
+if [[ " $methods " == *" mtl_clear "* && ! -f "$out/synthface-clear/synthface.txt" ]]; then
+  # The same data with every ambiguous FE image left out of the label list (fe/synth_truth.csv).
+  rm -rf "$out/synthface-clear.partial"
+  cp -r "$data" "$out/synthface-clear.partial"
+  python3 - "$out/synthface-clear.partial/fe" <<'PY'
+import csv, sys
+fe = sys.argv[1]
+kind = {r["name"]: r["kind"] for r in csv.DictReader(open(f"{fe}/synth_truth.csv"))}
+path = f"{fe}/EmoLabel/list_patition_label.txt"
+lines = open(path).read().splitlines()
+open(path, "w").write("".join(l + "\n" for l in lines if kind.get(l.split()[0], "clear") == "clear"))
+PY
+  mv "$out/synthface-clear.partial" "$out/synthface-clear"
+fi
 start=$(date +%s)
 for seed in $seeds; do
   for method in $methods; do
     run="$out/$method-seed$seed"
     [ -f "$run/model.json" ] && continue
+    fe_root="$data" spec_method="$method"
+    if [ "$method" = mtl_clear ]; then fe_root="$out/synthface-clear" spec_method=mtl; fi
     cat > "$out/$method-seed$seed.yaml" <<SPEC
 name: miniature-$method
-method: $method
+method: $spec_method
 data:
   au: {format: synthface, root: $data}
-  fe: {format: synthface, root: $data}
+  fe: {format: synthface, root: $fe_root}
 model: {backbone: small_cnn, input: 64, resize: 72}
 train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.02, schedule: ${SCHEDULE:-cosine}, momentum: 0.9,
         weight_decay: 5e-4, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
@@ -68,7 +85,7 @@ for method in methods:
                        "per_au": dict(zip(map(str, aus), per_au))}
     print(f"{method:8} {statistics.mean(last):14.4f} +- {sd(last):.4f} {statistics.mean(best):11.4f} "
           f"{statistics.mean(secs):7.0f}   " + " ".join(f"{a}:{f:.2f}" for a, f in zip(aus, per_au)))
-for a, b in [("mal", "mtl"), ("mal", "stl"), ("mtl", "stl")]:
+for a, b in [("mal", "mtl"), ("mal", "stl"), ("mtl", "stl"), ("mtl_clear", "mtl"), ("mal", "mtl_clear")]:
     if a in summary and b in summary:
         d = [x - y for x, y in zip(summary[a]["per_seed"], summary[b]["per_seed"])]
         summary[f"{a}_minus_{b}"] = {"mean": statistics.mean(d), "std": sd(d), "per_seed": d}
