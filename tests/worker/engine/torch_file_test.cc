@@ -172,7 +172,9 @@ TEST_F(TorchFileTest, ViewsOfOneStorageKeepTheirOffsetsAndStrides) {
     EXPECT_TRUE(torch::equal(sd->at("base"), base));
     EXPECT_TRUE(torch::equal(sd->at("t"), base.t()));
     EXPECT_TRUE(torch::equal(sd->at("row"), base[1]));
-    if (sd->count("col")) EXPECT_TRUE(torch::equal(sd->at("col"), base.select(1, 2)));
+    if (sd->count("col")) {
+      EXPECT_TRUE(torch::equal(sd->at("col"), base.select(1, 2)));
+    }
   }
 }
 
