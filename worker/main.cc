@@ -91,14 +91,17 @@ int Train(const std::vector<std::string>& argv) {
 int Bench(const std::vector<std::string>& argv) {
   auto args = mal::cli::Args::Parse(
       argv, {"backbone", "input", "batch", "val-batch", "iterations", "warmup", "threads", "device", "output"},
-      {"help"}, {{"o", "output"}});
+      {"help", "bf16", "channels-last"}, {{"o", "output"}});
   if (!args.ok()) return Fail(2, std::string(args.status().message()));
   if (args->Flag("help")) {
     std::cerr << "usage: mal-worker bench [--backbone resnet18] [--input 112] [--batch 16] "
-                 "[--val-batch 16] [--iterations 5] [--warmup 2] [--threads N] [--device cpu] [-o json]\n";
+                 "[--val-batch 16] [--iterations 5] [--warmup 2] [--threads N] [--device cpu] "
+                 "[--bf16] [--channels-last] [-o json]\n";
     return 0;
   }
   mal::engine::BenchOptions o;
+  o.bf16 = args->Flag("bf16");
+  o.channels_last = args->Flag("channels-last");
   o.backbone = args->Get("backbone", o.backbone);
   o.device = args->Get("device", o.device);
   if (absl::Status s = args->ReadInts({{"input", &o.input}, {"batch", &o.batch},
@@ -117,6 +120,9 @@ int Bench(const std::vector<std::string>& argv) {
   auto report = mal::engine::RunBench(o);
   if (!report.ok()) return Fail(1, std::string(report.status().message()));
   std::cout << mal::engine::FormatBench(*report, output == "json");
+  for (const auto& r : report->results) {
+    if (!r.error.empty()) return 1;  // the table says which method failed and why
+  }
   return 0;
 }
 

@@ -3,10 +3,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -18,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
+#include "worker/engine/torch_compat.h"
 
 namespace mal::engine {
 
@@ -35,6 +38,20 @@ double PeakMemoryMiB() {
   return -1;
 }
 
+// `s` as a JSON string literal.
+std::string JsonQuoted(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\u%04x", c);
+      continue;
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
 struct Variant {
   std::string name;
   Method method;
@@ -47,6 +64,30 @@ struct Setup {
   MetaNet meta{nullptr};
   TrainBatch batch;
   ValBatch val;
+};
+
+// Parameters of 4-D shape (convolution weights) and the images in NHWC memory format.
+void ToChannelsLast(Setup& s) {
+  torch::NoGradGuard no_grad;
+  for (BaseNet* net : {&s.model, &s.shadow}) {
+    for (auto& p : (*net)->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+  }
+  for (torch::Tensor* t : {&s.batch.au_images, &s.batch.fe_images, &s.val.images}) {
+    *t = t->contiguous(torch::MemoryFormat::ChannelsLast);
+  }
+}
+
+// Autocast to bfloat16 on the device while alive, when the options ask for it.
+class MaybeAutocast {
+ public:
+  MaybeAutocast(const BenchOptions& o, const torch::Device& device) {
+    if (o.bf16) guard_.emplace(device.type(), torch::kBFloat16);
+  }
+
+ private:
+  std::optional<AutocastGuard> guard_;
 };
 
 Setup MakeSetup(const BenchOptions& o, const torch::Device& device) {
@@ -72,6 +113,7 @@ Setup MakeSetup(const BenchOptions& o, const torch::Device& device) {
   s.val.labels = torch::randint(0, 2, {o.val_batch, 12}, f);
   s.val.mask = torch::ones({o.val_batch, 12}, f);
   s.val.pos_weight = torch::ones({12}, f);
+  if (o.channels_last) ToChannelsLast(s);
   return s;
 }
 
@@ -96,11 +138,13 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
   so.mode = v.mode;
   so.exact_jvp = v.exact_jvp;
   so.profile = true;
+  MaybeAutocast autocast(o, device);
   for (int i = 0; i < o.warmup; ++i) {
     auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
     if (!r.ok()) return r.status();
   }
   if (device.is_cuda()) torch::cuda::synchronize();
+  ResetPeakDeviceMemory(device);
   BenchResult result;
   result.name = v.name;
   std::map<std::string, double> phases;
@@ -118,8 +162,26 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
   result.seconds_per_iteration =
       std::chrono::duration<double>(Clock::now() - start).count() / o.iterations;
   result.peak_memory_mib = PeakMemoryMiB();
+  const int64_t device_bytes = PeakDeviceMemoryBytes(device);
+  if (device_bytes >= 0) result.peak_device_memory_mib = device_bytes / (1024.0 * 1024.0);
   for (const auto& name : order) result.phases.emplace_back(name, phases[name]);
   return result;
+}
+
+// RunVariant with LibTorch's exceptions as a status on one line (a child must never let one
+// escape into the caller's code, which it shares after fork).
+absl::StatusOr<BenchResult> RunVariantCaught(const BenchOptions& o, const Variant& v,
+                                             const torch::Device& device) {
+  std::string message;
+  try {
+    return RunVariant(o, v, device);
+  } catch (const c10::Error& e) {
+    message = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  std::replace(message.begin(), message.end(), '\n', ' ');
+  return absl::InternalError(message);
 }
 
 // Runs RunVariant in a child process, so the method's peak memory is its own (the allocator keeps
@@ -134,7 +196,7 @@ absl::StatusOr<BenchResult> RunVariantInChild(const BenchOptions& o, const Varia
   if (pid == 0) {
     ::close(fds[0]);
     std::string out;
-    auto result = RunVariant(o, v, device);
+    auto result = RunVariantCaught(o, v, device);
     if (result.ok()) {
       out = absl::StrFormat("ok %.9f %.3f\n", result->seconds_per_iteration, result->peak_memory_mib);
       for (const auto& [name, sec] : result->phases) absl::StrAppendFormat(&out, "%s\t%.9f\n", name, sec);
@@ -179,9 +241,18 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
     if (device.is_cuda() && !torch::cuda::is_available()) {
       return absl::FailedPreconditionError(absl::StrCat("--device ", o.device, ": no CUDA here"));
     }
+    if (device.is_cuda() && device.has_index() &&
+        device.index() >= static_cast<int>(torch::cuda::device_count())) {
+      return absl::InvalidArgumentError(absl::StrCat("--device ", o.device, ": this machine has ",
+                                                     torch::cuda::device_count(), " CUDA devices"));
+    }
+    if (!device.is_cpu() && !device.is_cuda()) {
+      return absl::InvalidArgumentError(absl::StrCat("--device ", o.device, ": cpu or cuda[:N]"));
+    }
+    if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
     BenchReport report;
     report.options = o;
-    const std::vector<Variant> variants = {
+    const std::vector<Variant> all_variants = {
         {"stl", Method::kStl, MetaMode::kExact},
         {"mtl", Method::kMtl, MetaMode::kExact},
         {"mal_exact", Method::kMal, MetaMode::kExact},
@@ -189,15 +260,38 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
         {"mal_finite_difference", Method::kMal, MetaMode::kFiniteDifference},
         {"mal_heads_only", Method::kMal, MetaMode::kHeadsOnly},
     };
+    std::vector<Variant> variants;
+    for (const Variant& v : all_variants) {
+      if (o.methods.empty() ||
+          std::find(o.methods.begin(), o.methods.end(), v.name) != o.methods.end()) {
+        variants.push_back(v);
+      }
+    }
+    for (const std::string& name : o.methods) {
+      if (std::none_of(all_variants.begin(), all_variants.end(),
+                       [&](const Variant& v) { return v.name == name; })) {
+        return absl::InvalidArgumentError(absl::StrCat("bench: unknown method ", name));
+      }
+    }
     for (const Variant& v : variants) {
       absl::StatusOr<BenchResult> result =
-          device.is_cuda() ? RunVariant(o, v, device) : RunVariantInChild(o, v, device);
-      if (!result.ok()) return result.status();
+          device.is_cuda() ? RunVariantCaught(o, v, device) : RunVariantInChild(o, v, device);
+      if (!result.ok()) {
+        // One method failing (bf16 autocast and forward-mode AD on the CPU, say) leaves the others.
+        BenchResult failed;
+        failed.name = v.name;
+        failed.error = std::string(result.status().message());
+        report.results.push_back(failed);
+        continue;
+      }
       report.results.push_back(*result);
     }
     at::set_num_threads(threads);
-    const double mtl = report.results[1].seconds_per_iteration;  // stl, mtl, ...
-    for (auto& r : report.results) r.ratio_to_mtl = r.seconds_per_iteration / mtl;
+    double mtl = 0;
+    for (const auto& r : report.results) {
+      if (r.name == "mtl") mtl = r.seconds_per_iteration;
+    }
+    for (auto& r : report.results) r.ratio_to_mtl = mtl > 0 ? r.seconds_per_iteration / mtl : 0;
 
     // Cosine of each approximate meta-gradient to the exact one, at the same state. The meta net
     // is moved off its zero init first (a few exact steps), so the bias gradient is not trivially 0.
@@ -214,7 +308,7 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
     // Running statistics would move with every MetaGradient call: compare at frozen buffers.
     std::vector<torch::Tensor> buffers;
     for (const auto& b : s.model->buffers()) buffers.push_back(b.clone());
-    auto gradient = [&](MetaMode mode, bool jvp) {
+    auto gradient = [&](MetaMode mode, bool jvp, bool bf16) {
       auto live = s.model->buffers();
       {
         torch::NoGradGuard g;
@@ -223,18 +317,29 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
       StepOptions so;
       so.mode = mode;
       so.exact_jvp = jvp;
+      std::optional<AutocastGuard> autocast;
+      if (bf16) autocast.emplace(device.type(), torch::kBFloat16);
       return Flat(step.MetaGradient(s.batch, s.val, 1e-3, so));
     };
-    // The reference: mal.md's double-backward VJP.
-    const torch::Tensor exact = gradient(MetaMode::kExact, /*jvp=*/false);
+    auto cosine = [](const torch::Tensor& a, const torch::Tensor& b) {
+      return (a.dot(b) / (a.norm() * b.norm() + 1e-30)).item<double>();
+    };
+    // The reference: mal.md's double-backward VJP, in float32.
+    const torch::Tensor exact = gradient(MetaMode::kExact, /*jvp=*/false, /*bf16=*/false);
     for (auto& r : report.results) {
-      torch::Tensor g;
-      if (r.name == "mal_exact") g = gradient(MetaMode::kExact, true);
-      if (r.name == "mal_exact_vjp") g = exact;
-      if (r.name == "mal_finite_difference") g = gradient(MetaMode::kFiniteDifference, true);
-      if (r.name == "mal_heads_only") g = gradient(MetaMode::kHeadsOnly, true);
-      if (g.defined()) {
-        r.cosine_to_exact = (g.dot(exact) / (g.norm() * exact.norm() + 1e-30)).item<double>();
+      MetaMode mode = MetaMode::kExact;
+      bool jvp = true;
+      if (r.name == "mal_exact_vjp") jvp = false;
+      else if (r.name == "mal_finite_difference") mode = MetaMode::kFiniteDifference;
+      else if (r.name == "mal_heads_only") mode = MetaMode::kHeadsOnly;
+      else if (r.name != "mal_exact") continue;
+      const torch::Tensor g = r.name == "mal_exact_vjp" ? exact : gradient(mode, jvp, false);
+      r.cosine_to_exact = cosine(g, exact);
+      if (!o.bf16) continue;
+      try {
+        r.cosine_to_fp32 = cosine(gradient(mode, jvp, true), g);
+      } catch (const c10::Error& e) {
+        if (r.error.empty()) r.error = absl::StrCat("bf16 meta-gradient: ", e.what_without_backtrace());
       }
     }
     return report;
@@ -252,26 +357,47 @@ std::string FormatBench(const BenchReport& r, bool json) {
       for (const auto& [name, sec] : x.phases) phases.push_back(absl::StrFormat("\"%s\": %.6f", name, sec));
       items.push_back(absl::StrFormat(
           "{\"name\": \"%s\", \"seconds_per_iteration\": %.6f, \"ratio_to_mtl\": %.4f, "
-          "\"peak_memory_mib\": %.1f, \"cosine_to_exact\": %s, \"phases\": {%s}}",
+          "\"peak_memory_mib\": %.1f, \"peak_device_memory_mib\": %.1f, \"cosine_to_exact\": %s, "
+          "\"cosine_to_fp32\": %s, \"error\": %s, \"phases\": {%s}}",
           x.name, x.seconds_per_iteration, x.ratio_to_mtl, x.peak_memory_mib,
+          x.peak_device_memory_mib,
           x.cosine_to_exact ? absl::StrFormat("%.6f", *x.cosine_to_exact) : "null",
+          x.cosine_to_fp32 ? absl::StrFormat("%.6f", *x.cosine_to_fp32) : "null",
+          x.error.empty() ? "null" : JsonQuoted(x.error),
           absl::StrJoin(phases, ", ")));
     }
     return absl::StrFormat(
         "{\"backbone\": \"%s\", \"input\": %d, \"batch\": %d, \"val_batch\": %d, \"iterations\": %d, "
-        "\"threads\": %d, \"device\": \"%s\", \"results\": [\n  %s\n]}\n",
+        "\"threads\": %d, \"device\": \"%s\", \"bf16\": %s, \"channels_last\": %s, "
+        "\"results\": [\n  %s\n]}\n",
         o.backbone, o.input, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device,
-        absl::StrJoin(items, ",\n  "));
+        o.bf16 ? "true" : "false", o.channels_last ? "true" : "false", absl::StrJoin(items, ",\n  "));
   }
+  // Columns for the device memory and the bf16 cosine only where they apply, so a CPU float32
+  // table reads as it always has.
+  const bool device_memory = o.device.rfind("cuda", 0) == 0;
   std::string out = absl::StrFormat(
-      "%s, input %d, batch %d AU + %d FE, validation batch %d, %d timed iterations, %d threads, %s\n\n",
-      o.backbone, o.input, o.batch, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device);
-  absl::StrAppendFormat(&out, "%-24s %10s %10s %14s %16s\n", "method", "ms/iter", "x MTL",
+      "%s, input %d, batch %d AU + %d FE, validation batch %d, %d timed iterations, %d threads, %s%s%s\n\n",
+      o.backbone, o.input, o.batch, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device,
+      o.bf16 ? ", bf16 autocast" : "", o.channels_last ? ", channels_last" : "");
+  absl::StrAppendFormat(&out, "%-24s %10s %10s %14s %16s", "method", "ms/iter", "x MTL",
                         "peak RSS MiB", "cosine to exact");
+  if (device_memory) absl::StrAppendFormat(&out, " %14s", "peak GPU MiB");
+  if (o.bf16) absl::StrAppendFormat(&out, " %16s", "cosine bf16/fp32");
+  absl::StrAppend(&out, "\n");
   for (const auto& x : r.results) {
-    absl::StrAppendFormat(&out, "%-24s %10.1f %10.2f %14.0f %16s\n", x.name,
+    absl::StrAppendFormat(&out, "%-24s %10.1f %10.2f %14.0f %16s", x.name,
                           1000 * x.seconds_per_iteration, x.ratio_to_mtl, x.peak_memory_mib,
                           x.cosine_to_exact ? absl::StrFormat("%.4f", *x.cosine_to_exact) : "-");
+    if (device_memory) absl::StrAppendFormat(&out, " %14.0f", x.peak_device_memory_mib);
+    if (o.bf16) {
+      absl::StrAppendFormat(&out, " %16s",
+                            x.cosine_to_fp32 ? absl::StrFormat("%.4f", *x.cosine_to_fp32) : "-");
+    }
+    absl::StrAppend(&out, "\n");
+  }
+  for (const auto& x : r.results) {
+    if (!x.error.empty()) absl::StrAppendFormat(&out, "%s failed: %s\n", x.name, x.error);
   }
   absl::StrAppend(&out, "\nwhere the time goes (ms per iteration)\n");
   for (const auto& x : r.results) {
