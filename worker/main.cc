@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/args.h"
 #include "common/util/grpc_channel.h"
@@ -135,8 +139,8 @@ int Daemon(const std::vector<std::string>& argv) {
                                     {"help"});
   if (!args.ok()) return Fail(2, std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("coordinator") || !args->Has("work-dir")) {
-    std::cerr << "usage: mal-worker --coordinator HOST:PORT --work-dir DIR [--slots 1] [--name NAME] "
-                 "[--devices cpu|cuda:0,cuda:1] [--threads N] [--upload-every-s 15] [--stop-grace-s 10] "
+    std::cerr << "usage: mal-worker --coordinator HOST:PORT --work-dir DIR [--slots N] [--name NAME] "
+                 "[--devices cpu|cuda:0,cuda:1 (default slots: one per device)] [--threads N] [--upload-every-s 15] [--stop-grace-s 10] "
                  "[--listen HOST:PORT (health)] [--engine PATH (default: this binary)]\n"
                  "       [--tls-ca PEM [--tls-cert PEM --tls-key PEM]] [--token-file FILE (or MAL_TOKEN)]\n";
     return args->Flag("help") ? 0 : 2;
@@ -153,13 +157,30 @@ int Daemon(const std::vector<std::string>& argv) {
   auto token = mal::rpc::LoadToken(args->Get("token-file"), "MAL_TOKEN");
   if (!token.ok()) return Fail(2, std::string(token.status().message()));
   o.token = *token;
-  if (args->Has("devices")) o.devices = absl::StrSplit(args->Get("devices"), ',', absl::SkipEmpty());
+  if (args->Has("devices")) {
+    o.devices = absl::StrSplit(args->Get("devices"), ',', absl::SkipEmpty());
+    // One run per listed device by default: slot i trains on devices[i % size].
+    if (!args->Has("slots")) o.slots = static_cast<int>(o.devices.size());
+  }
   if (absl::Status s = args->ReadInts({{"slots", &o.slots}, {"threads", &o.threads},
                                        {"upload-every-s", &o.upload_every_s}, {"stop-grace-s", &o.stop_grace_s}});
       !s.ok()) {
     return Fail(2, std::string(s.message()));
   }
   if (o.slots < 1 || o.devices.empty()) return Fail(2, "--slots must be >= 1 and --devices not empty");
+  bool any_gpu = false;
+  for (const std::string& d : o.devices) {
+    int index = 0;
+    const bool gpu = d == "cuda" || (absl::StartsWith(d, "cuda:") && absl::SimpleAtoi(d.substr(5), &index) &&
+                                     index >= 0 && d.size() > 5 && absl::ascii_isdigit(d[5]));
+    if (d != "cpu" && !gpu) return Fail(2, "--devices: \"" + d + "\" is not cpu, cuda or cuda:N");
+    any_gpu = any_gpu || gpu;
+  }
+  if (any_gpu && o.slots > static_cast<int>(o.devices.size())) {
+    return Fail(2, absl::StrCat("--slots ", o.slots, " is more than the ", o.devices.size(),
+                                " devices of --devices: one run per GPU at a time (list a GPU twice to "
+                                "let two runs share it)"));
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGPIPE, SIG_IGN);

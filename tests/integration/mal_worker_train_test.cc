@@ -146,5 +146,20 @@ TEST_F(MalWorkerTrainTest, BadSpecAndMissingDataExitWithTheirMessage) {
   EXPECT_THAT(ReadFile(dir_ / "log3").value_or(""), HasSubstr("/nonexistent/BP4D"));
 }
 
+// The daemon refuses a device it cannot use and more GPU runs than GPUs, before it registers.
+TEST_F(MalWorkerTrainTest, DaemonRefusesBadDevicesAndMoreSlotsThanGpus) {
+  const std::vector<std::string> base = {"--coordinator", "127.0.0.1:1", "--work-dir", dir_ / "w"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  EXPECT_EQ(Wait(Start(with({"--devices", "cuda0"}), dir_ / "d1")), 2);
+  EXPECT_THAT(ReadFile(dir_ / "d1").value_or(""), HasSubstr("\"cuda0\" is not cpu, cuda or cuda:N"));
+  EXPECT_EQ(Wait(Start(with({"--devices", "cuda:0,cuda:1", "--slots", "3"}), dir_ / "d2")), 2);
+  EXPECT_THAT(ReadFile(dir_ / "d2").value_or(""), HasSubstr("--slots 3 is more than the 2 devices"));
+  EXPECT_EQ(Wait(Start(with({"--devices", "cuda:x"}), dir_ / "d3")), 2);
+}
+
 }  // namespace
 }  // namespace mal

@@ -488,6 +488,9 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
                                       : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
   ASSIGN_OR_RETURN(const torch::Device device, ParseDevice(t.device()));
+  // cuDNN picks the fastest convolution algorithms for the (fixed) batch shapes; on CUDA, runs are
+  // then not bit-reproducible (same-seed determinism is a CPU guarantee, docs/engine.md).
+  if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
   std::error_code ec;
   fs::create_directories(fs::path(options.out_dir) / "weights", ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(options.out_dir, ": ", ec.message()));
@@ -821,14 +824,28 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
 
 }  // namespace
 
+std::string OutOfMemoryMessage(const v1::ExperimentSpec& spec, const std::string& what) {
+  const std::string first_line = what.substr(0, what.find('\n'));
+  std::string batches = absl::StrCat(spec.train().batch_au(), " AU");
+  if (spec.method() != v1::STL) absl::StrAppend(&batches, " + ", spec.train().batch_fe(), " FE");
+  if (spec.method() == v1::MAL) absl::StrAppend(&batches, ", validation batch ", spec.mal().val_batch());
+  return absl::StrCat("out of memory on ", spec.train().device().empty() ? "cpu" : spec.train().device(),
+                      " with batch ", batches, " at ", spec.model().input(), " px (", spec.model().backbone(),
+                      "): lower train.batch_au", spec.method() != v1::STL ? " / train.batch_fe" : "",
+                      spec.method() == v1::MAL ? " / mal.val_batch" : "", " or model.input (", first_line, ")");
+}
+
 absl::StatusOr<TrainResult> Train(const TrainOptions& options) {
   // LibTorch reports errors by throwing c10::Error: it stops here, as a status.
   try {
     return TrainImpl(options);
+  } catch (const c10::OutOfMemoryError& e) {
+    // Device memory: the same batch fails again on retry, so the message says what to change.
+    return absl::ResourceExhaustedError(OutOfMemoryMessage(options.spec, e.what_without_backtrace()));
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("training failed: ", e.what_without_backtrace()));
+    return absl::InternalError(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("training failed: ", e.what()));
+    return absl::InternalError(e.what());
   }
 }
 

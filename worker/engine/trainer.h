@@ -88,8 +88,17 @@ struct TrainResult {
 //   checkpoint.pt, records.csv, summaries.jsonl, metrics.json, weights/epoch_NNN.csv (MAL),
 //   model.pt, model.json. Files are written atomically. Errors (bad spec, unreadable dataset,
 //   non-finite loss or weights) come back as a status naming the cause; the last good checkpoint
-//   stays.
+//   stays. Device memory exhausted (c10::OutOfMemoryError, CUDA's or the CPU allocator's):
+//   ResourceExhausted with OutOfMemoryMessage; under the worker daemon such a run fails without a
+//   retry (the same batch would fail again).
 absl::StatusOr<TrainResult> Train(const TrainOptions& options);
+
+// The message of a run that ran out of device memory: the device, the batch sizes of `spec`'s
+// method (AU, FE, validation batch), the input size (px) and backbone, which fields to lower, and
+// the first line of LibTorch's message `what`. E.g. "out of memory on cuda:0 with batch 64 AU +
+// 64 FE, validation batch 256 at 224 px (resnet34): lower train.batch_au / train.batch_fe /
+// mal.val_batch or model.input (CUDA out of memory. Tried to allocate ...)".
+std::string OutOfMemoryMessage(const v1::ExperimentSpec& spec, const std::string& what);
 
 }  // namespace mal::engine
 

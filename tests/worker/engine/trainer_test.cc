@@ -307,5 +307,25 @@ TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
   EXPECT_THAT(std::string(junk.message()), HasSubstr("junk.pth"));
 }
 
+// A run out of device memory names the batch sizes of its method and what to lower.
+TEST(OutOfMemoryMessageTest, NamesDeviceBatchesAndFieldsToLower) {
+  v1::ExperimentSpec spec;
+  spec.set_method(v1::MAL);
+  spec.mutable_train()->set_device("cuda:1");
+  spec.mutable_train()->set_batch_au(64);
+  spec.mutable_train()->set_batch_fe(48);
+  spec.mutable_mal()->set_val_batch(256);
+  spec.mutable_model()->set_input(224);
+  spec.mutable_model()->set_backbone("resnet34");
+  EXPECT_EQ(OutOfMemoryMessage(spec, "CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+            "out of memory on cuda:1 with batch 64 AU + 48 FE, validation batch 256 at 224 px "
+            "(resnet34): lower train.batch_au / train.batch_fe / mal.val_batch or model.input "
+            "(CUDA out of memory. Tried to allocate 2.00 GiB)");
+  spec.set_method(v1::STL);
+  EXPECT_EQ(OutOfMemoryMessage(spec, "x"),
+            "out of memory on cuda:1 with batch 64 AU at 224 px (resnet34): lower train.batch_au or "
+            "model.input (x)");
+}
+
 }  // namespace
 }  // namespace mal::engine
