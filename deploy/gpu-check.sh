@@ -110,18 +110,15 @@ parts=(correctness)
 "$check" --part correctness --device "$device" --out "$out" 2>&1 | tee -a "$out/log.txt" \
   || status=1
 log "speed, float32"
-if "$check" --part speed "${speed_args[@]}" 2>&1 | tee -a "$out/log.txt"; then
-  parts+=(speed_fp32)
-else
-  status=1
-fi
+# A part that failed (one method failing, say) still reports what it measured: every part whose
+# files exist goes into the report.
+parts+=(speed_fp32)
+"$check" --part speed "${speed_args[@]}" 2>&1 | tee -a "$out/log.txt" || status=1
 if [ "${MAL_CHECK_BF16:-1}" != 0 ]; then
   log "speed, bf16 autocast + channels_last"
-  if "$check" --part speed "${speed_args[@]}" --bf16 --channels-last 2>&1 | tee -a "$out/log.txt"; then
-    parts+=(speed_bf16_channels_last)
-  else
-    status=1
-  fi
+  parts+=(speed_bf16_channels_last)
+  "$check" --part speed "${speed_args[@]}" --bf16 --channels-last 2>&1 | tee -a "$out/log.txt" \
+    || status=1
 fi
 
 # The report: the parts' JSON objects side by side, their text one after another.
@@ -140,7 +137,7 @@ total_seconds=$(( $(date +%s) - start ))
   echo "mal gpu-check: torch $torch_version (CUDA $torch_cuda), device $device, setting $setting"
   echo "build ${build_seconds}s, total ${total_seconds}s, $([ $status = 0 ] && echo 'every check passed' || echo 'FAILED')"
   [ -f "$out/nvidia-smi.txt" ] && head -12 "$out/nvidia-smi.txt"
-  for p in "${parts[@]}"; do echo; cat "$out/$p.txt"; done
+  for p in "${parts[@]}"; do [ -f "$out/$p.txt" ] && { echo; cat "$out/$p.txt"; }; done
 } > "$out/report.txt"
 log "report: $out/report.txt, $out/report.json (${total_seconds}s)"
 exit "$status"

@@ -5,6 +5,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <atomic>
 #include <iostream>
@@ -14,7 +15,6 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/args.h"
@@ -170,9 +170,8 @@ int Daemon(const std::vector<std::string>& argv) {
   if (o.slots < 1 || o.devices.empty()) return Fail(2, "--slots must be >= 1 and --devices not empty");
   bool any_gpu = false;
   for (const std::string& d : o.devices) {
-    int index = 0;
-    const bool gpu = d == "cuda" || (absl::StartsWith(d, "cuda:") && absl::SimpleAtoi(d.substr(5), &index) &&
-                                     index >= 0 && d.size() > 5 && absl::ascii_isdigit(d[5]));
+    const bool gpu = d == "cuda" || (absl::StartsWith(d, "cuda:") && d.size() > 5 && d.size() <= 8 &&
+                                     std::all_of(d.begin() + 5, d.end(), absl::ascii_isdigit));
     if (d != "cpu" && !gpu) return Fail(2, "--devices: \"" + d + "\" is not cpu, cuda or cuda:N");
     any_gpu = any_gpu || gpu;
   }

@@ -34,8 +34,11 @@ import csv, sys
 fe = sys.argv[1]
 kind = {r["name"]: r["kind"] for r in csv.DictReader(open(f"{fe}/synth_truth.csv"))}
 path = f"{fe}/EmoLabel/list_patition_label.txt"
-lines = open(path).read().splitlines()
-open(path, "w").write("".join(l + "\n" for l in lines if kind.get(l.split()[0], "clear") == "clear"))
+lines = [l for l in open(path).read().splitlines() if l.strip()]
+missing = [l.split()[0] for l in lines if l.split()[0] not in kind]
+if missing:
+    sys.exit(f"{path}: {len(missing)} image(s) not in synth_truth.csv, e.g. {missing[0]}")
+open(path, "w").write("".join(l + "\n" for l in lines if kind[l.split()[0]] == "clear"))
 PY
   mv "$out/synthface-clear.partial" "$out/synthface-clear"
 fi

@@ -158,7 +158,8 @@ TEST_F(MalWorkerTrainTest, DaemonRefusesBadDevicesAndMoreSlotsThanGpus) {
   EXPECT_THAT(ReadFile(dir_ / "d1").value_or(""), HasSubstr("\"cuda0\" is not cpu, cuda or cuda:N"));
   EXPECT_EQ(Wait(Start(with({"--devices", "cuda:0,cuda:1", "--slots", "3"}), dir_ / "d2")), 2);
   EXPECT_THAT(ReadFile(dir_ / "d2").value_or(""), HasSubstr("--slots 3 is more than the 2 devices"));
-  EXPECT_EQ(Wait(Start(with({"--devices", "cuda:x"}), dir_ / "d3")), 2);
+  EXPECT_EQ(Wait(Start(with({"--devices", "cpu,cuda:x"}), dir_ / "d3")), 2);
+  EXPECT_THAT(ReadFile(dir_ / "d3").value_or(""), HasSubstr("\"cuda:x\" is not cpu, cuda or cuda:N"));
 }
 
 }  // namespace

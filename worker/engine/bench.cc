@@ -143,7 +143,7 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
     auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
     if (!r.ok()) return r.status();
   }
-  if (device.is_cuda()) torch::cuda::synchronize();
+  if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
   ResetPeakDeviceMemory(device);
   BenchResult result;
   result.name = v.name;
@@ -158,7 +158,7 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
       phases[name] += sec / o.iterations;
     }
   }
-  if (device.is_cuda()) torch::cuda::synchronize();
+  if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
   result.seconds_per_iteration =
       std::chrono::duration<double>(Clock::now() - start).count() / o.iterations;
   result.peak_memory_mib = PeakMemoryMiB();

@@ -200,12 +200,18 @@ Nets CopyTo(Nets& from, const torch::Device& device) {
 }
 
 // Largest |a - b| over the pairs, relative to the largest |b| (both as double, on the CPU).
+// NaN when either side holds a non-finite value or the lists differ in length, so a check that
+// requires a finite, small difference fails on it.
 double RelativeDifference(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return std::nan("");
   double diff = 0, scale = 1e-300;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+  for (size_t i = 0; i < a.size(); ++i) {
     const torch::Tensor x = a[i].detach().to(torch::kCPU, torch::kDouble);
     const torch::Tensor y = b[i].detach().to(torch::kCPU, torch::kDouble);
     if (x.numel() == 0) continue;
+    if (!torch::isfinite(x).all().item<bool>() || !torch::isfinite(y).all().item<bool>()) {
+      return std::nan("");
+    }
     diff = std::max(diff, (x - y).abs().max().item<double>());
     scale = std::max(scale, y.abs().max().item<double>());
   }

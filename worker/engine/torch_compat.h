@@ -32,6 +32,10 @@ namespace mal::engine {
 // in float32, as torch.autocast(device_type, dtype) does in Python. Restores the previous state
 // and drops the cast cache on destruction. `device_type` is kCPU or kCUDA; other types are a
 // no-op. Thread-local, like autocast itself: enable it on the thread that runs the ops.
+// The cast cache (low-precision copies of float32 leaf tensors, kept while the guard lives) is
+// off inside the guard: the MAL step changes parameters in place (the virtual step into the
+// shadow, the optimiser step), and a cached copy would keep the old values and drop the tangents
+// of the forward-mode pass.
 class AutocastGuard {
  public:
   AutocastGuard(c10::DeviceType device_type, at::ScalarType dtype) : type_(device_type) {
@@ -39,6 +43,8 @@ class AutocastGuard {
     active_ = true;
     was_enabled_ = Enabled();
     previous_dtype_ = Dtype();
+    cache_was_enabled_ = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
     SetDtype(dtype);
     SetEnabled(true);
     at::autocast::increment_nesting();
@@ -48,6 +54,7 @@ class AutocastGuard {
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
     SetEnabled(was_enabled_);
     SetDtype(previous_dtype_);
+    at::autocast::set_autocast_cache_enabled(cache_was_enabled_);
   }
   AutocastGuard(const AutocastGuard&) = delete;
   AutocastGuard& operator=(const AutocastGuard&) = delete;
@@ -75,6 +82,7 @@ class AutocastGuard {
   c10::DeviceType type_;
   bool active_ = false;
   bool was_enabled_ = false;
+  bool cache_was_enabled_ = true;
   at::ScalarType previous_dtype_ = at::kFloat;
 };
 

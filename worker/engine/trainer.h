@@ -88,9 +88,10 @@ struct TrainResult {
 //   checkpoint.pt, records.csv, summaries.jsonl, metrics.json, weights/epoch_NNN.csv (MAL),
 //   model.pt, model.json. Files are written atomically. Errors (bad spec, unreadable dataset,
 //   non-finite loss or weights) come back as a status naming the cause; the last good checkpoint
-//   stays. Device memory exhausted (c10::OutOfMemoryError, CUDA's or the CPU allocator's):
-//   ResourceExhausted with OutOfMemoryMessage; under the worker daemon such a run fails without a
-//   retry (the same batch would fail again).
+//   stays. CUDA device memory exhausted (c10::OutOfMemoryError): ResourceExhausted with
+//   OutOfMemoryMessage; under the worker daemon such a run fails without a retry (the same batch
+//   would fail again). (On the CPU, Linux's OOM killer usually ends the process instead, which
+//   the daemon retries.)
 absl::StatusOr<TrainResult> Train(const TrainOptions& options);
 
 // The message of a run that ran out of device memory: the device, the batch sizes of `spec`'s
