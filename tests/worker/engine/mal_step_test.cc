@@ -346,6 +346,66 @@ TEST(MalStepTest, SgdMetaStepMovesPhiByMinusLearningRateTimesMetaGradient) {
   }
 }
 
+// StepStats::alignment_* (the weights CSV's `alignment` column) is, for every training sample,
+// grad_theta l_i(theta) . grad L_v(theta'), computed here sample by sample with plain autograd.
+TEST(MalStepTest, AlignmentIsEachSampleGradientDotTheValidationGradient) {
+  Fixture f = Make("mlp", /*random_meta=*/true, 21, 4, /*task_bias=*/true);  // no BatchNorm
+  ValLossAfterVirtualStep(f);  // the shadow now holds theta'
+  f.shadow->train();
+  const auto shadow_params = f.shadow->parameters();
+  const auto lv = RebalancedAuLoss(f.shadow->forward(f.val.images), f.val.labels, f.val.mask,
+                                   f.val.pos_weight);
+  const auto r = torch::autograd::grad({lv}, shadow_params, {}, false, false, true);
+  f.model->train();
+  const auto params = f.model->parameters();
+  const auto l_au = PerSampleAuLoss(f.model->au_head(f.model->Features(f.batch.au_images)),
+                                    f.batch.au_labels, f.batch.au_mask);
+  const auto l_fe = torch::nn::functional::cross_entropy(
+      f.model->fe_head(f.model->Features(f.batch.fe_images)), f.batch.fe_labels,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  auto dot = [&](const torch::Tensor& l) {
+    const auto g = torch::autograd::grad({l}, params, {}, /*retain_graph=*/true, false, true);
+    double sum = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (g[i].defined() && r[i].defined()) sum += (g[i] * r[i]).sum().item<double>();
+    }
+    return sum;
+  };
+  std::vector<double> want_au, want_fe;
+  for (int i = 0; i < 5; ++i) want_au.push_back(dot(l_au[i]));
+  for (int i = 0; i < 4; ++i) want_fe.push_back(dot(l_fe[i]));
+
+  MalStep step(f.model, f.shadow, f.meta);
+  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(kAlpha));
+  torch::optim::SGD meta_opt(f.meta->parameters(), torch::optim::SGDOptions(0.1));
+  auto stats = step.Run(f.batch, &f.val, kAlpha, StepOptions{}, base, &meta_opt);  // exact, JVP
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_TRUE(stats->alignment_au.defined() && stats->alignment_fe.defined());
+  ASSERT_EQ(stats->alignment_au.numel(), 5);
+  ASSERT_EQ(stats->alignment_fe.numel(), 4);
+  double largest = 0;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_NEAR(stats->alignment_au[i].item<double>(), want_au[i], 1e-9 * (std::abs(want_au[i]) + 1e-6)) << i;
+    largest = std::max(largest, std::abs(want_au[i]));
+  }
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_NEAR(stats->alignment_fe[i].item<double>(), want_fe[i], 1e-9 * (std::abs(want_fe[i]) + 1e-6)) << i;
+    largest = std::max(largest, std::abs(want_fe[i]));
+  }
+  EXPECT_GT(largest, 1e-6);  // not a comparison of zeros
+
+  // The VJP form never forms the per-sample products: no alignment.
+  Fixture g = Make("mlp", /*random_meta=*/true, 21, 4, /*task_bias=*/true);
+  MalStep vjp_step(g.model, g.shadow, g.meta);
+  torch::optim::SGD base2(g.model->parameters(), torch::optim::SGDOptions(kAlpha));
+  torch::optim::SGD meta_opt2(g.meta->parameters(), torch::optim::SGDOptions(0.1));
+  StepOptions vjp;
+  vjp.exact_jvp = false;
+  auto vjp_stats = vjp_step.Run(g.batch, &g.val, kAlpha, vjp, base2, &meta_opt2);
+  ASSERT_TRUE(vjp_stats.ok()) << vjp_stats.status();
+  EXPECT_FALSE(vjp_stats->alignment_au.defined());
+}
+
 TEST(MalStepTest, MetaStepsLowerTheValidationLossAfterTheVirtualStep) {
   Fixture f = Make("tiny", /*random_meta=*/false, 15, 4, /*task_bias=*/true);
   MalStep step(f.model, f.shadow, f.meta);
