@@ -113,6 +113,12 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       return false;
     }
   }
+  if (o->bench.iterations < 1 || o->smoke_iterations < 1 || o->bench.warmup < 0 || o->epochs < 1 ||
+      o->iterations_per_epoch < 1) {
+    std::cerr << "mal-engine-check: --iterations, --smoke-iterations, --epochs and "
+                 "--iterations-per-epoch must be >= 1, --warmup >= 0\n";
+    return false;
+  }
   if ((o->part != "correctness" && o->part != "speed") || o->out.empty()) {
     std::cerr << kUsage;
     return false;
@@ -127,12 +133,18 @@ bool WriteFile(const std::string& path, const std::string& text) {
   return static_cast<bool>(f);
 }
 
+// `s` as a JSON string: quotes, backslashes and every control character escaped.
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (c == '\n') { out += "\\n"; continue; }
-    out += c;
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
+    } else {
+      out += c;
+    }
   }
   return out + "\"";
 }
@@ -420,6 +432,11 @@ int RunSpeed(const Options& o) {
                         o.epochs, o.iterations_per_epoch);
   std::vector<std::string> hours;
   for (const BenchResult& r : report->results) {
+    if (!r.error.empty()) {  // a failed method has no time
+      absl::StrAppendFormat(&text, "  %-24s   failed\n", r.name);
+      hours.push_back(absl::StrFormat("\"%s\": null", r.name));
+      continue;
+    }
     const double h = r.seconds_per_iteration * o.epochs * o.iterations_per_epoch / 3600.0;
     absl::StrAppendFormat(&text, "  %-24s %8.2f h\n", r.name, h);
     hours.push_back(absl::StrFormat("\"%s\": %.3f", r.name, h));
