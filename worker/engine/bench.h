@@ -63,6 +63,10 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& options);
 // The report as text (a table and the time per phase) or one JSON object.
 std::string FormatBench(const BenchReport& report, bool json);
 
+// `s` as a JSON string literal: quotes, backslashes and control characters (\u00XX) escaped.
+// For the engine's hand-written JSON (bench and mal-engine-check depend on no JSON library).
+std::string JsonQuoted(const std::string& s);
+
 }  // namespace mal::engine
 
 #endif  // MAL_WORKER_ENGINE_BENCH_H_

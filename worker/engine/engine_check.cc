@@ -78,8 +78,6 @@ bool ParseArgs(int argc, char** argv, Options* o) {
   o->bench.val_batch = 256;
   o->bench.iterations = 10;
   o->bench.warmup = 3;
-  o->bench.methods = {"stl", "mtl", "mal_exact", "mal_exact_vjp", "mal_finite_difference",
-                      "mal_heads_only"};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--bf16") { o->bench.bf16 = true; continue; }
@@ -131,22 +129,6 @@ bool WriteFile(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f << text;
   return static_cast<bool>(f);
-}
-
-// `s` as a JSON string: quotes, backslashes and every control character escaped.
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
 }
 
 // ---- correctness ----------------------------------------------------------------------------
@@ -398,8 +380,8 @@ int RunCorrectness(const Options& o, const torch::Device& device) {
   for (const Check& c : checks) {
     all = all && c.passed;
     items.push_back(absl::StrFormat("{\"name\": %s, \"passed\": %s, \"detail\": %s}",
-                                    JsonString(c.name), c.passed ? "true" : "false",
-                                    JsonString(c.detail)));
+                                    JsonQuoted(c.name), c.passed ? "true" : "false",
+                                    JsonQuoted(c.detail)));
     absl::StrAppendFormat(&text, "  %-4s %-48s %s\n", c.passed ? "ok" : "FAIL", c.name, c.detail);
   }
   if (device.is_cpu()) {
@@ -407,7 +389,7 @@ int RunCorrectness(const Options& o, const torch::Device& device) {
   }
   const std::string json = absl::StrFormat(
       "{\"device\": %s, \"torch\": %s, \"torch_cuda_build\": %s, \"passed\": %s, \"checks\": [\n  %s\n]}\n",
-      JsonString(o.device), JsonString(TORCH_VERSION), kTorchHasCuda ? "true" : "false",
+      JsonQuoted(o.device), JsonQuoted(TORCH_VERSION), kTorchHasCuda ? "true" : "false",
       all ? "true" : "false", absl::StrJoin(items, ",\n  "));
   std::cout << text;
   if (!WriteFile(o.out + "/correctness.json", json) || !WriteFile(o.out + "/correctness.txt", text)) {
@@ -444,7 +426,7 @@ int RunSpeed(const Options& o) {
   const std::string json = absl::StrFormat(
       "{\"tag\": \"%s\", \"torch\": %s, \"epochs\": %d, \"iterations_per_epoch\": %d, "
       "\"hours_per_fold\": {%s},\n\"bench\": %s}\n",
-      tag, JsonString(TORCH_VERSION), o.epochs, o.iterations_per_epoch, absl::StrJoin(hours, ", "),
+      tag, JsonQuoted(TORCH_VERSION), o.epochs, o.iterations_per_epoch, absl::StrJoin(hours, ", "),
       FormatBench(*report, true));
   std::cout << text;
   if (!WriteFile(absl::StrCat(o.out, "/speed_", tag, ".json"), json) ||
