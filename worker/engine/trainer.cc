@@ -721,18 +721,16 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
         for (int i = 0; i < au->size; ++i) window_au.emplace_back(au->samples[i], wa.data_ptr<double>()[i]);
         for (int i = 0; i < fe->size; ++i) window_fe.emplace_back(fe->samples[i], wf.data_ptr<double>()[i]);
         if (stats->alignment_au.defined()) {
-          const torch::Tensor da = stats->alignment_au.to(torch::kDouble).contiguous();
-          const torch::Tensor df = stats->alignment_fe.to(torch::kDouble).contiguous();
-          for (int i = 0; i < au->size; ++i) {
-            auto& [sum, n] = alignment[0][au->samples[i]];
-            sum += da.data_ptr<double>()[i];
-            ++n;
-          }
-          for (int i = 0; i < fe->size; ++i) {
-            auto& [sum, n] = alignment[1][fe->samples[i]];
-            sum += df.data_ptr<double>()[i];
-            ++n;
-          }
+          auto add = [](AlignmentSums& sums, const Batch& b, const torch::Tensor& d) {
+            const torch::Tensor x = d.to(torch::kDouble).contiguous();
+            for (int i = 0; i < b.size; ++i) {
+              auto& [sum, n] = sums[b.samples[i]];
+              sum += x.data_ptr<double>()[i];
+              ++n;
+            }
+          };
+          add(alignment[0], *au, stats->alignment_au);
+          add(alignment[1], *fe, stats->alignment_fe);
         }
         if (pos.global_iter % t.log_every() == 0) {
           WeightSummary s;
