@@ -27,6 +27,7 @@
 #include "common/util/logging.h"
 #include "server/core/coordinator.h"
 #include "server/service/metrics_http.h"
+#include "server/service/prometheus_text.h"
 #include "server/service/services.h"
 
 namespace {
@@ -100,7 +101,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<mal::server::MetricsHttpServer> metrics;
   if (args->Has("metrics-listen")) {
     mal::server::Coordinator* c = core->get();
-    auto started = mal::server::MetricsHttpServer::Start(args->Get("metrics-listen"), [c] { return c->MetricsText(); });
+    auto started = mal::server::MetricsHttpServer::Start(
+        args->Get("metrics-listen"), [c, &hub] { return mal::server::PrometheusText(c->Counters(), hub.stats()); });
     if (!started.ok()) return Fail(std::string(started.status().message()));
     metrics = std::move(*started);
     std::cout << "mal-coordinator metrics on port " << metrics->port() << std::endl;

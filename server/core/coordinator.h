@@ -6,6 +6,12 @@
 // service.proto is one method here taking and returning its messages; the gRPC services are thin
 // adapters (server/service), so all of this is tested without sockets, with a fake clock.
 //
+// This class is the facade that takes the one lock, asks the pure policies and applies their
+// answers to the view, the store and the event log: scheduler.h (which run a free slot takes),
+// early_stopping.h (which trial stops), lifecycle.h (aggregates, settling, the final fit, the
+// end). Its methods live in coordinator.cc (client side), coordinator_workers.cc (worker side,
+// leases), coordinator_lifecycle.cc and coordinator_recovery.cc (start).
+//
 // Durability: every state change is written to the StateStore before it is acknowledged, and the
 // in-memory view is rebuilt from the store at start, so kill -9 loses nothing acknowledged. Runs
 // held by workers when the coordinator stopped stay theirs for one lease: a worker that
@@ -24,6 +30,8 @@
 #include "absl/time/time.h"
 #include "mal/v1/service.pb.h"
 #include "server/core/artifact_store.h"
+#include "server/core/experiment.h"
+#include "server/core/lifecycle.h"
 #include "server/events/event_hub.h"
 #include "server/state/state_store.h"
 
@@ -35,6 +43,14 @@ class Clock {
   virtual int64_t NowMs() = 0;
 };
 Clock* SystemClock();
+
+// Counts for monitoring (server/service/prometheus_text.h): a consistent snapshot.
+struct CoordinatorCounters {
+  std::map<RunState, int64_t> runs_by_state;    // fold runs
+  std::map<int, int64_t> experiments_by_state;  // by mal.v1.ExperimentState
+  int64_t workers_alive = 0, worker_slots = 0;  // registered workers whose lease holds
+  int64_t assignments = 0, lease_expiries = 0, runs_lost = 0;  // since start
+};
 
 struct CoordinatorOptions {
   int64_t lease_ms = 15000;     // a worker silent this long loses its runs
@@ -75,9 +91,8 @@ class Coordinator {
   // The path of a run's artifact (checkpoints for a resumed attempt on another host).
   absl::StatusOr<std::string> ArtifactPath(int64_t run_id, const std::string& name);
 
-  // Prometheus text exposition: runs and experiments by state, workers and slots, queue length,
-  // assignments, lease expiries, lost runs, watch subscribers, coalesced and slow-ended streams.
-  std::string MetricsText();
+  // A snapshot of the counts that server/service/prometheus_text.h exposes.
+  CoordinatorCounters Counters();
 
   // Ends pending Wait calls (graceful shutdown).
   void Shutdown();
@@ -87,66 +102,61 @@ class Coordinator {
   void Tick();
 
  private:
-  struct Trial {
-    TrialRow row;
-    std::map<std::string, std::string> params;
-    v1::ExperimentSpec spec;  // what its fold runs train
-  };
-  struct Experiment {
-    ExperimentRow row;
-    v1::ExperimentSpec spec;
-    std::vector<Trial> trials;
-    std::map<int64_t, FoldRun> runs;  // by id
-    std::map<int64_t, int> last_epoch;
-    // Early stopping: validation F1 per (fold, rung epoch), per trial.
-    std::map<std::pair<int, int>, std::map<int, double>> rungs;
-  };
-  struct Worker {
-    v1::RegisterRequest info;
-    int64_t last_ms = 0;
-    bool alive = true;
-    bool registered = true;  // false: a placeholder for a worker known only from the store
-  };
-
   Coordinator(StateStore* store, EventHub* hub, ArtifactStore* artifacts, Clock* clock,
               CoordinatorOptions options)
-      : store_(store), hub_(hub), artifacts_(artifacts), clock_(clock), options_(std::move(options)) {}
+      : store_(store),
+        hub_(hub),
+        artifacts_(artifacts),
+        clock_(clock),
+        options_(std::move(options)) {}
+  // Recovery (coordinator_recovery.cc): the view from the store, then what a crash interrupted.
   absl::Status Load();
+  static absl::StatusOr<Trial> LoadTrial(const Experiment& e, const TrialRow& row);
   // Adds the experiment's runs (from the store) to the in-memory view.
   absl::Status LoadRuns(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static Trial* FindTrial(Experiment& e, int trial);
-  static const Trial* FindTrial(const Experiment& e, int trial);
-  // The final fit's run (fold 0), once added.
-  static const FoldRun* FinalRun(const Experiment& e);
+  // A RUNNING experiment after a restart: trial results and the End event already published but
+  // whose state writes were lost, the last epochs and rungs from the event log, then settling.
+  absl::Status Recover(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::StatusOr<Experiment*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<FoldRun*> FindRun(int64_t run_id, Experiment** experiment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<FoldRun*> FindRun(int64_t run_id, Experiment** experiment)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The run `run_id` when the caller holds its lease `epoch` (FailedPrecondition otherwise).
+  absl::StatusOr<FoldRun*> HeldRun(int64_t run_id, int64_t epoch, Experiment** e)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ExperimentInfo Info(const Experiment& e, bool with_runs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  v1::TrialResult Aggregate(const Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Refresh(Experiment& e, int64_t run_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Publishes one experiment-level or run-level event.
   void Emit(Experiment& e, const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EmitRunState(Experiment& e, const FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Lifecycle (coordinator_lifecycle.cc), applying lifecycle.h and early_stopping.h.
   // After a run reached a final state: settles its trial, then the experiment.
   void Settle(Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Once every trial settled: starts the final fit when asked (and not yet run), else finishes.
+  // Cancels the unfinished runs of `trial` (every trial when < 0), publishing each change.
+  void CancelRuns(Experiment& e, int trial, const std::string& message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets, publishes (trial_result) and persists a trial's final state.
+  void SetTrialState(Experiment& e, Trial& t, TrialState state, const std::string& message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Once every trial settled: adds the final fit when asked (and not yet run), else finishes.
   void MaybeFinish(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The succeeded trial with the highest mean F1 over folds, or -1.
-  int BestTrial(const Experiment& e, double* best_f1) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // ASHA-style early stopping at rung epochs 1, 3, 9, ... (eta = 3): a trial whose validation F1
-  // on a fold is not in the top third of the trials that reached that rung on that fold stops.
+  void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RegisterModels(const Experiment& e, const Outcome& outcome)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void StopTrial(Experiment& e, int trial, const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Picks and assigns the next run for `worker`, or returns false.
-  bool AssignNext(const std::string& worker, v1::Assignment* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void LoseRun(Experiment& e, FoldRun& run, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Validates claims; unclaimed runs held by `worker` are lost; returns the claims to drop.
-  std::vector<v1::RunClaim> Reconcile(const std::string& worker,
-                                      const google::protobuf::RepeatedPtrField<v1::RunClaim>& claims)
+  void StopTrial(Experiment& e, int trial, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<FoldRun*> HeldRun(int64_t run_id, int64_t epoch, Experiment** e)
+  void LoseRun(Experiment& e, FoldRun& run, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Worker side (coordinator_workers.cc).
+  // Assigns the run scheduler.h picks to `worker`, or returns false.
+  bool AssignNext(const std::string& worker, v1::Assignment* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Validates claims; unclaimed runs held by `worker` are lost; returns the claims to drop.
+  std::vector<v1::RunClaim> Reconcile(
+      const std::string& worker, const google::protobuf::RepeatedPtrField<v1::RunClaim>& claims)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   StateStore* const store_;

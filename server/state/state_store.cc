@@ -381,13 +381,21 @@ absl::StatusOr<std::vector<FoldRun>> StateStore::Runs(const std::string& experim
   return out;
 }
 
-absl::StatusOr<int64_t> StateStore::AddRun(const std::string& experiment_id, int trial, int fold) {
+absl::StatusOr<int64_t> StateStore::AddRun(const std::string& experiment_id, int trial, int fold, FoldRun* added) {
   absl::MutexLock lock(&mu_);
   Statement run(db_, "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, ?, ?, ?, ?)");
   run.Bind(1, experiment_id).Bind(2, trial).Bind(3, fold).Bind(4, static_cast<int64_t>(RunState::kPending));
   run.Bind(5, NowMs());
   if (run.Step() != SQLITE_DONE) return SqlError(db_, "adding a run");
-  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+  const int64_t id = static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+  if (added != nullptr) {
+    *added = FoldRun{};
+    added->id = id;
+    added->experiment_id = experiment_id;
+    added->trial = trial;
+    added->fold = fold;
+  }
+  return id;
 }
 
 absl::StatusOr<FoldRun> StateStore::RunLocked(int64_t run_id) {
@@ -425,7 +433,7 @@ absl::StatusOr<std::optional<FoldRun>> StateStore::NextPending() {
   return std::optional<FoldRun>(ReadRun(s));
 }
 
-absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& worker) {
+absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& worker, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (r.state != RunState::kPending) {
@@ -437,11 +445,12 @@ absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& wo
   r.reported = 0;
   ++r.lease_epoch;
   RETURN_IF_ERROR(SetRun(r));
+  if (updated != nullptr) *updated = r;
   return r.lease_epoch;
 }
 
 absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
-                                    const std::string& message) {
+                                    const std::string& message, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
@@ -451,10 +460,13 @@ absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
   }
   r.state = to;
   r.message = message;
-  return SetRun(r);
+  RETURN_IF_ERROR(SetRun(r));
+  if (updated != nullptr) *updated = r;
+  return absl::OkStatus();
 }
 
-absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::string& result) {
+absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::string& result,
+                                  FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
@@ -465,11 +477,13 @@ absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::stri
   r.state = RunState::kSucceeded;
   r.result = result;
   r.message.clear();
-  return SetRun(r);
+  RETURN_IF_ERROR(SetRun(r));
+  if (updated != nullptr) *updated = r;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const std::string& message,
-                                           int max_restarts, bool count_attempt) {
+                                           int max_restarts, bool count_attempt, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
@@ -490,6 +504,7 @@ absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const 
     r.message = absl::StrCat(message, "; gave up after ", r.attempt + 1, " attempts");
   }
   RETURN_IF_ERROR(SetRun(r));
+  if (updated != nullptr) *updated = r;
   return r.state;
 }
 
@@ -501,17 +516,21 @@ absl::Status StateStore::SetHasCheckpoint(int64_t run_id, int64_t epoch) {
   return SetRun(r);
 }
 
-absl::Status StateStore::Cancel(int64_t run_id, const std::string& message) {
+absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (IsFinished(r.state)) return absl::OkStatus();
-  r.state = RunState::kCancelled;
-  r.message = message;
-  ++r.lease_epoch;  // whoever ran it can no longer report
-  return SetRun(r);
+  if (!IsFinished(r.state)) {
+    r.state = RunState::kCancelled;
+    r.message = message;
+    ++r.lease_epoch;  // whoever ran it can no longer report
+    RETURN_IF_ERROR(SetRun(r));
+  }
+  if (updated != nullptr) *updated = r;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts, const std::string& reason) {
+absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts, const std::string& reason,
+                                              FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
@@ -539,6 +558,7 @@ absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts, 
     return s;
   }
   RETURN_IF_ERROR(Exec("COMMIT"));
+  if (updated != nullptr) *updated = r;
   return r.state;
 }
 

@@ -118,33 +118,39 @@ class StateStore {
                              const std::string& message);
 
   absl::StatusOr<std::vector<FoldRun>> Runs(const std::string& experiment_id);
-  // Adds a PENDING run to an experiment (the final fit: fold 0); returns its id.
-  absl::StatusOr<int64_t> AddRun(const std::string& experiment_id, int trial, int fold);
+  // Adds a PENDING run to an experiment (the final fit: fold 0); returns its id, and the new row in
+  // `added` when given.
+  absl::StatusOr<int64_t> AddRun(const std::string& experiment_id, int trial, int fold, FoldRun* added = nullptr);
   absl::StatusOr<FoldRun> Run(int64_t run_id);
   // The longest-waiting PENDING run, if any.
   absl::StatusOr<std::optional<FoldRun>> NextPending();
 
+  // Every move below, when `updated` is given and the move succeeded, writes the run's row as it
+  // now is into it, so the caller's view follows the store without reading the row back.
+
   // PENDING -> ASSIGNED to `worker`; returns the new lease epoch.
-  absl::StatusOr<int64_t> Assign(int64_t run_id, const std::string& worker);
+  absl::StatusOr<int64_t> Assign(int64_t run_id, const std::string& worker, FoldRun* updated = nullptr);
   // Moves a run on behalf of the worker holding lease `epoch`. A stale epoch is
   // FailedPrecondition (the report of a worker that came back late); so is an illegal move.
-  absl::Status Transition(int64_t run_id, int64_t epoch, RunState to, const std::string& message);
+  absl::Status Transition(int64_t run_id, int64_t epoch, RunState to, const std::string& message,
+                          FoldRun* updated = nullptr);
   // ASSIGNED|RUNNING -> SUCCEEDED with its serialized FoldResult, for the holder of `epoch`.
-  absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result);
+  absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result, FoldRun* updated = nullptr);
   // The holder of `epoch` gave the run back (its child crashed): PENDING with the next attempt
   // while attempts < max_restarts, else FAILED. Returns the new state.
   // `count_attempt` false (the worker was shut down, the run did nothing wrong): PENDING again
   // with the same attempt number.
   absl::StatusOr<RunState> Retry(int64_t run_id, int64_t epoch, const std::string& message,
-                                 int max_restarts, bool count_attempt = true);
+                                 int max_restarts, bool count_attempt = true, FoldRun* updated = nullptr);
   // Records that the holder of `epoch` uploaded a checkpoint.
   absl::Status SetHasCheckpoint(int64_t run_id, int64_t epoch);
-  // Cancels a run that has not finished, whoever holds it.
-  absl::Status Cancel(int64_t run_id, const std::string& message);
+  // Cancels a run that has not finished, whoever holds it (a finished run stays as it is).
+  absl::Status Cancel(int64_t run_id, const std::string& message, FoldRun* updated = nullptr);
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
   // attempt while attempts < max_restarts, else FAILED. Old epochs stay fenced off.
   // `reason` says why (default: the holder's lease lapsed).
-  absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts, const std::string& reason = "");
+  absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts, const std::string& reason = "",
+                                    FoldRun* updated = nullptr);
 
   // Appends to the experiment's event log; returns the event's sequence number.
   absl::StatusOr<int64_t> AppendEvent(const std::string& experiment_id, const std::string& kind,

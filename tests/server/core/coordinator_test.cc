@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "common/spec/spec.h"
+#include "server/service/prometheus_text.h"
 #include "tests/test_util.h"
 
 namespace mal::server {
@@ -444,7 +445,7 @@ TEST_F(CoordinatorTest, MetricsCountRunsWorkersAndLeaseExpiries) {
   Submit(Spec());
   Register("w1", 2);
   Beat("w1", 2);
-  std::string text = core_->MetricsText();
+  std::string text = PrometheusText(core_->Counters(), hub_->stats());
   EXPECT_THAT(text, HasSubstr("mal_fold_runs{state=\"assigned\"} 2\n"));
   EXPECT_THAT(text, HasSubstr("mal_queue_length 1\n"));
   EXPECT_THAT(text, HasSubstr("mal_workers_alive 1\n"));
@@ -453,7 +454,7 @@ TEST_F(CoordinatorTest, MetricsCountRunsWorkersAndLeaseExpiries) {
   EXPECT_THAT(text, HasSubstr("# TYPE mal_lease_expiries_total counter\n"));
   clock_.now += 10001;
   core_->Tick();
-  text = core_->MetricsText();
+  text = PrometheusText(core_->Counters(), hub_->stats());
   EXPECT_THAT(text, HasSubstr("mal_lease_expiries_total 1\n"));
   EXPECT_THAT(text, HasSubstr("mal_runs_lost_total 2\n"));
   EXPECT_THAT(text, HasSubstr("mal_queue_length 3\n"));

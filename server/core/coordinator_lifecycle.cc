@@ -1,0 +1,176 @@
+// Coordinator: applying the lifecycle decisions (lifecycle.h) to the view, the store and the
+// event log: trials settling or stopping early, the final fit, the experiment's end and its
+// model registration.
+
+#include "absl/strings/str_cat.h"
+#include "common/util/files.h"
+#include "common/util/logging.h"
+#include "server/core/coordinator.h"
+#include "server/core/early_stopping.h"
+#include "server/core/lifecycle.h"
+
+namespace mal::server {
+
+namespace {
+
+const char* ExperimentStateName(int s) {
+  switch (s) {
+    case v1::EXPERIMENT_RUNNING:
+      return "RUNNING";
+    case v1::EXPERIMENT_SUCCEEDED:
+      return "SUCCEEDED";
+    case v1::EXPERIMENT_FAILED:
+      return "FAILED";
+    case v1::EXPERIMENT_CANCELLED:
+      return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+}  // namespace
+
+void Coordinator::CancelRuns(Experiment& e, int trial, const std::string& message) {
+  for (auto& [id, r] : e.runs) {
+    if ((trial >= 0 && r.trial != trial) || IsFinished(r.state)) continue;
+    FoldRun updated;
+    if (absl::Status s = store_->Cancel(id, message, &updated); !s.ok()) {
+      LOG(ERROR) << e.row.id << " fold run " << id << ": cancelling: " << s;
+      continue;
+    }
+    r = std::move(updated);
+    EmitRunState(e, r);
+  }
+}
+
+void Coordinator::SetTrialState(Experiment& e, Trial& t, TrialState state,
+                                const std::string& message) {
+  t.state = state;
+  t.message = message;
+  v1::Event ev;
+  *ev.mutable_trial_result() = AggregateTrial(e, t.trial);
+  Emit(e, nullptr, std::move(ev));
+  if (absl::Status s = store_->SetTrialState(e.row.id, t.trial, TrialStateName(state), message);
+      !s.ok()) {
+    LOG(ERROR) << e.row.id << ": " << s;
+  }
+}
+
+void Coordinator::Settle(Experiment& e, int trial) {
+  if (std::optional<TrialSettlement> settled = SettleTrial(e, trial)) {
+    // The trial's metric is undefined without every fold: a failure stops the others.
+    if (settled->state == TrialState::kFailed)
+      CancelRuns(e, trial, "another fold of the trial failed");
+    SetTrialState(e, *e.FindTrial(trial), settled->state, settled->message);
+  }
+  MaybeFinish(e);
+}
+
+void Coordinator::CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch) {
+  const Trial* t = e.FindTrial(run.trial);
+  if (t == nullptr || t->state != TrialState::kOpen) return;
+  std::optional<std::string> stop = RecordRung(e.rungs, run.trial, run.fold, epoch.epoch(),
+                                               t->spec.train().epochs(), epoch.val_mean_f1());
+  if (stop) StopTrial(e, run.trial, *stop);
+}
+
+void Coordinator::StopTrial(Experiment& e, int trial, const std::string& message) {
+  CancelRuns(e, trial, message);
+  if (Trial* t = e.FindTrial(trial)) SetTrialState(e, *t, TrialState::kStopped, message);
+  LOG(INFO) << e.row.id << " trial " << trial << ": " << message;
+  MaybeFinish(e);
+}
+
+void Coordinator::MaybeFinish(Experiment& e) {
+  if (e.row.state != v1::EXPERIMENT_RUNNING) return;
+  switch (AfterTrials(e)) {
+    case NextStep::kWait:
+      return;
+    case NextStep::kFinish:
+      FinishExperiment(e);
+      return;
+    case NextStep::kAddFinalFit:
+      break;
+  }
+  // Every trial is done: train the best one on every subject, then finish.
+  const int best = BestTrial(e);
+  FoldRun added;
+  auto id = store_->AddRun(e.row.id, best, 0, &added);
+  if (!id.ok()) {
+    LOG(ERROR) << e.row.id << ": adding the final fit: " << id.status();
+    return;
+  }
+  e.runs[*id] = std::move(added);
+  run_experiment_[*id] = e.row.id;
+  v1::Event ev;
+  ev.mutable_state()->set_scope("experiment");
+  ev.mutable_state()->set_state("RUNNING");
+  ev.mutable_state()->set_message(absl::StrCat("final fit of trial ", best, " on all subjects"));
+  Emit(e, nullptr, std::move(ev));
+}
+
+void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
+  // Once: a recovery may come through here again.
+  auto existing = store_->Models(e.row.id);
+  if (!existing.ok() || !existing->empty()) return;
+  for (const auto& [run, f1] : outcome.models) {
+    auto model = artifacts_->Find(e.row.id, run->trial, run->fold, "model.pt");
+    if (!model.ok()) continue;
+    ModelRow m;
+    m.name = e.row.name;
+    m.experiment_id = e.row.id;
+    m.trial = run->trial;
+    m.fold = run->fold;
+    m.test_mean_f1 = f1;
+    m.artifact = *model;
+    auto meta = artifacts_->Find(e.row.id, run->trial, run->fold, "model.json");
+    if (meta.ok()) m.metadata = ReadFile(*meta).value_or("");
+    auto version = store_->RegisterModel(m);
+    if (!version.ok()) LOG(ERROR) << e.row.id << ": registering a model: " << version.status();
+  }
+}
+
+void Coordinator::FinishExperiment(Experiment& e) {
+  const Outcome outcome = DecideOutcome(e);
+  e.row.message = outcome.message;
+  if (outcome.state == v1::EXPERIMENT_SUCCEEDED) RegisterModels(e, outcome);
+  v1::Event change;
+  change.mutable_state()->set_scope("experiment");
+  change.mutable_state()->set_state(ExperimentStateName(outcome.state));
+  change.mutable_state()->set_message(e.row.message);
+  Emit(e, nullptr, std::move(change));
+  v1::Event end;
+  end.mutable_end()->set_state(outcome.state);
+  end.mutable_end()->set_message(e.row.message);
+  end.mutable_end()->set_best_trial(outcome.best_trial);
+  end.mutable_end()->set_best_mean_f1(outcome.best_mean_f1);
+  Emit(e, nullptr, std::move(end));
+  e.row.state = outcome.state;
+  if (absl::Status s = store_->SetExperimentState(e.row.id, e.row.state, e.row.message); !s.ok()) {
+    LOG(ERROR) << e.row.id << ": " << s;
+  }
+  LOG(INFO) << e.row.id << " " << ExperimentStateName(e.row.state)
+            << (e.row.message.empty() ? "" : ": ") << e.row.message;
+}
+
+void Coordinator::LoseRun(Experiment& e, FoldRun& run, const std::string& reason) {
+  v1::Event lost;
+  lost.mutable_state()->set_scope("run");
+  lost.mutable_state()->set_state("LOST");
+  lost.mutable_state()->set_message(reason);
+  lost.mutable_state()->set_attempt(run.attempt);
+  lost.mutable_state()->set_worker(run.worker);
+  FoldRun updated;
+  auto state = store_->MarkLost(run.id, e.spec.max_restarts(), reason, &updated);
+  if (!state.ok()) {
+    LOG(ERROR) << "fold run " << run.id << ": " << state.status();
+    return;
+  }
+  ++runs_lost_;
+  Emit(e, &run, std::move(lost));
+  run = std::move(updated);
+  EmitRunState(e, run);
+  LOG(WARNING) << e.row.id << " fold run " << run.id << " LOST, now " << RunStateName(*state);
+  if (*state == RunState::kFailed) Settle(e, run.trial);
+}
+
+}  // namespace mal::server

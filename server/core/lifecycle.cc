@@ -1,0 +1,143 @@
+#include "server/core/lifecycle.h"
+
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace mal::server {
+
+v1::TrialResult AggregateTrial(const Experiment& e, int trial) {
+  v1::TrialResult out;
+  out.set_trial(trial);
+  if (const Trial* t = e.FindTrial(trial)) {
+    for (const auto& [k, v] : t->params) (*out.mutable_params())[k] = v;
+    out.set_state(TrialStateName(t->state));
+    out.set_message(t->message);
+  }
+  std::vector<v1::FoldResult> results;
+  for (const auto& [id, r] : e.runs) {
+    if (r.trial != trial || r.fold == 0 || r.state != RunState::kSucceeded) continue;
+    v1::FoldResult fr;
+    if (fr.ParseFromString(r.result)) results.push_back(std::move(fr));
+  }
+  if (results.empty()) return out;
+  *out.mutable_aus() = results[0].aus();
+  const double n = static_cast<double>(results.size());
+  auto mean_std = [&](auto value) {
+    double sum = 0, sq = 0;
+    for (const auto& r : results) sum += value(r);
+    const double mean = sum / n;
+    for (const auto& r : results) sq += (value(r) - mean) * (value(r) - mean);
+    return std::make_pair(mean, std::sqrt(sq / n));
+  };
+  for (int a = 0; a < results[0].test_f1_size(); ++a) {
+    auto [m, s] = mean_std(
+        [a](const v1::FoldResult& r) { return a < r.test_f1_size() ? r.test_f1(a) : 0.0; });
+    out.add_au_mean_f1(m);
+    out.add_au_std_f1(s);
+  }
+  auto [m, s] = mean_std([](const v1::FoldResult& r) { return r.test_mean_f1(); });
+  out.set_mean_f1(m);
+  out.set_std_f1(s);
+  return out;
+}
+
+int BestTrial(const Experiment& e, double* best_f1) {
+  int best = -1;
+  double f1_best = -1;
+  for (const Trial& t : e.trials) {
+    if (t.state != TrialState::kSucceeded) continue;
+    const double f1 = AggregateTrial(e, t.trial).mean_f1();
+    if (f1 > f1_best) {
+      f1_best = f1;
+      best = t.trial;
+    }
+  }
+  if (best_f1 != nullptr) *best_f1 = f1_best;
+  return best;
+}
+
+std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial) {
+  const Trial* t = e.FindTrial(trial);
+  if (t == nullptr || t->state != TrialState::kOpen) return std::nullopt;
+  const FoldRun* failed = nullptr;
+  bool all_succeeded = true;
+  for (const auto& [id, r] : e.runs) {
+    if (r.trial != trial || r.fold == 0) continue;
+    if (r.state == RunState::kFailed && failed == nullptr) failed = &r;
+    all_succeeded = all_succeeded && r.state == RunState::kSucceeded;
+  }
+  if (failed != nullptr)
+    return TrialSettlement{TrialState::kFailed,
+                           absl::StrCat("fold ", failed->fold, ": ", failed->message)};
+  if (all_succeeded) return TrialSettlement{TrialState::kSucceeded, ""};
+  return std::nullopt;
+}
+
+TrialSettlement RecoveredTrialState(const Experiment& e, int trial) {
+  TrialSettlement out{TrialState::kSucceeded, ""};
+  for (const auto& [rid, r] : e.runs) {
+    if (r.trial == trial && r.state == RunState::kCancelled) out.state = TrialState::kStopped;
+  }
+  for (const auto& [rid, r] : e.runs) {
+    if (r.trial == trial && r.state == RunState::kFailed) {
+      return TrialSettlement{TrialState::kFailed, absl::StrCat("fold ", r.fold, ": ", r.message)};
+    }
+  }
+  return out;
+}
+
+NextStep AfterTrials(const Experiment& e) {
+  for (const Trial& t : e.trials) {
+    if (t.state == TrialState::kOpen) return NextStep::kWait;
+  }
+  if (e.spec.final_fit() && BestTrial(e) >= 0) {
+    const FoldRun* final_run = e.FinalRun();
+    if (final_run == nullptr) return NextStep::kAddFinalFit;
+    if (!IsFinished(final_run->state)) return NextStep::kWait;
+  }
+  return NextStep::kFinish;
+}
+
+Outcome DecideOutcome(const Experiment& e) {
+  Outcome out;
+  double best_f1 = -1;
+  const int best = BestTrial(e, &best_f1);
+  out.best_trial = best;
+  out.best_mean_f1 = best >= 0 ? best_f1 : 0;
+  std::string first_failure;
+  bool cancelled = false;
+  for (const Trial& t : e.trials) {
+    if (t.state == TrialState::kFailed && first_failure.empty()) {
+      first_failure = absl::StrCat("trial ", t.trial, ": ", t.message);
+    }
+    cancelled = cancelled || t.state == TrialState::kCancelled;
+  }
+  const FoldRun* final_run = e.FinalRun();
+  if (cancelled) {
+    out.state = v1::EXPERIMENT_CANCELLED;
+    out.message = kCancelledByUser;
+  } else if (final_run != nullptr && final_run->state != RunState::kSucceeded) {
+    out.state = v1::EXPERIMENT_FAILED;
+    out.message = absl::StrCat(
+        "final fit of trial ", final_run->trial, ": ",
+        final_run->message.empty() ? RunStateName(final_run->state) : final_run->message);
+  } else if (best >= 0) {
+    out.state = v1::EXPERIMENT_SUCCEEDED;
+    out.message = first_failure;
+    for (const auto& [id, r] : e.runs) {
+      if (r.trial != best || r.state != RunState::kSucceeded || r.fold == 0) continue;
+      v1::FoldResult fr;
+      fr.ParseFromString(r.result);
+      out.models.emplace_back(&r, fr.test_mean_f1());
+    }
+    if (final_run != nullptr) out.models.emplace_back(final_run, best_f1);
+  } else {
+    out.state = v1::EXPERIMENT_FAILED;
+    out.message = first_failure.empty() ? "no trial finished" : first_failure;
+  }
+  return out;
+}
+
+}  // namespace mal::server

@@ -1,0 +1,67 @@
+#ifndef MAL_SERVER_CORE_LIFECYCLE_H_
+#define MAL_SERVER_CORE_LIFECYCLE_H_
+
+// The experiment lifecycle as pure decisions over the in-memory view: a trial's aggregate and
+// whether it has settled, the best trial, what follows the last trial (the final fit or the end),
+// and the state an experiment ends in with the models to register. No store, clock or locks: the
+// coordinator persists and publishes what these return.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mal/v1/service.pb.h"
+#include "server/core/experiment.h"
+
+namespace mal::server {
+
+// The trial's result over its succeeded cross-validation fold runs (the final fit, fold 0, is not
+// a fold): per-AU and overall test mean F1 (in [0, 1]) with the population std over folds
+// (numpy's ddof=0), its params, state name and message. No succeeded fold: params and state only.
+v1::TrialResult AggregateTrial(const Experiment& e, int trial);
+
+// The SUCCEEDED trial with the highest mean F1 over folds (the first on ties), or -1; its F1 in
+// `best_f1` when given (-1 without one).
+int BestTrial(const Experiment& e, double* best_f1 = nullptr);
+
+struct TrialSettlement {
+  TrialState state = TrialState::kOpen;
+  std::string message;  // "fold K: <the run's message>" for FAILED
+};
+
+// Whether an open trial has settled once a fold run of it finished: FAILED as soon as any fold
+// run failed (the first by run id; its other runs must then be cancelled, as the trial's metric
+// is undefined without every fold), SUCCEEDED when every fold run succeeded, nullopt while it
+// must wait (or when the trial is not open).
+std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial);
+
+// Recovery: the state of a trial whose trial_result event was published before the coordinator
+// stopped but whose state write was lost: FAILED (the first failed fold run), else STOPPED when a
+// run of it was cancelled, else SUCCEEDED.
+TrialSettlement RecoveredTrialState(const Experiment& e, int trial);
+
+// What follows once no trial is open (kWait while one is): with final_fit and a best trial, add
+// its final fit (fold 0) and wait for it; then, or without it, finish.
+enum class NextStep { kWait, kAddFinalFit, kFinish };
+NextStep AfterTrials(const Experiment& e);
+
+struct Outcome {
+  v1::ExperimentState state = v1::EXPERIMENT_RUNNING;
+  std::string message;
+  int best_trial = -1;
+  double best_mean_f1 = 0;  // 0 without a best trial
+  // SUCCEEDED: the runs whose models to register, the best trial's fold runs by id then the final
+  // fit, each with the F1 to record (the final fit has no test part: the trial's CV mean F1).
+  std::vector<std::pair<const FoldRun*, double>> models;
+};
+
+// The end of an experiment whose trials have all settled: CANCELLED when the user cancelled it (a
+// trial is CANCELLED only then; message "cancelled by the user"), FAILED when the final fit did not
+// succeed, SUCCEEDED with a best trial (its message: the first failed trial, if any), else FAILED
+// with the first failed trial or "no trial finished".
+Outcome DecideOutcome(const Experiment& e);
+inline constexpr char kCancelledByUser[] = "cancelled by the user";
+
+}  // namespace mal::server
+
+#endif  // MAL_SERVER_CORE_LIFECYCLE_H_

@@ -1,0 +1,163 @@
+// The coordinator's pure policies: scheduler.h, early_stopping.h, lifecycle.h, on hand-built
+// views (no store, no clock).
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "server/core/early_stopping.h"
+#include "server/core/lifecycle.h"
+#include "server/core/scheduler.h"
+
+namespace mal::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+FoldRun MakeRun(int64_t id, int trial, int fold, RunState state = RunState::kPending,
+                int attempt = 0) {
+  FoldRun r;
+  r.id = id;
+  r.trial = trial;
+  r.fold = fold;
+  r.state = state;
+  r.attempt = attempt;
+  return r;
+}
+
+Experiment MakeExperiment(const std::string& id, int trials, int folds, int priority = 0,
+                          int concurrent = 1) {
+  Experiment e;
+  e.row.id = id;
+  e.row.state = v1::EXPERIMENT_RUNNING;
+  e.row.priority = priority;
+  e.spec.mutable_search()->set_concurrent(concurrent);
+  int64_t next = id == "b" ? 100 : 1;
+  for (int t = 0; t < trials; ++t) {
+    Trial trial;
+    trial.trial = t;
+    e.trials.push_back(trial);
+    for (int f = 1; f <= folds; ++f, ++next) e.runs[next] = MakeRun(next, t, f);
+  }
+  return e;
+}
+
+std::string Result(double mean_f1) {
+  v1::FoldResult r;
+  r.set_test_mean_f1(mean_f1);
+  r.add_test_f1(mean_f1);
+  r.add_aus(1);
+  return r.SerializeAsString();
+}
+
+TEST(SchedulerTest, StartedTrialsFirstAndAtMostConcurrentTrialsUnderWay) {
+  std::map<std::string, Experiment> view{{"a", MakeExperiment("a", 3, 2, 0, /*concurrent=*/1)}};
+  EXPECT_EQ(PickNextRun(view)->run_id, 1);
+  view["a"].runs[1].state = RunState::kRunning;  // trial 0 under way
+  EXPECT_EQ(PickNextRun(view)->run_id, 2);       // its other fold, not trial 1
+  view["a"].runs[2].state = RunState::kRunning;
+  EXPECT_FALSE(PickNextRun(view).has_value());  // concurrent 1: trial 1 waits
+  view["a"].spec.mutable_search()->set_concurrent(2);
+  EXPECT_EQ(PickNextRun(view)->run_id, 3);
+}
+
+TEST(SchedulerTest, FairShareByPriorityAndTheFinalFitAlwaysMayStart) {
+  std::map<std::string, Experiment> view{{"a", MakeExperiment("a", 1, 3)},
+                                         {"b", MakeExperiment("b", 1, 3, 2)}};
+  view["a"].runs[1].state = RunState::kRunning;
+  view["b"].runs[100].state = RunState::kRunning;
+  view["b"].runs[101].state = RunState::kRunning;
+  // a: 1 held / weight 1 = 1; b: 2 held / weight 3 = 0.67 -> b.
+  EXPECT_EQ(PickNextRun(view)->experiment_id, "b");
+  view["b"].row.state = v1::EXPERIMENT_SUCCEEDED;
+  EXPECT_EQ(PickNextRun(view)->experiment_id, "a");
+  Experiment& a = view["a"];
+  a.trials[0].state = TrialState::kSucceeded;
+  EXPECT_FALSE(PickNextRun(view).has_value());  // a settled trial's folds do not start
+  a.runs[50] = MakeRun(50, 0, 0);
+  EXPECT_EQ(PickNextRun(view)->run_id, 50);
+  EXPECT_DOUBLE_EQ(PriorityWeight(-1), 0.5);
+}
+
+TEST(EarlyStoppingTest, StopsATrialOutsideTheTopThirdAtARung) {
+  RungTable rungs;
+  EXPECT_TRUE(IsRungEpoch(1) && IsRungEpoch(3) && IsRungEpoch(9) && !IsRungEpoch(2) &&
+              !IsRungEpoch(0));
+  EXPECT_FALSE(RecordRung(rungs, 0, 1, 1, 10, 0.6));
+  EXPECT_FALSE(RecordRung(rungs, 1, 1, 1, 10, 0.5));
+  auto stop = RecordRung(rungs, 2, 1, 1, 10, 0.4);  // 3 trials: keep 1; two are better
+  ASSERT_TRUE(stop.has_value());
+  EXPECT_THAT(*stop, HasSubstr("epoch 1 of fold 1"));
+  EXPECT_THAT(*stop, HasSubstr("0.4000"));
+  EXPECT_FALSE(RecordRung(rungs, 3, 1, 1, 10, 0.7));  // the best of four goes on
+  EXPECT_FALSE(RecordRung(rungs, 4, 1, 2, 10, 0.0));  // not a rung
+  EXPECT_FALSE(RecordRung(rungs, 5, 2, 1, 10, 0.0));  // alone on fold 2
+  EXPECT_FALSE(RecordRung(rungs, 6, 1, 3, 3, 0.0));   // the last epoch is never a cut
+}
+
+TEST(LifecycleTest, AggregatesFoldsWithPopulationStdAndPicksTheBestTrial) {
+  Experiment e = MakeExperiment("a", 2, 2);
+  e.runs[1].state = e.runs[2].state = e.runs[3].state = e.runs[4].state = RunState::kSucceeded;
+  e.runs[1].result = Result(0.4);
+  e.runs[2].result = Result(0.6);
+  e.runs[3].result = Result(0.7);
+  e.runs[4].result = Result(0.7);
+  const v1::TrialResult r = AggregateTrial(e, 0);
+  EXPECT_DOUBLE_EQ(r.mean_f1(), 0.5);
+  EXPECT_NEAR(r.std_f1(), 0.1, 1e-12);  // ddof = 0
+  EXPECT_EQ(BestTrial(e), -1);          // no trial settled yet
+  ASSERT_TRUE(SettleTrial(e, 0).has_value());
+  EXPECT_EQ(SettleTrial(e, 0)->state, TrialState::kSucceeded);
+  e.trials[0].state = e.trials[1].state = TrialState::kSucceeded;
+  double f1 = 0;
+  EXPECT_EQ(BestTrial(e, &f1), 1);
+  EXPECT_DOUBLE_EQ(f1, 0.7);
+  const Outcome o = DecideOutcome(e);
+  EXPECT_EQ(o.state, v1::EXPERIMENT_SUCCEEDED);
+  ASSERT_EQ(o.models.size(), 2u);  // trial 1's fold runs
+  EXPECT_EQ(o.models[0].first->id, 3);
+}
+
+TEST(LifecycleTest, AFailedFoldFailsItsTrialAndTheFinalFitDecidesTheEnd) {
+  Experiment e = MakeExperiment("a", 1, 2);
+  EXPECT_FALSE(SettleTrial(e, 0).has_value());  // still running
+  e.runs[1].state = RunState::kFailed;
+  e.runs[1].message = "out of memory";
+  ASSERT_TRUE(SettleTrial(e, 0).has_value());
+  EXPECT_EQ(SettleTrial(e, 0)->state, TrialState::kFailed);
+  EXPECT_EQ(SettleTrial(e, 0)->message, "fold 1: out of memory");
+  e.trials[0].message = SettleTrial(e, 0)->message;
+  e.trials[0].state = TrialState::kFailed;
+  EXPECT_FALSE(SettleTrial(e, 0).has_value());  // settled once
+  EXPECT_EQ(AfterTrials(e), NextStep::kFinish);
+  EXPECT_EQ(DecideOutcome(e).state, v1::EXPERIMENT_FAILED);
+  EXPECT_THAT(DecideOutcome(e).message, HasSubstr("trial 0: fold 1: out of memory"));
+
+  Experiment f = MakeExperiment("a", 1, 1);
+  f.spec.set_final_fit(true);
+  f.runs[1].state = RunState::kSucceeded;
+  f.runs[1].result = Result(0.5);
+  f.trials[0].state = TrialState::kSucceeded;
+  EXPECT_EQ(AfterTrials(f), NextStep::kAddFinalFit);
+  f.runs[9] = MakeRun(9, 0, 0, RunState::kRunning);
+  EXPECT_EQ(AfterTrials(f), NextStep::kWait);
+  f.runs[9].state = RunState::kFailed;
+  EXPECT_EQ(AfterTrials(f), NextStep::kFinish);
+  EXPECT_EQ(DecideOutcome(f).state, v1::EXPERIMENT_FAILED);
+  f.runs[9].state = RunState::kSucceeded;
+  const Outcome o = DecideOutcome(f);
+  EXPECT_EQ(o.state, v1::EXPERIMENT_SUCCEEDED);
+  ASSERT_EQ(o.models.size(), 2u);
+  EXPECT_EQ(o.models[1].first->fold, 0);
+  EXPECT_DOUBLE_EQ(o.models[1].second, 0.5);  // the final fit carries the trial's CV F1
+}
+
+TEST(LifecycleTest, TrialStatesRoundTripByName) {
+  for (TrialState s : {TrialState::kOpen, TrialState::kSucceeded, TrialState::kFailed,
+                       TrialState::kStopped, TrialState::kCancelled}) {
+    EXPECT_EQ(*ParseTrialState(TrialStateName(s)), s);
+  }
+  EXPECT_THAT(std::string(ParseTrialState("DONE").status().message()), HasSubstr("'DONE'"));
+}
+
+}  // namespace
+}  // namespace mal::server
