@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   auto tokens = mal::rpc::LoadTokens(security.token_file);
   if (!tokens.ok()) return Fail(std::string(tokens.status().message()));
 
-  mal::server::CoordinatorService client_service(core->get(), *tokens);
+  mal::server::CoordinatorService client_service(core->get(), &hub, *tokens);
   mal::server::WorkerGatewayService worker_service(core->get(), *tokens);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

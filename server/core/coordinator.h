@@ -75,7 +75,6 @@ class Coordinator {
   absl::StatusOr<v1::ResultsResponse> Results(const std::string& experiment_id);
   v1::ListWorkersResponse Workers();
   absl::StatusOr<v1::ExperimentState> State(const std::string& experiment_id);
-  EventHub* hub() { return hub_; }
 
   // Worker side.
   absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& request);

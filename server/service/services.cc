@@ -7,6 +7,7 @@
 #include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"
 #include "common/util/sha256.h"
+#include "server/events/watch_session.h"
 
 namespace mal::server {
 
@@ -61,61 +62,17 @@ grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
 grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
                                        grpc::ServerWriter<v1::WatchResponse>* writer) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
-  auto state = core_->State(request->experiment_id());
-  if (!state.ok()) return ToGrpcStatus(state.status());
-  const std::set<std::string> kinds(request->kinds().begin(), request->kinds().end());
-  auto sub = core_->hub()->Subscribe(request->experiment_id(), std::max<int64_t>(request->from_seq(), 1));
-  if (!sub.ok()) return ToGrpcStatus(sub.status());
-  int64_t last_sent = std::max<int64_t>(request->from_seq(), 1) - 1;
-  auto progress = [&]() {
-    v1::WatchResponse r;
-    auto latest = core_->hub()->LastSeq(request->experiment_id());
-    r.mutable_progress()->set_latest_seq(latest.ok() ? *latest : last_sent);
-    auto st = core_->State(request->experiment_id());
-    r.mutable_progress()->set_state(st.ok() ? *st : v1::EXPERIMENT_STATE_UNSPECIFIED);
-    return writer->Write(r);
-  };
-  // A watcher that starts (or resumes) past the End event has nothing left to wait for. The End
-  // event is appended before the experiment's state turns terminal, so a terminal state with no
-  // event at or after the next wanted seq means the log is complete.
-  auto nothing_left = [&]() {
-    auto st = core_->State(request->experiment_id());
-    if (!st.ok() || *st == v1::EXPERIMENT_RUNNING) return false;
-    auto latest = core_->hub()->LastSeq(request->experiment_id());
-    return latest.ok() && *latest <= last_sent;
-  };
-  if (nothing_left()) {
-    return progress() ? grpc::Status::OK : grpc::Status::CANCELLED;
-  }
-  auto last_progress = std::chrono::steady_clock::now();
+  const std::string id = request->experiment_id();
+  auto session = WatchSession::Start(
+      hub_, [this, id]() { return core_->State(id); }, *request);
+  if (!session.ok()) return ToGrpcStatus(session.status());
   while (!context->IsCancelled()) {
-    if (shutting_down_) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          absl::StrCat("coordinator shutting down; resume from seq ", last_sent + 1));
-    }
-    auto next = (*sub)->Next(absl::Milliseconds(500));
-    if (!next.ok()) return ToGrpcStatus(next.status());
-    if (!next->has_value() || std::chrono::steady_clock::now() - last_progress > std::chrono::seconds(2)) {
-      // Periodic progress, whether events flow or not: it carries the latest seq.
-      if (!progress()) return grpc::Status::CANCELLED;
-      last_progress = std::chrono::steady_clock::now();
-    }
-    if (!next->has_value()) {
-      if (nothing_left()) return grpc::Status::OK;
-      continue;
-    }
-    const WatchEvent& we = **next;
-    last_sent = we.seq;
-    if (kinds.empty() || kinds.count(we.kind)) {
-      v1::WatchResponse r;
-      v1::Event* ev = r.mutable_event();
-      if (!ev->ParseFromString(we.payload)) {
-        return grpc::Status(grpc::StatusCode::DATA_LOSS, absl::StrCat("event ", we.seq, " is unreadable"));
-      }
-      ev->set_seq(we.seq);
+    auto step = (*session)->Next(shutting_down_);
+    if (!step.ok()) return ToGrpcStatus(step.status());
+    for (const v1::WatchResponse& r : step->send) {
       if (!writer->Write(r)) return grpc::Status::CANCELLED;
     }
-    if (we.kind == "end") return grpc::Status::OK;
+    if (step->done) return grpc::Status::OK;
   }
   return grpc::Status::CANCELLED;
 }

@@ -2,7 +2,8 @@
 #define MAL_SERVER_SERVICE_SERVICES_H_
 
 // Thin gRPC adapters over the coordinator core: each method converts the status and nothing else,
-// except the two streams (Watch, artifact transfers), which loop over the core's pieces.
+// except the two streams: Watch writes what a WatchSession (server/events/watch_session.h) returns,
+// artifact transfers loop over the core's upload pieces.
 // Every method starts with rpc::CheckToken (gRPC 1.51 has no clean server-side hook that works
 // over plaintext too): a new RPC must start with it as well.
 
@@ -17,9 +18,10 @@ namespace mal::server {
 
 class CoordinatorService final : public v1::Coordinator::Service {
  public:
-  // `tokens`: bearer tokens a call must carry one of (none: no token required).
-  CoordinatorService(Coordinator* core, std::vector<std::string> tokens = {})
-      : core_(core), tokens_(std::move(tokens)) {}
+  // `hub`: the event hub the core publishes to (Watch subscribes there). `tokens`: bearer tokens
+  // a call must carry one of (none: no token required).
+  CoordinatorService(Coordinator* core, EventHub* hub, std::vector<std::string> tokens = {})
+      : core_(core), hub_(hub), tokens_(std::move(tokens)) {}
   // Ends open Watch streams (graceful shutdown).
   void Shutdown() { shutting_down_ = true; }
 
@@ -37,6 +39,7 @@ class CoordinatorService final : public v1::Coordinator::Service {
 
  private:
   Coordinator* const core_;
+  EventHub* const hub_;
   const std::vector<std::string> tokens_;
   std::atomic<bool> shutting_down_{false};
 };
