@@ -18,6 +18,7 @@
 #include "client/args.h"
 #include "common/spec/spec.h"
 #include "common/util/grpc_channel.h"
+#include "common/util/grpc_status.h"
 #include "common/util/random.h"
 #include "mal/v1/service.grpc.pb.h"
 
@@ -228,12 +229,7 @@ int Follow(const Common& c, const std::string& id, int64_t from_seq, const std::
     }
     // Resume after falling behind (RESOURCE_EXHAUSTED), a coordinator shutdown (UNAVAILABLE,
     // CANCELLED) or a broken stream; anything else (not found, not authenticated...) is final.
-    const auto code = s.error_code();
-    if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::RESOURCE_EXHAUSTED &&
-        code != grpc::StatusCode::CANCELLED && code != grpc::StatusCode::DEADLINE_EXCEEDED &&
-        code != grpc::StatusCode::ABORTED && code != grpc::StatusCode::INTERNAL) {
-      return RpcFail(s);
-    }
+    if (!IsTransient(s)) return RpcFail(s);
     // Reconnect across a coordinator restart, but not to an address that never answered.
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
         (!reached || std::chrono::steady_clock::now() - last_contact > std::chrono::seconds(kReconnectSeconds))) {
@@ -296,7 +292,7 @@ int Submit(const std::vector<std::string>& argv) {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, kTimeout);
     s = stub->SubmitExperiment(&ctx, req, &resp);
-    if (s.error_code() != grpc::StatusCode::UNAVAILABLE && s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) break;
+    if (!IsTransient(s)) break;  // safe to resend: the request id makes Submit idempotent
     std::this_thread::sleep_for(milliseconds(500 << attempt));
   }
   if (!s.ok()) return RpcFail(s);
@@ -416,7 +412,7 @@ int Wait(const std::vector<std::string>& argv) {
     rpc::SetDeadline(ctx, milliseconds(slice + 10000));
     grpc::Status s = stub->WaitExperiment(&ctx, req, &info);
     // A coordinator restarting (the call cancelled by its shutdown, then unreachable): keep waiting.
-    const bool restarting = s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::CANCELLED;
+    const bool restarting = IsTransient(s);
     if (restarting && reached &&
         std::chrono::steady_clock::now() - last_contact < std::chrono::seconds(kReconnectSeconds)) {
       std::this_thread::sleep_for(milliseconds(1000));  // a coordinator restart: keep waiting

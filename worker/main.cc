@@ -76,6 +76,7 @@ int Train(const std::vector<std::string>& argv) {
     options.sink = sink.get();
   }
   auto result = mal::engine::Train(options);
+  if (sink) sink->Finish(result.status());
   if (!result.ok()) {
     const bool stopped = result.status().code() == absl::StatusCode::kCancelled;
     std::cerr << "mal-worker: " << (stopped ? "" : "training failed: ") << result.status().message()

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/util/files.h"
 #include "common/util/logging.h"
+#include "common/util/run_files.h"
 #include "server/core/coordinator.h"
 #include "server/core/early_stopping.h"
 #include "server/core/lifecycle.h"
@@ -113,7 +114,7 @@ void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
   auto existing = store_->Models(e.row.id);
   if (!existing.ok() || !existing->empty()) return;
   for (const auto& [run, f1] : outcome.models) {
-    auto model = artifacts_->Find(e.row.id, run->trial, run->fold, "model.pt");
+    auto model = artifacts_->Find(e.row.id, run->trial, run->fold, run_files::kModel);
     if (!model.ok()) continue;
     ModelRow m;
     m.name = e.row.name;
@@ -122,7 +123,7 @@ void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
     m.fold = run->fold;
     m.test_mean_f1 = f1;
     m.artifact = *model;
-    auto meta = artifacts_->Find(e.row.id, run->trial, run->fold, "model.json");
+    auto meta = artifacts_->Find(e.row.id, run->trial, run->fold, run_files::kModelMetadata);
     if (meta.ok()) m.metadata = ReadFile(*meta).value_or("");
     auto version = store_->RegisterModel(m);
     if (!version.ok()) LOG(ERROR) << e.row.id << ": registering a model: " << version.status();

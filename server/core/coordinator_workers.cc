@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/util/logging.h"
+#include "common/util/run_files.h"
 #include "common/util/status_macros.h"
 #include "server/core/coordinator.h"
 #include "server/core/scheduler.h"
@@ -249,7 +250,7 @@ absl::StatusOr<int64_t> Coordinator::FinishUpload(int64_t run_id, int64_t epoch,
   Experiment* e = nullptr;
   ASSIGN_OR_RETURN(FoldRun * run, HeldRun(run_id, epoch, &e));
   ASSIGN_OR_RETURN(int64_t size, upload.Commit(sha256));
-  if (name == "checkpoint.pt" && !run->has_checkpoint) {
+  if (name == run_files::kCheckpoint && !run->has_checkpoint) {
     RETURN_IF_ERROR(store_->SetHasCheckpoint(run_id, epoch));
     run->has_checkpoint = true;
   }

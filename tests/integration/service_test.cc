@@ -440,6 +440,7 @@ if [ ! -e "$marker" ]; then
   exit 1
 fi
 echo '{"epoch": {"epoch": 1, "iteration": 1, "aus": [1], "testF1": [0.5], "testMeanF1": 0.5}}' >&3
+echo '{"outcome": {}}' >&3
 exit 0
 )");
   fs::permissions(engine, fs::perms::owner_all);

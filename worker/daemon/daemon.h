@@ -9,8 +9,11 @@
 // backoff and re-claims its runs. No torch here: the engine runs in the child.
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "worker/daemon/coordinator_client.h"
 
 namespace mal::worker {
 
@@ -18,14 +21,14 @@ struct DaemonOptions {
   std::string coordinator;  // HOST:PORT
   int slots = 1;
   std::string work_dir;
-  std::string name;                    // stable id; default <hostname>-<pid>
+  std::string name;                         // stable id; default <hostname>-<pid>
   std::vector<std::string> devices{"cpu"};  // slot i trains on devices[i % size]
-  int threads = 0;                     // engine threads per run; 0: cores / slots
+  int threads = 0;                          // engine threads per run; 0: cores / slots
   // What each fold run executes, with `train -f SPEC --fold K --out DIR --events-fd 3 ...`: a
   // wrapper (nice, numactl, a container runner) or a test double; default this mal-worker binary.
   std::string engine;
-  int upload_every_s = 15;             // checkpoint upload interval (also at every epoch end)
-  int stop_grace_s = 10;               // SIGTERM -> SIGKILL for a child told to stop
+  int upload_every_s = 15;  // checkpoint upload interval (also at every epoch end)
+  int stop_grace_s = 10;    // SIGTERM -> SIGKILL for a child told to stop
   // Where to serve grpc.health.v1 (SERVING while registered with the coordinator) and server
   // reflection, for probes; empty: not served. Port 0 picks one (logged).
   std::string listen;
@@ -34,8 +37,16 @@ struct DaemonOptions {
 };
 
 // Runs until `*stop` becomes true; then stops its children (checkpointing), hands their runs
-// back, and returns 0. Returns 2 for bad options.
-int RunDaemon(const DaemonOptions& options, const std::atomic<bool>* stop);
+// back, and returns 0. Returns 2 for bad options, a work directory another daemon holds, or a
+// health address it cannot listen on. `client`: the coordinator to talk to (unit tests pass a
+// fake); null: a gRPC client for options.coordinator with the TLS and token options.
+//
+// A run's outcome comes from its engine child as a typed last event (RunOutcome, event_pipe.h):
+// code 0 completes it with the last epoch's metrics; an error fails it, retried elsewhere only if
+// the engine says so; a child that ends without one crashed and the run is retried (its message
+// says how the process ended and the log's last line).
+int RunDaemon(const DaemonOptions& options, const std::atomic<bool>* stop,
+              std::unique_ptr<CoordinatorClient> client = nullptr);
 
 }  // namespace mal::worker
 

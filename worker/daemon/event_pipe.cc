@@ -98,4 +98,13 @@ void PipeSink::Write(const v1::Event& event) {
   }
 }
 
+void PipeSink::Finish(const absl::Status& status) {
+  v1::Event e;
+  v1::RunOutcome* o = e.mutable_outcome();
+  o->set_code(static_cast<int>(status.code()));
+  o->set_message(std::string(status.message()));
+  o->set_retryable(status.code() == absl::StatusCode::kCancelled);
+  Write(e);
+}
+
 }  // namespace mal::worker

@@ -28,6 +28,10 @@ class PipeSink : public engine::RecordSink {
   void OnIteration(const engine::IterationRecord& r) override { Write(ToEvent(r)); }
   void OnWeightSummary(const engine::WeightSummary& s) override { Write(ToEvent(s)); }
   void OnEpoch(const engine::EpochRecord& r) override { Write(ToEvent(r)); }
+  // The last line: how training ended (RunOutcome). Engine errors are not retryable (a bad spec, a
+  // missing dataset, a non-finite loss or an out-of-memory fail the same way on another worker);
+  // kCancelled (told to stop) is, as the run resumes from its checkpoint.
+  void Finish(const absl::Status& status);
 
  private:
   void Write(const v1::Event& event);

@@ -28,6 +28,7 @@
 #include "common/spec/spec.h"
 #include "common/synth/synth_dataset.h"
 #include "common/util/files.h"
+#include "common/util/run_files.h"
 #include "common/util/status_macros.h"
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
@@ -492,7 +493,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   // then not bit-reproducible (same-seed determinism is a CPU guarantee, docs/engine.md).
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
   std::error_code ec;
-  fs::create_directories(fs::path(options.out_dir) / "weights", ec);
+  fs::create_directories(fs::path(options.out_dir) / run_files::kWeightsDir, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(options.out_dir, ": ", ec.message()));
 
   // Temporary files of a run that was killed while writing (they never replaced anything).
@@ -563,10 +564,10 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   const int64_t per_epoch =
       t.max_iterations() > 0 ? std::min<int64_t>(t.max_iterations(), au_train->batches_per_epoch())
                              : au_train->batches_per_epoch();
-  const std::string checkpoint = (fs::path(options.out_dir) / "checkpoint.pt").string();
-  const std::string records_path = (fs::path(options.out_dir) / "records.csv").string();
-  const std::string summaries_path = (fs::path(options.out_dir) / "summaries.jsonl").string();
-  const std::string metrics_path = (fs::path(options.out_dir) / "metrics.json").string();
+  const std::string checkpoint = (fs::path(options.out_dir) / run_files::kCheckpoint).string();
+  const std::string records_path = (fs::path(options.out_dir) / run_files::kRecords).string();
+  const std::string summaries_path = (fs::path(options.out_dir) / run_files::kSummaries).string();
+  const std::string metrics_path = (fs::path(options.out_dir) / run_files::kMetrics).string();
 
   Position pos;
   std::vector<std::string> epoch_json;
@@ -772,7 +773,7 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
       e.mean_au_weight = w.mean_au;
       e.mean_fe_weight = w.mean_fe;
       e.fe_weight_consistency_spearman = w.spearman;
-      e.weights_csv = (fs::path(options.out_dir) / "weights" / absl::StrFormat("epoch_%03d.csv", e.epoch)).string();
+      e.weights_csv = (fs::path(options.out_dir) / run_files::WeightsCsv(e.epoch)).string();
       RETURN_IF_ERROR(WriteFileAtomic(e.weights_csv, w.csv));
     }
     e.seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
@@ -796,8 +797,8 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   TrainResult result;
   result.final_epoch = last;
   result.iterations = pos.global_iter;
-  result.model_path = (fs::path(options.out_dir) / "model.pt").string();
-  result.metadata_path = (fs::path(options.out_dir) / "model.json").string();
+  result.model_path = (fs::path(options.out_dir) / run_files::kModel).string();
+  result.metadata_path = (fs::path(options.out_dir) / run_files::kModelMetadata).string();
   {
     const std::string tmp = absl::StrCat(result.model_path, ".tmp.", ::getpid());
     torch::serialize::OutputArchive archive;

@@ -1,0 +1,271 @@
+// The worker daemon against a fake coordinator (no sockets) and shell-script engine doubles
+// that speak the event pipe: what it reports for each way a run can end.
+
+#include "worker/daemon/daemon.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "tests/test_util.h"
+
+namespace mal::worker {
+namespace {
+
+using std::chrono::milliseconds;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+
+// Hands out queued assignments on heartbeats and records every call.
+class FakeCoordinator : public CoordinatorClient {
+ public:
+  void Assign(int64_t run_id, int fold) {
+    absl::MutexLock lock(&mu_);
+    v1::Assignment a;
+    a.set_run_id(run_id);
+    a.set_lease_epoch(7);
+    a.set_experiment_id("e-1");
+    a.set_fold(fold);
+    a.mutable_spec()->set_name("fake");
+    queued_.push_back(a);
+  }
+  void Revoke(int64_t run_id) {
+    absl::MutexLock lock(&mu_);
+    v1::RunClaim c;
+    c.set_run_id(run_id);
+    c.set_lease_epoch(7);
+    drops_.push_back(c);
+  }
+  grpc::Status Register(const v1::RegisterRequest& request, v1::RegisterResponse* response,
+                        milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    ++registered_;
+    response->set_heartbeat_ms(20);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatResponse* response,
+                         milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    running_claims_ = request.running_size();
+    for (int i = 0; i < request.free_slots() && !queued_.empty(); ++i) {
+      *response->add_assignments() = queued_.front();
+      queued_.erase(queued_.begin());
+    }
+    for (const auto& d : drops_) *response->add_drop() = d;
+    drops_.clear();
+    return grpc::Status::OK;
+  }
+  grpc::Status ReportEvents(const v1::ReportEventsRequest& request, v1::ReportEventsResponse*,
+                            milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    ++reports_;
+    for (const auto& e : request.events()) events_.push_back(e);
+    return grpc::Status::OK;
+  }
+  grpc::Status CompleteRun(const v1::CompleteRunRequest& request, milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    completed_.push_back(request);
+    return grpc::Status::OK;
+  }
+  grpc::Status FailRun(const v1::FailRunRequest& request, milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    failed_.push_back(request);
+    return grpc::Status::OK;
+  }
+  grpc::Status Upload(int64_t, int64_t, const std::string& name, const std::string& path,
+                      milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    uploads_.push_back(name);
+    return grpc::Status::OK;
+  }
+  grpc::Status Fetch(int64_t, const std::string& name, const std::string&, milliseconds) override {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, name);
+  }
+
+  // Waits (up to 20 s) until a run completed or failed.
+  bool WaitForOutcome() {
+    absl::MutexLock lock(&mu_);
+    auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !completed_.empty() || !failed_.empty();
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(20));
+  }
+  bool WaitForClaims(int n) {
+    absl::MutexLock lock(&mu_);
+    auto claimed = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_claims_ == n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&claimed), absl::Seconds(20));
+  }
+
+  absl::Mutex mu_;
+  std::vector<v1::Assignment> queued_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::RunClaim> drops_ ABSL_GUARDED_BY(mu_);
+  int registered_ ABSL_GUARDED_BY(mu_) = 0;
+  int reports_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_claims_ ABSL_GUARDED_BY(mu_) = -1;
+  std::vector<v1::Event> events_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::CompleteRunRequest> completed_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::FailRunRequest> failed_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> uploads_ ABSL_GUARDED_BY(mu_);
+};
+
+// Lends the test's fake to a daemon, which owns its client.
+class Lent : public CoordinatorClient {
+ public:
+  explicit Lent(CoordinatorClient* c) : c_(c) {}
+  grpc::Status Register(const v1::RegisterRequest& q, v1::RegisterResponse* r,
+                        milliseconds t) override {
+    return c_->Register(q, r, t);
+  }
+  grpc::Status Heartbeat(const v1::HeartbeatRequest& q, v1::HeartbeatResponse* r,
+                         milliseconds t) override {
+    return c_->Heartbeat(q, r, t);
+  }
+  grpc::Status ReportEvents(const v1::ReportEventsRequest& q, v1::ReportEventsResponse* r,
+                            milliseconds t) override {
+    return c_->ReportEvents(q, r, t);
+  }
+  grpc::Status CompleteRun(const v1::CompleteRunRequest& q, milliseconds t) override {
+    return c_->CompleteRun(q, t);
+  }
+  grpc::Status FailRun(const v1::FailRunRequest& q, milliseconds t) override {
+    return c_->FailRun(q, t);
+  }
+  grpc::Status Upload(int64_t run, int64_t epoch, const std::string& name, const std::string& path,
+                      milliseconds t) override {
+    return c_->Upload(run, epoch, name, path, t);
+  }
+  grpc::Status Fetch(int64_t run, const std::string& name, const std::string& path,
+                     milliseconds t) override {
+    return c_->Fetch(run, name, path, t);
+  }
+
+ private:
+  CoordinatorClient* const c_;
+};
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  // Starts a daemon whose engine is a shell script with `body` (the engine's arguments in "$@";
+  // fd 3 is the event pipe; $OUT is the output directory).
+  void Start(const std::string& body) {
+    const std::string engine = dir_ / "engine.sh";
+    {
+      std::ofstream f(engine);
+      f << "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --out ] && OUT=$2; shift; done\n"
+        << body << "\n";
+    }
+    ::chmod(engine.c_str(), 0755);
+    DaemonOptions o;
+    o.coordinator = "fake:0";
+    o.work_dir = dir_ / "work";
+    o.name = "w1";
+    o.engine = engine;
+    o.threads = 1;
+    o.stop_grace_s = 1;
+    thread_ = std::thread(
+        [this, o]() { rc_ = RunDaemon(o, &stop_, std::make_unique<Lent>(fake_.get())); });
+  }
+  void TearDown() override {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<FakeCoordinator> fake_ = std::make_unique<FakeCoordinator>();
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  int rc_ = -1;
+};
+
+constexpr char kEpoch[] =
+    R"(echo '{"epoch":{"epoch":2,"iteration":40,"aus":[1,2],"testF1":[0.5,0.7],"testMeanF1":0.6}}' >&3)";
+
+TEST_F(DaemonTest, ASucceededEngineCompletesTheRunWithItsLastEpochAndUploadsItsFiles) {
+  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  stop_ = true;
+  thread_.join();
+  EXPECT_EQ(rc_, 0);
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  const v1::FoldResult& r = fake_->completed_[0].result();
+  EXPECT_EQ(fake_->completed_[0].run_id(), 11);
+  EXPECT_EQ(fake_->completed_[0].lease_epoch(), 7);
+  EXPECT_DOUBLE_EQ(r.test_mean_f1(), 0.6);
+  EXPECT_EQ(r.epochs(), 2);
+  EXPECT_EQ(r.iterations(), 40);
+  EXPECT_THAT(fake_->uploads_, Contains("model.pt"));
+  EXPECT_THAT(fake_->uploads_, Contains("log.txt"));
+  ASSERT_EQ(fake_->events_.size(), 1u);  // the epoch; the outcome stays with the daemon
+  EXPECT_TRUE(fake_->events_[0].has_epoch());
+  EXPECT_TRUE(fake_->failed_.empty());
+}
+
+TEST_F(DaemonTest, TheEnginesOwnErrorFailsTheRunForGoodWithItsMessage) {
+  Start(R"(echo '{"outcome":{"code":3,"message":"data.au.root: /nope: no such directory"}}' >&3
+echo 'mal-worker: training failed: data.au.root: /nope: no such directory' >&2
+exit 1)");
+  fake_->Assign(12, 2);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_EQ(fake_->failed_[0].message(), "data.au.root: /nope: no such directory");
+  EXPECT_FALSE(fake_->failed_[0].retryable());
+  EXPECT_TRUE(fake_->completed_.empty());
+}
+
+TEST_F(DaemonTest, AnEngineThatEndsWithoutAnOutcomeCrashedAndIsRetried) {
+  Start(std::string(kEpoch) + "\necho 'segfault in somewhere' >&2\nkill -9 $$");
+  fake_->Assign(13, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("killed by signal 9"));
+  EXPECT_THAT(fake_->failed_[0].message(),
+              HasSubstr("segfault in somewhere"));  // the log's last line
+}
+
+TEST_F(DaemonTest, ExitZeroWithoutAnOutcomeIsNotASuccess) {
+  Start(std::string(kEpoch) + "\nexit 0");
+  fake_->Assign(14, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("exited with status 0"));
+}
+
+TEST_F(DaemonTest, ARevokedRunIsStoppedAndReportsNothing) {
+  Start("sleep 30 & wait");
+  fake_->Assign(15, 1);
+  ASSERT_TRUE(fake_->WaitForClaims(1));  // running
+  fake_->Revoke(15);
+  ASSERT_TRUE(fake_->WaitForClaims(0));  // stopped and reaped well before the 30 s sleep ends
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  EXPECT_TRUE(fake_->failed_.empty());
+}
+
+TEST_F(DaemonTest, ShutdownHandsARunningRunBack) {
+  Start("trap 'exit 143' TERM\nsleep 30 & wait");
+  fake_->Assign(16, 1);
+  ASSERT_TRUE(fake_->WaitForClaims(1));
+  stop_ = true;
+  thread_.join();
+  EXPECT_EQ(rc_, 0);
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].released());
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("w1 shut down"));
+}
+
+}  // namespace
+}  // namespace mal::worker
