@@ -115,6 +115,7 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
                                        const StepOptions& o) {
   Forward f;
   const bool with_fe = o.method != Method::kStl && b.fe_images.defined();
+  if (with_fe) f.fe_labels = b.fe_labels;
   if (with_fe && o.joint_forward) {
     const torch::Tensor h = net.Features(torch::cat({b.au_images, b.fe_images}));
     const int64_t n = b.au_images.size(0);
@@ -140,7 +141,7 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
 MalStep::Weights MalStep::ComputeWeights(const Forward& f) {
   Weights w;
   w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask);
-  w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask);
+  w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels);
   const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
   w.wn_au = w.w_au / s;
   w.wn_fe = w.w_fe / s;
@@ -176,6 +177,7 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     Forward heads;
     heads.h_au = h_au;
     heads.h_fe = h_fe;
+    heads.fe_labels = f.fe_labels;
     heads.l_au = PerSampleAuLoss(model_->au_head(h_au), batch.au_labels, batch.au_mask,
                                  o.au_pos_weight);
     heads.l_fe = torch::nn::functional::cross_entropy(
@@ -327,7 +329,9 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
       }
       meta_optimizer->zero_grad();
       const std::vector<torch::Tensor> phi = meta_->parameters();
-      for (size_t i = 0; i < phi.size(); ++i) phi[i].mutable_grad() = meta_grad[i];
+      // A copy: autograd may hand back a view (the label-aware rows' gradient is one), and the
+      // optimizer's zero_grad detaches gradients in place, which a view refuses.
+      for (size_t i = 0; i < phi.size(); ++i) phi[i].mutable_grad() = meta_grad[i].clone();
       meta_optimizer->step();
       timer.Mark("meta: optimizer step");
     }

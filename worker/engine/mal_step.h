@@ -99,6 +99,7 @@ class MalStep {
  private:
   struct Forward {
     torch::Tensor h_au, h_fe, l_au, l_fe;  // features and per-sample losses (with graph)
+    torch::Tensor fe_labels;               // the batch's FE labels (a label-aware meta net reads them)
   };
   struct Weights {
     torch::Tensor w_au, w_fe, wn_au, wn_fe;  // raw and normalised (graph to phi)

@@ -129,8 +129,15 @@ std::vector<torch::Tensor> BaseNetImpl::HeadParameters() {
   return p;
 }
 
-MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center) : center_(center) {
+MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, int64_t fe_classes)
+    : center_(center) {
   linear = register_module("linear", nn::Linear(feature_dim, 1));
+  if (fe_classes > 0) {
+    fe_label = register_module("fe_label", nn::Linear(feature_dim, fe_classes));
+    torch::NoGradGuard no_grad;
+    fe_label->weight.zero_();
+    fe_label->bias.zero_();
+  }
   if (with_task_bias) task_bias = register_parameter("task_bias", torch::zeros({2}));
   feature_mean = register_buffer("feature_mean", torch::zeros({feature_dim}));
   mean_updates = register_buffer("mean_updates", torch::zeros({}, torch::kLong));
@@ -139,9 +146,15 @@ MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center) 
   linear->bias.zero_();
 }
 
-torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task) {
-  torch::Tensor z = linear(h.detach() - feature_mean.to(h.dtype())).squeeze(1);
+torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch::Tensor& fe_labels) {
+  const torch::Tensor x = h.detach() - feature_mean.to(h.dtype());
+  torch::Tensor z = linear(x).squeeze(1);
   if (task_bias.defined()) z = z + task_bias[task];
+  if (task == kFeTask && fe_label) {
+    TORCH_CHECK(fe_labels.defined() && fe_labels.size(0) == h.size(0),
+                "a label-aware meta net needs one FE label per sample");
+    z = z + fe_label(x).gather(1, fe_labels.to(torch::kLong).unsqueeze(1)).squeeze(1);
+  }
   return torch::sigmoid(z);
 }
 

@@ -105,14 +105,19 @@ TORCH_MODULE(BaseNet);
 class MetaNetImpl : public torch::nn::Module {
  public:
   static constexpr int kAuTask = 0, kFeTask = 1;
-  explicit MetaNetImpl(int64_t feature_dim, bool with_task_bias = false, bool center = false);
+  // `fe_classes` > 0 makes it label-aware (mal.label_aware): FE samples with label c add
+  // u_c . (h - mu) + d_c, one zero-initialised row of `fe_label` (a Linear D -> fe_classes) per class.
+  explicit MetaNetImpl(int64_t feature_dim, bool with_task_bias = false, bool center = false,
+                       int64_t fe_classes = 0);
   // Per-sample weights in (0, 1), shape [N], for features `h` (N x D) of samples of `task`
-  // (kAuTask or kFeTask). Detaches `h` itself.
-  torch::Tensor forward(const torch::Tensor& h, int task = kAuTask);
+  // (kAuTask or kFeTask). Detaches `h` itself. `fe_labels` ([N] int64 in [0, fe_classes)) is used
+  // only by a label-aware meta net for kFeTask, where it is required.
+  torch::Tensor forward(const torch::Tensor& h, int task = kAuTask, const torch::Tensor& fe_labels = {});
   // Moves mu towards the mean of `h` (N x D, detached): mu <- (1 - m) mu + m mean(h), with the
   // first call setting mu to mean(h). No-op without `center`.
   void UpdateFeatureMean(const torch::Tensor& h, double momentum = 0.05);
   torch::nn::Linear linear{nullptr};
+  torch::nn::Linear fe_label{nullptr};  // label-aware only
   torch::Tensor task_bias;     // [2] (AU, FE), or undefined without task_bias
   torch::Tensor feature_mean;  // [D] buffer
   torch::Tensor mean_updates;  // [] buffer: how often UpdateFeatureMean ran

@@ -252,8 +252,10 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     BatchLoader& loader = task == 0 ? au_loader : fe_loader;
     loader.StartEpoch(0);
     while (auto b = loader.Next()) {
+      torch::Tensor labels;
+      if (task == 1) labels = torch::from_blob(b->expressions.data(), {b->size}, torch::kLong).to(device);
       torch::Tensor w = meta.forward(model.Features(Images(*b, device)),
-                                     task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask)
+                                     task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask, labels)
                             .to(torch::kCPU)
                             .to(torch::kDouble);
       for (int i = 0; i < b->size; ++i) {
@@ -513,7 +515,8 @@ absl::StatusOr<TrainResult> TrainImpl(const TrainOptions& options) {
   config.num_expressions = data::kNumExpressions;
   config.input = spec.model().input();
   BaseNet model(config), shadow(config);
-  MetaNet meta(model->feature_dim(), spec.mal().task_bias(), spec.mal().center_features());
+  MetaNet meta(model->feature_dim(), spec.mal().task_bias(), spec.mal().center_features(),
+               spec.mal().label_aware() ? data::kNumExpressions : 0);
   if (!spec.model().pretrained().empty()) {
     RETURN_IF_ERROR(LoadPretrainedBackbone(spec.model().pretrained(), *model));
   }

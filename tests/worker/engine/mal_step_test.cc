@@ -20,7 +20,7 @@ struct Fixture {
 // per-task bias when `task_bias`), an AU batch of 5 frames, an FE batch of `n_fe` images and a
 // validation batch of 6 frames.
 Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, int n_fe = 4,
-             bool task_bias = false) {
+             bool task_bias = false, bool label_aware = false) {
   torch::manual_seed(seed);
   Fixture f;
   BaseNetImpl::Config c;
@@ -32,13 +32,17 @@ Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, i
   f.shadow = BaseNet(c);
   f.model->to(torch::kDouble);
   f.shadow->to(torch::kDouble);
-  f.meta = MetaNet(f.model->feature_dim(), task_bias);
+  f.meta = MetaNet(f.model->feature_dim(), task_bias, /*center=*/false, label_aware ? 7 : 0);
   f.meta->to(torch::kDouble);
   if (random_meta) {
     torch::NoGradGuard g;
     f.meta->linear->weight.normal_(0, 0.5);
     f.meta->linear->bias.fill_(0.3);
     if (task_bias) f.meta->task_bias.copy_(torch::tensor({0.4, -0.7}, torch::kDouble));
+    if (label_aware) {
+      f.meta->fe_label->weight.normal_(0, 0.5);
+      f.meta->fe_label->bias.normal_(0, 0.5);
+    }
   }
   auto opts = torch::TensorOptions().dtype(torch::kDouble);
   f.batch.au_images = torch::randn({5, 3, 6, 6}, opts);
@@ -65,7 +69,7 @@ double ValLossAfterVirtualStep(Fixture& f) {
       f.model->fe_head(h_fe), f.batch.fe_labels,
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
   auto w_au = f.meta->forward(h_au, MetaNetImpl::kAuTask);
-  auto w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask);
+  auto w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask, f.batch.fe_labels);
   auto s = w_au.mean() + w_fe.mean();
   auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
   auto params = f.model->parameters();
@@ -84,8 +88,10 @@ double ValLossAfterVirtualStep(Fixture& f) {
 class ExactTest : public ::testing::TestWithParam<bool> {};  // param: exact_jvp
 
 TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
-  for (bool task_bias : {false, true}) {
-    Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, task_bias);
+  // The paper's meta net, with the per-task bias, and with the label-aware rows too.
+  for (int variant : {0, 1, 2}) {
+    const bool task_bias = variant >= 1, label_aware = variant == 2;
+    Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, task_bias, label_aware);
     MalStep step(f.model, f.shadow, f.meta);
     StepOptions o;
     o.exact_jvp = GetParam();
@@ -94,7 +100,7 @@ TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
     // stay near 1e-11, far below the gradient's components (1e-5 .. 1e-2 here).
     const double delta = 1e-5;
     auto phi = f.meta->parameters();
-    ASSERT_EQ(phi.size(), task_bias ? 3u : 2u);
+    ASSERT_EQ(phi.size(), 2u + task_bias + 2 * label_aware);
     double largest = 0;
     for (size_t p = 0; p < phi.size(); ++p) {
       auto flat = phi[p].view(-1);
@@ -118,7 +124,7 @@ TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
         const double analytic = exact[p].view(-1)[k].item<double>();
         largest = std::max(largest, std::abs(numeric));
         EXPECT_NEAR(analytic, numeric, 1e-10 + 1e-6 * std::abs(numeric))
-            << "task_bias " << task_bias << " param " << p << "[" << k << "]";
+            << "variant " << variant << " param " << p << "[" << k << "]";
       }
     }
     EXPECT_GT(largest, 1e-6);  // the comparison is not between zeros
@@ -292,6 +298,28 @@ TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
   const auto g = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
   EXPECT_LT(g[1].abs().item<double>(), 1e-15);        // the bias: a common scale cancels
   EXPECT_GT(g[0].abs().max().item<double>(), 1e-10);  // v learns
+}
+
+TEST(MalStepTest, LabelAwareMetaNetStartsAtHalfAndLearnsOnlyTheRowsOfLabelsItSaw) {
+  Fixture f = Make("tiny", /*random_meta=*/false, 6, 4, /*task_bias=*/true, /*label_aware=*/true);
+  f.batch.fe_labels = torch::tensor({1, 1, 4, 4}, torch::kLong);
+  const auto h_fe = f.model->Features(f.batch.fe_images);
+  auto w = f.meta->forward(h_fe, MetaNetImpl::kFeTask, f.batch.fe_labels);
+  EXPECT_TRUE(torch::allclose(w, torch::full_like(w, 0.5)));
+  EXPECT_THROW(f.meta->forward(h_fe, MetaNetImpl::kFeTask), c10::Error);  // FE needs its labels
+  MalStep step(f.model, f.shadow, f.meta);
+  const auto g = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
+  auto phi = f.meta->named_parameters();
+  size_t rows = 0;
+  while (!phi[rows].value().is_same(f.meta->fe_label->weight)) ++rows;
+  const torch::Tensor row_norms = g[rows].abs().sum(1);  // 7 classes x D
+  for (int c = 0; c < 7; ++c) {
+    if (c == 1 || c == 4) {
+      EXPECT_GT(row_norms[c].item<double>(), 1e-10) << "class " << c;
+    } else {
+      EXPECT_EQ(row_norms[c].item<double>(), 0.0) << "class " << c;
+    }
+  }
 }
 
 TEST(MalStepTest, StepChangesMetaAndAdvancesBatchNormOncePerForward) {
