@@ -308,7 +308,15 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
 
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  ASSIGN_OR_RETURN(v1::ExperimentSpec spec, ParseSpecYaml(text, path));
+  v1::ExperimentSpec spec;
+  if (absl::EndsWith(path, kSpecProtoSuffix)) {
+    // The coordinator's own form (written by the worker daemon): no YAML in between.
+    if (!spec.ParseFromString(text)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a serialized mal.v1.ExperimentSpec"));
+    }
+  } else {
+    ASSIGN_OR_RETURN(spec, ParseSpecYaml(text, path));
+  }
   ApplyDefaults(spec);
   absl::Status s = ValidateSpec(spec);
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));

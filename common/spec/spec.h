@@ -24,8 +24,12 @@ namespace mal {
 absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source);
 
 // Reads, parses, fills defaults, validates. Relative paths in the spec stay relative to the
-// current directory, as a user typing them expects.
+// current directory, as a user typing them expects. A path ending in kSpecProtoSuffix holds a
+// serialized mal.v1.ExperimentSpec (what the worker daemon hands its engine child: the spec in the
+// one form it has from submission to training); anything else is YAML (JSON is YAML too).
+// Errors: the file unreadable, unparsable or invalid, each naming `path` (and the field).
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path);
+inline constexpr char kSpecProtoSuffix[] = ".pb";
 
 // Makes the spec's relative file paths (data.au.root, data.fe.root, model.pretrained) absolute
 // against `base_dir` (an absolute directory, normally the current one), so the spec means on a

@@ -19,7 +19,7 @@ inline constexpr char kRecords[] = "records.csv";        // per-iteration losses
 inline constexpr char kSummaries[] = "summaries.jsonl";  // per-epoch weight summaries (watch)
 inline constexpr char kWeightsDir[] = "weights";         // per-sample weights, one CSV per epoch
 // Beside the output directory, in the daemon's run directory:
-inline constexpr char kSpec[] = "spec.json";  // the assignment's spec, as the engine reads it
+inline constexpr char kSpec[] = "spec.pb";  // the assignment's spec, serialized (spec.h, LoadSpecFile)
 inline constexpr char kLog[] = "log.txt";     // the engine's stdout and stderr
 
 // "weights/epoch_NNN.csv" for `epoch` (from 1; three digits at least).

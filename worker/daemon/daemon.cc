@@ -425,7 +425,7 @@ bool Daemon::Prepare(RunTask* t, std::string* error) {
     *error = absl::StrCat(out, ": ", ec.message());
     return false;
   }
-  if (absl::Status s = WriteFileAtomic(t->dir + "/" + run_files::kSpec, SpecToJson(t->a.spec()));
+  if (absl::Status s = WriteFileAtomic(t->dir + "/" + run_files::kSpec, t->a.spec().SerializeAsString());
       !s.ok()) {
     *error = std::string(s.message());
     return false;

@@ -155,6 +155,24 @@ TEST(SpecTest, LoadSpecFileNamesFile) {
 
 // The field report: malctl's path rewriting used to create an empty data.fe, which the server
 // then refused as "data.fe.format: required". Resolving paths sets nothing that was unset.
+TEST(SpecTest, ASerializedSpecLoadsAsItWasAndACorruptOneNamesTheFile) {
+  testing::TempDir dir;
+  auto spec = ParseSpecYaml(
+      "name: x\nmethod: mtl\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /f}}\n"
+      "train: {epochs: 3, lr: 0.01}\n",
+      "e.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ApplyDefaults(*spec);
+  testing::WriteText(dir / "spec.pb", spec->SerializeAsString());
+  auto loaded = LoadSpecFile(dir / "spec.pb");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->SerializeAsString(), spec->SerializeAsString());
+  testing::WriteText(dir / "bad.pb", "\xff\xff\xff not a proto");
+  auto bad = LoadSpecFile(dir / "bad.pb");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("bad.pb"));
+}
+
 TEST(SpecTest, ResolvingPathsKeepsTheSpecValidAndCreatesNothing) {
   auto stl = LoadValid("name: x\nmethod: stl\ndata: {au: {format: synthface, root: sf}}\n");
   ASSERT_TRUE(stl.ok()) << stl.status();
