@@ -1,11 +1,17 @@
 // mal-coordinator: owns the state, schedules fold runs onto worker daemons, streams events.
 //   mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] [--heartbeat-ms 1000]
 //                   [--watch-queue 1024] [--metrics-listen HOST:PORT]
-//                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE] [--insecure]
+//                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE]
+//                   [--insecure]
 // DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
 // streams, stop the server (in-flight calls get a few seconds), close the store.
 
 #include <fcntl.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -13,12 +19,6 @@
 #include <filesystem>
 #include <iostream>
 #include <thread>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
-#include <grpcpp/security/server_credentials.h>
 
 #include "absl/synchronization/notification.h"
 #include "client/args.h"
@@ -44,25 +44,31 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
-  auto args = mal::cli::Args::Parse(std::vector<std::string>(argv + 1, argv + argc),
-                                    {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue", "metrics-listen",
-                                     "tls-cert", "tls-key", "tls-client-ca", "token-file"},
-                                    {"help", "insecure"});
+  auto args = mal::cli::Args::Parse(
+      std::vector<std::string>(argv + 1, argv + argc),
+      {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue", "metrics-listen",
+       "tls-cert", "tls-key", "tls-client-ca", "token-file"},
+      {"help", "insecure"});
   if (!args.ok()) return Fail(std::string(args.status().message()));
   if (args->Flag("help") || !args->Has("data-dir")) {
     std::cerr << "usage: mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] "
                  "[--heartbeat-ms 1000] [--watch-queue 1024] [--metrics-listen HOST:PORT]\n"
-                 "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE] [--insecure]\n";
+                 "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE] "
+                 "[--insecure]\n";
     return args->Flag("help") ? 0 : 2;
   }
   const std::string listen = args->Get("listen", "127.0.0.1:7070");
   // Absolute, so the artifact paths it reports mean the same from any directory.
-  const std::string dir = std::filesystem::absolute(args->Get("data-dir")).lexically_normal().string();
+  const std::string dir =
+      std::filesystem::absolute(args->Get("data-dir")).lexically_normal().string();
   auto lease = args->GetInt("lease-ms", 15000);
   auto heartbeat = args->GetInt("heartbeat-ms", 1000);
   auto queue = args->GetInt("watch-queue", 1024);
   if (!lease.ok() || !heartbeat.ok() || !queue.ok()) {
-    return Fail(std::string((!lease.ok() ? lease.status() : !heartbeat.ok() ? heartbeat.status() : queue.status()).message()));
+    return Fail(std::string((!lease.ok()       ? lease.status()
+                             : !heartbeat.ok() ? heartbeat.status()
+                                               : queue.status())
+                                .message()));
   }
   if (*heartbeat < 10 || *lease < 2 * *heartbeat || *queue < 1) {
     return Fail("--heartbeat-ms must be >= 10, --lease-ms at least twice that, --watch-queue >= 1");
@@ -94,15 +100,17 @@ int main(int argc, char** argv) {
   mal::server::CoordinatorOptions options;
   options.lease_ms = *lease;
   options.heartbeat_ms = *heartbeat;
-  auto core = mal::server::Coordinator::Create(store->get(), &hub, &artifacts, mal::server::SystemClock(), options);
+  auto core = mal::server::Coordinator::Create(store->get(), &hub, &artifacts,
+                                               mal::server::SystemClock(), options);
   if (!core.ok()) return Fail(std::string(core.status().message()));
 
   // Prometheus metrics on their own port.
   std::unique_ptr<mal::server::MetricsHttpServer> metrics;
   if (args->Has("metrics-listen")) {
     mal::server::Coordinator* c = core->get();
-    auto started = mal::server::MetricsHttpServer::Start(
-        args->Get("metrics-listen"), [c, &hub] { return mal::server::PrometheusText(c->Counters(), hub.stats()); });
+    auto started = mal::server::MetricsHttpServer::Start(args->Get("metrics-listen"), [c, &hub] {
+      return mal::server::PrometheusText(c->Counters(), hub.stats());
+    });
     if (!started.ok()) return Fail(std::string(started.status().message()));
     metrics = std::move(*started);
     std::cout << "mal-coordinator metrics on port " << metrics->port() << std::endl;

@@ -17,15 +17,17 @@ namespace mal::server {
 namespace fs = std::filesystem;
 
 absl::Status ArtifactStore::CheckName(absl::string_view name) {
-  if (name.empty() || name.size() > 200) return absl::InvalidArgumentError("artifact name: empty or too long");
+  if (name.empty() || name.size() > 200)
+    return absl::InvalidArgumentError("artifact name: empty or too long");
   for (absl::string_view part : absl::StrSplit(name, '/')) {
     if (part.empty() || part == "." || part == "..") {
-      return absl::InvalidArgumentError(absl::StrCat("artifact name '", name, "': bad path component"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("artifact name '", name, "': bad path component"));
     }
     for (char c : part) {
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
-        return absl::InvalidArgumentError(absl::StrCat("artifact name '", name, "': character '", std::string(1, c),
-                                                       "' not allowed"));
+        return absl::InvalidArgumentError(absl::StrCat("artifact name '", name, "': character '",
+                                                       std::string(1, c), "' not allowed"));
       }
     }
   }
@@ -41,7 +43,8 @@ absl::StatusOr<std::string> ArtifactStore::Find(const std::string& experiment, i
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   const std::string path = absl::StrCat(RunDir(experiment, trial, fold), "/", name);
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) return absl::NotFoundError(absl::StrCat("artifact ", name, " not found"));
+  if (!fs::is_regular_file(path, ec))
+    return absl::NotFoundError(absl::StrCat("artifact ", name, " not found"));
   return path;
 }
 
@@ -49,9 +52,10 @@ int ArtifactStore::RemovePartialUploads() {
   int removed = 0;
   std::error_code ec;
   std::vector<fs::path> partial;
-  for (auto it = fs::recursive_directory_iterator(root_, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    if (it->is_regular_file() && it->path().filename().string().find(".upload-") != std::string::npos) {
+  for (auto it = fs::recursive_directory_iterator(root_, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file() &&
+        it->path().filename().string().find(".upload-") != std::string::npos) {
       partial.push_back(it->path());
     }
   }
@@ -96,8 +100,8 @@ absl::StatusOr<int64_t> ArtifactStore::Upload::Commit(const std::string& expecte
   digest_ = hash_.HexDigest();
   if (digest_ != expected_sha256) {
     return absl::DataLossError(absl::StrCat("artifact ", fs::path(path_).filename().string(),
-                                            ": checksum mismatch (sent ", expected_sha256, ", received ",
-                                            digest_, ")"));
+                                            ": checksum mismatch (sent ", expected_sha256,
+                                            ", received ", digest_, ")"));
   }
   if (::fsync(fd_) != 0 || ::close(fd_) != 0) {
     fd_ = -1;

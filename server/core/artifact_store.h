@@ -40,7 +40,8 @@ class ArtifactStore {
 
    private:
     friend class ArtifactStore;
-    Upload(std::string path, std::string tmp, int fd) : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
+    Upload(std::string path, std::string tmp, int fd)
+        : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
     std::string path_, tmp_;
     int fd_;
     int64_t size_ = 0;
@@ -52,8 +53,8 @@ class ArtifactStore {
   // before any upload.
   int RemovePartialUploads();
 
-  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& experiment, int trial, int fold,
-                                                      const std::string& name);
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& experiment, int trial,
+                                                      int fold, const std::string& name);
 
  private:
   const std::string root_;

@@ -55,7 +55,8 @@ absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& sp
     for (const auto& k : keys) {
       values.push_back(GridValues(s.space().at(k)));
       total *= values.back().size();
-      if (total > 10000) return absl::InvalidArgumentError("search.space: the grid has over 10000 trials");
+      if (total > 10000)
+        return absl::InvalidArgumentError("search.space: the grid has over 10000 trials");
     }
     for (size_t t = 0; t < total; ++t) {
       TrialPlan p{static_cast<int>(t), {}, spec.seed()};
@@ -77,13 +78,15 @@ absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& sp
   for (const TrialPlan& p : plans) {
     auto trial_spec = TrialSpec(spec, p);
     if (!trial_spec.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("trial ", p.trial, ": ", trial_spec.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("trial ", p.trial, ": ", trial_spec.status().message()));
     }
   }
   return plans;
 }
 
-absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec, const TrialPlan& plan) {
+absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec,
+                                             const TrialPlan& plan) {
   v1::ExperimentSpec out = spec;
   out.clear_search();
   ApplyDefaults(out);

@@ -42,8 +42,8 @@ Subscription::Offered Subscription::Offer(const WatchEvent& event) {
       return Offered::kCoalesced;
     }
   }
-  ended_ = absl::ResourceExhaustedError(absl::StrCat(
-      "watcher of ", experiment_, " fell behind; resume from seq ", event.seq));
+  ended_ = absl::ResourceExhaustedError(
+      absl::StrCat("watcher of ", experiment_, " fell behind; resume from seq ", event.seq));
   return Offered::kEnded;
 }
 
@@ -58,7 +58,8 @@ absl::StatusOr<std::optional<WatchEvent>> Subscription::Next(absl::Duration time
         experiment_, next_replay_,
         static_cast<int>(std::min<int64_t>(kReplayPage, live_from_ - next_replay_)));
     if (!events.ok()) return events.status();
-    for (Event& e : *events) replay_page_.push_back(WatchEvent{e.seq, e.kind, std::move(e.payload), false});
+    for (Event& e : *events)
+      replay_page_.push_back(WatchEvent{e.seq, e.kind, std::move(e.payload), false});
     next_replay_ = replay_page_.empty() ? live_from_ : replay_page_.back().seq + 1;
   }
   if (!replay_page_.empty()) {
@@ -110,13 +111,18 @@ void EventHub::FanOut(const std::string& experiment, int64_t first_seq,
   auto it = watchers_.find(experiment);
   if (it == watchers_.end()) return;
   for (size_t i = from; i < events.size(); ++i) {
-    const WatchEvent event{first_seq + static_cast<int64_t>(i - from), events[i].kind, events[i].payload,
-                           events[i].coalescable};
+    const WatchEvent event{first_seq + static_cast<int64_t>(i - from), events[i].kind,
+                           events[i].payload, events[i].coalescable};
     for (Subscription* s : it->second) {
       switch (s->Offer(event)) {
-        case Subscription::Offered::kCoalesced: ++coalesced_; break;
-        case Subscription::Offered::kEnded: ++ended_slow_; break;
-        default: break;
+        case Subscription::Offered::kCoalesced:
+          ++coalesced_;
+          break;
+        case Subscription::Offered::kEnded:
+          ++ended_slow_;
+          break;
+        default:
+          break;
       }
     }
   }
@@ -140,14 +146,14 @@ absl::StatusOr<int64_t> EventHub::PublishBatch(const std::string& experiment,
   return first;
 }
 
-absl::StatusOr<StateStore::Appended> EventHub::PublishRunEvents(const std::string& experiment,
-                                                                int64_t run_id, int64_t epoch,
-                                                                int64_t first_index,
-                                                                const std::vector<Outgoing>& events) {
+absl::StatusOr<StateStore::Appended> EventHub::PublishRunEvents(
+    const std::string& experiment, int64_t run_id, int64_t epoch, int64_t first_index,
+    const std::vector<Outgoing>& events) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(StateStore::Appended a,
                    store_->AppendRunEvents(run_id, epoch, first_index, ToStore(events)));
-  if (a.skipped < static_cast<int>(events.size())) FanOut(experiment, a.first_seq, events, a.skipped);
+  if (a.skipped < static_cast<int>(events.size()))
+    FanOut(experiment, a.first_seq, events, a.skipped);
   return a;
 }
 
@@ -155,7 +161,8 @@ absl::StatusOr<std::unique_ptr<Subscription>> EventHub::Subscribe(const std::str
                                                                   int64_t from_seq) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(int64_t last, LastSeqLocked(experiment));
-  std::unique_ptr<Subscription> s(new Subscription(this, experiment, from_seq, last + 1, capacity_));
+  std::unique_ptr<Subscription> s(
+      new Subscription(this, experiment, from_seq, last + 1, capacity_));
   watchers_[experiment].push_back(s.get());
   return s;
 }

@@ -14,9 +14,9 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
-#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,10 +86,12 @@ class EventHub {
     bool coalescable = false;
   };
   // Appends a batch in one transaction, then offers it; returns the first seq.
-  absl::StatusOr<int64_t> PublishBatch(const std::string& experiment, const std::vector<Outgoing>& events);
+  absl::StatusOr<int64_t> PublishBatch(const std::string& experiment,
+                                       const std::vector<Outgoing>& events);
   // A worker's batch for a run (StateStore::AppendRunEvents: lease-checked, deduplicated).
-  absl::StatusOr<StateStore::Appended> PublishRunEvents(const std::string& experiment, int64_t run_id,
-                                                        int64_t epoch, int64_t first_index,
+  absl::StatusOr<StateStore::Appended> PublishRunEvents(const std::string& experiment,
+                                                        int64_t run_id, int64_t epoch,
+                                                        int64_t first_index,
                                                         const std::vector<Outgoing>& events);
   // Watches `experiment` from `from_seq` (1 = from the beginning).
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const std::string& experiment,

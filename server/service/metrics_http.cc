@@ -14,12 +14,14 @@
 
 namespace mal::server {
 
-absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::string& address,
-                                                                             std::function<std::string()> render) {
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    const std::string& address, std::function<std::string()> render) {
   const size_t colon = address.rfind(':');
   int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: '", address, "' is not HOST:PORT"));
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-listen: '", address, "' is not HOST:PORT"));
   }
   std::string host = address.substr(0, colon);
   if (host.empty() || host == "0.0.0.0" || host == "*") host = "0.0.0.0";
@@ -28,7 +30,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(cons
   sa.sin_family = AF_INET;
   sa.sin_port = htons(static_cast<uint16_t>(port));
   if (inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: '", host, "' is not an IPv4 address"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-listen: '", host, "' is not an IPv4 address"));
   }
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const int one = 1;
@@ -40,7 +43,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(cons
   }
   socklen_t len = sizeof sa;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  return std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer(fd, ntohs(sa.sin_port), std::move(render)));
+  return std::unique_ptr<MetricsHttpServer>(
+      new MetricsHttpServer(fd, ntohs(sa.sin_port), std::move(render)));
 }
 
 MetricsHttpServer::MetricsHttpServer(int fd, int port, std::function<std::string()> render)
@@ -65,8 +69,8 @@ void MetricsHttpServer::Serve() {
     ::setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     std::string request;
     char buf[1024];
-    while (request.find("\r\n\r\n") == std::string::npos && request.find("\n\n") == std::string::npos &&
-           request.size() < 8192) {
+    while (request.find("\r\n\r\n") == std::string::npos &&
+           request.find("\n\n") == std::string::npos && request.size() < 8192) {
       const ssize_t n = ::recv(c, buf, sizeof buf, 0);
       if (n <= 0) break;
       request.append(buf, static_cast<size_t>(n));
@@ -74,8 +78,9 @@ void MetricsHttpServer::Serve() {
     std::string response;
     if (request.rfind("GET /metrics ", 0) == 0 || request.rfind("GET /metrics?", 0) == 0) {
       const std::string body = render_();
-      response = absl::StrCat("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: ",
-                              body.size(), "\r\nConnection: close\r\n\r\n", body);
+      response = absl::StrCat(
+          "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: ",
+          body.size(), "\r\nConnection: close\r\n\r\n", body);
     } else {
       response = "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     }

@@ -17,8 +17,8 @@ namespace mal::server {
 class MetricsHttpServer {
  public:
   // Listens on HOST:PORT (port 0 picks one); returns the server or the error.
-  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& address,
-                                                                  std::function<std::string()> render);
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
+      const std::string& address, std::function<std::string()> render);
   ~MetricsHttpServer();
   int port() const { return port_; }
 

@@ -22,26 +22,30 @@ grpc::Status Reply(absl::StatusOr<T> result, T* response) {
 
 }  // namespace
 
-grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context, const v1::SubmitExperimentRequest* request,
+grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context,
+                                                  const v1::SubmitExperimentRequest* request,
                                                   v1::SubmitExperimentResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Submit(*request), response);
 }
 
-grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext* context, const v1::GetExperimentRequest* request,
+grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext* context,
+                                               const v1::GetExperimentRequest* request,
                                                v1::ExperimentInfo* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Get(request->experiment_id()), response);
 }
 
-grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context, const v1::ListExperimentsRequest*,
+grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context,
+                                                 const v1::ListExperimentsRequest*,
                                                  v1::ListExperimentsResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   *response = core_->List();
   return grpc::Status::OK;
 }
 
-grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context, const v1::CancelExperimentRequest* request,
+grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context,
+                                                  const v1::CancelExperimentRequest* request,
                                                   v1::ExperimentInfo* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Cancel(request->experiment_id()), response);
@@ -53,13 +57,14 @@ grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   int64_t ms = request->timeout_ms() <= 0 ? 30000 : std::min<int64_t>(request->timeout_ms(), 60000);
   // Never past the caller's own deadline.
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(context->deadline() -
-                                                                          std::chrono::system_clock::now());
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      context->deadline() - std::chrono::system_clock::now());
   if (left.count() > 0) ms = std::min<int64_t>(ms, std::max<int64_t>(left.count() - 200, 0));
   return Reply(core_->Wait(request->experiment_id(), absl::Milliseconds(ms)), response);
 }
 
-grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
+grpc::Status CoordinatorService::Watch(grpc::ServerContext* context,
+                                       const v1::WatchRequest* request,
                                        grpc::ServerWriter<v1::WatchResponse>* writer) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   const std::string id = request->experiment_id();
@@ -77,42 +82,49 @@ grpc::Status CoordinatorService::Watch(grpc::ServerContext* context, const v1::W
   return grpc::Status::CANCELLED;
 }
 
-grpc::Status CoordinatorService::GetResults(grpc::ServerContext* context, const v1::ResultsRequest* request,
+grpc::Status CoordinatorService::GetResults(grpc::ServerContext* context,
+                                            const v1::ResultsRequest* request,
                                             v1::ResultsResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Results(request->experiment_id()), response);
 }
 
-grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context, const v1::ListWorkersRequest*,
+grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
+                                             const v1::ListWorkersRequest*,
                                              v1::ListWorkersResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   *response = core_->Workers();
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
+grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context,
+                                            const v1::RegisterRequest* request,
                                             v1::RegisterResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Register(*request), response);
 }
 
-grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
+grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context,
+                                             const v1::HeartbeatRequest* request,
                                              v1::HeartbeatResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->Heartbeat(*request), response);
 }
 
-grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context, const v1::ReportEventsRequest* request,
+grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context,
+                                                const v1::ReportEventsRequest* request,
                                                 v1::ReportEventsResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return Reply(core_->ReportEvents(*request), response);
 }
 
-grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context, grpc::ServerReader<v1::ArtifactChunk>* reader,
+grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
+                                                  grpc::ServerReader<v1::ArtifactChunk>* reader,
                                                   v1::UploadArtifactResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   v1::ArtifactChunk chunk;
-  if (!reader->Read(&chunk)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
+  if (!reader->Read(&chunk))
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
   const int64_t run_id = chunk.run_id(), epoch = chunk.lease_epoch();
   const std::string name = chunk.name();
   auto upload = core_->BeginUpload(run_id, epoch, name);
@@ -123,7 +135,8 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context, 
     if (!chunk.sha256().empty()) sha256 = chunk.sha256();
   } while (reader->Read(&chunk));
   if (sha256.empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("upload ", name, ": no checksum"));
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("upload ", name, ": no checksum"));
   }
   auto size = core_->FinishUpload(run_id, epoch, name, **upload, sha256);
   if (!size.ok()) return ToGrpcStatus(size.status());
@@ -132,14 +145,17 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context, 
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context, const v1::FetchArtifactRequest* request,
+grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
+                                                 const v1::FetchArtifactRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   auto path = core_->ArtifactPath(request->run_id(), request->name());
   if (!path.ok()) return ToGrpcStatus(path.status());
   // Artifacts are replaced by rename, never rewritten: the open file stays one version.
   std::ifstream in(*path, std::ios::binary);
-  if (!in) return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat(request->name(), ": cannot open"));
+  if (!in)
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat(request->name(), ": cannot open"));
   // Two passes over the one open file: the checksum goes in the first chunk.
   Sha256 hash;
   std::vector<char> buf(rpc::kArtifactChunkBytes);
@@ -155,7 +171,8 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context, c
   chunk.set_size(size);
   chunk.set_sha256(hash.HexDigest());
   bool first = true;
-  while (first || in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+  while (first || in.read(buf.data(), static_cast<std::streamsize>(buf.size())) ||
+         in.gcount() > 0) {
     if (!first) {
       chunk = v1::ArtifactChunk();
       chunk.set_data(buf.data(), static_cast<size_t>(in.gcount()));
@@ -166,12 +183,14 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context, c
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context, const v1::CompleteRunRequest* request, v1::Ack*) {
+grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
+                                               const v1::CompleteRunRequest* request, v1::Ack*) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return ToGrpcStatus(core_->Complete(*request));
 }
 
-grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext* context, const v1::FailRunRequest* request, v1::Ack*) {
+grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext* context,
+                                           const v1::FailRunRequest* request, v1::Ack*) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   return ToGrpcStatus(core_->Fail(*request));
 }

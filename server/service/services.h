@@ -27,15 +27,20 @@ class CoordinatorService final : public v1::Coordinator::Service {
 
   grpc::Status SubmitExperiment(grpc::ServerContext*, const v1::SubmitExperimentRequest*,
                                 v1::SubmitExperimentResponse*) override;
-  grpc::Status GetExperiment(grpc::ServerContext*, const v1::GetExperimentRequest*, v1::ExperimentInfo*) override;
+  grpc::Status GetExperiment(grpc::ServerContext*, const v1::GetExperimentRequest*,
+                             v1::ExperimentInfo*) override;
   grpc::Status ListExperiments(grpc::ServerContext*, const v1::ListExperimentsRequest*,
                                v1::ListExperimentsResponse*) override;
   grpc::Status CancelExperiment(grpc::ServerContext*, const v1::CancelExperimentRequest*,
                                 v1::ExperimentInfo*) override;
-  grpc::Status WaitExperiment(grpc::ServerContext*, const v1::WaitExperimentRequest*, v1::ExperimentInfo*) override;
-  grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, grpc::ServerWriter<v1::WatchResponse>*) override;
-  grpc::Status GetResults(grpc::ServerContext*, const v1::ResultsRequest*, v1::ResultsResponse*) override;
-  grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*, v1::ListWorkersResponse*) override;
+  grpc::Status WaitExperiment(grpc::ServerContext*, const v1::WaitExperimentRequest*,
+                              v1::ExperimentInfo*) override;
+  grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*,
+                     grpc::ServerWriter<v1::WatchResponse>*) override;
+  grpc::Status GetResults(grpc::ServerContext*, const v1::ResultsRequest*,
+                          v1::ResultsResponse*) override;
+  grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+                           v1::ListWorkersResponse*) override;
 
  private:
   Coordinator* const core_;
@@ -49,9 +54,12 @@ class WorkerGatewayService final : public v1::WorkerGateway::Service {
   WorkerGatewayService(Coordinator* core, std::vector<std::string> tokens = {})
       : core_(core), tokens_(std::move(tokens)) {}
 
-  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*, v1::RegisterResponse*) override;
-  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*, v1::HeartbeatResponse*) override;
-  grpc::Status ReportEvents(grpc::ServerContext*, const v1::ReportEventsRequest*, v1::ReportEventsResponse*) override;
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*,
+                        v1::RegisterResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
+                         v1::HeartbeatResponse*) override;
+  grpc::Status ReportEvents(grpc::ServerContext*, const v1::ReportEventsRequest*,
+                            v1::ReportEventsResponse*) override;
   grpc::Status UploadArtifact(grpc::ServerContext*, grpc::ServerReader<v1::ArtifactChunk>*,
                               v1::UploadArtifactResponse*) override;
   grpc::Status FetchArtifact(grpc::ServerContext*, const v1::FetchArtifactRequest*,

@@ -141,16 +141,20 @@ FoldRun ReadRun(Statement& s) {
 }
 
 constexpr const char* kRunColumns =
-    "id, experiment_id, trial, fold, state, attempt, lease_epoch, worker, message, result, reported, "
+    "id, experiment_id, trial, fold, state, attempt, lease_epoch, worker, message, result, "
+    "reported, "
     "has_checkpoint";
 
 // The moves a worker's report may make.
 bool Allowed(RunState from, RunState to) {
   switch (to) {
-    case RunState::kRunning: return from == RunState::kAssigned;
+    case RunState::kRunning:
+      return from == RunState::kAssigned;
     case RunState::kSucceeded:
-    case RunState::kFailed: return from == RunState::kAssigned || from == RunState::kRunning;
-    default: return false;
+    case RunState::kFailed:
+      return from == RunState::kAssigned || from == RunState::kRunning;
+    default:
+      return false;
   }
 }
 
@@ -158,8 +162,8 @@ bool Allowed(RunState from, RunState to) {
 
 absl::Status CheckLeaseEpoch(const FoldRun& r, int64_t epoch) {
   if (epoch == r.lease_epoch) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("fold run ", r.id, ": stale lease epoch ", epoch, " (current ", r.lease_epoch, ")"));
+  return absl::FailedPreconditionError(absl::StrCat("fold run ", r.id, ": stale lease epoch ",
+                                                    epoch, " (current ", r.lease_epoch, ")"));
 }
 
 bool IsFinished(RunState s) {
@@ -170,13 +174,20 @@ bool IsHeld(RunState s) { return s == RunState::kAssigned || s == RunState::kRun
 
 const char* RunStateName(RunState state) {
   switch (state) {
-    case RunState::kPending: return "PENDING";
-    case RunState::kAssigned: return "ASSIGNED";
-    case RunState::kRunning: return "RUNNING";
-    case RunState::kSucceeded: return "SUCCEEDED";
-    case RunState::kFailed: return "FAILED";
-    case RunState::kCancelled: return "CANCELLED";
-    case RunState::kLost: return "LOST";
+    case RunState::kPending:
+      return "PENDING";
+    case RunState::kAssigned:
+      return "ASSIGNED";
+    case RunState::kRunning:
+      return "RUNNING";
+    case RunState::kSucceeded:
+      return "SUCCEEDED";
+    case RunState::kFailed:
+      return "FAILED";
+    case RunState::kCancelled:
+      return "CANCELLED";
+    case RunState::kLost:
+      return "LOST";
   }
   return "UNKNOWN";
 }
@@ -185,8 +196,8 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
       SQLITE_OK) {
-    absl::Status s = absl::UnavailableError(
-        absl::StrCat(path, ": cannot open the state database: ", db ? sqlite3_errmsg(db) : "out of memory"));
+    absl::Status s = absl::UnavailableError(absl::StrCat(
+        path, ": cannot open the state database: ", db ? sqlite3_errmsg(db) : "out of memory"));
     sqlite3_close(db);
     return s;
   }
@@ -197,7 +208,8 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
   RETURN_IF_ERROR(store->Exec("PRAGMA synchronous=FULL"));
   RETURN_IF_ERROR(store->Exec("PRAGMA foreign_keys=ON"));
   Statement version(db, "PRAGMA user_version");
-  if (!version.ok() || version.Step() != SQLITE_ROW) return SqlError(db, "reading the schema version");
+  if (!version.ok() || version.Step() != SQLITE_ROW)
+    return SqlError(db, "reading the schema version");
   const int64_t v = version.Int(0);
   if (v > kSchemaVersion) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -265,8 +277,10 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const std::string& requ
 
 absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
                                                          const std::vector<TrialRow>& trials,
-                                                         const std::vector<int>& folds, bool* existing) {
-  if (trials.empty() || folds.empty()) return absl::InvalidArgumentError("trials and folds must not be empty");
+                                                         const std::vector<int>& folds,
+                                                         bool* existing) {
+  if (trials.empty() || folds.empty())
+    return absl::InvalidArgumentError("trials and folds must not be empty");
   *existing = false;
   absl::MutexLock lock(&mu_);
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<std::string> {
@@ -283,7 +297,8 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
     const std::string id = absl::StrCat("exp-", count.Int(0) + 1);
     const int64_t now = NowMs();
     Statement insert(db_,
-                     "INSERT INTO experiments (id, request_id, name, spec, created_ms, state, message, priority) "
+                     "INSERT INTO experiments (id, request_id, name, spec, created_ms, state, "
+                     "message, priority) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
     insert.Bind(1, id).Bind(3, e.name).BindBlob(4, e.spec).Bind(5, now).Bind(6, e.state);
     insert.Bind(7, e.message).Bind(8, e.priority);
@@ -291,13 +306,19 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
     if (!e.request_id.empty()) insert.Bind(2, e.request_id);
     if (insert.Step() != SQLITE_DONE) return SqlError(db_, "inserting the experiment");
     for (const TrialRow& t : trials) {
-      Statement trial(db_, "INSERT INTO trials (experiment_id, trial, params, seed) VALUES (?, ?, ?, ?)");
+      Statement trial(
+          db_, "INSERT INTO trials (experiment_id, trial, params, seed) VALUES (?, ?, ?, ?)");
       trial.Bind(1, id).Bind(2, t.trial).Bind(3, t.params).Bind(4, t.seed);
       if (trial.Step() != SQLITE_DONE) return SqlError(db_, "inserting trials");
       for (int f : folds) {
         Statement run(db_,
-                      "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, ?, ?, ?, ?)");
-        run.Bind(1, id).Bind(2, t.trial).Bind(3, f).Bind(4, static_cast<int64_t>(RunState::kPending)).Bind(5, now);
+                      "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) "
+                      "VALUES (?, ?, ?, ?, ?)");
+        run.Bind(1, id)
+            .Bind(2, t.trial)
+            .Bind(3, f)
+            .Bind(4, static_cast<int64_t>(RunState::kPending))
+            .Bind(5, now);
         if (run.Step() != SQLITE_DONE) return SqlError(db_, "inserting fold runs");
       }
     }
@@ -307,9 +328,10 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
 
 absl::StatusOr<std::vector<ExperimentRow>> StateStore::Experiments() {
   absl::MutexLock lock(&mu_);
-  Statement s(db_,
-              "SELECT id, COALESCE(request_id, ''), name, spec, state, message, priority, created_ms "
-              "FROM experiments ORDER BY created_ms, rowid");
+  Statement s(
+      db_,
+      "SELECT id, COALESCE(request_id, ''), name, spec, state, message, priority, created_ms "
+      "FROM experiments ORDER BY created_ms, rowid");
   std::vector<ExperimentRow> out;
   int rc;
   while ((rc = s.Step()) == SQLITE_ROW) {
@@ -334,13 +356,16 @@ absl::Status StateStore::SetExperimentState(const std::string& experiment_id, in
   Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
   s.Bind(1, state).Bind(2, message).Bind(3, experiment_id);
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating an experiment");
-  if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+  if (sqlite3_changes(db_) == 0)
+    return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<TrialRow>> StateStore::Trials(const std::string& experiment_id) {
   absl::MutexLock lock(&mu_);
-  Statement s(db_, "SELECT trial, params, seed, state, message FROM trials WHERE experiment_id = ? ORDER BY trial");
+  Statement s(db_,
+              "SELECT trial, params, seed, state, message FROM trials WHERE experiment_id = ? "
+              "ORDER BY trial");
   s.Bind(1, experiment_id);
   std::vector<TrialRow> out;
   int rc;
@@ -354,7 +379,8 @@ absl::StatusOr<std::vector<TrialRow>> StateStore::Trials(const std::string& expe
 absl::Status StateStore::SetTrialState(const std::string& experiment_id, int trial,
                                        const std::string& state, const std::string& message) {
   absl::MutexLock lock(&mu_);
-  Statement s(db_, "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND trial = ?");
+  Statement s(db_,
+              "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND trial = ?");
   s.Bind(1, state).Bind(2, message).Bind(3, experiment_id).Bind(4, trial);
   if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating a trial");
   return absl::OkStatus();
@@ -364,7 +390,8 @@ absl::StatusOr<std::string> StateStore::ExperimentSpec(const std::string& experi
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT spec FROM experiments WHERE id = ?");
   s.Bind(1, experiment_id);
-  if (s.Step() != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+  if (s.Step() != SQLITE_ROW)
+    return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
   return s.Text(0);
 }
 
@@ -381,10 +408,16 @@ absl::StatusOr<std::vector<FoldRun>> StateStore::Runs(const std::string& experim
   return out;
 }
 
-absl::StatusOr<int64_t> StateStore::AddRun(const std::string& experiment_id, int trial, int fold, FoldRun* added) {
+absl::StatusOr<int64_t> StateStore::AddRun(const std::string& experiment_id, int trial, int fold,
+                                           FoldRun* added) {
   absl::MutexLock lock(&mu_);
-  Statement run(db_, "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, ?, ?, ?, ?)");
-  run.Bind(1, experiment_id).Bind(2, trial).Bind(3, fold).Bind(4, static_cast<int64_t>(RunState::kPending));
+  Statement run(db_,
+                "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, "
+                "?, ?, ?, ?)");
+  run.Bind(1, experiment_id)
+      .Bind(2, trial)
+      .Bind(3, fold)
+      .Bind(4, static_cast<int64_t>(RunState::kPending));
   run.Bind(5, NowMs());
   if (run.Step() != SQLITE_DONE) return SqlError(db_, "adding a run");
   const int64_t id = static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
@@ -411,9 +444,10 @@ absl::StatusOr<FoldRun> StateStore::Run(int64_t run_id) {
 }
 
 absl::Status StateStore::SetRun(const FoldRun& r) {
-  Statement s(db_,
-              "UPDATE fold_runs SET state = ?, attempt = ?, lease_epoch = ?, worker = ?, message = ?, "
-              "updated_ms = ?, result = ?, reported = ?, has_checkpoint = ? WHERE id = ?");
+  Statement s(
+      db_,
+      "UPDATE fold_runs SET state = ?, attempt = ?, lease_epoch = ?, worker = ?, message = ?, "
+      "updated_ms = ?, result = ?, reported = ?, has_checkpoint = ? WHERE id = ?");
   s.Bind(1, static_cast<int64_t>(r.state)).Bind(2, r.attempt).Bind(3, r.lease_epoch);
   s.Bind(4, r.worker).Bind(5, r.message).Bind(6, NowMs()).BindBlob(7, r.result);
   s.Bind(8, r.reported).Bind(9, r.has_checkpoint ? 1 : 0).Bind(10, r.id);
@@ -433,7 +467,8 @@ absl::StatusOr<std::optional<FoldRun>> StateStore::NextPending() {
   return std::optional<FoldRun>(ReadRun(s));
 }
 
-absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& worker, FoldRun* updated) {
+absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& worker,
+                                           FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (r.state != RunState::kPending) {
@@ -455,8 +490,8 @@ absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
   if (!Allowed(r.state, to)) {
-    return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": cannot go from ",
-                                                      RunStateName(r.state), " to ", RunStateName(to)));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "fold run ", run_id, ": cannot go from ", RunStateName(r.state), " to ", RunStateName(to)));
   }
   r.state = to;
   r.message = message;
@@ -482,8 +517,9 @@ absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::stri
   return absl::OkStatus();
 }
 
-absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch, const std::string& message,
-                                           int max_restarts, bool count_attempt, FoldRun* updated) {
+absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch,
+                                           const std::string& message, int max_restarts,
+                                           bool count_attempt, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
@@ -529,8 +565,8 @@ absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, Fold
   return absl::OkStatus();
 }
 
-absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts, const std::string& reason,
-                                              FoldRun* updated) {
+absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts,
+                                              const std::string& reason, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
@@ -569,8 +605,9 @@ absl::StatusOr<int64_t> StateStore::AppendLocked(const std::string& experiment_i
   if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading the last event");
   const int64_t first = last.Int(0) + 1;
   const int64_t now = NowMs();
-  Statement insert(db_,
-                   "INSERT INTO events (experiment_id, seq, kind, payload, time_ms) VALUES (?, ?, ?, ?, ?)");
+  Statement insert(
+      db_,
+      "INSERT INTO events (experiment_id, seq, kind, payload, time_ms) VALUES (?, ?, ?, ?, ?)");
   for (size_t i = 0; i < events.size(); ++i) {
     sqlite3_reset(insert.raw());
     insert.Bind(1, experiment_id).Bind(2, first + static_cast<int64_t>(i)).Bind(3, events[i].kind);
@@ -589,27 +626,28 @@ absl::StatusOr<int64_t> StateStore::AppendEvent(const std::string& experiment_id
 absl::StatusOr<int64_t> StateStore::AppendEvents(const std::string& experiment_id,
                                                  const std::vector<EventIn>& events) {
   absl::MutexLock lock(&mu_);
-  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return AppendLocked(experiment_id, events); });
+  return InTransaction(
+      [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return AppendLocked(experiment_id, events); });
 }
 
-absl::StatusOr<StateStore::Appended> StateStore::AppendRunEvents(int64_t run_id, int64_t epoch,
-                                                                int64_t first_index,
-                                                                const std::vector<EventIn>& events) {
+absl::StatusOr<StateStore::Appended> StateStore::AppendRunEvents(
+    int64_t run_id, int64_t epoch, int64_t first_index, const std::vector<EventIn>& events) {
   absl::MutexLock lock(&mu_);
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<Appended> {
     ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
     RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
     if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": takes no more events"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "fold run ", run_id, " is ", RunStateName(r.state), ": takes no more events"));
     }
     if (first_index < 1 || first_index > r.reported + 1) {
       return absl::InvalidArgumentError(absl::StrCat("fold run ", run_id, ": events from index ",
-                                                     first_index, " leave a gap after ", r.reported));
+                                                     first_index, " leave a gap after ",
+                                                     r.reported));
     }
     Appended out;
-    out.skipped = static_cast<int>(std::min<int64_t>(r.reported + 1 - first_index,
-                                                     static_cast<int64_t>(events.size())));
+    out.skipped = static_cast<int>(
+        std::min<int64_t>(r.reported + 1 - first_index, static_cast<int64_t>(events.size())));
     if (out.skipped == static_cast<int>(events.size())) return out;
     const std::vector<EventIn> fresh(events.begin() + out.skipped, events.end());
     ASSIGN_OR_RETURN(out.first_seq, AppendLocked(r.experiment_id, fresh));
@@ -650,9 +688,10 @@ absl::StatusOr<int> StateStore::RegisterModel(const ModelRow& m) {
     last.Bind(1, m.name);
     if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading model versions");
     const int version = static_cast<int>(last.Int(0)) + 1;
-    Statement s(db_,
-                "INSERT INTO models (name, version, experiment_id, trial, fold, test_mean_f1, artifact, "
-                "metadata, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    Statement s(
+        db_,
+        "INSERT INTO models (name, version, experiment_id, trial, fold, test_mean_f1, artifact, "
+        "metadata, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
     s.Bind(1, m.name).Bind(2, version).Bind(3, m.experiment_id).Bind(4, m.trial).Bind(5, m.fold);
     s.BindReal(6, m.test_mean_f1).Bind(7, m.artifact).Bind(8, m.metadata).Bind(9, NowMs());
     if (s.Step() != SQLITE_DONE) return SqlError(db_, "registering a model");
@@ -663,7 +702,8 @@ absl::StatusOr<int> StateStore::RegisterModel(const ModelRow& m) {
 absl::StatusOr<std::vector<ModelRow>> StateStore::Models(const std::string& experiment_id) {
   absl::MutexLock lock(&mu_);
   Statement s(db_,
-              "SELECT name, version, experiment_id, trial, fold, test_mean_f1, artifact, metadata, created_ms "
+              "SELECT name, version, experiment_id, trial, fold, test_mean_f1, artifact, metadata, "
+              "created_ms "
               "FROM models WHERE experiment_id = ? ORDER BY name, version");
   s.Bind(1, experiment_id);
   std::vector<ModelRow> out;

@@ -40,8 +40,8 @@ struct FoldRun {
   int64_t lease_epoch = 0;  // bumped at every assignment; reports must carry the current one
   std::string worker;
   std::string message;
-  std::string result;        // serialized mal.v1.FoldResult once SUCCEEDED
-  int64_t reported = 0;      // run-local index of the last event accepted under lease_epoch
+  std::string result;           // serialized mal.v1.FoldResult once SUCCEEDED
+  int64_t reported = 0;         // run-local index of the last event accepted under lease_epoch
   bool has_checkpoint = false;  // a checkpoint artifact was uploaded
 };
 
@@ -63,7 +63,7 @@ struct TrialRow {
   int trial = 0;
   std::string params;  // serialized mal.v1.TrialResult.params (the assignment), as JSON
   int64_t seed = 0;
-  std::string state;   // "" while it runs; SUCCEEDED | FAILED | STOPPED | CANCELLED
+  std::string state;  // "" while it runs; SUCCEEDED | FAILED | STOPPED | CANCELLED
   std::string message;
 };
 
@@ -92,7 +92,8 @@ struct Event {
 // Thread-safe: one connection behind a mutex; the coordinator is the only writer.
 class StateStore {
  public:
-  static constexpr int kSchemaVersion = 2;  // 1: experiments, runs, events; 2: + trials, results, models
+  static constexpr int kSchemaVersion =
+      2;  // 1: experiments, runs, events; 2: + trials, results, models
 
   // Opens or creates the database at `path`. A database written by a newer schema is an error.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(const std::string& path);
@@ -103,8 +104,9 @@ class StateStore {
   // Creates an experiment and its trials x folds runs (PENDING) in one transaction, and returns
   // its id. A non-empty `request_id` seen before returns that experiment's id instead, so a client
   // may retry a submission whose answer it lost.
-  absl::StatusOr<std::string> CreateExperiment(const std::string& request_id, const std::string& name,
-                                               const std::string& spec, int trials, int folds);
+  absl::StatusOr<std::string> CreateExperiment(const std::string& request_id,
+                                               const std::string& name, const std::string& spec,
+                                               int trials, int folds);
   // The full form: the trials' assignments and seeds are stored with the experiment.
   // `existing` is set when the request id was seen before.
   absl::StatusOr<std::string> CreateExperiment(const ExperimentRow& experiment,
@@ -112,7 +114,8 @@ class StateStore {
                                                const std::vector<int>& folds, bool* existing);
   absl::StatusOr<std::string> ExperimentSpec(const std::string& experiment_id);
   absl::StatusOr<std::vector<ExperimentRow>> Experiments();
-  absl::Status SetExperimentState(const std::string& experiment_id, int state, const std::string& message);
+  absl::Status SetExperimentState(const std::string& experiment_id, int state,
+                                  const std::string& message);
   absl::StatusOr<std::vector<TrialRow>> Trials(const std::string& experiment_id);
   absl::Status SetTrialState(const std::string& experiment_id, int trial, const std::string& state,
                              const std::string& message);
@@ -120,7 +123,8 @@ class StateStore {
   absl::StatusOr<std::vector<FoldRun>> Runs(const std::string& experiment_id);
   // Adds a PENDING run to an experiment (the final fit: fold 0); returns its id, and the new row in
   // `added` when given.
-  absl::StatusOr<int64_t> AddRun(const std::string& experiment_id, int trial, int fold, FoldRun* added = nullptr);
+  absl::StatusOr<int64_t> AddRun(const std::string& experiment_id, int trial, int fold,
+                                 FoldRun* added = nullptr);
   absl::StatusOr<FoldRun> Run(int64_t run_id);
   // The longest-waiting PENDING run, if any.
   absl::StatusOr<std::optional<FoldRun>> NextPending();
@@ -129,19 +133,22 @@ class StateStore {
   // now is into it, so the caller's view follows the store without reading the row back.
 
   // PENDING -> ASSIGNED to `worker`; returns the new lease epoch.
-  absl::StatusOr<int64_t> Assign(int64_t run_id, const std::string& worker, FoldRun* updated = nullptr);
+  absl::StatusOr<int64_t> Assign(int64_t run_id, const std::string& worker,
+                                 FoldRun* updated = nullptr);
   // Moves a run on behalf of the worker holding lease `epoch`. A stale epoch is
   // FailedPrecondition (the report of a worker that came back late); so is an illegal move.
   absl::Status Transition(int64_t run_id, int64_t epoch, RunState to, const std::string& message,
                           FoldRun* updated = nullptr);
   // ASSIGNED|RUNNING -> SUCCEEDED with its serialized FoldResult, for the holder of `epoch`.
-  absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result, FoldRun* updated = nullptr);
+  absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result,
+                        FoldRun* updated = nullptr);
   // The holder of `epoch` gave the run back (its child crashed): PENDING with the next attempt
   // while attempts < max_restarts, else FAILED. Returns the new state.
   // `count_attempt` false (the worker was shut down, the run did nothing wrong): PENDING again
   // with the same attempt number.
   absl::StatusOr<RunState> Retry(int64_t run_id, int64_t epoch, const std::string& message,
-                                 int max_restarts, bool count_attempt = true, FoldRun* updated = nullptr);
+                                 int max_restarts, bool count_attempt = true,
+                                 FoldRun* updated = nullptr);
   // Records that the holder of `epoch` uploaded a checkpoint.
   absl::Status SetHasCheckpoint(int64_t run_id, int64_t epoch);
   // Cancels a run that has not finished, whoever holds it (a finished run stays as it is).
@@ -149,14 +156,15 @@ class StateStore {
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
   // attempt while attempts < max_restarts, else FAILED. Old epochs stay fenced off.
   // `reason` says why (default: the holder's lease lapsed).
-  absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts, const std::string& reason = "",
-                                    FoldRun* updated = nullptr);
+  absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts,
+                                    const std::string& reason = "", FoldRun* updated = nullptr);
 
   // Appends to the experiment's event log; returns the event's sequence number.
   absl::StatusOr<int64_t> AppendEvent(const std::string& experiment_id, const std::string& kind,
                                       const std::string& payload);
   // Appends several events in one transaction; returns the seq of the first.
-  absl::StatusOr<int64_t> AppendEvents(const std::string& experiment_id, const std::vector<EventIn>& events);
+  absl::StatusOr<int64_t> AppendEvents(const std::string& experiment_id,
+                                       const std::vector<EventIn>& events);
   // A worker's batch for a run: checks the lease epoch (stale: FailedPrecondition), skips the
   // events whose run-local index (first_index, first_index + 1, ...) was accepted before (a
   // retried batch), appends the rest and records the index, in one transaction. Returns how many
@@ -179,7 +187,8 @@ class StateStore {
 
  private:
   absl::Status Migrate(int64_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<int64_t> AppendLocked(const std::string& experiment_id, const std::vector<EventIn>& events)
+  absl::StatusOr<int64_t> AppendLocked(const std::string& experiment_id,
+                                       const std::vector<EventIn>& events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   explicit StateStore(sqlite3* db) : db_(db) {}
