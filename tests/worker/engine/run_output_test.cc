@@ -1,0 +1,74 @@
+#include "worker/engine/run_output.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/util/files.h"
+#include "tests/test_util.h"
+
+namespace mal::engine {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+IterationRecord Iteration(int epoch, int64_t iteration) {
+  IterationRecord r;
+  r.epoch = epoch;
+  r.iteration = iteration;
+  return r;
+}
+
+TEST(RunLogTest, ResumeKeepsWhatCameBeforeTheCheckpointAndDropsTheRest) {
+  testing::TempDir dir;
+  {
+    auto log = RunLog::Open(dir.path(), -1, 1);
+    ASSERT_TRUE(log.ok()) << log.status();
+    for (int64_t it = 1; it <= 6; ++it) {
+      (*log)->Iteration(Iteration(it <= 3 ? 1 : 2, it));
+      WeightSummary s;
+      s.epoch = it <= 3 ? 1 : 2;
+      s.iteration = it;
+      (*log)->Summary(s);
+      if (it % 3 == 0) {
+        EpochRecord e;
+        e.epoch = static_cast<int>(it / 3);
+        e.iteration = it;
+        e.test_mean_f1 = 0.25 * e.epoch;
+        ASSERT_TRUE((*log)->Epoch(e).ok());
+      }
+    }
+  }
+  // A checkpoint at iteration 4, in epoch 2: epoch 1's record stays, epoch 2's goes.
+  auto resumed = RunLog::Open(dir.path(), 4, 2);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EpochRecord e;
+  e.epoch = 2;
+  e.iteration = 6;
+  e.test_mean_f1 = 0.75;
+  ASSERT_TRUE((*resumed)->Epoch(e).ok());
+  const std::string records = *ReadFile(dir / "records.csv");
+  EXPECT_THAT(records, HasSubstr("\n2,4,"));  // epoch, iteration, ...
+  EXPECT_THAT(records, Not(HasSubstr("\n2,5,")));
+  EXPECT_THAT(records, HasSubstr("epoch,iteration"));  // the header stays
+  const std::string summaries = *ReadFile(dir / "summaries.jsonl");
+  EXPECT_THAT(summaries, HasSubstr("\"iteration\": 4"));
+  EXPECT_THAT(summaries, Not(HasSubstr("\"iteration\": 5")));
+  const std::string metrics = *ReadFile(dir / "metrics.json");
+  EXPECT_THAT(metrics, HasSubstr("\"test_mean_f1\": 0.250000"));
+  EXPECT_THAT(metrics, Not(HasSubstr("0.500000")));  // epoch 2 as first written is gone
+  EXPECT_THAT(metrics, HasSubstr("\"test_mean_f1\": 0.750000"));
+}
+
+TEST(RunLogTest, ALineTornByAKillIsDroppedNotFatal) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "records.csv", "epoch,iteration\n1,1\n");
+  testing::WriteText(dir / "summaries.jsonl",
+                     "{\"epoch\": 1, \"iteration\": 1}\n{\"epoch\": 1, \"itera");
+  auto log = RunLog::Open(dir.path(), 1, 2);
+  ASSERT_TRUE(log.ok()) << log.status();
+  EXPECT_EQ(*ReadFile(dir / "summaries.jsonl"), "{\"epoch\": 1, \"iteration\": 1}\n");
+}
+
+}  // namespace
+}  // namespace mal::engine

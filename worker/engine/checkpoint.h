@@ -1,0 +1,40 @@
+#ifndef MAL_WORKER_ENGINE_CHECKPOINT_H_
+#define MAL_WORKER_ENGINE_CHECKPOINT_H_
+
+// The checkpoint format of a fold run (torch; engine code only): the base and meta nets, both
+// optimisers, the position in the data and the CPU random state, in one torch archive written
+// through a temporary file and a rename, so a kill never leaves a torn checkpoint.
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/models.h"
+
+namespace mal::engine {
+
+// Where training stands: the epoch (from 1) and iteration in it, the global iteration, and the
+// next batch of each loader (the FE and meta-validation loaders cycle through their own epochs).
+struct Position {
+  int64_t epoch = 1, iter_in_epoch = 0, global_iter = 0;
+  int64_t au_next = 0, fe_epoch = 0, fe_next = 0, val_epoch = 0, val_next = 0;
+};
+
+// Errors: DataLoss naming `path` when it cannot be written (nothing is left at `path` then but
+// the previous checkpoint).
+absl::Status SaveCheckpoint(const std::string& path, BaseNetImpl& model, MetaNetImpl& meta,
+                            torch::optim::Optimizer& base, torch::optim::Optimizer& meta_opt,
+                            const Position& p);
+
+// Restores everything SaveCheckpoint wrote onto `device`. Errors: DataLoss naming `path` when it
+// is unreadable or written for another architecture (another spec or backbone).
+absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& model,
+                                        MetaNetImpl& meta, torch::optim::Optimizer& base,
+                                        torch::optim::Optimizer& meta_opt,
+                                        const torch::Device& device);
+
+}  // namespace mal::engine
+
+#endif  // MAL_WORKER_ENGINE_CHECKPOINT_H_

@@ -1,0 +1,102 @@
+#include "worker/engine/evaluation.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "common/data/expression.h"
+#include "worker/engine/mal_step.h"
+
+namespace mal::engine {
+
+using image::Batch;
+using image::BatchLoader;
+
+torch::Tensor Images(Batch& b, const torch::Device& device) {
+  return torch::from_blob(b.images.data(), {b.size, 3, b.height, b.width}).to(device);
+}
+torch::Tensor AuTensor(std::vector<float>& v, int n, const torch::Device& device) {
+  return torch::from_blob(v.data(), {n, static_cast<int64_t>(v.size()) / std::max(n, 1)})
+      .to(device);
+}
+
+Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor& pos_weight,
+                    const torch::Device& device, int num_aus) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  Evaluation e{AuF1(num_aus), 0};
+  double loss_sum = 0;
+  int64_t n = 0;
+  loader.StartEpoch(0);
+  while (auto b = loader.Next()) {
+    torch::Tensor logits = model.forward(Images(*b, device));
+    torch::Tensor labels = AuTensor(b->au_labels, b->size, device);
+    torch::Tensor mask = AuTensor(b->au_mask, b->size, device);
+    loss_sum += RebalancedAuLoss(logits, labels, mask, pos_weight).item<double>() * b->size;
+    n += b->size;
+    torch::Tensor probs = torch::sigmoid(logits).to(torch::kCPU).contiguous();
+    e.f1.Add(probs.data_ptr<float>(), b->au_labels.data(), b->au_mask.data(), b->size);
+  }
+  e.loss = n > 0 ? loss_sum / n : 0;
+  model.train();
+  return e;
+}
+
+AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader& au_loader,
+                             const data::DatasetIndex& au, BatchLoader& fe_loader,
+                             const data::DatasetIndex& fe, const AlignmentSums alignment[2],
+                             const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  struct Row {
+    int64_t sample;
+    bool is_fe;
+    double w;
+  };
+  std::vector<Row> rows;
+  double sum[2] = {0, 0};
+  int64_t count[2] = {0, 0};
+  for (int task = 0; task < 2; ++task) {
+    BatchLoader& loader = task == 0 ? au_loader : fe_loader;
+    loader.StartEpoch(0);
+    while (auto b = loader.Next()) {
+      torch::Tensor labels;
+      if (task == 1)
+        labels = torch::from_blob(b->expressions.data(), {b->size}, torch::kLong).to(device);
+      torch::Tensor w =
+          meta.forward(model.Features(Images(*b, device)),
+                       task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask, labels)
+              .to(torch::kCPU)
+              .to(torch::kDouble);
+      for (int i = 0; i < b->size; ++i) {
+        rows.push_back({b->samples[i], task == 1, w[i].item<double>()});
+        sum[task] += rows.back().w;
+        ++count[task];
+      }
+    }
+  }
+  model.train();
+  AllWeights out;
+  out.mean_au = count[0] ? sum[0] / count[0] : 0;
+  out.mean_fe = count[1] ? sum[1] / count[1] : 0;
+  const double s = std::max(out.mean_au + out.mean_fe, 1e-6);
+  out.csv = "id,task,label,consistency,weight,normalized_weight,alignment\n";
+  std::vector<double> fe_w, fe_c;
+  for (const Row& r : rows) {
+    const data::Sample& x = (r.is_fe ? fe : au).samples[r.sample];
+    std::string mean_alignment;  // empty: not in a meta update of this epoch
+    if (auto it = alignment[r.is_fe].find(r.sample); it != alignment[r.is_fe].end()) {
+      mean_alignment = absl::StrFormat("%.6g", it->second.first / it->second.second);
+    }
+    absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f,%s\n", x.id, r.is_fe ? "fe" : "au",
+                          r.is_fe ? data::ExpressionName(x.expression) : "",
+                          r.is_fe ? x.consistency : -1.0, r.w, r.w / s, mean_alignment);
+    if (r.is_fe && x.consistency >= 0) {
+      fe_w.push_back(r.w);
+      fe_c.push_back(x.consistency);
+    }
+  }
+  out.spearman = SpearmanCorrelation(fe_w, fe_c);
+  return out;
+}
+
+}  // namespace mal::engine

@@ -1,0 +1,56 @@
+#ifndef MAL_WORKER_ENGINE_EVALUATION_H_
+#define MAL_WORKER_ENGINE_EVALUATION_H_
+
+// Batches as tensors, and what the trainer measures at the end of an epoch (torch; engine code
+// only): AU F1 and the rebalanced AU loss over a loader, and the weight the meta net gives every
+// training sample (the weights/epoch_NNN.csv file, docs/engine.md).
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/data/reader.h"
+#include "common/image/batch_loader.h"
+#include "common/metrics/au_metrics.h"
+#include "worker/engine/models.h"
+
+namespace mal::engine {
+
+// The batch's images as an N x 3 x H x W float tensor on `device` (normalised by the loader).
+torch::Tensor Images(image::Batch& b, const torch::Device& device);
+// A per-sample float vector (`n` rows, AU labels or mask) as an n x C tensor on `device`.
+torch::Tensor AuTensor(std::vector<float>& v, int n, const torch::Device& device);
+
+struct Evaluation {
+  AuF1 f1{0};       // per-AU F1 at threshold 0.5
+  double loss = 0;  // mean rebalanced AU loss per sample (RebalancedAuLoss with `pos_weight`)
+};
+// The model in eval mode over one pass of `loader` (then back to train mode).
+Evaluation Evaluate(BaseNetImpl& model, image::BatchLoader& loader, const torch::Tensor& pos_weight,
+                    const torch::Device& device, int num_aus);
+
+// Sum and count of a sample's gradient alignment over the meta updates of one epoch, by sample.
+using AlignmentSums = absl::flat_hash_map<int64_t, std::pair<double, int>>;
+
+// The weights the current meta net gives every training sample (eval-mode features).
+struct AllWeights {
+  // id,task,label,consistency,weight,normalized_weight,alignment: one row per sample; the
+  // normalised weight divides by mean AU weight + mean FE weight over all samples; alignment is
+  // the epoch's mean (empty for a sample in no meta update).
+  std::string csv;
+  double mean_au = 0, mean_fe = 0;
+  double spearman = 0;  // Spearman(FE weight, annotator consistency) over FE samples with one
+};
+// `alignment[0]` for AU samples, `[1]` for FE samples.
+AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, image::BatchLoader& au_loader,
+                             const data::DatasetIndex& au, image::BatchLoader& fe_loader,
+                             const data::DatasetIndex& fe, const AlignmentSums alignment[2],
+                             const torch::Device& device);
+
+}  // namespace mal::engine
+
+#endif  // MAL_WORKER_ENGINE_EVALUATION_H_
