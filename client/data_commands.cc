@@ -7,7 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "client/args.h"
+#include "common/util/args.h"
 #include "common/data/folds.h"
 #include "common/data/inspect.h"
 #include "common/data/reader.h"

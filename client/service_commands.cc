@@ -15,7 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "client/args.h"
+#include "common/util/args.h"
 #include "common/spec/spec.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"

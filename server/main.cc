@@ -21,7 +21,7 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
-#include "client/args.h"
+#include "common/util/args.h"
 #include "common/util/files.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/logging.h"

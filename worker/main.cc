@@ -17,7 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "client/args.h"
+#include "common/util/args.h"
 #include "common/util/grpc_channel.h"
 #include "common/spec/spec.h"
 #include "common/util/logging.h"

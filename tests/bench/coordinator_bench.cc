@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "client/args.h"
+#include "common/util/args.h"
 #include "common/util/grpc_channel.h"
 #include "mal/v1/service.grpc.pb.h"
 

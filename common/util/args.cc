@@ -1,4 +1,4 @@
-#include "client/args.h"
+#include "common/util/args.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -58,7 +58,8 @@ absl::StatusOr<long> Args::GetInt(const std::string& name, long fallback) const 
   if (it == values_.end()) return fallback;
   long v;
   if (!absl::SimpleAtoi(it->second, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, ": '", it->second, "' is not an integer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": '", it->second, "' is not an integer"));
   }
   return v;
 }
@@ -68,7 +69,8 @@ absl::StatusOr<double> Args::GetDouble(const std::string& name, double fallback)
   if (it == values_.end()) return fallback;
   double v;
   if (!absl::SimpleAtod(it->second, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, ": '", it->second, "' is not a number"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": '", it->second, "' is not a number"));
   }
   return v;
 }

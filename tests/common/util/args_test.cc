@@ -1,4 +1,4 @@
-#include "client/args.h"
+#include "common/util/args.h"
 
 #include <gtest/gtest.h>
 

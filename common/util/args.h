@@ -1,9 +1,9 @@
-#ifndef MAL_CLIENT_ARGS_H_
-#define MAL_CLIENT_ARGS_H_
+#ifndef MAL_COMMON_UTIL_ARGS_H_
+#define MAL_COMMON_UTIL_ARGS_H_
 
+#include <initializer_list>
 #include <map>
 #include <set>
-#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,8 +12,10 @@
 
 namespace mal::cli {
 
-// Parsed command-line options of one malctl command: `--name value`, `--name=value`, `-o value`,
-// boolean `--flag`, and positionals. Unknown options are errors that name them.
+// Parsed command-line options of one command of malctl, mal-worker or mal-coordinator: `--name
+// value`, `--name=value`, `-o value`, boolean `--flag`, and positionals. Unknown options are
+// errors that name them. (Written by hand: Abseil's flags are process-global and have no
+// subcommands; CLI11 (Debian's libcli11-dev), which has both, is the planned replacement.)
 class Args {
  public:
   // `valued` and `flags` list the accepted long names (without dashes); `aliases` maps short
@@ -40,4 +42,4 @@ class Args {
 
 }  // namespace mal::cli
 
-#endif  // MAL_CLIENT_ARGS_H_
+#endif  // MAL_COMMON_UTIL_ARGS_H_
