@@ -1,0 +1,150 @@
+// The coordinator's gRPC services in-process: a CoordinatorServer on 127.0.0.1:0 and real stubs,
+// the tests acting as client and as worker.
+
+#include "server/coordinator_server.h"
+
+#include <gmock/gmock.h>
+#include <grpcpp/client_context.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "common/spec/spec.h"
+#include "mal/v1/service.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace mal::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+class CoordinatorServerTest : public ::testing::Test {
+ protected:
+  void Start(const std::string& token_file = "") {
+    CoordinatorServer::Options o;
+    o.listen = "127.0.0.1:0";
+    o.data_dir = dir_ / "data";
+    o.lease_ms = 2000;
+    o.heartbeat_ms = 100;
+    o.security.token_file = token_file;
+    auto s = CoordinatorServer::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+    auto channel = rpc::MakeChannel("127.0.0.1:" + std::to_string(server_->port()));
+    client_ = v1::Coordinator::NewStub(channel);
+    worker_ = v1::WorkerGateway::NewStub(channel);
+  }
+  std::string Submit() {
+    auto spec = ParseSpecYaml(R"(
+name: inproc
+method: stl
+data: {au: {format: synthface, root: /data/sf}}
+model: {backbone: small_cnn, input: 32, resize: 36}
+cv: {only: [1]}
+)",
+                              "inproc.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    v1::SubmitExperimentRequest req;
+    *req.mutable_spec() = *spec;
+    v1::SubmitExperimentResponse resp;
+    grpc::ClientContext ctx;
+    grpc::Status s = client_->SubmitExperiment(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.experiment_id();
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<CoordinatorServer> server_;
+  std::unique_ptr<v1::Coordinator::Stub> client_;
+  std::unique_ptr<v1::WorkerGateway::Stub> worker_;
+};
+
+TEST_F(CoordinatorServerTest, AWatchSeesARunFromAssignmentToTheEndEvent) {
+  Start();
+  const std::string id = Submit();
+  std::vector<std::string> seen;
+  std::thread watcher([&] {
+    v1::WatchRequest req;
+    req.set_experiment_id(id);
+    req.add_kinds("state");
+    req.add_kinds("end");
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto reader = client_->Watch(&ctx, req);
+    v1::WatchResponse r;
+    while (reader->Read(&r)) {
+      if (r.has_event() && r.event().has_state()) seen.push_back(r.event().state().state());
+      if (r.has_event() && r.event().has_end()) seen.push_back("END");
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  });
+  v1::RegisterRequest reg;
+  reg.set_name("w1");
+  reg.set_slots(1);
+  v1::RegisterResponse registered;
+  grpc::ClientContext c1;
+  ASSERT_TRUE(worker_->Register(&c1, reg, &registered).ok());
+  v1::HeartbeatRequest beat;
+  beat.set_name("w1");
+  beat.set_free_slots(1);
+  v1::HeartbeatResponse assigned;
+  grpc::ClientContext c2;
+  ASSERT_TRUE(worker_->Heartbeat(&c2, beat, &assigned).ok());
+  ASSERT_EQ(assigned.assignments_size(), 1);
+  const v1::Assignment& a = assigned.assignments(0);
+  v1::CompleteRunRequest done;
+  done.set_run_id(a.run_id());
+  done.set_lease_epoch(a.lease_epoch());
+  done.mutable_result()->set_test_mean_f1(0.5);
+  v1::Ack ack;
+  grpc::ClientContext c3;
+  ASSERT_TRUE(worker_->CompleteRun(&c3, done, &ack).ok());
+  watcher.join();
+  EXPECT_THAT(seen, ::testing::ElementsAre("RUNNING", "ASSIGNED", "SUCCEEDED", "SUCCEEDED", "END"));
+}
+
+TEST_F(CoordinatorServerTest, TokensAreCheckedAndASecondServerOnTheDirectoryIsRefused) {
+  testing::WriteText(dir_ / "tokens", "s3cret\n");
+  Start(dir_ / "tokens");
+  v1::ListExperimentsRequest req;
+  v1::ListExperimentsResponse resp;
+  grpc::ClientContext anonymous;
+  EXPECT_EQ(client_->ListExperiments(&anonymous, req, &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext with_token;
+  with_token.AddMetadata("authorization", "Bearer s3cret");
+  EXPECT_TRUE(client_->ListExperiments(&with_token, req, &resp).ok());
+
+  CoordinatorServer::Options o;
+  o.listen = "127.0.0.1:0";
+  o.data_dir = dir_ / "data";
+  auto second = CoordinatorServer::Start(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("another mal-coordinator"));
+}
+
+TEST_F(CoordinatorServerTest, ShutdownEndsAnOpenWatchWithTheSeqToResumeFrom) {
+  Start();
+  const std::string id = Submit();
+  grpc::Status ended;
+  std::thread watcher([&] {
+    v1::WatchRequest req;
+    req.set_experiment_id(id);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto reader = client_->Watch(&ctx, req);
+    v1::WatchResponse r;
+    while (reader->Read(&r)) {
+    }
+    ended = reader->Finish();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  server_->Shutdown(std::chrono::seconds(2));
+  watcher.join();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(ended.error_message(), HasSubstr("resume from seq"));
+}
+
+}  // namespace
+}  // namespace mal::server
