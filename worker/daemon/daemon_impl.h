@@ -1,0 +1,114 @@
+#ifndef MAL_WORKER_DAEMON_DAEMON_IMPL_H_
+#define MAL_WORKER_DAEMON_DAEMON_IMPL_H_
+
+// The worker daemon's parts, shared by its two files (daemon/ only): daemon.cc, the control side
+// (registration, heartbeats, starting and reaping runs, shutdown) on the daemon's thread, and
+// daemon_run.cc, one run's execution (prepare, spawn, relay events, uploads, the outcome) on that
+// run's thread.
+
+#include <grpcpp/server.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "mal/v1/service.pb.h"
+#include "worker/daemon/child_process.h"
+#include "worker/daemon/coordinator_client.h"
+#include "worker/daemon/daemon.h"
+
+namespace mal::worker::internal {
+
+using std::chrono::milliseconds;
+
+constexpr milliseconds kCallTimeout{10000};
+constexpr milliseconds kTransferTimeout{300000};
+constexpr size_t kBatch = 256;
+constexpr size_t kMaxPending = 50000;
+
+struct RunTask {
+  v1::Assignment a;
+  std::string device;
+  std::string dir;  // work_dir/runs/<experiment>/trial-<t>-fold-<f>
+  std::thread thread;
+  std::atomic<bool> dropped{false};   // the coordinator revoked it: stop, report nothing
+  std::atomic<bool> stopping{false};  // the daemon shuts down: stop, hand it back
+  std::atomic<pid_t> child{0};
+  std::atomic<bool> done{false};
+};
+
+// What one run's supervision loop saw of its child.
+struct Supervised {
+  std::deque<v1::Event> pending;  // not yet reported
+  int64_t next_index = 1;         // run-local index of pending.front()
+  bool stale = false;             // the coordinator refused our lease: stop, report nothing
+  v1::EpochMetrics last_epoch;
+  std::optional<v1::RunOutcome> outcome;  // the child's last word, when it sent one
+};
+
+class Daemon {
+ public:
+  Daemon(const DaemonOptions& o, const std::atomic<bool>* stop,
+         std::unique_ptr<CoordinatorClient> client)
+      : o_(o),
+        stop_(stop),
+        client_(std::move(client)),
+        instance_(absl::StrCat(::getpid(), "-",
+                               std::chrono::system_clock::now().time_since_epoch().count())) {}
+
+  int Run();
+
+ private:
+  // Control side (the daemon's thread).
+  bool Register();
+  bool Heartbeat();  // false when the coordinator could not be reached
+  void Start(const v1::Assignment& a);
+  void Launch(const v1::Assignment& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Reap();
+  void Drop(const v1::RunClaim& claim) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<v1::RunClaim> Claims();
+  void HandBack();  // shutting down: gives back waiting assignments, stops the children, joins
+  std::unique_ptr<grpc::Server> StartHealth();
+
+  // Run side (one thread per run).
+  void Execute(RunTask* t);
+  bool Prepare(RunTask* t, std::string* error);
+  void Supervise(RunTask* t, const Child& child, Supervised& s);
+  void Conclude(RunTask* t, const ChildExit& exit, Supervised& s);
+  void Fail(RunTask* t, const std::string& message, bool retryable, bool released = false);
+  bool Flush(RunTask* t, Supervised& s);
+  grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path);
+  void UploadProgress(RunTask* t, int epoch);
+  void UploadAll(RunTask* t);
+  // Retries a call while IsTransient, until it lands, the run is revoked, or the daemon stops.
+  template <typename Call>
+  grpc::Status Deliver(RunTask* t, Call call);
+  void Sleep(milliseconds d) { std::this_thread::sleep_for(d); }
+
+  const DaemonOptions& o_;
+  const std::atomic<bool>* stop_;
+  const std::unique_ptr<CoordinatorClient> client_;
+  const std::string instance_;
+  int64_t heartbeat_ms_ = 1000;  // the daemon's thread only
+  bool registered_ = false;      // the daemon's thread only
+
+  absl::Mutex mu_;
+  absl::CondVar wake_;  // a run ended
+  std::map<int64_t, std::unique_ptr<RunTask>> runs_ ABSL_GUARDED_BY(mu_);
+  // Assignments of a run whose previous task (revoked, being stopped) has not ended yet: they
+  // start when it has, so two tasks never share a run directory.
+  std::vector<v1::Assignment> waiting_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace mal::worker::internal
+
+#endif  // MAL_WORKER_DAEMON_DAEMON_IMPL_H_

@@ -1,0 +1,359 @@
+// One fold run's execution on its own thread (daemon_impl.h): prepare the run directory, start
+// the engine child, relay its events, upload its files, and report the outcome it typed.
+#include <fcntl.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "common/spec/spec.h"
+#include "common/util/files.h"
+#include "common/util/grpc_channel.h"
+#include "common/util/grpc_status.h"
+#include "common/util/logging.h"
+#include "common/util/run_files.h"
+#include "worker/daemon/child_process.h"
+#include "worker/daemon/daemon_impl.h"
+#include "worker/daemon/event_pipe.h"
+
+namespace mal::worker {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace internal {
+
+namespace {
+
+// The last non-empty line of the engine's log (context for a crash, which sends no outcome).
+std::string LastLogLine(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return "";
+  std::string last;
+  for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipWhitespace()))
+    last = std::string(line);
+  absl::string_view v(last);
+  absl::ConsumePrefix(&v, "mal-worker: ");
+  absl::ConsumePrefix(&v, "training failed: ");
+  return std::string(v);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// One run.
+
+template <typename Call>
+grpc::Status Daemon::Deliver(RunTask* t, Call call) {
+  int backoff = 100;
+  for (;;) {
+    grpc::Status s = call();
+    if (s.ok() || !IsTransient(s) || t->dropped) return s;
+    if (*stop_ && !t->stopping) return s;
+    LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": " << s.error_message()
+                             << " (retrying)";
+    Sleep(milliseconds(backoff));
+    backoff = std::min(backoff * 2, 3000);
+    if (t->stopping && backoff >= 3000) return s;  // shutting down: do not wait forever
+  }
+}
+
+grpc::Status Daemon::Upload(RunTask* t, const std::string& name, const std::string& path) {
+  return Deliver(t, [&]() {
+    return client_->Upload(t->a.run_id(), t->a.lease_epoch(), name, path, kTransferTimeout);
+  });
+}
+
+bool Daemon::Prepare(RunTask* t, std::string* error) {
+  const std::string out = t->dir + "/out";
+  std::error_code ec;
+  // A fresh directory each time: a resumed run takes the coordinator's latest checkpoint, which
+  // may come from another host.
+  fs::remove_all(out, ec);
+  fs::create_directories(out, ec);
+  if (ec) {
+    *error = absl::StrCat(out, ": ", ec.message());
+    return false;
+  }
+  if (absl::Status s =
+          WriteFileAtomic(t->dir + "/" + run_files::kSpec, t->a.spec().SerializeAsString());
+      !s.ok()) {
+    *error = std::string(s.message());
+    return false;
+  }
+  if (!t->a.has_checkpoint()) return true;
+  for (const char* name :
+       {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
+    grpc::Status s = Deliver(t, [&]() {
+      return client_->Fetch(t->a.run_id(), name, out + "/" + name, kTransferTimeout);
+    });
+    if (s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND) continue;
+    *error = absl::StrCat("fetching ", name, ": ", s.error_message());
+    return false;
+  }
+  return true;
+}
+
+bool Daemon::Flush(RunTask* t, Supervised& s) {
+  while (!s.pending.empty()) {
+    v1::ReportEventsRequest req;
+    req.set_run_id(t->a.run_id());
+    req.set_lease_epoch(t->a.lease_epoch());
+    req.set_first_index(s.next_index);
+    for (size_t i = 0; i < s.pending.size() && i < kBatch; ++i) *req.add_events() = s.pending[i];
+    v1::ReportEventsResponse resp;
+    grpc::Status st = client_->ReportEvents(req, &resp, kCallTimeout);
+    if (!st.ok()) {
+      if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+          st.error_code() == grpc::StatusCode::NOT_FOUND) {
+        LOG(WARNING) << "run " << t->a.run_id() << ": " << st.error_message() << "; stopping it";
+        s.stale = true;
+      } else {
+        LOG_EVERY_N(WARNING, 20) << "run " << t->a.run_id()
+                                 << ": reporting events: " << st.error_message();
+      }
+      return false;
+    }
+    s.next_index += req.events_size();
+    s.pending.erase(s.pending.begin(), s.pending.begin() + req.events_size());
+  }
+  return true;
+}
+
+void Daemon::UploadProgress(RunTask* t, int epoch) {
+  const std::string out = t->dir + "/out";
+  // The checkpoint first: the logs are at least as new, and a resumed run trims them to it.
+  for (const std::string name :
+       {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
+    if (fs::exists(out + "/" + name)) (void)Upload(t, name, out + "/" + name);
+  }
+  if (epoch > 0) {
+    const std::string name = run_files::WeightsCsv(epoch);
+    if (fs::exists(out + "/" + name)) (void)Upload(t, name, out + "/" + name);
+  }
+}
+
+void Daemon::UploadAll(RunTask* t) {
+  const fs::path out = t->dir + "/out";
+  std::error_code ec;
+  for (const auto& entry : fs::recursive_directory_iterator(out, ec)) {
+    if (!entry.is_regular_file()) continue;
+    const std::string rel = fs::relative(entry.path(), out).string();
+    if (rel.find(".tmp") != std::string::npos || rel.find(".fetch") != std::string::npos) continue;
+    grpc::Status s = Upload(t, rel, entry.path().string());
+    if (!s.ok())
+      LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
+  }
+  (void)Upload(t, run_files::kLog, t->dir + "/" + run_files::kLog);
+}
+
+void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool released) {
+  LOG(WARNING) << "run " << t->a.run_id() << (released ? " handed back" : " failed")
+               << (retryable ? " (retryable)" : "") << ": " << message;
+  v1::FailRunRequest req;
+  req.set_run_id(t->a.run_id());
+  req.set_lease_epoch(t->a.lease_epoch());
+  req.set_message(message);
+  req.set_retryable(retryable);
+  req.set_released(released);
+  (void)Deliver(t, [&]() { return client_->FailRun(req, kCallTimeout); });
+}
+
+void Daemon::Execute(RunTask* t) {
+  std::error_code ec;
+  fs::create_directories(t->dir, ec);
+  std::string error;
+  if (!Prepare(t, &error)) {
+    if (!t->dropped) Fail(t, absl::StrCat("worker ", o_.name, ": ", error), true);
+    return;
+  }
+  // Tell the coordinator it runs (ASSIGNED -> RUNNING) before the engine's first event.
+  v1::ReportEventsRequest start;
+  start.set_run_id(t->a.run_id());
+  start.set_lease_epoch(t->a.lease_epoch());
+  start.set_first_index(1);
+  v1::ReportEventsResponse started;
+  grpc::Status st =
+      Deliver(t, [&]() { return client_->ReportEvents(start, &started, kCallTimeout); });
+  if (!st.ok()) {
+    LOG(WARNING) << "run " << t->a.run_id() << ": not started: " << st.error_message();
+    return;
+  }
+  std::vector<std::string> args = {o_.engine, "train",
+                                   "-f",      t->dir + "/" + run_files::kSpec,
+                                   "--fold",  absl::StrCat(t->a.fold()),
+                                   "--out",   t->dir + "/out",
+                                   "--quiet", "--events-fd",
+                                   "3",       "--device",
+                                   t->device};
+  if (o_.threads > 0) {
+    args.push_back("--threads");
+    args.push_back(absl::StrCat(o_.threads));
+  }
+  if (t->a.has_checkpoint()) args.push_back("--resume");
+  auto child = SpawnChild(args, t->dir + "/" + run_files::kLog);
+  if (!child.ok()) {
+    Fail(t,
+         absl::StrCat("worker ", o_.name, ": cannot start the engine: ", child.status().message()),
+         true);
+    return;
+  }
+  t->child = child->pid;
+  if (t->dropped || *stop_) SignalChild(child->pid, SIGTERM);
+  Supervised s;
+  Supervise(t, *child, s);
+  ::close(child->events_fd);
+  const ChildExit exit = WaitChild(child->pid);
+  t->child = 0;
+  Conclude(t, exit, s);
+}
+
+// Relays the child's events until its pipe closes: epoch ends are reported at once with the
+// run's files, the rest in batches; checkpoints are uploaded as they change; a revoked, stale or
+// stopping run's child gets SIGTERM, then SIGKILL after the grace period.
+void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
+  std::string partial;
+  auto last_flush = Clock::now(), last_upload = Clock::now();
+  auto term_sent = Clock::time_point();
+  int64_t checkpoint_mtime = 0;
+  for (bool open = true; open;) {
+    pollfd p{child.events_fd, POLLIN, 0};
+    if (::poll(&p, 1, 200) > 0) {
+      char buf[65536];
+      const ssize_t n = ::read(child.events_fd, buf, sizeof buf);
+      open = n > 0 || (n < 0 && errno == EINTR);
+      if (n > 0) partial.append(buf, static_cast<size_t>(n));
+      for (size_t nl; (nl = partial.find('\n')) != std::string::npos;) {
+        auto ev = DecodeEventLine(partial.substr(0, nl));
+        partial.erase(0, nl + 1);
+        if (!ev.ok()) {
+          LOG(WARNING) << "run " << t->a.run_id() << ": " << ev.status();
+        } else if (ev->has_outcome()) {
+          s.outcome = ev->outcome();
+        } else if (ev->has_epoch()) {
+          s.last_epoch = ev->epoch();
+          s.pending.push_back(std::move(*ev));
+          if (s.stale || t->dropped) continue;
+          Flush(t, s);
+          UploadProgress(t, s.last_epoch.epoch());
+          last_upload = Clock::now();
+        } else {
+          s.pending.push_back(std::move(*ev));
+        }
+      }
+    }
+    // Too much waiting for a coordinator that is away: weight summaries give way first.
+    if (s.pending.size() > kMaxPending) {
+      std::deque<v1::Event> kept;
+      for (auto& e : s.pending) {
+        if (!e.has_weights()) kept.push_back(std::move(e));
+      }
+      s.pending.swap(kept);
+    }
+    if (!s.stale && !s.pending.empty() &&
+        (s.pending.size() >= kBatch || Clock::now() - last_flush > milliseconds(200))) {
+      Flush(t, s);
+      last_flush = Clock::now();
+    }
+    if (!s.stale &&
+        Clock::now() - last_upload > std::chrono::seconds(std::max(1, o_.upload_every_s))) {
+      struct stat st;
+      const std::string ckpt = t->dir + "/out/" + run_files::kCheckpoint;
+      if (::stat(ckpt.c_str(), &st) == 0 &&
+          st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != checkpoint_mtime) {
+        checkpoint_mtime = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+        (void)Upload(t, run_files::kCheckpoint, ckpt);
+      }
+      last_upload = Clock::now();
+    }
+    if ((s.stale || t->dropped || t->stopping) && term_sent == Clock::time_point()) {
+      SignalChild(child.pid, SIGTERM);
+      term_sent = Clock::now();
+    }
+    if (term_sent != Clock::time_point() &&
+        Clock::now() - term_sent > std::chrono::seconds(o_.stop_grace_s)) {
+      SignalChild(child.pid, SIGKILL);  // the whole group: helpers too, or the pipe would stay open
+    }
+  }
+}
+
+// The run's end, from the child's outcome (typed: RunOutcome) and its exit: complete, fail for
+// good, or give back for a retry elsewhere.
+void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
+  const int64_t run_id = t->a.run_id();
+  if (t->dropped || s.stale) {
+    LOG(INFO) << "run " << run_id << " stopped (revoked)";
+    return;
+  }
+  // What the engine said last goes out before the outcome.
+  for (int tries = 0; !Flush(t, s) && !s.stale && !t->dropped; ++tries) {
+    if (*stop_ && (!t->stopping || tries > 20)) break;  // shutting down: do not wait forever
+    Sleep(milliseconds(500));
+  }
+  if (s.stale || t->dropped) return;
+  if (t->stopping) {
+    UploadProgress(t, 0);
+    Fail(t, absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
+    return;
+  }
+  if (s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0) {
+    UploadAll(t);
+    v1::CompleteRunRequest req;
+    req.set_run_id(run_id);
+    req.set_lease_epoch(t->a.lease_epoch());
+    v1::FoldResult* r = req.mutable_result();
+    *r->mutable_aus() = s.last_epoch.aus();
+    *r->mutable_test_f1() = s.last_epoch.test_f1();
+    r->set_test_mean_f1(s.last_epoch.test_mean_f1());
+    r->set_val_mean_f1(s.last_epoch.val_mean_f1());
+    r->set_iterations(s.last_epoch.iteration());
+    r->set_epochs(s.last_epoch.epoch());
+    grpc::Status st = Deliver(t, [&]() { return client_->CompleteRun(req, kCallTimeout); });
+    LOG(INFO) << "run " << run_id << " succeeded: test mean F1 " << s.last_epoch.test_mean_f1()
+              << (st.ok() ? "" : " (not acknowledged: " + st.error_message() + ")");
+    return;
+  }
+  if (s.outcome && s.outcome->code() != 0) {
+    // The engine's own verdict: its errors (bad spec, missing dataset, non-finite loss, out of
+    // memory) fail the same way anywhere; a stop it was told of is retried from the checkpoint.
+    if (s.outcome->retryable()) {
+      UploadProgress(t, 0);
+    } else {
+      UploadAll(t);
+    }
+    Fail(t, s.outcome->message().empty() ? "engine failed without a message" : s.outcome->message(),
+         s.outcome->retryable());
+    return;
+  }
+  // No outcome: the engine crashed (or was killed) before it could say how training ended.
+  const std::string last = LastLogLine(t->dir + "/" + run_files::kLog);
+  UploadProgress(t, 0);
+  Fail(t,
+       absl::StrCat("engine process ", exit.Describe(), s.outcome ? " after reporting success" : "",
+                    last.empty() ? "" : ": ", last),
+       true);
+}
+
+}  // namespace internal
+}  // namespace mal::worker
