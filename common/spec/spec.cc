@@ -1,3 +1,7 @@
+// Over 400 lines on purpose: the spec's three jobs on one message, YAML onto the proto field by
+// field, the defaults, and ValidateSpec (a flat list of one check per field, long but without
+// branches worth a function each).
+
 #include "common/spec/spec.h"
 
 #include <yaml-cpp/yaml.h>

@@ -1,3 +1,6 @@
+// Over 400 lines on purpose: one renderer; each facial action unit's drawing sits beside the
+// geometry it moves.
+
 #include "common/synth/face_renderer.h"
 
 #include <algorithm>

@@ -1,3 +1,6 @@
+// Over 400 lines on purpose: one class over one SQLite database. Its schema, migrations and
+// statements belong together (a column renamed in one place must be renamed in all).
+
 #include "server/state/state_store.h"
 
 #include <sqlite3.h>

@@ -1,3 +1,7 @@
+// Over 400 lines on purpose: one job, reading what torch.save writes (zip and legacy archives,
+// pickle protocols 2-5); the opcode table and the object model it builds are one format and read
+// best in one place, with the bounds checks beside the opcodes they guard.
+
 #include "worker/engine/torch_file.h"
 
 #include <cstring>
