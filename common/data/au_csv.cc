@@ -1,6 +1,8 @@
 #include "common/data/au_csv.h"
 
 #include <algorithm>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -9,6 +11,85 @@
 #include "common/util/status_macros.h"
 
 namespace mal::data {
+
+namespace {
+
+// The columns of an AU label file's header: the frame column and, per wanted AU, its column (-1:
+// absent, its labels unknown). nullopt after a Skip recorded in `report` (or its error, strict).
+struct AuColumns {
+  int frame = -1;
+  std::vector<int> au;  // by index.aus
+  size_t needed = 0;    // fields a row must have
+};
+
+absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(const std::vector<std::string>& header,
+                                                       const TextLines& lines, const AuVideo& video,
+                                                       const ReaderOptions& options, DatasetIndex& index,
+                                                       std::map<int, std::vector<std::string>>& missing_columns) {
+  AuColumns cols;
+  std::map<int, int> col_of_au;
+  for (size_t c = 0; c < header.size(); ++c) {
+    const std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(header[c]));
+    if (name == "0" || name == "frame") {
+      if (cols.frame < 0) cols.frame = static_cast<int>(c);
+      continue;
+    }
+    const int au = ParseAuColumn(name);
+    if (au > 0) col_of_au.emplace(au, static_cast<int>(c));
+  }
+  if (cols.frame < 0) {
+    RETURN_IF_ERROR(index.report.Skip("malformed_header",
+                                      absl::StrCat(lines.Where(0), ": no frame column (named 0 or frame)")));
+    return std::nullopt;
+  }
+  for (int au : index.aus) {
+    auto it = col_of_au.find(au);
+    if (it == col_of_au.end()) {
+      if (options.strict) {
+        return absl::InvalidArgumentError(absl::StrCat(lines.Where(0), ": no column for AU", au, " in the header"));
+      }
+      missing_columns[au].push_back(video.label_file);
+      cols.au.push_back(-1);
+    } else {
+      cols.au.push_back(it->second);
+    }
+  }
+  cols.needed = static_cast<size_t>(cols.frame) + 1;
+  for (int c : cols.au) cols.needed = std::max(cols.needed, static_cast<size_t>(c) + 1);
+  return cols;
+}
+
+// One label row's sample (without its image) and frame number, or the reason it is malformed.
+absl::StatusOr<std::pair<Sample, long>> ParseAuRow(const std::vector<std::string>& f,
+                                                   const std::vector<std::string>& header, const AuColumns& cols,
+                                                   const AuVideo& video, const std::string& where) {
+  // Exported files differ in trailing separators between header and rows: a row is malformed
+  // when it lacks a column this reader uses, or has more fields than the header and one more.
+  if (f.size() < cols.needed || f.size() > header.size() + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", f.size(), " fields, header has ", header.size()));
+  }
+  auto frame_or = ParseInt(f[cols.frame], "frame");
+  if (!frame_or.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", frame_or.status().message()));
+  Sample s;
+  s.id = absl::StrCat(video.key, "/", *frame_or);
+  s.subject = video.subject;
+  s.split = video.split;
+  s.au.reserve(cols.au.size());
+  for (int c : cols.au) {
+    if (c < 0) {
+      s.au.push_back(kAuUnknown);
+      continue;
+    }
+    auto v = ParseAuCell(f[c]);
+    if (!v.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": column ", header[c], ": ", v.status().message()));
+    }
+    s.au.push_back(*v);
+  }
+  return std::make_pair(std::move(s), static_cast<long>(*frame_or));
+}
+
+}  // namespace
 
 absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, DatasetIndex& index,
                             std::map<int, std::vector<std::string>>& missing_columns,
@@ -20,45 +101,14 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
   }
   const TextLines& lines = *lines_or;
   if (lines.lines.empty()) return report.Skip("empty_label_file", video.label_file);
-
   auto header_or = SplitCsvLine(lines.lines[0]);
   if (!header_or.ok()) {
-    return report.Skip("malformed_header",
-                       absl::StrCat(lines.Where(0), ": ", header_or.status().message()));
+    return report.Skip("malformed_header", absl::StrCat(lines.Where(0), ": ", header_or.status().message()));
   }
   const std::vector<std::string>& header = *header_or;
-  int frame_col = -1;
-  std::map<int, int> col_of_au;
-  for (size_t c = 0; c < header.size(); ++c) {
-    const std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(header[c]));
-    if (name == "0" || name == "frame") {
-      if (frame_col < 0) frame_col = static_cast<int>(c);
-      continue;
-    }
-    const int au = ParseAuColumn(name);
-    if (au > 0) col_of_au.emplace(au, static_cast<int>(c));
-  }
-  if (frame_col < 0) {
-    return report.Skip("malformed_header",
-                       absl::StrCat(lines.Where(0), ": no frame column (named 0 or frame)"));
-  }
-  std::vector<int> cols;
-  for (int au : index.aus) {
-    auto it = col_of_au.find(au);
-    if (it == col_of_au.end()) {
-      if (options.strict) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(lines.Where(0), ": no column for AU", au, " in the header"));
-      }
-      missing_columns[au].push_back(video.label_file);
-      cols.push_back(-1);
-    } else {
-      cols.push_back(it->second);
-    }
-  }
-
-  size_t needed = static_cast<size_t>(frame_col) + 1;
-  for (int c : cols) needed = std::max(needed, static_cast<size_t>(c) + 1);
+  ASSIGN_OR_RETURN(std::optional<AuColumns> cols,
+                   ParseAuHeader(header, lines, video, options, index, missing_columns));
+  if (!cols) return absl::OkStatus();
 
   // First the labels, then the images: the image naming is decided from all the video's frames.
   struct Row {
@@ -71,51 +121,17 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
     auto fields_or = SplitCsvLine(lines.lines[i]);
     if (!fields_or.ok()) {
-      RETURN_IF_ERROR(report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ",
-                                                                 fields_or.status().message())));
+      RETURN_IF_ERROR(
+          report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ", fields_or.status().message())));
       continue;
     }
-    const std::vector<std::string>& f = *fields_or;
-    // Exported files differ in trailing separators between header and rows: a row is malformed
-    // when it lacks a column this reader uses, or has more fields than the header and one more.
-    if (f.size() < needed || f.size() > header.size() + 1) {
-      RETURN_IF_ERROR(report.Skip(
-          "malformed_line", absl::StrCat(lines.Where(i), ": ", f.size(), " fields, header has ",
-                                         header.size())));
+    auto row = ParseAuRow(*fields_or, header, *cols, video, lines.Where(i));
+    if (!row.ok()) {
+      RETURN_IF_ERROR(report.Skip("malformed_line", row.status().message()));
       continue;
     }
-    auto frame_or = ParseInt(f[frame_col], "frame");
-    if (!frame_or.ok()) {
-      RETURN_IF_ERROR(report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ",
-                                                                 frame_or.status().message())));
-      continue;
-    }
-    Sample s;
-    s.id = absl::StrCat(video.key, "/", *frame_or);
-    s.subject = video.subject;
-    s.split = video.split;
-    s.au.reserve(cols.size());
-    absl::Status bad;
-    for (size_t k = 0; k < cols.size() && bad.ok(); ++k) {
-      if (cols[k] < 0) {
-        s.au.push_back(kAuUnknown);
-        continue;
-      }
-      auto v = ParseAuCell(f[cols[k]]);
-      if (!v.ok()) {
-        bad = absl::InvalidArgumentError(absl::StrCat(lines.Where(i), ": column ", header[cols[k]],
-                                                      ": ", v.status().message()));
-      } else {
-        s.au.push_back(*v);
-      }
-    }
-    if (!bad.ok()) {
-      RETURN_IF_ERROR(report.Skip("malformed_line", bad.message()));
-      continue;
-    }
-    ASSIGN_OR_RETURN(bool keep, KeepAuSample(s, options, report));
-    if (!keep) continue;
-    rows.push_back(Row{std::move(s), static_cast<long>(*frame_or), i});
+    ASSIGN_OR_RETURN(bool keep, KeepAuSample(row->first, options, report));
+    if (keep) rows.push_back(Row{std::move(row->first), row->second, i});
   }
 
   // Image numbers equal the label frames in BP4D's and GFT's releases; frames re-extracted from
@@ -142,9 +158,7 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     index.samples.push_back(std::move(r.sample));
     ++kept;
   }
-  if (kept == 0) {
-    index.report.Note(absl::StrCat(video.label_file, ": no usable frame"));
-  }
+  if (kept == 0) index.report.Note(absl::StrCat(video.label_file, ": no usable frame"));
   return absl::OkStatus();
 }
 
