@@ -22,10 +22,10 @@ struct AuColumns {
   size_t needed = 0;    // fields a row must have
 };
 
-absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(const std::vector<std::string>& header,
-                                                       const TextLines& lines, const AuVideo& video,
-                                                       const ReaderOptions& options, DatasetIndex& index,
-                                                       std::map<int, std::vector<std::string>>& missing_columns) {
+absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(
+    const std::vector<std::string>& header, const TextLines& lines, const AuVideo& video,
+    const ReaderOptions& options, DatasetIndex& index,
+    std::map<int, std::vector<std::string>>& missing_columns) {
   AuColumns cols;
   std::map<int, int> col_of_au;
   for (size_t c = 0; c < header.size(); ++c) {
@@ -38,15 +38,16 @@ absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(const std::vector<std::st
     if (au > 0) col_of_au.emplace(au, static_cast<int>(c));
   }
   if (cols.frame < 0) {
-    RETURN_IF_ERROR(index.report.Skip("malformed_header",
-                                      absl::StrCat(lines.Where(0), ": no frame column (named 0 or frame)")));
+    RETURN_IF_ERROR(index.report.Skip(
+        "malformed_header", absl::StrCat(lines.Where(0), ": no frame column (named 0 or frame)")));
     return std::nullopt;
   }
   for (int au : index.aus) {
     auto it = col_of_au.find(au);
     if (it == col_of_au.end()) {
       if (options.strict) {
-        return absl::InvalidArgumentError(absl::StrCat(lines.Where(0), ": no column for AU", au, " in the header"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(lines.Where(0), ": no column for AU", au, " in the header"));
       }
       missing_columns[au].push_back(video.label_file);
       cols.au.push_back(-1);
@@ -61,15 +62,18 @@ absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(const std::vector<std::st
 
 // One label row's sample (without its image) and frame number, or the reason it is malformed.
 absl::StatusOr<std::pair<Sample, long>> ParseAuRow(const std::vector<std::string>& f,
-                                                   const std::vector<std::string>& header, const AuColumns& cols,
-                                                   const AuVideo& video, const std::string& where) {
+                                                   const std::vector<std::string>& header,
+                                                   const AuColumns& cols, const AuVideo& video,
+                                                   const std::string& where) {
   // Exported files differ in trailing separators between header and rows: a row is malformed
   // when it lacks a column this reader uses, or has more fields than the header and one more.
   if (f.size() < cols.needed || f.size() > header.size() + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": ", f.size(), " fields, header has ", header.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": ", f.size(), " fields, header has ", header.size()));
   }
   auto frame_or = ParseInt(f[cols.frame], "frame");
-  if (!frame_or.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", frame_or.status().message()));
+  if (!frame_or.ok())
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", frame_or.status().message()));
   Sample s;
   s.id = absl::StrCat(video.key, "/", *frame_or);
   s.subject = video.subject;
@@ -82,7 +86,8 @@ absl::StatusOr<std::pair<Sample, long>> ParseAuRow(const std::vector<std::string
     }
     auto v = ParseAuCell(f[c]);
     if (!v.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": column ", header[c], ": ", v.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": column ", header[c], ": ", v.status().message()));
     }
     s.au.push_back(*v);
   }
@@ -103,7 +108,8 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
   if (lines.lines.empty()) return report.Skip("empty_label_file", video.label_file);
   auto header_or = SplitCsvLine(lines.lines[0]);
   if (!header_or.ok()) {
-    return report.Skip("malformed_header", absl::StrCat(lines.Where(0), ": ", header_or.status().message()));
+    return report.Skip("malformed_header",
+                       absl::StrCat(lines.Where(0), ": ", header_or.status().message()));
   }
   const std::vector<std::string>& header = *header_or;
   ASSIGN_OR_RETURN(std::optional<AuColumns> cols,
@@ -121,8 +127,8 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
     auto fields_or = SplitCsvLine(lines.lines[i]);
     if (!fields_or.ok()) {
-      RETURN_IF_ERROR(
-          report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ", fields_or.status().message())));
+      RETURN_IF_ERROR(report.Skip(
+          "malformed_line", absl::StrCat(lines.Where(i), ": ", fields_or.status().message())));
       continue;
     }
     auto row = ParseAuRow(*fields_or, header, *cols, video, lines.Where(i));
@@ -147,12 +153,13 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
   for (Row& r : rows) {
     const long number = r.frame + naming.offset;
     const std::string* image = video.images ? video.images->Find(number) : nullptr;
-    ASSIGN_OR_RETURN(bool found,
-                     CheckImage(image ? *image : "",
-                                absl::StrCat(lines.Where(r.line), ": frame ", r.frame,
-                                             naming.offset == 0 ? "" : absl::StrCat(" (image ", number, ")"),
-                                             " in ", video.image_dir),
-                                options, report));
+    ASSIGN_OR_RETURN(
+        bool found,
+        CheckImage(image ? *image : "",
+                   absl::StrCat(lines.Where(r.line), ": frame ", r.frame,
+                                naming.offset == 0 ? "" : absl::StrCat(" (image ", number, ")"),
+                                " in ", video.image_dir),
+                   options, report));
     if (!found) continue;
     r.sample.image = *image;
     index.samples.push_back(std::move(r.sample));
