@@ -20,6 +20,96 @@ namespace mal::data {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The manifest's header: named columns (lower case) and AU columns.
+struct ManifestColumns {
+  std::map<std::string, int> named;
+  std::map<int, int> of_au;
+  size_t count = 0;
+  bool has_expression = false;
+
+  // The trimmed field `name` of a row, or "" without that column.
+  std::string Field(const std::vector<std::string>& f, const char* name) const {
+    auto it = named.find(name);
+    return it == named.end() ? std::string()
+                             : std::string(absl::StripAsciiWhitespace(f[it->second]));
+  }
+};
+
+// Reads the header and sets index.aus (the requested AUs, or every AU column). Errors name the
+// header line: no image column, a requested AU without a column, neither AUs nor expressions.
+absl::StatusOr<ManifestColumns> ParseManifestHeader(const std::vector<std::string>& header,
+                                                    const TextLines& lines,
+                                                    const ReaderOptions& options,
+                                                    DatasetIndex& index) {
+  ManifestColumns cols;
+  cols.count = header.size();
+  for (size_t c = 0; c < header.size(); ++c) {
+    const std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(header[c]));
+    const int au = absl::StartsWith(name, "au") ? ParseAuColumn(name) : -1;
+    if (au > 0) {
+      cols.of_au[au] = static_cast<int>(c);
+    } else {
+      cols.named[name] = static_cast<int>(c);
+    }
+  }
+  if (!cols.named.count("image")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(lines.Where(0), ": header has no 'image' column"));
+  }
+  if (options.aus.empty()) {
+    for (const auto& [au, c] : cols.of_au) index.aus.push_back(au);
+  } else {
+    index.aus = options.aus;
+    std::vector<std::string> absent;
+    for (int au : index.aus) {
+      if (!cols.of_au.count(au)) absent.push_back(absl::StrCat("AU", au));
+    }
+    if (!absent.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(lines.Where(0), ": no column for requested ", absl::StrJoin(absent, ", ")));
+    }
+  }
+  cols.has_expression = cols.named.count("expression") > 0;
+  if (index.aus.empty() && !cols.has_expression) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(lines.Where(0), ": neither AU columns (AU1, AU01, ...) nor 'expression'"));
+  }
+  return cols;
+}
+
+// One row's sample (its image path still relative), or why the row is malformed.
+absl::StatusOr<Sample> ParseManifestRow(const std::vector<std::string>& f,
+                                        const ManifestColumns& cols, const std::vector<int>& aus) {
+  if (f.size() != cols.count) {
+    return absl::InvalidArgumentError(absl::StrCat(f.size(), " fields, header has ", cols.count));
+  }
+  Sample s;
+  s.id = cols.Field(f, "image");
+  s.subject = cols.Field(f, "subject");
+  s.split = absl::AsciiStrToLower(cols.Field(f, "split"));
+  for (int au : aus) {
+    auto v = ParseAuCell(f[cols.of_au.at(au)]);
+    if (!v.ok())
+      return absl::InvalidArgumentError(absl::StrCat("AU", au, ": ", v.status().message()));
+    s.au.push_back(*v);
+  }
+  if (cols.has_expression && !cols.Field(f, "expression").empty()) {
+    ASSIGN_OR_RETURN(s.expression, ParseExpression(cols.Field(f, "expression")));
+  }
+  if (!cols.Field(f, "consistency").empty()) {
+    auto c = ParseDouble(cols.Field(f, "consistency"), "consistency");
+    if (!c.ok() || *c < 0 || *c > 1)
+      return absl::InvalidArgumentError("consistency is not a number in 0..1");
+    s.consistency = static_cast<float>(*c);
+  }
+  if (s.id.empty()) return absl::InvalidArgumentError("empty image");
+  return s;
+}
+
+}  // namespace
+
 absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
   DatasetIndex index = NewIndex("csv", options, /*au_format=*/false);
   LoadReport& report = index.report;
@@ -28,99 +118,26 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
   ASSIGN_OR_RETURN(TextLines lines, ReadLines(path));
   if (lines.lines.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
   ASSIGN_OR_RETURN(std::vector<std::string> header, SplitCsvLine(lines.lines[0]));
-  std::map<std::string, int> col;
-  std::map<int, int> col_of_au;
-  for (size_t c = 0; c < header.size(); ++c) {
-    const std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(header[c]));
-    const int au = absl::StartsWith(name, "au") ? ParseAuColumn(name) : -1;
-    if (au > 0) {
-      col_of_au[au] = static_cast<int>(c);
-    } else {
-      col[name] = static_cast<int>(c);
-    }
-  }
-  if (!col.count("image")) {
-    return absl::InvalidArgumentError(absl::StrCat(lines.Where(0), ": header has no 'image' column"));
-  }
-  if (options.aus.empty()) {
-    for (const auto& [au, c] : col_of_au) index.aus.push_back(au);
-  } else {
-    index.aus = options.aus;
-    std::vector<std::string> absent;
-    for (int au : index.aus) {
-      if (!col_of_au.count(au)) absent.push_back(absl::StrCat("AU", au));
-    }
-    if (!absent.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          lines.Where(0), ": no column for requested ", absl::StrJoin(absent, ", ")));
-    }
-  }
-  const bool has_expr = col.count("expression") > 0;
-  if (index.aus.empty() && !has_expr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(lines.Where(0), ": neither AU columns (AU1, AU01, ...) nor 'expression'"));
-  }
-  auto field = [&](const std::vector<std::string>& f, const char* name) -> std::string {
-    auto it = col.find(name);
-    return it == col.end() ? std::string() : std::string(absl::StripAsciiWhitespace(f[it->second]));
-  };
-
+  ASSIGN_OR_RETURN(ManifestColumns cols, ParseManifestHeader(header, lines, options, index));
   for (size_t i = 1; i < lines.lines.size(); ++i) {
     if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
     auto f = SplitCsvLine(lines.lines[i]);
-    absl::Status bad;
-    if (!f.ok()) {
-      bad = f.status();
-    } else if (f->size() != header.size()) {
-      bad = absl::InvalidArgumentError(
-          absl::StrCat(f->size(), " fields, header has ", header.size()));
-    }
-    Sample s;
-    if (bad.ok()) {
-      s.id = field(*f, "image");
-      s.subject = field(*f, "subject");
-      s.split = absl::AsciiStrToLower(field(*f, "split"));
-      for (int au : index.aus) {
-        if (!bad.ok()) break;
-        auto v = ParseAuCell((*f)[col_of_au[au]]);
-        if (v.ok()) {
-          s.au.push_back(*v);
-        } else {
-          bad = absl::InvalidArgumentError(absl::StrCat("AU", au, ": ", v.status().message()));
-        }
-      }
-      if (bad.ok() && has_expr && !field(*f, "expression").empty()) {
-        auto e = ParseExpression(field(*f, "expression"));
-        if (e.ok()) {
-          s.expression = *e;
-        } else {
-          bad = e.status();
-        }
-      }
-      if (bad.ok() && !field(*f, "consistency").empty()) {
-        auto c = ParseDouble(field(*f, "consistency"), "consistency");
-        if (!c.ok() || *c < 0 || *c > 1) {
-          bad = absl::InvalidArgumentError("consistency is not a number in 0..1");
-        } else {
-          s.consistency = static_cast<float>(*c);
-        }
-      }
-      if (bad.ok() && s.id.empty()) bad = absl::InvalidArgumentError("empty image");
-    }
-    if (!bad.ok()) {
+    absl::StatusOr<Sample> s =
+        f.ok() ? ParseManifestRow(*f, cols, index.aus) : absl::StatusOr<Sample>(f.status());
+    if (!s.ok()) {
       RETURN_IF_ERROR(
-          report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ", bad.message())));
+          report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ", s.status().message())));
       continue;
     }
-    if (!index.aus.empty() && s.expression < 0) {
-      ASSIGN_OR_RETURN(bool keep, KeepAuSample(s, options, report));
+    if (!index.aus.empty() && s->expression < 0) {
+      ASSIGN_OR_RETURN(bool keep, KeepAuSample(*s, options, report));
       if (!keep) continue;
     }
-    const std::string image = ResolvePath(options.root, s.id);
+    const std::string image = ResolvePath(options.root, s->id);
     ASSIGN_OR_RETURN(bool found, CheckImage(image, lines.Where(i), options, report));
     if (!found) continue;
-    s.image = image;
-    index.samples.push_back(std::move(s));
+    s->image = image;
+    index.samples.push_back(std::move(*s));
   }
   return index;
 }
