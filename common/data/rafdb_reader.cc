@@ -81,6 +81,29 @@ std::unordered_set<std::string> ListFiles(const std::string& dir) {
 
 }  // namespace
 
+namespace {
+
+// The annotator distribution file: data.fe.distribution when given (NotFound when missing),
+// else the first of RAF-DB's usual names that exists, else "" (consistency unknown).
+absl::StatusOr<std::string> FindDistributionFile(const ReaderOptions& options) {
+  std::error_code ec;
+  if (!options.distribution.empty()) {
+    const std::string path = ResolvePath(options.root, options.distribution);
+    if (!fs::is_regular_file(path, ec)) {
+      return absl::NotFoundError(absl::StrCat(path, ": no such file (data.fe.distribution)"));
+    }
+    return path;
+  }
+  for (const char* candidate : {"EmoLabel/distribution_basic.txt", "distribution_basic.txt",
+                                "EmoLabel/distribute_basic.txt", "distribute_basic.txt"}) {
+    const std::string p = (fs::path(options.root) / candidate).string();
+    if (fs::is_regular_file(p, ec)) return p;
+  }
+  return std::string();
+}
+
+}  // namespace
+
 absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
   DatasetIndex index = NewIndex("rafdb", options, /*au_format=*/false);
   LoadReport& report = index.report;
@@ -89,37 +112,23 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
   std::error_code ec;
   if (!fs::is_regular_file(list_path, ec)) {
     return absl::NotFoundError(absl::StrCat(
-        list_path, ": no such file (expected RAF-DB basic layout EmoLabel/list_patition_label.txt)"));
+        list_path,
+        ": no such file (expected RAF-DB basic layout EmoLabel/list_patition_label.txt)"));
   }
   ASSIGN_OR_RETURN(TextLines lines, ReadLines(list_path));
 
-  std::string dist_path;
-  if (!options.distribution.empty()) {
-    dist_path = ResolvePath(options.root, options.distribution);
-    if (!fs::is_regular_file(dist_path, ec)) {
-      return absl::NotFoundError(absl::StrCat(dist_path, ": no such file (data.fe.distribution)"));
-    }
-  } else {
-    for (const char* candidate : {"EmoLabel/distribution_basic.txt", "distribution_basic.txt",
-                                  "EmoLabel/distribute_basic.txt", "distribute_basic.txt"}) {
-      const std::string p = (fs::path(options.root) / candidate).string();
-      if (fs::is_regular_file(p, ec)) {
-        dist_path = p;
-        break;
-      }
-    }
-  }
+  ASSIGN_OR_RETURN(const std::string dist_path, FindDistributionFile(options));
   std::unordered_map<std::string, Distribution> distribution;
   if (dist_path.empty()) {
-    report.Note("no annotator distribution file found: consistency unknown (set data.fe.distribution)");
+    report.Note(
+        "no annotator distribution file found: consistency unknown (set data.fe.distribution)");
   } else {
     ASSIGN_OR_RETURN(distribution, ReadDistribution(dist_path, report));
   }
 
-  const std::string image_dir =
-      (fs::path(options.images.empty() ? options.root : options.images) / "Image" /
-       (options.aligned ? "aligned" : "original"))
-          .string();
+  const std::string image_dir = (fs::path(options.images.empty() ? options.root : options.images) /
+                                 "Image" / (options.aligned ? "aligned" : "original"))
+                                    .string();
   const std::unordered_set<std::string> files = ListFiles(image_dir);
   if (files.empty()) report.Note(absl::StrCat(image_dir, ": no images there"));
   const std::string want = options.split.empty() ? "train" : options.split;
@@ -131,12 +140,12 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
     long label = 0;
     if (f.size() != 2 || !absl::SimpleAtoi(f[1], &label) || label < 1 || label > 7) {
       RETURN_IF_ERROR(report.Skip(
-          "malformed_line", absl::StrCat(lines.Where(i), ": expected '<name>.jpg <label 1..7>', got '",
-                                         line, "'")));
+          "malformed_line",
+          absl::StrCat(lines.Where(i), ": expected '<name>.jpg <label 1..7>', got '", line, "'")));
       continue;
     }
     const std::string& name = f[0];
-    const std::string part = absl::StartsWith(name, "train_") ? "train"
+    const std::string part = absl::StartsWith(name, "train_")  ? "train"
                              : absl::StartsWith(name, "test_") ? "test"
                                                                : "";
     if (part.empty()) {
@@ -159,9 +168,9 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
       ++without_distribution;
     }
     const std::string path = (fs::path(image_dir) / file).string();
-    ASSIGN_OR_RETURN(bool found, CheckImage(files.count(file) ? path : "",
-                                            absl::StrCat(lines.Where(i), ": ", path), options,
-                                            report));
+    ASSIGN_OR_RETURN(bool found,
+                     CheckImage(files.count(file) ? path : "",
+                                absl::StrCat(lines.Where(i), ": ", path), options, report));
     if (!found) continue;
     s.image = path;
     index.samples.push_back(std::move(s));
