@@ -18,6 +18,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/util/status_macros.h"
+#include "worker/engine/device.h"
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
 #include "worker/engine/torch_compat.h"
@@ -230,48 +232,42 @@ absl::StatusOr<BenchResult> RunVariantInChild(const BenchOptions& o, const Varia
   return result;
 }
 
+// The variants `methods` names, in the order below (all of them when empty); InvalidArgument
+// naming an unknown one.
+absl::StatusOr<std::vector<Variant>> SelectVariants(const std::vector<std::string>& methods) {
+  const std::vector<Variant> all = {
+      {"stl", Method::kStl, MetaMode::kExact},
+      {"mtl", Method::kMtl, MetaMode::kExact},
+      {"mal_exact", Method::kMal, MetaMode::kExact},
+      {"mal_exact_vjp", Method::kMal, MetaMode::kExact, /*exact_jvp=*/false},
+      {"mal_finite_difference", Method::kMal, MetaMode::kFiniteDifference},
+      {"mal_heads_only", Method::kMal, MetaMode::kHeadsOnly},
+  };
+  for (const std::string& name : methods) {
+    if (std::none_of(all.begin(), all.end(), [&](const Variant& v) { return v.name == name; })) {
+      return absl::InvalidArgumentError(absl::StrCat("bench: unknown method ", name));
+    }
+  }
+  std::vector<Variant> chosen;
+  for (const Variant& v : all) {
+    if (methods.empty() || std::find(methods.begin(), methods.end(), v.name) != methods.end()) chosen.push_back(v);
+  }
+  return chosen;
+}
+
+absl::Status AddCosines(const BenchOptions& o, const torch::Device& device, BenchReport& report);
+
 }  // namespace
 
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
   try {
     const int threads =
         o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-    const torch::Device device(o.device);
-    if (device.is_cuda() && !torch::cuda::is_available()) {
-      return absl::FailedPreconditionError(absl::StrCat("--device ", o.device, ": no CUDA here"));
-    }
-    if (device.is_cuda() && device.has_index() &&
-        device.index() >= static_cast<int>(torch::cuda::device_count())) {
-      return absl::InvalidArgumentError(absl::StrCat("--device ", o.device, ": this machine has ",
-                                                     torch::cuda::device_count(), " CUDA devices"));
-    }
-    if (!device.is_cpu() && !device.is_cuda()) {
-      return absl::InvalidArgumentError(absl::StrCat("--device ", o.device, ": cpu or cuda[:N]"));
-    }
+    ASSIGN_OR_RETURN(const torch::Device device, ParseDevice(o.device, "--device"));
     if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
     BenchReport report;
     report.options = o;
-    const std::vector<Variant> all_variants = {
-        {"stl", Method::kStl, MetaMode::kExact},
-        {"mtl", Method::kMtl, MetaMode::kExact},
-        {"mal_exact", Method::kMal, MetaMode::kExact},
-        {"mal_exact_vjp", Method::kMal, MetaMode::kExact, /*exact_jvp=*/false},
-        {"mal_finite_difference", Method::kMal, MetaMode::kFiniteDifference},
-        {"mal_heads_only", Method::kMal, MetaMode::kHeadsOnly},
-    };
-    std::vector<Variant> variants;
-    for (const Variant& v : all_variants) {
-      if (o.methods.empty() ||
-          std::find(o.methods.begin(), o.methods.end(), v.name) != o.methods.end()) {
-        variants.push_back(v);
-      }
-    }
-    for (const std::string& name : o.methods) {
-      if (std::none_of(all_variants.begin(), all_variants.end(),
-                       [&](const Variant& v) { return v.name == name; })) {
-        return absl::InvalidArgumentError(absl::StrCat("bench: unknown method ", name));
-      }
-    }
+    ASSIGN_OR_RETURN(const std::vector<Variant> variants, SelectVariants(o.methods));
     for (const Variant& v : variants) {
       absl::StatusOr<BenchResult> result =
           device.is_cuda() ? RunVariantCaught(o, v, device) : RunVariantInChild(o, v, device);
@@ -291,9 +287,20 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
       if (r.name == "mtl") mtl = r.seconds_per_iteration;
     }
     for (auto& r : report.results) r.ratio_to_mtl = mtl > 0 ? r.seconds_per_iteration / mtl : 0;
+    RETURN_IF_ERROR(AddCosines(o, device, report));
+    return report;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("bench failed: ", e.what_without_backtrace()));
+  }
+}
 
-    // Cosine of each approximate meta-gradient to the exact one, at the same state. The meta net
-    // is moved off its zero init first (a few exact steps), so the bias gradient is not trivially 0.
+namespace {
+
+// Cosine of each approximate meta-gradient to the exact one, at the same state (and of each bf16
+// meta-gradient to its float32 one with --bf16). The meta net is moved off its zero init first (a
+// few exact steps), so the bias gradient is not trivially 0.
+absl::Status AddCosines(const BenchOptions& o, const torch::Device& device, BenchReport& report) {
+  {
     Setup s = MakeSetup(o, device);
     MalStep step(s.model, s.shadow, s.meta);
     {
@@ -341,11 +348,11 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
         if (r.error.empty()) r.error = absl::StrCat("bf16 meta-gradient: ", e.what_without_backtrace());
       }
     }
-    return report;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("bench failed: ", e.what_without_backtrace()));
   }
+  return absl::OkStatus();
 }
+
+}  // namespace
 
 std::string FormatBench(const BenchReport& r, bool json) {
   const BenchOptions& o = r.options;

@@ -32,6 +32,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/bench.h"
+#include "worker/engine/device.h"
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
 #include "worker/engine/torch_compat.h"
@@ -452,25 +453,12 @@ int Main(int argc, char** argv) {
   // The speed part forks for CPU methods: no torch call before it.
   if (o.part == "speed") return RunSpeed(o);
   try {
-    const torch::Device device(o.device);
-    if (device.is_cuda()) {
-      if (!torch::cuda::is_available()) {
-        std::cerr << "mal-engine-check: --device " << o.device << ": no CUDA device here ("
-                  << (kTorchHasCuda ? "this LibTorch has CUDA; no GPU or driver is visible"
-                                    : "this LibTorch is CPU-only")
-                  << ")\n";
-        return 1;
-      }
-      if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count())) {
-        std::cerr << "mal-engine-check: --device " << o.device << ": " << torch::cuda::device_count()
-                  << " CUDA devices here\n";
-        return 1;
-      }
-    } else if (!device.is_cpu()) {
-      std::cerr << "mal-engine-check: --device " << o.device << ": cpu or cuda[:N]\n";
-      return 2;
+    auto device = ParseDevice(o.device, "--device");
+    if (!device.ok()) {
+      std::cerr << "mal-engine-check: " << device.status().message() << "\n";
+      return device.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
     }
-    return RunCorrectness(o, device);
+    return RunCorrectness(o, *device);
   } catch (const c10::Error& e) {
     std::cerr << "mal-engine-check: " << e.what_without_backtrace() << "\n";
     return 1;

@@ -23,6 +23,7 @@
 #include "common/util/run_files.h"
 #include "common/util/status_macros.h"
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/device.h"
 #include "worker/engine/evaluation.h"
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
@@ -39,19 +40,6 @@ using image::BatchLoader;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-absl::StatusOr<torch::Device> ParseDevice(const std::string& name) {
-  try {
-    torch::Device device(name);
-    if (device.is_cuda() && !torch::cuda::is_available()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("train.device: ", name, " requested but this build or machine has no CUDA"));
-    }
-    return device;
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("train.device: ", e.what_without_backtrace()));
-  }
-}
 
 Method ToMethod(v1::Method m) {
   return m == v1::STL ? Method::kStl : (m == v1::MTL ? Method::kMtl : Method::kMal);
@@ -141,7 +129,7 @@ absl::Status Training::SetUp() {
                           ? t_.threads()
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
-  ASSIGN_OR_RETURN(device_, ParseDevice(t_.device()));
+  ASSIGN_OR_RETURN(device_, ParseDevice(t_.device().empty() ? "cpu" : t_.device(), "train.device"));
   // cuDNN picks the fastest convolution algorithms for the (fixed) batch shapes; on CUDA, runs are
   // then not bit-reproducible (same-seed determinism is a CPU guarantee, docs/engine.md).
   if (device_.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
