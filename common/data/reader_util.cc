@@ -146,22 +146,12 @@ absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
     auto bytes = ReadFile(path);
     absl::Status bad;
     if (!bytes.ok()) {
-      bad = absl::DataLossError("cannot read it");
-    } else if (absl::Status complete = image::CheckImageComplete(*bytes); !complete.ok()) {
-      bad = complete;
-    } else {
-      cv::Mat m;
-      try {
-        m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes->size()), CV_8UC1, bytes->data()),
-                         cv::IMREAD_REDUCED_COLOR_2);
-      } catch (const cv::Exception& e) {
-        m = cv::Mat();
-      }
-      if (m.empty()) bad = absl::DataLossError("cannot decode it");
+      bad = absl::DataLossError(absl::StrCat(path, ": cannot read it"));
+    } else if (auto decoded = image::DecodeImageBytes(*bytes, path, /*half_size=*/true); !decoded.ok()) {
+      bad = decoded.status();
     }
     if (!bad.ok()) {
-      absl::Status s =
-          report.Skip("unreadable_image", absl::StrCat(what, ": ", path, ": ", bad.message()));
+      absl::Status s = report.Skip("unreadable_image", absl::StrCat(what, ": ", bad.message()));
       if (!s.ok()) return s;
       return false;
     }

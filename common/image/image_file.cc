@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include <opencv2/imgcodecs.hpp>
+
 #include "absl/strings/str_cat.h"
 
 namespace mal::image {
@@ -107,6 +109,22 @@ absl::Status CheckImageComplete(absl::string_view bytes) {
   }
   if (bytes.size() >= 2 && bytes.substr(0, 2) == "BM") return CheckBmp(bytes);
   return absl::OkStatus();
+}
+
+absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what, bool half_size) {
+  if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty image"));
+  if (absl::Status complete = CheckImageComplete(bytes); !complete.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", complete.message()));
+  }
+  cv::Mat m;
+  try {
+    m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data())),
+                     half_size ? cv::IMREAD_REDUCED_COLOR_2 : cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": cannot decode: ", e.what()));
+  }
+  if (m.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": not a decodable image"));
+  return m;
 }
 
 }  // namespace mal::image

@@ -20,23 +20,6 @@ absl::StatusOr<cv::Mat> DecodeImage(const std::string& path) {
   return m;
 }
 
-absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what) {
-  if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty image"));
-  if (absl::Status complete = CheckImageComplete(bytes); !complete.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": ", complete.message()));
-  }
-  cv::Mat m;
-  try {
-    m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1,
-                             const_cast<char*>(bytes.data())),
-                     cv::IMREAD_COLOR);
-  } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": cannot decode: ", e.what()));
-  }
-  if (m.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": not a decodable image"));
-  return m;
-}
-
 cv::Mat CropBox(const cv::Mat& bgr, const int box[4]) {
   if (box[2] <= 0 || box[3] <= 0) return bgr;
   const cv::Rect r = cv::Rect(box[0], box[1], box[2], box[3]) & cv::Rect(0, 0, bgr.cols, bgr.rows);

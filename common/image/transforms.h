@@ -6,6 +6,7 @@
 #include <opencv2/core.hpp>
 
 #include "absl/status/statusor.h"
+#include "common/image/image_file.h"
 #include "common/util/random.h"
 
 namespace mal::image {
@@ -24,9 +25,7 @@ struct TransformOptions {
 // incomplete container (CheckImageComplete in image_file.h: a truncated JPEG, PNG or BMP is not
 // decoded into a partly grey image), or bytes OpenCV cannot decode.
 absl::StatusOr<cv::Mat> DecodeImage(const std::string& path);
-// Decodes encoded bytes (JPEG, PNG, BMP, ...), checked as above; errors (InvalidArgument) start
-// with `what`.
-absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what);
+// (DecodeImageBytes, for encoded bytes, is in image_file.h.)
 
 // Crops `box` (x, y, w, h; w == 0 = whole image, clipped to the image) out of `bgr`.
 cv::Mat CropBox(const cv::Mat& bgr, const int box[4]);
