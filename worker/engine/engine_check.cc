@@ -126,10 +126,19 @@ bool ParseArgs(int argc, char** argv, Options* o) {
   return true;
 }
 
+// Through a temporary file and a rename, so a report is whole or absent (this engine-only
+// program does not link common/util's WriteFileAtomic).
 bool WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  return static_cast<bool>(f);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f << text;
+    if (!f.flush()) return false;
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) std::filesystem::remove(tmp, ec);
+  return !ec;
 }
 
 // ---- correctness ----------------------------------------------------------------------------
