@@ -137,8 +137,9 @@ bool WriteFile(const std::string& path, const std::string& text) {
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
-  if (ec) std::filesystem::remove(tmp, ec);
-  return !ec;
+  if (!ec) return true;
+  std::filesystem::remove(tmp, ec);
+  return false;
 }
 
 // ---- correctness ----------------------------------------------------------------------------
