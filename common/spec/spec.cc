@@ -404,6 +404,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (s.metric().empty()) s.set_metric("mean_f1");
 }
 
+// Long on purpose: one check per field, in the proto's order, each naming its field path.
 absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(!spec.name().empty(), "name", "required");
   for (char c : spec.name()) {

@@ -1,3 +1,6 @@
+// Over 400 lines on purpose: one generator; the AU subjects, the FE images with their simulated
+// annotators and the ground truth are written by the same pass over one seeded random stream.
+
 #include "common/synth/synth_dataset.h"
 
 #include <unistd.h>

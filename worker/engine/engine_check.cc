@@ -1,3 +1,6 @@
+// Over 400 lines on purpose: a standalone program (the prepared device check, docs/gpu.md) that
+// must build without the rest of mal, so its flags, report writing and checks are all here.
+
 // mal-engine-check: the training engine on one device, checked against the CPU and timed, with
 // nothing but LibTorch and Abseil (deploy/gpu-check.sh runs it; docs/gpu.md).
 //

@@ -163,6 +163,9 @@ std::vector<torch::Tensor> MalStep::ValidationGradient(const ValBatch& val, doub
       shadow_params_);
 }
 
+// About 80 lines on purpose: the three ways of computing the same meta-gradient (heads-only, VJP,
+// JVP / finite difference) sit side by side so their shared steps (weights, virtual step,
+// validation gradient) read once, in docs/mal.md's order.
 std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
                                                             const TrainBatch& batch,
                                                             const ValBatch& val, double alpha,

@@ -1,3 +1,7 @@
+// Over 400 lines on purpose: the training loop's steps are methods of one class sharing its state
+// (nets, optimisers, loaders, position); its parts with their own state live beside it
+// (training_data, run_output, checkpoint, evaluation).
+
 #include "worker/engine/trainer.h"
 
 #include <torch/torch.h>
