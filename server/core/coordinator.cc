@@ -47,27 +47,6 @@ v1::RunState ToProto(RunState s) {
   return v1::RUN_STATE_UNSPECIFIED;
 }
 
-const char* EventKind(const v1::Event& e) {
-  switch (e.body_case()) {
-    case v1::Event::kState:
-      return "state";
-    case v1::Event::kPoint:
-      return "point";
-    case v1::Event::kWeights:
-      return "weights";
-    case v1::Event::kEpoch:
-      return "epoch";
-    case v1::Event::kFoldResult:
-      return "fold_result";
-    case v1::Event::kTrialResult:
-      return "trial_result";
-    case v1::Event::kEnd:
-      return "end";
-    default:
-      return "";
-  }
-}
-
 // One submission may not flood the store (a typo in a grid or cv.folds).
 constexpr size_t kMaxRunsPerExperiment = 100000;
 

@@ -12,24 +12,6 @@
 
 namespace mal::server {
 
-namespace {
-
-const char* ExperimentStateName(int s) {
-  switch (s) {
-    case v1::EXPERIMENT_RUNNING:
-      return "RUNNING";
-    case v1::EXPERIMENT_SUCCEEDED:
-      return "SUCCEEDED";
-    case v1::EXPERIMENT_FAILED:
-      return "FAILED";
-    case v1::EXPERIMENT_CANCELLED:
-      return "CANCELLED";
-  }
-  return "UNKNOWN";
-}
-
-}  // namespace
-
 void Coordinator::CancelRuns(Experiment& e, int trial, const std::string& message) {
   for (auto& [id, r] : e.runs) {
     if ((trial >= 0 && r.trial != trial) || IsFinished(r.state)) continue;

@@ -21,27 +21,6 @@ bool WorkerMayReport(const v1::Event& e) {
          e.body_case() == v1::Event::kEpoch;
 }
 
-const char* ReportedKind(const v1::Event& e) {
-  switch (e.body_case()) {
-    case v1::Event::kPoint:
-      return "point";
-    case v1::Event::kWeights:
-      return "weights";
-    case v1::Event::kEpoch:
-      return "epoch";
-    case v1::Event::kState:
-      return "state";
-    case v1::Event::kFoldResult:
-      return "fold_result";
-    case v1::Event::kTrialResult:
-      return "trial_result";
-    case v1::Event::kEnd:
-      return "end";
-    default:
-      return "empty";
-  }
-}
-
 }  // namespace
 
 std::vector<v1::RunClaim> Coordinator::Reconcile(
@@ -152,7 +131,7 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(
     if (!WorkerMayReport(in)) {
       return absl::InvalidArgumentError(
           absl::StrCat("report: a worker may send point, weights and epoch events, not '",
-                       ReportedKind(in), "'"));
+                       (*EventKind(in) ? EventKind(in) : "empty"), "'"));
     }
   }
   if (run->state == RunState::kAssigned) {
@@ -174,7 +153,7 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(
     ev.set_attempt(run->attempt);
     if (ev.time_ms() == 0) ev.set_time_ms(now);
     if (ev.has_epoch()) e->last_epoch[run->id] = ev.epoch().epoch();
-    const std::string kind = ReportedKind(ev);
+    const std::string kind = EventKind(ev);
     out.push_back(EventHub::Outgoing{kind, ev.SerializeAsString(), kind == "weights"});
   }
   ASSIGN_OR_RETURN(

@@ -30,6 +30,44 @@ absl::StatusOr<TrialState> ParseTrialState(absl::string_view text) {
                                                  "STOPPED, CANCELLED or empty (open)"));
 }
 
+const char* ExperimentStateName(int s) {
+  switch (s) {
+    case v1::EXPERIMENT_RUNNING:
+      return "RUNNING";
+    case v1::EXPERIMENT_SUCCEEDED:
+      return "SUCCEEDED";
+    case v1::EXPERIMENT_FAILED:
+      return "FAILED";
+    case v1::EXPERIMENT_CANCELLED:
+      return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+const char* EventKind(const v1::Event& e) {
+  switch (e.body_case()) {
+    case v1::Event::kState:
+      return "state";
+    case v1::Event::kPoint:
+      return "point";
+    case v1::Event::kWeights:
+      return "weights";
+    case v1::Event::kEpoch:
+      return "epoch";
+    case v1::Event::kFoldResult:
+      return "fold_result";
+    case v1::Event::kTrialResult:
+      return "trial_result";
+    case v1::Event::kEnd:
+      return "end";
+    case v1::Event::kOutcome:
+      return "outcome";
+    case v1::Event::BODY_NOT_SET:
+      return "";
+  }
+  return "";
+}
+
 Trial* Experiment::FindTrial(int trial) {
   for (Trial& t : trials) {
     if (t.trial == trial) return &t;

@@ -28,6 +28,13 @@ const char* TrialStateName(TrialState state);
 // The inverse of TrialStateName; InvalidArgument naming `text` for anything else.
 absl::StatusOr<TrialState> ParseTrialState(absl::string_view text);
 
+// RUNNING, SUCCEEDED, FAILED, CANCELLED (the mal.v1.ExperimentState name without its prefix), or
+// UNKNOWN.
+const char* ExperimentStateName(int state);
+// The event log's kind of an event: its body's field name (state, point, weights, epoch,
+// fold_result, trial_result, end, outcome), or "" for an event without a body.
+const char* EventKind(const v1::Event& event);
+
 struct Trial {
   int trial = 0;
   int64_t seed = 0;

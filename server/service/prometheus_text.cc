@@ -7,24 +7,6 @@
 
 namespace mal::server {
 
-namespace {
-
-const char* ExperimentStateLabel(int s) {
-  switch (s) {
-    case v1::EXPERIMENT_RUNNING:
-      return "running";
-    case v1::EXPERIMENT_SUCCEEDED:
-      return "succeeded";
-    case v1::EXPERIMENT_FAILED:
-      return "failed";
-    case v1::EXPERIMENT_CANCELLED:
-      return "cancelled";
-  }
-  return "unknown";
-}
-
-}  // namespace
-
 std::string PrometheusText(const CoordinatorCounters& c, const EventHub::Stats& watch) {
   std::map<std::string, int64_t> runs, experiments;
   for (RunState st : {RunState::kPending, RunState::kAssigned, RunState::kRunning,
@@ -33,10 +15,11 @@ std::string PrometheusText(const CoordinatorCounters& c, const EventHub::Stats& 
   }
   for (int st : {v1::EXPERIMENT_RUNNING, v1::EXPERIMENT_SUCCEEDED, v1::EXPERIMENT_FAILED,
                  v1::EXPERIMENT_CANCELLED}) {
-    experiments[ExperimentStateLabel(st)] = 0;
+    experiments[absl::AsciiStrToLower(ExperimentStateName(st))] = 0;
   }
   for (const auto& [st, n] : c.runs_by_state) runs[absl::AsciiStrToLower(RunStateName(st))] += n;
-  for (const auto& [st, n] : c.experiments_by_state) experiments[ExperimentStateLabel(st)] += n;
+  for (const auto& [st, n] : c.experiments_by_state)
+    experiments[absl::AsciiStrToLower(ExperimentStateName(st))] += n;
   std::string out;
   auto metric = [&](const char* name, const char* type, const char* help) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
