@@ -4,7 +4,6 @@
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
-
 #include <opencv2/imgcodecs.hpp>
 
 #include "absl/strings/ascii.h"
@@ -77,11 +76,16 @@ void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport&
   if (directories_.empty()) return;
   std::vector<std::string> parts;
   for (const auto& [offset, n] : directories_) {
-    parts.push_back(absl::StrCat("image N", offset == 0 ? "" : offset > 0 ? "+" : "-",
+    parts.push_back(absl::StrCat("image N",
+                                 offset == 0  ? ""
+                                 : offset > 0 ? "+"
+                                              : "-",
                                  offset == 0 ? "" : absl::StrCat(std::labs(offset)),
-                                 offset == documented ? " (the documented layout)" : "", " in ", n));
+                                 offset == documented ? " (the documented layout)" : "", " in ",
+                                 n));
   }
-  report.Note(absl::StrCat("image names of ", what, ": label frame N is ", absl::StrJoin(parts, ", ")));
+  report.Note(
+      absl::StrCat("image names of ", what, ": label frame N is ", absl::StrJoin(parts, ", ")));
 }
 
 absl::StatusOr<int8_t> ParseAuCell(absl::string_view cell) {
@@ -118,7 +122,8 @@ absl::StatusOr<bool> KeepAuSample(const Sample& sample, const ReaderOptions& opt
   int known = 0;
   for (int8_t v : sample.au) known += v != kAuUnknown;
   if (known == 0) {
-    absl::Status s = report.Skip("no_known_au_label", absl::StrCat(sample.id, ": every used AU is 9"));
+    absl::Status s =
+        report.Skip("no_known_au_label", absl::StrCat(sample.id, ": every used AU is 9"));
     if (!s.ok()) return s;
     return false;
   }
@@ -134,9 +139,9 @@ absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
                                 const ReaderOptions& options, LoadReport& report) {
   std::error_code ec;
   if (path.empty() || !fs::is_regular_file(path, ec)) {
-    absl::Status s = report.Skip(
-        "missing_image", path.empty() ? absl::StrCat(what, ": no image file")
-                                      : absl::StrCat(what, ": no image ", path));
+    absl::Status s =
+        report.Skip("missing_image", path.empty() ? absl::StrCat(what, ": no image file")
+                                                  : absl::StrCat(what, ": no image ", path));
     if (!s.ok()) return s;
     return false;
   }
@@ -147,7 +152,8 @@ absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
     absl::Status bad;
     if (!bytes.ok()) {
       bad = absl::DataLossError(absl::StrCat(path, ": cannot read it"));
-    } else if (auto decoded = image::DecodeImageBytes(*bytes, path, /*half_size=*/true); !decoded.ok()) {
+    } else if (auto decoded = image::DecodeImageBytes(*bytes, path, /*half_size=*/true);
+               !decoded.ok()) {
       bad = decoded.status();
     }
     if (!bad.ok()) {

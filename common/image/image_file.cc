@@ -2,7 +2,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-
 #include <opencv2/imgcodecs.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -20,7 +19,8 @@ uint32_t Le16(absl::string_view b, size_t at) {
 uint32_t Le32(absl::string_view b, size_t at) { return Le16(b, at) | (Le16(b, at + 2) << 16); }
 
 absl::Status Truncated(absl::string_view format, absl::string_view where, size_t size) {
-  return absl::DataLossError(absl::StrCat("truncated ", format, ": ", where, " (file of ", size, " bytes)"));
+  return absl::DataLossError(
+      absl::StrCat("truncated ", format, ": ", where, " (file of ", size, " bytes)"));
 }
 
 absl::Status CheckJpeg(absl::string_view b) {
@@ -31,25 +31,31 @@ absl::Status CheckJpeg(absl::string_view b) {
       // Bytes between segments (padding after an APP segment, a short length): libjpeg skips
       // them to the next marker and decodes the image whole, so do we.
       pos = b.find('\xFF', pos);
-      if (pos == absl::string_view::npos) return Truncated("JPEG", "no end-of-image marker", b.size());
+      if (pos == absl::string_view::npos)
+        return Truncated("JPEG", "no end-of-image marker", b.size());
     }
     while (pos < b.size() && static_cast<uint8_t>(b[pos]) == 0xFF) ++pos;  // fill bytes
     if (pos >= b.size()) return Truncated("JPEG", "no end-of-image marker", b.size());
     const uint8_t marker = static_cast<uint8_t>(b[pos++]);
-    if (marker == 0xD9) return absl::OkStatus();                          // EOI
+    if (marker == 0xD9) return absl::OkStatus();                         // EOI
     if ((marker >= 0xD0 && marker <= 0xD7) || marker == 0x01) continue;  // RSTn, TEM: no length
     if (pos + 2 > b.size()) return Truncated("JPEG", "a segment header is cut off", b.size());
     const size_t length = Be16(b, pos);
-    if (length < 2) return absl::DataLossError(absl::StrCat("corrupt JPEG: segment length ", length, " at byte ", pos));
+    if (length < 2)
+      return absl::DataLossError(
+          absl::StrCat("corrupt JPEG: segment length ", length, " at byte ", pos));
     if (pos + length > b.size()) {
-      return Truncated("JPEG", absl::StrCat("the segment at byte ", pos - 2, " needs ", length, " bytes"), b.size());
+      return Truncated("JPEG",
+                       absl::StrCat("the segment at byte ", pos - 2, " needs ", length, " bytes"),
+                       b.size());
     }
     pos += length;
     if (marker != 0xDA) continue;  // SOS: entropy-coded data follows, up to the next marker
     while (true) {
       const size_t ff = b.find('\xFF', pos);
       if (ff == absl::string_view::npos || ff + 1 >= b.size()) {
-        return Truncated("JPEG", "the compressed data ends without an end-of-image marker", b.size());
+        return Truncated("JPEG", "the compressed data ends without an end-of-image marker",
+                         b.size());
       }
       const uint8_t next = static_cast<uint8_t>(b[ff + 1]);
       if (next == 0x00 || (next >= 0xD0 && next <= 0xD7) || next == 0xFF) {
@@ -69,8 +75,10 @@ absl::Status CheckPng(absl::string_view b) {
     const uint64_t length = Be32(b, pos);
     const absl::string_view type = b.substr(pos + 4, 4);
     if (pos + 12 + length > b.size()) {
-      return Truncated("PNG", absl::StrCat("the ", type, " chunk at byte ", pos, " needs ", length + 12, " bytes"),
-                       b.size());
+      return Truncated(
+          "PNG",
+          absl::StrCat("the ", type, " chunk at byte ", pos, " needs ", length + 12, " bytes"),
+          b.size());
     }
     if (type == "IEND") return absl::OkStatus();
     pos += 12 + length;
@@ -90,12 +98,14 @@ absl::Status CheckBmp(absl::string_view b) {
   const uint32_t compression = Le32(b, 30);
   if (compression != 0 && compression != 3) return absl::OkStatus();  // RLE, JPEG, PNG inside
   if (width <= 0 || bpp == 0 || bpp > 32) {
-    return absl::DataLossError(absl::StrCat("corrupt BMP: width ", width, ", ", bpp, " bits per pixel"));
+    return absl::DataLossError(
+        absl::StrCat("corrupt BMP: width ", width, ", ", bpp, " bits per pixel"));
   }
   const uint64_t row = ((static_cast<uint64_t>(width) * bpp + 31) / 32) * 4;
   const uint64_t need = offset + row * static_cast<uint64_t>(height);
   if (need > b.size()) {
-    return Truncated("BMP", absl::StrCat(width, " x ", height, " pixels need ", need, " bytes"), b.size());
+    return Truncated("BMP", absl::StrCat(width, " x ", height, " pixels need ", need, " bytes"),
+                     b.size());
   }
   return absl::OkStatus();
 }
@@ -111,15 +121,17 @@ absl::Status CheckImageComplete(absl::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what, bool half_size) {
+absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what,
+                                         bool half_size) {
   if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty image"));
   if (absl::Status complete = CheckImageComplete(bytes); !complete.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", complete.message()));
   }
   cv::Mat m;
   try {
-    m = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data())),
-                     half_size ? cv::IMREAD_REDUCED_COLOR_2 : cv::IMREAD_COLOR);
+    m = cv::imdecode(
+        cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data())),
+        half_size ? cv::IMREAD_REDUCED_COLOR_2 : cv::IMREAD_COLOR);
   } catch (const cv::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": cannot decode: ", e.what()));
   }

@@ -7,9 +7,8 @@
 // is a bad sample, so the container is walked first (no pixel is decoded; a linear pass over the
 // bytes).
 
-#include <string>
-
 #include <opencv2/core.hpp>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -33,7 +32,8 @@ absl::Status CheckImageComplete(absl::string_view bytes);
 // (InvalidArgument) start with `what`: empty bytes, an incomplete container (CheckImageComplete),
 // or bytes OpenCV cannot decode. The one decoder of the project: dataset checks, training batches
 // and (later) inference all come through here.
-absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what, bool half_size = false);
+absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what,
+                                         bool half_size = false);
 
 }  // namespace mal::image
 

@@ -1,10 +1,9 @@
 #include "common/image/transforms.h"
 
 #include <algorithm>
-#include <vector>
-
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/image/image_file.h"

@@ -1,9 +1,8 @@
 #ifndef MAL_COMMON_IMAGE_TRANSFORMS_H_
 #define MAL_COMMON_IMAGE_TRANSFORMS_H_
 
-#include <string>
-
 #include <opencv2/core.hpp>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "common/image/image_file.h"
