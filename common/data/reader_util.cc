@@ -82,7 +82,7 @@ void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport&
                                               : "-",
                                  offset == 0 ? "" : absl::StrCat(std::labs(offset)),
                                  offset == documented ? " (the documented layout)" : "", " in ",
-                                 n));
+                                 n, " of them"));
   }
   report.Note(
       absl::StrCat("image names of ", what, ": label frame N is ", absl::StrJoin(parts, ", ")));

@@ -72,7 +72,7 @@ TEST(DisfaReaderTest, OneBasedImageNamesAreDetectedPerSubject) {
   ASSERT_EQ(index->report.notes().size(), 1u);
   EXPECT_EQ(index->report.notes()[0],
             "image names of DISFA subjects: label frame N is image N-1 (the documented layout) in "
-            "1, image N in 1");
+            "1 of them, image N in 1 of them");
 }
 
 TEST(DisfaReaderTest, UnequalLineCountsSkipTheSubject) {
