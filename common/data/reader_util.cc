@@ -81,8 +81,8 @@ void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport&
                                  : offset > 0 ? "+"
                                               : "-",
                                  offset == 0 ? "" : absl::StrCat(std::labs(offset)),
-                                 offset == documented ? " (the documented layout)" : "", " in ",
-                                 n, " of them"));
+                                 offset == documented ? " (the documented layout)" : "", " in ", n,
+                                 " of them"));
   }
   report.Note(
       absl::StrCat("image names of ", what, ": label frame N is ", absl::StrJoin(parts, ", ")));
