@@ -15,6 +15,7 @@ if ! grep -qx "$generator" "$data/synthface.txt" 2>/dev/null; then
   "$build_dir/client/malctl" data synth --out "$data" --force --preview "$data-preview.png"
 fi
 "$build_dir/client/malctl" data inspect --format synthface --root "$data"
+"$build_dir/client/malctl" data inspect --format synthface --root "$data" --part fe
 echo
 
 out="${MAL_QUICKSTART_OUT:-runs/quickstart}"
