@@ -22,7 +22,6 @@
 namespace mal::server {
 
 struct CoordinatorServer::Parts {
-  Options options;
   int lock_fd = -1;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<EventHub> hub;
@@ -121,7 +120,6 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
       raw->core->Tick();
     }
   });
-  p->options = std::move(o);
   return std::unique_ptr<CoordinatorServer>(new CoordinatorServer(std::move(p)));
 }
 

@@ -1,5 +1,6 @@
 // The worker daemon's control side (daemon_impl.h): registration, heartbeats, starting and
 // reaping runs, shutdown; and RunDaemon.
+
 #include "worker/daemon/daemon.h"
 
 #include <fcntl.h>
@@ -8,36 +9,24 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <memory>
-#include <optional>
 #include <thread>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
-#include "common/spec/spec.h"
-#include "common/util/files.h"
 #include "common/util/grpc_channel.h"
-#include "common/util/grpc_status.h"
 #include "common/util/logging.h"
-#include "common/util/run_files.h"
 #include "worker/daemon/child_process.h"
 #include "worker/daemon/daemon_impl.h"
-#include "worker/daemon/event_pipe.h"
 
 namespace mal::worker {
 

@@ -1,35 +1,22 @@
 // One fold run's execution on its own thread (daemon_impl.h): prepare the run directory, start
 // the engine child, relay its events, upload its files, and report the outcome it typed.
-#include <fcntl.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
+
 #include <poll.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <deque>
 #include <filesystem>
-#include <iostream>
-#include <map>
-#include <memory>
 #include <optional>
-#include <thread>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
-#include "common/spec/spec.h"
 #include "common/util/files.h"
-#include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"
 #include "common/util/logging.h"
 #include "common/util/run_files.h"

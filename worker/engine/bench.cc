@@ -300,53 +300,51 @@ namespace {
 // meta-gradient to its float32 one with --bf16). The meta net is moved off its zero init first (a
 // few exact steps), so the bias gradient is not trivially 0.
 absl::Status AddCosines(const BenchOptions& o, const torch::Device& device, BenchReport& report) {
+  Setup s = MakeSetup(o, device);
+  MalStep step(s.model, s.shadow, s.meta);
   {
-    Setup s = MakeSetup(o, device);
-    MalStep step(s.model, s.shadow, s.meta);
-    {
-      torch::optim::SGD base(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
-      torch::optim::Adam meta(s.meta->parameters(), torch::optim::AdamOptions(1e-2));
-      for (int i = 0; i < 3; ++i) {
-        auto r = step.Run(s.batch, &s.val, 1e-3, StepOptions{}, base, &meta);
-        if (!r.ok()) return r.status();
-      }
+    torch::optim::SGD base(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+    torch::optim::Adam meta(s.meta->parameters(), torch::optim::AdamOptions(1e-2));
+    for (int i = 0; i < 3; ++i) {
+      auto r = step.Run(s.batch, &s.val, 1e-3, StepOptions{}, base, &meta);
+      if (!r.ok()) return r.status();
     }
-    // Running statistics would move with every MetaGradient call: compare at frozen buffers.
-    std::vector<torch::Tensor> buffers;
-    for (const auto& b : s.model->buffers()) buffers.push_back(b.clone());
-    auto gradient = [&](MetaMode mode, bool jvp, bool bf16) {
-      auto live = s.model->buffers();
-      {
-        torch::NoGradGuard g;
-        for (size_t i = 0; i < live.size(); ++i) live[i].copy_(buffers[i]);
-      }
-      StepOptions so;
-      so.mode = mode;
-      so.exact_jvp = jvp;
-      std::optional<AutocastGuard> autocast;
-      if (bf16) autocast.emplace(device.type(), torch::kBFloat16);
-      return Flat(step.MetaGradient(s.batch, s.val, 1e-3, so));
-    };
-    auto cosine = [](const torch::Tensor& a, const torch::Tensor& b) {
-      return (a.dot(b) / (a.norm() * b.norm() + 1e-30)).item<double>();
-    };
-    // The reference: mal.md's double-backward VJP, in float32.
-    const torch::Tensor exact = gradient(MetaMode::kExact, /*jvp=*/false, /*bf16=*/false);
-    for (auto& r : report.results) {
-      MetaMode mode = MetaMode::kExact;
-      bool jvp = true;
-      if (r.name == "mal_exact_vjp") jvp = false;
-      else if (r.name == "mal_finite_difference") mode = MetaMode::kFiniteDifference;
-      else if (r.name == "mal_heads_only") mode = MetaMode::kHeadsOnly;
-      else if (r.name != "mal_exact") continue;
-      const torch::Tensor g = r.name == "mal_exact_vjp" ? exact : gradient(mode, jvp, false);
-      r.cosine_to_exact = cosine(g, exact);
-      if (!o.bf16) continue;
-      try {
-        r.cosine_to_fp32 = cosine(gradient(mode, jvp, true), g);
-      } catch (const c10::Error& e) {
-        if (r.error.empty()) r.error = absl::StrCat("bf16 meta-gradient: ", e.what_without_backtrace());
-      }
+  }
+  // Running statistics would move with every MetaGradient call: compare at frozen buffers.
+  std::vector<torch::Tensor> buffers;
+  for (const auto& b : s.model->buffers()) buffers.push_back(b.clone());
+  auto gradient = [&](MetaMode mode, bool jvp, bool bf16) {
+    auto live = s.model->buffers();
+    {
+      torch::NoGradGuard g;
+      for (size_t i = 0; i < live.size(); ++i) live[i].copy_(buffers[i]);
+    }
+    StepOptions so;
+    so.mode = mode;
+    so.exact_jvp = jvp;
+    std::optional<AutocastGuard> autocast;
+    if (bf16) autocast.emplace(device.type(), torch::kBFloat16);
+    return Flat(step.MetaGradient(s.batch, s.val, 1e-3, so));
+  };
+  auto cosine = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return (a.dot(b) / (a.norm() * b.norm() + 1e-30)).item<double>();
+  };
+  // The reference: mal.md's double-backward VJP, in float32.
+  const torch::Tensor exact = gradient(MetaMode::kExact, /*jvp=*/false, /*bf16=*/false);
+  for (auto& r : report.results) {
+    MetaMode mode = MetaMode::kExact;
+    bool jvp = true;
+    if (r.name == "mal_exact_vjp") jvp = false;
+    else if (r.name == "mal_finite_difference") mode = MetaMode::kFiniteDifference;
+    else if (r.name == "mal_heads_only") mode = MetaMode::kHeadsOnly;
+    else if (r.name != "mal_exact") continue;
+    const torch::Tensor g = r.name == "mal_exact_vjp" ? exact : gradient(mode, jvp, false);
+    r.cosine_to_exact = cosine(g, exact);
+    if (!o.bf16) continue;
+    try {
+      r.cosine_to_fp32 = cosine(gradient(mode, jvp, true), g);
+    } catch (const c10::Error& e) {
+      if (r.error.empty()) r.error = absl::StrCat("bf16 meta-gradient: ", e.what_without_backtrace());
     }
   }
   return absl::OkStatus();

@@ -133,7 +133,7 @@ absl::Status Training::SetUp() {
                           ? t_.threads()
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
-  ASSIGN_OR_RETURN(device_, ParseDevice(t_.device().empty() ? "cpu" : t_.device(), "train.device"));
+  ASSIGN_OR_RETURN(device_, ParseDevice(t_.device(), "train.device"));
   // cuDNN picks the fastest convolution algorithms for the (fixed) batch shapes; on CUDA, runs are
   // then not bit-reproducible (same-seed determinism is a CPU guarantee, docs/engine.md).
   if (device_.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
