@@ -1,23 +1,24 @@
 #include "client/data_commands.h"
 
-#include <iostream>
-
 #include <google/protobuf/util/json_util.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <memory>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "common/util/args.h"
 #include "common/data/folds.h"
 #include "common/data/inspect.h"
 #include "common/data/reader.h"
 #include "common/synth/synth_dataset.h"
+#include "common/util/cli.h"
 
 namespace mal::cli {
 
 namespace {
 
-constexpr int kUsageError = 2;
 constexpr int kFailure = 1;
 
 int Fail(int code, const std::string& message) {
@@ -30,74 +31,32 @@ absl::StatusOr<std::vector<int>> ParseAuList(const std::string& text) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     int au;
     if (!absl::SimpleAtoi(part, &au) || au < 1 || au > 99) {
-      return absl::InvalidArgumentError(absl::StrCat("--aus: '", part, "' is not an AU number 1..99"));
+      return absl::InvalidArgumentError(absl::StrCat("'", part, "' is not an AU number 1..99"));
     }
     aus.push_back(au);
   }
   return aus;
 }
 
-}  // namespace
+struct InspectOptions {
+  std::string format, output = "text", unknown_au = "mask", part = "au", aus;
+  data::ReaderOptions reader;
+  data::FoldOptions folds;
+};
 
-int RunDataInspect(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv,
-                          {"format", "root", "aus", "output", "protocol", "folds", "seed",
-                           "val-fraction", "images", "distribution", "manifest", "split",
-                           "unknown-au", "part"},
-                          {"strict", "verify-images", "help"}, {{"o", "output"}});
-  if (!args.ok()) return Fail(kUsageError, std::string(args.status().message()));
-  if (args->Flag("help") || !args->Has("format") || !args->Has("root")) {
-    std::cerr << "usage: malctl data inspect --format FORMAT --root DIR [--aus 1,2,4] [-o json]\n"
-                 "  formats: bp4d disfa gft rafdb affectnet csv synthface\n"
-                 "  --protocol standard|official|kfold  --folds N  --seed S  --val-fraction F\n"
-                 "  --images DIR  --distribution FILE  --manifest FILE  --split train|test|all\n"
-                 "  --unknown-au mask|drop  --part au|fe (synthface)  --strict  --verify-images\n";
-    return args->Flag("help") ? 0 : kUsageError;
-  }
-  const std::string output = args->Get("output", "text");
-  if (output != "text" && output != "json") return Fail(kUsageError, "-o: must be text or json");
-  data::ReaderOptions options;
-  options.root = args->Get("root");
-  options.images = args->Get("images");
-  options.distribution = args->Get("distribution");
-  options.manifest = args->Get("manifest");
-  options.split = args->Get("split");
-  options.strict = args->Flag("strict");
-  options.verify_images = args->Flag("verify-images");
-  const std::string unknown = args->Get("unknown-au", "mask");
-  if (unknown != "mask" && unknown != "drop") return Fail(kUsageError, "--unknown-au: mask or drop");
-  options.drop_unknown_au = unknown == "drop";
-  if (args->Has("aus")) {
-    auto aus = ParseAuList(args->Get("aus"));
-    if (!aus.ok()) return Fail(kUsageError, std::string(aus.status().message()));
-    options.aus = *aus;
-  }
-  const std::string part = args->Get("part", "au");
-  if (part != "au" && part != "fe") return Fail(kUsageError, "--part: au or fe");
-  data::FoldOptions fold_options;
-  fold_options.protocol = args->Get("protocol");
-  auto folds_n = args->GetInt("folds", 3);
-  auto seed = args->GetInt("seed", 1);
-  auto val = args->GetDouble("val-fraction", 0.02);
-  if (!folds_n.ok()) return Fail(kUsageError, std::string(folds_n.status().message()));
-  if (!seed.ok()) return Fail(kUsageError, std::string(seed.status().message()));
-  if (!val.ok()) return Fail(kUsageError, std::string(val.status().message()));
-  if (args->Has("folds") && fold_options.protocol.empty()) fold_options.protocol = "kfold";
-  fold_options.folds = static_cast<int>(*folds_n);
-  fold_options.seed = static_cast<uint64_t>(*seed);
-  fold_options.val_fraction = *val;
-
-  const std::string format = args->Get("format");
-  auto index = data::LoadDataset(format, options,
-                                 part == "fe" ? data::DataRole::kFe : data::DataRole::kAu);
+int RunDataInspect(InspectOptions& o, bool folds_given) {
+  if (!o.aus.empty()) o.reader.aus = *ParseAuList(o.aus);  // checked by the parser
+  o.reader.drop_unknown_au = o.unknown_au == "drop";
+  if (folds_given && o.folds.protocol.empty()) o.folds.protocol = "kfold";
+  auto index = data::LoadDataset(o.format, o.reader,
+                                 o.part == "fe" ? data::DataRole::kFe : data::DataRole::kAu);
   if (!index.ok()) return Fail(kFailure, std::string(index.status().message()));
 
   std::vector<data::Fold> folds;
   std::string protocol;
   if (!index->Subjects().empty()) {
-    protocol = fold_options.protocol.empty() ? data::DefaultProtocol(index->format)
-                                             : fold_options.protocol;
-    auto made = data::MakeFolds(*index, fold_options);
+    protocol = o.folds.protocol.empty() ? data::DefaultProtocol(index->format) : o.folds.protocol;
+    auto made = data::MakeFolds(*index, o.folds);
     if (made.ok()) {
       folds = std::move(*made);
     } else {
@@ -105,7 +64,7 @@ int RunDataInspect(const std::vector<std::string>& argv) {
     }
   }
   const v1::DatasetInspection inspection = data::Inspect(*index, protocol, folds);
-  if (output == "json") {
+  if (o.output == "json") {
     std::string json;
     google::protobuf::util::JsonPrintOptions json_options;
     json_options.add_whitespace = true;
@@ -119,45 +78,7 @@ int RunDataInspect(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int RunDataSynth(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv,
-                          {"out", "au-subjects", "fe-subjects", "frames", "fe-images", "ambiguous",
-                           "size", "seed", "preview", "threads", "occluders"},
-                          {"force", "help", "generator-version"});
-  if (!args.ok()) return Fail(kUsageError, std::string(args.status().message()));
-  if (args->Flag("generator-version")) {
-    // What DIR/synthface.txt says as "generator N" when this binary makes the data, so scripts
-    // can tell a cache made by an older generator without repeating the number.
-    std::cout << synth::kSynthFaceGenerator << "\n";
-    return 0;
-  }
-  if (args->Flag("help") || (!args->Has("out") && !args->Has("preview"))) {
-    std::cerr << "usage: malctl data synth --out DIR [--au-subjects N] [--fe-subjects N] "
-                 "[--frames N] [--fe-images N]\n"
-                 "       [--ambiguous FRACTION] [--size PX] [--seed S] [--preview sheet.png] "
-                 "[--threads N] [--occluders P] [--force]\n"
-                 "       malctl data synth --generator-version   (the N of \"generator N\" in synthface.txt)\n";
-    return args->Flag("help") ? 0 : kUsageError;
-  }
-  synth::SynthOptions o;
-  o.out = args->Get("out");
-  o.force = args->Flag("force");
-  if (absl::Status s = args->ReadInts({{"au-subjects", &o.au_subjects}, {"fe-subjects", &o.fe_subjects},
-                                       {"frames", &o.frames}, {"fe-images", &o.fe_images},
-                                       {"size", &o.size}, {"threads", &o.threads}});
-      !s.ok()) {
-    return Fail(kUsageError, std::string(s.message()));
-  }
-  auto seed = args->GetInt("seed", 1);
-  auto ambiguous = args->GetDouble("ambiguous", o.ambiguous);
-  auto occluders = args->GetDouble("occluders", o.occluder_probability);
-  if (!seed.ok()) return Fail(kUsageError, std::string(seed.status().message()));
-  if (!ambiguous.ok()) return Fail(kUsageError, std::string(ambiguous.status().message()));
-  if (!occluders.ok()) return Fail(kUsageError, std::string(occluders.status().message()));
-  o.seed = static_cast<uint64_t>(*seed);
-  o.ambiguous = *ambiguous;
-  o.occluder_probability = *occluders;
-
+int RunDataSynth(const synth::SynthOptions& o, const std::string& preview) {
   if (!o.out.empty()) {
     auto summary = synth::GenerateSynthFace(o);
     if (!summary.ok()) return Fail(kFailure, std::string(summary.status().message()));
@@ -167,12 +88,106 @@ int RunDataSynth(const std::vector<std::string>& argv) {
               << " FE images (RAF-DB layout in fe/) in " << summary->seconds << " s ("
               << static_cast<int64_t>(total / std::max(summary->seconds, 1e-9)) << " images/s)\n";
   }
-  if (args->Has("preview")) {
-    absl::Status s = synth::WritePreviewSheet(args->Get("preview"), o.seed, o.size);
+  if (!preview.empty()) {
+    absl::Status s = synth::WritePreviewSheet(preview, o.seed, o.size);
     if (!s.ok()) return Fail(kFailure, std::string(s.message()));
-    std::cout << "wrote preview " << args->Get("preview") << "\n";
+    std::cout << "wrote preview " << preview << "\n";
   }
   return 0;
+}
+
+void AddInspect(CLI::App& data, int* exit_code) {
+  auto o = std::make_shared<InspectOptions>();
+  CLI::App* cmd = data.add_subcommand(
+      "inspect", "check a dataset on disk and show its subjects, labels and folds");
+  cmd->add_option("--format", o->format, "bp4d, disfa, gft, rafdb, affectnet, csv or synthface")
+      ->required();
+  cmd->add_option("--root", o->reader.root, "the dataset's directory")->required();
+  cmd->add_option("--aus", o->aus,
+                  "the AUs to read, e.g. 1,2,4 (default: the format's standard list)")
+      ->check([](const std::string& text) {
+        auto aus = ParseAuList(text);
+        return aus.ok() ? std::string() : std::string(aus.status().message());
+      });
+  cmd->add_option("-o,--output", o->output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  cmd->add_option("--protocol", o->folds.protocol,
+                  "standard (published 3-fold lists), official (train/test split) or kfold "
+                  "(default: the format's)")
+      ->check(CLI::IsMember({"standard", "official", "kfold"}));
+  CLI::Option* folds =
+      cmd->add_option("--folds", o->folds.folds, "number of folds (implies --protocol kfold)")
+          ->check(CLI::Range(2, 1000));
+  cmd->add_option("--seed", o->folds.seed, "seed of the kfold shuffle");
+  cmd->add_option("--val-fraction", o->folds.val_fraction,
+                  "share of each training subject kept for the meta validation set")
+      ->check(CLI::Range(0.0, 0.5));
+  cmd->add_option("--images", o->reader.images, "image root (default: --root)");
+  cmd->add_option("--distribution", o->reader.distribution,
+                  "rafdb: the annotator distribution file");
+  cmd->add_option("--manifest", o->reader.manifest, "csv: the manifest file");
+  cmd->add_option("--split", o->reader.split, "train, test or all (default: the format's)")
+      ->check(CLI::IsMember({"train", "test", "all"}));
+  cmd->add_option("--unknown-au", o->unknown_au,
+                  "a frame with an unknown AU label: mask the label or drop the frame")
+      ->check(CLI::IsMember({"mask", "drop"}));
+  cmd->add_option("--part", o->part, "synthface: the AU part or the FE part")
+      ->check(CLI::IsMember({"au", "fe"}));
+  cmd->add_flag("--strict", o->reader.strict,
+                "any bad line is an error (default: skipped and counted)");
+  cmd->add_flag("--verify-images", o->reader.verify_images, "decode every image");
+  cmd->callback([o, folds, exit_code] { *exit_code = RunDataInspect(*o, folds->count() > 0); });
+}
+
+void AddSynth(CLI::App& data, int* exit_code) {
+  auto o = std::make_shared<synth::SynthOptions>();
+  auto preview = std::make_shared<std::string>();
+  CLI::App* cmd =
+      data.add_subcommand("synth", "generate the SynthFace dataset (docs/synthface.md)");
+  CLI::Option* out = cmd->add_option("--out", o->out, "the dataset directory to write");
+  CLI::Option* sheet =
+      cmd->add_option("--preview", *preview, "also write a PNG sheet of every AU and expression");
+  cmd->add_option("--au-subjects", o->au_subjects, "BP4D-style subjects")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--frames", o->frames, "frames per AU subject")->check(CLI::Range(1, 1000000));
+  cmd->add_option("--fe-subjects", o->fe_subjects, "identities of the FE images")
+      ->check(CLI::Range(1, 1000000));
+  cmd->add_option("--fe-images", o->fe_images, "FE images, train + test")
+      ->check(CLI::Range(0, 10000000));
+  cmd->add_option("--ambiguous", o->ambiguous,
+                  "share of FE images with weak, partial or no AU evidence")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--occluders", o->occluder_probability, "probability of an occluder on a face")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--size", o->size, "image side, px")->check(CLI::Range(32, 1024));
+  cmd->add_option("--seed", o->seed,
+                  "the data seed: the same options and seed give the same bytes");
+  cmd->add_option("--threads", o->threads, "0: all cores")->check(CLI::Range(0, 1024));
+  cmd->add_flag("--force", o->force, "replace an existing non-empty --out");
+  CLI::Option* version = cmd->add_flag("--generator-version",
+                                       "print the N of \"generator N\" in synthface.txt and exit");
+  cmd->callback([o, preview, out, sheet, version, exit_code] {
+    if (version->count() > 0) {
+      // What DIR/synthface.txt says as "generator N" when this binary makes the data, so scripts
+      // can tell a cache made by an older generator without repeating the number.
+      std::cout << synth::kSynthFaceGenerator << "\n";
+      *exit_code = 0;
+    } else if (out->count() == 0 && sheet->count() == 0) {
+      *exit_code =
+          Fail(kExitUsage,
+               "data synth: --out DIR or --preview FILE is required (malctl data synth --help)");
+    } else {
+      *exit_code = RunDataSynth(*o, *preview);
+    }
+  });
+}
+
+}  // namespace
+
+void AddDataCommands(CLI::App& app, int* exit_code) {
+  CLI::App* data = app.add_subcommand("data", "local dataset commands (no server needed)");
+  data->require_subcommand(1);
+  AddInspect(*data, exit_code);
+  AddSynth(*data, exit_code);
 }
 
 }  // namespace mal::cli

@@ -8,7 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libyaml-cpp-dev libsqlite3-dev libgoogle-glog-dev libssl-dev openssl
   libopencv-dev opencv-data
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libcli11-dev
   python3-torch python3-torchvision
 )
 

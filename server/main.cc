@@ -1,5 +1,5 @@
 // mal-coordinator: owns the state, schedules fold runs onto worker daemons, streams events.
-//   mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] [--heartbeat-ms 1000]
+//   mal-coordinator --data-dir DIR [--listen HOST:PORT] [--lease-ms 15000] [--heartbeat-ms 1000]
 //                   [--watch-queue 1024] [--metrics-listen HOST:PORT]
 //                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE]
 //                   [--insecure]
@@ -7,11 +7,16 @@
 // streams, stop the server (in-flight calls get a few seconds), close the store. The flags fill
 // CoordinatorServer::Options (server/coordinator_server.h), which does the rest.
 
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <iostream>
+#include <string>
 #include <thread>
+#include <vector>
 
-#include "common/util/args.h"
+#include "common/util/cli.h"
 #include "common/util/logging.h"
 #include "server/coordinator_server.h"
 
@@ -20,43 +25,41 @@ namespace {
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
 
-int Fail(const std::string& message) {
-  std::cerr << "mal-coordinator: " << message << "\n";
-  return 2;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
-  auto args = mal::cli::Args::Parse(
-      std::vector<std::string>(argv + 1, argv + argc),
-      {"listen", "data-dir", "lease-ms", "heartbeat-ms", "watch-queue", "metrics-listen",
-       "tls-cert", "tls-key", "tls-client-ca", "token-file"},
-      {"help", "insecure"});
-  if (!args.ok()) return Fail(std::string(args.status().message()));
-  if (args->Flag("help") || !args->Has("data-dir")) {
-    std::cerr << "usage: mal-coordinator --listen HOST:PORT --data-dir DIR [--lease-ms 15000] "
-                 "[--heartbeat-ms 1000] [--watch-queue 1024] [--metrics-listen HOST:PORT]\n"
-                 "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE] "
-                 "[--insecure]\n";
-    return args->Flag("help") ? 0 : 2;
-  }
   mal::server::CoordinatorServer::Options o;
-  o.listen = args->Get("listen", o.listen);
-  o.data_dir = args->Get("data-dir");
-  o.metrics_listen = args->Get("metrics-listen");
-  o.security = {args->Get("tls-cert"), args->Get("tls-key"), args->Get("tls-client-ca"),
-                args->Get("token-file"), args->Flag("insecure")};
-  for (auto [flag, target] :
-       {std::pair{"lease-ms", &o.lease_ms}, std::pair{"heartbeat-ms", &o.heartbeat_ms},
-        std::pair{"watch-queue", &o.watch_queue}}) {
-    auto v = args->GetInt(flag, *target);
-    if (!v.ok()) return Fail(std::string(v.status().message()));
-    *target = *v;
-  }
+  CLI::App app(
+      "mal-coordinator: owns the experiments' state, schedules fold runs onto worker daemons and "
+      "streams their events to clients.",
+      "mal-coordinator");
+  app.option_defaults()->always_capture_default();
+  app.add_option("--listen", o.listen, "HOST:PORT to serve on (port 0: a free one, printed)");
+  app.add_option("--data-dir", o.data_dir, "state.db (SQLite), artifacts/ and the lock")
+      ->required();
+  app.add_option("--lease-ms", o.lease_ms, "a worker silent this long loses its runs, ms")
+      ->check(CLI::Range(int64_t{20}, int64_t{86400000}));
+  app.add_option("--heartbeat-ms", o.heartbeat_ms, "how often workers call, ms (lease >= 2x)")
+      ->check(CLI::Range(int64_t{10}, int64_t{3600000}));
+  app.add_option("--watch-queue", o.watch_queue, "events queued per watcher before coalescing")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  app.add_option("--metrics-listen", o.metrics_listen,
+                 "serve Prometheus text at HOST:PORT (default: none)");
+  app.add_option("--tls-cert", o.security.cert_file, "server certificate (PEM)");
+  app.add_option("--tls-key", o.security.key_file, "server key (PEM)");
+  app.add_option("--tls-client-ca", o.security.client_ca_file,
+                 "require client certificates signed by this CA");
+  app.add_option("--token-file", o.security.token_file, "accepted bearer tokens, one per line");
+  app.add_flag("--insecure", o.security.insecure, "allow plaintext on a non-loopback --listen");
+  if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
+    return *code;
+
   auto server = mal::server::CoordinatorServer::Start(o);
-  if (!server.ok()) return Fail(std::string(server.status().message()));
+  if (!server.ok()) {
+    std::cerr << "mal-coordinator: " << server.status().message() << "\n";
+    return 2;
+  }
   // The ports actually bound (":0" picks a free one), for scripts and tests.
   if ((*server)->metrics_port() > 0) {
     std::cout << "mal-coordinator metrics on port " << (*server)->metrics_port() << std::endl;

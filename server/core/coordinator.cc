@@ -263,13 +263,7 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
   if (e->row.state != v1::EXPERIMENT_RUNNING) return Info(*e, true);
-  for (auto& [id, run] : e->runs) {
-    if (IsFinished(run.state)) continue;
-    FoldRun updated;
-    RETURN_IF_ERROR(store_->Cancel(id, kCancelledByUser, &updated));
-    run = std::move(updated);
-    EmitRunState(*e, run);
-  }
+  RETURN_IF_ERROR(CancelRuns(*e, /*trial=*/-1, kCancelledByUser));
   for (Trial& t : e->trials) {
     if (t.state != TrialState::kOpen) continue;
     t.state = TrialState::kCancelled;

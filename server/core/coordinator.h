@@ -131,8 +131,9 @@ class Coordinator {
   // Lifecycle (coordinator_lifecycle.cc), applying lifecycle.h and early_stopping.h.
   // After a run reached a final state: settles its trial, then the experiment.
   void Settle(Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Cancels the unfinished runs of `trial` (every trial when < 0), publishing each change.
-  void CancelRuns(Experiment& e, int trial, const std::string& message)
+  // Cancels the unfinished runs of `trial` (every trial when < 0), publishing each change. A store
+  // error is logged and the rest are still cancelled; returns the first error.
+  absl::Status CancelRuns(Experiment& e, int trial, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets, publishes (trial_result) and persists a trial's final state.
   void SetTrialState(Experiment& e, Trial& t, TrialState state, const std::string& message)

@@ -12,17 +12,20 @@
 
 namespace mal::server {
 
-void Coordinator::CancelRuns(Experiment& e, int trial, const std::string& message) {
+absl::Status Coordinator::CancelRuns(Experiment& e, int trial, const std::string& message) {
+  absl::Status first;
   for (auto& [id, r] : e.runs) {
     if ((trial >= 0 && r.trial != trial) || IsFinished(r.state)) continue;
     FoldRun updated;
     if (absl::Status s = store_->Cancel(id, message, &updated); !s.ok()) {
       LOG(ERROR) << e.row.id << " fold run " << id << ": cancelling: " << s;
+      first.Update(s);
       continue;
     }
     r = std::move(updated);
     EmitRunState(e, r);
   }
+  return first;
 }
 
 void Coordinator::SetTrialState(Experiment& e, Trial& t, TrialState state,
@@ -42,7 +45,7 @@ void Coordinator::Settle(Experiment& e, int trial) {
   if (std::optional<TrialSettlement> settled = SettleTrial(e, trial)) {
     // The trial's metric is undefined without every fold: a failure stops the others.
     if (settled->state == TrialState::kFailed)
-      CancelRuns(e, trial, "another fold of the trial failed");
+      CancelRuns(e, trial, "another fold of the trial failed").IgnoreError();  // logged
     SetTrialState(e, *e.FindTrial(trial), settled->state, settled->message);
   }
   MaybeFinish(e);
@@ -57,7 +60,7 @@ void Coordinator::CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMe
 }
 
 void Coordinator::StopTrial(Experiment& e, int trial, const std::string& message) {
-  CancelRuns(e, trial, message);
+  CancelRuns(e, trial, message).IgnoreError();  // logged
   if (Trial* t = e.FindTrial(trial)) SetTrialState(e, *t, TrialState::kStopped, message);
   LOG(INFO) << e.row.id << " trial " << trial << ": " << message;
   MaybeFinish(e);

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -25,8 +26,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "common/util/args.h"
+#include "common/util/cli.h"
 #include "common/util/grpc_channel.h"
 #include "mal/v1/service.grpc.pb.h"
 
@@ -36,7 +38,8 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 int64_t NowUs() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
+      .count();
 }
 
 int64_t RssKb(pid_t pid, const char* field) {
@@ -110,7 +113,8 @@ void FakeWorker(const std::string& address, int index, int points, Shared* share
   }
 }
 
-void Watcher(const std::string& address, const std::string& experiment, bool stalled, Shared* shared) {
+void Watcher(const std::string& address, const std::string& experiment, bool stalled,
+             Shared* shared) {
   auto stub = mal::v1::Coordinator::NewStub(mal::rpc::MakeChannel(address));
   grpc::ClientContext ctx;
   mal::v1::WatchRequest req;
@@ -145,25 +149,27 @@ void Watcher(const std::string& address, const std::string& experiment, bool sta
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto args = mal::cli::Args::Parse(std::vector<std::string>(argv + 1, argv + argc),
-                                    {"workers", "runs", "watchers", "stalled", "points", "data-dir", "coordinator"},
-                                    {"help"});
-  if (!args.ok() || args->Flag("help")) {
-    std::cerr << "usage: coordinator_bench [--workers 50] [--runs 1000] [--watchers 100] [--stalled 0] "
-                 "[--points 40] [--data-dir DIR]\n";
-    return args.ok() ? 0 : 2;
-  }
   int workers = 50, runs = 1000, watchers = 100, stalled = 0, points = 40;
-  if (!args->ReadInts({{"workers", &workers}, {"runs", &runs}, {"watchers", &watchers}, {"stalled", &stalled},
-                       {"points", &points}})
-           .ok() ||
-      runs % 100 != 0) {
-    std::cerr << "coordinator_bench: bad option (--runs must be a multiple of 100)\n";
-    return 2;
-  }
   const std::string self = fs::read_symlink("/proc/self/exe").parent_path().string();
-  const std::string coordinator = args->Get("coordinator", self + "/../server/mal-coordinator");
-  const std::string dir = args->Get("data-dir", absl::StrCat("/tmp/mal-coordinator-bench-", ::getpid()));
+  std::string coordinator = self + "/../server/mal-coordinator";
+  std::string dir = absl::StrCat("/tmp/mal-coordinator-bench-", ::getpid());
+  CLI::App app("coordinator_bench: the coordinator under many workers and watchers",
+               "coordinator_bench");
+  app.option_defaults()->always_capture_default();
+  app.add_option("--workers", workers, "simulated worker daemons")->check(CLI::Range(1, 100000));
+  app.add_option("--runs", runs, "fold runs (a multiple of 100)")->check([](const std::string& v) {
+    int64_t n = 0;
+    return absl::SimpleAtoi(v, &n) && n > 0 && n % 100 == 0
+               ? std::string()
+               : std::string("a positive multiple of 100");
+  });
+  app.add_option("--watchers", watchers, "clients watching")->check(CLI::Range(0, 100000));
+  app.add_option("--stalled", stalled, "watchers that never read")->check(CLI::Range(0, 100000));
+  app.add_option("--points", points, "loss points per run")->check(CLI::Range(0, 1000000));
+  app.add_option("--data-dir", dir, "the coordinator's data directory (emptied first)");
+  app.add_option("--coordinator", coordinator, "the mal-coordinator binary");
+  if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
+    return *code;
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::string log = dir + "/coordinator.log";
@@ -172,8 +178,9 @@ int main(int argc, char** argv) {
     FILE* f = std::fopen(log.c_str(), "w");
     ::dup2(::fileno(f), 1);
     ::dup2(::fileno(f), 2);
-    ::execl(coordinator.c_str(), coordinator.c_str(), "--listen", "127.0.0.1:0", "--data-dir", (dir + "/data").c_str(),
-            "--heartbeat-ms", "100", "--lease-ms", "60000", "--watch-queue", "1024", static_cast<char*>(nullptr));
+    ::execl(coordinator.c_str(), coordinator.c_str(), "--listen", "127.0.0.1:0", "--data-dir",
+            (dir + "/data").c_str(), "--heartbeat-ms", "100", "--lease-ms", "60000",
+            "--watch-queue", "1024", static_cast<char*>(nullptr));
     ::_exit(127);
   }
   int port = 0;
@@ -228,7 +235,8 @@ int main(int argc, char** argv) {
   const double submit_s = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<std::thread> threads;
   for (int w = 0; w < watchers; ++w) {
-    threads.emplace_back(Watcher, address, ids[static_cast<size_t>(w) % ids.size()], w < stalled, &shared);
+    threads.emplace_back(Watcher, address, ids[static_cast<size_t>(w) % ids.size()], w < stalled,
+                         &shared);
   }
   const auto t1 = Clock::now();
   for (int w = 0; w < workers; ++w) threads.emplace_back(FakeWorker, address, w, points, &shared);
@@ -237,7 +245,8 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     rss_peak = std::max(rss_peak, RssKb(pid, "VmRSS:"));
     if (std::chrono::duration<double>(Clock::now() - t1).count() > 600) {
-      std::cerr << "coordinator_bench: gave up after 600 s (" << shared.runs_completed << " runs done)\n";
+      std::cerr << "coordinator_bench: gave up after 600 s (" << shared.runs_completed
+                << " runs done)\n";
       break;
     }
   }
@@ -254,22 +263,30 @@ int main(int argc, char** argv) {
 
   auto& l = shared.latencies_us;
   std::sort(l.begin(), l.end());
-  auto pct = [&](double q) { return l.empty() ? 0.0 : l[static_cast<size_t>(q * (l.size() - 1))] / 1000.0; };
-  std::printf("coordinator bench: %d runs (%d experiments x 10 trials x 10 folds), %d simulated workers, %d watchers "
-              "(%d stalled), %d loss points per run\n",
-              runs, experiments, workers, watchers, stalled, points);
+  auto pct = [&](double q) {
+    return l.empty() ? 0.0 : l[static_cast<size_t>(q * (l.size() - 1))] / 1000.0;
+  };
+  std::printf(
+      "coordinator bench: %d runs (%d experiments x 10 trials x 10 folds), %d simulated workers, "
+      "%d watchers "
+      "(%d stalled), %d loss points per run\n",
+      runs, experiments, workers, watchers, stalled, points);
   std::printf("  submit: %.2f s for %d experiments\n", submit_s, experiments);
-  std::printf("  dispatch+complete: %lld runs in %.2f s = %.1f runs/s\n", static_cast<long long>(shared.runs_completed.load()),
-              run_s, shared.runs_completed / run_s);
+  std::printf("  dispatch+complete: %lld runs in %.2f s = %.1f runs/s\n",
+              static_cast<long long>(shared.runs_completed.load()), run_s,
+              shared.runs_completed / run_s);
   std::printf("  events: %lld reported by workers (%.0f/s), %lld delivered to watchers (%.0f/s)\n",
               static_cast<long long>(shared.events_sent.load()), shared.events_sent / run_s,
               static_cast<long long>(shared.events_seen.load()), shared.events_seen / run_s);
-  std::printf("  delivery latency (live loss points, worker send -> watcher receive): median %.1f ms, p99 %.1f ms, "
-              "max %.1f ms over %zu samples\n",
-              pct(0.5), pct(0.99), pct(1.0), l.size());
-  std::printf("  watchers ended early (behind / error): %lld\n", static_cast<long long>(shared.ended_watchers.load()));
-  std::printf("  coordinator memory: %.1f MB idle, peak RSS %.1f MB (VmHWM %.1f MB)\n", rss_idle / 1024.0,
-              rss_peak / 1024.0, hwm / 1024.0);
+  std::printf(
+      "  delivery latency (live loss points, worker send -> watcher receive): median %.1f ms, p99 "
+      "%.1f ms, "
+      "max %.1f ms over %zu samples\n",
+      pct(0.5), pct(0.99), pct(1.0), l.size());
+  std::printf("  watchers ended early (behind / error): %lld\n",
+              static_cast<long long>(shared.ended_watchers.load()));
+  std::printf("  coordinator memory: %.1f MB idle, peak RSS %.1f MB (VmHWM %.1f MB)\n",
+              rss_idle / 1024.0, rss_peak / 1024.0, hwm / 1024.0);
   fs::remove_all(dir);
   return shared.runs_completed >= runs ? 0 : 1;
 }

@@ -1,6 +1,11 @@
+// Over 400 lines on purpose: one benchmark, built into the engine-only core (LibTorch and Abseil,
+// nothing else: deploy/gpu-check.sh), so its set-up, per-phase timing in a child process, the
+// meta-gradient cosines and its text and JSON report (no JSON library there) stay together.
+
 #include "worker/engine/bench.h"
 
 #include <sys/wait.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,8 +16,6 @@
 #include <optional>
 #include <string>
 #include <thread>
-
-#include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -127,8 +130,9 @@ torch::Tensor Flat(const std::vector<torch::Tensor>& v) {
 // Times one method: warm-up, then `iterations` iterations with per-phase timing.
 absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
                                        const torch::Device& device) {
-  at::set_num_threads(o.threads > 0 ? o.threads
-                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
+  at::set_num_threads(o.threads > 0
+                          ? o.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
   Setup s = MakeSetup(o, device);
   torch::optim::SGD base(s.model->parameters(),
                          torch::optim::SGDOptions(1e-3).momentum(0.9).weight_decay(5e-4));
@@ -199,8 +203,10 @@ absl::StatusOr<BenchResult> RunVariantInChild(const BenchOptions& o, const Varia
     std::string out;
     auto result = RunVariantCaught(o, v, device);
     if (result.ok()) {
-      out = absl::StrFormat("ok %.9f %.3f\n", result->seconds_per_iteration, result->peak_memory_mib);
-      for (const auto& [name, sec] : result->phases) absl::StrAppendFormat(&out, "%s\t%.9f\n", name, sec);
+      out =
+          absl::StrFormat("ok %.9f %.3f\n", result->seconds_per_iteration, result->peak_memory_mib);
+      for (const auto& [name, sec] : result->phases)
+        absl::StrAppendFormat(&out, "%s\t%.9f\n", name, sec);
     } else {
       out = absl::StrCat("error ", result.status().message(), "\n");
     }
@@ -250,7 +256,8 @@ absl::StatusOr<std::vector<Variant>> SelectVariants(const std::vector<std::strin
   }
   std::vector<Variant> chosen;
   for (const Variant& v : all) {
-    if (methods.empty() || std::find(methods.begin(), methods.end(), v.name) != methods.end()) chosen.push_back(v);
+    if (methods.empty() || std::find(methods.begin(), methods.end(), v.name) != methods.end())
+      chosen.push_back(v);
   }
   return chosen;
 }
@@ -261,8 +268,9 @@ absl::Status AddCosines(const BenchOptions& o, const torch::Device& device, Benc
 
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& o) {
   try {
-    const int threads =
-        o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int threads = o.threads > 0
+                            ? o.threads
+                            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
     ASSIGN_OR_RETURN(const torch::Device device, ParseDevice(o.device, "--device"));
     if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
     BenchReport report;
@@ -334,17 +342,22 @@ absl::Status AddCosines(const BenchOptions& o, const torch::Device& device, Benc
   for (auto& r : report.results) {
     MetaMode mode = MetaMode::kExact;
     bool jvp = true;
-    if (r.name == "mal_exact_vjp") jvp = false;
-    else if (r.name == "mal_finite_difference") mode = MetaMode::kFiniteDifference;
-    else if (r.name == "mal_heads_only") mode = MetaMode::kHeadsOnly;
-    else if (r.name != "mal_exact") continue;
+    if (r.name == "mal_exact_vjp")
+      jvp = false;
+    else if (r.name == "mal_finite_difference")
+      mode = MetaMode::kFiniteDifference;
+    else if (r.name == "mal_heads_only")
+      mode = MetaMode::kHeadsOnly;
+    else if (r.name != "mal_exact")
+      continue;
     const torch::Tensor g = r.name == "mal_exact_vjp" ? exact : gradient(mode, jvp, false);
     r.cosine_to_exact = cosine(g, exact);
     if (!o.bf16) continue;
     try {
       r.cosine_to_fp32 = cosine(gradient(mode, jvp, true), g);
     } catch (const c10::Error& e) {
-      if (r.error.empty()) r.error = absl::StrCat("bf16 meta-gradient: ", e.what_without_backtrace());
+      if (r.error.empty())
+        r.error = absl::StrCat("bf16 meta-gradient: ", e.what_without_backtrace());
     }
   }
   return absl::OkStatus();
@@ -358,7 +371,8 @@ std::string FormatBench(const BenchReport& r, bool json) {
     std::vector<std::string> items;
     for (const auto& x : r.results) {
       std::vector<std::string> phases;
-      for (const auto& [name, sec] : x.phases) phases.push_back(absl::StrFormat("\"%s\": %.6f", name, sec));
+      for (const auto& [name, sec] : x.phases)
+        phases.push_back(absl::StrFormat("\"%s\": %.6f", name, sec));
       items.push_back(absl::StrFormat(
           "{\"name\": \"%s\", \"seconds_per_iteration\": %.6f, \"ratio_to_mtl\": %.4f, "
           "\"peak_memory_mib\": %.1f, \"peak_device_memory_mib\": %.1f, \"cosine_to_exact\": %s, "
@@ -367,23 +381,25 @@ std::string FormatBench(const BenchReport& r, bool json) {
           x.peak_device_memory_mib,
           x.cosine_to_exact ? absl::StrFormat("%.6f", *x.cosine_to_exact) : "null",
           x.cosine_to_fp32 ? absl::StrFormat("%.6f", *x.cosine_to_fp32) : "null",
-          x.error.empty() ? "null" : JsonQuoted(x.error),
-          absl::StrJoin(phases, ", ")));
+          x.error.empty() ? "null" : JsonQuoted(x.error), absl::StrJoin(phases, ", ")));
     }
     return absl::StrFormat(
-        "{\"backbone\": \"%s\", \"input\": %d, \"batch\": %d, \"val_batch\": %d, \"iterations\": %d, "
+        "{\"backbone\": \"%s\", \"input\": %d, \"batch\": %d, \"val_batch\": %d, \"iterations\": "
+        "%d, "
         "\"threads\": %d, \"device\": \"%s\", \"bf16\": %s, \"channels_last\": %s, "
         "\"results\": [\n  %s\n]}\n",
         o.backbone, o.input, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device,
-        o.bf16 ? "true" : "false", o.channels_last ? "true" : "false", absl::StrJoin(items, ",\n  "));
+        o.bf16 ? "true" : "false", o.channels_last ? "true" : "false",
+        absl::StrJoin(items, ",\n  "));
   }
   // Columns for the device memory and the bf16 cosine only where they apply, so a CPU float32
   // table reads as it always has.
   const bool device_memory = o.device.rfind("cuda", 0) == 0;
   std::string out = absl::StrFormat(
-      "%s, input %d, batch %d AU + %d FE, validation batch %d, %d timed iterations, %d threads, %s%s%s\n\n",
-      o.backbone, o.input, o.batch, o.batch, o.val_batch, o.iterations, at::get_num_threads(), o.device,
-      o.bf16 ? ", bf16 autocast" : "", o.channels_last ? ", channels_last" : "");
+      "%s, input %d, batch %d AU + %d FE, validation batch %d, %d timed iterations, %d threads, "
+      "%s%s%s\n\n",
+      o.backbone, o.input, o.batch, o.batch, o.val_batch, o.iterations, at::get_num_threads(),
+      o.device, o.bf16 ? ", bf16 autocast" : "", o.channels_last ? ", channels_last" : "");
   absl::StrAppendFormat(&out, "%-24s %10s %10s %14s %16s", "method", "ms/iter", "x MTL",
                         "peak RSS MiB", "cosine to exact");
   if (device_memory) absl::StrAppendFormat(&out, " %14s", "peak GPU MiB");
@@ -406,7 +422,8 @@ std::string FormatBench(const BenchReport& r, bool json) {
   absl::StrAppend(&out, "\nwhere the time goes (ms per iteration)\n");
   for (const auto& x : r.results) {
     absl::StrAppendFormat(&out, "  %s\n", x.name);
-    for (const auto& [name, sec] : x.phases) absl::StrAppendFormat(&out, "    %-48s %8.1f\n", name, 1000 * sec);
+    for (const auto& [name, sec] : x.phases)
+      absl::StrAppendFormat(&out, "    %-48s %8.1f\n", name, 1000 * sec);
   }
   return out;
 }

@@ -1,0 +1,83 @@
+#include "client/service_client.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <CLI/CLI.hpp>
+#include <ctime>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+
+namespace mal::cli {
+
+void AddServiceOptions(CLI::App& command, ServiceOptions* o) {
+  command.add_option("--address", o->address, "the coordinator, HOST:PORT")->envname("MAL_ADDRESS");
+  command.add_option("-o,--output", o->output, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  command.add_option("--tls-ca", o->security.ca_file, "CA bundle (PEM) for TLS to the coordinator")
+      ->envname("MAL_TLS_CA");
+  command
+      .add_option("--tls-cert", o->security.cert_file, "client certificate (PEM) for mutual TLS")
+      ->envname("MAL_TLS_CERT");
+  command.add_option("--tls-key", o->security.key_file, "client key (PEM) for mutual TLS")
+      ->envname("MAL_TLS_KEY");
+  command.add_option("--token-file", o->token_file,
+                     "bearer token file (default: the MAL_TOKEN variable)");
+}
+
+absl::StatusOr<ServiceClient> Connect(ServiceOptions o) {
+  auto token = rpc::LoadToken(o.token_file, "MAL_TOKEN");
+  if (!token.ok()) return token.status();
+  o.security.token = *token;
+  // Fail here, naming the file, rather than at the first call.
+  auto channel = rpc::MakeSecureChannel(o.address, o.security);
+  if (!channel.ok()) return channel.status();
+  ServiceClient client;
+  client.json = o.output == "json";
+  client.stub = v1::Coordinator::NewStub(*channel);
+  return client;
+}
+
+int Fail(int code, const std::string& message) {
+  std::cerr << "malctl: " << message << "\n";
+  return code;
+}
+
+int RpcFail(const grpc::Status& s) {
+  const bool down = s.error_code() == grpc::StatusCode::UNAVAILABLE;
+  return Fail(down ? kUnavailable : kFailed,
+              down ? absl::StrCat("the coordinator is unreachable: ", s.error_message(),
+                                  " (set --address or MAL_ADDRESS)")
+                   : s.error_message());
+}
+
+std::string Json(const google::protobuf::Message& m, bool pretty) {
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = pretty;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+std::string Name(v1::ExperimentState s) {
+  std::string n = v1::ExperimentState_Name(s);
+  return n.rfind("EXPERIMENT_", 0) == 0 ? n.substr(11) : n;
+}
+
+std::string Name(v1::RunState s) {
+  std::string n = v1::RunState_Name(s);
+  return n.rfind("RUN_", 0) == 0 ? n.substr(4) : n;
+}
+
+std::string Time(int64_t ms) {
+  const time_t t = static_cast<time_t>(ms / 1000);
+  char buf[32];
+  std::tm tm;
+  localtime_r(&t, &tm);
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+}  // namespace mal::cli

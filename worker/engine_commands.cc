@@ -1,0 +1,132 @@
+// `mal-worker train` and `mal-worker bench`: the engine's commands.
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/spec/spec.h"
+#include "worker/commands.h"
+#include "worker/daemon/event_pipe.h"
+#include "worker/engine/bench.h"
+#include "worker/engine/trainer.h"
+
+namespace mal::worker {
+
+namespace {
+
+int Fail(int code, const std::string& message) {
+  std::cerr << "mal-worker: " << message << "\n";
+  return code;
+}
+
+struct TrainArgs {
+  std::string file, out, device;
+  int fold = 1;
+  std::optional<int> threads, events_fd;
+  bool resume = false, quiet = false;
+};
+
+int Train(const TrainArgs& a) {
+  auto spec = LoadSpecFile(a.file);
+  if (!spec.ok()) return Fail(2, std::string(spec.status().message()));
+  if (a.threads) spec->mutable_train()->set_threads(*a.threads);
+  if (!a.device.empty()) spec->mutable_train()->set_device(a.device);
+
+  engine::TrainOptions options;
+  options.spec = *spec;
+  options.fold = a.fold;
+  options.out_dir = a.out;
+  options.resume = a.resume;
+  options.progress = !a.quiet;
+  InstallStopSignals();
+  options.should_stop = [] { return StopRequested().load(); };
+  // Under the worker daemon: every record also goes to the daemon as a JSON line.
+  std::unique_ptr<PipeSink> sink;
+  if (a.events_fd) {
+    std::signal(SIGPIPE, SIG_IGN);
+    sink = std::make_unique<PipeSink>(*a.events_fd);
+    options.sink = sink.get();
+  }
+  auto result = engine::Train(options);
+  if (sink) sink->Finish(result.status());
+  if (!result.ok()) {
+    const bool stopped = result.status().code() == absl::StatusCode::kCancelled;
+    std::cerr << "mal-worker: " << (stopped ? "" : "training failed: ") << result.status().message()
+              << (stopped ? " (continue with --resume)" : "") << "\n";
+    return stopped ? 130 : 1;
+  }
+  if (options.fold == 0) {
+    std::cout << "final fit on all subjects: validation mean F1 "
+              << result->final_epoch.val_mean_f1;
+  } else {
+    std::cout << "fold " << options.fold << ": test mean F1 " << result->final_epoch.test_mean_f1;
+  }
+  std::cout << " after " << result->iterations << " iterations; model " << result->model_path
+            << ", metadata " << result->metadata_path << "\n";
+  return 0;
+}
+
+int Bench(const engine::BenchOptions& o, const std::string& output) {
+  auto report = engine::RunBench(o);
+  if (!report.ok()) return Fail(1, std::string(report.status().message()));
+  std::cout << engine::FormatBench(*report, output == "json");
+  for (const auto& r : report->results) {
+    if (!r.error.empty()) return 1;  // the table says which method failed and why
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddTrainCommand(CLI::App& app, int* exit_code) {
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* cmd =
+      app.add_subcommand("train", "train one fold run (checkpoints, logs, the model in --out)");
+  cmd->add_option("-f,--file", a->file, "the experiment spec (YAML, or the daemon's spec.pb)")
+      ->required();
+  cmd->add_option("--fold", a->fold, "the fold to train, 1..K; 0: the final fit on all subjects")
+      ->check(CLI::Range(0, 1000));
+  cmd->add_option("--out", a->out, "the run directory")->required();
+  cmd->add_flag("--resume", a->resume, "continue from --out's checkpoint.pt");
+  cmd->add_option("--threads", a->threads,
+                  "intra-op threads (overrides train.threads; 0: all cores)")
+      ->check(CLI::Range(0, 1024));
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides train.device)");
+  cmd->add_flag("--quiet", a->quiet, "no progress bar");
+  cmd->add_option("--events-fd", a->events_fd,
+                  "under the daemon: write every record as a JSON line to this fd")
+      ->check(CLI::NonNegativeNumber);
+  cmd->callback([a, exit_code] { *exit_code = Train(*a); });
+}
+
+void AddBenchCommand(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<engine::BenchOptions>();
+  auto output = std::make_shared<std::string>("text");
+  CLI::App* cmd =
+      app.add_subcommand("bench", "ms per iteration and peak memory of STL, MTL and the MAL modes");
+  cmd->add_option("--backbone", o->backbone)
+      ->check(CLI::IsMember({"small_cnn", "resnet18", "resnet34"}));
+  cmd->add_option("--input", o->input, "image side, px")->check(CLI::Range(32, 1024));
+  cmd->add_option("--batch", o->batch, "AU and FE batch each")->check(CLI::Range(1, 100000));
+  cmd->add_option("--val-batch", o->val_batch, "meta validation batch")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--iterations", o->iterations, "timed iterations per method")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--warmup", o->warmup, "untimed iterations first")->check(CLI::Range(0, 100000));
+  cmd->add_option("--threads", o->threads, "0: all cores")->check(CLI::Range(0, 1024));
+  cmd->add_option("--device", o->device, "cpu, cuda or cuda:N");
+  cmd->add_option("--methods", o->methods, "only these, e.g. stl,mal_exact (default: all)")
+      ->delimiter(',');
+  cmd->add_flag("--bf16", o->bf16,
+                "bf16 autocast (and the meta-gradients' cosine to float32 ones)");
+  cmd->add_flag("--channels-last", o->channels_last, "parameters and images in NHWC");
+  cmd->add_option("-o,--output", *output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  cmd->callback([o, output, exit_code] { *exit_code = Bench(*o, *output); });
+}
+
+}  // namespace mal::worker
