@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "client/data_commands.h"
+#include "client/predict_command.h"
 #include "client/service_commands.h"
 #include "common/util/cli.h"
 #include "common/util/logging.h"
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   mal::cli::AddDataCommands(app, &exit_code);
   mal::cli::AddServiceCommands(app, &exit_code);
+  mal::cli::AddPredictCommand(app, &exit_code);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;
   return exit_code;

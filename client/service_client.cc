@@ -10,11 +10,13 @@
 
 namespace mal::cli {
 
-void AddServiceOptions(CLI::App& command, ServiceOptions* o) {
-  command.add_option("--address", o->address, "the coordinator, HOST:PORT")->envname("MAL_ADDRESS");
-  command.add_option("-o,--output", o->output, "text or json")
-      ->check(CLI::IsMember({"text", "json"}));
-  command.add_option("--tls-ca", o->security.ca_file, "CA bundle (PEM) for TLS to the coordinator")
+void AddServiceOptions(CLI::App& command, ServiceOptions* o, const char* address_env, bool output) {
+  command.add_option("--address", o->address, "the server, HOST:PORT")->envname(address_env);
+  if (output) {
+    command.add_option("-o,--output", o->output, "text or json")
+        ->check(CLI::IsMember({"text", "json"}));
+  }
+  command.add_option("--tls-ca", o->security.ca_file, "CA bundle (PEM) for TLS to the server")
       ->envname("MAL_TLS_CA");
   command
       .add_option("--tls-cert", o->security.cert_file, "client certificate (PEM) for mutual TLS")
@@ -25,12 +27,16 @@ void AddServiceOptions(CLI::App& command, ServiceOptions* o) {
                      "bearer token file (default: the MAL_TOKEN variable)");
 }
 
-absl::StatusOr<ServiceClient> Connect(ServiceOptions o) {
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ServiceOptions o) {
   auto token = rpc::LoadToken(o.token_file, "MAL_TOKEN");
   if (!token.ok()) return token.status();
   o.security.token = *token;
   // Fail here, naming the file, rather than at the first call.
-  auto channel = rpc::MakeSecureChannel(o.address, o.security);
+  return rpc::MakeSecureChannel(o.address, o.security);
+}
+
+absl::StatusOr<ServiceClient> Connect(ServiceOptions o) {
+  auto channel = OpenChannel(o);
   if (!channel.ok()) return channel.status();
   ServiceClient client;
   client.json = o.output == "json";

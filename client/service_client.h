@@ -35,8 +35,14 @@ struct ServiceOptions {
   rpc::ClientSecurity security;  // token filled by Connect
 };
 
-// Adds --address, -o/--output, --tls-ca, --tls-cert, --tls-key, --token-file to `command`.
-void AddServiceOptions(CLI::App& command, ServiceOptions* options);
+// Adds --address (falling back to the variable `address_env`), -o/--output when `output`,
+// --tls-ca, --tls-cert, --tls-key, --token-file to `command`.
+void AddServiceOptions(CLI::App& command, ServiceOptions* options,
+                       const char* address_env = "MAL_ADDRESS", bool output = true);
+
+// Reads the token and the TLS files and makes a channel to options.address (no call yet). Errors
+// name the file that could not be read.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ServiceOptions options);
 
 // A connected client of the Coordinator service.
 struct ServiceClient {

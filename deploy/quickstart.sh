@@ -3,10 +3,11 @@
 # (BP4D layout for AU data, RAF-DB layout for expression data) and inspect it with the same
 # readers real datasets go through; then start a coordinator and one worker daemon on loopback
 # (state and artifacts under one directory), submit deploy/examples/quickstart.yaml (MAL, fold 1)
-# and follow it to the end.
+# and follow it to the end; then serve the trained model with mal-serve and detect AUs on the
+# unseen test subjects' frames with `malctl predict`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/build.sh malctl mal-worker mal-coordinator
+bash deploy/build.sh malctl mal-worker mal-coordinator mal-serve
 build_dir="${MAL_BUILD_DIR:-build}"
 data=.cache/synthface  # where deploy/examples/quickstart.yaml reads it
 # (Re)generated when missing or made by an older generator (docs/synthface.md).
@@ -25,7 +26,9 @@ mkdir -p "$out"
   > "$out/coordinator.out" 2> "$out/coordinator.log" &
 coordinator=$!
 worker=""
+serve=""
 cleanup() {
+  [ -n "$serve" ] && kill "$serve" 2>/dev/null && wait "$serve" 2>/dev/null
   [ -n "$worker" ] && kill "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
   kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
   true
@@ -51,8 +54,28 @@ run_dir="$out/coordinator/artifacts/exp-1/trial-0/fold-1"
 "$build_dir/client/malctl" data inspect --format synthface --root "$data" -o json > "$out/inspect.json"
 python3 deploy/explain_run.py "$run_dir" "$out/inspect.json"
 echo
+
+# Serving: the trained model under a name, mal-serve over it, AUs of one unseen test subject's
+# frames through the RPC (faces found by OpenCV's detector), as CSV.
+mkdir -p "$out/models"
+ln -sfn "$(cd "$run_dir" && pwd)" "$out/models/quickstart"
+"$build_dir/server/mal-serve" --listen 127.0.0.1:0 --model-dir "$out/models" > "$out/serve.out" 2> "$out/serve.log" &
+serve=$!
+for _ in $(seq 100); do
+  grep -q 'listening on port' "$out/serve.out" 2>/dev/null && break
+  sleep 0.1
+done
+serve_port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/serve.out")
+[ -n "$serve_port" ] || { echo "mal-serve did not start; see $out/serve.log" >&2; exit 1; }
+subject=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["folds"][0]["test_subjects"][0])' \
+  "$out/inspect.json")
+echo "mal-serve on 127.0.0.1:$serve_port; AUs of test subject $subject (never seen in training), task T1:"
+"$build_dir/client/malctl" predict --address "127.0.0.1:$serve_port" --model quickstart "$data/au/$subject/T1" \
+  --out "$out/predictions.csv"
+echo
 echo "SynthFace: $data (preview $data-preview.png). Artifacts: $run_dir"
 echo "(model.pt + model.json, metrics.json, records.csv, weights/epoch_*.csv with every sample's learned weight)."
+echo "Per-frame AU probabilities and occurrences (OpenFace-style CSV): $out/predictions.csv"
 echo "Every loss point and weight summary is in the event log: start"
 echo "  $build_dir/server/mal-coordinator --listen 127.0.0.1:7070 --data-dir $out/coordinator &"
 echo "and run: $build_dir/client/malctl watch exp-1"

@@ -22,6 +22,8 @@ void InstallStopSignals();
 void AddTrainCommand(CLI::App& app, int* exit_code);
 // `mal-worker bench`: ms per iteration and peak memory of STL, MTL and the MAL modes.
 void AddBenchCommand(CLI::App& app, int* exit_code);
+// `mal-worker predict`: AU inference with a run directory's model in this process.
+void AddPredictCommand(CLI::App& app, int* exit_code);
 // The daemon's options (--coordinator, --work-dir, ...) on the top-level app: `mal-worker
 // --coordinator HOST:PORT --work-dir DIR`. Returns what runs the daemon once parsed (its exit
 // code).

@@ -1,4 +1,4 @@
-// `mal-worker train` and `mal-worker bench`: the engine's commands.
+// `mal-worker train`, `bench` and `predict`: the engine's commands.
 
 #include <unistd.h>
 
@@ -9,9 +9,13 @@
 #include <optional>
 #include <string>
 
+#include "common/image/face_detector.h"
+#include "common/predict/predict_command.h"
 #include "common/spec/spec.h"
+#include "server/serve/au_detection.h"
 #include "worker/commands.h"
 #include "worker/daemon/event_pipe.h"
+#include "worker/engine/au_model.h"
 #include "worker/engine/bench.h"
 #include "worker/engine/trainer.h"
 
@@ -127,6 +131,48 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--channels-last", o->channels_last, "parameters and images in NHWC");
   cmd->add_option("-o,--output", *output, "text or json")->check(CLI::IsMember({"text", "json"}));
   cmd->callback([o, output, exit_code] { *exit_code = Bench(*o, *output); });
+}
+
+void AddPredictCommand(CLI::App& app, int* exit_code) {
+  struct Options {
+    predict::PredictCommandOptions predict;
+    std::string device = "cpu", cascade;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "predict",
+      "AUs of the faces in images, folders, videos or a camera, in this process (no server)");
+  cmd->add_option("--model-dir", o->predict.predict.model,
+                  "a run directory holding model.json and model.pt")
+      ->required();
+  cmd->add_option("--device", o->device, "cpu, cuda or cuda:N");
+  cmd->add_option("--face-cascade", o->cascade,
+                  "an OpenCV cascade file (default: opencv-data's frontal face)");
+  predict::AddPredictOptions(*cmd, &o->predict);
+  cmd->callback([o, exit_code] {
+    auto model = engine::AuModel::Load(o->predict.predict.model, o->device);
+    if (!model.ok()) {
+      *exit_code = Fail(2, std::string(model.status().message()));
+      return;
+    }
+    std::unique_ptr<image::FaceDetector> detector;
+    if (!o->predict.predict.face_crop) {
+      auto loaded = image::FaceDetector::Load(o->cascade);
+      if (!loaded.ok()) {
+        *exit_code = Fail(2, std::string(loaded.status().message()));
+        return;
+      }
+      detector = std::move(*loaded);
+    }
+    const engine::AuModel* m = model->get();
+    const image::FaceDetector* d = detector.get();
+    *exit_code = predict::RunPredictCommand(
+        o->predict,
+        [m, d](const v1::DetectActionUnitsRequest& r) {
+          return serve::DetectActionUnits(*m, d, r);
+        },
+        "mal-worker");
+  });
 }
 
 }  // namespace mal::worker

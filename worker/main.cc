@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   mal::worker::AddTrainCommand(app, &exit_code);
   mal::worker::AddBenchCommand(app, &exit_code);
+  mal::worker::AddPredictCommand(app, &exit_code);
   auto daemon = mal::worker::AddDaemonOptions(app);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;

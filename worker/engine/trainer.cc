@@ -4,6 +4,7 @@
 
 #include "worker/engine/trainer.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include "common/data/expression.h"
 #include "common/image/transforms.h"
 #include "common/metrics/au_metrics.h"
+#include "common/spec/model_metadata.h"
 #include "common/spec/spec.h"
 #include "common/util/files.h"
 #include "common/util/logging.h"
@@ -442,15 +444,23 @@ absl::StatusOr<TrainResult> Training::Export() {
     if (ec) return absl::DataLossError(absl::StrCat(result.model_path, ": ", ec.message()));
   }
   image::TransformOptions norm;
-  const std::string metadata = absl::StrFormat(
-      "{\n  \"format\": \"mal-model-v1\",\n  \"backbone\": \"%s\",\n  \"aus\": [%s],\n"
-      "  \"input\": %d,\n  \"resize\": %d,\n  \"mean\": [%g, %g, %g],\n  \"std\": [%g, %g, %g],\n"
-      "  \"thresholds\": %s,\n  \"experiment\": \"%s\",\n  \"fold\": %d,\n  \"method\": \"%s\",\n"
-      "  \"metrics\": %s,\n  \"spec\": %s\n}\n",
-      config_.backbone, absl::StrJoin(data_.au.aus, ", "), spec_.model().input(),
-      spec_.model().resize(), norm.mean[0], norm.mean[1], norm.mean[2], norm.std[0], norm.std[1],
-      norm.std[2], JsonList(std::vector<double>(num_aus_, 0.5)), spec_.name(), options_.fold,
-      absl::AsciiStrToLower(v1::Method_Name(spec_.method())), EpochJson(last_), SpecToJson(spec_));
+  v1::ModelMetadata m;
+  m.set_format(kModelFormat);
+  m.set_backbone(config_.backbone);
+  for (int au : data_.au.aus) m.add_aus(au);
+  m.set_input(spec_.model().input());
+  m.set_resize(spec_.model().resize());
+  for (int c = 0; c < 3; ++c) {
+    m.add_mean(norm.mean[c]);
+    m.add_std(norm.std[c]);
+  }
+  for (int64_t a = 0; a < num_aus_; ++a) m.add_thresholds(0.5);
+  m.set_experiment(spec_.name());
+  m.set_fold(options_.fold);
+  m.set_method(absl::AsciiStrToLower(v1::Method_Name(spec_.method())));
+  (void)google::protobuf::util::JsonStringToMessage(EpochJson(last_), m.mutable_metrics());
+  *m.mutable_spec() = spec_;
+  const std::string metadata = ModelMetadataToJson(m);
   RETURN_IF_ERROR(WriteFileAtomic(result.metadata_path, metadata));
   return result;
 }

@@ -1,14 +1,15 @@
 #include "worker/engine/trainer.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/torch.h>
+
 #include <filesystem>
 #include <fstream>
 
-#include <torch/csrc/jit/serialization/pickle.h>
-#include <torch/torch.h>
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "absl/strings/str_split.h"
+#include "common/spec/model_metadata.h"
 #include "common/spec/spec.h"
 #include "common/synth/synth_dataset.h"
 #include "common/util/files.h"
@@ -38,19 +39,24 @@ class TrainerTest : public ::testing::Test {
   static void TearDownTestSuite() { delete dir_; }
 
   static v1::ExperimentSpec Spec(const std::string& method, const std::string& mode = "exact") {
-    auto spec = ParseSpecYaml(absl::StrCat(R"(
+    auto spec =
+        ParseSpecYaml(absl::StrCat(R"(
 name: t
-method: )", method, R"(
+method: )",
+                                   method, R"(
 data:
-  au: {format: synthface, root: )", *dir_ / "sf", R"(}
-  fe: {format: synthface, root: )", *dir_ / "sf", R"(}
+  au: {format: synthface, root: )",
+                                   *dir_ / "sf", R"(}
+  fe: {format: synthface, root: )",
+                                   *dir_ / "sf", R"(}
 model: {backbone: small_cnn, input: 32, resize: 36}
 train: {epochs: 2, batch_au: 8, batch_fe: 8, lr: 0.01, max_iterations: 3, threads: 1,
         data_threads: 1, checkpoint_every: 2, log_every: 2}
-mal: {mode: )", mode, R"(, val_fraction: 0.1, val_batch: 8, meta_lr: 0.01}
+mal: {mode: )",
+                                   mode, R"(, val_fraction: 0.1, val_batch: 8, meta_lr: 0.01}
 seed: 3
 )"),
-                              "test.yaml");
+                      "test.yaml");
     EXPECT_TRUE(spec.ok()) << spec.status();
     ApplyDefaults(*spec);
     EXPECT_TRUE(ValidateSpec(*spec).ok());
@@ -92,9 +98,12 @@ seed: 3
 testing::TempDir* TrainerTest::dir_ = nullptr;
 
 TEST_F(TrainerTest, TrainsEachMethodAndWritesItsFiles) {
-  for (const auto& [method, mode] : std::vector<std::pair<std::string, std::string>>{
-           {"stl", "exact"}, {"mtl", "exact"}, {"mal", "exact"}, {"mal", "finite_difference"},
-           {"mal", "heads_only"}}) {
+  for (const auto& [method, mode] :
+       std::vector<std::pair<std::string, std::string>>{{"stl", "exact"},
+                                                        {"mtl", "exact"},
+                                                        {"mal", "exact"},
+                                                        {"mal", "finite_difference"},
+                                                        {"mal", "heads_only"}}) {
     SCOPED_TRACE(method + " " + mode);
     testing::TempDir out;
     TrainOptions o;
@@ -105,13 +114,20 @@ TEST_F(TrainerTest, TrainsEachMethodAndWritesItsFiles) {
     EXPECT_EQ(result->iterations, 6);
     EXPECT_EQ(result->final_epoch.epoch, 2);
     EXPECT_EQ(result->final_epoch.test_f1.size(), 12u);
-    for (const char* f : {"model.pt", "model.json", "metrics.json", "records.csv", "checkpoint.pt"}) {
+    for (const char* f :
+         {"model.pt", "model.json", "metrics.json", "records.csv", "checkpoint.pt"}) {
       EXPECT_TRUE(fs::exists(out / f)) << f;
     }
     EXPECT_EQ(CountLines(out / "records.csv"), 7);
-    const std::string metadata = *ReadFile(out / "model.json");
-    EXPECT_THAT(metadata, HasSubstr("\"aus\": [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24]"));
-    EXPECT_THAT(metadata, HasSubstr("\"thresholds\""));
+    auto metadata = ReadModelMetadata(out / "model.json");
+    ASSERT_TRUE(metadata.ok()) << metadata.status();
+    EXPECT_EQ(std::vector<int>(metadata->aus().begin(), metadata->aus().end()),
+              (std::vector<int>{1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24}));
+    EXPECT_EQ(metadata->thresholds_size(), 12);
+    EXPECT_EQ(metadata->method(), method);
+    EXPECT_EQ(metadata->spec().name(), o.spec.name());
+    EXPECT_NEAR(metadata->metrics().fields().at("test_mean_f1").number_value(),
+                result->final_epoch.test_mean_f1, 1e-5);
     if (method == "mal") {
       ASSERT_TRUE(fs::exists(out / "weights/epoch_002.csv"));
       // Every training AU sample and every FE sample has a weight row.
@@ -160,7 +176,8 @@ TEST_F(TrainerTest, ResumeFromCheckpointEqualsUninterruptedRun) {
     EXPECT_EQ(resumed->iterations, 6);
     EXPECT_TRUE(Same(Parameters(full / "model.pt"), Parameters(split / "model.pt")));
     // Every iteration is recorded exactly once.
-    std::vector<std::string> rows = absl::StrSplit(*ReadFile(split / "records.csv"), '\n', absl::SkipEmpty());
+    std::vector<std::string> rows =
+        absl::StrSplit(*ReadFile(split / "records.csv"), '\n', absl::SkipEmpty());
     ASSERT_EQ(rows.size(), 7u);
     for (int i = 1; i <= 6; ++i) {
       std::vector<std::string> f = absl::StrSplit(rows[i], ',');
@@ -274,12 +291,17 @@ TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
       "for mod in m.modules():\n"
       "    if isinstance(mod, torch.nn.BatchNorm2d):\n"
       "        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n"
-      "torch.save(m.state_dict(), '", dir / "r18.pth", "')\n"
+      "torch.save(m.state_dict(), '",
+      dir / "r18.pth",
+      "')\n"
       "m.fc = torch.nn.Identity(); m.eval()\n"
       "x = torch.randn(2, 3, 64, 64)\n"
       "with torch.no_grad(): y = m(x)\n"
-      "torch.save({'x': x, 'y': y}, '", dir / "io.pt", "')\n"
-      "torch.save(torchvision.models.resnet34().state_dict(), '", dir / "r34.pth", "')\n");
+      "torch.save({'x': x, 'y': y}, '",
+      dir / "io.pt",
+      "')\n"
+      "torch.save(torchvision.models.resnet34().state_dict(), '",
+      dir / "r34.pth", "')\n");
   testing::WriteText(dir / "make.py", script);
   ASSERT_EQ(std::system(("/usr/bin/python3 " + (dir / "make.py")).c_str()), 0);
 
@@ -299,7 +321,8 @@ TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
   absl::Status mismatch = LoadPretrainedBackbone(dir / "r34.pth", *net);
   ASSERT_FALSE(mismatch.ok());
   EXPECT_THAT(std::string(mismatch.message()), HasSubstr("names not in the model"));
-  EXPECT_THAT(std::string(mismatch.message()), HasSubstr("names not in the model (96): layer1.2.bn1.bias"));
+  EXPECT_THAT(std::string(mismatch.message()),
+              HasSubstr("names not in the model (96): layer1.2.bn1.bias"));
   EXPECT_FALSE(LoadPretrainedBackbone(dir / "missing.pth", *net).ok());
   testing::WriteText(dir / "junk.pth", "not a pickle");
   absl::Status junk = LoadPretrainedBackbone(dir / "junk.pth", *net);
@@ -322,9 +345,10 @@ TEST(OutOfMemoryMessageTest, NamesDeviceBatchesAndFieldsToLower) {
             "(resnet34): lower train.batch_au / train.batch_fe / mal.val_batch or model.input "
             "(CUDA out of memory. Tried to allocate 2.00 GiB)");
   spec.set_method(v1::STL);
-  EXPECT_EQ(OutOfMemoryMessage(spec, "x"),
-            "out of memory on cuda:1 with batch 64 AU at 224 px (resnet34): lower train.batch_au or "
-            "model.input (x)");
+  EXPECT_EQ(
+      OutOfMemoryMessage(spec, "x"),
+      "out of memory on cuda:1 with batch 64 AU at 224 px (resnet34): lower train.batch_au or "
+      "model.input (x)");
 }
 
 }  // namespace

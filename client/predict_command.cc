@@ -1,0 +1,55 @@
+#include "client/predict_command.h"
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "client/service_client.h"
+#include "common/predict/predict_command.h"
+#include "common/util/grpc_status.h"
+#include "mal/v1/inference.grpc.pb.h"
+
+namespace mal::cli {
+
+void AddPredictCommand(CLI::App& app, int* exit_code) {
+  struct Options {
+    ServiceOptions service;
+    predict::PredictCommandOptions predict;
+  };
+  auto o = std::make_shared<Options>();
+  o->service.address = "127.0.0.1:7071";
+  CLI::App* cmd = app.add_subcommand(
+      "predict", "AUs of the faces in images, folders, videos or a camera (mal-serve)");
+  cmd->add_option("--model", o->predict.predict.model,
+                  "the model's name on mal-serve (malctl models)")
+      ->required();
+  predict::AddPredictOptions(*cmd, &o->predict);
+  AddServiceOptions(*cmd, &o->service, "MAL_SERVE_ADDRESS", /*output=*/false);
+  cmd->callback([o, exit_code] {
+    auto channel = OpenChannel(o->service);
+    if (!channel.ok()) {
+      *exit_code = Fail(kUsage, std::string(channel.status().message()));
+      return;
+    }
+    std::shared_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(*channel);
+    const std::string address = o->service.address;
+    predict::Backend backend = [stub, address](const v1::DetectActionUnitsRequest& request)
+        -> absl::StatusOr<v1::DetectActionUnitsResponse> {
+      v1::DetectActionUnitsResponse response;
+      grpc::ClientContext ctx;
+      rpc::SetDeadline(ctx, std::chrono::minutes(5));
+      grpc::Status s = stub->DetectActionUnits(&ctx, request, &response);
+      if (!s.ok()) {
+        absl::Status status = FromGrpcStatus(s);
+        return absl::Status(status.code(),
+                            absl::StrCat("mal-serve at ", address, ": ", status.message()));
+      }
+      return response;
+    };
+    *exit_code = predict::RunPredictCommand(o->predict, backend, "malctl");
+  });
+}
+
+}  // namespace mal::cli

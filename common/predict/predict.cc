@@ -1,0 +1,276 @@
+#include "common/predict/predict.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <opencv2/videoio.hpp>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/util/files.h"
+#include "common/util/status_macros.h"
+
+namespace mal::predict {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::set<std::string> kImageExtensions = {".jpg", ".jpeg", ".png", ".bmp"};
+const std::set<std::string> kVideoExtensions = {".mp4",  ".avi", ".mov", ".mkv",
+                                                ".webm", ".m4v", ".mpg", ".mpeg"};
+
+std::string Extension(const fs::path& p) { return absl::AsciiStrToLower(p.extension().string()); }
+
+// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled.
+std::string CsvField(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+std::string AuName(int au) { return absl::StrFormat("AU%02d", au); }
+
+// Collects images and frames into requests and writes each answer's rows.
+class Batcher {
+ public:
+  Batcher(const PredictOptions& o, const Backend& backend, std::ostream& out, std::ostream& log)
+      : o_(o), backend_(backend), out_(out), log_(log) {
+    request_.set_model(o.model);
+    request_.set_face_crop(o.face_crop);
+    request_.set_min_face(o.min_face);
+  }
+
+  absl::Status Add(v1::ImageInput input, const std::string& name, int64_t frame, double timestamp) {
+    const int64_t size = static_cast<int64_t>(input.ByteSizeLong());
+    if (request_.images_size() > 0 &&
+        (request_.images_size() >= o_.batch || bytes_ + size > o_.max_request_bytes)) {
+      RETURN_IF_ERROR(Flush());
+    }
+    input.set_id(frame > 0 ? absl::StrCat(name, "#", frame) : name);
+    *request_.add_images() = std::move(input);
+    where_.push_back({name, frame, timestamp});
+    bytes_ += size;
+    return absl::OkStatus();
+  }
+
+  absl::Status Flush() {
+    if (request_.images_size() == 0) return absl::OkStatus();
+    ASSIGN_OR_RETURN(v1::DetectActionUnitsResponse response, backend_(request_));
+    if (summary_.aus.empty()) {
+      summary_.aus.assign(response.aus().begin(), response.aus().end());
+      summary_.present.assign(summary_.aus.size(), 0);
+      summary_.mean_probability.assign(summary_.aus.size(), 0);
+      if (o_.format == "csv") out_ << CsvHeader(summary_.aus);
+    }
+    for (int i = 0; i < response.results_size() && i < static_cast<int>(where_.size()); ++i) {
+      const v1::ImageResult& r = response.results(i);
+      ++summary_.images;
+      if (r.code() != 0) {
+        ++summary_.unreadable;
+        log_ << "predict: " << r.message() << "\n";
+      }
+      for (const v1::FaceResult& f : r.faces()) {
+        if (!f.success()) continue;
+        ++summary_.faces;
+        for (int a = 0; a < f.aus_size() && a < static_cast<int>(summary_.aus.size()); ++a) {
+          summary_.present[a] += f.aus(a).present() ? 1 : 0;
+          summary_.mean_probability[a] += f.aus(a).probability();
+        }
+      }
+      if (o_.format == "csv") {
+        out_ << CsvRows(where_[i].name, where_[i].frame, where_[i].timestamp, summary_.aus, r);
+      } else {
+        std::string json;
+        google::protobuf::util::JsonPrintOptions p;
+        p.preserve_proto_field_names = true;
+        (void)google::protobuf::util::MessageToJsonString(r, &json, p);
+        out_ << json << "\n";
+      }
+    }
+    out_.flush();
+    request_.clear_images();
+    where_.clear();
+    bytes_ = 0;
+    return absl::OkStatus();
+  }
+
+  PredictSummary Finish() {
+    for (size_t a = 0; a < summary_.mean_probability.size(); ++a) {
+      if (summary_.faces > 0) summary_.mean_probability[a] /= static_cast<double>(summary_.faces);
+    }
+    return summary_;
+  }
+
+ private:
+  struct Where {
+    std::string name;
+    int64_t frame;
+    double timestamp;
+  };
+  const PredictOptions& o_;
+  const Backend& backend_;
+  std::ostream& out_;
+  std::ostream& log_;
+  v1::DetectActionUnitsRequest request_;
+  std::vector<Where> where_;
+  int64_t bytes_ = 0;
+  PredictSummary summary_;
+};
+
+// Frames of an opened capture, every N-th, until the end, max_frames or should_stop.
+absl::Status ReadFrames(cv::VideoCapture& capture, const std::string& name, bool live,
+                        const PredictOptions& o, Batcher& batcher,
+                        const std::function<bool()>& should_stop) {
+  const double fps = live ? 0 : capture.get(cv::CAP_PROP_FPS);
+  const auto start = std::chrono::steady_clock::now();
+  cv::Mat frame;
+  for (int64_t n = 1; o.max_frames <= 0 || n <= o.max_frames; ++n) {
+    if (should_stop && should_stop()) break;
+    if (!capture.read(frame) || frame.empty()) break;
+    if ((n - 1) % std::max(1, o.every) != 0) continue;
+    const double t =
+        live ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+             : (fps > 0 ? static_cast<double>(n - 1) / fps : 0);
+    if (frame.depth() != CV_8U || (frame.channels() != 1 && frame.channels() != 3)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": frame ", n, " is not 8-bit grey or BGR"));
+    }
+    cv::Mat packed = frame.isContinuous() ? frame : frame.clone();
+    v1::ImageInput in;
+    v1::RawFrame* raw = in.mutable_raw();
+    raw->set_width(packed.cols);
+    raw->set_height(packed.rows);
+    raw->set_channels(packed.channels());
+    raw->set_pixels(std::string(reinterpret_cast<const char*>(packed.data),
+                                packed.total() * packed.elemSize()));
+    RETURN_IF_ERROR(batcher.Add(std::move(in), name, n, t));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string CsvHeader(const std::vector<int>& aus) {
+  std::string h = "input,frame,face_id,timestamp,confidence,success,x,y,width,height";
+  for (int au : aus) absl::StrAppend(&h, ",", AuName(au), "_p");
+  for (int au : aus) absl::StrAppend(&h, ",", AuName(au), "_c");
+  return h + "\n";
+}
+
+std::string CsvRows(const std::string& input, int64_t frame, double timestamp_s,
+                    const std::vector<int>& aus, const v1::ImageResult& result) {
+  const std::string head = absl::StrCat(CsvField(input), ",", std::max<int64_t>(frame, 1), ",");
+  const std::string time = absl::StrFormat("%.3f", timestamp_s);
+  std::string rows;
+  if (result.faces_size() == 0) {  // unreadable or no face: one row saying so
+    absl::StrAppend(&rows, head, "0,", time, ",0,0", std::string(4 + 2 * aus.size(), ','), "\n");
+    return rows;
+  }
+  for (const v1::FaceResult& f : result.faces()) {
+    absl::StrAppend(&rows, head, f.face_id(), ",", time,
+                    absl::StrFormat(",%.3f,%d", f.confidence(), f.success() ? 1 : 0), ",",
+                    f.box().x(), ",", f.box().y(), ",", f.box().width(), ",", f.box().height());
+    for (size_t a = 0; a < aus.size(); ++a) {
+      absl::StrAppend(&rows, ",",
+                      static_cast<int>(a) < f.aus_size()
+                          ? absl::StrFormat("%.4f", f.aus(a).probability())
+                          : "");
+    }
+    for (size_t a = 0; a < aus.size(); ++a) {
+      absl::StrAppend(&rows, ",",
+                      static_cast<int>(a) < f.aus_size() ? (f.aus(a).present() ? "1" : "0") : "");
+    }
+    rows += "\n";
+  }
+  return rows;
+}
+
+absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend& backend,
+                                          std::ostream& out, std::ostream& log,
+                                          const std::function<bool()>& should_stop) {
+  if (o.format != "csv" && o.format != "json")
+    return absl::InvalidArgumentError("format: csv or json");
+  if (o.inputs.empty() && o.camera < 0)
+    return absl::InvalidArgumentError("no inputs: give files, directories or a camera");
+  // Every input is checked before the first request, so a typo does not end a long run halfway.
+  std::vector<fs::path> files;
+  for (const std::string& input : o.inputs) {
+    std::error_code ec;
+    const fs::path p(input);
+    if (fs::is_directory(p, ec)) {
+      std::vector<fs::path> found;
+      for (const fs::directory_entry& e : fs::directory_iterator(p, ec)) {
+        if (e.is_regular_file(ec) && kImageExtensions.count(Extension(e.path())))
+          found.push_back(e.path());
+      }
+      std::sort(found.begin(), found.end());
+      if (found.empty()) log << "predict: " << input << ": no .jpg, .jpeg, .png or .bmp files\n";
+      files.insert(files.end(), found.begin(), found.end());
+    } else if (fs::exists(p, ec)) {
+      const std::string ext = Extension(p);
+      if (!kImageExtensions.count(ext) && !kVideoExtensions.count(ext)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            input,
+            ": not an image (.jpg .jpeg .png .bmp) or a video (.mp4 .avi .mov .mkv .webm ...)"));
+      }
+      files.push_back(p);
+    } else {
+      return absl::NotFoundError(absl::StrCat(input, ": no such file or directory"));
+    }
+  }
+  Batcher batcher(o, backend, out, log);
+  for (const fs::path& p : files) {
+    if (should_stop && should_stop()) break;
+    if (kVideoExtensions.count(Extension(p))) {
+      cv::VideoCapture capture(p.string());
+      if (!capture.isOpened()) {
+        log << "predict: " << p.string() << ": OpenCV cannot open this video\n";
+        continue;
+      }
+      RETURN_IF_ERROR(ReadFrames(capture, p.string(), false, o, batcher, should_stop));
+      continue;
+    }
+    v1::ImageInput in;
+    auto bytes = ReadFile(p.string());
+    if (!bytes.ok()) {
+      log << "predict: " << bytes.status().message() << "\n";
+      continue;
+    }
+    in.set_encoded(std::move(*bytes));  // decoded (and checked) by the backend
+    RETURN_IF_ERROR(batcher.Add(std::move(in), p.string(), 0, 0));
+  }
+  if (o.camera >= 0 && !(should_stop && should_stop())) {
+    cv::VideoCapture capture(o.camera);
+    if (!capture.isOpened())
+      return absl::NotFoundError(absl::StrCat("camera ", o.camera, ": OpenCV cannot open it"));
+    RETURN_IF_ERROR(
+        ReadFrames(capture, absl::StrCat("camera:", o.camera), true, o, batcher, should_stop));
+  }
+  RETURN_IF_ERROR(batcher.Flush());
+  return batcher.Finish();
+}
+
+std::string FormatSummary(const PredictSummary& s) {
+  std::string text =
+      absl::StrCat(s.images, " image(s)",
+                   s.unreadable > 0 ? absl::StrCat(", ", s.unreadable, " unreadable") : "", ", ",
+                   s.faces, " face(s)\n");
+  if (s.faces == 0) return text;
+  absl::StrAppend(&text, "AU     present  mean p\n");
+  for (size_t a = 0; a < s.aus.size(); ++a) {
+    absl::StrAppend(&text, absl::StrFormat("%-6s %6.1f%%  %6.3f\n", AuName(s.aus[a]),
+                                           100.0 * static_cast<double>(s.present[a]) /
+                                               static_cast<double>(s.faces),
+                                           s.mean_probability[a]));
+  }
+  return text;
+}
+
+}  // namespace mal::predict

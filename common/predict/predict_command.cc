@@ -1,0 +1,88 @@
+#include "common/predict/predict_command.h"
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+
+namespace mal::predict {
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+void OnInterrupt(int) { g_interrupted = true; }
+
+}  // namespace
+
+void AddPredictOptions(CLI::App& cmd, PredictCommandOptions* o) {
+  PredictOptions& p = o->predict;
+  cmd.add_option("inputs", p.inputs, "image files, directories of images, video files");
+  cmd.add_option("--camera", p.camera,
+                 "read frames from this camera (OpenCV's index, e.g. 0) until Ctrl-C")
+      ->check(CLI::Range(0, 255));
+  cmd.add_option("--frames", p.max_frames,
+                 "videos and camera: stop after this many frames (0: no limit)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--every", p.every, "videos and camera: every N-th frame")
+      ->check(CLI::Range(1, 100000));
+  cmd.add_option("--batch", p.batch, "images per request")->check(CLI::Range(1, 4096));
+  cmd.add_flag("--face-crop", p.face_crop, "the inputs are face crops: no face detection");
+  cmd.add_option("--min-face", p.min_face,
+                 "smallest face searched for, px (0: a tenth of the shorter side)")
+      ->check(CLI::Range(0, 100000));
+  cmd.add_option("-o,--output", p.format,
+                 "csv (OpenFace-style columns) or json (one line per image)")
+      ->check(CLI::IsMember({"csv", "json"}));
+  cmd.add_option("--out", o->out, "write the rows to this file (default: stdout)");
+}
+
+int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, const char* program) {
+  std::signal(SIGINT, OnInterrupt);
+  const std::string tmp = o.out.empty() ? "" : absl::StrCat(o.out, ".tmp.", ::getpid());
+  std::ofstream file;
+  if (!tmp.empty()) {
+    file.open(tmp, std::ios::binary | std::ios::trunc);
+    if (!file) {
+      std::cerr << program << ": --out " << o.out << ": cannot write here\n";
+      return 2;
+    }
+  }
+  std::ostream& out = tmp.empty() ? std::cout : file;
+  bool backend_failed = false;
+  const Backend checked = [&](const v1::DetectActionUnitsRequest& request) {
+    auto response = backend(request);
+    backend_failed = backend_failed || !response.ok();
+    return response;
+  };
+  auto summary =
+      RunPredict(o.predict, checked, out, std::cerr, [] { return g_interrupted.load(); });
+  if (!tmp.empty()) {
+    file.close();
+    std::error_code ec;
+    if (!summary.ok() || !file) {
+      std::filesystem::remove(tmp, ec);
+    } else {
+      std::filesystem::rename(tmp, o.out, ec);
+      if (ec) {
+        std::filesystem::remove(tmp, ec);
+        std::cerr << program << ": --out " << o.out << ": " << ec.message() << "\n";
+        return 1;
+      }
+    }
+  }
+  if (!summary.ok()) {
+    std::cerr << program << ": " << summary.status().message() << "\n";
+    return backend_failed ? 1 : 2;
+  }
+  std::cerr << FormatSummary(*summary)
+            << (o.out.empty() ? "" : absl::StrCat("rows written to ", o.out, "\n"));
+  return 0;
+}
+
+}  // namespace mal::predict

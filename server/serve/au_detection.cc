@@ -1,0 +1,118 @@
+#include "server/serve/au_detection.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/image/image_file.h"
+
+namespace mal::serve {
+
+namespace {
+
+// The image of one input, or why it cannot be read.
+absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& what,
+                                  const DetectLimits& limits) {
+  if (in.has_raw()) {
+    const v1::RawFrame& r = in.raw();
+    if (r.width() <= 0 || r.height() <= 0 || (r.channels() != 1 && r.channels() != 3)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": raw frame of ", r.width(), "x", r.height(), "x", r.channels(),
+                       ": needs width, height > 0 and 1 or 3 channels"));
+    }
+    if (static_cast<int64_t>(r.width()) * r.height() > limits.max_pixels) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": ", r.width(), "x", r.height(), " px is over the limit of ", limits.max_pixels));
+    }
+    const size_t expected = static_cast<size_t>(r.width()) * r.height() * r.channels();
+    if (r.pixels().size() != expected) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": raw frame has ", r.pixels().size(),
+                                                     " bytes, ", r.width(), "x", r.height(), "x",
+                                                     r.channels(), " needs ", expected));
+    }
+    cv::Mat view(r.height(), r.width(), r.channels() == 1 ? CV_8UC1 : CV_8UC3,
+                 const_cast<char*>(r.pixels().data()));
+    return view.clone();
+  }
+  if (in.encoded().empty())
+    return absl::InvalidArgumentError(absl::StrCat(what, ": no image bytes"));
+  auto image = image::DecodeImageBytes(in.encoded(), what);
+  if (!image.ok()) return image.status();
+  if (static_cast<int64_t>(image->cols) * image->rows > limits.max_pixels) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", image->cols, "x", image->rows,
+                                                   " px is over the limit of ", limits.max_pixels));
+  }
+  return image;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
+    const engine::AuModel& model, const image::FaceDetector* detector,
+    const v1::DetectActionUnitsRequest& request, const DetectLimits& limits) {
+  if (request.images_size() > limits.max_images) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(request.images_size(), " images in one request: at most ", limits.max_images));
+  }
+  if (!request.face_crop() && detector == nullptr) {
+    return absl::FailedPreconditionError("no face detector: send face crops (face_crop)");
+  }
+  const v1::ModelMetadata& meta = model.metadata();
+  v1::DetectActionUnitsResponse response;
+  response.set_model(request.model());
+  response.mutable_aus()->CopyFrom(meta.aus());
+  std::vector<cv::Mat> crops;
+  std::vector<v1::FaceResult*> owners;  // the face each crop belongs to
+  for (int i = 0; i < request.images_size(); ++i) {
+    const v1::ImageInput& in = request.images(i);
+    v1::ImageResult* result = response.add_results();
+    result->set_id(in.id());
+    const std::string what =
+        in.id().empty() ? absl::StrCat("image ", i) : absl::StrCat("image ", i, " (", in.id(), ")");
+    auto image = ReadInput(in, what, limits);
+    if (!image.ok()) {
+      result->set_code(static_cast<int>(absl::StatusCode::kInvalidArgument));
+      result->set_message(std::string(image.status().message()));
+      continue;
+    }
+    result->set_width(image->cols);
+    result->set_height(image->rows);
+    std::vector<image::DetectedFace> faces;
+    if (request.face_crop()) {
+      faces.push_back({cv::Rect(0, 0, image->cols, image->rows), 1.0f});
+    } else {
+      faces = detector->Detect(*image, request.min_face());
+      if (static_cast<int>(faces.size()) > limits.max_faces_per_image)
+        faces.resize(limits.max_faces_per_image);
+    }
+    for (size_t f = 0; f < faces.size(); ++f) {
+      v1::FaceResult* face = result->add_faces();
+      face->set_face_id(static_cast<int>(f));
+      face->mutable_box()->set_x(faces[f].box.x);
+      face->mutable_box()->set_y(faces[f].box.y);
+      face->mutable_box()->set_width(faces[f].box.width);
+      face->mutable_box()->set_height(faces[f].box.height);
+      face->set_confidence(faces[f].confidence);
+      const cv::Rect crop =
+          request.face_crop() ? faces[f].box : image::FaceCropBox(faces[f].box, image->size());
+      crops.push_back((*image)(crop));
+      owners.push_back(face);
+    }
+  }
+  if (crops.empty()) return response;
+  auto probabilities = model.Predict(crops);
+  if (!probabilities.ok()) return probabilities.status();
+  const int a = meta.aus_size();
+  for (size_t k = 0; k < owners.size(); ++k) {
+    owners[k]->set_success(true);
+    for (int j = 0; j < a; ++j) {
+      v1::AuPrediction* p = owners[k]->add_aus();
+      const float prob = (*probabilities)[k * a + j];
+      p->set_au(meta.aus(j));
+      p->set_probability(prob);
+      p->set_present(prob >= meta.thresholds(j));
+    }
+  }
+  return response;
+}
+
+}  // namespace mal::serve

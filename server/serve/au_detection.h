@@ -1,0 +1,33 @@
+#ifndef MAL_SERVER_SERVE_AU_DETECTION_H_
+#define MAL_SERVER_SERVE_AU_DETECTION_H_
+
+#include "absl/status/statusor.h"
+#include "common/image/face_detector.h"
+#include "mal/v1/inference.pb.h"
+#include "worker/engine/au_model.h"
+
+namespace mal::serve {
+
+// Limits of one DetectActionUnits call.
+struct DetectLimits {
+  int max_images = 256;             // images per request
+  int64_t max_pixels = 40'000'000;  // per image, width x height (a 40 MP photo)
+  int max_faces_per_image = 32;     // the largest ones are kept
+};
+
+// Faces and their AUs in a batch of images, gRPC-free (mal-serve's RPC and `mal-worker predict`
+// share it). Each image is decoded (encoded JPEG/PNG/BMP bytes through image_file.h's decoder, or
+// a raw 8-bit frame), its faces found by `detector` (or the whole image is the face with
+// request.face_crop; `detector` may then be null), each face cropped square with a margin
+// (FaceCropBox), and all faces of the batch go through `model` in one call. An image that cannot be
+// read gets code INVALID_ARGUMENT and a message in its own result; the rest are answered.
+// Errors for the whole batch: ResourceExhausted for more than limits.max_images images,
+// FailedPrecondition for no detector without face_crop, the model's errors (ResourceExhausted,
+// Internal).
+absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
+    const engine::AuModel& model, const image::FaceDetector* detector,
+    const v1::DetectActionUnitsRequest& request, const DetectLimits& limits = {});
+
+}  // namespace mal::serve
+
+#endif  // MAL_SERVER_SERVE_AU_DETECTION_H_

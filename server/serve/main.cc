@@ -1,0 +1,69 @@
+// mal-serve: AU inference over gRPC (the Inference service, proto/mal/v1/inference.proto) for the
+// models in a directory. `mal-serve --help` lists the options; docs/serving.md describes them.
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/util/cli.h"
+#include "common/util/logging.h"
+#include "server/serve/serve_server.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mal::InitLogging(argv[0]);
+  mal::serve::ServeServer::Options o;
+  int64_t budget_mb = o.memory_budget >> 20;
+  CLI::App app(
+      "mal-serve: AU detection over gRPC (mal.v1.Inference) with the trained models in a "
+      "directory.",
+      "mal-serve");
+  app.option_defaults()->always_capture_default();
+  app.add_option("--listen", o.listen, "HOST:PORT to serve on (port 0: a free one, printed)");
+  app.add_option("--model-dir", o.model_dir,
+                 "the models: DIR/NAME/{model.json,model.pt}, e.g. run directories")
+      ->required();
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N");
+  app.add_option("--memory-budget-mb", budget_mb,
+                 "loaded models past this are dropped, least recently used first")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  app.add_option("--face-cascade", o.face_cascade,
+                 "an OpenCV cascade file (default: opencv-data's frontal face)");
+  app.add_option("--max-images", o.limits.max_images, "images per request")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--max-faces", o.limits.max_faces_per_image, "faces per image (the largest kept)")
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--tls-cert", o.security.cert_file, "server certificate (PEM)");
+  app.add_option("--tls-key", o.security.key_file, "server key (PEM)");
+  app.add_option("--tls-client-ca", o.security.client_ca_file,
+                 "require client certificates signed by this CA");
+  app.add_option("--token-file", o.security.token_file, "accepted bearer tokens, one per line");
+  app.add_flag("--insecure", o.security.insecure, "allow plaintext on a non-loopback --listen");
+  if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
+    return *code;
+  o.memory_budget = budget_mb << 20;
+
+  auto server = mal::serve::ServeServer::Start(o);
+  if (!server.ok()) {
+    std::cerr << "mal-serve: " << server.status().message() << "\n";
+    return 2;
+  }
+  std::cout << "mal-serve listening on port " << (*server)->port() << std::endl;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGPIPE, SIG_IGN);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  (*server)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,107 @@
+#include "server/serve/serve_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/util/grpc_status.h"
+#include "common/util/logging.h"
+#include "common/util/status_macros.h"
+#include "mal/v1/inference.grpc.pb.h"
+#include "server/serve/model_store.h"
+
+namespace mal::serve {
+
+namespace {
+
+// The gRPC adapter: checks the token, resolves the model, hands the batch to DetectActionUnits.
+class InferenceService final : public v1::Inference::Service {
+ public:
+  InferenceService(ModelStore* models, const image::FaceDetector* detector,
+                   std::vector<std::string> tokens, DetectLimits limits)
+      : models_(models), detector_(detector), tokens_(std::move(tokens)), limits_(limits) {}
+
+  grpc::Status DetectActionUnits(grpc::ServerContext* context,
+                                 const v1::DetectActionUnitsRequest* request,
+                                 v1::DetectActionUnitsResponse* response) override {
+    if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+    auto model = models_->Get(request->model());
+    if (!model.ok()) return ToGrpcStatus(model.status());
+    auto result = serve::DetectActionUnits(**model, detector_, *request, limits_);
+    if (!result.ok()) return ToGrpcStatus(result.status());
+    *response = std::move(*result);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse* response) override {
+    if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+    auto list = models_->List();
+    if (!list.ok()) return ToGrpcStatus(list.status());
+    *response = std::move(*list);
+    return grpc::Status::OK;
+  }
+
+ private:
+  ModelStore* const models_;
+  const image::FaceDetector* const detector_;
+  const std::vector<std::string> tokens_;
+  const DetectLimits limits_;
+};
+
+}  // namespace
+
+struct ServeServer::Parts {
+  std::unique_ptr<ModelStore> models;
+  std::unique_ptr<image::FaceDetector> detector;
+  std::unique_ptr<InferenceService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  bool shut_down = false;
+};
+
+absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
+  if (o.model_dir.empty()) return absl::InvalidArgumentError("--model-dir is required");
+  if (!std::filesystem::is_directory(o.model_dir)) {
+    return absl::NotFoundError(absl::StrCat("--model-dir ", o.model_dir, ": not a directory"));
+  }
+  if (o.memory_budget <= 0) return absl::InvalidArgumentError("--memory-budget-mb must be > 0");
+  auto p = std::make_unique<Parts>();
+  p->models =
+      std::make_unique<ModelStore>(ModelStore::Options{o.model_dir, o.device, o.memory_budget});
+  ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
+  ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
+  ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));
+  p->service =
+      std::make_unique<InferenceService>(p->models.get(), p->detector.get(), tokens, o.limits);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.listen, credentials, &p->port);
+  rpc::ConfigureServer(builder);
+  builder.RegisterService(p->service.get());
+  p->server = builder.BuildAndStart();
+  if (p->server == nullptr || p->port == 0)
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+  p->server->GetHealthCheckService()->SetServingStatus(true);
+  LOG(INFO) << "serving models from " << o.model_dir << " on " << o.listen << " (port " << p->port
+            << ", " << o.device << ")";
+  return std::unique_ptr<ServeServer>(new ServeServer(std::move(p)));
+}
+
+ServeServer::ServeServer(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
+ServeServer::~ServeServer() { Shutdown(); }
+int ServeServer::port() const { return parts_->port; }
+
+void ServeServer::Shutdown(std::chrono::milliseconds grace) {
+  if (parts_->shut_down) return;
+  parts_->shut_down = true;
+  parts_->server->GetHealthCheckService()->SetServingStatus(false);
+  parts_->server->Shutdown(std::chrono::system_clock::now() + grace);
+  parts_->server->Wait();
+}
+
+}  // namespace mal::serve

@@ -1,0 +1,192 @@
+#include "common/predict/predict.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <opencv2/videoio.hpp>
+#include <sstream>
+
+#include "absl/strings/str_split.h"
+#include "common/predict/predict_command.h"
+#include "common/util/files.h"
+#include "tests/test_util.h"
+
+namespace mal::predict {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+// A backend that answers one face per readable image (AU1 p 0.8, AU2 p 0.2), an error in the slot
+// of an image whose bytes are "bad", and records the requests.
+struct FakeBackend {
+  std::vector<v1::DetectActionUnitsRequest> requests;
+  absl::Status fail;
+
+  Backend AsBackend() {
+    return [this](const v1::DetectActionUnitsRequest& r)
+               -> absl::StatusOr<v1::DetectActionUnitsResponse> {
+      requests.push_back(r);
+      if (!fail.ok()) return fail;
+      v1::DetectActionUnitsResponse out;
+      out.add_aus(1);
+      out.add_aus(2);
+      for (const v1::ImageInput& in : r.images()) {
+        v1::ImageResult* res = out.add_results();
+        res->set_id(in.id());
+        if (in.encoded() == "bad") {
+          res->set_code(3);
+          res->set_message(in.id() + ": not a decodable image");
+          continue;
+        }
+        v1::FaceResult* f = res->add_faces();
+        f->set_success(true);
+        f->set_confidence(0.9f);
+        f->mutable_box()->set_width(10);
+        f->mutable_box()->set_height(10);
+        for (auto [au, p] : {std::pair{1, 0.8f}, std::pair{2, 0.2f}}) {
+          v1::AuPrediction* a = f->add_aus();
+          a->set_au(au);
+          a->set_probability(p);
+          a->set_present(p >= 0.5f);
+        }
+      }
+      return out;
+    };
+  }
+};
+
+std::vector<std::string> Lines(const std::string& text) {
+  return absl::StrSplit(text, '\n', absl::SkipEmpty());
+}
+
+TEST(PredictTest, ImagesAndDirectoriesInBatchesToOpenFaceStyleCsv) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "faces/b.jpg");
+  testing::WriteImage(dir / "faces/a.png");
+  testing::WriteText(dir / "faces/notes.txt", "not an image");
+  testing::WriteText(dir / "faces/c.jpg", "bad");
+  testing::WriteImage(dir / "single.jpg");
+  FakeBackend backend;
+  PredictOptions o;
+  o.model = "m";
+  o.batch = 2;
+  o.inputs = {dir / "faces", dir / "single.jpg"};
+  std::ostringstream out, log;
+  auto summary = RunPredict(o, backend.AsBackend(), out, log);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_EQ(backend.requests.size(), 2u);  // 4 images, 2 per request
+  EXPECT_EQ(backend.requests[0].model(), "m");
+  EXPECT_EQ(backend.requests[0].images(0).id(), dir / "faces/a.png");  // sorted
+  const std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 5u);
+  EXPECT_EQ(lines[0],
+            "input,frame,face_id,timestamp,confidence,success,x,y,width,height,AU01_p,AU02_p,AU01_"
+            "c,AU02_c");
+  EXPECT_EQ(lines[1], dir / "faces/a.png" + ",1,0,0.000,0.900,1,0,0,10,10,0.8000,0.2000,1,0");
+  EXPECT_EQ(lines[3], dir / "faces/c.jpg" + ",1,0,0.000,0,0,,,,,,,,");  // unreadable: success 0
+  EXPECT_EQ(std::count(lines[3].begin(), lines[3].end(), ','),
+            std::count(lines[0].begin(), lines[0].end(), ','));
+  EXPECT_THAT(log.str(), HasSubstr("c.jpg: not a decodable image"));
+  EXPECT_EQ(summary->images, 4);
+  EXPECT_EQ(summary->unreadable, 1);
+  EXPECT_EQ(summary->faces, 3);
+  EXPECT_EQ(summary->present, (std::vector<int64_t>{3, 0}));
+  EXPECT_NEAR(summary->mean_probability[0], 0.8, 1e-6);
+  EXPECT_THAT(FormatSummary(*summary), HasSubstr("AU01    100.0%"));
+}
+
+TEST(PredictTest, VideoFramesGoRawWithTimestampsAndEveryNth) {
+  testing::TempDir dir;
+  const std::string video = dir / "clip.avi";
+  {
+    cv::VideoWriter writer(video, cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 5.0,
+                           cv::Size(64, 48));
+    ASSERT_TRUE(writer.isOpened());
+    for (int i = 0; i < 10; ++i)
+      writer.write(cv::Mat(48, 64, CV_8UC3, cv::Scalar(20 * i, 100, 50)));
+  }
+  FakeBackend backend;
+  PredictOptions o;
+  o.inputs = {video};
+  o.every = 3;
+  std::ostringstream out, log;
+  auto summary = RunPredict(o, backend.AsBackend(), out, log);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_EQ(backend.requests.size(), 1u);
+  ASSERT_EQ(backend.requests[0].images_size(), 4);  // frames 1, 4, 7, 10
+  const v1::RawFrame& raw = backend.requests[0].images(1).raw();
+  EXPECT_EQ(raw.width(), 64);
+  EXPECT_EQ(raw.height(), 48);
+  EXPECT_EQ(raw.channels(), 3);
+  EXPECT_EQ(raw.pixels().size(), 64u * 48 * 3);
+  const std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 5u);
+  EXPECT_THAT(lines[2], ::testing::StartsWith(video + ",4,0,0.600,"));
+  EXPECT_THAT(lines[4], ::testing::StartsWith(video + ",10,0,1.800,"));
+
+  o.max_frames = 5;  // frames 1 and 4 only
+  backend.requests.clear();
+  ASSERT_TRUE(RunPredict(o, backend.AsBackend(), out, log).ok());
+  EXPECT_EQ(backend.requests[0].images_size(), 2);
+}
+
+TEST(PredictTest, BadInputsAreNamedBeforeAnythingIsSent) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "ok.jpg");
+  testing::WriteText(dir / "table.csv", "a,b\n");
+  FakeBackend backend;
+  PredictOptions o;
+  std::ostringstream out, log;
+  o.inputs = {dir / "ok.jpg", dir / "missing.jpg"};
+  auto missing = RunPredict(o, backend.AsBackend(), out, log);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("missing.jpg"));
+  o.inputs = {dir / "table.csv"};
+  auto csv = RunPredict(o, backend.AsBackend(), out, log);
+  EXPECT_EQ(csv.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(csv.status().message()), HasSubstr("table.csv"));
+  o.inputs = {};
+  EXPECT_FALSE(RunPredict(o, backend.AsBackend(), out, log).ok());
+  EXPECT_TRUE(backend.requests.empty());
+}
+
+TEST(PredictTest, JsonIsOneLinePerImage) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "a.jpg");
+  testing::WriteImage(dir / "b.jpg");
+  FakeBackend backend;
+  PredictOptions o;
+  o.inputs = {dir / "a.jpg", dir / "b.jpg"};
+  o.format = "json";
+  std::ostringstream out, log;
+  ASSERT_TRUE(RunPredict(o, backend.AsBackend(), out, log).ok());
+  const std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_THAT(lines[0], HasSubstr("\"probability\":0.8"));
+  EXPECT_THAT(lines[1], HasSubstr("b.jpg"));
+}
+
+TEST(PredictTest, OutFileAppearsWholeOrNotAtAll) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "a.jpg");
+  FakeBackend backend;
+  PredictCommandOptions o;
+  o.predict.inputs = {dir / "a.jpg"};
+  o.out = dir / "rows.csv";
+  EXPECT_EQ(RunPredictCommand(o, backend.AsBackend(), "test"), 0);
+  EXPECT_EQ(Lines(*ReadFile(o.out)).size(), 2u);
+
+  backend.fail = absl::NotFoundError("no model \"m\"");
+  o.out = dir / "failed.csv";
+  EXPECT_EQ(RunPredictCommand(o, backend.AsBackend(), "test"), 1);
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    EXPECT_THAT(e.path().filename().string(), ::testing::Not(HasSubstr("failed.csv")));
+  }
+  o.predict.inputs = {dir / "nope.jpg"};
+  EXPECT_EQ(RunPredictCommand(o, backend.AsBackend(), "test"), 2);
+}
+
+}  // namespace
+}  // namespace mal::predict
