@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/image/face_tracker.h"
 #include "common/util/files.h"
 #include "common/util/status_macros.h"
 
@@ -70,7 +71,8 @@ class Batcher {
       if (o_.format == "csv") out_ << CsvHeader(summary_.aus);
     }
     for (int i = 0; i < response.results_size() && i < static_cast<int>(where_.size()); ++i) {
-      const v1::ImageResult& r = response.results(i);
+      v1::ImageResult& r = *response.mutable_results(i);
+      if (where_[i].frame > 0) TrackFaces(where_[i].name, r);
       ++summary_.images;
       if (r.code() != 0) {
         ++summary_.unreadable;
@@ -101,6 +103,21 @@ class Batcher {
     return absl::OkStatus();
   }
 
+  // Video and camera frames: face_id becomes the face's track id within its input (frames arrive
+  // here in order), as in the streaming RPC.
+  void TrackFaces(const std::string& input, v1::ImageResult& r) {
+    if (input != tracked_input_) {
+      tracker_ = image::FaceTracker();
+      tracked_input_ = input;
+    }
+    std::vector<cv::Rect> boxes;
+    for (const v1::FaceResult& f : r.faces())
+      boxes.emplace_back(f.box().x(), f.box().y(), f.box().width(), f.box().height());
+    const std::vector<int> ids = tracker_.Update(boxes);
+    for (int k = 0; k < r.faces_size(); ++k)
+      r.mutable_faces(k)->set_face_id(ids[static_cast<size_t>(k)]);
+  }
+
   PredictSummary Finish() {
     for (size_t a = 0; a < summary_.mean_probability.size(); ++a) {
       if (summary_.faces > 0) summary_.mean_probability[a] /= static_cast<double>(summary_.faces);
@@ -122,6 +139,8 @@ class Batcher {
   std::vector<Where> where_;
   int64_t bytes_ = 0;
   PredictSummary summary_;
+  image::FaceTracker tracker_;
+  std::string tracked_input_;
 };
 
 // Frames of an opened capture, every N-th, until the end, max_frames or should_stop.
@@ -151,6 +170,8 @@ absl::Status ReadFrames(cv::VideoCapture& capture, const std::string& name, bool
     raw->set_pixels(std::string(reinterpret_cast<const char*>(packed.data),
                                 packed.total() * packed.elemSize()));
     RETURN_IF_ERROR(batcher.Add(std::move(in), name, n, t));
+    if (live)
+      RETURN_IF_ERROR(batcher.Flush());  // a camera: each frame's row as soon as it is known
   }
   return absl::OkStatus();
 }

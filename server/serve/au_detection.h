@@ -3,6 +3,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/image/face_detector.h"
+#include "common/image/face_tracker.h"
 #include "mal/v1/inference.pb.h"
 #include "worker/engine/au_model.h"
 
@@ -27,6 +28,10 @@ struct DetectLimits {
 absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
     const engine::AuModel& model, const image::FaceDetector* detector,
     const v1::DetectActionUnitsRequest& request, const DetectLimits& limits = {});
+
+// Replaces each face's face_id in `result` with its track id from `tracker` (the frames of one
+// stream, in order).
+void AssignTrackIds(image::FaceTracker& tracker, v1::ImageResult& result);
 
 }  // namespace mal::serve
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/image/face_tracker.h"
 #include "common/util/grpc_status.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -33,6 +34,41 @@ class InferenceService final : public v1::Inference::Service {
     auto result = serve::DetectActionUnits(**model, detector_, *request, limits_);
     if (!result.ok()) return ToGrpcStatus(result.status());
     *response = std::move(*result);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status StreamActionUnits(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::StreamActionUnitsResponse, v1::StreamActionUnitsRequest>* stream)
+      override {
+    if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+    v1::StreamActionUnitsRequest first;
+    if (!stream->Read(&first)) return grpc::Status::OK;
+    auto model = models_->Get(first.model());
+    if (!model.ok()) return ToGrpcStatus(model.status());
+    image::FaceTracker tracker;
+    int64_t n = 0;
+    v1::StreamActionUnitsRequest message = std::move(first);
+    v1::DetectActionUnitsRequest one;
+    one.set_model(message.model());
+    one.set_face_crop(message.face_crop());
+    one.set_min_face(message.min_face());
+    do {
+      if (!message.has_frame()) continue;
+      const auto start = std::chrono::steady_clock::now();
+      if (one.images_size() == 0) one.add_images();
+      *one.mutable_images(0) = std::move(*message.mutable_frame());
+      auto result = serve::DetectActionUnits(**model, detector_, one, limits_);
+      if (!result.ok()) return ToGrpcStatus(result.status());
+      v1::StreamActionUnitsResponse out;
+      out.set_frame(n++);
+      *out.mutable_result() = std::move(*result->mutable_results(0));
+      AssignTrackIds(tracker, *out.mutable_result());
+      out.set_latency_ms(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count());
+      if (!stream->Write(out)) break;  // the client went away
+    } while (stream->Read(&message));
     return grpc::Status::OK;
   }
 

@@ -7,7 +7,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/synth/face_renderer.h"
 #include "common/util/grpc_channel.h"
+#include "common/util/random.h"
 #include "mal/v1/inference.grpc.pb.h"
 #include "tests/test_util.h"
 #include "tests/worker/engine/model_fixture.h"
@@ -121,6 +123,63 @@ TEST_F(ServeServerTest, PastTheMemoryBudgetTheLeastRecentlyUsedModelIsDropped) {
   req.set_model("a");  // loaded again on demand
   ASSERT_TRUE(Detect(req, &res).ok());
   EXPECT_EQ(res.results(0).faces(0).aus_size(), 4);
+}
+
+// A SynthFace face at (x, y) on a grey 320 x 240 frame, as a raw BGR frame.
+v1::ImageInput FrameWithFace(int x, int y) {
+  cv::Mat frame(240, 320, CV_8UC3, cv::Scalar(90, 90, 90));
+  Rng rng(7);
+  synth::FaceState state;
+  state.identity = synth::RandomIdentity(rng);
+  synth::RenderFace(state, 140).copyTo(frame(cv::Rect(x, y, 140, 140)));
+  v1::ImageInput in;
+  in.mutable_raw()->set_width(320);
+  in.mutable_raw()->set_height(240);
+  in.mutable_raw()->set_channels(3);
+  in.mutable_raw()->set_pixels(
+      std::string(reinterpret_cast<const char*>(frame.data), 320 * 240 * 3));
+  return in;
+}
+
+TEST_F(ServeServerTest, StreamAnswersEveryFrameInOrderWithStableFaceIds) {
+  Start();
+  grpc::ClientContext ctx;
+  auto stream = stub_->StreamActionUnits(&ctx);
+  v1::StreamActionUnitsRequest first;
+  first.set_model("a");
+  ASSERT_TRUE(stream->Write(first));  // options only, no frame
+  // A face drifting right, one unreadable frame in the middle, then the face again.
+  for (int i = 0; i < 6; ++i) {
+    v1::StreamActionUnitsRequest req;
+    if (i == 3) {
+      req.mutable_frame()->set_encoded("garbage");
+    } else {
+      *req.mutable_frame() = FrameWithFace(20 + 12 * i, 40);
+    }
+    ASSERT_TRUE(stream->Write(req));
+    v1::StreamActionUnitsResponse res;
+    ASSERT_TRUE(stream->Read(&res));  // one answer per frame, before the next is sent
+    EXPECT_EQ(res.frame(), i);
+    EXPECT_GE(res.latency_ms(), 0);
+    if (i == 3) {
+      EXPECT_EQ(res.result().code(), 3);
+      continue;
+    }
+    ASSERT_EQ(res.result().faces_size(), 1) << "frame " << i;
+    EXPECT_EQ(res.result().faces(0).face_id(), 0) << "frame " << i;
+    EXPECT_EQ(res.result().faces(0).aus_size(), 4);
+  }
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+
+  grpc::ClientContext ctx2;
+  auto unknown = stub_->StreamActionUnits(&ctx2);
+  first.set_model("nope");
+  unknown->Write(first);
+  unknown->WritesDone();
+  v1::StreamActionUnitsResponse res;
+  EXPECT_FALSE(unknown->Read(&res));
+  EXPECT_EQ(unknown->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(ServeServerTest, StartRefusesAMissingModelDirectory) {
