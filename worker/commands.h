@@ -24,6 +24,8 @@ void AddTrainCommand(CLI::App& app, int* exit_code);
 void AddBenchCommand(CLI::App& app, int* exit_code);
 // `mal-worker predict`: AU inference with a run directory's model in this process.
 void AddPredictCommand(CLI::App& app, int* exit_code);
+// `mal-worker export` and `mal-worker import`: a model to and from a PyTorch state dict.
+void AddExportCommands(CLI::App& app, int* exit_code);
 // The daemon's options (--coordinator, --work-dir, ...) on the top-level app: `mal-worker
 // --coordinator HOST:PORT --work-dir DIR`. Returns what runs the daemon once parsed (its exit
 // code).

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -172,6 +173,51 @@ void AddPredictCommand(CLI::App& app, int* exit_code) {
           return serve::DetectActionUnits(*m, d, r);
         },
         "mal-worker");
+  });
+}
+
+void AddExportCommands(CLI::App& app, int* exit_code) {
+  auto model_dir = std::make_shared<std::string>();
+  auto out = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand("export",
+                                     "a model as a PyTorch state dict (torch.load) with its "
+                                     "metadata JSON beside it (docs/serving.md)");
+  cmd->add_option("--model-dir", *model_dir, "a run directory holding model.json and model.pt")
+      ->required();
+  cmd->add_option("--out", *out,
+                  "the state dict file, e.g. model.pth (the metadata goes to model.json beside it)")
+      ->required();
+  cmd->callback([model_dir, out, exit_code] {
+    auto model = engine::AuModel::Load(*model_dir);
+    if (!model.ok()) {
+      *exit_code = Fail(2, std::string(model.status().message()));
+      return;
+    }
+    absl::Status s = (*model)->ExportStateDict(*out);
+    *exit_code = s.ok() ? 0 : Fail(1, std::string(s.message()));
+    if (s.ok()) std::cout << "wrote " << *out << " and its metadata beside it\n";
+  });
+
+  auto state_dict = std::make_shared<std::string>();
+  auto metadata = std::make_shared<std::string>();
+  auto into = std::make_shared<std::string>();
+  CLI::App* import_cmd = app.add_subcommand(
+      "import", "a PyTorch state dict and its metadata JSON as a model directory mal-serve serves");
+  import_cmd->add_option("--state-dict", *state_dict, "the file torch.save wrote (export's naming)")
+      ->required();
+  import_cmd->add_option("--metadata", *metadata,
+                         "its metadata JSON (default: the state dict's name with .json)");
+  import_cmd->add_option("--out", *into, "the model directory to write (model.pt, model.json)")
+      ->required();
+  import_cmd->callback([state_dict, metadata, into, exit_code] {
+    const std::string meta =
+        metadata->empty() ? std::filesystem::path(*state_dict).replace_extension(".json").string()
+                          : *metadata;
+    absl::Status s = engine::AuModel::ImportStateDict(*state_dict, meta, *into);
+    const bool bad_input =
+        s.code() == absl::StatusCode::kInvalidArgument || s.code() == absl::StatusCode::kNotFound;
+    *exit_code = s.ok() ? 0 : Fail(bad_input ? 2 : 1, std::string(s.message()));
+    if (s.ok()) std::cout << "wrote " << *into << " (model.pt, model.json)\n";
   });
 }
 

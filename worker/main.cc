@@ -48,16 +48,16 @@ int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
   CLI::App app(
       "mal-worker: with --coordinator, the worker daemon, which takes fold runs from the "
-      "coordinator and "
-      "runs each as a child `mal-worker train`; `train` trains one fold run standalone; `bench` "
-      "measures "
-      "the engine.",
+      "coordinator and runs each as a child `mal-worker train`; `train` trains one fold run "
+      "standalone; `bench` measures the engine; `predict` detects AUs with a trained model; "
+      "`export` and `import` convert models to and from PyTorch state dicts.",
       "mal-worker");
   app.option_defaults()->always_capture_default();
   int exit_code = 0;
   mal::worker::AddTrainCommand(app, &exit_code);
   mal::worker::AddBenchCommand(app, &exit_code);
   mal::worker::AddPredictCommand(app, &exit_code);
+  mal::worker::AddExportCommands(app, &exit_code);
   auto daemon = mal::worker::AddDaemonOptions(app);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;

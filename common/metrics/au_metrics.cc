@@ -84,4 +84,36 @@ double Quantile(std::vector<double> values, double q) {
   return values[lo] + (pos - lo) * (values[hi] - values[lo]);
 }
 
+std::vector<double> TuneThresholds(const std::vector<float>& probs,
+                                   const std::vector<float>& labels, const std::vector<float>& mask,
+                                   int num_aus) {
+  const int64_t n = num_aus > 0 ? static_cast<int64_t>(probs.size()) / num_aus : 0;
+  std::vector<double> best(static_cast<size_t>(std::max(num_aus, 0)), 0.5);
+  for (int k = 0; k < num_aus; ++k) {
+    double best_f1 = -1;
+    bool any_positive = false;
+    for (int step = 1; step <= 19; ++step) {
+      const double t = 0.05 * step;
+      int64_t tp = 0, fp = 0, fn = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const size_t at = static_cast<size_t>(i * num_aus + k);
+        if (mask[at] == 0) continue;
+        const bool truth = labels[at] > 0.5f, predicted = probs[at] >= t;
+        any_positive = any_positive || truth;
+        tp += truth && predicted;
+        fp += !truth && predicted;
+        fn += truth && !predicted;
+      }
+      const double f1 = tp == 0 ? 0 : 2.0 * tp / (2.0 * tp + fp + fn);
+      if (f1 > best_f1 + 1e-12 ||
+          (std::abs(f1 - best_f1) <= 1e-12 && std::abs(t - 0.5) < std::abs(best[k] - 0.5))) {
+        best_f1 = f1;
+        best[static_cast<size_t>(k)] = t;
+      }
+    }
+    if (!any_positive) best[static_cast<size_t>(k)] = 0.5;
+  }
+  return best;
+}
+
 }  // namespace mal

@@ -30,6 +30,13 @@ class AuF1 {
   std::vector<int64_t> tp_, fp_, fn_;
 };
 
+// Per AU, the threshold in {0.05, 0.10, ..., 0.95} with the best F1 (as AuF1 counts it) of
+// `probs` against `labels` where `mask` is 1 (all n x num_aus, row-major). Ties go to the threshold
+// closest to 0.5; an AU without a known positive keeps 0.5.
+std::vector<double> TuneThresholds(const std::vector<float>& probs,
+                                   const std::vector<float>& labels, const std::vector<float>& mask,
+                                   int num_aus);
+
 // Spearman's rank correlation (average ranks for ties); 0 for fewer than 2 points or no variance.
 double SpearmanCorrelation(const std::vector<double>& x, const std::vector<double>& y);
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/image/image_file.h"
+#include "common/util/status_macros.h"
 
 namespace mal::serve {
 
@@ -46,9 +47,10 @@ absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& w
 
 }  // namespace
 
-absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
-    const engine::AuModel& model, const image::FaceDetector* detector,
-    const v1::DetectActionUnitsRequest& request, const DetectLimits& limits) {
+absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ModelMetadata& meta,
+                                           const image::FaceDetector* detector,
+                                           const v1::DetectActionUnitsRequest& request,
+                                           const DetectLimits& limits) {
   if (request.images_size() > limits.max_images) {
     return absl::ResourceExhaustedError(
         absl::StrCat(request.images_size(), " images in one request: at most ", limits.max_images));
@@ -56,12 +58,10 @@ absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
   if (!request.face_crop() && detector == nullptr) {
     return absl::FailedPreconditionError("no face detector: send face crops (face_crop)");
   }
-  const v1::ModelMetadata& meta = model.metadata();
-  v1::DetectActionUnitsResponse response;
+  PreparedBatch batch;
+  v1::DetectActionUnitsResponse& response = batch.response;
   response.set_model(request.model());
   response.mutable_aus()->CopyFrom(meta.aus());
-  std::vector<cv::Mat> crops;
-  std::vector<v1::FaceResult*> owners;  // the face each crop belongs to
   for (int i = 0; i < request.images_size(); ++i) {
     const v1::ImageInput& in = request.images(i);
     v1::ImageResult* result = response.add_results();
@@ -94,25 +94,38 @@ absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
       face->set_confidence(faces[f].confidence);
       const cv::Rect crop =
           request.face_crop() ? faces[f].box : image::FaceCropBox(faces[f].box, image->size());
-      crops.push_back((*image)(crop));
-      owners.push_back(face);
+      batch.crops.push_back((*image)(crop));
+      batch.owners.emplace_back(i, static_cast<int>(f));
     }
   }
-  if (crops.empty()) return response;
-  auto probabilities = model.Predict(crops);
-  if (!probabilities.ok()) return probabilities.status();
+  return batch;
+}
+
+void FinishBatch(PreparedBatch& batch, const v1::ModelMetadata& meta,
+                 const std::vector<float>& probabilities) {
   const int a = meta.aus_size();
-  for (size_t k = 0; k < owners.size(); ++k) {
-    owners[k]->set_success(true);
+  for (size_t k = 0; k < batch.owners.size(); ++k) {
+    v1::FaceResult* face = batch.response.mutable_results(batch.owners[k].first)
+                               ->mutable_faces(batch.owners[k].second);
+    face->set_success(true);
     for (int j = 0; j < a; ++j) {
-      v1::AuPrediction* p = owners[k]->add_aus();
-      const float prob = (*probabilities)[k * a + j];
+      v1::AuPrediction* p = face->add_aus();
+      const float prob = probabilities[k * static_cast<size_t>(a) + static_cast<size_t>(j)];
       p->set_au(meta.aus(j));
       p->set_probability(prob);
       p->set_present(prob >= meta.thresholds(j));
     }
   }
-  return response;
+}
+
+absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
+    const engine::AuModel& model, const image::FaceDetector* detector,
+    const v1::DetectActionUnitsRequest& request, const DetectLimits& limits) {
+  ASSIGN_OR_RETURN(PreparedBatch batch, PrepareBatch(model.metadata(), detector, request, limits));
+  if (batch.crops.empty()) return std::move(batch.response);
+  ASSIGN_OR_RETURN(const std::vector<float> probabilities, model.Predict(batch.crops));
+  FinishBatch(batch, model.metadata(), probabilities);
+  return std::move(batch.response);
 }
 
 void AssignTrackIds(image::FaceTracker& tracker, v1::ImageResult& result) {

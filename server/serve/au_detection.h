@@ -1,6 +1,9 @@
 #ifndef MAL_SERVER_SERVE_AU_DETECTION_H_
 #define MAL_SERVER_SERVE_AU_DETECTION_H_
 
+#include <utility>
+#include <vector>
+
 #include "absl/status/statusor.h"
 #include "common/image/face_detector.h"
 #include "common/image/face_tracker.h"
@@ -25,6 +28,22 @@ struct DetectLimits {
 // Errors for the whole batch: ResourceExhausted for more than limits.max_images images,
 // FailedPrecondition for no detector without face_crop, the model's errors (ResourceExhausted,
 // Internal).
+// DetectActionUnits in two halves around the model call, for callers that batch model calls
+// across requests (DynamicBatcher): PrepareBatch decodes, detects and crops (the errors of
+// DetectActionUnits before the model runs; per-image errors in their results), FinishBatch fills in
+// each face's AUs from `probabilities` (crops.size() x A, row-major, metadata's AU order).
+struct PreparedBatch {
+  v1::DetectActionUnitsResponse response;   // every image's result, faces without AUs yet
+  std::vector<cv::Mat> crops;               // every face crop, in order
+  std::vector<std::pair<int, int>> owners;  // per crop: (image index, face index)
+};
+absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ModelMetadata& metadata,
+                                           const image::FaceDetector* detector,
+                                           const v1::DetectActionUnitsRequest& request,
+                                           const DetectLimits& limits = {});
+void FinishBatch(PreparedBatch& batch, const v1::ModelMetadata& metadata,
+                 const std::vector<float>& probabilities);
+
 absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
     const engine::AuModel& model, const image::FaceDetector* detector,
     const v1::DetectActionUnitsRequest& request, const DetectLimits& limits = {});

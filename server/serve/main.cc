@@ -44,6 +44,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--max-faces", o.limits.max_faces_per_image, "faces per image (the largest kept)")
       ->check(CLI::Range(1, 1000));
+  app.add_option(
+         "--max-batch", o.batching.max_batch,
+         "faces per model call, gathered across concurrent requests (1: no dynamic batching)")
+      ->check(CLI::Range(1, 4096));
+  int64_t delay_us = o.batching.max_delay.count();
+  app.add_option("--batch-delay-us", delay_us,
+                 "how long a request waits for others to share its model call, us")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
   app.add_option("--tls-cert", o.security.cert_file, "server certificate (PEM)");
   app.add_option("--tls-key", o.security.key_file, "server key (PEM)");
   app.add_option("--tls-client-ca", o.security.client_ca_file,
@@ -53,6 +61,7 @@ int main(int argc, char** argv) {
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;
   o.memory_budget = budget_mb << 20;
+  o.batching.max_delay = std::chrono::microseconds(delay_us);
 
   auto server = mal::serve::ServeServer::Start(o);
   if (!server.ok()) {

@@ -11,7 +11,7 @@ namespace mal::serve {
 
 namespace fs = std::filesystem;
 
-absl::StatusOr<std::shared_ptr<const engine::AuModel>> ModelStore::Get(const std::string& name) {
+absl::StatusOr<std::shared_ptr<DynamicBatcher>> ModelStore::Get(const std::string& name) {
   if (name.empty() || name[0] == '.' || name.find_first_of("/\\") != std::string::npos ||
       name.find('\0') != std::string::npos) {
     return absl::NotFoundError(
@@ -20,7 +20,7 @@ absl::StatusOr<std::shared_ptr<const engine::AuModel>> ModelStore::Get(const std
   absl::MutexLock lock(&mu_);
   if (auto it = loaded_.find(name); it != loaded_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second.lru);
-    return it->second.model;
+    return it->second.batcher;
   }
   const fs::path dir = fs::path(options_.dir) / name;
   if (!fs::exists(dir / run_files::kModelMetadata)) {
@@ -29,20 +29,21 @@ absl::StatusOr<std::shared_ptr<const engine::AuModel>> ModelStore::Get(const std
   auto model = engine::AuModel::Load(dir.string(), options_.device);
   if (!model.ok()) return model.status();
   std::shared_ptr<const engine::AuModel> shared = std::move(*model);
+  auto batcher = std::make_shared<DynamicBatcher>(shared, options_.batching);
   bytes_ += shared->bytes();
   lru_.push_front(name);
-  loaded_[name] = {shared, lru_.begin()};
+  loaded_[name] = {batcher, lru_.begin()};
   LOG(INFO) << "loaded model " << name << " (" << shared->bytes() / 1024 << " KiB on "
             << options_.device << ")";
   while (bytes_ > options_.memory_budget && lru_.size() > 1) {
     const std::string victim = lru_.back();
     lru_.pop_back();
-    bytes_ -= loaded_[victim].model->bytes();
+    bytes_ -= loaded_[victim].batcher->model().bytes();
     loaded_.erase(victim);
     LOG(INFO) << "unloaded model " << victim << " (memory budget " << options_.memory_budget
               << " bytes)";
   }
-  return shared;
+  return batcher;
 }
 
 absl::StatusOr<v1::ListModelsResponse> ModelStore::List() {

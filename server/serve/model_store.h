@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "mal/v1/inference.pb.h"
+#include "server/serve/dynamic_batcher.h"
 #include "worker/engine/au_model.h"
 
 namespace mal::serve {
@@ -25,13 +26,14 @@ class ModelStore {
     std::string dir;
     std::string device = "cpu";                // cpu, cuda, cuda:N
     int64_t memory_budget = int64_t{2} << 30;  // bytes of loaded parameters and buffers
+    DynamicBatcher::Options batching;          // each loaded model's model calls
   };
   explicit ModelStore(Options options) : options_(std::move(options)) {}
 
-  // The model NAME, loading it if needed (under the store's lock: a first call waits for it).
-  // Errors: NotFound for a name that is not a model directory (names are not paths: '/', '\\'
-  // and leading '.' are refused), AuModel::Load's errors.
-  absl::StatusOr<std::shared_ptr<const engine::AuModel>> Get(const std::string& name);
+  // The model NAME behind its batcher, loading it if needed (under the store's lock: a first call
+  // waits for it). Errors: NotFound for a name that is not a model directory (names are not paths:
+  // '/', '\\' and leading '.' are refused), AuModel::Load's errors.
+  absl::StatusOr<std::shared_ptr<DynamicBatcher>> Get(const std::string& name);
 
   // Every model under the directory, by name, with its metadata and whether it is loaded now. A
   // directory whose model.json is bad is listed with an empty metadata. NotFound: no directory.
@@ -41,7 +43,7 @@ class ModelStore {
   const Options options_;
   absl::Mutex mu_;
   struct Entry {
-    std::shared_ptr<const engine::AuModel> model;
+    std::shared_ptr<DynamicBatcher> batcher;
     std::list<std::string>::iterator lru;
   };
   std::map<std::string, Entry> loaded_ ABSL_GUARDED_BY(mu_);

@@ -31,7 +31,7 @@ class InferenceService final : public v1::Inference::Service {
     if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
     auto model = models_->Get(request->model());
     if (!model.ok()) return ToGrpcStatus(model.status());
-    auto result = serve::DetectActionUnits(**model, detector_, *request, limits_);
+    auto result = Detect(**model, *request);
     if (!result.ok()) return ToGrpcStatus(result.status());
     *response = std::move(*result);
     return grpc::Status::OK;
@@ -58,7 +58,7 @@ class InferenceService final : public v1::Inference::Service {
       const auto start = std::chrono::steady_clock::now();
       if (one.images_size() == 0) one.add_images();
       *one.mutable_images(0) = std::move(*message.mutable_frame());
-      auto result = serve::DetectActionUnits(**model, detector_, one, limits_);
+      auto result = Detect(**model, one);
       if (!result.ok()) return ToGrpcStatus(result.status());
       v1::StreamActionUnitsResponse out;
       out.set_frame(n++);
@@ -82,6 +82,21 @@ class InferenceService final : public v1::Inference::Service {
   }
 
  private:
+  // DetectActionUnits with the model call through the model's batcher (shared with other calls).
+  absl::StatusOr<v1::DetectActionUnitsResponse> Detect(
+      DynamicBatcher& batcher, const v1::DetectActionUnitsRequest& request) {
+    DynamicBatcher::Ticket ticket(&batcher);  // this request is under way: worth waiting for
+    const v1::ModelMetadata& meta = batcher.model().metadata();
+    auto batch = PrepareBatch(meta, detector_, request, limits_);
+    if (!batch.ok()) return batch.status();
+    if (!batch->crops.empty()) {
+      auto probabilities = batcher.Predict(batch->crops);
+      if (!probabilities.ok()) return probabilities.status();
+      FinishBatch(*batch, meta, *probabilities);
+    }
+    return std::move(batch->response);
+  }
+
   ModelStore* const models_;
   const image::FaceDetector* const detector_;
   const std::vector<std::string> tokens_;
@@ -106,8 +121,8 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   }
   if (o.memory_budget <= 0) return absl::InvalidArgumentError("--memory-budget-mb must be > 0");
   auto p = std::make_unique<Parts>();
-  p->models =
-      std::make_unique<ModelStore>(ModelStore::Options{o.model_dir, o.device, o.memory_budget});
+  p->models = std::make_unique<ModelStore>(
+      ModelStore::Options{o.model_dir, o.device, o.memory_budget, o.batching});
   ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
   ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));

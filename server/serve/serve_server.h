@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "common/util/grpc_channel.h"
 #include "server/serve/au_detection.h"
+#include "server/serve/dynamic_batcher.h"
 
 namespace mal::serve {
 
@@ -25,7 +26,8 @@ class ServeServer {
                             << 30;  // bytes of loaded models (least recently used dropped)
     std::string face_cascade;       // empty: opencv-data's frontal face cascade
     DetectLimits limits;
-    rpc::ServerSecurity security;  // TLS and bearer tokens, as the coordinator's
+    DynamicBatcher::Options batching;  // model calls shared across concurrent requests
+    rpc::ServerSecurity security;      // TLS and bearer tokens, as the coordinator's
   };
 
   // Checks the options (the model directory must exist; the device must be usable), loads the

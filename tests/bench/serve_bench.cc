@@ -1,5 +1,6 @@
 // serve_bench: AU detection throughput through mal-serve's RPC against the same model called
-// in-process, at one batch size; then many single-image clients at once, with latency percentiles.
+// in-process, at one batch size; then many single-image clients at once, with latency percentiles,
+// with dynamic batching and without.
 //   build/tests/serve_bench [--model-dir DIR/NAME] [--batch 32] [--seconds 5] [--clients 16]
 //   [--threads 0]
 // Without --model-dir a small_cnn at the quickstart's size (64 px input, 12 AUs) is made up with
@@ -100,62 +101,79 @@ int main(int argc, char** argv) {
                          (void)mal::serve::DetectActionUnits(**model, nullptr, request).ok();
                        });
 
-  mal::serve::ServeServer::Options o;
-  o.listen = "127.0.0.1:0";
-  o.model_dir = fs::path(model_dir).parent_path().string();
-  auto server = mal::serve::ServeServer::Start(o);
-  if (!server.ok()) {
-    std::cerr << "serve_bench: " << server.status().message() << "\n";
+  // One server per batching setting; the same calls against each.
+  struct Figures {
+    double rpc = 0, single = 0, concurrent = 0, p50 = 0, p99 = 0;
+  };
+  std::atomic<int> failures{0};
+  auto measure = [&](int max_batch) -> absl::StatusOr<Figures> {
+    mal::serve::ServeServer::Options o;
+    o.listen = "127.0.0.1:0";
+    o.model_dir = fs::path(model_dir).parent_path().string();
+    o.batching.max_batch = max_batch;
+    auto server = mal::serve::ServeServer::Start(o);
+    if (!server.ok()) return server.status();
+    auto stub = mal::v1::Inference::NewStub(
+        mal::rpc::MakeChannel(absl::StrCat("127.0.0.1:", (*server)->port())));
+    auto call = [&](const mal::v1::DetectActionUnitsRequest& r) {
+      mal::v1::DetectActionUnitsResponse response;
+      grpc::ClientContext ctx;
+      if (!stub->DetectActionUnits(&ctx, r, &response).ok()) ++failures;
+    };
+    Figures f;
+    f.rpc = batch * Rate(seconds, [&] { call(request); });
+    mal::v1::DetectActionUnitsRequest one = request;
+    one.mutable_images()->DeleteSubrange(1, one.images_size() - 1);
+    f.single = Rate(seconds, [&] { call(one); });
+    std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
+    std::vector<std::thread> threads;
+    const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+    const auto start = Clock::now();
+    for (int c = 0; c < clients; ++c) {
+      threads.emplace_back([&, c] {
+        while (Clock::now() < end) {
+          const auto t0 = Clock::now();
+          call(one);
+          latencies[static_cast<size_t>(c)].push_back(
+              std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    std::vector<double> all;
+    for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+    f.concurrent = static_cast<double>(all.size()) / elapsed;
+    f.p50 = Percentile(all, 0.5);
+    f.p99 = Percentile(all, 0.99);
+    (*server)->Shutdown();
+    return f;
+  };
+  auto batched = measure(32);
+  auto unbatched = measure(1);
+  if (!batched.ok() || !unbatched.ok()) {
+    std::cerr << "serve_bench: " << (batched.ok() ? unbatched.status() : batched.status()).message()
+              << "\n";
     return 1;
   }
-  auto channel = mal::rpc::MakeChannel(absl::StrCat("127.0.0.1:", (*server)->port()));
-  auto stub = mal::v1::Inference::NewStub(channel);
-  std::atomic<int> failures{0};
-  auto call = [&](const mal::v1::DetectActionUnitsRequest& r) {
-    mal::v1::DetectActionUnitsResponse response;
-    grpc::ClientContext ctx;
-    if (!stub->DetectActionUnits(&ctx, r, &response).ok()) ++failures;
-  };
-  const double rpc = batch * Rate(seconds, [&] { call(request); });
-
-  // Single-image requests: one client, then `clients` at once.
-  mal::v1::DetectActionUnitsRequest one = request;
-  one.mutable_images()->DeleteSubrange(1, one.images_size() - 1);
-  const double single = Rate(seconds, [&] { call(one); });
-  std::vector<std::vector<double>> latencies(static_cast<size_t>(clients));
-  std::vector<std::thread> threads;
-  const auto end = Clock::now() + std::chrono::duration<double>(seconds);
-  const auto start = Clock::now();
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&, c] {
-      while (Clock::now() < end) {
-        const auto t0 = Clock::now();
-        call(one);
-        latencies[static_cast<size_t>(c)].push_back(
-            std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  std::vector<double> all;
-  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  (*server)->Shutdown();
 
   std::cout << absl::StrFormat("model %s (%s, %d px), %d hardware threads, %.0f s per figure\n",
                                model_dir, (*model)->metadata().backbone(),
                                (*model)->metadata().input(), std::thread::hardware_concurrency(),
                                seconds);
-  std::cout << absl::StrFormat("in-process, batch %d:     %8.1f images/s\n", batch, local);
-  std::cout << absl::StrFormat("RPC, batch %d:            %8.1f images/s  (%.0f%% of in-process)\n",
-                               batch, rpc, 100 * rpc / local);
-  std::cout << absl::StrFormat("RPC, 1 client, 1 image:   %8.1f images/s\n", single);
+  std::cout << absl::StrFormat("in-process, batch %d:              %8.1f images/s\n", batch, local);
   std::cout << absl::StrFormat(
-      "RPC, %d clients, 1 image: %8.1f images/s  (%.2fx one client), latency p50 %.1f ms, "
-      "p99 %.1f ms\n",
-      clients, static_cast<double>(all.size()) / elapsed,
-      static_cast<double>(all.size()) / elapsed / single, Percentile(all, 0.5),
-      Percentile(all, 0.99));
+      "RPC, batch %d:                     %8.1f images/s  (%.0f%% of in-process)\n", batch,
+      batched->rpc, 100 * batched->rpc / local);
+  for (const auto& [name, f] : {std::pair{"dynamic batching (32, 2 ms)", *batched},
+                                std::pair{"no dynamic batching      ", *unbatched}}) {
+    std::cout << absl::StrFormat(
+        "%s: 1 client %6.1f images/s; %d single-image clients %6.1f images/s, "
+        "latency p50 %.1f ms, p99 %.1f ms\n",
+        name, f.single, clients, f.concurrent, f.p50, f.p99);
+  }
+  std::cout << absl::StrFormat("dynamic batching gain with %d clients: %.2fx\n", clients,
+                               batched->concurrent / unbatched->concurrent);
   if (failures > 0) {
     std::cerr << "serve_bench: " << failures << " call(s) failed\n";
     return 1;

@@ -1,19 +1,24 @@
 #include "worker/engine/au_model.h"
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <map>
 #include <opencv2/imgproc.hpp>
+#include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/image/transforms.h"
 #include "common/spec/model_metadata.h"
+#include "common/util/files.h"
 #include "common/util/run_files.h"
 #include "common/util/status_macros.h"
 #include "worker/engine/device.h"
 #include "worker/engine/models.h"
+#include "worker/engine/torch_file.h"
 
 namespace mal::engine {
 
@@ -32,6 +37,27 @@ namespace {
 // LibTorch's messages carry a C++ backtrace after the first line.
 std::string FirstLine(const std::string& what) { return what.substr(0, what.find('\n')); }
 
+// The exported name of a BaseNet parameter or buffer ("backbone.conv1.weight" -> "conv1.weight",
+// "au_head.bias" -> "fc.bias", "fe_head.*" unchanged), and back.
+std::string ExportName(const std::string& name) {
+  if (absl::StartsWith(name, "backbone.")) return name.substr(9);
+  if (absl::StartsWith(name, "au_head.")) return "fc." + name.substr(8);
+  return name;
+}
+std::string InternalName(const std::string& name) {
+  if (absl::StartsWith(name, "fe_head.")) return name;
+  if (absl::StartsWith(name, "fc.")) return "au_head." + name.substr(3);
+  return "backbone." + name;
+}
+
+BaseNetImpl::Config ConfigOf(const v1::ModelMetadata& m) {
+  BaseNetImpl::Config config;
+  config.backbone = m.backbone();
+  config.num_aus = m.aus_size();
+  config.input = m.input();
+  return config;
+}
+
 }  // namespace
 
 AuModel::AuModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -49,10 +75,7 @@ absl::StatusOr<std::unique_ptr<AuModel>> AuModel::Load(const std::string& dir,
   const v1::ModelMetadata& m = impl->metadata;
   const std::string weights = (fs::path(dir) / run_files::kModel).string();
   if (!fs::exists(weights)) return absl::NotFoundError(absl::StrCat(weights, ": no such file"));
-  BaseNetImpl::Config config;
-  config.backbone = m.backbone();
-  config.num_aus = m.aus_size();
-  config.input = m.input();
+  const BaseNetImpl::Config config = ConfigOf(m);
   try {
     impl->net = BaseNet(config);
     // LibTorch's load replaces each tensor, whatever its shape: check the shapes ourselves.
@@ -127,6 +150,84 @@ absl::StatusOr<std::vector<float>> AuModel::Predict(const std::vector<cv::Mat>& 
     }
     return absl::InternalError(absl::StrCat("AU model: ", what));
   }
+}
+
+absl::Status AuModel::ExportStateDict(const std::string& path) const {
+  c10::Dict<std::string, at::Tensor> dict;
+  for (const auto& p : impl_->net->named_parameters())
+    dict.insert(ExportName(p.key()), p.value().detach().cpu());
+  for (const auto& b : impl_->net->named_buffers())
+    dict.insert(ExportName(b.key()), b.value().cpu());
+  std::vector<char> bytes;
+  try {
+    bytes = torch::pickle_save(dict);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(path, ": ", FirstLine(e.what())));
+  }
+  std::error_code ec;
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path(), ec);
+  RETURN_IF_ERROR(WriteFileAtomic(path, absl::string_view(bytes.data(), bytes.size())));
+  const std::string json = fs::path(path).replace_extension(".json").string();
+  return WriteFileAtomic(json, ModelMetadataToJson(impl_->metadata));
+}
+
+absl::Status AuModel::ImportStateDict(const std::string& state_dict, const std::string& metadata,
+                                      const std::string& out_dir) {
+  ASSIGN_OR_RETURN(const v1::ModelMetadata m, ReadModelMetadata(metadata));
+  ASSIGN_OR_RETURN(auto loaded, ReadTorchStateDict(state_dict));
+  BaseNet net(ConfigOf(m));
+  std::map<std::string, torch::Tensor*> targets;
+  auto params = net->named_parameters();
+  auto buffers = net->named_buffers();
+  for (auto& p : params) targets[p.key()] = &p.value();
+  for (auto& b : buffers) targets[b.key()] = &b.value();
+  std::vector<std::string> unknown, mismatched, missing;
+  std::set<std::string> assigned;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : loaded) {
+    auto it = targets.find(InternalName(name));
+    if (it == targets.end()) {
+      unknown.push_back(name);
+    } else if (it->second->sizes() != tensor.sizes()) {
+      mismatched.push_back(absl::StrCat(name, " [", absl::StrJoin(tensor.sizes(), ", "), "] vs [",
+                                        absl::StrJoin(it->second->sizes(), ", "), "]"));
+    } else {
+      it->second->copy_(tensor.to(it->second->dtype()));
+      assigned.insert(it->first);
+    }
+  }
+  for (const auto& [name, t] : targets) {
+    if (!assigned.count(name) && !absl::StartsWith(name, "fe_head.") &&
+        !absl::EndsWith(name, "num_batches_tracked")) {
+      missing.push_back(ExportName(name));
+    }
+  }
+  if (!unknown.empty() || !mismatched.empty() || !missing.empty()) {
+    std::string message = absl::StrCat(state_dict, ": does not fit a ", m.backbone(), " with ",
+                                       m.aus_size(), " AUs (", metadata, ")");
+    if (!missing.empty()) absl::StrAppend(&message, "; missing: ", absl::StrJoin(missing, ", "));
+    if (!unknown.empty()) absl::StrAppend(&message, "; unknown: ", absl::StrJoin(unknown, ", "));
+    if (!mismatched.empty())
+      absl::StrAppend(&message, "; shape: ", absl::StrJoin(mismatched, "; "));
+    return absl::InvalidArgumentError(message);
+  }
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat(out_dir, ": ", ec.message()));
+  const std::string weights = (fs::path(out_dir) / run_files::kModel).string();
+  const std::string tmp = absl::StrCat(weights, ".tmp.", ::getpid());
+  try {
+    torch::serialize::OutputArchive archive;
+    net->save(archive);
+    archive.save_to(tmp);
+  } catch (const std::exception& e) {
+    fs::remove(tmp, ec);
+    return absl::DataLossError(absl::StrCat(weights, ": ", FirstLine(e.what())));
+  }
+  fs::rename(tmp, weights, ec);
+  if (ec) return absl::DataLossError(absl::StrCat(weights, ": ", ec.message()));
+  return WriteFileAtomic((fs::path(out_dir) / run_files::kModelMetadata).string(),
+                         ModelMetadataToJson(m));
 }
 
 }  // namespace mal::engine

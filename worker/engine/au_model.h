@@ -30,6 +30,22 @@ class AuModel {
   // Bytes of the parameters and buffers (the memory the model holds on its device).
   int64_t bytes() const;
 
+  // Writes the weights as a PyTorch state dict that Python's torch.load reads (a dict of tensor
+  // name -> CPU tensor, torch.save's zip format), and the metadata JSON beside it at
+  // `path` with ".json" in place of its extension. Names: the backbone's own (torchvision's for
+  // the ResNets, so torchvision.models.resnetNN(num_classes=len(aus)) loads the file after the
+  // fe_head.* entries are dropped), the AU head as fc.weight / fc.bias, the FE head as fe_head.*.
+  // Both files through temporary files. Errors: DataLoss naming the path.
+  absl::Status ExportStateDict(const std::string& path) const;
+
+  // The reverse: a state dict in ExportStateDict's naming (written by PyTorch or by mal, zip or
+  // legacy format) and its metadata JSON become a run-directory model in `out_dir` (model.pt,
+  // model.json) that Load, mal-serve and mal-worker predict use. Every backbone and AU head entry
+  // must be present with the network's shape; fe_head.* may be absent (it is not used for AU
+  // inference). Errors name the file and the entries that are missing, unknown or mis-shaped.
+  static absl::Status ImportStateDict(const std::string& state_dict, const std::string& metadata,
+                                      const std::string& out_dir);
+
   // AU probabilities of N face crops (8-bit BGR or grey, any size): each is resized to resize x
   // resize px, centre-cropped to input x input and normalised as in the trainer's evaluation
   // (common/image/transforms.h), then sigmoid of the AU head. Returns N x A values, row-major, in

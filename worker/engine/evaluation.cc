@@ -20,7 +20,7 @@ torch::Tensor AuTensor(std::vector<float>& v, int n, const torch::Device& device
 }
 
 Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor& pos_weight,
-                    const torch::Device& device, int num_aus) {
+                    const torch::Device& device, int num_aus, EvaluationOutputs* outputs) {
   torch::NoGradGuard no_grad;
   model.eval();
   Evaluation e{AuF1(num_aus), 0};
@@ -35,6 +35,14 @@ Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor
     n += b->size;
     torch::Tensor probs = torch::sigmoid(logits).to(torch::kCPU).contiguous();
     e.f1.Add(probs.data_ptr<float>(), b->au_labels.data(), b->au_mask.data(), b->size);
+    if (outputs != nullptr) {
+      const float* p = probs.data_ptr<float>();
+      outputs->probs.insert(outputs->probs.end(), p, p + b->size * num_aus);
+      outputs->labels.insert(outputs->labels.end(), b->au_labels.begin(),
+                             b->au_labels.begin() + b->size * num_aus);
+      outputs->mask.insert(outputs->mask.end(), b->au_mask.begin(),
+                           b->au_mask.begin() + b->size * num_aus);
+    }
   }
   e.loss = n > 0 ? loss_sum / n : 0;
   model.train();

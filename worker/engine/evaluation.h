@@ -29,9 +29,14 @@ struct Evaluation {
   AuF1 f1{0};       // per-AU F1 at threshold 0.5
   double loss = 0;  // mean rebalanced AU loss per sample (RebalancedAuLoss with `pos_weight`)
 };
-// The model in eval mode over one pass of `loader` (then back to train mode).
+// Every sample's AU probabilities, labels and mask (n x num_aus, row-major) of one pass.
+struct EvaluationOutputs {
+  std::vector<float> probs, labels, mask;
+};
+// The model in eval mode over one pass of `loader` (then back to train mode); with `outputs`, the
+// per-sample values too (for TuneThresholds).
 Evaluation Evaluate(BaseNetImpl& model, image::BatchLoader& loader, const torch::Tensor& pos_weight,
-                    const torch::Device& device, int num_aus);
+                    const torch::Device& device, int num_aus, EvaluationOutputs* outputs = nullptr);
 
 // Sum and count of a sample's gradient alignment over the meta updates of one epoch, by sample.
 using AlignmentSums = absl::flat_hash_map<int64_t, std::pair<double, int>>;

@@ -525,6 +525,12 @@ class Unpickler {
       --depth_;
       return out;
     }
+    // LibTorch's torch::pickle_save wraps typed containers as restore_type_tag(obj, "Dict[str, Tensor]");
+    // Python's torch.load returns obj.
+    if (name == "torch.jit._pickle.restore_type_tag") {
+      if (args.empty()) Fail(at, name + " without an object");
+      return args[0];
+    }
     if (name.rfind("torch._utils._rebuild", 0) == 0) {
       Fail(at, name + " (quantized, sparse or other special tensors are not read)");
     }

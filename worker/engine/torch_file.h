@@ -14,7 +14,8 @@
 // Objects understood inside the pickle: dict, collections.OrderedDict (its `_metadata` is
 // ignored), list, tuple, str, bytes, int, float, bool, None, and tensors rebuilt by
 // torch._utils._rebuild_tensor_v2 / _rebuild_tensor / _rebuild_parameter(_with_state) and
-// torch._tensor._rebuild_from_type_v2, over typed storages (Float, Double, Half, BFloat16, Long,
+// torch._tensor._rebuild_from_type_v2 (and LibTorch's torch.jit._pickle.restore_type_tag around
+// containers, as torch::pickle_save writes them), over typed storages (Float, Double, Half, BFloat16, Long,
 // Int, Short, Char, Byte, Bool) or UntypedStorage, stored for any device (they load on the CPU).
 // Any other class is kept as an opaque object, named in errors.
 

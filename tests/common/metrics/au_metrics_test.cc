@@ -61,3 +61,30 @@ TEST(QuantileTest, Interpolates) {
 
 }  // namespace
 }  // namespace mal
+
+namespace mal {
+namespace {
+
+TEST(TuneThresholdsTest, PicksTheF1BestThresholdPerAuOnKnownLabels) {
+  // AU slot 0: positives score 0.3-0.4, negatives 0.1-0.2: any threshold in (0.2, 0.3] separates;
+  // ties go to the one closest to 0.5, 0.30. Slot 1: well separated around 0.5 -> 0.5 kept (closest
+  // to 0.5 among the perfect ones). Slot 2: no known positive -> 0.5. A masked sample (row 4) would
+  // break slot 0's separation if counted.
+  const std::vector<float> probs = {0.35f, 0.9f, 0.1f,  //
+                                    0.40f, 0.8f, 0.2f,  //
+                                    0.10f, 0.1f, 0.3f,  //
+                                    0.20f, 0.2f, 0.9f,  //
+                                    0.95f, 0.1f, 0.1f};
+  const std::vector<float> labels = {1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<float> mask(15, 1);
+  mask[12] = 0;
+  const std::vector<double> t = TuneThresholds(probs, labels, mask, 3);
+  ASSERT_EQ(t.size(), 3u);
+  EXPECT_NEAR(t[0], 0.30, 1e-9);
+  EXPECT_NEAR(t[1], 0.50, 1e-9);
+  EXPECT_NEAR(t[2], 0.50, 1e-9);
+  EXPECT_TRUE(TuneThresholds({}, {}, {}, 2) == (std::vector<double>{0.5, 0.5}));
+}
+
+}  // namespace
+}  // namespace mal

@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/image/transforms.h"
 #include "common/spec/model_metadata.h"
 #include "common/util/files.h"
@@ -96,6 +100,125 @@ TEST(AuModelTest, LoadErrorsNameTheFileOrTheField) {
   testing::WriteTestModel(dir / "d");
   auto device = AuModel::Load(dir / "d", "tpu");
   EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+bool HavePythonTorchvision() {
+  return std::system("/usr/bin/python3 -c 'import torchvision' 2>/dev/null") == 0;
+}
+
+// The input both sides compute on: 1 x 3 x 32 x 32, the same formula in C++ and Python.
+torch::Tensor FixedInput() {
+  return torch::arange(3 * 32 * 32).reshape({1, 3, 32, 32}).remainder(17).to(torch::kFloat) / 17.0 -
+         0.5;
+}
+
+// sigmoid(AU head) of the run-directory model in `dir` on FixedInput().
+std::vector<float> Reference(const std::string& dir, const std::string& backbone) {
+  BaseNetImpl::Config config;
+  config.backbone = backbone;
+  config.num_aus = 4;
+  config.input = 32;
+  BaseNet net(config);
+  torch::serialize::InputArchive archive;
+  archive.load_from(dir + "/model.pt");
+  net->load(archive);
+  net->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor p = torch::sigmoid(net->forward(FixedInput())).contiguous();
+  return std::vector<float>(p.data_ptr<float>(), p.data_ptr<float>() + 4);
+}
+
+// Runs a Python script; returns its stdout.
+std::string Python(const std::string& script_path) {
+  std::string out;
+  FILE* p = ::popen(("/usr/bin/python3 " + script_path + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+std::vector<float> Floats(const std::string& line) {
+  std::vector<float> v;
+  for (absl::string_view part : absl::StrSplit(line, ' ', absl::SkipEmpty()))
+    v.push_back(std::stof(std::string(part)));
+  return v;
+}
+
+TEST(AuModelTest, ExportedStateDictLoadsIntoTorchvisionAndAStateDictFromPythonImportsBack) {
+  if (!HavePythonTorchvision())
+    GTEST_SKIP() << "python3-torchvision not installed (deploy/setup.sh installs it)";
+  testing::TempDir dir;
+  testing::WriteTestModel(dir / "r", {1, 2, 4, 12}, 32, 36, 5, "resnet18");
+  auto model = AuModel::Load(dir / "r");
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::Status exported = (*model)->ExportStateDict(dir / "x/r18.pth");
+  ASSERT_TRUE(exported.ok()) << exported;
+  ASSERT_TRUE(std::filesystem::exists(dir / "x/r18.json"));
+
+  testing::WriteText(dir / "check.py", R"(import json, sys, torch, torchvision
+d = ')" + dir.path() + R"('
+x = (torch.arange(3 * 32 * 32).reshape(1, 3, 32, 32) % 17).float() / 17.0 - 0.5
+sd = torch.load(d + '/x/r18.pth')
+meta = json.load(open(d + '/x/r18.json'))
+m = torchvision.models.resnet18(num_classes=len(meta['aus']))
+m.load_state_dict({k: v for k, v in sd.items() if not k.startswith('fe_head.')})
+m.eval()
+with torch.no_grad():
+    print(' '.join(repr(float(v)) for v in torch.sigmoid(m(x))[0]))
+torch.manual_seed(3)
+m2 = torchvision.models.resnet18(num_classes=4)
+for mod in m2.modules():
+    if isinstance(mod, torch.nn.BatchNorm2d):
+        mod.running_mean.uniform_(-0.1, 0.1)
+        mod.running_var.uniform_(0.5, 1.5)
+m2.eval()
+torch.save(m2.state_dict(), d + '/from_python.pth')
+with torch.no_grad():
+    print(' '.join(repr(float(v)) for v in torch.sigmoid(m2(x))[0]))
+)");
+  const std::vector<std::string> lines =
+      absl::StrSplit(Python(dir / "check.py"), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u) << absl::StrJoin(lines, "\n");
+  const std::vector<float> ours = Reference(dir / "r", "resnet18"), theirs = Floats(lines[0]);
+  ASSERT_EQ(theirs.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(ours[i], theirs[i], 1e-4) << i;
+
+  // A state dict torchvision wrote, with the exported metadata: imported, served, same outputs.
+  ASSERT_TRUE(
+      AuModel::ImportStateDict(dir / "from_python.pth", dir / "x/r18.json", dir / "imported").ok());
+  ASSERT_TRUE(AuModel::Load(dir / "imported").ok());
+  const std::vector<float> imported = Reference(dir / "imported", "resnet18"),
+                           python = Floats(lines[1]);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(imported[i], python[i], 1e-4) << i;
+}
+
+TEST(AuModelTest, ImportNamesWhatDoesNotFit) {
+  testing::TempDir dir;
+  testing::WriteTestModel(dir / "m");
+  auto model = AuModel::Load(dir / "m");
+  ASSERT_TRUE(model.ok());
+  ASSERT_TRUE((*model)->ExportStateDict(dir / "m.pth").ok());
+  // Round trip without Python: export, import, the same predictions.
+  absl::Status imported = AuModel::ImportStateDict(dir / "m.pth", dir / "m.json", dir / "back");
+  ASSERT_TRUE(imported.ok()) << imported;
+  auto back = AuModel::Load(dir / "back");
+  ASSERT_TRUE(back.ok()) << back.status();
+  const cv::Mat face = Noise(40, 40, 3);
+  EXPECT_EQ(*(*model)->Predict({face}), *(*back)->Predict({face}));
+
+  // Four AUs of weights under metadata for two: the head's shape is named.
+  v1::ModelMetadata two = *ReadModelMetadata(dir / "m.json");
+  two.mutable_aus()->Truncate(2);
+  two.mutable_thresholds()->Truncate(2);
+  ASSERT_TRUE(WriteFileAtomic(dir / "two.json", ModelMetadataToJson(two)).ok());
+  absl::Status s = AuModel::ImportStateDict(dir / "m.pth", dir / "two.json", dir / "bad");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("fc.weight"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "bad/model.pt"));
+  EXPECT_EQ(AuModel::ImportStateDict(dir / "none.pth", dir / "m.json", dir / "bad").code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -11,11 +11,11 @@
 namespace mal::testing {
 
 v1::ModelMetadata WriteTestModel(const std::string& dir, const std::vector<int>& aus, int input,
-                                 int resize, uint64_t seed) {
+                                 int resize, uint64_t seed, const std::string& backbone) {
   std::filesystem::create_directories(dir);
   torch::manual_seed(seed);
   engine::BaseNetImpl::Config config;
-  config.backbone = "small_cnn";
+  config.backbone = backbone;
   config.num_aus = static_cast<int64_t>(aus.size());
   config.input = input;
   engine::BaseNet net(config);
@@ -24,7 +24,7 @@ v1::ModelMetadata WriteTestModel(const std::string& dir, const std::vector<int>&
   archive.save_to(dir + "/model.pt");
   v1::ModelMetadata m;
   m.set_format(kModelFormat);
-  m.set_backbone("small_cnn");
+  m.set_backbone(backbone);
   for (int au : aus) {
     m.add_aus(au);
     m.add_thresholds(0.5);

@@ -154,6 +154,33 @@ TEST_F(TrainerTest, SameSeedSameParameters) {
   EXPECT_FALSE(Same(Parameters(a / "model.pt"), Parameters(c / "model.pt")));
 }
 
+TEST_F(TrainerTest, TunedThresholdsComeFromTheValidationReserveIntoTheMetadata) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("stl");
+  o.spec.mutable_train()->set_tune_thresholds(true);
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto metadata = ReadModelMetadata(out / "model.json");
+  ASSERT_TRUE(metadata.ok()) << metadata.status();
+  ASSERT_EQ(metadata->thresholds_size(), 12);
+  for (double t : metadata->thresholds()) {
+    EXPECT_GE(t, 0.05 - 1e-9);
+    EXPECT_LE(t, 0.95 + 1e-9);
+    EXPECT_NEAR(t * 20, std::round(t * 20), 1e-6);  // on the 0.05 grid
+  }
+  ASSERT_TRUE(metadata->metrics().fields().count("test_mean_f1_tuned_thresholds"));
+  // Not asked: 0.5 everywhere.
+  testing::TempDir plain;
+  o.spec.mutable_train()->clear_tune_thresholds();
+  o.out_dir = plain.path();
+  ASSERT_TRUE(Train(o).ok());
+  auto plain_metadata = ReadModelMetadata(plain / "model.json");
+  ASSERT_TRUE(plain_metadata.ok());
+  for (double t : plain_metadata->thresholds()) EXPECT_EQ(t, 0.5);
+}
+
 TEST_F(TrainerTest, ResumeFromCheckpointEqualsUninterruptedRun) {
   for (const char* method : {"mal", "mtl"}) {
     SCOPED_TRACE(method);
