@@ -13,6 +13,7 @@
 #include "common/util/status_macros.h"
 #include "mal/v1/inference.grpc.pb.h"
 #include "server/serve/model_store.h"
+#include "server/serve/open_inference.h"
 
 namespace mal::serve {
 
@@ -109,6 +110,7 @@ struct ServeServer::Parts {
   std::unique_ptr<ModelStore> models;
   std::unique_ptr<image::FaceDetector> detector;
   std::unique_ptr<InferenceService> service;
+  std::unique_ptr<OpenInferenceService> open_inference;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   bool shut_down = false;
@@ -128,12 +130,15 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));
   p->service =
       std::make_unique<InferenceService>(p->models.get(), p->detector.get(), tokens, o.limits);
+  p->open_inference =
+      std::make_unique<OpenInferenceService>(p->models.get(), tokens, o.limits.max_images);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.listen, credentials, &p->port);
   rpc::ConfigureServer(builder);
   builder.RegisterService(p->service.get());
+  builder.RegisterService(p->open_inference.get());
   p->server = builder.BuildAndStart();
   if (p->server == nullptr || p->port == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));

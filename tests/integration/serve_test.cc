@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/videoio.hpp>
@@ -17,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -148,6 +150,91 @@ TEST_F(ServeTest, PredictOverRpcMatchesInProcessAndReportsBadFilesInTheirRows) {
   int status = 0;
   ::waitpid(serve, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << ReadFile(log).value_or("");
+}
+
+// Starts mal-serve over the suite's models; returns its pid and port (0 when it did not start).
+std::pair<pid_t, int> StartServe(const testing::TempDir& d, const std::string& log) {
+  const pid_t serve = ::fork();
+  if (serve == 0) {
+    FILE* f = std::fopen(log.c_str(), "w");
+    ::dup2(::fileno(f), 1);
+    ::dup2(::fileno(f), 2);
+    const std::string bin = Bin("server/mal-serve"), models = d / "models";
+    ::execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--model-dir", models.c_str(),
+            nullptr);
+    ::_exit(127);
+  }
+  int port = 0;
+  for (int i = 0; i < 200 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const std::string text = ReadFile(log).value_or("");
+    if (const size_t at = text.find("listening on port "); at != std::string::npos) {
+      port = std::stoi(text.substr(at + 18));
+    }
+  }
+  return {serve, port};
+}
+
+// The Open Inference Protocol v2 from a client no one here wrote: Triton's tritonclient[grpc]
+// (PyPI; deploy/test-python-deps.sh installs it and deploy/test.sh passes MAL_TEST_PYTHON).
+TEST_F(ServeTest, TritonsClientTalksToMalServe) {
+  const char* python = std::getenv("MAL_TEST_PYTHON");
+  std::string out;
+  if (python == nullptr || *python == 0 ||
+      Shell(std::string(python) + " -c 'import tritonclient.grpc, numpy'", &out) != 0) {
+    GTEST_SKIP()
+        << "no Python with tritonclient[grpc]: set MAL_TEST_PYTHON (deploy/test.sh does, after "
+           "deploy/test-python-deps.sh installs it from PyPI)";
+  }
+  const testing::TempDir& d = *dir_;
+  std::vector<std::string> frames;
+  for (const auto& e : fs::recursive_directory_iterator(d / "sf/au")) {
+    if (e.path().extension() == ".jpg" && frames.size() < 3) frames.push_back(e.path().string());
+  }
+  ASSERT_EQ(frames.size(), 3u);
+  auto [serve, port] = StartServe(d, d / "oip.log");
+  ASSERT_GT(port, 0) << ReadFile(d / "oip.log").value_or("");
+  testing::WriteText(d / "triton.py", absl::StrCat(R"(import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+c = grpcclient.InferenceServerClient(url='127.0.0.1:)",
+                                                   port, R"(')
+assert c.is_server_live() and c.is_server_ready()
+assert c.is_model_ready('tiny') and not c.is_model_ready('nope')
+meta = c.get_model_metadata('tiny')
+assert [i.name for i in meta.inputs] == ['IMAGES', 'PIXELS'], meta
+paths = sys.argv[1:]
+images = np.array([open(p, 'rb').read() for p in paths], dtype=np.object_)
+inp = grpcclient.InferInput('IMAGES', [len(paths)], 'BYTES')
+inp.set_data_from_numpy(images)
+result = c.infer('tiny', [inp], outputs=[grpcclient.InferRequestedOutput('PROBABILITIES')])
+p = result.as_numpy('PROBABILITIES')
+assert p.shape == (len(paths), 12), p.shape
+for row in p:
+    print(' '.join('%.4f' % v for v in row))
+)"));
+  const int rc =
+      Shell(absl::StrCat(python, " ", d / "triton.py", " ", absl::StrJoin(frames, " ")), &out);
+  ::kill(serve, SIGTERM);
+  ::waitpid(serve, nullptr, 0);
+  ASSERT_EQ(rc, 0) << out;
+  const std::vector<std::string> rows = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(rows.size(), 3u) << out;
+
+  // The same probabilities as mal's own path with the images taken as face crops.
+  ASSERT_EQ(Shell(absl::StrCat(Bin("worker/mal-worker"), " predict --face-crop --model-dir ",
+                               d / "models/tiny", " ", absl::StrJoin(frames, " ")),
+                  &out),
+            0)
+      << out;
+  const std::vector<std::string> csv = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  for (size_t i = 0; i < 3; ++i) {
+    const std::vector<std::string> cells = absl::StrSplit(csv[i + 1], ',');
+    const std::vector<std::string> theirs = absl::StrSplit(rows[i], ' ');
+    ASSERT_GE(cells.size(), 22u);
+    for (size_t a = 0; a < 12; ++a)
+      EXPECT_NEAR(std::stod(cells[10 + a]), std::stod(theirs[a]), 2e-4) << i << " " << a;
+  }
 }
 
 TEST_F(ServeTest, MalServeRefusesAMissingModelDirectory) {

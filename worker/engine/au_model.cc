@@ -50,6 +50,23 @@ std::string InternalName(const std::string& name) {
   return "backbone." + name;
 }
 
+// sigmoid(AU head) of `x` (N x 3 x S x S, CPU) on `device`: N x A values; LibTorch's errors as a
+// status (ResourceExhausted for out of memory).
+absl::StatusOr<std::vector<float>> Forward(BaseNetImpl& net, const torch::Device& device,
+                                           const torch::Tensor& x) {
+  try {
+    torch::NoGradGuard no_grad;
+    torch::Tensor p = torch::sigmoid(net.forward(x.to(device))).to(torch::kCPU).contiguous();
+    return std::vector<float>(p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+  } catch (const std::exception& e) {
+    const std::string what = FirstLine(e.what());
+    if (what.find("out of memory") != std::string::npos) {
+      return absl::ResourceExhaustedError(absl::StrCat("AU model on ", device.str(), ": ", what));
+    }
+    return absl::InternalError(absl::StrCat("AU model: ", what));
+  }
+}
+
 BaseNetImpl::Config ConfigOf(const v1::ModelMetadata& m) {
   BaseNetImpl::Config config;
   config.backbone = m.backbone();
@@ -120,10 +137,23 @@ absl::StatusOr<std::unique_ptr<AuModel>> AuModel::Load(const std::string& dir,
   return std::unique_ptr<AuModel>(new AuModel(std::move(impl)));
 }
 
+absl::StatusOr<std::vector<float>> AuModel::PredictNormalized(
+    const std::vector<float>& nchw) const {
+  const int64_t side = impl_->metadata.input();
+  const int64_t per_image = 3 * side * side;
+  if (nchw.empty() || static_cast<int64_t>(nchw.size()) % per_image != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(nchw.size(), " floats are not N images of 3 x ", side, " x ", side));
+  }
+  const int64_t n = static_cast<int64_t>(nchw.size()) / per_image;
+  return Forward(
+      *impl_->net, impl_->device,
+      torch::from_blob(const_cast<float*>(nchw.data()), {n, 3, side, side}, torch::kFloat32));
+}
+
 absl::StatusOr<std::vector<float>> AuModel::Predict(const std::vector<cv::Mat>& faces) const {
   const int64_t n = static_cast<int64_t>(faces.size());
   const int64_t side = impl_->metadata.input();
-  const int64_t a = impl_->metadata.aus_size();
   if (n == 0) return std::vector<float>();
   torch::Tensor x = torch::empty({n, 3, side, side}, torch::kFloat32);
   for (int64_t i = 0; i < n; ++i) {
@@ -137,19 +167,7 @@ absl::StatusOr<std::vector<float>> AuModel::Predict(const std::vector<cv::Mat>& 
     image::TransformToTensor(bgr, impl_->transform, nullptr,
                              x.data_ptr<float>() + i * 3 * side * side);
   }
-  try {
-    torch::NoGradGuard no_grad;
-    torch::Tensor p =
-        torch::sigmoid(impl_->net->forward(x.to(impl_->device))).to(torch::kCPU).contiguous();
-    return std::vector<float>(p.data_ptr<float>(), p.data_ptr<float>() + n * a);
-  } catch (const std::exception& e) {
-    const std::string what = FirstLine(e.what());
-    if (what.find("out of memory") != std::string::npos) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("AU model on ", impl_->device.str(), ": ", what));
-    }
-    return absl::InternalError(absl::StrCat("AU model: ", what));
-  }
+  return Forward(*impl_->net, impl_->device, x);
 }
 
 absl::Status AuModel::ExportStateDict(const std::string& path) const {

@@ -46,6 +46,12 @@ class AuModel {
   static absl::Status ImportStateDict(const std::string& state_dict, const std::string& metadata,
                                       const std::string& out_dir);
 
+  // AU probabilities of N inputs already preprocessed: `nchw` holds N x 3 x input x input floats,
+  // resized, centre-cropped and normalised as metadata() says (the Open Inference Protocol's FP32
+  // input). Returns N x A. Errors: InvalidArgument when the size is not a multiple of one image,
+  // and Predict's model errors.
+  absl::StatusOr<std::vector<float>> PredictNormalized(const std::vector<float>& nchw) const;
+
   // AU probabilities of N face crops (8-bit BGR or grey, any size): each is resized to resize x
   // resize px, centre-cropped to input x input and normalised as in the trainer's evaluation
   // (common/image/transforms.h), then sigmoid of the AU head. Returns N x A values, row-major, in

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <opencv2/imgcodecs.hpp>
 #include <thread>
 
@@ -10,6 +11,7 @@
 #include "common/synth/face_renderer.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/random.h"
+#include "inference/grpc_predict_v2.grpc.pb.h"
 #include "mal/v1/inference.grpc.pb.h"
 #include "tests/test_util.h"
 #include "tests/worker/engine/model_fixture.h"
@@ -180,6 +182,122 @@ TEST_F(ServeServerTest, StreamAnswersEveryFrameInOrderWithStableFaceIds) {
   v1::StreamActionUnitsResponse res;
   EXPECT_FALSE(unknown->Read(&res));
   EXPECT_EQ(unknown->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServeServerTest, OpenInferenceProtocolV2OnTheSamePort) {
+  Start();
+  auto oip = inference::GRPCInferenceService::NewStub(
+      rpc::MakeChannel(absl::StrCat("127.0.0.1:", server_->port())));
+  {
+    grpc::ClientContext ctx;
+    inference::ServerLiveResponse live;
+    ASSERT_TRUE(oip->ServerLive(&ctx, inference::ServerLiveRequest(), &live).ok());
+    EXPECT_TRUE(live.live());
+  }
+  for (auto [name, ready] : {std::pair{"a", true}, std::pair{"nope", false}}) {
+    grpc::ClientContext ctx;
+    inference::ModelReadyRequest req;
+    req.set_name(name);
+    inference::ModelReadyResponse res;
+    ASSERT_TRUE(oip->ModelReady(&ctx, req, &res).ok());
+    EXPECT_EQ(res.ready(), ready) << name;
+  }
+  {
+    grpc::ClientContext ctx;
+    inference::ModelMetadataRequest req;
+    req.set_name("a");
+    inference::ModelMetadataResponse res;
+    ASSERT_TRUE(oip->ModelMetadata(&ctx, req, &res).ok());
+    ASSERT_EQ(res.inputs_size(), 2);
+    EXPECT_EQ(res.inputs(1).name(), "PIXELS");
+    EXPECT_EQ(res.inputs(1).shape(2), 32);
+    EXPECT_EQ(res.outputs(0).shape(1), 4);
+  }
+  // BYTES: two encoded face crops; the same probabilities as mal's own RPC with face_crop.
+  const std::string png1 = GreyPng(40, 60), png2 = GreyPng(50, 160);
+  inference::ModelInferRequest infer;
+  infer.set_model_name("a");
+  infer.set_id("r1");
+  auto* in = infer.add_inputs();
+  in->set_name("IMAGES");
+  in->set_datatype("BYTES");
+  in->add_shape(2);
+  in->mutable_contents()->add_bytes_contents(png1);
+  in->mutable_contents()->add_bytes_contents(png2);
+  inference::ModelInferResponse out;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = oip->ModelInfer(&ctx, infer, &out);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  EXPECT_EQ(out.id(), "r1");
+  EXPECT_EQ(out.parameters().at("aus").string_param(), "1,2,4,12");
+  ASSERT_EQ(out.raw_output_contents_size(), 1);
+  ASSERT_EQ(out.raw_output_contents(0).size(), 2 * 4 * sizeof(float));
+  std::vector<float> probs(8);
+  std::memcpy(probs.data(), out.raw_output_contents(0).data(), 8 * sizeof(float));
+  v1::DetectActionUnitsRequest own;
+  own.set_model("a");
+  own.set_face_crop(true);
+  own.add_images()->set_encoded(png1);
+  own.add_images()->set_encoded(png2);
+  v1::DetectActionUnitsResponse mine;
+  ASSERT_TRUE(Detect(own, &mine).ok());
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 4; ++j)
+      EXPECT_NEAR(probs[i * 4 + j], mine.results(i).faces(0).aus(j).probability(), 1e-5);
+  }
+  // Raw BYTES (length-prefixed) give the same.
+  infer.mutable_inputs(0)->clear_contents();
+  std::string raw;
+  for (const std::string* e : {&png1, &png2}) {
+    const uint32_t n = static_cast<uint32_t>(e->size());
+    raw.append(reinterpret_cast<const char*>(&n), 4);
+    raw += *e;
+  }
+  infer.add_raw_input_contents(raw);
+  inference::ModelInferResponse out_raw;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(oip->ModelInfer(&ctx, infer, &out_raw).ok());
+  }
+  EXPECT_EQ(out_raw.raw_output_contents(0), out.raw_output_contents(0));
+  // Errors name what is wrong.
+  infer.clear_raw_input_contents();
+  infer.mutable_inputs(0)->mutable_contents()->add_bytes_contents("not an image");
+  infer.mutable_inputs(0)->set_shape(0, 1);
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = oip->ModelInfer(&ctx, infer, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("IMAGES"));
+  }
+  infer.set_model_name("nope");
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(oip->ModelInfer(&ctx, infer, &out).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // FP32 pixels of the wrong side.
+  inference::ModelInferRequest pixels;
+  pixels.set_model_name("a");
+  auto* p = pixels.add_inputs();
+  p->set_name("PIXELS");
+  p->set_datatype("FP32");
+  for (int64_t d : {1, 3, 16, 16}) p->add_shape(d);
+  p->mutable_contents()->mutable_fp32_contents()->Resize(3 * 16 * 16, 0.f);
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = oip->ModelInfer(&ctx, pixels, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("[N, 3, 32, 32]"));
+  }
+  for (int d : {2, 3}) p->set_shape(d, 32);
+  p->mutable_contents()->mutable_fp32_contents()->Resize(3 * 32 * 32, 0.f);
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(oip->ModelInfer(&ctx, pixels, &out).ok());
+    EXPECT_EQ(out.outputs(0).shape(0), 1);
+  }
 }
 
 TEST_F(ServeServerTest, StartRefusesAMissingModelDirectory) {
