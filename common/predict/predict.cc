@@ -97,6 +97,17 @@ class Batcher {
       }
     }
     out_.flush();
+    if (o_.progress) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+      log_ << "\r" << summary_.images
+           << (total_images_ > 0 ? absl::StrCat(" of ", total_images_) : "") << " images, "
+           << summary_.faces << " faces, "
+           << absl::StrFormat("%.1f images/s",
+                              static_cast<double>(summary_.images) / std::max(seconds, 1e-9))
+           << "   " << std::flush;
+      progress_shown_ = true;
+    }
     request_.clear_images();
     where_.clear();
     bytes_ = 0;
@@ -118,7 +129,11 @@ class Batcher {
       r.mutable_faces(k)->set_face_id(ids[static_cast<size_t>(k)]);
   }
 
+  // How many images there are, when known ahead (no videos, no camera), for the progress line.
+  void set_total_images(int64_t n) { total_images_ = n; }
+
   PredictSummary Finish() {
+    if (progress_shown_) log_ << "\n";
     for (size_t a = 0; a < summary_.mean_probability.size(); ++a) {
       if (summary_.faces > 0) summary_.mean_probability[a] /= static_cast<double>(summary_.faces);
     }
@@ -141,6 +156,9 @@ class Batcher {
   PredictSummary summary_;
   image::FaceTracker tracker_;
   std::string tracked_input_;
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  int64_t total_images_ = 0;
+  bool progress_shown_ = false;
 };
 
 // Frames of an opened capture, every N-th, until the end, max_frames or should_stop.
@@ -247,6 +265,10 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
     }
   }
   Batcher batcher(o, backend, out, log);
+  const bool any_video = std::any_of(files.begin(), files.end(), [](const fs::path& p) {
+    return kVideoExtensions.count(Extension(p)) > 0;
+  });
+  if (!any_video && o.camera < 0) batcher.set_total_images(static_cast<int64_t>(files.size()));
   for (const fs::path& p : files) {
     if (should_stop && should_stop()) break;
     if (kVideoExtensions.count(Extension(p))) {

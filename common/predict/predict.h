@@ -25,6 +25,9 @@ struct PredictOptions {
   bool face_crop = false;                // the inputs are face crops: no detection
   int min_face = 0;                      // px; 0: the server's default
   std::string format = "csv";            // csv (OpenFace-style) | json (one line per image)
+  // A progress line on `log` after every request ("\r" rewritten: for a terminal): images done (of
+  // how many, when there are no videos or camera to count), faces, images/s.
+  bool progress = false;
 };
 
 using Backend = std::function<absl::StatusOr<v1::DetectActionUnitsResponse>(

@@ -54,14 +54,15 @@ int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, co
     }
   }
   std::ostream& out = tmp.empty() ? std::cout : file;
+  PredictOptions predict = o.predict;
+  predict.progress = ::isatty(STDERR_FILENO) != 0;  // a progress line for people, none in logs
   bool backend_failed = false;
   const Backend checked = [&](const v1::DetectActionUnitsRequest& request) {
     auto response = backend(request);
     backend_failed = backend_failed || !response.ok();
     return response;
   };
-  auto summary =
-      RunPredict(o.predict, checked, out, std::cerr, [] { return g_interrupted.load(); });
+  auto summary = RunPredict(predict, checked, out, std::cerr, [] { return g_interrupted.load(); });
   if (!tmp.empty()) {
     file.close();
     std::error_code ec;

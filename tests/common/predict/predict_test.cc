@@ -152,6 +152,23 @@ TEST(PredictTest, BadInputsAreNamedBeforeAnythingIsSent) {
   EXPECT_TRUE(backend.requests.empty());
 }
 
+TEST(PredictTest, AProgressLineForTerminals) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "a.jpg");
+  testing::WriteImage(dir / "b.jpg");
+  FakeBackend backend;
+  PredictOptions o;
+  o.inputs = {dir / "a.jpg", dir / "b.jpg"};
+  o.batch = 1;
+  o.progress = true;
+  std::ostringstream out, log;
+  ASSERT_TRUE(RunPredict(o, backend.AsBackend(), out, log).ok());
+  EXPECT_THAT(log.str(), HasSubstr("\r1 of 2 images, 1 faces, "));
+  EXPECT_THAT(log.str(), HasSubstr("\r2 of 2 images, 2 faces, "));
+  EXPECT_EQ(log.str().back(), '\n');
+  EXPECT_EQ(Lines(out.str()).size(), 3u);  // the rows are not mixed with it
+}
+
 TEST(PredictTest, JsonIsOneLinePerImage) {
   testing::TempDir dir;
   testing::WriteImage(dir / "a.jpg");
