@@ -8,24 +8,14 @@
 // CoordinatorServer::Options (server/coordinator_server.h), which does the rest.
 
 #include <CLI/CLI.hpp>
-#include <atomic>
-#include <chrono>
-#include <csignal>
 #include <iostream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/util/cli.h"
 #include "common/util/logging.h"
+#include "common/util/server_cli.h"
 #include "server/coordinator_server.h"
-
-namespace {
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-
-}  // namespace
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
@@ -46,12 +36,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   app.add_option("--metrics-listen", o.metrics_listen,
                  "serve Prometheus text at HOST:PORT (default: none)");
-  app.add_option("--tls-cert", o.security.cert_file, "server certificate (PEM)");
-  app.add_option("--tls-key", o.security.key_file, "server key (PEM)");
-  app.add_option("--tls-client-ca", o.security.client_ca_file,
-                 "require client certificates signed by this CA");
-  app.add_option("--token-file", o.security.token_file, "accepted bearer tokens, one per line");
-  app.add_flag("--insecure", o.security.insecure, "allow plaintext on a non-loopback --listen");
+  mal::cli::AddServerSecurityOptions(app, &o.security);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;
 
@@ -65,10 +50,7 @@ int main(int argc, char** argv) {
     std::cout << "mal-coordinator metrics on port " << (*server)->metrics_port() << std::endl;
   }
   std::cout << "mal-coordinator listening on port " << (*server)->port() << std::endl;
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGPIPE, SIG_IGN);
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  mal::cli::WaitForTerminationSignal();
   (*server)->Shutdown();
   return 0;
 }

@@ -2,24 +2,15 @@
 // models in a directory. `mal-serve --help` lists the options; docs/serving.md describes them.
 
 #include <CLI/CLI.hpp>
-#include <atomic>
 #include <chrono>
-#include <csignal>
 #include <iostream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/util/cli.h"
 #include "common/util/logging.h"
+#include "common/util/server_cli.h"
 #include "server/serve/serve_server.h"
-
-namespace {
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-
-}  // namespace
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
@@ -52,12 +43,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch-delay-us", delay_us,
                  "how long a request waits for others to share its model call, us")
       ->check(CLI::Range(int64_t{0}, int64_t{1000000}));
-  app.add_option("--tls-cert", o.security.cert_file, "server certificate (PEM)");
-  app.add_option("--tls-key", o.security.key_file, "server key (PEM)");
-  app.add_option("--tls-client-ca", o.security.client_ca_file,
-                 "require client certificates signed by this CA");
-  app.add_option("--token-file", o.security.token_file, "accepted bearer tokens, one per line");
-  app.add_flag("--insecure", o.security.insecure, "allow plaintext on a non-loopback --listen");
+  mal::cli::AddServerSecurityOptions(app, &o.security);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;
   o.memory_budget = budget_mb << 20;
@@ -69,10 +55,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::cout << "mal-serve listening on port " << (*server)->port() << std::endl;
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  std::signal(SIGPIPE, SIG_IGN);
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  mal::cli::WaitForTerminationSignal();
   (*server)->Shutdown();
   return 0;
 }

@@ -71,6 +71,29 @@ class ServeTest : public ::testing::Test {
 };
 testing::TempDir* ServeTest::dir_ = nullptr;
 
+// Starts mal-serve over the suite's models; returns its pid and port (0 when it did not start).
+std::pair<pid_t, int> StartServe(const testing::TempDir& d, const std::string& log) {
+  const pid_t serve = ::fork();
+  if (serve == 0) {
+    FILE* f = std::fopen(log.c_str(), "w");
+    ::dup2(::fileno(f), 1);
+    ::dup2(::fileno(f), 2);
+    const std::string bin = Bin("server/mal-serve"), models = d / "models";
+    ::execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--model-dir", models.c_str(),
+            nullptr);
+    ::_exit(127);
+  }
+  int port = 0;
+  for (int i = 0; i < 200 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const std::string text = ReadFile(log).value_or("");
+    if (const size_t at = text.find("listening on port "); at != std::string::npos) {
+      port = std::stoi(text.substr(at + 18));
+    }
+  }
+  return {serve, port};
+}
+
 TEST_F(ServeTest, PredictOverRpcMatchesInProcessAndReportsBadFilesInTheirRows) {
   const testing::TempDir& d = *dir_;
   // Inputs: four AU frames and a truncated JPEG in a folder, and a five-frame video.
@@ -92,23 +115,7 @@ TEST_F(ServeTest, PredictOverRpcMatchesInProcessAndReportsBadFilesInTheirRows) {
   }
 
   const std::string log = d / "serve.log";
-  const pid_t serve = ::fork();
-  if (serve == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    ::dup2(::fileno(f), 1);
-    ::dup2(::fileno(f), 2);
-    const std::string bin = Bin("server/mal-serve"), models = d / "models";
-    ::execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--model-dir", models.c_str(),
-            nullptr);
-    ::_exit(127);
-  }
-  int port = 0;
-  for (int i = 0; i < 200 && port == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    const std::string text = ReadFile(log).value_or("");
-    if (const size_t at = text.find("listening on port "); at != std::string::npos)
-      port = std::stoi(text.substr(at + 18));
-  }
+  auto [serve, port] = StartServe(d, log);
   ASSERT_GT(port, 0) << ReadFile(log).value_or("");
 
   std::string out;
@@ -151,29 +158,6 @@ TEST_F(ServeTest, PredictOverRpcMatchesInProcessAndReportsBadFilesInTheirRows) {
   int status = 0;
   ::waitpid(serve, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << ReadFile(log).value_or("");
-}
-
-// Starts mal-serve over the suite's models; returns its pid and port (0 when it did not start).
-std::pair<pid_t, int> StartServe(const testing::TempDir& d, const std::string& log) {
-  const pid_t serve = ::fork();
-  if (serve == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    ::dup2(::fileno(f), 1);
-    ::dup2(::fileno(f), 2);
-    const std::string bin = Bin("server/mal-serve"), models = d / "models";
-    ::execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--model-dir", models.c_str(),
-            nullptr);
-    ::_exit(127);
-  }
-  int port = 0;
-  for (int i = 0; i < 200 && port == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    const std::string text = ReadFile(log).value_or("");
-    if (const size_t at = text.find("listening on port "); at != std::string::npos) {
-      port = std::stoi(text.substr(at + 18));
-    }
-  }
-  return {serve, port};
 }
 
 // The Open Inference Protocol v2 from a client no one here wrote: Triton's tritonclient[grpc]
