@@ -185,7 +185,7 @@ void AddExportCommands(CLI::App& app, int* exit_code) {
   cmd->add_option("--model-dir", *model_dir, "a run directory holding model.json and model.pt")
       ->required();
   cmd->add_option("--out", *out,
-                  "the state dict file, e.g. model.pth (the metadata goes to model.json beside it)")
+                  "the state dict file, e.g. model.pth (the metadata goes beside it, as NAME.json)")
       ->required();
   cmd->callback([model_dir, out, exit_code] {
     auto model = engine::AuModel::Load(*model_dir);
@@ -195,7 +195,9 @@ void AddExportCommands(CLI::App& app, int* exit_code) {
     }
     absl::Status s = (*model)->ExportStateDict(*out);
     *exit_code = s.ok() ? 0 : Fail(1, std::string(s.message()));
-    if (s.ok()) std::cout << "wrote " << *out << " and its metadata beside it\n";
+    if (s.ok())
+      std::cout << "wrote " << *out << " and "
+                << std::filesystem::path(*out).replace_extension(".json").string() << "\n";
   });
 
   auto state_dict = std::make_shared<std::string>();

@@ -77,6 +77,8 @@ class Batcher {
       if (r.code() != 0) {
         ++summary_.unreadable;
         log_ << "predict: " << r.message() << "\n";
+      } else if (r.faces_size() == 0 && !r.message().empty()) {
+        log_ << "predict: " << r.message() << "\n";  // read, but no face in it
       }
       for (const v1::FaceResult& f : r.faces()) {
         if (!f.success()) continue;

@@ -172,6 +172,9 @@ grpc::Status CheckToken(const grpc::ServerContext& context, const std::vector<st
 }
 
 void ConfigureServer(grpc::ServerBuilder& builder) {
+  // gRPC sets SO_REUSEPORT by default: a second server on a port in use would start and share it
+  // (calls alternating between the two). Refuse instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);

@@ -81,6 +81,13 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ModelMetadata& meta,
       faces.push_back({cv::Rect(0, 0, image->cols, image->rows), 1.0f});
     } else {
       faces = detector->Detect(*image, request.min_face());
+      if (faces.empty()) {
+        result->set_message(absl::StrCat(what, ": no face found (frontal faces of at least ",
+                                         request.min_face() > 0
+                                             ? absl::StrCat(request.min_face(), " px")
+                                             : std::string("a tenth of the shorter side"),
+                                         "; send face crops with face_crop)"));
+      }
       if (static_cast<int>(faces.size()) > limits.max_faces_per_image)
         faces.resize(limits.max_faces_per_image);
     }

@@ -191,6 +191,8 @@ absl::Status AuModel::ExportStateDict(const std::string& path) const {
 
 absl::Status AuModel::ImportStateDict(const std::string& state_dict, const std::string& metadata,
                                       const std::string& out_dir) {
+  if (!fs::exists(state_dict))
+    return absl::NotFoundError(absl::StrCat(state_dict, ": no such file"));
   ASSIGN_OR_RETURN(const v1::ModelMetadata m, ReadModelMetadata(metadata));
   ASSIGN_OR_RETURN(auto loaded, ReadTorchStateDict(state_dict));
   BaseNet net(ConfigOf(m));

@@ -318,6 +318,16 @@ TEST_F(ServeServerTest, OpenInferenceProtocolV2OnTheSamePort) {
   }
 }
 
+TEST_F(ServeServerTest, ASecondServerOnAPortInUseIsRefusedNotShared) {
+  Start();
+  ServeServer::Options o;
+  o.listen = absl::StrCat("127.0.0.1:", server_->port());
+  o.model_dir = dir_ / "models";
+  auto second = ServeServer::Start(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST_F(ServeServerTest, StartRefusesAMissingModelDirectory) {
   ServeServer::Options o;
   o.listen = "127.0.0.1:0";
