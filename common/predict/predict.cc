@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/image/face_tracker.h"
+#include "common/predict/track_ids.h"
 #include "common/util/files.h"
 #include "common/util/status_macros.h"
 
@@ -123,12 +124,7 @@ class Batcher {
       tracker_ = image::FaceTracker();
       tracked_input_ = input;
     }
-    std::vector<cv::Rect> boxes;
-    for (const v1::FaceResult& f : r.faces())
-      boxes.emplace_back(f.box().x(), f.box().y(), f.box().width(), f.box().height());
-    const std::vector<int> ids = tracker_.Update(boxes);
-    for (int k = 0; k < r.faces_size(); ++k)
-      r.mutable_faces(k)->set_face_id(ids[static_cast<size_t>(k)]);
+    AssignTrackIds(tracker_, r);
   }
 
   // How many images there are, when known ahead (no videos, no camera), for the progress line.

@@ -6,7 +6,6 @@
 
 #include "absl/status/statusor.h"
 #include "common/image/face_detector.h"
-#include "common/image/face_tracker.h"
 #include "mal/v1/inference.pb.h"
 #include "worker/engine/au_model.h"
 
@@ -47,10 +46,6 @@ void FinishBatch(PreparedBatch& batch, const v1::ModelMetadata& metadata,
 absl::StatusOr<v1::DetectActionUnitsResponse> DetectActionUnits(
     const engine::AuModel& model, const image::FaceDetector* detector,
     const v1::DetectActionUnitsRequest& request, const DetectLimits& limits = {});
-
-// Replaces each face's face_id in `result` with its track id from `tracker` (the frames of one
-// stream, in order).
-void AssignTrackIds(image::FaceTracker& tracker, v1::ImageResult& result);
 
 }  // namespace mal::serve
 

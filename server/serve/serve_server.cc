@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/image/face_tracker.h"
+#include "common/predict/track_ids.h"
 #include "common/util/grpc_status.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -64,7 +65,7 @@ class InferenceService final : public v1::Inference::Service {
       v1::StreamActionUnitsResponse out;
       out.set_frame(n++);
       *out.mutable_result() = std::move(*result->mutable_results(0));
-      AssignTrackIds(tracker, *out.mutable_result());
+      predict::AssignTrackIds(tracker, *out.mutable_result());
       out.set_latency_ms(
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
               .count());
