@@ -23,7 +23,8 @@ void AddPredictCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "predict", "AUs of the faces in images, folders, videos or a camera (mal-serve)");
   cmd->add_option("--model", o->predict.predict.model,
-                  "the model's name on mal-serve (its directory under --model-dir)")
+                  "the model on mal-serve: its directory's name under --model-dir, or with "
+                  "--registry NAME, NAME:VERSION or NAME@ALIAS")
       ->required();
   predict::AddPredictOptions(*cmd, &o->predict);
   AddServiceOptions(*cmd, &o->service, "MAL_SERVE_ADDRESS", /*output=*/false);

@@ -41,6 +41,7 @@ absl::StatusOr<ServiceClient> Connect(ServiceOptions o) {
   ServiceClient client;
   client.json = o.output == "json";
   client.stub = v1::Coordinator::NewStub(*channel);
+  client.registry = v1::ModelRegistry::NewStub(*channel);
   return client;
 }
 

@@ -48,6 +48,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ServiceOptions option
 struct ServiceClient {
   bool json = false;
   std::unique_ptr<v1::Coordinator::Stub> stub;
+  std::unique_ptr<v1::ModelRegistry::Stub> registry;  // the same channel's ModelRegistry service
 };
 
 // Reads the token and the TLS files and makes the channel. Errors (INVALID_ARGUMENT, NOT_FOUND)
@@ -77,6 +78,8 @@ int Follow(const ServiceClient& client, const std::string& id, int64_t from_seq,
 
 // Adds `watch` to malctl's command tree.
 void AddWatchCommand(CLI::App& app, int* exit_code);
+// Adds `models` (ls, describe, alias set|rm, rm, pull: the coordinator's model registry).
+void AddModelsCommand(CLI::App& app, int* exit_code);
 
 }  // namespace mal::cli
 

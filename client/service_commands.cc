@@ -228,9 +228,9 @@ int Results(const ServiceClient& c, const std::string& id) {
   }
   for (const auto& m : r.models()) {
     std::cout << absl::StrFormat(
-        "model %s@%d: trial %d %s, %s %.4f, %s\n", m.name(), m.version(), m.trial(),
+        "model %s:%d: trial %d %s, %s %.4f\n", m.name(), m.version(), m.trial(),
         m.fold() == 0 ? "final fit" : absl::StrCat("fold ", m.fold()),
-        m.fold() == 0 ? "cross-validated mean F1" : "test mean F1", m.test_mean_f1(), m.artifact());
+        m.fold() == 0 ? "cross-validated mean F1" : "test mean F1", m.test_mean_f1());
   }
   return kOk;
 }
@@ -305,6 +305,7 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
       app, exit_code, "cancel", "stop an experiment", true,
       [](const ServiceClient& c, const std::string& id) { return OneExperiment(c, id, "cancel"); });
   AddWatchCommand(app, exit_code);
+  AddModelsCommand(app, exit_code);
   auto timeout = std::make_shared<double>(0);
   CLI::App* wait = AddCommand(
       app, exit_code, "wait",

@@ -55,13 +55,15 @@ run_dir="$out/coordinator/artifacts/exp-1/trial-0/fold-1"
 python3 deploy/explain_run.py "$run_dir" "$out/inspect.json"
 echo
 
-# Serving: the trained model under a name, mal-serve over it, AUs of one unseen test subject's
-# frames through the RPC, as CSV. SynthFace frames are aligned face crops, as BP4D's are:
-# --face-crop (on photographs leave it out and OpenCV's detector finds the faces; it misses some
-# SynthFace subjects' drawn faces).
-mkdir -p "$out/models"
-ln -sfn "$(cd "$run_dir" && pwd)" "$out/models/quickstart"
-"$build_dir/server/mal-serve" --listen 127.0.0.1:0 --model-dir "$out/models" > "$out/serve.out" 2> "$out/serve.log" &
+# Serving: the finished experiment registered its model as quickstart:1 in the coordinator's
+# registry; name it quickstart@champion, serve the registry with mal-serve (which downloads the
+# version into its cache), and detect the AUs of one unseen test subject's frames through the RPC,
+# as CSV. SynthFace frames are aligned face crops, as BP4D's are: --face-crop (on photographs leave
+# it out and OpenCV's detector finds the faces; it misses some SynthFace subjects' drawn faces).
+"$build_dir/client/malctl" models ls
+"$build_dir/client/malctl" models alias set quickstart:1 champion
+"$build_dir/server/mal-serve" --listen 127.0.0.1:0 --registry "$MAL_ADDRESS" --cache-dir "$out/serve-cache" \
+  > "$out/serve.out" 2> "$out/serve.log" &
 serve=$!
 for _ in $(seq 100); do
   grep -q 'listening on port' "$out/serve.out" 2>/dev/null && break
@@ -72,7 +74,7 @@ serve_port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/serve.out")
 subject=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["folds"][0]["test_subjects"][0])' \
   "$out/inspect.json")
 echo "mal-serve on 127.0.0.1:$serve_port; AUs of test subject $subject (never seen in training), task T1:"
-"$build_dir/client/malctl" predict --address "127.0.0.1:$serve_port" --model quickstart --face-crop "$data/au/$subject/T1" \
+"$build_dir/client/malctl" predict --address "127.0.0.1:$serve_port" --model quickstart@champion --face-crop "$data/au/$subject/T1" \
   --out "$out/predictions.csv"
 echo
 echo "SynthFace: $data (preview $data-preview.png). Artifacts: $run_dir"

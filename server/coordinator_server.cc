@@ -30,6 +30,8 @@ struct CoordinatorServer::Parts {
   std::unique_ptr<MetricsHttpServer> metrics;
   std::unique_ptr<CoordinatorService> client_service;
   std::unique_ptr<WorkerGatewayService> worker_service;
+  std::unique_ptr<ModelRegistry> registry;
+  std::unique_ptr<ModelRegistryService> registry_service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::thread ticker;
@@ -99,6 +101,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));
   p->client_service = std::make_unique<CoordinatorService>(p->core.get(), p->hub.get(), tokens);
   p->worker_service = std::make_unique<WorkerGatewayService>(p->core.get(), tokens);
+  p->registry = std::make_unique<ModelRegistry>(p->store.get());
+  p->registry_service = std::make_unique<ModelRegistryService>(p->registry.get(), tokens);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -106,6 +110,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   rpc::ConfigureServer(builder);
   builder.RegisterService(p->client_service.get());
   builder.RegisterService(p->worker_service.get());
+  builder.RegisterService(p->registry_service.get());
   p->server = builder.BuildAndStart();
   if (p->server == nullptr || p->port == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));

@@ -11,6 +11,7 @@
 #include "common/util/status_macros.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "server/core/lifecycle.h"
+#include "server/core/model_registry.h"
 #include "server/core/scheduler.h"
 #include "server/core/searcher.h"
 
@@ -296,18 +297,7 @@ absl::StatusOr<v1::ResultsResponse> Coordinator::Results(const std::string& expe
   out.set_best_trial(BestTrial(*e));
   *out.mutable_runs() = Info(*e, true).runs();
   ASSIGN_OR_RETURN(std::vector<ModelRow> models, store_->Models(experiment_id));
-  for (const ModelRow& m : models) {
-    v1::ModelInfo* mi = out.add_models();
-    mi->set_name(m.name);
-    mi->set_version(m.version);
-    mi->set_experiment_id(m.experiment_id);
-    mi->set_trial(m.trial);
-    mi->set_fold(m.fold);
-    mi->set_test_mean_f1(m.test_mean_f1);
-    mi->set_artifact(m.artifact);
-    mi->set_metadata(m.metadata);
-    mi->set_created_ms(m.created_ms);
-  }
+  for (const ModelRow& m : models) *out.add_models() = ToModelInfo(m);
   return out;
 }
 

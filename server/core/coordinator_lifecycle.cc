@@ -96,7 +96,7 @@ void Coordinator::MaybeFinish(Experiment& e) {
 
 void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
   // Once: a recovery may come through here again.
-  auto existing = store_->Models(e.row.id);
+  auto existing = store_->Models(e.row.id, /*include_deleted=*/true);
   if (!existing.ok() || !existing->empty()) return;
   for (const auto& [run, f1] : outcome.models) {
     auto model = artifacts_->Find(e.row.id, run->trial, run->fold, run_files::kModel);

@@ -7,6 +7,7 @@
 #include "common/image/image_file.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"
+#include "common/util/status_macros.h"
 
 namespace mal::serve {
 
@@ -46,6 +47,29 @@ absl::StatusOr<std::vector<std::string>> SplitRawBytes(const std::string& raw) {
 
 }  // namespace
 
+absl::StatusOr<OpenInferenceService::Found> OpenInferenceService::Find(const std::string& name,
+                                                                       const std::string& version) {
+  std::string model = name;
+  if (!version.empty()) {
+    if (!models_->versioned()) {
+      // A model directory has one version.
+      if (version != kVersion) {
+        return absl::NotFoundError(
+            absl::StrCat("model ", name, " has version ", kVersion, " only"));
+      }
+    } else if (name.find_first_of(":@") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model ", name, ": give the version in the name or in model_version, not both"));
+    } else {
+      model = absl::StrCat(name, ":", version);
+    }
+  }
+  Found found;
+  ASSIGN_OR_RETURN(found.batcher, models_->Get(model));
+  ASSIGN_OR_RETURN(found.version, models_->Version(model));
+  return found;
+}
+
 grpc::Status OpenInferenceService::ServerLive(grpc::ServerContext* context,
                                               const inference::ServerLiveRequest*,
                                               inference::ServerLiveResponse* response) {
@@ -67,8 +91,7 @@ grpc::Status OpenInferenceService::ModelReady(grpc::ServerContext* context,
                                               inference::ModelReadyResponse* response) {
   if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
   // Ready when it loads (an unknown or broken model is not ready; not an error, as in Triton).
-  response->set_ready((request->version().empty() || request->version() == kVersion) &&
-                      models_->Get(request->name()).ok());
+  response->set_ready(Find(request->name(), request->version()).ok());
   return grpc::Status::OK;
 }
 
@@ -85,11 +108,11 @@ grpc::Status OpenInferenceService::ModelMetadata(grpc::ServerContext* context,
                                                  const inference::ModelMetadataRequest* request,
                                                  inference::ModelMetadataResponse* response) {
   if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
-  auto model = models_->Get(request->name());
+  auto model = Find(request->name(), request->version());
   if (!model.ok()) return ToGrpcStatus(model.status());
-  const v1::ModelMetadata& meta = (*model)->model().metadata();
+  const v1::ModelMetadata& meta = model->batcher->model().metadata();
   response->set_name(request->name());
-  response->add_versions(kVersion);
+  response->add_versions(model->version);
   response->set_platform("mal_libtorch");
   auto* images = response->add_inputs();
   images->set_name(kImages);
@@ -112,14 +135,9 @@ grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
                                               const inference::ModelInferRequest* request,
                                               inference::ModelInferResponse* response) {
   if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
-  if (!request->model_version().empty() && request->model_version() != kVersion) {
-    return grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("model ", request->model_name(), " has version ", kVersion, " only"));
-  }
-  auto model = models_->Get(request->model_name());
+  auto model = Find(request->model_name(), request->model_version());
   if (!model.ok()) return ToGrpcStatus(model.status());
-  DynamicBatcher& batcher = **model;
+  DynamicBatcher& batcher = *model->batcher;
   DynamicBatcher::Ticket ticket(&batcher);
   const v1::ModelMetadata& meta = batcher.model().metadata();
   if (request->inputs_size() != 1) {
@@ -201,7 +219,7 @@ grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
   }
   if (!probabilities.ok()) return ToGrpcStatus(probabilities.status());
   response->set_model_name(request->model_name());
-  response->set_model_version(kVersion);
+  response->set_model_version(model->version);
   response->set_id(request->id());
   (*response->mutable_parameters())["aus"].set_string_param(absl::StrJoin(meta.aus(), ","));
   auto* out = response->add_outputs();

@@ -42,6 +42,15 @@ class OpenInferenceService final : public inference::GRPCInferenceService::Servi
                           inference::ModelInferResponse* response) override;
 
  private:
+  // The model a request names: `name` is a model (a reference with --registry), `version` the
+  // protocol's optional model_version ("1" for a model directory; with a registry, the registry's
+  // version, not given in the name as well). NotFound / InvalidArgument otherwise.
+  struct Found {
+    std::shared_ptr<DynamicBatcher> batcher;
+    std::string version;
+  };
+  absl::StatusOr<Found> Find(const std::string& name, const std::string& version);
+
   ModelStore* const models_;
   const std::vector<std::string> tokens_;
   const int max_images_;

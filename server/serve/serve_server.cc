@@ -118,14 +118,24 @@ struct ServeServer::Parts {
 };
 
 absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
-  if (o.model_dir.empty()) return absl::InvalidArgumentError("--model-dir is required");
-  if (!std::filesystem::is_directory(o.model_dir)) {
+  const bool registry = !o.registry.address.empty();
+  if (o.model_dir.empty() == !registry) {
+    return absl::InvalidArgumentError("give one of --model-dir and --registry");
+  }
+  if (!registry && !std::filesystem::is_directory(o.model_dir)) {
     return absl::NotFoundError(absl::StrCat("--model-dir ", o.model_dir, ": not a directory"));
   }
   if (o.memory_budget <= 0) return absl::InvalidArgumentError("--memory-budget-mb must be > 0");
   auto p = std::make_unique<Parts>();
-  p->models = std::make_unique<ModelStore>(
-      ModelStore::Options{o.model_dir, o.device, o.memory_budget, o.batching});
+  ModelStore::Options store;
+  store.dir = o.model_dir;
+  if (registry) {
+    ASSIGN_OR_RETURN(store.registry, RegistryCache::Create(o.registry));
+  }
+  store.device = o.device;
+  store.memory_budget = o.memory_budget;
+  store.batching = o.batching;
+  p->models = std::make_unique<ModelStore>(std::move(store));
   ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
   ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));
@@ -144,8 +154,11 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   if (p->server == nullptr || p->port == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
   p->server->GetHealthCheckService()->SetServingStatus(true);
-  LOG(INFO) << "serving models from " << o.model_dir << " on " << o.listen << " (port " << p->port
-            << ", " << o.device << ")";
+  LOG(INFO) << "serving models from "
+            << (registry ? absl::StrCat("the registry at ", o.registry.address, " (cache ",
+                                        o.registry.cache_dir, ")")
+                         : o.model_dir)
+            << " on " << o.listen << " (port " << p->port << ", " << o.device << ")";
   return std::unique_ptr<ServeServer>(new ServeServer(std::move(p)));
 }
 

@@ -10,6 +10,7 @@
 #include "common/util/grpc_channel.h"
 #include "server/serve/au_detection.h"
 #include "server/serve/dynamic_batcher.h"
+#include "server/serve/registry_cache.h"
 
 namespace mal::serve {
 
@@ -21,6 +22,7 @@ class ServeServer {
   struct Options {
     std::string listen = "127.0.0.1:7071";  // HOST:PORT; port 0 picks a free one (port())
     std::string model_dir;                  // DIR/NAME/{model.json,model.pt} (ModelStore)
+    RegistryCache::Options registry;        // or, with registry.address, the coordinator's models
     std::string device = "cpu";             // cpu, cuda, cuda:N
     int64_t memory_budget = int64_t{2}
                             << 30;  // bytes of loaded models (least recently used dropped)
@@ -30,9 +32,11 @@ class ServeServer {
     rpc::ServerSecurity security;      // TLS and bearer tokens, as the coordinator's
   };
 
-  // Checks the options (the model directory must exist; the device must be usable), loads the
-  // face cascade, binds and starts serving. Errors: InvalidArgument / NotFound naming the option or
-  // file, Unavailable when it cannot listen.
+  // Checks the options (exactly one source: the model directory, which must exist, or a registry
+  // address with a cache directory it can create; the device must be usable), loads the face
+  // cascade, binds and starts serving. The registry is not called yet: a coordinator that is down
+  // at start only fails the calls that need it. Errors: InvalidArgument / NotFound naming the
+  // option or file, Unavailable when it cannot listen.
   static absl::StatusOr<std::unique_ptr<ServeServer>> Start(Options options);
   ~ServeServer();  // Shutdown()
   ServeServer(const ServeServer&) = delete;

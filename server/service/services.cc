@@ -1,11 +1,12 @@
 #include "server/service/services.h"
 
-#include <fstream>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/util/artifact_transfer.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"
+#include "common/util/run_files.h"
 #include "common/util/sha256.h"
 #include "server/events/watch_session.h"
 
@@ -97,6 +98,50 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status ModelRegistryService::ListRegisteredModels(
+    grpc::ServerContext* context, const v1::ListRegisteredModelsRequest* request,
+    v1::ListRegisteredModelsResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  return Reply(registry_->List(request->name()), response);
+}
+
+grpc::Status ModelRegistryService::GetModel(grpc::ServerContext* context,
+                                            const v1::GetModelRequest* request,
+                                            v1::ModelInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  return Reply(registry_->Get(request->model()), response);
+}
+
+grpc::Status ModelRegistryService::SetModelAlias(grpc::ServerContext* context,
+                                                 const v1::SetModelAliasRequest* request,
+                                                 v1::ModelInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  return Reply(registry_->SetAlias(request->model(), request->alias()), response);
+}
+
+grpc::Status ModelRegistryService::DeleteModelAlias(grpc::ServerContext* context,
+                                                    const v1::DeleteModelAliasRequest* request,
+                                                    v1::ModelInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  return Reply(registry_->DeleteAlias(request->name(), request->alias()), response);
+}
+
+grpc::Status ModelRegistryService::DeleteModel(grpc::ServerContext* context,
+                                               const v1::DeleteModelRequest* request,
+                                               v1::ModelInfo* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  return Reply(registry_->Delete(request->model()), response);
+}
+
+grpc::Status ModelRegistryService::DownloadModel(grpc::ServerContext* context,
+                                                 const v1::DownloadModelRequest* request,
+                                                 grpc::ServerWriter<v1::ArtifactChunk>* writer) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  auto file = registry_->ModelFile(request->model());
+  if (!file.ok()) return ToGrpcStatus(file.status());
+  return rpc::SendFile(*context, *writer, file->first, run_files::kModel);
+}
+
 grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context,
                                             const v1::RegisterRequest* request,
                                             v1::RegisterResponse* response) {
@@ -151,36 +196,7 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
   auto path = core_->ArtifactPath(request->run_id(), request->name());
   if (!path.ok()) return ToGrpcStatus(path.status());
-  // Artifacts are replaced by rename, never rewritten: the open file stays one version.
-  std::ifstream in(*path, std::ios::binary);
-  if (!in)
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat(request->name(), ": cannot open"));
-  // Two passes over the one open file: the checksum goes in the first chunk.
-  Sha256 hash;
-  std::vector<char> buf(rpc::kArtifactChunkBytes);
-  int64_t size = 0;
-  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
-    hash.Update(absl::string_view(buf.data(), static_cast<size_t>(in.gcount())));
-    size += in.gcount();
-  }
-  in.clear();
-  in.seekg(0);
-  v1::ArtifactChunk chunk;
-  chunk.set_name(request->name());
-  chunk.set_size(size);
-  chunk.set_sha256(hash.HexDigest());
-  bool first = true;
-  while (first || in.read(buf.data(), static_cast<std::streamsize>(buf.size())) ||
-         in.gcount() > 0) {
-    if (!first) {
-      chunk = v1::ArtifactChunk();
-      chunk.set_data(buf.data(), static_cast<size_t>(in.gcount()));
-    }
-    first = false;
-    if (context->IsCancelled() || !writer->Write(chunk)) return grpc::Status::CANCELLED;
-  }
-  return grpc::Status::OK;
+  return rpc::SendFile(*context, *writer, *path, request->name());
 }
 
 grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,

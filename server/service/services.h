@@ -13,6 +13,7 @@
 
 #include "mal/v1/service.grpc.pb.h"
 #include "server/core/coordinator.h"
+#include "server/core/model_registry.h"
 
 namespace mal::server {
 
@@ -47,6 +48,29 @@ class CoordinatorService final : public v1::Coordinator::Service {
   EventHub* const hub_;
   const std::vector<std::string> tokens_;
   std::atomic<bool> shutting_down_{false};
+};
+
+// The model registry (server/core/model_registry.h) for clients and mal-serve --registry.
+class ModelRegistryService final : public v1::ModelRegistry::Service {
+ public:
+  ModelRegistryService(ModelRegistry* registry, std::vector<std::string> tokens = {})
+      : registry_(registry), tokens_(std::move(tokens)) {}
+
+  grpc::Status ListRegisteredModels(grpc::ServerContext*, const v1::ListRegisteredModelsRequest*,
+                                    v1::ListRegisteredModelsResponse*) override;
+  grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest*, v1::ModelInfo*) override;
+  grpc::Status SetModelAlias(grpc::ServerContext*, const v1::SetModelAliasRequest*,
+                             v1::ModelInfo*) override;
+  grpc::Status DeleteModelAlias(grpc::ServerContext*, const v1::DeleteModelAliasRequest*,
+                                v1::ModelInfo*) override;
+  grpc::Status DeleteModel(grpc::ServerContext*, const v1::DeleteModelRequest*,
+                           v1::ModelInfo*) override;
+  grpc::Status DownloadModel(grpc::ServerContext*, const v1::DownloadModelRequest*,
+                             grpc::ServerWriter<v1::ArtifactChunk>*) override;
+
+ private:
+  ModelRegistry* const registry_;
+  const std::vector<std::string> tokens_;
 };
 
 class WorkerGatewayService final : public v1::WorkerGateway::Service {

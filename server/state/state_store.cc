@@ -78,6 +78,20 @@ CREATE TABLE models (
 );
 )sql";
 
+// Version 2 -> 3: the model registry's aliases, and deleted versions kept as tombstones so that
+// their numbers are never reused (a cache keyed by NAME:VERSION stays right).
+constexpr const char* kMigrate3 = R"sql(
+ALTER TABLE models ADD COLUMN deleted_ms INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE model_aliases (
+  name TEXT NOT NULL,
+  alias TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL,
+  PRIMARY KEY (name, alias),
+  FOREIGN KEY (name, version) REFERENCES models(name, version)
+) WITHOUT ROWID;
+)sql";
+
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -228,6 +242,7 @@ absl::Status StateStore::Migrate(int64_t from) {
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     if (from < 1) RETURN_IF_ERROR(Exec(kSchema));
     if (from < 2) RETURN_IF_ERROR(Exec(kMigrate2));
+    if (from < 3) RETURN_IF_ERROR(Exec(kMigrate3));
     return Exec(absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
   });
 }
@@ -702,13 +717,14 @@ absl::StatusOr<int> StateStore::RegisterModel(const ModelRow& m) {
   });
 }
 
-absl::StatusOr<std::vector<ModelRow>> StateStore::Models(const std::string& experiment_id) {
-  absl::MutexLock lock(&mu_);
-  Statement s(db_,
-              "SELECT name, version, experiment_id, trial, fold, test_mean_f1, artifact, metadata, "
-              "created_ms "
-              "FROM models WHERE experiment_id = ? ORDER BY name, version");
-  s.Bind(1, experiment_id);
+namespace {
+
+constexpr const char* kModelColumns =
+    "SELECT name, version, experiment_id, trial, fold, test_mean_f1, artifact, metadata, "
+    "created_ms FROM models ";
+
+// Every row `s` (selecting kModelColumns) returns.
+absl::StatusOr<std::vector<ModelRow>> ReadModelRows(sqlite3* db, Statement& s) {
   std::vector<ModelRow> out;
   int rc;
   while ((rc = s.Step()) == SQLITE_ROW) {
@@ -724,8 +740,121 @@ absl::StatusOr<std::vector<ModelRow>> StateStore::Models(const std::string& expe
     m.created_ms = s.Int(8);
     out.push_back(std::move(m));
   }
-  if (rc != SQLITE_DONE) return SqlError(db_, "listing models");
+  if (rc != SQLITE_DONE) return SqlError(db, "listing models");
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ModelRow>> StateStore::Models(const std::string& experiment_id,
+                                                         bool include_deleted) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_,
+              absl::StrCat(kModelColumns, "WHERE experiment_id = ?",
+                           include_deleted ? "" : " AND deleted_ms = 0", " ORDER BY name, version")
+                  .c_str());
+  s.Bind(1, experiment_id);
+  return ReadModelRows(db_, s);
+}
+
+absl::StatusOr<std::vector<ModelRow>> StateStore::RegisteredModels(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, absl::StrCat(kModelColumns, "WHERE deleted_ms = 0 AND (? = '' OR name = ?) ",
+                                "ORDER BY name, version")
+                       .c_str());
+  s.Bind(1, name).Bind(2, name);
+  return ReadModelRows(db_, s);
+}
+
+absl::StatusOr<ModelRow> StateStore::RegisteredModel(const std::string& name, int version) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, absl::StrCat(kModelColumns,
+                                "WHERE deleted_ms = 0 AND name = ? AND (? = 0 OR version = ?) "
+                                "ORDER BY version DESC LIMIT 1")
+                       .c_str());
+  s.Bind(1, name).Bind(2, version).Bind(3, version);
+  ASSIGN_OR_RETURN(std::vector<ModelRow> rows, ReadModelRows(db_, s));
+  if (rows.empty()) {
+    return absl::NotFoundError(
+        version == 0 ? absl::StrCat("no model \"", name, "\" in the registry")
+                     : absl::StrCat("no model \"", name, ":", version, "\" in the registry"));
+  }
+  return std::move(rows.front());
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, int>>> StateStore::ModelAliases(
+    const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias");
+  s.Bind(1, name);
+  std::vector<std::pair<std::string, int>> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) out.emplace_back(s.Text(0), static_cast<int>(s.Int(1)));
+  if (rc != SQLITE_DONE) return SqlError(db_, "listing model aliases");
+  return out;
+}
+
+absl::Status StateStore::SetModelAlias(const std::string& name, const std::string& alias,
+                                       int version) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    Statement exists(db_, "SELECT 1 FROM models WHERE name = ? AND version = ? AND deleted_ms = 0");
+    exists.Bind(1, name).Bind(2, version);
+    if (exists.Step() != SQLITE_ROW) {
+      return absl::NotFoundError(
+          absl::StrCat("no model \"", name, ":", version, "\" in the registry"));
+    }
+    Statement s(db_,
+                "INSERT INTO model_aliases (name, alias, version, updated_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, "
+                "updated_ms = excluded.updated_ms");
+    s.Bind(1, name).Bind(2, alias).Bind(3, version).Bind(4, NowMs());
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "setting a model alias");
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<int> StateStore::DeleteModelAlias(const std::string& name,
+                                                 const std::string& alias) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<int> {
+    Statement find(db_, "SELECT version FROM model_aliases WHERE name = ? AND alias = ?");
+    find.Bind(1, name).Bind(2, alias);
+    if (find.Step() != SQLITE_ROW) {
+      return absl::NotFoundError(absl::StrCat("model \"", name, "\" has no alias \"", alias, "\""));
+    }
+    const int version = static_cast<int>(find.Int(0));
+    Statement s(db_, "DELETE FROM model_aliases WHERE name = ? AND alias = ?");
+    s.Bind(1, name).Bind(2, alias);
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "removing a model alias");
+    return version;
+  });
+}
+
+absl::StatusOr<std::vector<std::string>> StateStore::DeleteModel(const std::string& name,
+                                                                 int version) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction(
+      [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<std::vector<std::string>> {
+        Statement aliases(
+            db_, "SELECT alias FROM model_aliases WHERE name = ? AND version = ? ORDER BY alias");
+        aliases.Bind(1, name).Bind(2, version);
+        std::vector<std::string> removed;
+        while (aliases.Step() == SQLITE_ROW) removed.push_back(aliases.Text(0));
+        Statement drop(db_, "DELETE FROM model_aliases WHERE name = ? AND version = ?");
+        drop.Bind(1, name).Bind(2, version);
+        if (drop.Step() != SQLITE_DONE) return SqlError(db_, "removing a model's aliases");
+        Statement s(db_,
+                    "UPDATE models SET deleted_ms = ? WHERE name = ? AND version = ? AND "
+                    "deleted_ms = 0");
+        s.Bind(1, NowMs()).Bind(2, name).Bind(3, version);
+        if (s.Step() != SQLITE_DONE) return SqlError(db_, "deleting a model");
+        if (sqlite3_changes(db_) == 0) {
+          return absl::NotFoundError(
+              absl::StrCat("no model \"", name, ":", version, "\" in the registry"));
+        }
+        return removed;
+      });
 }
 
 }  // namespace mal::server

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -92,8 +93,8 @@ struct Event {
 // Thread-safe: one connection behind a mutex; the coordinator is the only writer.
 class StateStore {
  public:
-  static constexpr int kSchemaVersion =
-      2;  // 1: experiments, runs, events; 2: + trials, results, models
+  // 1: experiments, runs, events; 2: + trials, results, models; 3: + model aliases, deletion
+  static constexpr int kSchemaVersion = 3;
 
   // Opens or creates the database at `path`. A database written by a newer schema is an error.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(const std::string& path);
@@ -181,9 +182,27 @@ class StateStore {
   absl::StatusOr<std::vector<Event>> ReadEvents(const std::string& experiment_id, int64_t from_seq,
                                                 int limit);
 
-  // Registers a model under its name with the next version number; returns the version.
+  // Registers a model under its name with the next version number (never one used before, even
+  // by a deleted version); returns the version.
   absl::StatusOr<int> RegisterModel(const ModelRow& model);
-  absl::StatusOr<std::vector<ModelRow>> Models(const std::string& experiment_id);
+  // The models an experiment registered, by name and version; deleted ones only when asked.
+  absl::StatusOr<std::vector<ModelRow>> Models(const std::string& experiment_id,
+                                               bool include_deleted = false);
+
+  // The model registry (server/core/model_registry.h). Deleted versions are invisible here.
+  // Every version of model `name` (empty: of every model), by name then version.
+  absl::StatusOr<std::vector<ModelRow>> RegisteredModels(const std::string& name);
+  // One version; version 0: the newest. NotFound names the model.
+  absl::StatusOr<ModelRow> RegisteredModel(const std::string& name, int version);
+  // The aliases of model `name`, alias -> version, sorted by alias.
+  absl::StatusOr<std::vector<std::pair<std::string, int>>> ModelAliases(const std::string& name);
+  // Points `alias` of model `name` at `version` (NotFound when that version does not exist).
+  absl::Status SetModelAlias(const std::string& name, const std::string& alias, int version);
+  // Removes an alias; returns the version it pointed at. NotFound when there is no such alias.
+  absl::StatusOr<int> DeleteModelAlias(const std::string& name, const std::string& alias);
+  // Marks a version deleted and removes the aliases pointing at it, in one transaction; returns
+  // those aliases. NotFound when the version does not exist (or was deleted before).
+  absl::StatusOr<std::vector<std::string>> DeleteModel(const std::string& name, int version);
 
  private:
   absl::Status Migrate(int64_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

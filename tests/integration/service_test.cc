@@ -2,6 +2,10 @@
 // processes on loopback, driven by malctl and by the gRPC stubs. Every wait is bounded.
 
 #include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -18,12 +22,8 @@
 #include <string>
 #include <thread>
 
-#include <gmock/gmock.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/support/byte_buffer.h>
-#include <gtest/gtest.h>
-
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/util/files.h"
 #include "common/util/grpc_channel.h"
@@ -44,7 +44,8 @@ std::string Bin(const std::string& rel) { return testing::BinaryDir() + "/" + re
 // A child process with its output in a log file; killed with SIGKILL if still running at the end.
 class Process {
  public:
-  Process(const std::string& bin, const std::vector<std::string>& args, const std::string& log) : log_(log) {
+  Process(const std::string& bin, const std::vector<std::string>& args, const std::string& log)
+      : log_(log) {
     pid_ = ::fork();
     if (pid_ == 0) {
       std::vector<char*> argv;
@@ -90,7 +91,8 @@ bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline) {
 
 // Runs a command line, returns its exit code and output.
 int Shell(const std::string& command, std::string* output = nullptr) {
-  const std::string out_file = fs::temp_directory_path() / absl::StrCat("mal-shell-", ::getpid(), ".txt");
+  const std::string out_file =
+      fs::temp_directory_path() / absl::StrCat("mal-shell-", ::getpid(), ".txt");
   const int rc = std::system((command + " > " + out_file + " 2>&1").c_str());
   if (output) *output = ReadFile(out_file).value_or("");
   fs::remove(out_file);
@@ -115,25 +117,33 @@ bool HasChildren(pid_t parent) { return ChildOf(parent) != 0; }
 class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string synth = Bin("client/malctl") + " data synth --out " + (dir_ / "sf") +
-                              " --au-subjects 3 --frames 40 --fe-images 60 --fe-subjects 10 --size 40";
+    const std::string synth =
+        Bin("client/malctl") + " data synth --out " + (dir_ / "sf") +
+        " --au-subjects 3 --frames 40 --fe-images 60 --fe-subjects 10 --size 40";
     ASSERT_EQ(Shell(synth), 0);
   }
   // A spec on the tiny SynthFace; `epochs` x `iterations` per fold.
-  std::string WriteSpec(const std::string& name, int epochs, int iterations, const std::string& extra = "",
-                        const std::string& root = "") {
+  std::string WriteSpec(const std::string& name, int epochs, int iterations,
+                        const std::string& extra = "", const std::string& root = "") {
     const std::string path = dir_ / (name + ".yaml");
     const std::string r = root.empty() ? dir_ / "sf" : root;
-    testing::WriteText(path, absl::StrCat("name: ", name, R"(
+    testing::WriteText(
+        path,
+        absl::StrCat("name: ", name, R"(
 method: mal
 data:
-  au: {format: synthface, root: )", r, R"(}
-  fe: {format: synthface, root: )", r, R"(}
+  au: {format: synthface, root: )",
+                     r, R"(}
+  fe: {format: synthface, root: )",
+                     r, R"(}
 model: {backbone: small_cnn, input: 32, resize: 36}
-train: {epochs: )", epochs, R"(, batch_au: 8, batch_fe: 8, lr: 0.01, threads: 1, data_threads: 1,
-        checkpoint_every: 3, log_every: 5, max_iterations: )", iterations, R"(}
+train: {epochs: )",
+                     epochs, R"(, batch_au: 8, batch_fe: 8, lr: 0.01, threads: 1, data_threads: 1,
+        checkpoint_every: 3, log_every: 5, max_iterations: )",
+                     iterations, R"(}
 mal: {val_fraction: 0.1, val_batch: 8}
-)", extra));
+)",
+                     extra));
     return path;
   }
 
@@ -145,8 +155,9 @@ mal: {val_fraction: 0.1, val_batch: 8}
         std::vector<std::string>{"--listen", listen, "--data-dir", dir_ / "data", "--lease-ms",
                                  absl::StrCat(lease_ms), "--heartbeat-ms", "200"},
         log);
-    ASSERT_TRUE(WaitFor([&] { return coordinator_->Log().find("listening on port") != std::string::npos; },
-                        std::chrono::seconds(20)))
+    ASSERT_TRUE(
+        WaitFor([&] { return coordinator_->Log().find("listening on port") != std::string::npos; },
+                std::chrono::seconds(20)))
         << coordinator_->Log();
     if (port_ == 0) {
       const std::string text = coordinator_->Log();
@@ -162,8 +173,9 @@ mal: {val_fraction: 0.1, val_batch: 8}
     workers_.erase(name);
     workers_[name] = std::make_unique<Process>(
         Bin("worker/mal-worker"),
-        std::vector<std::string>{"--coordinator", address_, "--slots", absl::StrCat(slots), "--work-dir", dir_ / name, "--name",
-                                 name, "--threads", "1", "--upload-every-s", "1", "--stop-grace-s", "5"},
+        std::vector<std::string>{"--coordinator", address_, "--slots", absl::StrCat(slots),
+                                 "--work-dir", dir_ / name, "--name", name, "--threads", "1",
+                                 "--upload-every-s", "1", "--stop-grace-s", "5"},
         dir_ / (name + ".log"));
     return workers_[name].get();
   }
@@ -178,7 +190,8 @@ mal: {val_fraction: 0.1, val_batch: 8}
   }
   std::string Malctl(const std::string& args, int* rc = nullptr) {
     std::string out;
-    const int code = Shell(absl::StrCat("MAL_ADDRESS=", address_, " ", Bin("client/malctl"), " ", args), &out);
+    const int code =
+        Shell(absl::StrCat("MAL_ADDRESS=", address_, " ", Bin("client/malctl"), " ", args), &out);
     if (rc) *rc = code;
     return out;
   }
@@ -202,10 +215,13 @@ mal: {val_fraction: 0.1, val_batch: 8}
   }
   v1::ExperimentInfo WaitDone(const std::string& id, std::chrono::seconds deadline) {
     v1::ExperimentInfo info;
-    WaitFor([&] {
-      info = Get(id);
-      return info.state() != v1::EXPERIMENT_RUNNING && info.state() != v1::EXPERIMENT_STATE_UNSPECIFIED;
-    }, deadline);
+    WaitFor(
+        [&] {
+          info = Get(id);
+          return info.state() != v1::EXPERIMENT_RUNNING &&
+                 info.state() != v1::EXPERIMENT_STATE_UNSPECIFIED;
+        },
+        deadline);
     return info;
   }
   // Every event, replayed from seq `from` until End (or the deadline).
@@ -231,8 +247,8 @@ mal: {val_fraction: 0.1, val_batch: 8}
   double EngineAlone(const std::string& spec, int fold) {
     std::string out;
     const std::string dir = dir_ / absl::StrCat("alone-", fold);
-    EXPECT_EQ(Shell(absl::StrCat(Bin("worker/mal-worker"), " train -f ", spec, " --fold ", fold, " --out ", dir,
-                                 " --quiet --threads 1"),
+    EXPECT_EQ(Shell(absl::StrCat(Bin("worker/mal-worker"), " train -f ", spec, " --fold ", fold,
+                                 " --out ", dir, " --quiet --threads 1"),
                     &out),
               0)
         << out;
@@ -244,12 +260,15 @@ mal: {val_fraction: 0.1, val_batch: 8}
   // recorded) when that does not happen in time.
   std::string RunPastEpochTwoOnW1(const std::string& spec) {
     StartWorker("w1");
-    EXPECT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+    EXPECT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
+        << DiagnosticLogs();
     const std::string id = Submit(spec);
-    const bool going = WaitFor([&] {
-      auto info = Get(id);
-      return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
-    }, std::chrono::seconds(120));
+    const bool going = WaitFor(
+        [&] {
+          auto info = Get(id);
+          return info.runs_size() == 1 && info.runs(0).epoch() >= 2;
+        },
+        std::chrono::seconds(120));
     EXPECT_TRUE(going) << DiagnosticLogs();
     return going ? id : "";
   }
@@ -274,7 +293,8 @@ TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
   StartCoordinator();
   StartWorker("w1");
   StartWorker("w2");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
   const std::string id = Submit(spec);
   ASSERT_FALSE(id.empty());
   int rc = 0;
@@ -293,9 +313,11 @@ TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
     EXPECT_EQ(run.state(), v1::RUN_SUCCEEDED);
     used.insert(run.worker());
     // The same seed gives the same model whether a worker daemon or the engine alone trains it.
-    EXPECT_NEAR(run.result().test_mean_f1(), EngineAlone(spec, run.fold()), 1e-6) << "fold " << run.fold();
+    EXPECT_NEAR(run.result().test_mean_f1(), EngineAlone(spec, run.fold()), 1e-6)
+        << "fold " << run.fold();
     EXPECT_EQ(run.result().iterations(), 18);
-    EXPECT_TRUE(fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-", run.fold(), "/model.pt")));
+    EXPECT_TRUE(fs::exists(
+        dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-", run.fold(), "/model.pt")));
     EXPECT_TRUE(fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-", run.fold(),
                                                "/weights/epoch_003.csv")));
   }
@@ -333,6 +355,117 @@ TEST_F(ServiceTest, ThreeFoldsOnTwoWorkersMatchTheEngineAlone) {
   }
 }
 
+// The model registry end to end: a finished experiment's fold models as versions, aliases moved
+// and removed, a version pulled as a model directory, and mal-serve --registry serving NAME@ALIAS
+// with the same outputs as the pulled copy in-process, from its disk cache once the coordinator is
+// gone.
+TEST_F(ServiceTest, RegistryVersionsAliasesPullAndServing) {
+  const std::string spec = WriteSpec("reg", 1, 6, "cv: {protocol: standard, only: [1, 2]}\n");
+  StartCoordinator();
+  StartWorker("w1");
+  const std::string id = Submit(spec);
+  ASSERT_FALSE(id.empty());
+  int rc = 0;
+  std::string out = Malctl("wait " + id + " --timeout 180", &rc);
+  ASSERT_EQ(rc, 0) << out << DiagnosticLogs();
+
+  out = Malctl("models ls", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("reg:1"));
+  EXPECT_THAT(out, HasSubstr("reg:2"));
+  EXPECT_THAT(out, HasSubstr(id + " trial 0 fold 2"));
+  out = Malctl("models alias set reg:1 champion", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("reg@champion -> reg:1 (@champion)"));
+  out = Malctl("models describe reg@champion", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("model reg:1 (@champion)"));
+  EXPECT_THAT(out, HasSubstr("backbone small_cnn"));
+  EXPECT_THAT(out, HasSubstr("AU1"));
+  out = Malctl("models describe nope", &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(out, HasSubstr("no model \"nope\""));
+  out = Malctl("models describe ../etc", &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(out, HasSubstr("\"../etc\""));
+
+  // pull: the registry's bytes, complete or not at all.
+  out = Malctl("models pull reg@champion --out " + (dir_ / "pulled"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(*ReadFile(dir_ / "pulled/model.pt"),
+            *ReadFile(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-1/model.pt")));
+  EXPECT_TRUE(fs::exists(dir_ / "pulled/model.json"));
+  out = Malctl("models pull reg:2 --out " + (dir_ / "pulled"), &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(out, HasSubstr("exists"));
+
+  // mal-serve --registry: NAME@ALIAS answers as the pulled copy does in-process.
+  std::vector<std::string> frames;
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "sf/au")) {
+    if (e.path().extension() == ".jpg" && frames.size() < 6) frames.push_back(e.path().string());
+  }
+  const std::string inputs = absl::StrJoin(frames, " ");
+  std::unique_ptr<Process> serve;
+  std::string serve_address;
+  auto start_serve = [&](const std::string& log) {
+    serve = std::make_unique<Process>(
+        Bin("server/mal-serve"),
+        std::vector<std::string>{"--listen", "127.0.0.1:0", "--registry", address_, "--cache-dir",
+                                 dir_ / "cache", "--alias-ttl-s", "0"},
+        dir_ / log);
+    if (!WaitFor([&] { return serve->Log().find("listening on port") != std::string::npos; },
+                 std::chrono::seconds(20)))
+      return false;
+    const std::string text = serve->Log();
+    serve_address =
+        absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("listening on port ") + 18)));
+    return true;
+  };
+  ASSERT_TRUE(start_serve("serve.log")) << serve->Log();
+  auto predict = [&](const std::string& model, const std::string& csv, int* code) {
+    return Malctl(absl::StrCat("predict --address ", serve_address, " --model ", model,
+                               " --face-crop ", inputs, " --out ", dir_ / csv),
+                  code);
+  };
+  out = predict("reg@champion", "champion.csv", &rc);
+  ASSERT_EQ(rc, 0) << out << serve->Log();
+  std::string local;
+  ASSERT_EQ(Shell(absl::StrCat(Bin("worker/mal-worker"), " predict --model-dir ", dir_ / "pulled",
+                               " --face-crop ", inputs, " --out ", dir_ / "local.csv"),
+                  &local),
+            0)
+      << local;
+  EXPECT_EQ(*ReadFile(dir_ / "champion.csv"), *ReadFile(dir_ / "local.csv"));
+  EXPECT_TRUE(fs::exists(dir_ / "cache/reg/1/model.pt"));
+  // The alias moves: the next call serves version 2.
+  ASSERT_EQ(Malctl("models alias set reg:2 champion", &rc).empty(), false);
+  ASSERT_EQ(rc, 0);
+  out = predict("reg@champion", "moved.csv", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  out = predict("reg:2", "v2.csv", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(*ReadFile(dir_ / "moved.csv"), *ReadFile(dir_ / "v2.csv"));
+  EXPECT_NE(*ReadFile(dir_ / "moved.csv"), *ReadFile(dir_ / "champion.csv"));
+  // rm takes the version and its aliases; the number is not reused.
+  out = Malctl("models rm reg@champion", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("reg:2 (@champion)"));
+  out = predict("reg@champion", "gone.csv", &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(out, HasSubstr("no alias \"champion\""));
+  EXPECT_FALSE(fs::exists(dir_ / "gone.csv"));
+  out = Malctl("models ls -o json", &rc);
+  EXPECT_THAT(out, Not(HasSubstr("\"version\": 2")));
+
+  // The coordinator gone, a pinned version still comes from the disk cache, also after a restart.
+  coordinator_.reset();
+  serve.reset();
+  ASSERT_TRUE(start_serve("serve2.log")) << serve->Log();
+  out = predict("reg:1", "cached.csv", &rc);
+  ASSERT_EQ(rc, 0) << out << serve->Log();
+  EXPECT_EQ(*ReadFile(dir_ / "cached.csv"), *ReadFile(dir_ / "local.csv"));
+}
+
 TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
   const std::string spec = WriteSpec("kill", 8, 10, "cv: {only: [1]}\n");
   StartCoordinator(4000);
@@ -351,7 +484,8 @@ TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
   int64_t first_resumed_iteration = 0;
   for (const auto& e : Replay(id, 1)) {
     lost = lost || (e.has_state() && e.state().state() == "LOST");
-    if (e.has_point() && e.attempt() == 1 && first_resumed_iteration == 0) first_resumed_iteration = e.point().iteration();
+    if (e.has_point() && e.attempt() == 1 && first_resumed_iteration == 0)
+      first_resumed_iteration = e.point().iteration();
   }
   EXPECT_TRUE(lost);
   EXPECT_GT(first_resumed_iteration, 10) << "the second attempt started over instead of resuming";
@@ -364,7 +498,8 @@ TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {
   ASSERT_FALSE(id.empty()) << "the run did not get going";
   StartWorker("w2");
   workers_["w1"]->Kill(SIGTERM);
-  EXPECT_EQ(workers_["w1"]->Wait(), 0);  // it checkpointed, uploaded and handed the run back, then exited
+  EXPECT_EQ(workers_["w1"]->Wait(),
+            0);  // it checkpointed, uploaded and handed the run back, then exited
   const auto info = WaitDone(id, std::chrono::seconds(180));
   ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
   EXPECT_EQ(info.runs(0).worker(), "w2");
@@ -391,7 +526,8 @@ TEST_F(ServiceTest, CrashedEngineIsRetriedAndTheDaemonLives) {
   EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
   bool reported = false;
   for (const auto& e : Replay(id, 1)) {
-    reported = reported || (e.has_state() && e.state().message().find("killed by signal 9") != std::string::npos);
+    reported = reported || (e.has_state() &&
+                            e.state().message().find("killed by signal 9") != std::string::npos);
   }
   EXPECT_TRUE(reported);
 }
@@ -404,13 +540,15 @@ TEST_F(ServiceTest, StalledWorkerGetsItsRevokedRunBackSafely) {
   const std::string spec = WriteSpec("stall", 8, 10, "cv: {only: [1]}\n");
   StartCoordinator(2000);
   Process* w1 = StartWorker("w1", 2);
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
   const std::string id = Submit(spec);
   ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 2; },
                       std::chrono::seconds(120)))
       << DiagnosticLogs();
   w1->Kill(SIGSTOP);
-  const bool lost = WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
+  const bool lost =
+      WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
   w1->Kill(SIGCONT);
   ASSERT_TRUE(lost) << DiagnosticLogs();
   const auto info = WaitDone(id, std::chrono::seconds(180));
@@ -447,17 +585,20 @@ exit 0
   StartCoordinator(1500);
   workers_["w1"] = std::make_unique<Process>(
       Bin("worker/mal-worker"),
-      std::vector<std::string>{"--coordinator", address_, "--slots", "2", "--work-dir", dir_ / "w1", "--name", "w1",
-                               "--engine", engine, "--stop-grace-s", "3"},
+      std::vector<std::string>{"--coordinator", address_, "--slots", "2", "--work-dir", dir_ / "w1",
+                               "--name", "w1", "--engine", engine, "--stop-grace-s", "3"},
       dir_ / "w1.log");
   Process* w1 = workers_["w1"].get();
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
   const std::string id = Submit(WriteSpec("slow", 1, 1, "cv: {only: [1]}\n"));
-  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).state() == v1::RUN_RUNNING; },
-                      std::chrono::seconds(20)))
+  ASSERT_TRUE(WaitFor(
+      [&] { return Get(id).runs_size() == 1 && Get(id).runs(0).state() == v1::RUN_RUNNING; },
+      std::chrono::seconds(20)))
       << DiagnosticLogs();
   w1->Kill(SIGSTOP);
-  const bool lost = WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
+  const bool lost =
+      WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
   w1->Kill(SIGCONT);
   ASSERT_TRUE(lost) << DiagnosticLogs();
   const auto info = WaitDone(id, std::chrono::seconds(60));
@@ -474,12 +615,16 @@ TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
   StartCoordinator();
   StartWorker("w1");
   StartWorker("w2");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
   const std::string id = Submit(spec);
-  ASSERT_TRUE(WaitFor([&] {
-    auto info = Get(id);
-    return info.runs_size() == 3 && info.runs(0).epoch() >= 1;
-  }, std::chrono::seconds(120))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto info = Get(id);
+        return info.runs_size() == 3 && info.runs(0).epoch() >= 1;
+      },
+      std::chrono::seconds(120)))
+      << DiagnosticLogs();
   coordinator_->Kill(SIGKILL);
   coordinator_->Wait();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -488,7 +633,8 @@ TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
   ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
   const auto events = Replay(id, 0);
   ASSERT_FALSE(events.empty());
-  for (size_t i = 0; i < events.size(); ++i) ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
+  for (size_t i = 0; i < events.size(); ++i)
+    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i + 1));
   EXPECT_TRUE(events.back().has_end());
   int ends = 0;
   for (const auto& e : events) ends += e.has_end();
@@ -505,7 +651,8 @@ TEST_F(ServiceTest, RandomKillsLoseNothing) {
   StartCoordinator(3000);
   StartWorker("w1");
   StartWorker("w2");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(2); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
   const std::string id = Submit(spec);
   ASSERT_FALSE(id.empty());
   // MAL_CHAOS_SEED explores other kill sequences (the default is what CI runs).
@@ -533,10 +680,11 @@ TEST_F(ServiceTest, RandomKillsLoseNothing) {
     }
   }
   const auto info = WaitDone(id, std::chrono::seconds(240));
-  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << "killed:" << kills << "\n" << DiagnosticLogs();
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << "killed:" << kills << "\n"
+                                                    << DiagnosticLogs();
   for (const auto& run : info.runs()) {
-    EXPECT_NEAR(run.result().test_mean_f1(), EngineAlone(spec, run.fold()), 1e-6) << "fold " << run.fold()
-                                                                                  << ", killed:" << kills;
+    EXPECT_NEAR(run.result().test_mean_f1(), EngineAlone(spec, run.fold()), 1e-6)
+        << "fold " << run.fold() << ", killed:" << kills;
   }
   const auto events = Replay(id, 0);
   int ends = 0;
@@ -551,7 +699,8 @@ TEST_F(ServiceTest, CancelStopsRunningWorkPromptly) {
   const std::string spec = WriteSpec("cancel", 50, 10, "cv: {only: [1]}\n");
   StartCoordinator();
   Process* w1 = StartWorker("w1");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20))) << DiagnosticLogs();
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
   const std::string id = Submit(spec);
   ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 1; },
                       std::chrono::seconds(120)))
@@ -579,7 +728,9 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   int rc = 0;
   std::string out = Malctl("submit -f " + WriteSpec("bad", 1, 1, "", "") + ".missing", &rc);
   EXPECT_EQ(rc, 2);
-  testing::WriteText(dir_ / "lr.yaml", "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\ntrain: {lr: -1}\n");
+  testing::WriteText(
+      dir_ / "lr.yaml",
+      "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\ntrain: {lr: -1}\n");
   out = Malctl("submit -f " + (dir_ / "lr.yaml"), &rc);
   EXPECT_EQ(rc, 2);
   EXPECT_THAT(out, HasSubstr("train.lr"));
@@ -598,8 +749,10 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   EXPECT_THAT(s.error_message(), HasSubstr("train.lr"));
 
   // An STL spec without data.fe means the same through malctl as through mal-worker train.
-  testing::WriteText(dir_ / "stl.yaml", absl::StrCat("name: stl-no-fe\nmethod: stl\ndata: {au: {format: synthface, root: ",
-                                                     dir_ / "sf", "}}\ntrain: {epochs: 1, max_iterations: 1}\n"));
+  testing::WriteText(
+      dir_ / "stl.yaml",
+      absl::StrCat("name: stl-no-fe\nmethod: stl\ndata: {au: {format: synthface, root: ",
+                   dir_ / "sf", "}}\ntrain: {epochs: 1, max_iterations: 1}\n"));
   out = Malctl("submit -f " + (dir_ / "stl.yaml") + " --request-id stl-1", &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("submitted exp-"));
@@ -607,8 +760,10 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   out = Malctl("submit -f " + (dir_ / "stl.yaml") + " --request-id stl-1", &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("already submitted as exp-"));
-  testing::WriteText(dir_ / "stl2.yaml", absl::StrCat("name: stl-no-fe\nmethod: stl\ndata: {au: {format: synthface, root: ",
-                                                      dir_ / "sf", "}}\ntrain: {epochs: 1, max_iterations: 1, lr: 0.05}\n"));
+  testing::WriteText(
+      dir_ / "stl2.yaml",
+      absl::StrCat("name: stl-no-fe\nmethod: stl\ndata: {au: {format: synthface, root: ",
+                   dir_ / "sf", "}}\ntrain: {epochs: 1, max_iterations: 1, lr: 0.05}\n"));
   out = Malctl("submit -f " + (dir_ / "stl2.yaml") + " --request-id stl-1", &rc);
   EXPECT_NE(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("request id stl-1 was used for exp-"));
@@ -618,9 +773,10 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
 
   // A dataset that is not there fails the run at once, without retries, naming the path.
   // (SynthFace would be generated where it is missing: take a licensed format.)
-  testing::WriteText(dir_ / "missing.yaml",
-                     "name: missing\nmethod: mal\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}, "
-                     "fe: {format: rafdb, root: /nonexistent/RAF-DB}}\ncv: {only: [1]}\n");
+  testing::WriteText(
+      dir_ / "missing.yaml",
+      "name: missing\nmethod: mal\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}, "
+      "fe: {format: rafdb, root: /nonexistent/RAF-DB}}\ncv: {only: [1]}\n");
   const std::string id = Submit(dir_ / "missing.yaml");
   const auto info = WaitDone(id, std::chrono::seconds(60));
   EXPECT_EQ(info.state(), v1::EXPERIMENT_FAILED) << DiagnosticLogs();
@@ -680,10 +836,12 @@ TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {
     writer->Write(chunk);
     writer->WritesDone();
     EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::DATA_LOSS);
-    EXPECT_FALSE(fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-1/checkpoint.pt")));
+    EXPECT_FALSE(
+        fs::exists(dir_ / absl::StrCat("data/artifacts/", id, "/trial-0/fold-1/checkpoint.pt")));
   }
   // The fake worker goes silent; after its lease the run is LOST and its epoch is dead.
-  ASSERT_TRUE(WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20)));
+  ASSERT_TRUE(WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; },
+                      std::chrono::seconds(20)));
   report.set_first_index(2);
   s = call(&v1::WorkerGateway::Stub::ReportEvents, report, &report_resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
@@ -718,7 +876,8 @@ int HealthOf(const std::string& address) {
   std::vector<grpc::Slice> slices;
   if (!status.ok() || !response.Dump(&slices).ok()) return -1;
   std::string bytes;
-  for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  for (const auto& slice : slices)
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;  // field 1, varint
 }
 
@@ -728,7 +887,8 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
   StartCoordinator();
   EXPECT_EQ(HealthOf(address_), 1);
   Process worker(Bin("worker/mal-worker"),
-                 {"--coordinator", address_, "--work-dir", dir_ / "hw", "--name", "hw", "--listen", "127.0.0.1:0"},
+                 {"--coordinator", address_, "--work-dir", dir_ / "hw", "--name", "hw", "--listen",
+                  "127.0.0.1:0"},
                  dir_ / "hw.log");
   ASSERT_TRUE(WaitFor([&] { return worker.Log().find("health on port") != std::string::npos; },
                       std::chrono::seconds(20)))
@@ -736,12 +896,15 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
   const std::string text = worker.Log();
   const std::string worker_address =
       absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("health on port ") + 15)));
-  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20))) << worker.Log();
+  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20)))
+      << worker.Log();
   coordinator_->Kill(SIGKILL);
   coordinator_->Wait();
-  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 2; }, std::chrono::seconds(20))) << worker.Log();
+  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 2; }, std::chrono::seconds(20)))
+      << worker.Log();
   StartCoordinator();  // same port: the worker registers again
-  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20))) << worker.Log();
+  EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20)))
+      << worker.Log();
   worker.Kill(SIGTERM);
   EXPECT_EQ(worker.Wait(), 0);
 }
@@ -749,7 +912,10 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
 TEST_F(ServiceTest, ASecondCoordinatorOnTheSameDataDirectoryIsRefused) {
   StartCoordinator();
   std::string out;
-  EXPECT_EQ(Shell(Bin("server/mal-coordinator") + " --listen 127.0.0.1:0 --data-dir " + (dir_ / "data"), &out), 2);
+  EXPECT_EQ(
+      Shell(Bin("server/mal-coordinator") + " --listen 127.0.0.1:0 --data-dir " + (dir_ / "data"),
+            &out),
+      2);
   EXPECT_THAT(out, HasSubstr("another mal-coordinator is using this data directory"));
   EXPECT_EQ(HealthOf(address_), 1);  // the first one is untouched
 }
@@ -760,10 +926,13 @@ std::string ReflectionServices(const std::string& address) {
   grpc::CompletionQueue cq;
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, std::chrono::seconds(5));
-  auto call = generic.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto call = generic.PrepareCall(
+      &ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
   void* tag = nullptr;
   bool ok = false;
-  auto step = [&](intptr_t t) { return cq.Next(&tag, &ok) && tag == reinterpret_cast<void*>(t) && ok; };
+  auto step = [&](intptr_t t) {
+    return cq.Next(&tag, &ok) && tag == reinterpret_cast<void*>(t) && ok;
+  };
   call->StartCall(reinterpret_cast<void*>(1));
   std::string answer;
   if (step(1)) {
@@ -776,7 +945,8 @@ std::string ReflectionServices(const std::string& address) {
       call->Read(&response, reinterpret_cast<void*>(3));
       std::vector<grpc::Slice> slices;
       if (step(3) && response.Dump(&slices).ok()) {
-        for (const auto& sl : slices) answer.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+        for (const auto& sl : slices)
+          answer.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
       }
     }
   }
@@ -818,11 +988,13 @@ std::string HttpGet(int port, const std::string& path) {
 }
 
 TEST_F(ServiceTest, PrometheusMetricsOnTheirOwnPort) {
-  Process coordinator(Bin("server/mal-coordinator"),
-                      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "m", "--metrics-listen", "127.0.0.1:0"},
-                      dir_ / "m.log");
-  ASSERT_TRUE(WaitFor([&] { return coordinator.Log().find("metrics on port") != std::string::npos; },
-                      std::chrono::seconds(20)))
+  Process coordinator(
+      Bin("server/mal-coordinator"),
+      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "m", "--metrics-listen", "127.0.0.1:0"},
+      dir_ / "m.log");
+  ASSERT_TRUE(
+      WaitFor([&] { return coordinator.Log().find("metrics on port") != std::string::npos; },
+              std::chrono::seconds(20)))
       << coordinator.Log();
   const std::string text = coordinator.Log();
   const int port = std::stoi(text.substr(text.find("metrics on port ") + 16));
@@ -840,12 +1012,17 @@ TEST_F(ServiceTest, TlsAndTokens) {
   const std::string d = dir_ / "pki";
   fs::create_directories(d);
   const std::string openssl = "cd " + d + " && openssl ";
-  ASSERT_EQ(Shell(openssl + "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=mal-test-ca"), 0);
+  ASSERT_EQ(Shell(openssl + "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+                            "-subj /CN=mal-test-ca"),
+            0);
   testing::WriteText(d + "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
   for (const std::string who : {"server", "client"}) {
-    ASSERT_EQ(Shell(openssl + "req -newkey rsa:2048 -nodes -keyout " + who + ".key -out " + who + ".csr -subj /CN=" + who), 0);
-    ASSERT_EQ(Shell(openssl + "x509 -req -in " + who + ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out " +
-                    who + ".pem" + (who == "server" ? " -extfile san.ext" : "")),
+    ASSERT_EQ(Shell(openssl + "req -newkey rsa:2048 -nodes -keyout " + who + ".key -out " + who +
+                    ".csr -subj /CN=" + who),
+              0);
+    ASSERT_EQ(Shell(openssl + "x509 -req -in " + who +
+                    ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out " + who + ".pem" +
+                    (who == "server" ? " -extfile san.ext" : "")),
               0);
   }
   testing::WriteText(d + "/tokens", "# one per line\ns3cret-token\n");
@@ -853,22 +1030,27 @@ TEST_F(ServiceTest, TlsAndTokens) {
 
   int rc = 0;
   std::string out;
-  rc = Shell(Bin("server/mal-coordinator") + " --listen 0.0.0.0:0 --data-dir " + (dir_ / "plain"), &out);
+  rc = Shell(Bin("server/mal-coordinator") + " --listen 0.0.0.0:0 --data-dir " + (dir_ / "plain"),
+             &out);
   EXPECT_EQ(rc, 2);
   EXPECT_THAT(out, HasSubstr("plaintext off loopback"));
 
-  Process coordinator(Bin("server/mal-coordinator"),
-                      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "tls", "--lease-ms", "6000", "--heartbeat-ms",
-                       "200", "--tls-cert", d + "/server.pem", "--tls-key", d + "/server.key", "--tls-client-ca",
-                       d + "/ca.pem", "--token-file", d + "/tokens"},
-                      dir_ / "tls.log");
-  ASSERT_TRUE(WaitFor([&] { return coordinator.Log().find("listening on port") != std::string::npos; },
-                      std::chrono::seconds(20)))
+  Process coordinator(
+      Bin("server/mal-coordinator"),
+      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "tls", "--lease-ms", "6000",
+       "--heartbeat-ms", "200", "--tls-cert", d + "/server.pem", "--tls-key", d + "/server.key",
+       "--tls-client-ca", d + "/ca.pem", "--token-file", d + "/tokens"},
+      dir_ / "tls.log");
+  ASSERT_TRUE(
+      WaitFor([&] { return coordinator.Log().find("listening on port") != std::string::npos; },
+              std::chrono::seconds(20)))
       << coordinator.Log();
   const std::string text = coordinator.Log();
-  const std::string address = absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("listening on port ") + 18)));
+  const std::string address =
+      absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("listening on port ") + 18)));
   const std::string malctl = "MAL_ADDRESS=" + address + " " + Bin("client/malctl");
-  const std::string tls = " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
+  const std::string tls =
+      " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
 
   EXPECT_EQ(Shell(malctl + " ls", &out), 3) << out;  // plaintext to a TLS port: no connection
   EXPECT_EQ(Shell(malctl + " ls" + tls, &out), 1);
@@ -882,13 +1064,13 @@ TEST_F(ServiceTest, TlsAndTokens) {
   EXPECT_THAT(out, HasSubstr("/nonexistent/ca.pem"));
 
   Process worker(Bin("worker/mal-worker"),
-                 {"--coordinator", address, "--work-dir", dir_ / "tw", "--name", "tw", "--threads", "1", "--tls-ca",
-                  d + "/ca.pem", "--tls-cert", d + "/client.pem", "--tls-key", d + "/client.key", "--token-file",
-                  d + "/token"},
+                 {"--coordinator", address, "--work-dir", dir_ / "tw", "--name", "tw", "--threads",
+                  "1", "--tls-ca", d + "/ca.pem", "--tls-cert", d + "/client.pem", "--tls-key",
+                  d + "/client.key", "--token-file", d + "/token"},
                  dir_ / "tw.log");
   out.clear();
-  EXPECT_EQ(Shell(malctl + " submit -f " + WriteSpec("tls", 1, 2, "cv: {only: [1]}\n") + tls + " --token-file " + d +
-                      "/token",
+  EXPECT_EQ(Shell(malctl + " submit -f " + WriteSpec("tls", 1, 2, "cv: {only: [1]}\n") + tls +
+                      " --token-file " + d + "/token",
                   &out),
             0)
       << out;

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <vector>
 
+#include "common/util/artifact_transfer.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/sha256.h"
 #include "mal/v1/service.grpc.pb.h"
@@ -11,8 +12,6 @@
 namespace mal::worker {
 
 namespace {
-
-namespace fs = std::filesystem;
 
 class GrpcCoordinatorClient : public CoordinatorClient {
  public:
@@ -91,29 +90,7 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     req.set_run_id(run_id);
     req.set_name(name);
     auto reader = stub_->FetchArtifact(&ctx, req);
-    const std::string tmp = path + ".fetch";
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    Sha256 hash;
-    std::string expected;
-    v1::ArtifactChunk chunk;
-    while (reader->Read(&chunk)) {
-      if (!chunk.sha256().empty()) expected = chunk.sha256();
-      hash.Update(chunk.data());
-      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
-    }
-    grpc::Status s = reader->Finish();
-    out.close();
-    if (s.ok() && (!out || hash.HexDigest() != expected)) {
-      s = grpc::Status(grpc::StatusCode::DATA_LOSS, name + ": checksum mismatch after download");
-    }
-    std::error_code ec;
-    if (!s.ok()) {
-      fs::remove(tmp, ec);
-      return s;
-    }
-    fs::rename(tmp, path, ec);
-    if (ec) return grpc::Status(grpc::StatusCode::INTERNAL, path + ": " + ec.message());
-    return s;
+    return rpc::ReceiveFile(*reader, path);
   }
 
  private:
