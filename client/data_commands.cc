@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/output.h"
 #include "common/data/folds.h"
 #include "common/data/inspect.h"
 #include "common/data/reader.h"
@@ -39,7 +40,7 @@ absl::StatusOr<std::vector<int>> ParseAuList(const std::string& text) {
 }
 
 struct InspectOptions {
-  std::string format, output = "text", unknown_au = "mask", part = "au", aus;
+  std::string format, output = "table", unknown_au = "mask", part = "au", aus;
   data::ReaderOptions reader;
   data::FoldOptions folds;
 };
@@ -64,14 +65,8 @@ int RunDataInspect(InspectOptions& o, bool folds_given) {
     }
   }
   const v1::DatasetInspection inspection = data::Inspect(*index, protocol, folds);
-  if (o.output == "json") {
-    std::string json;
-    google::protobuf::util::JsonPrintOptions json_options;
-    json_options.add_whitespace = true;
-    json_options.preserve_proto_field_names = true;
-    json_options.always_print_primitive_fields = true;
-    (void)google::protobuf::util::MessageToJsonString(inspection, &json, json_options);
-    std::cout << json;
+  if (o.output == "json" || o.output == "yaml") {
+    PrintStructured(o.output, inspection);
   } else {
     std::cout << data::FormatInspection(inspection);
   }
@@ -109,7 +104,8 @@ void AddInspect(CLI::App& data, int* exit_code) {
         auto aus = ParseAuList(text);
         return aus.ok() ? std::string() : std::string(aus.status().message());
       });
-  cmd->add_option("-o,--output", o->output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  cmd->add_option("-o,--output", o->output, "table, json or yaml")
+      ->check(CLI::IsMember({"table", "text", "json", "yaml"}));
   cmd->add_option("--protocol", o->folds.protocol,
                   "standard (published 3-fold lists), official (train/test split) or kfold "
                   "(default: the format's)")

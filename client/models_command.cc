@@ -33,8 +33,8 @@ std::string Produced(const v1::ModelInfo& m) {
 }
 
 int PrintInfo(const ServiceClient& c, const v1::ModelInfo& m, const std::string& what) {
-  if (c.json) {
-    std::cout << Json(m) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, m);
   } else {
     std::cout << what << Ref(m)
               << (m.aliases().empty() ? ""
@@ -51,8 +51,8 @@ int List(const ServiceClient& c, const std::string& name) {
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, kRpcTimeout);
   if (grpc::Status s = c.registry->ListRegisteredModels(&ctx, req, &r); !s.ok()) return RpcFail(s);
-  if (c.json) {
-    std::cout << Json(r) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, r);
     return kOk;
   }
   if (r.models().empty()) {
@@ -88,8 +88,8 @@ int Describe(const ServiceClient& c, const std::string& ref) {
   grpc::Status s;
   auto m = GetModel(c, ref, &s);
   if (!m.ok()) return RpcFail(s);
-  if (c.json) {
-    std::cout << Json(*m) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, *m);
     return kOk;
   }
   std::cout << "model " << Ref(*m)
@@ -202,8 +202,8 @@ int Pull(const ServiceClient& c, const std::string& ref, const std::string& out,
     cleanup();
     return Fail(kFailed, absl::StrCat(out, ": ", ec.message()));
   }
-  if (c.json) {
-    std::cout << Json(*m) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, *m);
   } else {
     std::cout << "pulled " << Ref(*m) << " into " << out << " (model.pt, model.json)\n";
   }
@@ -297,7 +297,8 @@ void AddModelsCommand(CLI::App& app, int* exit_code) {
   pull_cmd->add_flag("--force", pull->force, "replace --out when it exists");
   pull_cmd->footer(
       "Example: malctl models pull bp4d-mal@champion --out models/bp4d-mal\n"
-      "         mal-worker export --model-dir models/bp4d-mal --out bp4d-mal.pth  # torch.load-able");
+      "         mal-worker export --model-dir models/bp4d-mal --out bp4d-mal.pth  # "
+      "torch.load-able");
 }
 
 }  // namespace mal::cli

@@ -13,8 +13,8 @@ namespace mal::cli {
 void AddServiceOptions(CLI::App& command, ServiceOptions* o, const char* address_env, bool output) {
   command.add_option("--address", o->address, "the server, HOST:PORT")->envname(address_env);
   if (output) {
-    command.add_option("-o,--output", o->output, "text or json")
-        ->check(CLI::IsMember({"text", "json"}));
+    command.add_option("-o,--output", o->output, "table, json or yaml")
+        ->check(CLI::IsMember({"table", "text", "json", "yaml"}));
   }
   command.add_option("--tls-ca", o->security.ca_file, "CA bundle (PEM) for TLS to the server")
       ->envname("MAL_TLS_CA");
@@ -39,6 +39,7 @@ absl::StatusOr<ServiceClient> Connect(ServiceOptions o) {
   auto channel = OpenChannel(o);
   if (!channel.ok()) return channel.status();
   ServiceClient client;
+  client.output = o.output == "text" ? "table" : o.output;
   client.json = o.output == "json";
   client.stub = v1::Coordinator::NewStub(*channel);
   client.registry = v1::ModelRegistry::NewStub(*channel);
@@ -51,21 +52,17 @@ int Fail(int code, const std::string& message) {
 }
 
 int RpcFail(const grpc::Status& s) {
-  const bool down = s.error_code() == grpc::StatusCode::UNAVAILABLE;
-  return Fail(down ? kUnavailable : kFailed,
-              down ? absl::StrCat("the coordinator is unreachable: ", s.error_message(),
-                                  " (set --address or MAL_ADDRESS)")
-                   : s.error_message());
-}
-
-std::string Json(const google::protobuf::Message& m, bool pretty) {
-  google::protobuf::util::JsonPrintOptions o;
-  o.add_whitespace = pretty;
-  o.preserve_proto_field_names = true;
-  o.always_print_primitive_fields = true;
-  std::string out;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return Fail(kUnavailable, absl::StrCat("the server is unreachable: ", s.error_message(),
+                                             " (set --address or MAL_ADDRESS)"));
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return Fail(kUnavailable,
+                  absl::StrCat(s.error_message(), " (set --token-file or MAL_TOKEN)"));
+    default:
+      return Fail(kFailed, s.error_message());
+  }
 }
 
 std::string Name(v1::ExperimentState s) {

@@ -6,9 +6,11 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "client/output.h"
 #include "common/util/grpc_channel.h"
 #include "mal/v1/service.grpc.pb.h"
 
@@ -18,9 +20,11 @@ class App;
 
 namespace mal::cli {
 
-// Exit codes of the service commands: 0 ok, 1 failed (or the experiment failed), 2 usage,
-// 3 coordinator unreachable, 4 (wait) still running at the timeout.
-inline constexpr int kOk = 0, kFailed = 1, kUsage = 2, kUnavailable = 3, kStillRunning = 4;
+// malctl's exit codes (docs/service.md): 0 success; 1 failed, or the followed or awaited experiment
+// failed or was cancelled; 2 usage or invalid spec; 3 interrupted (SIGINT, SIGTERM); 4 server
+// unreachable or the call unauthenticated; 5 (wait) still running at --timeout.
+inline constexpr int kOk = 0, kFailed = 1, kUsage = 2, kInterrupted = 3, kUnavailable = 4,
+                     kStillRunning = 5;
 inline constexpr std::chrono::milliseconds kRpcTimeout{15000};
 // watch and wait ride out coordinator restarts this long, s.
 inline constexpr int kReconnectSeconds = 120;
@@ -30,7 +34,7 @@ inline constexpr int kReconnectSeconds = 120;
 // MAL_TOKEN).
 struct ServiceOptions {
   std::string address = "127.0.0.1:7070";
-  std::string output = "text";  // text | json
+  std::string output = "table";  // table (or "text") | json | yaml
   std::string token_file;
   rpc::ClientSecurity security;  // token filled by Connect
 };
@@ -46,7 +50,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(ServiceOptions option
 
 // A connected client of the Coordinator service.
 struct ServiceClient {
-  bool json = false;
+  std::string output = "table";  // table | json | yaml
+  bool structured() const { return output == "json" || output == "yaml"; }
+  bool json = false;  // output == "json"
   std::unique_ptr<v1::Coordinator::Stub> stub;
   std::unique_ptr<v1::ModelRegistry::Stub> registry;  // the same channel's ModelRegistry service
 };
@@ -57,10 +63,9 @@ absl::StatusOr<ServiceClient> Connect(ServiceOptions options);
 
 // Prints "malctl: MESSAGE" to stderr and returns `code`.
 int Fail(int code, const std::string& message);
-// An RPC's failure as an exit code: kUnavailable (with a hint about --address) or kFailed.
+// An RPC's failure as an exit code: kUnavailable (unreachable, with a hint about --address, or
+// UNAUTHENTICATED / PERMISSION_DENIED, with a hint about the token) or kFailed.
 int RpcFail(const grpc::Status& status);
-// A proto as JSON with the .proto field names; one line unless `pretty`.
-std::string Json(const google::protobuf::Message& message, bool pretty = true);
 // State names without their enum prefix: "RUNNING", "SUCCEEDED".
 std::string Name(v1::ExperimentState state);
 std::string Name(v1::RunState state);
@@ -78,6 +83,29 @@ int Follow(const ServiceClient& client, const std::string& id, int64_t from_seq,
 
 // Adds `watch` to malctl's command tree.
 void AddWatchCommand(CLI::App& app, int* exit_code);
+// One fold run of an experiment, as the commands that read its files take it.
+struct RunOptions {
+  ServiceOptions service;
+  std::string id;
+  std::optional<int> trial, fold;
+};
+// Fills in the trial (the best one, else 0) and the fold (the trial's first cross-validation fold,
+// else the final fit) the user left out, from the experiment's results. kOk or an exit code.
+int ChooseRun(const ServiceClient& c, RunOptions& o);
+// The request for artifact `name` of that run (trial and fold chosen).
+v1::ArtifactRequest Request(const RunOptions& o, const std::string& name);
+// "exp-3 trial 0 fold 2" ("final fit" for fold 0).
+std::string Where(const RunOptions& o);
+// A whole artifact in memory, checked against its SHA-256 (DATA_LOSS otherwise).
+grpc::Status DownloadArtifact(const ServiceClient& c, const v1::ArtifactRequest& request,
+                              std::string* out);
+
+// Adds `results` (one experiment in full, or several side by side; client/results_command.cc).
+void AddResultsCommand(CLI::App& app, int* exit_code);
+// Adds `plot` (the paper's figures with gnuplot; client/plot_command.cc).
+void AddPlotCommand(CLI::App& app, int* exit_code);
+// Adds `weights` and `logs` (a fold run's files through the Coordinator service).
+void AddArtifactCommands(CLI::App& app, int* exit_code);
 // Adds `models` (ls, describe, alias set|rm, rm, pull: the coordinator's model registry).
 void AddModelsCommand(CLI::App& app, int* exit_code);
 

@@ -32,7 +32,7 @@ struct SubmitOptions {
   std::string file, request_id;
   std::optional<int> priority;
   bool follow = false;
-  std::vector<std::string> kinds;
+  std::vector<std::string> kinds, overrides;
 };
 
 void PrintExperiment(const v1::ExperimentInfo& e) {
@@ -58,7 +58,7 @@ void PrintExperiment(const v1::ExperimentInfo& e) {
 int Submit(const SubmitOptions& o) {
   auto c = Connect(o.service);
   if (!c.ok()) return Fail(kUsage, std::string(c.status().message()));
-  auto spec = LoadSpecFile(o.file);
+  auto spec = LoadSpecFile(o.file, o.overrides);
   if (!spec.ok()) return Fail(kUsage, std::string(spec.status().message()));
   // Relative dataset and model paths mean "from where malctl runs": absolute before the spec
   // leaves this machine.
@@ -84,8 +84,8 @@ int Submit(const SubmitOptions& o) {
     std::this_thread::sleep_for(milliseconds(500 << attempt));
   }
   if (!s.ok()) return RpcFail(s);
-  if (c->json) {
-    std::cout << Json(resp) << "\n";
+  if (c->structured()) {
+    PrintStructured(c->output, resp);
   } else {
     std::cout << (resp.existing() ? "already submitted as " : "submitted ") << resp.experiment_id()
               << ": " << resp.trials() << " trial(s), " << resp.runs() << " fold run(s)\n";
@@ -100,8 +100,8 @@ int Ls(const ServiceClient& c) {
   rpc::SetDeadline(ctx, kRpcTimeout);
   grpc::Status s = c.stub->ListExperiments(&ctx, v1::ListExperimentsRequest(), &resp);
   if (!s.ok()) return RpcFail(s);
-  if (c.json) {
-    std::cout << Json(resp) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, resp);
     return kOk;
   }
   std::cout << absl::StrFormat("%-10s %-24s %-10s %-9s %-8s %s\n", "ID", "NAME", "STATE", "RUNS",
@@ -130,8 +130,8 @@ int OneExperiment(const ServiceClient& c, const std::string& id, const std::stri
     s = c.stub->GetExperiment(&ctx, req, &info);
   }
   if (!s.ok()) return RpcFail(s);
-  if (c.json) {
-    std::cout << Json(info) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, info);
   } else {
     PrintExperiment(info);
   }
@@ -172,8 +172,8 @@ int Wait(const ServiceClient& c, const std::string& id, double timeout_s) {
     last_contact = std::chrono::steady_clock::now();
     if (info.state() != v1::EXPERIMENT_RUNNING) break;
   }
-  if (c.json) {
-    std::cout << Json(info) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, info);
   } else {
     std::cout << info.id() << ": " << Name(info.state())
               << (info.message().empty() ? "" : ": " + info.message()) << "\n";
@@ -182,67 +182,14 @@ int Wait(const ServiceClient& c, const std::string& id, double timeout_s) {
   return info.state() == v1::EXPERIMENT_SUCCEEDED ? kOk : kFailed;
 }
 
-int Results(const ServiceClient& c, const std::string& id) {
-  v1::ResultsRequest req;
-  req.set_experiment_id(id);
-  v1::ResultsResponse r;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  grpc::Status s = c.stub->GetResults(&ctx, req, &r);
-  if (!s.ok()) return RpcFail(s);
-  if (c.json) {
-    std::cout << Json(r) << "\n";
-    return kOk;
-  }
-  std::cout << r.experiment_id() << ": " << Name(r.state()) << "\n";
-  for (const auto& t : r.trials()) {
-    std::vector<std::string> params;
-    for (const auto& [k, v] : t.params()) params.push_back(absl::StrCat(k, "=", v));
-    std::sort(params.begin(), params.end());
-    std::cout << absl::StrFormat("trial %d%s %s: mean F1 %.4f +- %.4f", t.trial(),
-                                 t.trial() == r.best_trial() ? " (best)" : "",
-                                 t.state().empty() ? "RUNNING" : t.state(), t.mean_f1(), t.std_f1())
-              << (params.empty() ? "" : "  [" + absl::StrJoin(params, " ") + "]")
-              << (t.message().empty() ? "" : "  " + t.message()) << "\n";
-    if (t.aus_size() > 0) {
-      std::cout << "  AU   ";
-      for (int a : t.aus()) std::cout << absl::StrFormat("%7s", absl::StrCat("AU", a));
-      std::cout << "\n  F1   ";
-      for (double f : t.au_mean_f1()) std::cout << absl::StrFormat("%7.3f", f);
-      std::cout << "\n  std  ";
-      for (double f : t.au_std_f1()) std::cout << absl::StrFormat("%7.3f", f);
-      std::cout << "\n";
-    }
-  }
-  for (const auto& run : r.runs()) {
-    if (run.state() != v1::RUN_SUCCEEDED) continue;
-    if (run.fold() == 0) {
-      std::cout << absl::StrFormat(
-          "  trial %d final fit on all subjects: validation mean F1 %.4f (%d iterations)\n",
-          run.trial(), run.result().val_mean_f1(), run.result().iterations());
-      continue;
-    }
-    std::cout << absl::StrFormat("  trial %d fold %d: test mean F1 %.4f (%d iterations)\n",
-                                 run.trial(), run.fold(), run.result().test_mean_f1(),
-                                 run.result().iterations());
-  }
-  for (const auto& m : r.models()) {
-    std::cout << absl::StrFormat(
-        "model %s:%d: trial %d %s, %s %.4f\n", m.name(), m.version(), m.trial(),
-        m.fold() == 0 ? "final fit" : absl::StrCat("fold ", m.fold()),
-        m.fold() == 0 ? "cross-validated mean F1" : "test mean F1", m.test_mean_f1());
-  }
-  return kOk;
-}
-
 int Workers(const ServiceClient& c) {
   v1::ListWorkersResponse r;
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, kRpcTimeout);
   grpc::Status s = c.stub->ListWorkers(&ctx, v1::ListWorkersRequest(), &r);
   if (!s.ok()) return RpcFail(s);
-  if (c.json) {
-    std::cout << Json(r) << "\n";
+  if (c.structured()) {
+    PrintStructured(c.output, r);
     return kOk;
   }
   std::cout << absl::StrFormat("%-28s %-16s %-5s %-6s %-12s %-20s %s\n", "NAME", "HOST", "SLOTS",
@@ -284,6 +231,9 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand("submit", "submit an experiment");
   cmd->add_option("-f,--file", submit->file, "the experiment spec (YAML, docs/spec.md)")
       ->required();
+  cmd->add_option("--set", submit->overrides,
+                  "FIELD.PATH=VALUE over the file's value (YAML value; repeatable), e.g. "
+                  "--set train.lr=0.01 --set cv.only=[1,2]");
   cmd->add_flag("--follow", submit->follow, "then stream its events until it ends, as watch does");
   cmd->add_option("--kinds", submit->kinds,
                   "with --follow: only these event kinds (see watch --help)")
@@ -306,6 +256,8 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
       [](const ServiceClient& c, const std::string& id) { return OneExperiment(c, id, "cancel"); });
   AddWatchCommand(app, exit_code);
   AddModelsCommand(app, exit_code);
+  AddArtifactCommands(app, exit_code);
+  AddPlotCommand(app, exit_code);
   auto timeout = std::make_shared<double>(0);
   CLI::App* wait = AddCommand(
       app, exit_code, "wait",
@@ -314,9 +266,7 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
       [timeout](const ServiceClient& c, const std::string& id) { return Wait(c, id, *timeout); });
   wait->add_option("--timeout", *timeout, "give up after this long, s (0: no limit)")
       ->check(CLI::NonNegativeNumber);
-  AddCommand(app, exit_code, "results",
-             "per-trial, per-AU F1 (mean and std over folds) and the models", true,
-             [](const ServiceClient& c, const std::string& id) { return Results(c, id); });
+  AddResultsCommand(app, exit_code);
   AddCommand(app, exit_code, "workers", "the worker daemons", false,
              [](const ServiceClient& c, const std::string&) { return Workers(c); });
 }

@@ -114,7 +114,11 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
       if (resp.has_progress()) continue;  // keeps the stream alive; carries the latest seq
       const v1::Event& e = resp.event();
       next = e.seq() + 1;
-      std::cout << (c.json ? Json(resp.event(), false) : FormatEvent(e)) << std::endl;
+      if (c.output == "yaml") {
+        std::cout << "---\n" << Yaml(e) << std::flush;
+      } else {
+        std::cout << (c.json ? Json(e, false) : FormatEvent(e)) << std::endl;
+      }
       if (e.has_end()) {
         ctx.TryCancel();
         reader->Finish().IgnoreError();
@@ -130,7 +134,7 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
       grpc::ClientContext gctx;
       rpc::SetDeadline(gctx, kRpcTimeout);
       if (stub->GetExperiment(&gctx, g, &info).ok() && info.state() != v1::EXPERIMENT_RUNNING) {
-        if (!c.json && next > info.last_seq()) {
+        if (!c.structured() && next > info.last_seq()) {
           std::cerr << "malctl: " << id << " is " << Name(info.state())
                     << "; its last event is seq " << info.last_seq() << ", nothing at or after seq "
                     << next << "\n";
@@ -148,7 +152,7 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
                          std::chrono::seconds(kReconnectSeconds))) {
       return RpcFail(s);
     }
-    if (!c.json)
+    if (!c.structured())
       std::cerr << "malctl: watch interrupted (" << s.error_message() << "); resuming from seq "
                 << next << "\n";
     std::this_thread::sleep_for(milliseconds(backoff));

@@ -4,6 +4,10 @@
 
 #include "common/spec/spec.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/reflection.h>
+#include <google/protobuf/util/json_util.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -11,11 +15,6 @@
 #include <filesystem>
 #include <set>
 #include <vector>
-
-#include <google/protobuf/descriptor.h>
-#include <google/protobuf/message.h>
-#include <google/protobuf/reflection.h>
-#include <google/protobuf/util/json_util.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -56,13 +55,15 @@ absl::Status SetScalar(pb::Message& msg, const pb::FieldDescriptor* f, absl::str
   switch (f->cpp_type()) {
     case pb::FieldDescriptor::CPPTYPE_INT32: {
       int32_t v;
-      if (!absl::SimpleAtoi(t, &v)) return FieldError(path, absl::StrCat("'", t, "' is not an integer"));
+      if (!absl::SimpleAtoi(t, &v))
+        return FieldError(path, absl::StrCat("'", t, "' is not an integer"));
       rep ? r->AddInt32(&msg, f, v) : r->SetInt32(&msg, f, v);
       return absl::OkStatus();
     }
     case pb::FieldDescriptor::CPPTYPE_INT64: {
       int64_t v;
-      if (!absl::SimpleAtoi(t, &v)) return FieldError(path, absl::StrCat("'", t, "' is not an integer"));
+      if (!absl::SimpleAtoi(t, &v))
+        return FieldError(path, absl::StrCat("'", t, "' is not an integer"));
       rep ? r->AddInt64(&msg, f, v) : r->SetInt64(&msg, f, v);
       return absl::OkStatus();
     }
@@ -75,7 +76,8 @@ absl::Status SetScalar(pb::Message& msg, const pb::FieldDescriptor* f, absl::str
       if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE) {
         rep ? r->AddDouble(&msg, f, v) : r->SetDouble(&msg, f, v);
       } else {
-        rep ? r->AddFloat(&msg, f, static_cast<float>(v)) : r->SetFloat(&msg, f, static_cast<float>(v));
+        rep ? r->AddFloat(&msg, f, static_cast<float>(v))
+            : r->SetFloat(&msg, f, static_cast<float>(v));
       }
       return absl::OkStatus();
     }
@@ -125,7 +127,8 @@ absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::Fi
   const pb::Reflection* r = msg.GetReflection();
   if (value.IsNull()) return absl::OkStatus();  // `key:` with nothing: leave the default
   if (f->is_map()) {
-    if (!value.IsMap()) return FieldError(path, absl::StrCat("expected a mapping (", Where(source, value), ")"));
+    if (!value.IsMap())
+      return FieldError(path, absl::StrCat("expected a mapping (", Where(source, value), ")"));
     const pb::FieldDescriptor* key_f = f->message_type()->map_key();
     const pb::FieldDescriptor* val_f = f->message_type()->map_value();
     for (const auto& kv : value) {
@@ -134,8 +137,8 @@ absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::Fi
       entry->GetReflection()->SetString(entry, key_f, key);
       const std::string sub = Join(path, key);
       if (val_f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-        RETURN_IF_ERROR(YamlToMessage(kv.second, *entry->GetReflection()->MutableMessage(entry, val_f),
-                                      sub, source));
+        RETURN_IF_ERROR(YamlToMessage(
+            kv.second, *entry->GetReflection()->MutableMessage(entry, val_f), sub, source));
       } else {
         RETURN_IF_ERROR(YamlToField(kv.second, *entry, val_f, sub, source));
       }
@@ -170,7 +173,8 @@ absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::Fi
     return FieldError(path, absl::StrCat("expected a scalar (", Where(source, value), ")"));
   }
   absl::Status s = SetScalar(msg, f, value.Scalar(), path);
-  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(s.message(), " (", Where(source, value), ")"));
+  if (!s.ok())
+    return absl::InvalidArgumentError(absl::StrCat(s.message(), " (", Where(source, value), ")"));
   return s;
 }
 
@@ -213,17 +217,19 @@ std::string List(std::initializer_list<const char*> options) {
   return absl::StrJoin(options, ", ");
 }
 
-#define MAL_CHECK_FIELD(cond, path, reason) \
-  do {                                      \
+#define MAL_CHECK_FIELD(cond, path, reason)       \
+  do {                                            \
     if (!(cond)) return FieldError(path, reason); \
   } while (0)
 
 absl::Status ValidateDataset(const v1::DatasetSpec& d, const std::string& path, bool au) {
-  const std::initializer_list<const char*> au_formats = {"bp4d", "disfa", "gft", "csv", "synthface"};
+  const std::initializer_list<const char*> au_formats = {"bp4d", "disfa", "gft", "csv",
+                                                         "synthface"};
   const std::initializer_list<const char*> fe_formats = {"rafdb", "affectnet", "csv", "synthface"};
   MAL_CHECK_FIELD(!d.format().empty(), path + ".format", "required");
-  MAL_CHECK_FIELD(OneOf(d.format(), au ? au_formats : fe_formats), path + ".format",
-                  absl::StrCat("'", d.format(), "' is not one of ", au ? List(au_formats) : List(fe_formats)));
+  MAL_CHECK_FIELD(
+      OneOf(d.format(), au ? au_formats : fe_formats), path + ".format",
+      absl::StrCat("'", d.format(), "' is not one of ", au ? List(au_formats) : List(fe_formats)));
   MAL_CHECK_FIELD(!d.root().empty(), path + ".root", "required");
   MAL_CHECK_FIELD(OneOf(d.split(), {"", "train", "test", "all"}), path + ".split",
                   "must be train, test or all");
@@ -254,9 +260,9 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
   }
   if (d.log_uniform_size() > 0) {
     MAL_CHECK_FIELD(numeric, path, "log_uniform needs a floating-point field");
-    MAL_CHECK_FIELD(d.log_uniform_size() == 2 && d.log_uniform(0) > 0 &&
-                        d.log_uniform(0) < d.log_uniform(1),
-                    path, "log_uniform needs 0 < low < high");
+    MAL_CHECK_FIELD(
+        d.log_uniform_size() == 2 && d.log_uniform(0) > 0 && d.log_uniform(0) < d.log_uniform(1),
+        path, "log_uniform needs 0 < low < high");
   }
   if (d.int_uniform_size() > 0) {
     MAL_CHECK_FIELD(integral, path, "int_uniform needs an integer field");
@@ -272,10 +278,12 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
     probes.emplace_back(absl::StrCat(path, ".uniform[", i, "]"), absl::StrCat(d.uniform(i)));
   }
   for (int i = 0; i < d.log_uniform_size(); ++i) {
-    probes.emplace_back(absl::StrCat(path, ".log_uniform[", i, "]"), absl::StrCat(d.log_uniform(i)));
+    probes.emplace_back(absl::StrCat(path, ".log_uniform[", i, "]"),
+                        absl::StrCat(d.log_uniform(i)));
   }
   for (int i = 0; i < d.int_uniform_size(); ++i) {
-    probes.emplace_back(absl::StrCat(path, ".int_uniform[", i, "]"), absl::StrCat(d.int_uniform(i)));
+    probes.emplace_back(absl::StrCat(path, ".int_uniform[", i, "]"),
+                        absl::StrCat(d.int_uniform(i)));
   }
   for (const auto& [probe_path, value] : probes) {
     v1::ExperimentSpec probe = spec;
@@ -293,7 +301,52 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
 
 }  // namespace
 
+namespace {
+
+// node[parts[i]][parts[i + 1]]... = value, making maps on the way. By recursion: a yaml-cpp Node
+// variable assigned again would overwrite the node it refers to, not move to another.
+void SetYamlPath(YAML::Node node, const std::vector<std::string>& parts, size_t i,
+                 const YAML::Node& value) {
+  if (i + 1 == parts.size()) {
+    node[parts[i]] = value;
+    return;
+  }
+  if (!node[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
+  SetYamlPath(node[parts[i]], parts, i + 1, value);
+}
+
+// Applies one "a.b.c=VALUE" to the YAML tree `root`.
+absl::Status ApplyOverride(YAML::Node& root, const std::string& override) {
+  const size_t eq = override.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--set ", override, ": write FIELD.PATH=VALUE, e.g. train.lr=0.01"));
+  }
+  const std::string path = override.substr(0, eq);
+  if (auto field = ResolveFieldPath(v1::ExperimentSpec::default_instance(), path); !field.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--set ", override, ": ", field.status().message()));
+  }
+  YAML::Node value;
+  try {
+    value = YAML::Load(override.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("--set ", override, ": ", e.msg));
+  }
+  if (!root.IsMap()) root = YAML::Node(YAML::NodeType::Map);
+  const std::vector<std::string> parts = absl::StrSplit(path, '.');
+  SetYamlPath(root, parts, 0, value);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source) {
+  return ParseSpecYaml(yaml, source, {});
+}
+
+absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source,
+                                                 const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
@@ -301,6 +354,7 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
     return absl::InvalidArgumentError(
         absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
+  for (const std::string& o : overrides) RETURN_IF_ERROR(ApplyOverride(root, o));
   v1::ExperimentSpec spec;
   try {
     RETURN_IF_ERROR(YamlToMessage(root, spec, "", source));
@@ -311,15 +365,24 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
 }
 
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path) {
+  return LoadSpecFile(path, {});
+}
+
+absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path,
+                                                const std::vector<std::string>& overrides) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   v1::ExperimentSpec spec;
+  if (!overrides.empty() && absl::EndsWith(path, kSpecProtoSuffix)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": --set applies to YAML specs only"));
+  }
   if (absl::EndsWith(path, kSpecProtoSuffix)) {
     // The coordinator's own form (written by the worker daemon): no YAML in between.
     if (!spec.ParseFromString(text)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a serialized mal.v1.ExperimentSpec"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": not a serialized mal.v1.ExperimentSpec"));
     }
   } else {
-    ASSIGN_OR_RETURN(spec, ParseSpecYaml(text, path));
+    ASSIGN_OR_RETURN(spec, ParseSpecYaml(text, path, overrides));
   }
   ApplyDefaults(spec);
   absl::Status s = ValidateSpec(spec);
@@ -349,9 +412,10 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   // a test holds this equal to). Filled in here so that applying defaults twice changes nothing.
   if (cv.protocol().empty()) {
     const std::string& f = spec.data().au().format();
-    cv.set_protocol(cv.has_folds() ? "kfold"
+    cv.set_protocol(cv.has_folds()                                      ? "kfold"
                     : (f == "bp4d" || f == "disfa" || f == "synthface") ? "standard"
-                    : f == "gft" ? "official" : "kfold");
+                    : f == "gft"                                        ? "official"
+                                                                        : "kfold");
   }
   if (!cv.has_folds()) cv.set_folds(3);
   if (!cv.has_seed()) cv.set_seed(spec.seed());
@@ -453,7 +517,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(OneOf(t.schedule(), {"constant", "step", "cosine"}), "train.schedule",
                   "must be constant, step or cosine");
   MAL_CHECK_FIELD(t.step_epochs() >= 1, "train.step_epochs", "must be at least 1");
-  MAL_CHECK_FIELD(t.step_gamma() > 0 && t.step_gamma() <= 1, "train.step_gamma", "must be in (0, 1]");
+  MAL_CHECK_FIELD(t.step_gamma() > 0 && t.step_gamma() <= 1, "train.step_gamma",
+                  "must be in (0, 1]");
   MAL_CHECK_FIELD(t.fe_lambda() >= 0, "train.fe_lambda", "must be >= 0");
   MAL_CHECK_FIELD(t.threads() >= 0, "train.threads", "must be >= 0 (0 = all cores)");
   MAL_CHECK_FIELD(t.data_threads() >= 1, "train.data_threads", "must be at least 1");
@@ -471,8 +536,9 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
                   absl::StrCat("'", t.bn_stats(), "' is not one of au, all"));
 
   const v1::MalSpec& mal = spec.mal();
-  MAL_CHECK_FIELD(OneOf(mal.mode(), {"exact", "finite_difference", "heads_only"}), "mal.mode",
-                  absl::StrCat("'", mal.mode(), "' is not one of exact, finite_difference, heads_only"));
+  MAL_CHECK_FIELD(
+      OneOf(mal.mode(), {"exact", "finite_difference", "heads_only"}), "mal.mode",
+      absl::StrCat("'", mal.mode(), "' is not one of exact, finite_difference, heads_only"));
   MAL_CHECK_FIELD(mal.meta_lr() > 0, "mal.meta_lr", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.meta_optimizer(), {"adam", "sgd"}), "mal.meta_optimizer",
                   "must be adam or sgd");
@@ -483,8 +549,9 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.exact_method(), {"jvp", "vjp"}), "mal.exact_method",
                   "must be jvp or vjp");
-  MAL_CHECK_FIELD(OneOf(mal.val_pos_weight(), {"inverse_frequency", "sqrt", "none"}), "mal.val_pos_weight",
-                  absl::StrCat("'", mal.val_pos_weight(), "' is not one of inverse_frequency, sqrt, none"));
+  MAL_CHECK_FIELD(
+      OneOf(mal.val_pos_weight(), {"inverse_frequency", "sqrt", "none"}), "mal.val_pos_weight",
+      absl::StrCat("'", mal.val_pos_weight(), "' is not one of inverse_frequency, sqrt, none"));
 
   const v1::SearchSpec& s = spec.search();
   MAL_CHECK_FIELD(OneOf(s.algorithm(), {"grid", "random"}), "search.algorithm",
@@ -508,14 +575,16 @@ absl::StatusOr<const pb::FieldDescriptor*> ResolveFieldPath(const pb::Message& m
   const pb::FieldDescriptor* f = nullptr;
   std::vector<std::string> parts = absl::StrSplit(path, '.');
   for (size_t i = 0; i < parts.size(); ++i) {
-    if (d == nullptr) return absl::InvalidArgumentError(absl::StrCat("'", path, "' goes below a scalar"));
+    if (d == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("'", path, "' goes below a scalar"));
     f = d->FindFieldByName(parts[i]);
     if (f == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("'", path, "' is not a spec field ('", parts[i], "' unknown)"));
     }
-    d = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated() ? f->message_type()
-                                                                                   : nullptr;
+    d = f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated()
+            ? f->message_type()
+            : nullptr;
   }
   return f;
 }

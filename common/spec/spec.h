@@ -6,6 +6,7 @@
 // file, line and column.
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -22,6 +23,9 @@ namespace mal {
 // Parses YAML text onto the spec message, key for key; `source` names the text in errors.
 // Unknown keys and ill-typed values are errors. Does not apply defaults or validate.
 absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source);
+// The same with `overrides` (see LoadSpecFile) applied to the YAML tree first.
+absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source,
+                                                 const std::vector<std::string>& overrides);
 
 // Reads, parses, fills defaults, validates. Relative paths in the spec stay relative to the
 // current directory, as a user typing them expects. A path ending in kSpecProtoSuffix holds a
@@ -29,6 +33,12 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
 // one form it has from submission to training); anything else is YAML (JSON is YAML too).
 // Errors: the file unreadable, unparsable or invalid, each naming `path` (and the field).
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path);
+// The same with `overrides` applied to the YAML before it is read, each "FIELD.PATH=VALUE" (malctl
+// submit --set): VALUE is YAML ("1e-3", "adam", "[1, 2]", "{mode: exact}") and replaces the
+// field, creating parent maps. Errors name the override ("--set train.lrr=0.1: unknown field
+// train.lrr"); the merged spec is then validated as a file is.
+absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path,
+                                                const std::vector<std::string>& overrides);
 inline constexpr char kSpecProtoSuffix[] = ".pb";
 
 // Makes the spec's relative file paths (data.au.root, data.fe.root, model.pretrained) absolute

@@ -1,8 +1,10 @@
 #include "server/core/artifact_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -36,6 +38,27 @@ absl::Status ArtifactStore::CheckName(absl::string_view name) {
 
 std::string ArtifactStore::RunDir(const std::string& experiment, int trial, int fold) const {
   return absl::StrCat(root_, "/", experiment, "/trial-", trial, "/fold-", fold);
+}
+
+std::vector<ArtifactStore::Entry> ArtifactStore::List(const std::string& experiment, int trial,
+                                                      int fold) const {
+  std::vector<Entry> out;
+  const fs::path dir = RunDir(experiment, trial, fold);
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    const std::string name = fs::relative(it->path(), dir, ec).string();
+    if (!CheckName(name).ok() || name.find(".tmp") != std::string::npos) continue;  // uploads
+    Entry e;
+    e.name = name;
+    struct stat st {};
+    if (::stat(it->path().c_str(), &st) != 0) continue;
+    e.size = static_cast<int64_t>(st.st_size);
+    e.modified_ms = int64_t{st.st_mtim.tv_sec} * 1000 + st.st_mtim.tv_nsec / 1000000;
+    out.push_back(std::move(e));
+  }
+  std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.name < b.name; });
+  return out;
 }
 
 absl::StatusOr<std::string> ArtifactStore::Find(const std::string& experiment, int trial, int fold,

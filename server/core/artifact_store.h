@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -49,6 +50,14 @@ class ArtifactStore {
     std::string digest_;
     bool committed_ = false;
   };
+  // The finished artifacts of a run (no upload in progress), by relative name, with size (bytes)
+  // and modification time (Unix ms). An empty list when the run has uploaded nothing.
+  struct Entry {
+    std::string name;
+    int64_t size = 0, modified_ms = 0;
+  };
+  std::vector<Entry> List(const std::string& experiment, int trial, int fold) const;
+
   // Removes the temporary files of uploads a crash interrupted; returns how many. Call at start,
   // before any upload.
   int RemovePartialUploads();

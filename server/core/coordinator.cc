@@ -301,6 +301,54 @@ absl::StatusOr<v1::ResultsResponse> Coordinator::Results(const std::string& expe
   return out;
 }
 
+namespace {
+
+// The run (trial, fold) of `e`, or NotFound naming what exists.
+absl::Status CheckRunExists(const Experiment& e, int trial, int fold) {
+  for (const auto& [id, r] : e.runs) {
+    if (r.trial == trial && r.fold == fold) return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat(e.row.id, " has no run of trial ", trial, " fold ", fold,
+                                          " (malctl describe ", e.row.id, " lists its runs)"));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ListArtifactsResponse> Coordinator::ListArtifacts(
+    const v1::ArtifactRequest& request) {
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(Experiment * e, Find(request.experiment_id()));
+    RETURN_IF_ERROR(CheckRunExists(*e, request.trial(), request.fold()));
+  }
+  v1::ListArtifactsResponse out;
+  for (const ArtifactStore::Entry& entry :
+       artifacts_->List(request.experiment_id(), request.trial(), request.fold())) {
+    v1::ArtifactInfo* info = out.add_artifacts();
+    info->set_name(entry.name);
+    info->set_size(entry.size);
+    info->set_modified_ms(entry.modified_ms);
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> Coordinator::RunArtifactPath(const v1::ArtifactRequest& request) {
+  RETURN_IF_ERROR(ArtifactStore::CheckName(request.name()));
+  {
+    absl::MutexLock lock(&mu_);
+    ASSIGN_OR_RETURN(Experiment * e, Find(request.experiment_id()));
+    RETURN_IF_ERROR(CheckRunExists(*e, request.trial(), request.fold()));
+  }
+  auto path =
+      artifacts_->Find(request.experiment_id(), request.trial(), request.fold(), request.name());
+  if (!path.ok()) {
+    return absl::NotFoundError(absl::StrCat(request.experiment_id(), " trial ", request.trial(),
+                                            " fold ", request.fold(), ": no artifact ",
+                                            request.name(), " (yet)"));
+  }
+  return path;
+}
+
 v1::ListWorkersResponse Coordinator::Workers() {
   absl::MutexLock lock(&mu_);
   v1::ListWorkersResponse out;

@@ -90,6 +90,11 @@ class Coordinator {
   // The path of a run's artifact (checkpoints for a resumed attempt on another host).
   absl::StatusOr<std::string> ArtifactPath(int64_t run_id, const std::string& name);
 
+  // For clients: a fold run's files, and the path of one of them. NotFound names the experiment,
+  // the run (trial, fold) or the file; InvalidArgument a bad name.
+  absl::StatusOr<v1::ListArtifactsResponse> ListArtifacts(const v1::ArtifactRequest& request);
+  absl::StatusOr<std::string> RunArtifactPath(const v1::ArtifactRequest& request);
+
   // A snapshot of the counts that server/service/prometheus_text.h exposes.
   CoordinatorCounters Counters();
 

@@ -98,6 +98,22 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status CoordinatorService::ListArtifacts(grpc::ServerContext* context,
+                                               const v1::ArtifactRequest* request,
+                                               v1::ListArtifactsResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  return Reply(core_->ListArtifacts(*request), response);
+}
+
+grpc::Status CoordinatorService::DownloadArtifact(grpc::ServerContext* context,
+                                                  const v1::ArtifactRequest* request,
+                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  auto path = core_->RunArtifactPath(*request);
+  if (!path.ok()) return ToGrpcStatus(path.status());
+  return rpc::SendFile(*context, *writer, *path, request->name());
+}
+
 grpc::Status ModelRegistryService::ListRegisteredModels(
     grpc::ServerContext* context, const v1::ListRegisteredModelsRequest* request,
     v1::ListRegisteredModelsResponse* response) {

@@ -42,6 +42,10 @@ class CoordinatorService final : public v1::Coordinator::Service {
                           v1::ResultsResponse*) override;
   grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
                            v1::ListWorkersResponse*) override;
+  grpc::Status ListArtifacts(grpc::ServerContext*, const v1::ArtifactRequest*,
+                             v1::ListArtifactsResponse*) override;
+  grpc::Status DownloadArtifact(grpc::ServerContext*, const v1::ArtifactRequest*,
+                                grpc::ServerWriter<v1::ArtifactChunk>*) override;
 
  private:
   Coordinator* const core_;

@@ -139,6 +139,9 @@ void Daemon::UploadProgress(RunTask* t, int epoch) {
     const std::string name = run_files::WeightsCsv(epoch);
     if (fs::exists(out + "/" + name)) (void)Upload(t, name, out + "/" + name);
   }
+  // The engine's log so far, for `malctl logs --follow`.
+  const std::string log = t->dir + "/" + run_files::kLog;
+  if (fs::exists(log)) (void)Upload(t, run_files::kLog, log);
 }
 
 void Daemon::UploadAll(RunTask* t) {

@@ -1,10 +1,10 @@
 #include "common/spec/spec.h"
-#include "common/data/folds.h"
-#include "absl/strings/str_cat.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+#include "common/data/folds.h"
 #include "tests/test_util.h"
 
 namespace mal {
@@ -63,7 +63,8 @@ TEST(SpecTest, DesignExampleParsesOneToOne) {
 // the fold runs would train a different protocol than the engine alone (a bug found that way).
 TEST(SpecTest, ApplyingDefaultsTwiceChangesNothing) {
   for (const char* format : {"bp4d", "disfa", "gft", "synthface", "csv"}) {
-    auto spec = ParseSpecYaml(absl::StrCat("name: x\ndata: {au: {format: ", format, ", root: /d}}\n"), "x.yaml");
+    auto spec = ParseSpecYaml(
+        absl::StrCat("name: x\ndata: {au: {format: ", format, ", root: /d}}\n"), "x.yaml");
     ASSERT_TRUE(spec.ok()) << spec.status();
     ApplyDefaults(*spec);
     EXPECT_EQ(spec->cv().protocol(), data::DefaultProtocol(format)) << format;
@@ -71,7 +72,8 @@ TEST(SpecTest, ApplyingDefaultsTwiceChangesNothing) {
     ApplyDefaults(*spec);
     EXPECT_EQ(spec->SerializeAsString(), once) << format;
   }
-  auto kfold = ParseSpecYaml("name: x\ndata: {au: {format: bp4d, root: /d}}\ncv: {folds: 5}\n", "x.yaml");
+  auto kfold =
+      ParseSpecYaml("name: x\ndata: {au: {format: bp4d, root: /d}}\ncv: {folds: 5}\n", "x.yaml");
   ASSERT_TRUE(kfold.ok());
   ApplyDefaults(*kfold);
   ApplyDefaults(*kfold);
@@ -80,7 +82,8 @@ TEST(SpecTest, ApplyingDefaultsTwiceChangesNothing) {
 }
 
 TEST(SpecTest, DefaultsFillWhatIsUnset) {
-  auto spec = LoadValid("name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n");
+  auto spec =
+      LoadValid("name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n");
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->method(), v1::MAL);
   EXPECT_DOUBLE_EQ(spec->train().lr(), 1e-3);
@@ -92,7 +95,8 @@ TEST(SpecTest, DefaultsFillWhatIsUnset) {
 
 TEST(SpecTest, ExplicitZeroIsKeptNotDefaulted) {
   auto spec = LoadValid(
-      "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {momentum: 0, weight_decay: 0}\n");
+      "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {momentum: 0, "
+      "weight_decay: 0}\n");
   ASSERT_TRUE(spec.ok()) << spec.status();
   EXPECT_EQ(spec->train().momentum(), 0);
   EXPECT_EQ(spec->train().weight_decay(), 0);
@@ -108,19 +112,24 @@ TEST(SpecTest, KFoldShorthand) {
 }
 
 TEST(SpecTest, ErrorsNameFieldPathAndReason) {
-  const std::string base = "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n";
+  const std::string base =
+      "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n";
   EXPECT_EQ(ErrorOf(base + "search: {space: {train.lr: {log_uniform: [0, 1e-2]}}}\n"),
             "search.space.train.lr: log_uniform needs 0 < low < high");
   EXPECT_THAT(ErrorOf(base + "train: {lr: -1}\n"), HasSubstr("train.lr: must be > 0"));
-  EXPECT_THAT(ErrorOf(base + "train: {lr: fast}\n"), HasSubstr("train.lr: 'fast' is not a finite number"));
+  EXPECT_THAT(ErrorOf(base + "train: {lr: fast}\n"),
+              HasSubstr("train.lr: 'fast' is not a finite number"));
   EXPECT_THAT(ErrorOf(base + "train: {lr: fast}\n"), HasSubstr("exp.yaml:3:"));
   EXPECT_THAT(ErrorOf(base + "trian: {lr: 1}\n"), HasSubstr("trian: unknown field"));
-  EXPECT_THAT(ErrorOf(base + "method: maml\n"), HasSubstr("method: 'maml' is not one of stl, mtl, mal"));
+  EXPECT_THAT(ErrorOf(base + "method: maml\n"),
+              HasSubstr("method: 'maml' is not one of stl, mtl, mal"));
   EXPECT_THAT(ErrorOf(base + "model: {backbone: vgg}\n"), HasSubstr("model.backbone"));
   EXPECT_THAT(ErrorOf(base + "data: {aus: [1, 1]}\n"), HasSubstr("data: given twice"));
-  EXPECT_THAT(ErrorOf("name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}, aus: [1, 1]}\n"),
+  EXPECT_THAT(ErrorOf("name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: "
+                      "/r}, aus: [1, 1]}\n"),
               HasSubstr("data.aus[1]: AU1 listed twice"));
-  EXPECT_THAT(ErrorOf("name: x\ndata: {au: {format: bp4d, root: /d}}\n"), HasSubstr("data.fe: required"));
+  EXPECT_THAT(ErrorOf("name: x\ndata: {au: {format: bp4d, root: /d}}\n"),
+              HasSubstr("data.fe: required"));
   EXPECT_THAT(ErrorOf(base + "search: {space: {train.nope: {choice: [1]}}}\n"),
               HasSubstr("search.space.train.nope"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
@@ -130,8 +139,9 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
               HasSubstr("search.space.train.momentum.uniform[1]: train.momentum"));
   EXPECT_THAT(ErrorOf(base + "search: {space: {train.epochs: {choice: [3, many]}}}\n"),
               HasSubstr("search.space.train.epochs.choice[1]"));
-  EXPECT_THAT(ErrorOf(base + "search: {algorithm: grid, space: {train.lr: {uniform: [0.1, 0.2]}}}\n"),
-              HasSubstr("grid search needs choice or int_uniform"));
+  EXPECT_THAT(
+      ErrorOf(base + "search: {algorithm: grid, space: {train.lr: {uniform: [0.1, 0.2]}}}\n"),
+      HasSubstr("grid search needs choice or int_uniform"));
   EXPECT_THAT(ErrorOf(base + "train: {device: gpu}\n"), HasSubstr("train.device"));
   EXPECT_THAT(ErrorOf(base + "mal: {val_pos_weight: half}\n"),
               HasSubstr("mal.val_pos_weight: 'half' is not one of inverse_frequency, sqrt, none"));
@@ -146,7 +156,9 @@ TEST(SpecTest, YamlSyntaxErrorNamesLine) {
 
 TEST(SpecTest, LoadSpecFileNamesFile) {
   testing::TempDir dir;
-  testing::WriteText(dir / "e.yaml", "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {epochs: 0}\n");
+  testing::WriteText(
+      dir / "e.yaml",
+      "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {epochs: 0}\n");
   auto spec = LoadSpecFile(dir / "e.yaml");
   ASSERT_FALSE(spec.ok());
   EXPECT_THAT(std::string(spec.status().message()), HasSubstr("e.yaml: train.epochs"));
@@ -184,7 +196,8 @@ TEST(SpecTest, ResolvingPathsKeepsTheSpecValidAndCreatesNothing) {
   EXPECT_TRUE(ValidateSpec(*stl).ok()) << ValidateSpec(*stl);
 
   auto mal = LoadValid(
-      "name: x\ndata: {au: {format: synthface, root: ../sf}, fe: {format: synthface, root: /abs/sf}}\n"
+      "name: x\ndata: {au: {format: synthface, root: ../sf}, fe: {format: synthface, root: "
+      "/abs/sf}}\n"
       "model: {backbone: resnet18, pretrained: w/r18.pth}\n");
   ASSERT_TRUE(mal.ok()) << mal.status();
   ResolveSpecPaths(*mal, "/home/u/exp");
@@ -203,6 +216,37 @@ TEST(SpecTest, SetFieldByPathSetsAndRejects) {
   EXPECT_FALSE(SetFieldByPath(spec, "train.nothing", "1").ok());
   EXPECT_FALSE(SetFieldByPath(spec, "train", "1").ok());
   EXPECT_FALSE(SetFieldByPath(spec, "train.epochs", "1.5").ok());
+}
+
+}  // namespace
+}  // namespace mal
+
+namespace mal {
+namespace {
+
+TEST(SpecTest, OverridesReplaceFieldsAndAreValidatedLikeTheFile) {
+  testing::TempDir dir;
+  testing::WriteText(
+      dir / "e.yaml",
+      "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {lr: 0.1}\n");
+  auto spec = LoadSpecFile(dir / "e.yaml", {"train.lr=1e-3", "cv.only=[1, 2]", "method=mal",
+                                            "data.fe={format: rafdb, root: /r}", "mal.mode=exact"});
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_DOUBLE_EQ(spec->train().lr(), 1e-3);
+  EXPECT_THAT(spec->cv().only(), ::testing::ElementsAre(1, 2));
+  EXPECT_EQ(spec->method(), v1::MAL);
+  EXPECT_EQ(spec->data().fe().root(), "/r");
+  EXPECT_EQ(spec->data().au().root(), "/d");  // siblings of an overridden field stay
+  for (const auto& [override, message] : std::vector<std::pair<std::string, std::string>>{
+           {"train.lrr=0.1", "--set train.lrr=0.1: "},
+           {"train.lr", "--set train.lr: write FIELD.PATH=VALUE"},
+           {"train.lr=[", "--set train.lr=[: "},
+           {"train.epochs=-3", "train.epochs"},
+           {"method=sometimes", "method"}}) {
+    auto bad = LoadSpecFile(dir / "e.yaml", {override});
+    ASSERT_FALSE(bad.ok()) << override;
+    EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(message)) << override;
+  }
 }
 
 }  // namespace

@@ -102,7 +102,7 @@ TEST(CliTest, UsageErrorsAreExitTwoAndNameTheOption) {
   EXPECT_EQ(au.parse, kExitUsage);
   EXPECT_THAT(au.err, HasSubstr("'x' is not an AU number"));
 
-  Outcome member = Malctl({"data", "inspect", "--format", "bp4d", "--root", "/x", "-o", "yaml"});
+  Outcome member = Malctl({"data", "inspect", "--format", "bp4d", "--root", "/x", "-o", "xml"});
   EXPECT_EQ(member.parse, kExitUsage);
   EXPECT_THAT(member.err, HasSubstr("--output"));
 
