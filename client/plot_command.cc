@@ -292,7 +292,7 @@ absl::StatusOr<std::vector<std::string>> FigureF1(const PlotOptions& o,
   const std::string body = absl::StrCat(
       "set title 'Per-AU test F1 (best trial, mean +- std over folds)'\n"
       "set style data histogram\nset style histogram errorbars gap 1 lw 1\n"
-      "set style fill solid 0.8 border -1\nset boxwidth 0.9\nset grid ytics\n"
+      "set style fill solid 1.0 border -1\nset boxwidth 0.9\nset grid ytics\n"
       "set yrange [0:1]\nset ylabel 'F1'\nset xlabel 'action unit'\nset key outside right\n",
       plots, "\n");
   return Draw(o, "au-f1", body, 1000, 500);

@@ -53,6 +53,7 @@ struct ServiceClient {
   std::string output = "table";  // table | json | yaml
   bool structured() const { return output == "json" || output == "yaml"; }
   bool json = false;  // output == "json"
+  bool live = false;  // watch / --follow: the live view on a terminal (client/live_view.h)
   std::unique_ptr<v1::Coordinator::Stub> stub;
   std::unique_ptr<v1::ModelRegistry::Stub> registry;  // the same channel's ModelRegistry service
 };
@@ -80,6 +81,10 @@ std::string FormatEvent(const v1::Event& event);
 // kOk when the experiment succeeded, kFailed when it failed or was cancelled, or RpcFail's code.
 int Follow(const ServiceClient& client, const std::string& id, int64_t from_seq,
            const std::vector<std::string>& kinds);
+
+// Whether watch / submit --follow show the live view: a table on a terminal, no --plain, every
+// event kind.
+bool LiveWanted(const ServiceClient& client, bool plain, const std::vector<std::string>& kinds);
 
 // Adds `watch` to malctl's command tree.
 void AddWatchCommand(CLI::App& app, int* exit_code);

@@ -33,6 +33,7 @@ struct SubmitOptions {
   std::optional<int> priority;
   bool follow = false;
   std::vector<std::string> kinds, overrides;
+  bool plain = false;
 };
 
 void PrintExperiment(const v1::ExperimentInfo& e) {
@@ -91,6 +92,7 @@ int Submit(const SubmitOptions& o) {
               << ": " << resp.trials() << " trial(s), " << resp.runs() << " fold run(s)\n";
   }
   if (!o.follow) return kOk;
+  c->live = LiveWanted(*c, o.plain, o.kinds);
   return Follow(*c, resp.experiment_id(), 1, o.kinds);
 }
 
@@ -235,6 +237,7 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
                   "FIELD.PATH=VALUE over the file's value (YAML value; repeatable), e.g. "
                   "--set train.lr=0.01 --set cv.only=[1,2]");
   cmd->add_flag("--follow", submit->follow, "then stream its events until it ends, as watch does");
+  cmd->add_flag("--plain", submit->plain, "with --follow: one line per event even on a terminal");
   cmd->add_option("--kinds", submit->kinds,
                   "with --follow: only these event kinds (see watch --help)")
       ->delimiter(',');
@@ -261,7 +264,7 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
   auto timeout = std::make_shared<double>(0);
   CLI::App* wait = AddCommand(
       app, exit_code, "wait",
-      "wait until an experiment ends (exit 0 succeeded, 1 failed or cancelled, 4 still running)",
+      "wait until an experiment ends (exit 0 succeeded, 1 failed or cancelled, 5 still running)",
       true,
       [timeout](const ServiceClient& c, const std::string& id) { return Wait(c, id, *timeout); });
   wait->add_option("--timeout", *timeout, "give up after this long, s (0: no limit)")

@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <iostream>
@@ -8,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/live_view.h"
 #include "client/service_client.h"
 #include "common/util/grpc_status.h"
 
@@ -96,6 +99,19 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
            const std::vector<std::string>& kinds) {
   v1::Coordinator::Stub* stub = c.stub.get();
   int64_t next = std::max<int64_t>(from_seq, 1);
+  std::unique_ptr<LiveView> view;
+  if (c.live) {
+    v1::GetExperimentRequest g;
+    g.set_experiment_id(id);
+    v1::ExperimentInfo info;
+    grpc::ClientContext gctx;
+    rpc::SetDeadline(gctx, kRpcTimeout);
+    if (grpc::Status s = stub->GetExperiment(&gctx, g, &info); !s.ok()) return RpcFail(s);
+    view = std::make_unique<LiveView>(std::cout,
+                                      absl::StrCat(info.id(), " (", info.name(), ", ",
+                                                   v1::Method_Name(info.spec().method()), ")"),
+                                      info.spec().train().epochs(), info.runs_total());
+  }
   int backoff = 200;
   bool reached = false;
   auto last_contact = std::chrono::steady_clock::now();
@@ -114,7 +130,10 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
       if (resp.has_progress()) continue;  // keeps the stream alive; carries the latest seq
       const v1::Event& e = resp.event();
       next = e.seq() + 1;
-      if (c.output == "yaml") {
+      if (view) {
+        view->Add(e);
+        view->Draw(e.has_end());
+      } else if (c.output == "yaml") {
         std::cout << "---\n" << Yaml(e) << std::flush;
       } else {
         std::cout << (c.json ? Json(e, false) : FormatEvent(e)) << std::endl;
@@ -152,12 +171,21 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
                          std::chrono::seconds(kReconnectSeconds))) {
       return RpcFail(s);
     }
-    if (!c.structured())
-      std::cerr << "malctl: watch interrupted (" << s.error_message() << "); resuming from seq "
-                << next << "\n";
+    const std::string resuming =
+        absl::StrCat("watch interrupted (", s.error_message(), "); resuming from seq ", next);
+    if (view) {
+      view->Status(resuming);
+      view->Draw(true);
+    } else if (!c.structured()) {
+      std::cerr << "malctl: " << resuming << "\n";
+    }
     std::this_thread::sleep_for(milliseconds(backoff));
     backoff = std::min(backoff * 2, 5000);
   }
+}
+
+bool LiveWanted(const ServiceClient& c, bool plain, const std::vector<std::string>& kinds) {
+  return !plain && kinds.empty() && c.output == "table" && ::isatty(STDOUT_FILENO) != 0;
 }
 
 void AddWatchCommand(CLI::App& app, int* exit_code) {
@@ -166,6 +194,7 @@ void AddWatchCommand(CLI::App& app, int* exit_code) {
     std::string id;
     int64_t from_seq = 1;
     std::vector<std::string> kinds;
+    bool plain = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -176,9 +205,16 @@ void AddWatchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kinds", o->kinds,
                   "only these kinds: state,point,weights,epoch,fold_result,trial_result,end")
       ->delimiter(',');
+  cmd->add_flag("--plain", o->plain,
+                "one line per event even on a terminal (the default when stdout is not one)");
   AddServiceOptions(*cmd, &o->service);
+  cmd->footer(
+      "On a terminal: a live view of the fold runs under way and the FE samples' weights;\n"
+      "piped: one line per event; -o json: one JSON object per line (NDJSON).\n"
+      "Example: malctl watch exp-3");
   cmd->callback([o, exit_code] {
     auto client = Connect(o->service);
+    if (client.ok()) client->live = LiveWanted(*client, o->plain, o->kinds);
     *exit_code = client.ok() ? Follow(*client, o->id, o->from_seq, o->kinds)
                              : Fail(kUsage, std::string(client.status().message()));
   });

@@ -9,7 +9,7 @@ packages=(
   libabsl-dev libyaml-cpp-dev libsqlite3-dev libgoogle-glog-dev libssl-dev openssl
   libopencv-dev opencv-data
   libgtest-dev libgmock-dev libcli11-dev
-  gnuplot-nox
+  gnuplot-nox tmux
   python3-torch python3-torchvision
 )
 

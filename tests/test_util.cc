@@ -4,9 +4,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <stdexcept>
-
 #include <opencv2/imgcodecs.hpp>
+#include <stdexcept>
 
 namespace mal::testing {
 
@@ -35,6 +34,8 @@ void WriteImage(const std::string& path, int size, int value) {
   cv::Mat m(size, size, CV_8UC3, cv::Scalar(value, value / 2, 255 - value));
   if (!cv::imwrite(path, m)) throw std::runtime_error("cannot write " + path);
 }
+
+std::string SourceDir() { return MAL_SOURCE_DIR; }
 
 std::string BinaryDir() { return MAL_BINARY_DIR; }
 

@@ -29,6 +29,8 @@ void WriteImage(const std::string& path, int size = 16, int value = 128);
 
 // Where the built binaries are (set by CMake).
 std::string BinaryDir();
+// The source tree's root (deploy/, docs/ ...).
+std::string SourceDir();
 
 }  // namespace mal::testing
 

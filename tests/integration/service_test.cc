@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <gtest/gtest.h>
@@ -17,6 +18,8 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 #include <random>
 #include <set>
 #include <string>
@@ -464,6 +467,148 @@ TEST_F(ServiceTest, RegistryVersionsAliasesPullAndServing) {
   out = predict("reg:1", "cached.csv", &rc);
   ASSERT_EQ(rc, 0) << out << serve->Log();
   EXPECT_EQ(*ReadFile(dir_ / "cached.csv"), *ReadFile(dir_ / "local.csv"));
+}
+
+// Pixels of `image` within 40 of colour #rrggbb (per channel).
+int PixelsNear(const cv::Mat& image, const std::string& hex) {
+  const int r = std::stoi(hex.substr(1, 2), nullptr, 16),
+            g = std::stoi(hex.substr(3, 2), nullptr, 16),
+            b = std::stoi(hex.substr(5, 2), nullptr, 16);
+  int n = 0;
+  for (int y = 0; y < image.rows; ++y) {
+    for (int x = 0; x < image.cols; ++x) {
+      const cv::Vec3b p = image.at<cv::Vec3b>(y, x);
+      n += std::abs(p[2] - r) < 40 && std::abs(p[1] - g) < 40 && std::abs(p[0] - b) < 40;
+    }
+  }
+  return n;
+}
+
+// The researcher's commands against a real coordinator: the ablation example (STL / MTL / MAL as
+// a grid over `method`) at reduced size through --set, results as JSON and CSV, the paper's
+// figures drawn by gnuplot, weights and logs downloaded, watch after the end (also on a terminal,
+// under tmux), exit codes, bash completion.
+TEST_F(ServiceTest, ResearcherCommandsOnTheAblationExample) {
+  StartCoordinator();
+  StartWorker("w1");
+  const std::string sf = dir_ / "sf";
+  const std::string small = absl::StrCat(
+      " --set data.au.root=", sf, " --set data.fe.root=", sf,
+      " --set cv.only=[1] --set train.epochs=2 --set train.max_iterations=4 --set model.input=32"
+      " --set model.resize=36 --set train.batch_au=8 --set train.batch_fe=8 --set mal.val_batch=8"
+      " --set mal.val_fraction=0.1 --set search.concurrent=1 --set train.threads=1"
+      " --set train.data_threads=1");
+  const std::string example = testing::SourceDir() + "/deploy/examples/ablation-synthface.yaml";
+  int rc = 0;
+  std::string out = Malctl("submit -f " + example + small + " --set train.lrr=1", &rc);
+  EXPECT_EQ(rc, 2) << out;  // usage / invalid spec
+  EXPECT_THAT(out, HasSubstr("--set train.lrr=1"));
+  const std::string id = Submit(example + small);
+  ASSERT_FALSE(id.empty());
+  out = Malctl("wait " + id + " --timeout 240", &rc);
+  ASSERT_EQ(rc, 0) << out << DiagnosticLogs();
+
+  // results: JSON that parses into the proto, three trials, one per method.
+  out = Malctl("results " + id + " -o json", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  v1::ResultsResponse results;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out, &results).ok()) << out;
+  ASSERT_EQ(results.trials_size(), 3);
+  int mal_trial = -1;
+  std::set<std::string> methods;
+  for (const auto& t : results.trials()) {
+    EXPECT_EQ(t.state(), "SUCCEEDED");
+    EXPECT_EQ(t.aus_size(), 12);
+    methods.insert(t.params().at("method"));
+    if (t.params().at("method") == "mal") mal_trial = t.trial();
+  }
+  EXPECT_EQ(methods, (std::set<std::string>{"stl", "mtl", "mal"}));
+  out = Malctl("results " + id + " -o csv", &rc);
+  const std::vector<std::string> rows = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(rows.size(), 10u) << out;  // header + 3 trials x (fold 1, mean, std)
+  EXPECT_THAT(rows[0], ::testing::StartsWith("experiment,name,method,trial,fold,AU1,AU2,"));
+  out = Malctl("results " + id, &rc);
+  EXPECT_THAT(out, HasSubstr("#1 trial"));
+  EXPECT_THAT(out, HasSubstr("std over folds"));
+  out = Malctl("results " + id + " " + id + " -o yaml", &rc);
+  EXPECT_EQ(rc, 0);
+  EXPECT_THAT(out, HasSubstr("---\nexperiment_id: " + id));
+
+  // plot: PNGs (and PDFs) that gnuplot drew, with every series' colour present.
+  out = Malctl(absl::StrCat("plot ", id, " --trial ", mal_trial, " --out ", dir_ / "figs"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string base = absl::StrCat(dir_ / "figs/", id, "-trial", mal_trial, "-fold1");
+  for (const std::string& f :
+       {base + "-fig3", base + "-fig5", base + "-fig6", dir_ / "figs/au-f1"}) {
+    EXPECT_TRUE(fs::exists(f + ".pdf")) << f;
+    const cv::Mat png = cv::imread(f + ".png");
+    ASSERT_FALSE(png.empty()) << f;
+    cv::Scalar mean, stddev;
+    cv::meanStdDev(png, mean, stddev);
+    EXPECT_GT(stddev[0], 10) << f << ": an empty canvas";
+  }
+  const cv::Mat fig3 = cv::imread(base + "-fig3.png");
+  EXPECT_EQ(fig3.cols, 900);
+  for (const char* colour : {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"})
+    EXPECT_GT(PixelsNear(fig3, colour), 20) << "fig. 3 lacks the series drawn in " << colour;
+  EXPECT_GT(PixelsNear(cv::imread(dir_ / "figs/au-f1.png"), "#1f77b4"), 100);
+
+  // weights and logs through the client-facing download.
+  out =
+      Malctl(absl::StrCat("weights ", id, " --trial ", mal_trial, " --out ", dir_ / "w.csv"), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_THAT(*ReadFile(dir_ / "w.csv"),
+              ::testing::StartsWith("id,task,label,consistency,weight,normalized_weight"));
+  out = Malctl(absl::StrCat("weights ", id, " --trial ", mal_trial, " --epoch 7"), &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(out, HasSubstr("it has epochs 1, 2"));
+  out = Malctl(absl::StrCat("logs ", id, " --trial ", mal_trial, " --fold 1"), &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("fold 1"));
+  out = Malctl(absl::StrCat("logs ", id, " --trial 9 --fold 1"), &rc);
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(out, HasSubstr("no run of trial 9"));
+
+  // watch after the end: every event as NDJSON, exit 0.
+  out = Malctl("watch " + id + " -o json", &rc);
+  EXPECT_EQ(rc, 0);
+  const std::vector<std::string> events = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  ASSERT_FALSE(events.empty());
+  v1::Event last;
+  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(events.back(), &last).ok());
+  EXPECT_TRUE(last.has_end());
+
+  // On a terminal: the live view, redrawn in place (no escape codes left in the screen's text).
+  std::string tmux;
+  if (Shell("command -v tmux", &tmux) == 0) {
+    const std::string session = absl::StrCat("malwatch", ::getpid());
+    ASSERT_EQ(Shell(absl::StrCat("tmux new-session -d -s ", session,
+                                 " -x 160 -y 30 'MAL_ADDRESS=", address_, " ", Bin("client/malctl"),
+                                 " watch ", id, "; echo EXIT=$?; sleep 20'"),
+                    &tmux),
+              0)
+        << tmux;
+    std::string screen;
+    WaitFor(
+        [&] {
+          Shell("tmux capture-pane -p -t " + session, &screen);
+          return screen.find("EXIT=") != std::string::npos;
+        },
+        std::chrono::seconds(20));
+    Shell("tmux kill-session -t " + session, &tmux);
+    EXPECT_THAT(screen, HasSubstr("fold runs done 3/3"));
+    EXPECT_THAT(screen, HasSubstr("END SUCCEEDED"));
+    EXPECT_THAT(screen, HasSubstr("EXIT=0"));
+    EXPECT_THAT(screen, Not(HasSubstr("[2K")));
+  }
+
+  // Completion: generated from the command tree.
+  ASSERT_EQ(Shell(Bin("client/malctl") + " completion bash", &out), 0);
+  testing::WriteText(dir_ / "c.sh", out);
+  Shell("bash -c 'source " + (dir_ / "c.sh") +
+            "; COMP_WORDS=(malctl models al); COMP_CWORD=2; _malctl; echo \"${COMPREPLY[@]}\"'",
+        &out);
+  EXPECT_EQ(out, "alias\n");
 }
 
 TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
@@ -1052,13 +1197,14 @@ TEST_F(ServiceTest, TlsAndTokens) {
   const std::string tls =
       " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
 
-  EXPECT_EQ(Shell(malctl + " ls", &out), 3) << out;  // plaintext to a TLS port: no connection
-  EXPECT_EQ(Shell(malctl + " ls" + tls, &out), 1);
+  // Exit 4: unreachable or unauthenticated (docs/service.md).
+  EXPECT_EQ(Shell(malctl + " ls", &out), 4) << out;  // plaintext to a TLS port: no connection
+  EXPECT_EQ(Shell(malctl + " ls" + tls, &out), 4);
   EXPECT_THAT(out, HasSubstr("bearer token is required"));
-  EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " ls" + tls, &out), 1);
+  EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " ls" + tls, &out), 4);
   EXPECT_THAT(out, HasSubstr("not accepted"));
   // A stream refused for its token ends at once (watch resumes only after transient errors).
-  EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " watch exp-1" + tls, &out), 1);
+  EXPECT_EQ(Shell("MAL_TOKEN=guess " + malctl + " watch exp-1" + tls, &out), 4);
   EXPECT_THAT(out, HasSubstr("not accepted"));
   EXPECT_EQ(Shell(malctl + " ls" + tls + " --tls-ca /nonexistent/ca.pem", &out), 2);
   EXPECT_THAT(out, HasSubstr("/nonexistent/ca.pem"));

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "common/data/folds.h"
 #include "tests/test_util.h"
@@ -247,6 +249,26 @@ TEST(SpecTest, OverridesReplaceFieldsAndAreValidatedLikeTheFile) {
     ASSERT_FALSE(bad.ok()) << override;
     EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr(message)) << override;
   }
+}
+
+}  // namespace
+}  // namespace mal
+
+namespace mal {
+namespace {
+
+// Every example spec in deploy/examples parses and validates as the coordinator would (without its
+// data: the dataset readers are not run here).
+TEST(SpecTest, EveryExampleSpecIsValid) {
+  int n = 0;
+  for (const auto& e :
+       std::filesystem::directory_iterator(testing::SourceDir() + "/deploy/examples")) {
+    if (e.path().extension() != ".yaml") continue;
+    ++n;
+    auto spec = LoadSpecFile(e.path().string());
+    EXPECT_TRUE(spec.ok()) << spec.status();
+  }
+  EXPECT_GE(n, 6);
 }
 
 }  // namespace
