@@ -107,6 +107,8 @@ grpc::Status DownloadArtifact(const ServiceClient& c, const v1::ArtifactRequest&
 
 // Adds `results` (one experiment in full, or several side by side; client/results_command.cc).
 void AddResultsCommand(CLI::App& app, int* exit_code);
+// Adds `export --tensorboard` (client/export_command.cc).
+void AddExportCommand(CLI::App& app, int* exit_code);
 // Adds `plot` (the paper's figures with gnuplot; client/plot_command.cc).
 void AddPlotCommand(CLI::App& app, int* exit_code);
 // Adds `weights` and `logs` (a fold run's files through the Coordinator service).

@@ -261,6 +261,7 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
   AddModelsCommand(app, exit_code);
   AddArtifactCommands(app, exit_code);
   AddPlotCommand(app, exit_code);
+  AddExportCommand(app, exit_code);
   auto timeout = std::make_shared<double>(0);
   CLI::App* wait = AddCommand(
       app, exit_code, "wait",

@@ -54,6 +54,11 @@ run_dir="$out/coordinator/artifacts/exp-1/trial-0/fold-1"
 "$build_dir/client/malctl" data inspect --format synthface --root "$data" -o json > "$out/inspect.json"
 python3 deploy/explain_run.py "$run_dir" "$out/inspect.json"
 echo
+# The paper's figures for this run, drawn by gnuplot (Fig. 3: losses and task weights over
+# iterations; Fig. 5: FE weights by expression; Fig. 6: weight against annotator consistency).
+echo "Figures (PNG and PDF):"
+"$build_dir/client/malctl" plot exp-1 --out "$out/figures"
+echo
 
 # Serving: the finished experiment registered its model as quickstart:1 in the coordinator's
 # registry; name it quickstart@champion, serve the registry with mal-serve (which downloads the

@@ -497,7 +497,7 @@ TEST_F(ServiceTest, ResearcherCommandsOnTheAblationExample) {
       " --set cv.only=[1] --set train.epochs=2 --set train.max_iterations=4 --set model.input=32"
       " --set model.resize=36 --set train.batch_au=8 --set train.batch_fe=8 --set mal.val_batch=8"
       " --set mal.val_fraction=0.1 --set search.concurrent=1 --set train.threads=1"
-      " --set train.data_threads=1");
+      " --set train.data_threads=1 --set train.tensorboard=true");
   const std::string example = testing::SourceDir() + "/deploy/examples/ablation-synthface.yaml";
   int rc = 0;
   std::string out = Malctl("submit -f " + example + small + " --set train.lrr=1", &rc);
@@ -568,6 +568,41 @@ TEST_F(ServiceTest, ResearcherCommandsOnTheAblationExample) {
   out = Malctl(absl::StrCat("logs ", id, " --trial 9 --fold 1"), &rc);
   EXPECT_EQ(rc, 1);
   EXPECT_THAT(out, HasSubstr("no run of trial 9"));
+
+  // TensorBoard: one run per fold run, read back by tensorboard's own reader when it is installed
+  // (deploy/test-python-deps.sh; deploy/test.sh passes MAL_TEST_PYTHON).
+  out = Malctl(absl::StrCat("export ", id, " --trial ", mal_trial, " --tensorboard ", dir_ / "tb"),
+               &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string run_dir = absl::StrCat(dir_ / "tb/", id, "/trial-", mal_trial, "/fold-1");
+  ASSERT_TRUE(fs::is_directory(run_dir)) << out;
+  const char* python = std::getenv("MAL_TEST_PYTHON");
+  if (python != nullptr && Shell(std::string(python) + " -c 'import tensorboard'") == 0) {
+    testing::WriteText(dir_ / "tb.py", R"(import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={'scalars': 0, 'histograms': 0})
+ea.Reload()
+tags = ea.Tags()
+assert [s.step for s in ea.Scalars('loss/au')] == list(range(1, 9)), ea.Scalars('loss/au')
+for t in ('loss/fe', 'loss/validation', 'task_weight/normalised_au', 'task_weight/normalised_fe',
+          'learning_rate/model', 'f1_test/AU1', 'f1_test/mean', 'sample_weight/spearman_fe_weight_consistency'):
+    assert t in tags['scalars'], (t, tags['scalars'])
+fe = [h for h in tags['histograms'] if h.startswith('fe_weight/')]
+assert len(fe) >= 3, tags['histograms']
+assert len(ea.Histograms(fe[0])) == 2, 'one histogram per epoch'
+print('tensorboard read', len(tags['scalars']), 'scalar tags and', len(fe), 'expression histograms')
+)");
+    std::string read;
+    EXPECT_EQ(Shell(absl::StrCat(python, " ", dir_ / "tb.py", " ", run_dir), &read), 0) << read;
+    EXPECT_THAT(read, HasSubstr("tensorboard read"));
+    // The same summaries written live by the engine (train.tensorboard) and uploaded.
+    const std::string live =
+        absl::StrCat(dir_ / "data/artifacts/", id, "/trial-", mal_trial, "/fold-1/tensorboard");
+    EXPECT_EQ(Shell(absl::StrCat(python, " ", dir_ / "tb.py", " ", live), &read), 0) << read;
+  } else {
+    std::cerr << "TensorBoard read-back skipped: no MAL_TEST_PYTHON with the tensorboard package "
+                 "(deploy/test-python-deps.sh installs it from PyPI)\n";
+  }
 
   // watch after the end: every event as NDJSON, exit 0.
   out = Malctl("watch " + id + " -o json", &rc);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/data/expression.h"
+#include "common/tensorboard/run_summaries.h"
 #include "common/util/files.h"
 #include "common/util/run_files.h"
 #include "common/util/status_macros.h"
@@ -97,8 +98,8 @@ std::string EpochJson(const EpochRecord& e) {
 }
 
 absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& out_dir,
-                                                     int64_t resume_iteration,
-                                                     int64_t resume_epoch) {
+                                                     int64_t resume_iteration, int64_t resume_epoch,
+                                                     bool tensorboard) {
   std::unique_ptr<RunLog> log(new RunLog());
   const std::string records_path = (fs::path(out_dir) / run_files::kRecords).string();
   const std::string summaries_path = (fs::path(out_dir) / run_files::kSummaries).string();
@@ -134,12 +135,32 @@ absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& out_dir,
     return absl::PermissionDeniedError(absl::StrCat(
         out_dir, ": cannot append to ", run_files::kRecords, " or ", run_files::kSummaries));
   }
+  if (tensorboard) {
+    ASSIGN_OR_RETURN(log->tensorboard_,
+                     tensorboard::EventWriter::Create((fs::path(out_dir) / "tensorboard").string(),
+                                                      /*atomic=*/false));
+  }
   return log;
 }
 
 void RunLog::Iteration(const IterationRecord& r) {
   records_ << RecordsRow(r);
   records_.flush();
+  if (tensorboard_) {
+    // The same vocabulary as malctl export (common/tensorboard/run_summaries.h). A full disk here
+    // is reported by the next checkpoint's write; the curves are not worth failing a run for.
+    (void)tensorboard::AddIteration(*tensorboard_, {{"iteration", static_cast<double>(r.iteration)},
+                                                    {"loss_au", r.loss_au},
+                                                    {"loss_fe", r.loss_fe},
+                                                    {"loss_val", r.loss_val},
+                                                    {"mean_w_au", r.mean_w_au},
+                                                    {"mean_w_fe", r.mean_w_fe},
+                                                    {"mean_wn_au", r.mean_wn_au},
+                                                    {"mean_wn_fe", r.mean_wn_fe},
+                                                    {"lr", r.lr},
+                                                    {"meta_lr", r.meta_lr}});
+    (void)tensorboard_->Flush();
+  }
 }
 
 void RunLog::Summary(const WeightSummary& s) {
@@ -149,6 +170,18 @@ void RunLog::Summary(const WeightSummary& s) {
 
 absl::Status RunLog::Epoch(const EpochRecord& e) {
   epochs_.push_back(EpochJson(e));
+  if (tensorboard_) {
+    v1::EpochMetrics m;
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;
+    if (google::protobuf::util::JsonStringToMessage(epochs_.back(), &m, options).ok())
+      (void)tensorboard::AddEpoch(*tensorboard_, m);
+    if (!e.weights_csv.empty()) {
+      if (auto csv = ReadFile(e.weights_csv); csv.ok())
+        (void)tensorboard::AddWeightsCsv(*tensorboard_, *csv, e.iteration);
+    }
+    (void)tensorboard_->Flush();
+  }
   return WriteFileAtomic(
       metrics_path_, absl::StrCat("{\"epochs\": [\n  ", absl::StrJoin(epochs_, ",\n  "), "\n]}\n"));
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/tensorboard/event_writer.h"
 #include "worker/engine/trainer.h"
 
 namespace mal::engine {
@@ -23,9 +24,12 @@ class RunLog {
   // epoch `resume_epoch`: keeps the records and summaries up to that iteration and the epochs of
   // metrics.json before that epoch (each line read with a JSON parser), drops the rest. Errors:
   // the files unreadable or unwritable (naming the file).
+  // `tensorboard`: also write TensorBoard event files into out_dir/tensorboard (appended and
+  // flushed as they come; a resumed run adds a file, TensorBoard merges them).
   static absl::StatusOr<std::unique_ptr<RunLog>> Open(const std::string& out_dir,
                                                       int64_t resume_iteration,
-                                                      int64_t resume_epoch);
+                                                      int64_t resume_epoch,
+                                                      bool tensorboard = false);
   // Appends one row / one line and flushes.
   void Iteration(const IterationRecord& r);
   void Summary(const WeightSummary& s);
@@ -37,6 +41,7 @@ class RunLog {
   std::string metrics_path_;
   std::vector<std::string> epochs_;  // one JSON object per finished epoch
   std::ofstream records_, summaries_;
+  std::unique_ptr<tensorboard::EventWriter> tensorboard_;  // null unless asked for
 };
 
 // One epoch as a JSON object on one line (metrics.json, and model.json's "metrics").

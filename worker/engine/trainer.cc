@@ -235,8 +235,8 @@ absl::Status Training::Resume() {
     ASSIGN_OR_RETURN(pos_,
                      LoadCheckpoint(checkpoint_, *model_, *meta_, *base_opt_, *meta_opt_, device_));
   }
-  ASSIGN_OR_RETURN(log_,
-                   RunLog::Open(options_.out_dir, resuming ? pos_.global_iter : -1, pos_.epoch));
+  ASSIGN_OR_RETURN(log_, RunLog::Open(options_.out_dir, resuming ? pos_.global_iter : -1,
+                                      pos_.epoch, t_.tensorboard()));
   progress_ = std::make_unique<Progress>(options_.progress, per_epoch_, t_.epochs());
   if (fe_train_) fe_train_->Start(pos_.fe_epoch, pos_.fe_next);
   if (val_train_) val_train_->Start(pos_.val_epoch, pos_.val_next);
