@@ -468,9 +468,87 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (s.metric().empty()) s.set_metric("mean_f1");
 }
 
+// Checks that hold for every field of every message, whichever path the spec came by (a YAML
+// file, or a proto straight to the coordinator): numbers finite, enum values known, strings short
+// and free of control characters (NUL, newline ...), lists short. `prefix` is the field path so
+// far.
+namespace {
+absl::Status CheckEveryField(const pb::Message& m, const std::string& prefix) {
+  constexpr size_t kMaxString = 4096, kMaxList = 1000;
+  const pb::Reflection* r = m.GetReflection();
+  std::vector<const pb::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    const std::string path = prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+    const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    MAL_CHECK_FIELD(static_cast<size_t>(n) <= kMaxList, path,
+                    absl::StrCat(n, " entries, at most ", kMaxList));
+    for (int i = 0; i < n; ++i) {
+      const std::string at =
+          f->is_repeated() && !f->is_map() ? absl::StrCat(path, "[", i, "]") : path;
+      switch (f->cpp_type()) {
+        case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+        case pb::FieldDescriptor::CPPTYPE_FLOAT: {
+          const double v =
+              f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE
+                  ? (f->is_repeated() ? r->GetRepeatedDouble(m, f, i) : r->GetDouble(m, f))
+                  : (f->is_repeated() ? r->GetRepeatedFloat(m, f, i) : r->GetFloat(m, f));
+          MAL_CHECK_FIELD(std::isfinite(v), at, "must be a finite number");
+          break;
+        }
+        case pb::FieldDescriptor::CPPTYPE_ENUM: {
+          const int v = f->is_repeated() ? r->GetRepeatedEnumValue(m, f, i) : r->GetEnumValue(m, f);
+          MAL_CHECK_FIELD(f->enum_type()->FindValueByNumber(v) != nullptr, at,
+                          absl::StrCat(v, " is not a known value"));
+          break;
+        }
+        case pb::FieldDescriptor::CPPTYPE_STRING: {
+          const std::string v =
+              f->is_repeated() ? r->GetRepeatedString(m, f, i) : r->GetString(m, f);
+          MAL_CHECK_FIELD(v.size() <= kMaxString, at,
+                          absl::StrCat(v.size(), " characters, at most ", kMaxString));
+          for (char c : v) {
+            MAL_CHECK_FIELD(static_cast<unsigned char>(c) >= 0x20 && c != 0x7f, at,
+                            "contains a control character (NUL, newline, tab ...)");
+          }
+          break;
+        }
+        case pb::FieldDescriptor::CPPTYPE_MESSAGE: {
+          const pb::Message& sub =
+              f->is_repeated() ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f);
+          // A map entry: name the path by its key (search.space.train.lr).
+          std::string sub_path = at;
+          if (f->is_map()) {
+            const pb::FieldDescriptor* key = sub.GetDescriptor()->FindFieldByName("key");
+            sub_path = absl::StrCat(path, ".", sub.GetReflection()->GetString(sub, key));
+            RETURN_IF_ERROR(CheckEveryField(sub, ""));  // the key itself
+            const pb::FieldDescriptor* value = sub.GetDescriptor()->FindFieldByName("value");
+            if (value->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+              RETURN_IF_ERROR(
+                  CheckEveryField(sub.GetReflection()->GetMessage(sub, value), sub_path));
+            }
+            break;
+          }
+          RETURN_IF_ERROR(CheckEveryField(sub, sub_path));
+          break;
+        }
+        default:
+          break;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
 // Long on purpose: one check per field, in the proto's order, each naming its field path.
 absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
+  constexpr size_t kMaxSpecBytes = 1 << 20;
+  MAL_CHECK_FIELD(spec.ByteSizeLong() <= kMaxSpecBytes, "spec",
+                  absl::StrCat(spec.ByteSizeLong(), " bytes, at most ", kMaxSpecBytes));
+  RETURN_IF_ERROR(CheckEveryField(spec, ""));
   MAL_CHECK_FIELD(!spec.name().empty(), "name", "required");
+  MAL_CHECK_FIELD(spec.name().size() <= 128, "name", "at most 128 characters");
   for (char c : spec.name()) {
     MAL_CHECK_FIELD(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.', "name",
                     "use letters, digits, '-', '_' and '.' only");
@@ -493,11 +571,14 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   const v1::CvSpec& cv = spec.cv();
   MAL_CHECK_FIELD(OneOf(cv.protocol(), {"", "standard", "official", "kfold"}), "cv.protocol",
                   absl::StrCat("'", cv.protocol(), "' is not one of standard, official, kfold"));
-  MAL_CHECK_FIELD(cv.folds() >= 2, "cv.folds", "needs at least 2 folds");
+  MAL_CHECK_FIELD(cv.folds() >= 2 && cv.folds() <= 100, "cv.folds", "must be in 2..100");
   const int n_folds = cv.protocol() == "kfold" ? cv.folds() : (cv.protocol() == "official" ? 1 : 3);
+  std::set<int> only;
   for (int i = 0; i < cv.only_size(); ++i) {
     MAL_CHECK_FIELD(cv.only(i) >= 1 && cv.only(i) <= n_folds, absl::StrCat("cv.only[", i, "]"),
                     absl::StrCat("fold ", cv.only(i), " is not in 1..", n_folds));
+    MAL_CHECK_FIELD(only.insert(cv.only(i)).second, absl::StrCat("cv.only[", i, "]"),
+                    absl::StrCat("fold ", cv.only(i), " listed twice"));
   }
 
   const v1::ModelSpec& m = spec.model();
@@ -508,20 +589,25 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
                   "must be at least model.input and at most 2048");
 
   const v1::TrainSpec& t = spec.train();
-  MAL_CHECK_FIELD(t.epochs() >= 1, "train.epochs", "must be at least 1");
-  MAL_CHECK_FIELD(t.batch_au() >= 1, "train.batch_au", "must be at least 1");
-  MAL_CHECK_FIELD(t.batch_fe() >= 1, "train.batch_fe", "must be at least 1");
+  MAL_CHECK_FIELD(t.epochs() >= 1 && t.epochs() <= 10000, "train.epochs", "must be in 1..10000");
+  MAL_CHECK_FIELD(t.batch_au() >= 1 && t.batch_au() <= 65536, "train.batch_au",
+                  "must be in 1..65536");
+  MAL_CHECK_FIELD(t.batch_fe() >= 1 && t.batch_fe() <= 65536, "train.batch_fe",
+                  "must be in 1..65536");
   MAL_CHECK_FIELD(t.lr() > 0, "train.lr", "must be > 0");
   MAL_CHECK_FIELD(t.momentum() >= 0 && t.momentum() < 1, "train.momentum", "must be in [0, 1)");
   MAL_CHECK_FIELD(t.weight_decay() >= 0, "train.weight_decay", "must be >= 0");
   MAL_CHECK_FIELD(OneOf(t.schedule(), {"constant", "step", "cosine"}), "train.schedule",
                   "must be constant, step or cosine");
-  MAL_CHECK_FIELD(t.step_epochs() >= 1, "train.step_epochs", "must be at least 1");
+  MAL_CHECK_FIELD(t.step_epochs() >= 1 && t.step_epochs() <= 10000, "train.step_epochs",
+                  "must be in 1..10000");
   MAL_CHECK_FIELD(t.step_gamma() > 0 && t.step_gamma() <= 1, "train.step_gamma",
                   "must be in (0, 1]");
   MAL_CHECK_FIELD(t.fe_lambda() >= 0, "train.fe_lambda", "must be >= 0");
-  MAL_CHECK_FIELD(t.threads() >= 0, "train.threads", "must be >= 0 (0 = all cores)");
-  MAL_CHECK_FIELD(t.data_threads() >= 1, "train.data_threads", "must be at least 1");
+  MAL_CHECK_FIELD(t.threads() >= 0 && t.threads() <= 1024, "train.threads",
+                  "must be in 0..1024 (0 = all cores)");
+  MAL_CHECK_FIELD(t.data_threads() >= 1 && t.data_threads() <= 256, "train.data_threads",
+                  "must be in 1..256");
   long ordinal = 0;
   MAL_CHECK_FIELD(t.device() == "cpu" || t.device() == "cuda" ||
                       (absl::StartsWith(t.device(), "cuda:") &&
@@ -545,7 +631,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");
   MAL_CHECK_FIELD(mal.val_fraction() > 0 && mal.val_fraction() <= 0.5, "mal.val_fraction",
                   "must be in (0, 0.5]");
-  MAL_CHECK_FIELD(mal.val_batch() >= 1, "mal.val_batch", "must be at least 1");
+  MAL_CHECK_FIELD(mal.val_batch() >= 1 && mal.val_batch() <= 65536, "mal.val_batch",
+                  "must be in 1..65536");
   MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.exact_method(), {"jvp", "vjp"}), "mal.exact_method",
                   "must be jvp or vjp");
@@ -556,8 +643,10 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   const v1::SearchSpec& s = spec.search();
   MAL_CHECK_FIELD(OneOf(s.algorithm(), {"grid", "random"}), "search.algorithm",
                   "must be grid or random");
-  MAL_CHECK_FIELD(s.trials() >= 1, "search.trials", "must be at least 1");
-  MAL_CHECK_FIELD(s.concurrent() >= 1, "search.concurrent", "must be at least 1");
+  MAL_CHECK_FIELD(s.trials() >= 1 && s.trials() <= 10000, "search.trials", "must be in 1..10000");
+  MAL_CHECK_FIELD(s.concurrent() >= 1 && s.concurrent() <= 10000, "search.concurrent",
+                  "must be in 1..10000");
+  MAL_CHECK_FIELD(s.space_size() <= 64, "search.space", "at most 64 searched fields");
   MAL_CHECK_FIELD(s.metric() == "mean_f1", "search.metric", "only mean_f1 is supported");
   std::vector<std::string> keys;
   for (const auto& [key, domain] : s.space()) keys.push_back(key);
@@ -565,7 +654,10 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   for (const std::string& key : keys) {
     RETURN_IF_ERROR(ValidateDomain(spec, key, s.space().at(key), s.algorithm()));
   }
-  MAL_CHECK_FIELD(spec.max_restarts() >= 0, "max_restarts", "must be >= 0");
+  MAL_CHECK_FIELD(spec.max_restarts() >= 0 && spec.max_restarts() <= 100, "max_restarts",
+                  "must be in 0..100");
+  MAL_CHECK_FIELD(spec.priority() >= -1000 && spec.priority() <= 1000, "priority",
+                  "must be in -1000..1000");
   return absl::OkStatus();
 }
 

@@ -50,6 +50,7 @@ v1::RunState ToProto(RunState s) {
 
 // One submission may not flood the store (a typo in a grid or cv.folds).
 constexpr size_t kMaxRunsPerExperiment = 100000;
+constexpr size_t kMaxRequestId = 256;
 
 }  // namespace
 
@@ -125,16 +126,22 @@ void Coordinator::EmitRunState(Experiment& e, const FoldRun& run) {
 
 absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(
     const v1::SubmitExperimentRequest& request) {
+  if (request.request_id().size() > kMaxRequestId) {
+    return absl::InvalidArgumentError(absl::StrCat("request_id: ", request.request_id().size(),
+                                                   " characters, at most ", kMaxRequestId));
+  }
   v1::ExperimentSpec spec = request.spec();
   ApplyDefaults(spec);
+  // The same validation as a YAML file gets (common/spec/spec.h), before anything is stored.
   if (absl::Status s = ValidateSpec(spec); !s.ok()) return absl::InvalidArgumentError(s.message());
-  ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
   const std::vector<int> folds = FoldNumbers(spec);
-  if (plans.size() * folds.size() > kMaxRunsPerExperiment) {
-    return absl::InvalidArgumentError(absl::StrCat("search, cv: ", plans.size(), " trials x ",
+  if (const int64_t trials = TrialCount(spec);
+      trials * static_cast<int64_t>(folds.size()) > static_cast<int64_t>(kMaxRunsPerExperiment)) {
+    return absl::InvalidArgumentError(absl::StrCat("search, cv: ", trials, " trials x ",
                                                    folds.size(), " folds is over ",
                                                    kMaxRunsPerExperiment, " fold runs"));
   }
+  ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
   ExperimentRow row;
   row.request_id = request.request_id();
   row.name = spec.name().empty() ? "experiment" : spec.name();

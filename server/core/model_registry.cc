@@ -17,7 +17,9 @@ v1::ModelInfo ToModelInfo(const ModelRow& m) {
   mi.set_trial(m.trial);
   mi.set_fold(m.fold);
   mi.set_test_mean_f1(m.test_mean_f1);
-  mi.set_artifact(m.artifact);
+  // Store-relative: clients learn nothing about the server's file system (issue 14).
+  const size_t at = m.artifact.rfind("/artifacts/");
+  mi.set_artifact(at == std::string::npos ? m.artifact : m.artifact.substr(at + 11));
   mi.set_metadata(m.metadata);
   mi.set_created_ms(m.created_ms);
   return mi;

@@ -41,8 +41,33 @@ std::string Draw(const v1::ParamDomain& d, Rng& rng) {
 
 }  // namespace
 
+int64_t TrialCount(const v1::ExperimentSpec& spec) {
+  const v1::SearchSpec& s = spec.search();
+  if (s.space().empty()) return 1;
+  if (s.algorithm() != "grid") return std::max(0, s.trials());
+  int64_t total = 1;
+  for (const auto& [key, d] : s.space()) {
+    int64_t n = d.choice_size();
+    if (d.int_uniform_size() == 2) {
+      // In long double: hi - lo + 1 of two int64s may not fit in one.
+      const long double span = static_cast<long double>(d.int_uniform(1)) - d.int_uniform(0) + 1;
+      n += span <= 0 ? 0 : span > 1e15L ? int64_t{1} << 50 : static_cast<int64_t>(span);
+    }
+    total = n == 0 ? 0 : std::min<int64_t>(total, (int64_t{1} << 50) / n) * n;
+  }
+  return total;
+}
+
 absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& spec) {
   const v1::SearchSpec& s = spec.search();
+  // Counted before anything is built: a grid over a huge integer range is refused in
+  // microseconds, not after allocating it.
+  if (const int64_t n = TrialCount(spec); n > kMaxTrials) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(s.algorithm() == "grid" ? "search.space: the grid has " : "search.trials: ",
+                     n >= (int64_t{1} << 50) ? "over 10^15" : absl::StrCat(n),
+                     " trials, over the limit of ", kMaxTrials));
+  }
   std::vector<std::string> keys;
   for (const auto& [key, domain] : s.space()) keys.push_back(key);
   std::sort(keys.begin(), keys.end());
@@ -55,8 +80,6 @@ absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& sp
     for (const auto& k : keys) {
       values.push_back(GridValues(s.space().at(k)));
       total *= values.back().size();
-      if (total > 10000)
-        return absl::InvalidArgumentError("search.space: the grid has over 10000 trials");
     }
     for (size_t t = 0; t < total; ++t) {
       TrialPlan p{static_cast<int>(t), {}, spec.seed()};

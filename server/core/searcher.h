@@ -24,7 +24,13 @@ struct TrialPlan {
 // experiment seed and the trial number, so a resubmission draws the same values. Without a search
 // space: one trial. Every trial keeps the experiment's seed, so trials differ only by their
 // hyperparameters (paired comparison across the same folds and initialisation).
+// InvalidArgument, with the numbers, past kMaxTrials (counted arithmetically first: TrialCount).
 absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& spec);
+
+// How many trials the search makes, computed without building them (grid: the product of the
+// domains' sizes, saturating at 2^50; random: search.trials; no space: 1).
+int64_t TrialCount(const v1::ExperimentSpec& spec);
+inline constexpr int64_t kMaxTrials = 10000;
 
 // The spec a fold run of `plan` trains: the assignment applied, the search cleared, validated.
 absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec, const TrialPlan& plan);

@@ -3,10 +3,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "common/data/folds.h"
+#include "common/util/files.h"
 #include "tests/test_util.h"
 
 namespace mal {
@@ -269,6 +272,67 @@ TEST(SpecTest, EveryExampleSpecIsValid) {
     EXPECT_TRUE(spec.ok()) << spec.status();
   }
   EXPECT_GE(n, 6);
+}
+
+}  // namespace
+}  // namespace mal
+
+namespace mal {
+namespace {
+
+// One table of bad values run through both ways a spec reaches the coordinator: a YAML file
+// (--set on the file) and a proto (the field set directly, as a gRPC client would). Both must be
+// refused by ValidateSpec naming the same field (issue 14: the proto path accepted method = 99,
+// train.lr = inf, train.epochs = 2^31 - 1).
+TEST(SpecTest, ProtoAndYamlPathsRefuseTheSameValues) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "e.yaml",
+                     "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\n");
+  struct Case {
+    std::string yaml;  // --set override; empty: no YAML spelling
+    std::function<void(v1::ExperimentSpec&)> proto;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {"", [](v1::ExperimentSpec& s) { s.set_method(static_cast<v1::Method>(99)); }, "method"},
+      {"train.lr=.inf", [](v1::ExperimentSpec& s) { s.mutable_train()->set_lr(INFINITY); },
+       "train.lr"},
+      {"train.lr=.nan", [](v1::ExperimentSpec& s) { s.mutable_train()->set_lr(NAN); }, "train.lr"},
+      {"train.epochs=2147483647",
+       [](v1::ExperimentSpec& s) { s.mutable_train()->set_epochs(2147483647); }, "train.epochs"},
+      {"train.batch_au=1000000",
+       [](v1::ExperimentSpec& s) { s.mutable_train()->set_batch_au(1000000); }, "train.batch_au"},
+      {"search.trials=2147483647",
+       [](v1::ExperimentSpec& s) { s.mutable_search()->set_trials(2147483647); }, "search.trials"},
+      {"cv.only=[1,1]",
+       [](v1::ExperimentSpec& s) {
+         s.mutable_cv()->add_only(1);
+         s.mutable_cv()->add_only(1);
+       },
+       "cv.only[1]"},
+      {"data.au.root=\"/d\\nx\"",
+       [](v1::ExperimentSpec& s) {
+         s.mutable_data()->mutable_au()->set_root(std::string("/d\0x", 4));
+       },
+       "data.au.root"},
+      {"", [](v1::ExperimentSpec& s) { s.set_name(std::string(200, 'n')); }, "name"},
+      {"mal.val_batch=0", [](v1::ExperimentSpec& s) { s.mutable_mal()->set_val_batch(0); },
+       "mal.val_batch"},
+  };
+  for (const Case& c : cases) {
+    if (!c.yaml.empty()) {
+      auto from_yaml = LoadSpecFile(dir / "e.yaml", {c.yaml});
+      ASSERT_FALSE(from_yaml.ok()) << c.yaml;
+      EXPECT_THAT(std::string(from_yaml.status().message()), HasSubstr(c.field + ":")) << c.yaml;
+    }
+    auto base = ParseSpecYaml(*ReadFile(dir / "e.yaml"), "e.yaml");
+    ASSERT_TRUE(base.ok());
+    c.proto(*base);
+    ApplyDefaults(*base);
+    const absl::Status s = ValidateSpec(*base);
+    ASSERT_FALSE(s.ok()) << c.field;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.field + ":")) << c.field;
+  }
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "common/spec/spec.h"
 #include "server/service/prometheus_text.h"
 #include "tests/test_util.h"
@@ -30,7 +32,9 @@ data:
   fe: {format: synthface, root: /data/sf}
 model: {backbone: small_cnn, input: 32, resize: 36}
 max_restarts: 1
-)", extra), "unit.yaml");
+)",
+                                         extra),
+                            "unit.yaml");
   EXPECT_TRUE(spec.ok()) << spec.status();
   return *spec;
 }
@@ -73,7 +77,8 @@ class CoordinatorTest : public ::testing::Test {
     for (auto& c : claims) *req.add_running() = c;
     ASSERT_TRUE(core_->Register(req).ok());
   }
-  v1::HeartbeatResponse Beat(const std::string& name, int free, const std::vector<v1::Assignment>& held = {}) {
+  v1::HeartbeatResponse Beat(const std::string& name, int free,
+                             const std::vector<v1::Assignment>& held = {}) {
     v1::HeartbeatRequest req;
     req.set_name(name);
     req.set_free_slots(free);
@@ -91,7 +96,8 @@ class CoordinatorTest : public ::testing::Test {
     req.set_run_id(a.run_id());
     req.set_lease_epoch(a.lease_epoch());
     req.set_first_index(first_index);
-    for (int i = 0; i < points; ++i) req.add_events()->mutable_point()->set_iteration(first_index + i);
+    for (int i = 0; i < points; ++i)
+      req.add_events()->mutable_point()->set_iteration(first_index + i);
     return core_->ReportEvents(req).status();
   }
   absl::Status Complete(const v1::Assignment& a, double f1) {
@@ -139,7 +145,8 @@ class CoordinatorTest : public ::testing::Test {
 
 TEST_F(CoordinatorTest, SubmitExpandsTrialsTimesFoldsAndIsIdempotentByRequestId) {
   v1::SubmitExperimentRequest req;
-  *req.mutable_spec() = Spec("search: {algorithm: grid, space: {train.lr: {choice: ['0.1', '0.01']}}}\n");
+  *req.mutable_spec() =
+      Spec("search: {algorithm: grid, space: {train.lr: {choice: ['0.1', '0.01']}}}\n");
   req.set_request_id("r1");
   auto a = core_->Submit(req);
   ASSERT_TRUE(a.ok()) << a.status();
@@ -159,12 +166,51 @@ TEST_F(CoordinatorTest, MalformedSpecIsRejectedWithItsFieldPath) {
   auto r = core_->Submit(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("train.lr"));
-  // A grid of 1000 trials over 1000 folds is a typo, not an experiment.
+  // A grid of 2000 trials over 100 folds is a typo, not an experiment.
   *req.mutable_spec() = Spec(
-      "cv: {folds: 1000}\nsearch: {algorithm: grid, space: {train.epochs: {int_uniform: [1, 1000]}}}\n");
+      "cv: {protocol: kfold, folds: 100}\nsearch: {algorithm: grid, space: {train.epochs: "
+      "{int_uniform: [1, 2000]}}}\n");
   r = core_->Submit(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("1000 trials x 1000 folds"));
+  EXPECT_THAT(r.status().message(), HasSubstr("2000 trials x 100 folds"));
+  EXPECT_EQ(core_->List().experiments_size(), 0);
+}
+
+// Inputs that used to exhaust the coordinator are refused at once, with their numbers, and store
+// nothing (issue 14).
+TEST_F(CoordinatorTest, HugeRequestsAreRefusedBeforeAnythingIsBuilt) {
+  v1::SubmitExperimentRequest req;
+  // A grid over an integer range of 2^31 values: counted, not expanded.
+  *req.mutable_spec() = Spec(
+      "search: {algorithm: grid, space: {train.max_iterations: {int_uniform: [0, 2147483647]}}}\n");
+  const auto started = std::chrono::steady_clock::now();
+  auto r = core_->Submit(req);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("2147483648 trials"));
+  // Random search with 2^31 - 1 trials.
+  *req.mutable_spec() =
+      Spec("search: {trials: 2147483647, space: {train.lr: {uniform: [0.001, 0.1]}}}\n");
+  r = core_->Submit(req);
+  EXPECT_THAT(r.status().message(), HasSubstr("search.trials"));
+  // A 10 MB name, dataset root and request id.
+  *req.mutable_spec() = Spec();
+  req.mutable_spec()->set_name(std::string(10 << 20, 'a'));
+  r = core_->Submit(req);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("bytes, at most"));
+  *req.mutable_spec() = Spec();
+  req.mutable_spec()->mutable_data()->mutable_au()->set_root(std::string(5000, 'r'));
+  EXPECT_THAT(core_->Submit(req).status().message(), HasSubstr("data.au.root: 5000 characters"));
+  *req.mutable_spec() = Spec();
+  req.set_request_id(std::string(10 << 20, 'q'));
+  EXPECT_THAT(core_->Submit(req).status().message(), HasSubstr("request_id"));
+  // cv.only with a fold twice: INVALID_ARGUMENT naming it, not an SQL error.
+  req.clear_request_id();
+  *req.mutable_spec() = Spec("cv: {only: [1, 1]}\n");
+  r = core_->Submit(req);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("cv.only[1]: fold 1 listed twice"));
   EXPECT_EQ(core_->List().experiments_size(), 0);
 }
 
@@ -202,7 +248,7 @@ TEST_F(CoordinatorTest, CompletingEveryFoldAggregatesAndEnds) {
   ASSERT_EQ(results.trials_size(), 1);
   const auto& t = results.trials(0);
   EXPECT_EQ(t.state(), "SUCCEEDED");
-  EXPECT_NEAR(t.mean_f1(), 0.45, 1e-9);               // mean of 0.3, 0.45, 0.6
+  EXPECT_NEAR(t.mean_f1(), 0.45, 1e-9);                // mean of 0.3, 0.45, 0.6
   EXPECT_NEAR(t.std_f1(), std::sqrt(0.03 / 2), 1e-9);  // population std
   EXPECT_NEAR(t.au_mean_f1(0), 0.6, 1e-9);
   EXPECT_NEAR(t.au_mean_f1(1), 0.3, 1e-9);
@@ -259,7 +305,8 @@ TEST_F(CoordinatorTest, LapsedLeaseLosesTheRunAndFencesTheOldEpoch) {
   EXPECT_TRUE(Beat("w1", 1).reregister());  // its lease lapsed: it must register again
 
   bool saw_lost = false;
-  for (const auto& e : Events(id)) saw_lost = saw_lost || (e.has_state() && e.state().state() == "LOST");
+  for (const auto& e : Events(id))
+    saw_lost = saw_lost || (e.has_state() && e.state().state() == "LOST");
   EXPECT_TRUE(saw_lost);
 
   // Past max_restarts (1) the run fails, and with it the trial and the experiment.
@@ -274,8 +321,8 @@ TEST_F(CoordinatorTest, UnclaimedAssignmentIsLostAtTheNextHeartbeat) {
   const std::string id = Submit(Spec("cv: {only: [1]}\n"));
   Register("w1", 1);
   ASSERT_EQ(Beat("w1", 1).assignments_size(), 1);  // the answer never reaches the worker
-  auto hb = Beat("w1", 1);                          // which claims nothing
-  ASSERT_EQ(hb.assignments_size(), 1);              // the run comes back as attempt 2
+  auto hb = Beat("w1", 1);                         // which claims nothing
+  ASSERT_EQ(hb.assignments_size(), 1);             // the run comes back as attempt 2
   EXPECT_EQ(hb.assignments(0).attempt(), 1);
 }
 
@@ -317,8 +364,9 @@ TEST_F(CoordinatorTest, CancelStopsRunsAndTellsTheirWorkers) {
 }
 
 TEST_F(CoordinatorTest, ConcurrentTrialsAreLimited) {
-  const std::string id = Submit(Spec(
-      "cv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 1, space: {train.lr: {choice: ['0.1', '0.01']}}}\n"));
+  const std::string id =
+      Submit(Spec("cv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 1, space: {train.lr: "
+                  "{choice: ['0.1', '0.01']}}}\n"));
   Register("w1", 4);
   auto hb = Beat("w1", 4);
   ASSERT_EQ(hb.assignments_size(), 2);  // trial 0's two folds; trial 1 waits
@@ -337,9 +385,10 @@ TEST_F(CoordinatorTest, ConcurrentTrialsAreLimited) {
 }
 
 TEST_F(CoordinatorTest, EarlyStoppingStopsTrialsBelowTheTopThirdAtARung) {
-  const std::string id = Submit(Spec(
-      "cv: {only: [1]}\ntrain: {epochs: 9}\nsearch: {algorithm: grid, concurrent: 3, early_stopping: true, "
-      "space: {train.lr: {choice: ['0.1', '0.01', '0.001']}}}\n"));
+  const std::string id =
+      Submit(Spec("cv: {only: [1]}\ntrain: {epochs: 9}\nsearch: {algorithm: grid, concurrent: 3, "
+                  "early_stopping: true, "
+                  "space: {train.lr: {choice: ['0.1', '0.01', '0.001']}}}\n"));
   Register("w1", 3);
   const auto hb = Beat("w1", 3);
   ASSERT_EQ(hb.assignments_size(), 3);
@@ -370,8 +419,9 @@ TEST_F(CoordinatorTest, EarlyStoppingStopsTrialsBelowTheTopThirdAtARung) {
 }
 
 TEST_F(CoordinatorTest, FinalFitTrainsTheBestTrialOnAllSubjectsThenRegistersIt) {
-  const std::string id = Submit(Spec(
-      "final_fit: true\ncv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 2, space: {train.lr: {choice: ['0.1', '0.01']}}}\n"));
+  const std::string id =
+      Submit(Spec("final_fit: true\ncv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 2, "
+                  "space: {train.lr: {choice: ['0.1', '0.01']}}}\n"));
   Register("w1", 4);
   const auto hb = Beat("w1", 4);
   ASSERT_EQ(hb.assignments_size(), 4);
@@ -510,7 +560,8 @@ TEST_F(CoordinatorTest, RestartFinishesWhatACrashInterrupted) {
   const auto a = Beat("w1", 1).assignments(0);
   // The run completed, but the coordinator died before settling the trial: simulate by
   // completing through the store directly.
-  ASSERT_TRUE(store_->Complete(a.run_id(), a.lease_epoch(), v1::FoldResult().SerializeAsString()).ok());
+  ASSERT_TRUE(
+      store_->Complete(a.run_id(), a.lease_epoch(), v1::FoldResult().SerializeAsString()).ok());
   Reopen();
   EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_SUCCEEDED);
   int ends = 0;

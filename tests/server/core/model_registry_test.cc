@@ -29,7 +29,7 @@ class ModelRegistryTest : public ::testing::Test {
     m.experiment_id = experiment;
     m.fold = fold;
     m.test_mean_f1 = 0.5 + fold / 10.0;
-    m.artifact = "/artifacts/" + name + "/model.pt";
+    m.artifact = "/var/lib/mal/artifacts/" + name + "/model.pt";
     m.metadata = "{}";
     ASSERT_TRUE(store_->RegisterModel(m).ok());
   }
@@ -119,7 +119,8 @@ TEST_F(ModelRegistryTest, AliasesSurviveReopen) {
   EXPECT_EQ(registry.Get("bp4d-mal@champion")->version(), 2);
   auto file = registry.ModelFile("bp4d-mal@champion");
   ASSERT_TRUE(file.ok());
-  EXPECT_EQ(file->first, "/artifacts/bp4d-mal/model.pt");
+  EXPECT_EQ(file->first, "/var/lib/mal/artifacts/bp4d-mal/model.pt");
+  EXPECT_EQ(file->second.artifact(), "bp4d-mal/model.pt");  // clients see store-relative names
 }
 
 }  // namespace
