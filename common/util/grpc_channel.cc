@@ -1,9 +1,13 @@
 #include "common/util/grpc_channel.h"
 
+#include <arpa/inet.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/client_interceptor.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cstdlib>
 
@@ -38,7 +42,8 @@ class TokenInterceptor : public grpc::experimental::Interceptor {
  public:
   explicit TokenInterceptor(std::string header) : header_(std::move(header)) {}
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       methods->GetSendInitialMetadata()->insert({"authorization", header_});
     }
     methods->Proceed();
@@ -51,7 +56,8 @@ class TokenInterceptor : public grpc::experimental::Interceptor {
 class TokenInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
   explicit TokenInterceptorFactory(std::string token) : header_("Bearer " + std::move(token)) {}
-  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
     return new TokenInterceptor(header_);
   }
 
@@ -61,27 +67,52 @@ class TokenInterceptorFactory : public grpc::experimental::ClientInterceptorFact
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   auto text = ReadFile(path);
-  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", text.status().message()));
+  if (!text.ok())
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", text.status().message()));
   if (text->find("-----BEGIN") == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is not a PEM file"));
   }
   return text;
 }
 
-bool Loopback(const std::string& address) {
-  const std::string host = address.substr(0, address.rfind(':'));
-  return host == "127.0.0.1" || host == "localhost" || host == "[::1]" || host == "::1" ||
-         host.rfind("127.", 0) == 0 || host.rfind("unix:", 0) == 0 || address.rfind("unix:", 0) == 0;
+bool LoopbackIp(const sockaddr* a) {
+  if (a->sa_family == AF_INET) {
+    const uint32_t ip = ntohl(reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr);
+    return (ip >> 24) == 127;
+  }
+  if (a->sa_family == AF_INET6) {
+    return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr);
+  }
+  return false;
 }
 
 }  // namespace
 
+bool IsLoopbackAddress(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) return true;  // a local socket file
+  std::string host = address.substr(0, address.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  if (host.empty()) return false;  // ":7070" listens on every interface
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) return false;
+  bool all = true;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) all = all && LoopbackIp(a->ai_addr);
+  ::freeaddrinfo(found);
+  return all;
+}
+
 absl::StatusOr<std::string> LoadToken(const std::string& token_file, const char* token_env) {
   if (!token_file.empty()) {
     auto text = ReadFile(token_file);
-    if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
+    if (!text.ok())
+      return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
     std::string token(absl::StripAsciiWhitespace(text->substr(0, text->find('\n'))));
-    if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", token_file, " is empty"));
+    if (token.empty())
+      return absl::InvalidArgumentError(absl::StrCat("--token-file: ", token_file, " is empty"));
     return token;
   }
   const char* env = token_env != nullptr ? std::getenv(token_env) : nullptr;
@@ -104,23 +135,26 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeSecureChannel(const std::stri
   if (security.token.empty()) return grpc::CreateCustomChannel(address, creds, args);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<TokenInterceptorFactory>(security.token));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(address, creds, args, std::move(interceptors));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(address, creds, args,
+                                                                 std::move(interceptors));
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), ChannelArgs());
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const std::string& address,
-                                                                               const ServerSecurity& security) {
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const std::string& address, const ServerSecurity& security) {
   if (security.cert_file.empty() != security.key_file.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   }
   if (security.cert_file.empty()) {
-    if (!security.client_ca_file.empty()) return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert");
-    if (!Loopback(address) && !security.insecure) {
+    if (!security.client_ca_file.empty())
+      return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert");
+    if (!IsLoopbackAddress(address) && !security.insecure) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--listen ", address, ": plaintext off loopback; give --tls-cert and --tls-key, or --insecure on a "
+          "--listen ", address,
+          ": plaintext off loopback; give --tls-cert and --tls-key, or --insecure on a "
           "trusted network"));
     }
     return grpc::InsecureServerCredentials();
@@ -141,21 +175,25 @@ absl::StatusOr<std::vector<std::string>> LoadTokens(const std::string& token_fil
   std::vector<std::string> tokens;
   if (token_file.empty()) return tokens;
   auto text = ReadFile(token_file);
-  if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
+  if (!text.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (!line.empty() && line[0] != '#') tokens.emplace_back(line);
   }
-  if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("--token-file: ", token_file, " has no token"));
+  if (tokens.empty())
+    return absl::InvalidArgumentError(absl::StrCat("--token-file: ", token_file, " has no token"));
   return tokens;
 }
 
-grpc::Status CheckToken(const grpc::ServerContext& context, const std::vector<std::string>& tokens) {
+grpc::Status CheckToken(const grpc::ServerContext& context,
+                        const std::vector<std::string>& tokens) {
   if (tokens.empty()) return grpc::Status::OK;
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "a bearer token is required (--token-file or MAL_TOKEN)");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "a bearer token is required (--token-file or MAL_TOKEN)");
   }
   const std::string header(it->second.data(), it->second.size());
   const std::string prefix = "Bearer ";
@@ -164,7 +202,9 @@ grpc::Status CheckToken(const grpc::ServerContext& context, const std::vector<st
     for (const std::string& t : tokens) {
       // Compare without an early exit, so timing does not tell how much matched.
       unsigned diff = given.size() ^ t.size();
-      for (size_t i = 0; i < t.size(); ++i) diff |= static_cast<unsigned char>(t[i]) ^ (i < given.size() ? static_cast<unsigned char>(given[i]) : 0);
+      for (size_t i = 0; i < t.size(); ++i)
+        diff |= static_cast<unsigned char>(t[i]) ^
+                (i < given.size() ? static_cast<unsigned char>(given[i]) : 0);
       if (diff == 0) return grpc::Status::OK;
     }
   }
@@ -178,7 +218,8 @@ void ConfigureServer(grpc::ServerBuilder& builder) {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kKeepaliveTimeoutMs);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, kServerMinPingIntervalMs);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             kServerMinPingIntervalMs);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);

@@ -6,16 +6,15 @@
 // server accepts pings every 10 s even without calls in flight, so it never answers a client's
 // keepalive with GOAWAY (too_many_pings).
 
-#include <chrono>
-#include <memory>
-#include <string>
-
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 #include <grpcpp/server_context.h>
 
+#include <chrono>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -55,8 +54,12 @@ struct ServerSecurity {
   std::string token_file;
   bool insecure = false;
 };
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const std::string& address,
-                                                                               const ServerSecurity& security);
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const std::string& address, const ServerSecurity& security);
+// True when every address `address` (HOST:PORT, [V6]:PORT or unix:PATH) resolves to is in
+// 127.0.0.0/8 or ::1 (a name is resolved: "127.example.com" is not loopback unless it resolves
+// there); an empty host (every interface) or a name that does not resolve is not.
+bool IsLoopbackAddress(const std::string& address);
 // The accepted tokens (empty: no token required).
 absl::StatusOr<std::vector<std::string>> LoadTokens(const std::string& token_file);
 // OK when no token is required or the call carries `authorization: Bearer <one of them>`;
