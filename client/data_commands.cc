@@ -98,6 +98,7 @@ void AddInspect(CLI::App& data, int* exit_code) {
   cmd->add_option("--format", o->format, "bp4d, disfa, gft, rafdb, affectnet, csv or synthface")
       ->required();
   cmd->add_option("--root", o->reader.root, "the dataset's directory")->required();
+  cmd->footer("Example: malctl data inspect --format bp4d --root /data/BP4D --aus 1,2,4 -o json");
   cmd->add_option("--aus", o->aus,
                   "the AUs to read, e.g. 1,2,4 (default: the format's standard list)")
       ->check([](const std::string& text) {
@@ -140,6 +141,7 @@ void AddSynth(CLI::App& data, int* exit_code) {
   CLI::App* cmd =
       data.add_subcommand("synth", "generate the SynthFace dataset (docs/synthface.md)");
   CLI::Option* out = cmd->add_option("--out", o->out, "the dataset directory to write");
+  cmd->footer("Example: malctl data synth --out .cache/synthface --preview synthface.png");
   CLI::Option* sheet =
       cmd->add_option("--preview", *preview, "also write a PNG sheet of every AU and expression");
   cmd->add_option("--au-subjects", o->au_subjects, "BP4D-style subjects")

@@ -28,6 +28,8 @@ void AddPredictCommand(CLI::App& app, int* exit_code) {
       ->required();
   predict::AddPredictOptions(*cmd, &o->predict);
   AddServiceOptions(*cmd, &o->service, "MAL_SERVE_ADDRESS", /*output=*/false);
+  cmd->footer(
+      "Example: malctl predict --model bp4d-mal@champion photo.jpg faces/ clip.mp4 --out aus.csv");
   cmd->callback([o, exit_code] {
     auto channel = OpenChannel(o->service);
     if (!channel.ok()) {

@@ -246,17 +246,22 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
   cmd->add_option("--priority", submit->priority,
                   "higher runs first (overrides the spec's priority)");
   AddServiceOptions(*cmd, &submit->service);
+  cmd->footer(
+      "Example: malctl submit -f deploy/examples/quickstart.yaml --set train.epochs=4 --follow");
   cmd->callback([submit, exit_code] { *exit_code = Submit(*submit); });
 
   AddCommand(app, exit_code, "ls", "list experiments", false,
-             [](const ServiceClient& c, const std::string&) { return Ls(c); });
+             [](const ServiceClient& c, const std::string&) { return Ls(c); })
+      ->footer("Example: malctl ls -o json");
   AddCommand(app, exit_code, "describe", "an experiment and its fold runs", true,
              [](const ServiceClient& c, const std::string& id) {
                return OneExperiment(c, id, "describe");
-             });
+             })
+      ->footer("Example: malctl describe exp-3");
   AddCommand(
       app, exit_code, "cancel", "stop an experiment", true,
-      [](const ServiceClient& c, const std::string& id) { return OneExperiment(c, id, "cancel"); });
+      [](const ServiceClient& c, const std::string& id) { return OneExperiment(c, id, "cancel"); })
+      ->footer("Example: malctl cancel exp-3");
   AddWatchCommand(app, exit_code);
   AddModelsCommand(app, exit_code);
   AddArtifactCommands(app, exit_code);
@@ -270,9 +275,11 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
       [timeout](const ServiceClient& c, const std::string& id) { return Wait(c, id, *timeout); });
   wait->add_option("--timeout", *timeout, "give up after this long, s (0: no limit)")
       ->check(CLI::NonNegativeNumber);
+  wait->footer("Example: malctl wait exp-3 --timeout 3600 && malctl results exp-3");
   AddResultsCommand(app, exit_code);
   AddCommand(app, exit_code, "workers", "the worker daemons", false,
-             [](const ServiceClient& c, const std::string&) { return Workers(c); });
+             [](const ServiceClient& c, const std::string&) { return Workers(c); })
+      ->footer("Example: malctl workers --address coordinator:7070");
 }
 
 }  // namespace mal::cli
