@@ -81,7 +81,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   ASSIGN_OR_RETURN(p->lock_fd, LockDataDir(o.data_dir));
   ASSIGN_OR_RETURN(p->store, StateStore::Open(o.data_dir + "/state.db"));
   p->hub = std::make_unique<EventHub>(p->store.get(), static_cast<size_t>(o.watch_queue));
-  p->artifacts = std::make_unique<ArtifactStore>(o.data_dir + "/artifacts");
+  p->artifacts = std::make_unique<ArtifactStore>(
+      o.data_dir + "/artifacts", ArtifactStore::Limits{o.max_upload_bytes, o.min_free_bytes});
   if (const int removed = p->artifacts->RemovePartialUploads(); removed > 0) {
     LOG(INFO) << "removed " << removed << " partial upload(s) a crash left behind";
   }

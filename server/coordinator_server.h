@@ -29,6 +29,8 @@ class CoordinatorServer {
     int64_t watch_queue = 1024;             // events per watcher before coalescing, >= 1
     std::string metrics_listen;             // Prometheus text on its own port; empty: none
     rpc::ServerSecurity security;           // TLS and bearer tokens (common/util/grpc_channel.h)
+    int64_t max_upload_bytes = int64_t{16} << 30;  // one artifact from a worker
+    int64_t min_free_bytes = int64_t{512} << 20;   // uploads refused below this much free disk
   };
 
   // Opens (creating) the data directory, recovers the state, binds and starts serving; the lease

@@ -36,9 +36,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   app.add_option("--metrics-listen", o.metrics_listen,
                  "serve Prometheus text at HOST:PORT (default: none)");
+  int64_t max_upload_mb = o.max_upload_bytes >> 20, min_free_mb = o.min_free_bytes >> 20;
+  app.add_option("--max-upload-mb", max_upload_mb, "largest artifact a worker may upload, MiB")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+  app.add_option("--min-free-mb", min_free_mb,
+                 "uploads are refused when the data directory's disk has less free, MiB")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
   mal::cli::AddServerSecurityOptions(app, &o.security);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;
+  o.max_upload_bytes = max_upload_mb << 20;
+  o.min_free_bytes = min_free_mb << 20;
 
   auto server = mal::server::CoordinatorServer::Start(o);
   if (!server.ok()) {

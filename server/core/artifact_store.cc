@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/util/status_macros.h"
 
 namespace mal::server {
 
@@ -86,6 +88,27 @@ int ArtifactStore::RemovePartialUploads() {
   return removed;
 }
 
+namespace {
+
+// Bytes free for an unprivileged writer on the file system holding `path`; -1 when unknown.
+int64_t FreeBytes(const std::string& path) {
+  struct statvfs st {};
+  if (::statvfs(path.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
+}
+
+absl::Status CheckFree(const std::string& path, int64_t min_free, int64_t more) {
+  const int64_t free = FreeBytes(path);
+  if (free >= 0 && free - more < min_free) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the coordinator's disk is nearly full: ", free >> 20, " MiB free, uploads need ",
+        min_free >> 20, " MiB left (mal-coordinator --min-free-mb)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> ArtifactStore::BeginUpload(
     const std::string& experiment, int trial, int fold, const std::string& name) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
@@ -93,11 +116,12 @@ absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> ArtifactStore::BeginUploa
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
   if (ec) return absl::InternalError(absl::StrCat(path, ": ", ec.message()));
+  RETURN_IF_ERROR(CheckFree(fs::path(path).parent_path().string(), limits_.min_free_bytes, 0));
   static std::atomic<int64_t> counter{0};
   const std::string tmp = absl::StrCat(path, ".upload-", ::getpid(), "-", counter++);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError(absl::StrCat(tmp, ": ", std::strerror(errno)));
-  return std::unique_ptr<Upload>(new Upload(path, tmp, fd));
+  return std::unique_ptr<Upload>(new Upload(path, tmp, fd, limits_));
 }
 
 ArtifactStore::Upload::~Upload() {
@@ -106,6 +130,16 @@ ArtifactStore::Upload::~Upload() {
 }
 
 absl::Status ArtifactStore::Upload::Append(absl::string_view data) {
+  if (size_ + static_cast<int64_t>(data.size()) > limits_.max_upload_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(fs::path(path_).filename().string(), ": over the upload limit of ",
+                     limits_.max_upload_bytes >> 20, " MiB (mal-coordinator --max-upload-mb)"));
+  }
+  // Checked every 64 MiB, not per chunk: statvfs is a system call.
+  if ((size_ >> 26) != ((size_ + static_cast<int64_t>(data.size())) >> 26)) {
+    RETURN_IF_ERROR(CheckFree(fs::path(tmp_).parent_path().string(), limits_.min_free_bytes,
+                              static_cast<int64_t>(data.size())));
+  }
   hash_.Update(data);
   size_ += static_cast<int64_t>(data.size());
   while (!data.empty()) {

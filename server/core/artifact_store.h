@@ -17,9 +17,16 @@
 
 namespace mal::server {
 
+struct ArtifactLimits {
+  int64_t max_upload_bytes = int64_t{16} << 30;  // one artifact, bytes
+  int64_t min_free_bytes = int64_t{512} << 20;   // uploads are refused below this much free disk
+};
+
 class ArtifactStore {
  public:
-  explicit ArtifactStore(std::string root) : root_(std::move(root)) {}
+  using Limits = ArtifactLimits;
+  explicit ArtifactStore(std::string root, Limits limits = {})
+      : root_(std::move(root)), limits_(limits) {}
 
   // Checks a relative artifact name: letters, digits, '.', '_', '-', and '/' between parts; no
   // "..", no absolute path.
@@ -41,10 +48,11 @@ class ArtifactStore {
 
    private:
     friend class ArtifactStore;
-    Upload(std::string path, std::string tmp, int fd)
-        : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
+    Upload(std::string path, std::string tmp, int fd, Limits limits)
+        : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd), limits_(limits) {}
     std::string path_, tmp_;
     int fd_;
+    Limits limits_;
     int64_t size_ = 0;
     Sha256 hash_;
     std::string digest_;
@@ -62,11 +70,15 @@ class ArtifactStore {
   // before any upload.
   int RemovePartialUploads();
 
+  // ResourceExhausted when the disk holding the store has less than limits.min_free_bytes free
+  // (naming both figures); Append refuses an upload past limits.max_upload_bytes, and a write that
+  // would leave less than min_free_bytes, the same way (the partial file is removed).
   absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& experiment, int trial,
                                                       int fold, const std::string& name);
 
  private:
   const std::string root_;
+  const Limits limits_;
 };
 
 }  // namespace mal::server

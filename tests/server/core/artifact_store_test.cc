@@ -1,9 +1,9 @@
 #include "server/core/artifact_store.h"
 
-#include <filesystem>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <filesystem>
 
 #include "common/util/files.h"
 #include "common/util/sha256.h"
@@ -80,6 +80,34 @@ TEST(ArtifactStoreTest, NamesMayNotEscape) {
     EXPECT_FALSE(ArtifactStore::CheckName(bad).ok()) << bad;
   }
   EXPECT_TRUE(ArtifactStore::CheckName("weights/epoch_012.csv").ok());
+}
+
+}  // namespace
+}  // namespace mal::server
+
+namespace mal::server {
+namespace {
+
+// Issue 14: uploads have a size limit and a free-disk floor; either refusal is RESOURCE_EXHAUSTED
+// naming the figures, and leaves no file behind.
+TEST(ArtifactStoreTest, OversizedUploadsAndAFullDiskAreRefused) {
+  testing::TempDir dir;
+  ArtifactStore small(dir / "a", ArtifactStore::Limits{/*max_upload_bytes=*/10, /*min_free=*/0});
+  auto up = small.BeginUpload("exp-1", 0, 1, "model.pt");
+  ASSERT_TRUE(up.ok());
+  ASSERT_TRUE((*up)->Append("12345").ok());
+  const absl::Status over = (*up)->Append("678901");
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(over.message()), ::testing::HasSubstr("model.pt: over the upload limit"));
+  up->reset();
+  // No disk has an exabyte free: the floor refuses the upload before anything is written.
+  ArtifactStore full(dir / "b", ArtifactStore::Limits{int64_t{1} << 40, int64_t{1} << 60});
+  auto refused = full.BeginUpload("exp-1", 0, 1, "model.pt");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("nearly full"));
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir.path())) files += e.is_regular_file();
+  EXPECT_EQ(files, 0);
 }
 
 }  // namespace
