@@ -77,6 +77,18 @@ class Coordinator {
   absl::StatusOr<v1::ExperimentState> State(const std::string& experiment_id);
 
   // Worker side.
+  // Who a WorkerGateway call says it comes from (its mal-worker / mal-worker-session metadata).
+  struct WorkerCaller {
+    std::string name, session;
+  };
+  // Checks a worker call before it is served: the session Register issued to `caller.name`
+  // (compared in constant time), and when `run_id` != 0 that the run is leased to that worker.
+  // UNAUTHENTICATED: no or a wrong session; UNAVAILABLE: the worker is not registered (the
+  // coordinator restarted: the daemon registers again), unless `allow_unknown` (Heartbeat, whose
+  // answer tells it to); FAILED_PRECONDITION: the run is not (or no longer) leased to this worker
+  // (the daemon stops it, as for a stale epoch); NOT_FOUND: no such run.
+  // Nothing changes on a refusal.
+  absl::Status Authenticate(const WorkerCaller& caller, int64_t run_id, bool allow_unknown = false);
   absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& request);
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
   absl::StatusOr<v1::ReportEventsResponse> ReportEvents(const v1::ReportEventsRequest& request);

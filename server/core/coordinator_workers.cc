@@ -1,6 +1,9 @@
 // Coordinator: the worker side of the API (registration, heartbeats with assignments, events,
 // completion, uploads) and lease expiry (coordinator.h).
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include <algorithm>
 #include <set>
 
@@ -52,6 +55,57 @@ std::vector<v1::RunClaim> Coordinator::Reconcile(
   return drop;
 }
 
+namespace {
+
+// 32 random bytes as hex, from OpenSSL's CSPRNG.
+absl::StatusOr<std::string> NewSession() {
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) {
+    return absl::InternalError("register: no random bytes for a session credential");
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status Coordinator::Authenticate(const WorkerCaller& caller, int64_t run_id,
+                                       bool allow_unknown) {
+  if (caller.name.empty() || caller.session.empty()) {
+    return absl::UnauthenticatedError(
+        "worker calls carry mal-worker and mal-worker-session metadata (the session comes from "
+        "Register)");
+  }
+  absl::MutexLock lock(&mu_);
+  auto w = workers_.find(caller.name);
+  if (w == workers_.end() || !w->second.registered || w->second.session.empty()) {
+    if (allow_unknown) return absl::OkStatus();
+    return absl::UnavailableError(
+        absl::StrCat("worker ", caller.name, " is not registered here: register again"));
+  }
+  const std::string& expected = w->second.session;
+  if (caller.session.size() != expected.size() ||
+      CRYPTO_memcmp(caller.session.data(), expected.data(), expected.size()) != 0) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("worker ", caller.name, ": the session is not the one Register issued"));
+  }
+  if (run_id == 0) return absl::OkStatus();
+  Experiment* e = nullptr;
+  ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, &e));
+  if (run->worker != caller.name || !IsHeld(run->state)) {
+    // To a registered worker, a run that is not (or no longer) its own is stale, as a lapsed
+    // lease is: the daemon stops it (FAILED_PRECONDITION, like a stale epoch).
+    return absl::FailedPreconditionError(
+        absl::StrCat("fold run ", run_id, " is not leased to worker ", caller.name));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterRequest& request) {
   if (request.name().empty()) return absl::InvalidArgumentError("register: name is empty");
   if (request.slots() < 1) return absl::InvalidArgumentError("register: slots must be >= 1");
@@ -70,7 +124,9 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   w.last_ms = clock_->NowMs();
   w.alive = true;
   w.registered = true;
+  ASSIGN_OR_RETURN(w.session, NewSession());
   v1::RegisterResponse out;
+  out.set_session(w.session);
   out.set_heartbeat_ms(options_.heartbeat_ms);
   out.set_lease_ms(options_.lease_ms);
   for (v1::RunClaim& c : Reconcile(request.name(), request.running())) *out.add_drop() = c;

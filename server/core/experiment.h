@@ -64,6 +64,7 @@ struct Worker {
   int64_t last_ms = 0;     // clock time of its last call (ms)
   bool alive = true;       // false once its lease lapsed
   bool registered = true;  // false: a placeholder for a worker known only from the store
+  std::string session;     // issued by Register; worker calls must carry it
 };
 
 }  // namespace mal::server

@@ -158,6 +158,20 @@ grpc::Status ModelRegistryService::DownloadModel(grpc::ServerContext* context,
   return rpc::SendFile(*context, *writer, file->first, run_files::kModel);
 }
 
+namespace {
+
+Coordinator::WorkerCaller Caller(const grpc::ServerContext& context) {
+  Coordinator::WorkerCaller caller;
+  const auto& md = context.client_metadata();
+  if (auto it = md.find("mal-worker"); it != md.end())
+    caller.name.assign(it->second.data(), it->second.size());
+  if (auto it = md.find("mal-worker-session"); it != md.end())
+    caller.session.assign(it->second.data(), it->second.size());
+  return caller;
+}
+
+}  // namespace
+
 grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context,
                                             const v1::RegisterRequest* request,
                                             v1::RegisterResponse* response) {
@@ -169,6 +183,13 @@ grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context,
                                              const v1::HeartbeatRequest* request,
                                              v1::HeartbeatResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  const Coordinator::WorkerCaller caller = Caller(*context);
+  if (caller.name != request->name()) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "heartbeat: name differs from the caller's mal-worker metadata");
+  }
+  if (absl::Status s = core_->Authenticate(caller, 0, /*allow_unknown=*/true); !s.ok())
+    return ToGrpcStatus(s);
   return Reply(core_->Heartbeat(*request), response);
 }
 
@@ -176,6 +197,8 @@ grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context,
                                                 const v1::ReportEventsRequest* request,
                                                 v1::ReportEventsResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
+    return ToGrpcStatus(s);
   return Reply(core_->ReportEvents(*request), response);
 }
 
@@ -188,6 +211,8 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
   const int64_t run_id = chunk.run_id(), epoch = chunk.lease_epoch();
   const std::string name = chunk.name();
+  if (absl::Status s = core_->Authenticate(Caller(*context), run_id); !s.ok())
+    return ToGrpcStatus(s);
   auto upload = core_->BeginUpload(run_id, epoch, name);
   if (!upload.ok()) return ToGrpcStatus(upload.status());
   std::string sha256;
@@ -210,6 +235,8 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
                                                  const v1::FetchArtifactRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
+    return ToGrpcStatus(s);
   auto path = core_->ArtifactPath(request->run_id(), request->name());
   if (!path.ok()) return ToGrpcStatus(path.status());
   return rpc::SendFile(*context, *writer, *path, request->name());
@@ -218,12 +245,16 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
                                                const v1::CompleteRunRequest* request, v1::Ack*) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
+    return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Complete(*request));
 }
 
 grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext* context,
                                            const v1::FailRunRequest* request, v1::Ack*) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
+    return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Fail(*request));
 }
 

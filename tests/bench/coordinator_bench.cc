@@ -61,6 +61,7 @@ struct Shared {
 void FakeWorker(const std::string& address, int index, int points, Shared* shared) {
   auto stub = mal::v1::WorkerGateway::NewStub(mal::rpc::MakeChannel(address));
   const std::string name = absl::StrCat("sim-", index);
+  std::string session;
   {
     mal::v1::RegisterRequest req;
     req.set_name(name);
@@ -69,13 +70,20 @@ void FakeWorker(const std::string& address, int index, int points, Shared* share
     mal::v1::RegisterResponse resp;
     grpc::ClientContext ctx;
     if (!stub->Register(&ctx, req, &resp).ok()) return;
+    session = resp.session();
   }
+  // Every later call carries the worker's credential (RegisterResponse.session).
+  auto sign = [&](grpc::ClientContext& ctx) {
+    ctx.AddMetadata("mal-worker", name);
+    ctx.AddMetadata("mal-worker-session", session);
+  };
   while (!shared->done) {
     mal::v1::HeartbeatRequest hb;
     hb.set_name(name);
     hb.set_free_slots(1);
     mal::v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
+    sign(ctx);
     if (!stub->Heartbeat(&ctx, hb, &resp).ok() || resp.assignments_size() == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       continue;
@@ -97,6 +105,7 @@ void FakeWorker(const std::string& address, int index, int points, Shared* share
       for (int q = 0; q < 7; ++q) w->add_fe_quantiles(0.1 * q);
       mal::v1::ReportEventsResponse rr;
       grpc::ClientContext rctx;
+      sign(rctx);
       if (!stub->ReportEvents(&rctx, report, &rr).ok()) break;
       index_next += report.events_size();
       shared->events_sent += report.events_size();
@@ -109,6 +118,7 @@ void FakeWorker(const std::string& address, int index, int points, Shared* share
     complete.mutable_result()->set_test_mean_f1(0.5);
     mal::v1::Ack ack;
     grpc::ClientContext cctx;
+    sign(cctx);
     if (stub->CompleteRun(&cctx, complete, &ack).ok()) ++shared->runs_completed;
   }
 }

@@ -970,10 +970,15 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
 TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {
   StartCoordinator(1000);
   const std::string id = Submit(WriteSpec("fence", 1, 1, "cv: {only: [1]}\n"));
-  // A hand-made worker speaking the protocol.
+  // A hand-made worker speaking the protocol, with the session Register gives it.
+  std::string session;
   auto call = [&](auto method, const auto& request, auto* response) {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, std::chrono::seconds(5));
+    if (!session.empty()) {
+      ctx.AddMetadata("mal-worker", "fake");
+      ctx.AddMetadata("mal-worker-session", session);
+    }
     return ((*gateway_).*method)(&ctx, request, response);
   };
   v1::RegisterRequest reg;
@@ -981,6 +986,7 @@ TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {
   reg.set_slots(1);
   v1::RegisterResponse reg_resp;
   ASSERT_TRUE(call(&v1::WorkerGateway::Stub::Register, reg, &reg_resp).ok());
+  session = reg_resp.session();
   v1::HeartbeatRequest hb;
   hb.set_name("fake");
   hb.set_free_slots(1);
@@ -1006,6 +1012,8 @@ TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, std::chrono::seconds(5));
     v1::UploadArtifactResponse up;
+    ctx.AddMetadata("mal-worker", "fake");
+    ctx.AddMetadata("mal-worker-session", session);
     auto writer = gateway_->UploadArtifact(&ctx, &up);
     v1::ArtifactChunk chunk;
     chunk.set_run_id(a.run_id());

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "common/util/artifact_transfer.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/sha256.h"
@@ -22,32 +23,39 @@ class GrpcCoordinatorClient : public CoordinatorClient {
                         std::chrono::milliseconds timeout) override {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, timeout);
-    return stub_->Register(&ctx, request, response);
+    grpc::Status s = stub_->Register(&ctx, request, response);
+    if (s.ok()) {
+      // The credential of every later call (proto/mal/v1/service.proto, RegisterResponse).
+      absl::MutexLock lock(&mu_);
+      name_ = request.name();
+      session_ = response->session();
+    }
+    return s;
   }
   grpc::Status Heartbeat(const v1::HeartbeatRequest& request, v1::HeartbeatResponse* response,
                          std::chrono::milliseconds timeout) override {
     grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, timeout);
+    Prepare(ctx, timeout);
     return stub_->Heartbeat(&ctx, request, response);
   }
   grpc::Status ReportEvents(const v1::ReportEventsRequest& request,
                             v1::ReportEventsResponse* response,
                             std::chrono::milliseconds timeout) override {
     grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, timeout);
+    Prepare(ctx, timeout);
     return stub_->ReportEvents(&ctx, request, response);
   }
   grpc::Status CompleteRun(const v1::CompleteRunRequest& request,
                            std::chrono::milliseconds timeout) override {
     grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, timeout);
+    Prepare(ctx, timeout);
     v1::Ack ack;
     return stub_->CompleteRun(&ctx, request, &ack);
   }
   grpc::Status FailRun(const v1::FailRunRequest& request,
                        std::chrono::milliseconds timeout) override {
     grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, timeout);
+    Prepare(ctx, timeout);
     v1::Ack ack;
     return stub_->FailRun(&ctx, request, &ack);
   }
@@ -57,7 +65,7 @@ class GrpcCoordinatorClient : public CoordinatorClient {
     std::ifstream in(path, std::ios::binary);
     if (!in) return grpc::Status(grpc::StatusCode::NOT_FOUND, path + ": cannot open");
     grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, timeout);
+    Prepare(ctx, timeout);
     v1::UploadArtifactResponse resp;
     auto writer = stub_->UploadArtifact(&ctx, &resp);
     Sha256 hash;
@@ -85,7 +93,7 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   grpc::Status Fetch(int64_t run_id, const std::string& name, const std::string& path,
                      std::chrono::milliseconds timeout) override {
     grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, timeout);
+    Prepare(ctx, timeout);
     v1::FetchArtifactRequest req;
     req.set_run_id(run_id);
     req.set_name(name);
@@ -94,7 +102,19 @@ class GrpcCoordinatorClient : public CoordinatorClient {
   }
 
  private:
+  // Deadline and the worker's credential (none before the first Register).
+  void Prepare(grpc::ClientContext& ctx, std::chrono::milliseconds timeout) {
+    rpc::SetDeadline(ctx, timeout);
+    absl::MutexLock lock(&mu_);
+    if (!name_.empty()) {
+      ctx.AddMetadata("mal-worker", name_);
+      ctx.AddMetadata("mal-worker-session", session_);
+    }
+  }
+
   std::unique_ptr<v1::WorkerGateway::Stub> stub_;
+  absl::Mutex mu_;
+  std::string name_ ABSL_GUARDED_BY(mu_), session_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

@@ -84,20 +84,58 @@ TEST_F(CoordinatorServerTest, AWatchSeesARunFromAssignmentToTheEndEvent) {
   v1::RegisterResponse registered;
   grpc::ClientContext c1;
   ASSERT_TRUE(worker_->Register(&c1, reg, &registered).ok());
+  ASSERT_EQ(registered.session().size(), 64u);  // 32 random bytes, hex
+  auto as = [](grpc::ClientContext& ctx, const std::string& name, const std::string& session) {
+    ctx.AddMetadata("mal-worker", name);
+    ctx.AddMetadata("mal-worker-session", session);
+  };
   v1::HeartbeatRequest beat;
   beat.set_name("w1");
   beat.set_free_slots(1);
   v1::HeartbeatResponse assigned;
   grpc::ClientContext c2;
+  as(c2, "w1", registered.session());
   ASSERT_TRUE(worker_->Heartbeat(&c2, beat, &assigned).ok());
   ASSERT_EQ(assigned.assignments_size(), 1);
   const v1::Assignment& a = assigned.assignments(0);
   v1::CompleteRunRequest done;
   done.set_run_id(a.run_id());
-  done.set_lease_epoch(a.lease_epoch());
-  done.mutable_result()->set_test_mean_f1(0.5);
+  done.set_lease_epoch(a.lease_epoch());  // GetExperiment shows it to every user
+  done.mutable_result()->set_test_mean_f1(0.99);
   v1::Ack ack;
+  // Issue 14: a client that never registered cannot complete the run with the public epoch, a
+  // second worker cannot touch the first one's run, a wrong session is refused; nothing changes.
+  grpc::ClientContext forged;
+  EXPECT_EQ(worker_->CompleteRun(&forged, done, &ack).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext wrong;
+  as(wrong, "w1", std::string(64, '0'));
+  EXPECT_EQ(worker_->CompleteRun(&wrong, done, &ack).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  v1::RegisterRequest other = reg;
+  other.set_name("w2");
+  v1::RegisterResponse other_registered;
+  grpc::ClientContext c4;
+  ASSERT_TRUE(worker_->Register(&c4, other, &other_registered).ok());
+  grpc::ClientContext foreign;
+  as(foreign, "w2", other_registered.session());
+  EXPECT_EQ(worker_->CompleteRun(&foreign, done, &ack).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  // A heartbeat under w1's name from w2 (its own session) is refused too: no run goes back.
+  v1::HeartbeatRequest impostor;
+  impostor.set_name("w1");
+  grpc::ClientContext c5;
+  as(c5, "w2", other_registered.session());
+  v1::HeartbeatResponse ignored;
+  EXPECT_EQ(worker_->Heartbeat(&c5, impostor, &ignored).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  grpc::ClientContext c6;
+  as(c6, "w1", std::string(64, 'f'));
+  EXPECT_EQ(worker_->Heartbeat(&c6, impostor, &ignored).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  done.mutable_result()->set_test_mean_f1(0.5);
   grpc::ClientContext c3;
+  as(c3, "w1", registered.session());
   ASSERT_TRUE(worker_->CompleteRun(&c3, done, &ack).ok());
   watcher.join();
   EXPECT_THAT(seen, ::testing::ElementsAre("RUNNING", "ASSIGNED", "SUCCEEDED", "SUCCEEDED", "END"));
