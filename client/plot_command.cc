@@ -227,8 +227,7 @@ absl::StatusOr<std::vector<std::string>> Figures5And6(const PlotOptions& o, cons
     RETURN_IF_ERROR(WriteFileAtomic(file, scatter));
     const double rho = SpearmanCorrelation(weight, consistency);
     const std::string title6 = absl::StrFormat(
-        "%s, epoch %d: FE weight against annotator consistency, Spearman rho = %.3f, n = %d "
-        "(paper Fig. 6)",
+        "%s, epoch %d: FE weight vs consistency (paper Fig. 6): Spearman rho %.3f, n %d",
         Where(run), epoch, rho, static_cast<int>(consistency.size()));
     ASSIGN_OR_RETURN(
         auto fig6,
@@ -238,7 +237,7 @@ absl::StatusOr<std::vector<std::string>> Figures5And6(const PlotOptions& o, cons
                           "ylabel 'sample weight'\nplot ",
                           Quote(file), " using 1:2 with points pt 7 ps 0.5 lc rgb '", kColours[0],
                           "'\n"),
-             800, 600));
+             900, 600));
     files.insert(files.end(), fig6.begin(), fig6.end());
   }
   return files;

@@ -58,8 +58,11 @@ int RpcFail(const grpc::Status& s) {
                                              " (set --address or MAL_ADDRESS)"));
     case grpc::StatusCode::UNAUTHENTICATED:
     case grpc::StatusCode::PERMISSION_DENIED:
+      // The server's message may name the remedy already.
       return Fail(kUnavailable,
-                  absl::StrCat(s.error_message(), " (set --token-file or MAL_TOKEN)"));
+                  s.error_message().find("MAL_TOKEN") != std::string::npos
+                      ? s.error_message()
+                      : absl::StrCat(s.error_message(), " (set --token-file or MAL_TOKEN)"));
     default:
       return Fail(kFailed, s.error_message());
   }

@@ -102,7 +102,7 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
                   "intra-op threads (overrides train.threads; 0: all cores)")
       ->check(CLI::Range(0, 1024));
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides train.device)");
-  cmd->add_flag("--quiet", a->quiet, "no progress bar");
+  cmd->add_flag("--quiet", a->quiet, "no per-iteration progress (one line per epoch stays)");
   cmd->add_option("--events-fd", a->events_fd,
                   "under the daemon: write every record as a JSON line to this fd")
       ->check(CLI::NonNegativeNumber);

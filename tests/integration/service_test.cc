@@ -564,6 +564,7 @@ TEST_F(ServiceTest, ResearcherCommandsOnTheAblationExample) {
   EXPECT_THAT(out, HasSubstr("it has epochs 1, 2"));
   out = Malctl(absl::StrCat("logs ", id, " --trial ", mal_trial, " --fold 1"), &rc);
   EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("epoch 2: test mean F1"));  // one line per epoch, also --quiet
   EXPECT_THAT(out, HasSubstr("fold 1"));
   out = Malctl(absl::StrCat("logs ", id, " --trial 9 --fold 1"), &rc);
   EXPECT_EQ(rc, 1);

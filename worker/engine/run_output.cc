@@ -207,9 +207,17 @@ void Progress::Iteration(const IterationRecord& r, int64_t in_epoch, int log_eve
   }
 }
 void Progress::Epoch(const EpochRecord& e) {
-  if (!enabled_) return;
-  std::fprintf(stderr, "%sepoch %d: test mean F1 %.4f, val mean F1 %.4f, val loss %.4f (%.1f s)\n",
-               tty_ ? "\n" : "", e.epoch, e.test_mean_f1, e.val_mean_f1, e.val_loss, e.seconds);
+  // Always, also with --quiet: one line per epoch is the run's log (log.txt under a worker daemon,
+  // `malctl logs`).
+  std::fprintf(stderr,
+               "%sepoch %d: test mean F1 %.4f, val mean F1 %.4f, val loss %.4f%s (%.1f s)\n",
+               enabled_ && tty_ ? "\n" : "", e.epoch, e.test_mean_f1, e.val_mean_f1, e.val_loss,
+               e.mean_fe_weight >= 0
+                   ? absl::StrFormat(", mean FE weight %.3f, rho(FE weight, consistency) %+.2f",
+                                     e.mean_fe_weight, e.fe_weight_consistency_spearman)
+                         .c_str()
+                   : "",
+               e.seconds);
 }
 
 }  // namespace mal::engine

@@ -49,8 +49,8 @@ std::string EpochJson(const EpochRecord& e);
 // Numbers as a JSON array, 6 significant digits.
 std::string JsonList(const std::vector<double>& v);
 
-// Progress on stderr: a bar on a terminal, a plain line every `log_every` iterations otherwise;
-// nothing when disabled (--quiet).
+// Progress on stderr: a bar on a terminal, a plain line every `log_every` iterations otherwise,
+// none when disabled (--quiet); one line per epoch in every case.
 class Progress {
  public:
   Progress(bool enabled, int64_t per_epoch, int epochs);
