@@ -255,7 +255,8 @@ mal: {val_fraction: 0.1, val_batch: 8}
                     &out),
               0)
         << out;
-    const size_t at = out.find("test mean F1 ");
+    // The final line ("fold K: test mean F1 X after N iterations"), after the per-epoch lines.
+    const size_t at = out.rfind("test mean F1 ");
     return at == std::string::npos ? -1 : std::stod(out.substr(at + 13));
   }
   // Starts worker w1, submits a one-run spec and waits until the run is past two epochs (the first
