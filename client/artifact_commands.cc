@@ -2,6 +2,7 @@
 // client-facing ListArtifacts / DownloadArtifact (the worker API is not for clients).
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -18,12 +19,12 @@ namespace mal::cli {
 
 int ChooseRun(const ServiceClient& c, RunOptions& o) {
   if (o.trial && o.fold) return kOk;
-  v1::ResultsRequest req;
-  req.set_experiment_id(o.id);
   v1::ResultsResponse r;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  if (grpc::Status s = c.stub->GetResults(&ctx, req, &r); !s.ok()) return RpcFail(s);
+  if (grpc::Status s = GetResults(c, o.id, &r); !s.ok()) return RpcFail(s);
+  return ChooseRun(r, o);
+}
+
+int ChooseRun(const v1::ResultsResponse& r, RunOptions& o) {
   if (!o.trial) o.trial = r.best_trial() >= 0 ? r.best_trial() : 0;
   if (!o.fold) {
     int fold = -1;
@@ -35,6 +36,19 @@ int ChooseRun(const ServiceClient& c, RunOptions& o) {
     o.fold = fold;
   }
   return kOk;
+}
+
+std::vector<int> WeightEpochs(const v1::ListArtifactsResponse& list) {
+  std::vector<int> epochs;
+  for (const auto& a : list.artifacts()) {
+    int e = 0;
+    if (std::sscanf(a.name().c_str(), "weights/epoch_%d.csv", &e) == 1 &&
+        a.name() == run_files::WeightsCsv(e))
+      epochs.push_back(e);
+  }
+  // Listed by name: epoch_1000.csv sorts before epoch_101.csv.
+  std::sort(epochs.begin(), epochs.end());
+  return epochs;
 }
 
 v1::ArtifactRequest Request(const RunOptions& o, const std::string& name) {
@@ -80,19 +94,11 @@ int Weights(const ServiceClient& c, RunOptions& o, std::optional<int> epoch,
             const std::string& out) {
   if (int rc = ChooseRun(c, o); rc != kOk) return rc;
   v1::ListArtifactsResponse list;
-  {
-    grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, kRpcTimeout);
-    if (grpc::Status s = c.stub->ListArtifacts(&ctx, Request(o, ""), &list); !s.ok())
-      return RpcFail(s);
-  }
-  std::vector<int> epochs;
-  for (const auto& a : list.artifacts()) {
-    int e = 0;
-    if (std::sscanf(a.name().c_str(), "weights/epoch_%d.csv", &e) == 1 &&
-        a.name() == run_files::WeightsCsv(e))
-      epochs.push_back(e);
-  }
+  if (grpc::Status s =
+          Call(c.stub.get(), &v1::Coordinator::Stub::ListArtifacts, Request(o, ""), &list);
+      !s.ok())
+    return RpcFail(s);
+  const std::vector<int> epochs = WeightEpochs(list);
   if (epochs.empty()) {
     return Fail(kFailed, absl::StrCat(Where(o),
                                       " has no per-sample weights yet (one CSV is "
@@ -121,12 +127,8 @@ int Weights(const ServiceClient& c, RunOptions& o, std::optional<int> epoch,
 
 // The run's state now, or nullopt when it cannot be read.
 std::optional<v1::RunState> RunState(const ServiceClient& c, const RunOptions& o) {
-  v1::GetExperimentRequest req;
-  req.set_experiment_id(o.id);
   v1::ExperimentInfo info;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  if (!c.stub->GetExperiment(&ctx, req, &info).ok()) return std::nullopt;
+  if (!GetExperiment(c, o.id, &info).ok()) return std::nullopt;
   for (const auto& r : info.runs()) {
     if (r.trial() == *o.trial && r.fold() == *o.fold) return r.state();
   }

@@ -29,14 +29,8 @@ struct ExportOptions {
 };
 
 int Export(const ServiceClient& c, const ExportOptions& o) {
-  v1::GetExperimentRequest req;
-  req.set_experiment_id(o.id);
   v1::ExperimentInfo info;
-  {
-    grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, kRpcTimeout);
-    if (grpc::Status s = c.stub->GetExperiment(&ctx, req, &info); !s.ok()) return RpcFail(s);
-  }
+  if (grpc::Status s = GetExperiment(c, o.id, &info); !s.ok()) return RpcFail(s);
   int written = 0;
   for (const auto& run : info.runs()) {
     if (o.trial && run.trial() != *o.trial) continue;

@@ -27,10 +27,6 @@ int TerminalWidth() {
   return ::ioctl(STDOUT_FILENO, TIOCGWINSZ, &w) == 0 && w.ws_col > 0 ? w.ws_col : 0;
 }
 
-std::string Where(int trial, int fold) {
-  return fold == 0 ? absl::StrFormat("t%d/all", trial) : absl::StrFormat("t%d/f%d", trial, fold);
-}
-
 std::string Sample(const v1::SampleWeightEntry& s) {
   return absl::StrCat(s.id(), " ", data::ExpressionName(s.label()),
                       s.consistency() >= 0 ? absl::StrFormat(" c=%.2f", s.consistency()) : "",
@@ -78,7 +74,7 @@ void LiveView::Add(const v1::Event& e) {
     }
     case v1::Event::kWeights:
       weights_ = e.weights();
-      weights_of_ = Where(e.trial(), e.fold());
+      weights_of_ = RunLabel(e.trial(), e.fold());
       break;
     case v1::Event::kState:
       if (e.state().scope() == "run") {
@@ -88,7 +84,7 @@ void LiveView::Add(const v1::Event& e) {
         r.state = e.state().state();
         if (r.state == "SUCCEEDED" || r.state == "FAILED" || r.state == "CANCELLED") r.done = true;
         if (r.state == "FAILED" || r.state == "LOST")
-          note(absl::StrCat(Where(e.trial(), e.fold()), " ", r.state,
+          note(absl::StrCat(RunLabel(e.trial(), e.fold()), " ", r.state,
                             e.state().message().empty() ? "" : ": " + e.state().message()));
       } else {
         note(FormatEvent(e));
@@ -129,7 +125,7 @@ std::vector<std::string> LiveView::Lines(int width) const {
     lines.push_back(absl::StrFormat(
         "%-7s ep %d/%d it %d %s %5.1f it/s ETA %s  L_au %.3f L_fe %.3f L_val %s  w_au %.3f w_fe "
         "%.3f",
-        Where(r.trial, r.fold), r.epoch, epochs_, r.iteration, bar,
+        RunLabel(r.trial, r.fold), r.epoch, epochs_, r.iteration, bar,
         r.seconds_per_it > 0 ? 1 / r.seconds_per_it : 0.0, Clock(eta), p.loss_au(), p.loss_fe(),
         p.loss_val() < 0 ? "-" : absl::StrFormat("%.3f", p.loss_val()), p.mean_wn_au(),
         p.mean_wn_fe()));

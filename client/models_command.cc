@@ -27,6 +27,13 @@ namespace fs = std::filesystem;
 
 std::string Ref(const v1::ModelInfo& m) { return absl::StrCat(m.name(), ":", m.version()); }
 
+// NAME:VERSION, then " (@alias, @other)" when it has aliases.
+std::string RefWithAliases(const v1::ModelInfo& m) {
+  return absl::StrCat(Ref(m), m.aliases().empty()
+                                  ? ""
+                                  : absl::StrCat(" (@", absl::StrJoin(m.aliases(), ", @"), ")"));
+}
+
 std::string Produced(const v1::ModelInfo& m) {
   return absl::StrCat(m.experiment_id(), " trial ", m.trial(), " ",
                       m.fold() == 0 ? "final fit" : absl::StrCat("fold ", m.fold()));
@@ -36,10 +43,7 @@ int PrintInfo(const ServiceClient& c, const v1::ModelInfo& m, const std::string&
   if (c.structured()) {
     PrintStructured(c.output, m);
   } else {
-    std::cout << what << Ref(m)
-              << (m.aliases().empty() ? ""
-                                      : absl::StrCat(" (@", absl::StrJoin(m.aliases(), ", @"), ")"))
-              << "\n";
+    std::cout << what << RefWithAliases(m) << "\n";
   }
   return kOk;
 }
@@ -48,9 +52,10 @@ int List(const ServiceClient& c, const std::string& name) {
   v1::ListRegisteredModelsRequest req;
   req.set_name(name);
   v1::ListRegisteredModelsResponse r;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  if (grpc::Status s = c.registry->ListRegisteredModels(&ctx, req, &r); !s.ok()) return RpcFail(s);
+  if (grpc::Status s =
+          Call(c.registry.get(), &v1::ModelRegistry::Stub::ListRegisteredModels, req, &r);
+      !s.ok())
+    return RpcFail(s);
   if (c.structured()) {
     PrintStructured(c.output, r);
     return kOk;
@@ -72,34 +77,24 @@ int List(const ServiceClient& c, const std::string& name) {
   return kOk;
 }
 
-absl::StatusOr<v1::ModelInfo> GetModel(const ServiceClient& c, const std::string& ref,
-                                       grpc::Status* rpc_status) {
+grpc::Status GetModel(const ServiceClient& c, const std::string& ref, v1::ModelInfo* m) {
   v1::GetModelRequest req;
   req.set_model(ref);
-  v1::ModelInfo m;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  *rpc_status = c.registry->GetModel(&ctx, req, &m);
-  if (!rpc_status->ok()) return absl::UnknownError(rpc_status->error_message());
-  return m;
+  return Call(c.registry.get(), &v1::ModelRegistry::Stub::GetModel, req, m);
 }
 
 int Describe(const ServiceClient& c, const std::string& ref) {
-  grpc::Status s;
-  auto m = GetModel(c, ref, &s);
-  if (!m.ok()) return RpcFail(s);
+  v1::ModelInfo m;
+  if (grpc::Status s = GetModel(c, ref, &m); !s.ok()) return RpcFail(s);
   if (c.structured()) {
-    PrintStructured(c.output, *m);
+    PrintStructured(c.output, m);
     return kOk;
   }
-  std::cout << "model " << Ref(*m)
-            << (m->aliases().empty() ? ""
-                                     : absl::StrCat(" (@", absl::StrJoin(m->aliases(), ", @"), ")"))
-            << "\n"
-            << "  produced by     " << Produced(*m) << ", " << Time(m->created_ms()) << "\n"
-            << absl::StrFormat("  %-15s %.4f\n", m->fold() == 0 ? "cv mean F1" : "test mean F1",
-                               m->test_mean_f1());
-  auto meta = ParseModelMetadata(m->metadata(), Ref(*m) + " metadata");
+  std::cout << "model " << RefWithAliases(m) << "\n"
+            << "  produced by     " << Produced(m) << ", " << Time(m.created_ms()) << "\n"
+            << absl::StrFormat("  %-15s %.4f\n", m.fold() == 0 ? "cv mean F1" : "test mean F1",
+                               m.test_mean_f1());
+  auto meta = ParseModelMetadata(m.metadata(), Ref(m) + " metadata");
   if (!meta.ok()) {
     std::cout << "  metadata        unreadable: " << meta.status().message() << "\n";
     return kOk;
@@ -128,9 +123,9 @@ int SetAlias(const ServiceClient& c, const std::string& ref, const std::string& 
   req.set_model(ref);
   req.set_alias(alias);
   v1::ModelInfo m;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  if (grpc::Status s = c.registry->SetModelAlias(&ctx, req, &m); !s.ok()) return RpcFail(s);
+  if (grpc::Status s = Call(c.registry.get(), &v1::ModelRegistry::Stub::SetModelAlias, req, &m);
+      !s.ok())
+    return RpcFail(s);
   return PrintInfo(c, m, absl::StrCat(m.name(), "@", alias, " -> "));
 }
 
@@ -139,9 +134,9 @@ int RemoveAlias(const ServiceClient& c, const std::string& name, const std::stri
   req.set_name(name);
   req.set_alias(alias);
   v1::ModelInfo m;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  if (grpc::Status s = c.registry->DeleteModelAlias(&ctx, req, &m); !s.ok()) return RpcFail(s);
+  if (grpc::Status s = Call(c.registry.get(), &v1::ModelRegistry::Stub::DeleteModelAlias, req, &m);
+      !s.ok())
+    return RpcFail(s);
   return PrintInfo(c, m, absl::StrCat("removed ", name, "@", alias, ", which pointed at "));
 }
 
@@ -149,9 +144,9 @@ int Remove(const ServiceClient& c, const std::string& ref) {
   v1::DeleteModelRequest req;
   req.set_model(ref);
   v1::ModelInfo m;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  if (grpc::Status s = c.registry->DeleteModel(&ctx, req, &m); !s.ok()) return RpcFail(s);
+  if (grpc::Status s = Call(c.registry.get(), &v1::ModelRegistry::Stub::DeleteModel, req, &m);
+      !s.ok())
+    return RpcFail(s);
   return PrintInfo(c, m, "removed from the registry: ");
 }
 
@@ -162,9 +157,8 @@ int Pull(const ServiceClient& c, const std::string& ref, const std::string& out,
   if (fs::exists(out, ec) && !force) {
     return Fail(kFailed, absl::StrCat(out, " exists (--force replaces it)"));
   }
-  grpc::Status s;
-  auto m = GetModel(c, ref, &s);
-  if (!m.ok()) return RpcFail(s);
+  v1::ModelInfo m;
+  if (grpc::Status s = GetModel(c, ref, &m); !s.ok()) return RpcFail(s);
   const std::string tmp = absl::StrCat(out, ".tmp-", ::getpid());
   fs::remove_all(tmp, ec);
   if (!fs::create_directories(tmp, ec)) {
@@ -176,7 +170,7 @@ int Pull(const ServiceClient& c, const std::string& ref, const std::string& out,
   };
   // Pinned to the version just resolved: an alias moving meanwhile cannot mix two versions.
   v1::DownloadModelRequest req;
-  req.set_model(Ref(*m));
+  req.set_model(Ref(m));
   grpc::ClientContext ctx;
   rpc::SetDeadline(ctx, std::chrono::minutes(30));
   auto reader = c.registry->DownloadModel(&ctx, req);
@@ -184,7 +178,7 @@ int Pull(const ServiceClient& c, const std::string& ref, const std::string& out,
     cleanup();
     return RpcFail(got);
   }
-  if (absl::Status w = WriteFileAtomic(tmp + "/" + run_files::kModelMetadata, m->metadata());
+  if (absl::Status w = WriteFileAtomic(tmp + "/" + run_files::kModelMetadata, m.metadata());
       !w.ok()) {
     cleanup();
     return Fail(kFailed, std::string(w.message()));
@@ -203,9 +197,9 @@ int Pull(const ServiceClient& c, const std::string& ref, const std::string& out,
     return Fail(kFailed, absl::StrCat(out, ": ", ec.message()));
   }
   if (c.structured()) {
-    PrintStructured(c.output, *m);
+    PrintStructured(c.output, m);
   } else {
-    std::cout << "pulled " << Ref(*m) << " into " << out << " (model.pt, model.json)\n";
+    std::cout << "pulled " << Ref(m) << " into " << out << " (model.pt, model.json)\n";
   }
   return kOk;
 }

@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "client/service_client.h"
 #include "common/metrics/au_metrics.h"
+#include "common/util/csv.h"
 #include "common/util/files.h"
 #include "common/util/run_files.h"
 #include "common/util/status_macros.h"
@@ -110,30 +111,6 @@ absl::StatusOr<std::vector<std::string>> Draw(const PlotOptions& o, const std::s
   return files;
 }
 
-// Columns of a CSV with a header line, by name.
-struct Table {
-  std::map<std::string, size_t> column;
-  std::vector<std::vector<std::string>> rows;
-  const std::string& At(size_t row, const std::string& name) const {
-    static const std::string empty;
-    auto it = column.find(name);
-    return it == column.end() || it->second >= rows[row].size() ? empty : rows[row][it->second];
-  }
-};
-Table ParseCsv(const std::string& text) {
-  Table t;
-  bool header = true;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    std::vector<std::string> cells = absl::StrSplit(line, ',');
-    if (header) {
-      for (size_t i = 0; i < cells.size(); ++i) t.column[cells[i]] = i;
-      header = false;
-    } else {
-      t.rows.push_back(std::move(cells));
-    }
-  }
-  return t;
-}
 double Number(const std::string& s, double otherwise = -1) {
   double v;
   return absl::SimpleAtod(s, &v) ? v : otherwise;
@@ -142,7 +119,7 @@ double Number(const std::string& s, double otherwise = -1) {
 absl::StatusOr<std::vector<std::string>> Figure3(const PlotOptions& o, const RunOptions& run,
                                                  const std::string& records,
                                                  const std::string& base) {
-  const Table t = ParseCsv(records);
+  ASSIGN_OR_RETURN(const CsvTable t, ParseCsvTable(records));
   if (t.rows.empty())
     return absl::NotFoundError(absl::StrCat(Where(run), ": records.csv is empty"));
   std::string dat = "# iteration loss_au loss_fe loss_val mean_wn_au mean_wn_fe\n";
@@ -172,7 +149,7 @@ absl::StatusOr<std::vector<std::string>> Figure3(const PlotOptions& o, const Run
 absl::StatusOr<std::vector<std::string>> Figures5And6(const PlotOptions& o, const RunOptions& run,
                                                       const std::string& csv, int epoch,
                                                       const std::string& base) {
-  const Table t = ParseCsv(csv);
+  ASSIGN_OR_RETURN(const CsvTable t, ParseCsvTable(csv));
   std::map<std::string, std::vector<double>> by_expression;  // label: an expression's name
   std::vector<double> consistency, weight;
   std::string scatter;
@@ -307,23 +284,12 @@ int Plot(const ServiceClient& c, PlotOptions& o) {
   for (const std::string& id : o.ids) {
     RunOptions run = o.run;
     run.id = id;
-    if (int rc = ChooseRun(c, run); rc != kOk) return rc;
-    v1::ResultsRequest rreq;
-    rreq.set_experiment_id(id);
+    // One GetResults serves both the run choice and the F1 figure.
     v1::ResultsResponse r;
-    {
-      grpc::ClientContext ctx;
-      rpc::SetDeadline(ctx, kRpcTimeout);
-      if (grpc::Status s = c.stub->GetResults(&ctx, rreq, &r); !s.ok()) return RpcFail(s);
-    }
-    v1::GetExperimentRequest greq;
-    greq.set_experiment_id(id);
+    if (grpc::Status s = GetResults(c, id, &r); !s.ok()) return RpcFail(s);
+    if (int rc = ChooseRun(r, run); rc != kOk) return rc;
     v1::ExperimentInfo info;
-    {
-      grpc::ClientContext ctx;
-      rpc::SetDeadline(ctx, kRpcTimeout);
-      if (grpc::Status s = c.stub->GetExperiment(&ctx, greq, &info); !s.ok()) return RpcFail(s);
-    }
+    if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
     results.push_back(r);
     names.push_back(absl::StrCat(id, " ", info.name(), " ", v1::Method_Name(info.spec().method())));
     const std::string base = absl::StrCat(id, "-trial", *run.trial, "-fold", *run.fold);
@@ -338,18 +304,12 @@ int Plot(const ServiceClient& c, PlotOptions& o) {
       written.insert(written.end(), fig->begin(), fig->end());
     }
     v1::ListArtifactsResponse list;
-    {
-      grpc::ClientContext ctx;
-      rpc::SetDeadline(ctx, kRpcTimeout);
-      if (grpc::Status s = c.stub->ListArtifacts(&ctx, Request(run, ""), &list); !s.ok())
-        return RpcFail(s);
-    }
-    int epoch = 0;
-    for (const auto& a : list.artifacts()) {
-      int e = 0;
-      if (std::sscanf(a.name().c_str(), "weights/epoch_%d.csv", &e) == 1)
-        epoch = std::max(epoch, e);
-    }
+    if (grpc::Status s =
+            Call(c.stub.get(), &v1::Coordinator::Stub::ListArtifacts, Request(run, ""), &list);
+        !s.ok())
+      return RpcFail(s);
+    const std::vector<int> epochs = WeightEpochs(list);
+    const int epoch = epochs.empty() ? 0 : epochs.back();
     std::string csv;
     if (epoch == 0) {
       std::cerr << "malctl: " << Where(run) << ": "

@@ -203,18 +203,10 @@ int Results(const ServiceClient& c, const std::vector<std::string>& ids,
   std::vector<v1::ResultsResponse> all;
   std::vector<v1::ExperimentInfo> infos;
   for (const std::string& id : ids) {
-    v1::ResultsRequest req;
-    req.set_experiment_id(id);
     v1::ResultsResponse r;
-    grpc::ClientContext ctx;
-    rpc::SetDeadline(ctx, kRpcTimeout);
-    if (grpc::Status s = c.stub->GetResults(&ctx, req, &r); !s.ok()) return RpcFail(s);
-    v1::GetExperimentRequest g;
-    g.set_experiment_id(id);
+    if (grpc::Status s = GetResults(c, id, &r); !s.ok()) return RpcFail(s);
     v1::ExperimentInfo info;
-    grpc::ClientContext gctx;
-    rpc::SetDeadline(gctx, kRpcTimeout);
-    if (grpc::Status s = c.stub->GetExperiment(&gctx, g, &info); !s.ok()) return RpcFail(s);
+    if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
     all.push_back(std::move(r));
     infos.push_back(std::move(info));
   }

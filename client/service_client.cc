@@ -46,6 +46,20 @@ absl::StatusOr<ServiceClient> Connect(ServiceOptions o) {
   return client;
 }
 
+grpc::Status GetExperiment(const ServiceClient& c, const std::string& id,
+                           v1::ExperimentInfo* info) {
+  v1::GetExperimentRequest req;
+  req.set_experiment_id(id);
+  return Call(c.stub.get(), &v1::Coordinator::Stub::GetExperiment, req, info);
+}
+
+grpc::Status GetResults(const ServiceClient& c, const std::string& id,
+                        v1::ResultsResponse* results) {
+  v1::ResultsRequest req;
+  req.set_experiment_id(id);
+  return Call(c.stub.get(), &v1::Coordinator::Stub::GetResults, req, results);
+}
+
 int Fail(int code, const std::string& message) {
   std::cerr << "malctl: " << message << "\n";
   return code;

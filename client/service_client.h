@@ -62,6 +62,22 @@ struct ServiceClient {
 // name the file that could not be read; no call is made yet.
 absl::StatusOr<ServiceClient> Connect(ServiceOptions options);
 
+// One unary call of `stub` with malctl's deadline (kRpcTimeout), e.g.
+//   Call(c.stub.get(), &v1::Coordinator::Stub::ListWorkers, request, &response).
+template <typename Stub, typename Request, typename Response>
+grpc::Status Call(Stub* stub,
+                  grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                  const Request& request, Response* response) {
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, kRpcTimeout);
+  return (stub->*method)(&ctx, request, response);
+}
+// GetExperiment and GetResults of experiment `id`.
+grpc::Status GetExperiment(const ServiceClient& client, const std::string& id,
+                           v1::ExperimentInfo* info);
+grpc::Status GetResults(const ServiceClient& client, const std::string& id,
+                        v1::ResultsResponse* results);
+
 // Prints "malctl: MESSAGE" to stderr and returns `code`.
 int Fail(int code, const std::string& message);
 // An RPC's failure as an exit code: kUnavailable (unreachable, with a hint about --address, or
@@ -73,6 +89,8 @@ std::string Name(v1::RunState state);
 // A Unix time in ms as local "YYYY-MM-DD HH:MM:SS".
 std::string Time(int64_t unix_ms);
 
+// A fold run's short label in watch output: "t0/f2", "t0/all" for the final fit.
+std::string RunLabel(int trial, int fold);
 // One event as one line of text, as `malctl watch` prints it.
 std::string FormatEvent(const v1::Event& event);
 // Streams the events of experiment `id` from `from_seq` (>= 1) to stdout until its End event;
@@ -97,6 +115,10 @@ struct RunOptions {
 // Fills in the trial (the best one, else 0) and the fold (the trial's first cross-validation fold,
 // else the final fit) the user left out, from the experiment's results. kOk or an exit code.
 int ChooseRun(const ServiceClient& c, RunOptions& o);
+// The same from results already fetched (no call).
+int ChooseRun(const v1::ResultsResponse& results, RunOptions& o);
+// The epochs that have a per-sample weight CSV (weights/epoch_NNN.csv) in `list`, ascending.
+std::vector<int> WeightEpochs(const v1::ListArtifactsResponse& list);
 // The request for artifact `name` of that run (trial and fold chosen).
 v1::ArtifactRequest Request(const RunOptions& o, const std::string& name);
 // "exp-3 trial 0 fold 2" ("final fit" for fold 0).

@@ -18,10 +18,12 @@ namespace mal::cli {
 
 using std::chrono::milliseconds;
 
+std::string RunLabel(int trial, int fold) {
+  return fold == 0 ? absl::StrFormat("t%d/all", trial) : absl::StrFormat("t%d/f%d", trial, fold);
+}
+
 std::string FormatEvent(const v1::Event& e) {
-  std::string where = e.trial() < 0   ? "exp"
-                      : e.fold() == 0 ? absl::StrFormat("t%d/all", e.trial())
-                                      : absl::StrFormat("t%d/f%d", e.trial(), e.fold());
+  std::string where = e.trial() < 0 ? "exp" : RunLabel(e.trial(), e.fold());
   std::string head = absl::StrFormat("%6d %-8s ", e.seq(), where);
   switch (e.body_case()) {
     case v1::Event::kState:
@@ -101,12 +103,8 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
   int64_t next = std::max<int64_t>(from_seq, 1);
   std::unique_ptr<LiveView> view;
   if (c.live) {
-    v1::GetExperimentRequest g;
-    g.set_experiment_id(id);
     v1::ExperimentInfo info;
-    grpc::ClientContext gctx;
-    rpc::SetDeadline(gctx, kRpcTimeout);
-    if (grpc::Status s = stub->GetExperiment(&gctx, g, &info); !s.ok()) return RpcFail(s);
+    if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
     view = std::make_unique<LiveView>(std::cout,
                                       absl::StrCat(info.id(), " (", info.name(), ", ",
                                                    v1::Method_Name(info.spec().method()), ")"),
@@ -147,12 +145,8 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
     grpc::Status s = reader->Finish();
     if (s.ok()) {
       // Filtered streams end without the End event being sent: ask for the state.
-      v1::GetExperimentRequest g;
-      g.set_experiment_id(id);
       v1::ExperimentInfo info;
-      grpc::ClientContext gctx;
-      rpc::SetDeadline(gctx, kRpcTimeout);
-      if (stub->GetExperiment(&gctx, g, &info).ok() && info.state() != v1::EXPERIMENT_RUNNING) {
+      if (GetExperiment(c, id, &info).ok() && info.state() != v1::EXPERIMENT_RUNNING) {
         if (!c.structured() && next > info.last_seq()) {
           std::cerr << "malctl: " << id << " is " << Name(info.state())
                     << "; its last event is seq " << info.last_seq() << ", nothing at or after seq "

@@ -4,7 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "common/util/csv.h"
 #include "common/util/status_macros.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -43,16 +43,10 @@ absl::Status AddIteration(EventWriter& w, const std::map<std::string, double>& r
 }
 
 absl::Status AddRecordsCsv(EventWriter& w, const std::string& csv) {
-  std::vector<std::string> header;
-  for (absl::string_view line : absl::StrSplit(csv, '\n', absl::SkipEmpty())) {
-    std::vector<absl::string_view> cells = absl::StrSplit(line, ',');
-    if (header.empty()) {
-      for (absl::string_view c : cells) header.emplace_back(c);
-      continue;
-    }
+  ASSIGN_OR_RETURN(const CsvTable t, ParseCsvTable(csv));
+  for (size_t r = 0; r < t.rows.size(); ++r) {
     std::map<std::string, double> row;
-    for (size_t i = 0; i < cells.size() && i < header.size(); ++i)
-      row[header[i]] = Number(cells[i], -1);
+    for (const auto& [name, index] : t.column) row[name] = Number(t.At(r, name), -1);
     RETURN_IF_ERROR(AddIteration(w, row));
   }
   return absl::OkStatus();
@@ -99,23 +93,16 @@ absl::StatusOr<std::map<int, int64_t>> AddMetricsJson(EventWriter& w, const std:
 }
 
 absl::Status AddWeightsCsv(EventWriter& w, const std::string& csv, int64_t step) {
+  ASSIGN_OR_RETURN(const CsvTable t, ParseCsvTable(csv));
   std::map<std::string, std::vector<double>> groups;
-  std::vector<std::string> header;
-  for (absl::string_view line : absl::StrSplit(csv, '\n', absl::SkipEmpty())) {
-    std::vector<std::string> cells = absl::StrSplit(line, ',');
-    if (header.empty()) {
-      header = cells;
-      continue;
-    }
-    std::map<std::string, std::string> row;
-    for (size_t i = 0; i < cells.size() && i < header.size(); ++i) row[header[i]] = cells[i];
-    const double weight = Number(row["weight"], -1);
+  for (size_t r = 0; r < t.rows.size(); ++r) {
+    const double weight = Number(t.At(r, "weight"), -1);
     if (weight < 0) continue;
-    const std::string tag =
-        row["task"] == "fe"
-            ? absl::StrCat("fe_weight/", row["label"].empty() ? "unlabelled" : row["label"])
-            : "au_weight/all";
-    groups[tag].push_back(weight);
+    const std::string& label = t.At(r, "label");
+    groups[t.At(r, "task") == "fe"
+               ? absl::StrCat("fe_weight/", label.empty() ? "unlabelled" : label)
+               : "au_weight/all"]
+        .push_back(weight);
   }
   for (const auto& [tag, values] : groups) RETURN_IF_ERROR(w.AddHistogram(tag, step, values));
   return absl::OkStatus();

@@ -76,4 +76,32 @@ absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view wha
   return v;
 }
 
+const std::string& CsvTable::At(size_t row, const std::string& name) const {
+  static const std::string empty;
+  auto it = column.find(name);
+  return it == column.end() || it->second >= rows[row].size() ? empty : rows[row][it->second];
+}
+
+absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text) {
+  CsvTable t;
+  bool header = true;
+  int line_number = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_number;
+    if (line.empty()) continue;
+    auto cells = SplitCsvLine(line);
+    if (!cells.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", line_number, ": ", cells.status().message()));
+    }
+    if (header) {
+      for (size_t i = 0; i < cells->size(); ++i) t.column[(*cells)[i]] = i;
+      header = false;
+    } else {
+      t.rows.push_back(std::move(*cells));
+    }
+  }
+  return t;
+}
+
 }  // namespace mal

@@ -1,6 +1,7 @@
 #ifndef MAL_COMMON_UTIL_CSV_H_
 #define MAL_COMMON_UTIL_CSV_H_
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,17 @@ struct TextLines {
 };
 
 absl::StatusOr<TextLines> ReadLines(const std::string& path);
+
+// CSV text whose first line names the columns (records.csv, weights/epoch_NNN.csv): every other
+// non-empty line split with SplitCsvLine.
+struct CsvTable {
+  std::map<std::string, size_t> column;  // name -> index
+  std::vector<std::vector<std::string>> rows;
+  // The cell of `row` in column `name`; empty when there is no such column or cell.
+  const std::string& At(size_t row, const std::string& name) const;
+};
+// Errors: SplitCsvLine's (an unterminated quote), naming the line number.
+absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text);
 
 // Parses an integer / float field; the error names `what`.
 absl::StatusOr<long> ParseInt(absl::string_view text, absl::string_view what);

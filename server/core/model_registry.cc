@@ -25,6 +25,17 @@ v1::ModelInfo ToModelInfo(const ModelRow& m) {
   return mi;
 }
 
+namespace {
+
+// The aliases among `aliases` (alias -> version) that point at `info`'s version.
+void AddAliases(const std::vector<std::pair<std::string, int>>& aliases, v1::ModelInfo* info) {
+  for (const auto& [alias, version] : aliases) {
+    if (version == info->version()) info->add_aliases(alias);
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<ModelRow> ModelRegistry::Resolve(const std::string& model) {
   ASSIGN_OR_RETURN(ModelRef ref, ParseModelRef(model));
   int version = ref.version;
@@ -48,9 +59,7 @@ absl::StatusOr<ModelRow> ModelRegistry::Resolve(const std::string& model) {
 absl::StatusOr<v1::ModelInfo> ModelRegistry::WithAliases(const ModelRow& row) {
   v1::ModelInfo info = ToModelInfo(row);
   ASSIGN_OR_RETURN(auto aliases, store_->ModelAliases(row.name));
-  for (const auto& [alias, version] : aliases) {
-    if (version == row.version) info.add_aliases(alias);
-  }
+  AddAliases(aliases, &info);
   return info;
 }
 
@@ -73,9 +82,7 @@ absl::StatusOr<v1::ListRegisteredModelsResponse> ModelRegistry::List(const std::
     }
     v1::ModelInfo* info = out.add_models();
     *info = ToModelInfo(row);
-    for (const auto& [alias, version] : aliases) {
-      if (version == row.version) info->add_aliases(alias);
-    }
+    AddAliases(aliases, info);
   }
   return out;
 }
