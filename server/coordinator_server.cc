@@ -99,7 +99,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
                      }));
   }
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
-  ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));
+  ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
+  if (tokens.legacy_lines > 0) {
+    LOG(WARNING) << o.security.token_file << ": " << tokens.legacy_lines
+                 << " token(s) without a role hold every role (user, worker, admin); write "
+                    "'user TOKEN', 'worker TOKEN' or 'admin TOKEN' per line (docs/service.md)";
+  }
   p->client_service = std::make_unique<CoordinatorService>(p->core.get(), p->hub.get(), tokens);
   p->worker_service = std::make_unique<WorkerGatewayService>(p->core.get(), tokens);
   p->registry = std::make_unique<ModelRegistry>(p->store.get());

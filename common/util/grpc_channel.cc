@@ -12,7 +12,9 @@
 #include <cstdlib>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/util/files.h"
 #include "common/util/status_macros.h"
@@ -171,23 +173,93 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
-absl::StatusOr<std::vector<std::string>> LoadTokens(const std::string& token_file) {
-  std::vector<std::string> tokens;
-  if (token_file.empty()) return tokens;
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kUser:
+      return "user";
+    case Role::kWorker:
+      return "worker";
+    case Role::kAdmin:
+      return "admin";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr unsigned kEveryRole = static_cast<unsigned>(Role::kUser) |
+                                static_cast<unsigned>(Role::kWorker) |
+                                static_cast<unsigned>(Role::kAdmin);
+
+std::string RoleNames(unsigned roles) {
+  std::vector<std::string> names;
+  for (Role r : {Role::kUser, Role::kWorker, Role::kAdmin})
+    if (roles & static_cast<unsigned>(r)) names.emplace_back(RoleName(r));
+  return names.empty() ? "none" : absl::StrJoin(names, ",");
+}
+
+// Equal without an early exit, so timing does not tell how much of `want` matched.
+bool ConstantTimeEqual(absl::string_view given, absl::string_view want) {
+  unsigned diff = given.size() ^ want.size();
+  for (size_t i = 0; i < want.size(); ++i)
+    diff |= static_cast<unsigned char>(want[i]) ^
+            (i < given.size() ? static_cast<unsigned char>(given[i]) : 0);
+  return diff == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
+  TokenTable table;
+  if (token_file.empty()) return table;
   auto text = ReadFile(token_file);
   if (!text.ok())
     return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
+  int line_number = 0;
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++line_number;
     line = absl::StripAsciiWhitespace(line);
-    if (!line.empty() && line[0] != '#') tokens.emplace_back(line);
+    if (line.empty() || line[0] == '#') continue;
+    const std::vector<absl::string_view> fields =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    const std::string where = absl::StrCat("--token-file: ", token_file, ":", line_number, ": ");
+    TokenTable::Entry entry;
+    entry.line = line_number;
+    if (fields.size() == 1) {
+      entry.token = std::string(fields[0]);
+      entry.roles = kEveryRole;
+      ++table.legacy_lines;
+    } else if (fields.size() == 2) {
+      for (absl::string_view name : absl::StrSplit(fields[0], ',')) {
+        if (name == "user") {
+          entry.roles |= static_cast<unsigned>(Role::kUser);
+        } else if (name == "worker") {
+          entry.roles |= static_cast<unsigned>(Role::kWorker);
+        } else if (name == "admin") {
+          entry.roles |= static_cast<unsigned>(Role::kAdmin);
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, "unknown role '", name, "' (roles: user, worker, admin; 'ROLE[,ROLE] TOKEN')"));
+        }
+      }
+      entry.token = std::string(fields[1]);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, fields.size(), " fields; a line is 'ROLE[,ROLE] TOKEN' (or a token alone)"));
+    }
+    for (const TokenTable::Entry& e : table.entries) {
+      if (e.token == entry.token)
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, "the same token as line ", e.line, "; give it once, with all its roles"));
+    }
+    table.entries.push_back(std::move(entry));
   }
-  if (tokens.empty())
+  if (table.entries.empty())
     return absl::InvalidArgumentError(absl::StrCat("--token-file: ", token_file, " has no token"));
-  return tokens;
+  return table;
 }
 
-grpc::Status CheckToken(const grpc::ServerContext& context,
-                        const std::vector<std::string>& tokens) {
+grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& tokens, Role role) {
   if (tokens.empty()) return grpc::Status::OK;
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
@@ -195,20 +267,25 @@ grpc::Status CheckToken(const grpc::ServerContext& context,
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "a bearer token is required (--token-file or MAL_TOKEN)");
   }
-  const std::string header(it->second.data(), it->second.size());
-  const std::string prefix = "Bearer ";
-  if (header.rfind(prefix, 0) == 0) {
-    const std::string given = header.substr(prefix.size());
-    for (const std::string& t : tokens) {
-      // Compare without an early exit, so timing does not tell how much matched.
-      unsigned diff = given.size() ^ t.size();
-      for (size_t i = 0; i < t.size(); ++i)
-        diff |= static_cast<unsigned char>(t[i]) ^
-                (i < given.size() ? static_cast<unsigned char>(given[i]) : 0);
-      if (diff == 0) return grpc::Status::OK;
-    }
+  const absl::string_view header(it->second.data(), it->second.size());
+  const absl::string_view prefix = "Bearer ";
+  const TokenTable::Entry* match = nullptr;
+  if (absl::StartsWith(header, prefix)) {
+    const absl::string_view given = header.substr(prefix.size());
+    // Every entry is compared, so timing does not tell which one matched.
+    for (const TokenTable::Entry& e : tokens.entries)
+      if (ConstantTimeEqual(given, e.token)) match = &e;
   }
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the bearer token is not accepted");
+  if (match == nullptr)
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the bearer token is not accepted");
+  unsigned allowed = match->roles;
+  if (allowed & static_cast<unsigned>(Role::kAdmin)) allowed |= static_cast<unsigned>(Role::kUser);
+  if ((allowed & static_cast<unsigned>(role)) == 0) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrCat("this call needs a token with the ", RoleName(role),
+                                     " role; this token has: ", RoleNames(match->roles)));
+  }
+  return grpc::Status::OK;
 }
 
 void ConfigureServer(grpc::ServerBuilder& builder) {

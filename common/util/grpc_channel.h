@@ -60,11 +60,37 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 // 127.0.0.0/8 or ::1 (a name is resolved: "127.example.com" is not loopback unless it resolves
 // there); an empty host (every interface) or a name that does not resolve is not.
 bool IsLoopbackAddress(const std::string& address);
-// The accepted tokens (empty: no token required).
-absl::StatusOr<std::vector<std::string>> LoadTokens(const std::string& token_file);
-// OK when no token is required or the call carries `authorization: Bearer <one of them>`;
-// UNAUTHENTICATED otherwise.
-grpc::Status CheckToken(const grpc::ServerContext& context, const std::vector<std::string>& tokens);
+// What a bearer token may do. user: submit, watch, results, registry reads and aliases,
+// predict; worker: the WorkerGateway API only; admin: everything a user may, and deleting
+// experiments and model versions. A role is a bit; a token may hold several.
+enum class Role : unsigned { kUser = 1, kWorker = 2, kAdmin = 4 };
+// "user", "worker" or "admin".
+const char* RoleName(Role role);
+
+// The accepted tokens and their roles. Empty: no token required (every call has every role).
+struct TokenTable {
+  struct Entry {
+    std::string token;
+    unsigned roles = 0;  // bits of Role
+    int line = 0;        // line in the token file, for messages
+  };
+  std::vector<Entry> entries;
+  // Lines without a role (today's flat format): they hold every role, and the server logs it.
+  int legacy_lines = 0;
+  bool empty() const { return entries.empty(); }
+};
+// Reads a token file: one token per line, `ROLE[,ROLE...] TOKEN` (roles user, worker, admin),
+// `#` comments and blank lines ignored. A line with the token alone (the format before roles)
+// holds every role; `legacy_lines` counts them so the server can warn. Errors
+// (INVALID_ARGUMENT) name the file and line: an unknown role, more than two fields, a token
+// given twice, a file without tokens; an empty `token_file` gives an empty table.
+absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file);
+// OK when the table is empty, or the call carries `authorization: Bearer <token>` for a token
+// of the table holding `role` (admin also passes for user). UNAUTHENTICATED without a token or
+// with one not in the table; PERMISSION_DENIED for a known token without the role, naming the
+// role needed and the roles held. Tokens are compared in constant time (every entry, no early
+// exit).
+grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& tokens, Role role);
 
 // Applies the agreed keepalive and message limits to a server.
 void ConfigureServer(grpc::ServerBuilder& builder);

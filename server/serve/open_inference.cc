@@ -73,7 +73,7 @@ absl::StatusOr<OpenInferenceService::Found> OpenInferenceService::Find(const std
 grpc::Status OpenInferenceService::ServerLive(grpc::ServerContext* context,
                                               const inference::ServerLiveRequest*,
                                               inference::ServerLiveResponse* response) {
-  if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
   response->set_live(true);
   return grpc::Status::OK;
 }
@@ -81,7 +81,7 @@ grpc::Status OpenInferenceService::ServerLive(grpc::ServerContext* context,
 grpc::Status OpenInferenceService::ServerReady(grpc::ServerContext* context,
                                                const inference::ServerReadyRequest*,
                                                inference::ServerReadyResponse* response) {
-  if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
   response->set_ready(true);
   return grpc::Status::OK;
 }
@@ -89,7 +89,7 @@ grpc::Status OpenInferenceService::ServerReady(grpc::ServerContext* context,
 grpc::Status OpenInferenceService::ModelReady(grpc::ServerContext* context,
                                               const inference::ModelReadyRequest* request,
                                               inference::ModelReadyResponse* response) {
-  if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
   // Ready when it loads (an unknown or broken model is not ready; not an error, as in Triton).
   response->set_ready(Find(request->name(), request->version()).ok());
   return grpc::Status::OK;
@@ -98,7 +98,7 @@ grpc::Status OpenInferenceService::ModelReady(grpc::ServerContext* context,
 grpc::Status OpenInferenceService::ServerMetadata(grpc::ServerContext* context,
                                                   const inference::ServerMetadataRequest*,
                                                   inference::ServerMetadataResponse* response) {
-  if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
   response->set_name("mal-serve");
   response->set_version(kVersion);
   return grpc::Status::OK;
@@ -107,7 +107,7 @@ grpc::Status OpenInferenceService::ServerMetadata(grpc::ServerContext* context,
 grpc::Status OpenInferenceService::ModelMetadata(grpc::ServerContext* context,
                                                  const inference::ModelMetadataRequest* request,
                                                  inference::ModelMetadataResponse* response) {
-  if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
   auto model = Find(request->name(), request->version());
   if (!model.ok()) return ToGrpcStatus(model.status());
   const v1::ModelMetadata& meta = model->batcher->model().metadata();
@@ -134,7 +134,7 @@ grpc::Status OpenInferenceService::ModelMetadata(grpc::ServerContext* context,
 grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
                                               const inference::ModelInferRequest* request,
                                               inference::ModelInferResponse* response) {
-  if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+  if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
   auto model = Find(request->model_name(), request->model_version());
   if (!model.ok()) return ToGrpcStatus(model.status());
   DynamicBatcher& batcher = *model->batcher;

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "common/util/grpc_channel.h"
 #include "inference/grpc_predict_v2.grpc.pb.h"
 #include "server/serve/model_store.h"
 
@@ -22,7 +23,7 @@ namespace mal::serve {
 // errors), RESOURCE_EXHAUSTED past the server's --max-images, UNAUTHENTICATED without a token.
 class OpenInferenceService final : public inference::GRPCInferenceService::Service {
  public:
-  OpenInferenceService(ModelStore* models, std::vector<std::string> tokens, int max_images)
+  OpenInferenceService(ModelStore* models, rpc::TokenTable tokens, int max_images)
       : models_(models), tokens_(std::move(tokens)), max_images_(max_images) {}
 
   grpc::Status ServerLive(grpc::ServerContext* context, const inference::ServerLiveRequest* request,
@@ -52,7 +53,7 @@ class OpenInferenceService final : public inference::GRPCInferenceService::Servi
   absl::StatusOr<Found> Find(const std::string& name, const std::string& version);
 
   ModelStore* const models_;
-  const std::vector<std::string> tokens_;
+  const rpc::TokenTable tokens_;
   const int max_images_;
 };
 

@@ -24,13 +24,13 @@ namespace {
 class InferenceService final : public v1::Inference::Service {
  public:
   InferenceService(ModelStore* models, const image::FaceDetector* detector,
-                   std::vector<std::string> tokens, DetectLimits limits)
+                   rpc::TokenTable tokens, DetectLimits limits)
       : models_(models), detector_(detector), tokens_(std::move(tokens)), limits_(limits) {}
 
   grpc::Status DetectActionUnits(grpc::ServerContext* context,
                                  const v1::DetectActionUnitsRequest* request,
                                  v1::DetectActionUnitsResponse* response) override {
-    if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+    if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
     auto model = models_->Get(request->model());
     if (!model.ok()) return ToGrpcStatus(model.status());
     auto result = Detect(**model, *request);
@@ -43,7 +43,7 @@ class InferenceService final : public v1::Inference::Service {
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::StreamActionUnitsResponse, v1::StreamActionUnitsRequest>* stream)
       override {
-    if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+    if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
     v1::StreamActionUnitsRequest first;
     if (!stream->Read(&first)) return grpc::Status::OK;
     auto model = models_->Get(first.model());
@@ -76,7 +76,7 @@ class InferenceService final : public v1::Inference::Service {
 
   grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* response) override {
-    if (grpc::Status s = rpc::CheckToken(*context, tokens_); !s.ok()) return s;
+    if (grpc::Status s = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !s.ok()) return s;
     auto list = models_->List();
     if (!list.ok()) return ToGrpcStatus(list.status());
     *response = std::move(*list);
@@ -101,7 +101,7 @@ class InferenceService final : public v1::Inference::Service {
 
   ModelStore* const models_;
   const image::FaceDetector* const detector_;
-  const std::vector<std::string> tokens_;
+  const rpc::TokenTable tokens_;
   const DetectLimits limits_;
 };
 
@@ -138,7 +138,7 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   p->models = std::make_unique<ModelStore>(std::move(store));
   ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
-  ASSIGN_OR_RETURN(std::vector<std::string> tokens, rpc::LoadTokens(o.security.token_file));
+  ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
   p->service =
       std::make_unique<InferenceService>(p->models.get(), p->detector.get(), tokens, o.limits);
   p->open_inference =

@@ -26,21 +26,21 @@ grpc::Status Reply(absl::StatusOr<T> result, T* response) {
 grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context,
                                                   const v1::SubmitExperimentRequest* request,
                                                   v1::SubmitExperimentResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(core_->Submit(*request), response);
 }
 
 grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext* context,
                                                const v1::GetExperimentRequest* request,
                                                v1::ExperimentInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(core_->Get(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context,
                                                  const v1::ListExperimentsRequest*,
                                                  v1::ListExperimentsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   *response = core_->List();
   return grpc::Status::OK;
 }
@@ -48,14 +48,14 @@ grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context,
 grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context,
                                                   const v1::CancelExperimentRequest* request,
                                                   v1::ExperimentInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(core_->Cancel(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
                                                 const v1::WaitExperimentRequest* request,
                                                 v1::ExperimentInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   int64_t ms = request->timeout_ms() <= 0 ? 30000 : std::min<int64_t>(request->timeout_ms(), 60000);
   // Never past the caller's own deadline.
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -67,7 +67,7 @@ grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
 grpc::Status CoordinatorService::Watch(grpc::ServerContext* context,
                                        const v1::WatchRequest* request,
                                        grpc::ServerWriter<v1::WatchResponse>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   const std::string id = request->experiment_id();
   auto session = WatchSession::Start(
       hub_, [this, id]() { return core_->State(id); }, *request);
@@ -86,14 +86,14 @@ grpc::Status CoordinatorService::Watch(grpc::ServerContext* context,
 grpc::Status CoordinatorService::GetResults(grpc::ServerContext* context,
                                             const v1::ResultsRequest* request,
                                             v1::ResultsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(core_->Results(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
                                              const v1::ListWorkersRequest*,
                                              v1::ListWorkersResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   *response = core_->Workers();
   return grpc::Status::OK;
 }
@@ -101,14 +101,14 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
 grpc::Status CoordinatorService::ListArtifacts(grpc::ServerContext* context,
                                                const v1::ArtifactRequest* request,
                                                v1::ListArtifactsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(core_->ListArtifacts(*request), response);
 }
 
 grpc::Status CoordinatorService::DownloadArtifact(grpc::ServerContext* context,
                                                   const v1::ArtifactRequest* request,
                                                   grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   auto path = core_->RunArtifactPath(*request);
   if (!path.ok()) return ToGrpcStatus(path.status());
   return rpc::SendFile(*context, *writer, *path, request->name());
@@ -117,42 +117,42 @@ grpc::Status CoordinatorService::DownloadArtifact(grpc::ServerContext* context,
 grpc::Status ModelRegistryService::ListRegisteredModels(
     grpc::ServerContext* context, const v1::ListRegisteredModelsRequest* request,
     v1::ListRegisteredModelsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(registry_->List(request->name()), response);
 }
 
 grpc::Status ModelRegistryService::GetModel(grpc::ServerContext* context,
                                             const v1::GetModelRequest* request,
                                             v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(registry_->Get(request->model()), response);
 }
 
 grpc::Status ModelRegistryService::SetModelAlias(grpc::ServerContext* context,
                                                  const v1::SetModelAliasRequest* request,
                                                  v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(registry_->SetAlias(request->model(), request->alias()), response);
 }
 
 grpc::Status ModelRegistryService::DeleteModelAlias(grpc::ServerContext* context,
                                                     const v1::DeleteModelAliasRequest* request,
                                                     v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(registry_->DeleteAlias(request->name(), request->alias()), response);
 }
 
 grpc::Status ModelRegistryService::DeleteModel(grpc::ServerContext* context,
                                                const v1::DeleteModelRequest* request,
                                                v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kAdmin); !denied.ok()) return denied;
   return Reply(registry_->Delete(request->model()), response);
 }
 
 grpc::Status ModelRegistryService::DownloadModel(grpc::ServerContext* context,
                                                  const v1::DownloadModelRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   auto file = registry_->ModelFile(request->model());
   if (!file.ok()) return ToGrpcStatus(file.status());
   return rpc::SendFile(*context, *writer, file->first, run_files::kModel);
@@ -175,14 +175,14 @@ Coordinator::WorkerCaller Caller(const grpc::ServerContext& context) {
 grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context,
                                             const v1::RegisterRequest* request,
                                             v1::RegisterResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   return Reply(core_->Register(*request), response);
 }
 
 grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context,
                                              const v1::HeartbeatRequest* request,
                                              v1::HeartbeatResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   const Coordinator::WorkerCaller caller = Caller(*context);
   if (caller.name != request->name()) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
@@ -196,7 +196,7 @@ grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context,
                                                 const v1::ReportEventsRequest* request,
                                                 v1::ReportEventsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   return Reply(core_->ReportEvents(*request), response);
@@ -205,7 +205,7 @@ grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
                                                   grpc::ServerReader<v1::ArtifactChunk>* reader,
                                                   v1::UploadArtifactResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   v1::ArtifactChunk chunk;
   if (!reader->Read(&chunk))
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
@@ -234,7 +234,7 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
                                                  const v1::FetchArtifactRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   auto path = core_->ArtifactPath(request->run_id(), request->name());
@@ -244,7 +244,7 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
 
 grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
                                                const v1::CompleteRunRequest* request, v1::Ack*) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Complete(*request));
@@ -252,7 +252,7 @@ grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
 
 grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext* context,
                                            const v1::FailRunRequest* request, v1::Ack*) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Fail(*request));

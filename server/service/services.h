@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/util/grpc_channel.h"
 #include "mal/v1/service.grpc.pb.h"
 #include "server/core/coordinator.h"
 #include "server/core/model_registry.h"
@@ -21,7 +22,7 @@ class CoordinatorService final : public v1::Coordinator::Service {
  public:
   // `hub`: the event hub the core publishes to (Watch subscribes there). `tokens`: bearer tokens
   // a call must carry one of (none: no token required).
-  CoordinatorService(Coordinator* core, EventHub* hub, std::vector<std::string> tokens = {})
+  CoordinatorService(Coordinator* core, EventHub* hub, rpc::TokenTable tokens = {})
       : core_(core), hub_(hub), tokens_(std::move(tokens)) {}
   // Ends open Watch streams (graceful shutdown).
   void Shutdown() { shutting_down_ = true; }
@@ -50,14 +51,14 @@ class CoordinatorService final : public v1::Coordinator::Service {
  private:
   Coordinator* const core_;
   EventHub* const hub_;
-  const std::vector<std::string> tokens_;
+  const rpc::TokenTable tokens_;
   std::atomic<bool> shutting_down_{false};
 };
 
 // The model registry (server/core/model_registry.h) for clients and mal-serve --registry.
 class ModelRegistryService final : public v1::ModelRegistry::Service {
  public:
-  ModelRegistryService(ModelRegistry* registry, std::vector<std::string> tokens = {})
+  ModelRegistryService(ModelRegistry* registry, rpc::TokenTable tokens = {})
       : registry_(registry), tokens_(std::move(tokens)) {}
 
   grpc::Status ListRegisteredModels(grpc::ServerContext*, const v1::ListRegisteredModelsRequest*,
@@ -74,12 +75,12 @@ class ModelRegistryService final : public v1::ModelRegistry::Service {
 
  private:
   ModelRegistry* const registry_;
-  const std::vector<std::string> tokens_;
+  const rpc::TokenTable tokens_;
 };
 
 class WorkerGatewayService final : public v1::WorkerGateway::Service {
  public:
-  WorkerGatewayService(Coordinator* core, std::vector<std::string> tokens = {})
+  WorkerGatewayService(Coordinator* core, rpc::TokenTable tokens = {})
       : core_(core), tokens_(std::move(tokens)) {}
 
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest*,
@@ -97,7 +98,7 @@ class WorkerGatewayService final : public v1::WorkerGateway::Service {
 
  private:
   Coordinator* const core_;
-  const std::vector<std::string> tokens_;
+  const rpc::TokenTable tokens_;
 };
 
 }  // namespace mal::server

@@ -162,6 +162,76 @@ TEST_F(CoordinatorServerTest, TokensAreCheckedAndASecondServerOnTheDirectoryIsRe
   EXPECT_THAT(std::string(second.status().message()), HasSubstr("another mal-coordinator"));
 }
 
+// Roles (issue 14): a user token cannot act as a worker, a worker token cannot submit or read
+// experiments, deleting a model version needs admin; each refusal is PERMISSION_DENIED naming
+// the role, an unknown token UNAUTHENTICATED.
+TEST_F(CoordinatorServerTest, TokenRolesSeparateUsersWorkersAndAdmins) {
+  testing::WriteText(dir_ / "tokens", "user u-tok\nworker w-tok\nadmin a-tok\n");
+  Start(dir_ / "tokens");
+  auto with = [](grpc::ClientContext& ctx, const std::string& token) {
+    ctx.AddMetadata("authorization", "Bearer " + token);
+  };
+  v1::RegisterRequest reg;
+  reg.set_name("w1");
+  reg.set_slots(1);
+  reg.set_instance("i1");
+  v1::RegisterResponse reg_resp;
+  {
+    grpc::ClientContext ctx;
+    with(ctx, "u-tok");
+    grpc::Status s = worker_->Register(&ctx, reg, &reg_resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(s.error_message(), HasSubstr("needs a token with the worker role"));
+    EXPECT_THAT(s.error_message(), HasSubstr("this token has: user"));
+  }
+  {
+    grpc::ClientContext ctx;
+    with(ctx, "w-tok");
+    EXPECT_TRUE(worker_->Register(&ctx, reg, &reg_resp).ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    with(ctx, "w-tok");
+    v1::SubmitExperimentRequest req;
+    v1::SubmitExperimentResponse resp;
+    grpc::Status s = client_->SubmitExperiment(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(s.error_message(), HasSubstr("the user role"));
+    grpc::ClientContext list_ctx;
+    with(list_ctx, "w-tok");
+    v1::ListExperimentsResponse list;
+    EXPECT_EQ(client_->ListExperiments(&list_ctx, {}, &list).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  for (const char* token : {"u-tok", "a-tok"}) {  // admin includes user
+    grpc::ClientContext ctx;
+    with(ctx, token);
+    v1::ListExperimentsResponse list;
+    EXPECT_TRUE(client_->ListExperiments(&ctx, {}, &list).ok()) << token;
+  }
+  {
+    grpc::ClientContext ctx;
+    with(ctx, "u-tok-and-more");
+    v1::ListExperimentsResponse list;
+    EXPECT_EQ(client_->ListExperiments(&ctx, {}, &list).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  auto registry =
+      v1::ModelRegistry::NewStub(rpc::MakeChannel("127.0.0.1:" + std::to_string(server_->port())));
+  v1::DeleteModelRequest del;
+  del.set_model("nothing:1");
+  v1::ModelInfo info;
+  grpc::ClientContext user_ctx;
+  with(user_ctx, "u-tok");
+  grpc::Status by_user = registry->DeleteModel(&user_ctx, del, &info);
+  EXPECT_EQ(by_user.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(by_user.error_message(), HasSubstr("the admin role"));
+  grpc::ClientContext admin_ctx;
+  with(admin_ctx, "a-tok");
+  EXPECT_EQ(registry->DeleteModel(&admin_ctx, del, &info).error_code(),
+            grpc::StatusCode::NOT_FOUND);  // allowed; there is no such model
+}
+
 TEST_F(CoordinatorServerTest, ShutdownEndsAnOpenWatchWithTheSeqToResumeFrom) {
   Start();
   const std::string id = Submit();
