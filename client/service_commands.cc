@@ -96,12 +96,21 @@ int Submit(const SubmitOptions& o) {
   return Follow(*c, resp.experiment_id(), 1, o.kinds);
 }
 
+// Every page of ListExperiments (summaries, 500 a page), as one response.
 int Ls(const ServiceClient& c) {
   v1::ListExperimentsResponse resp;
-  grpc::ClientContext ctx;
-  rpc::SetDeadline(ctx, kRpcTimeout);
-  grpc::Status s = c.stub->ListExperiments(&ctx, v1::ListExperimentsRequest(), &resp);
-  if (!s.ok()) return RpcFail(s);
+  v1::ListExperimentsRequest req;
+  req.set_page_size(500);
+  do {
+    v1::ListExperimentsResponse page;
+    grpc::ClientContext ctx;
+    rpc::SetDeadline(ctx, kRpcTimeout);
+    grpc::Status s = c.stub->ListExperiments(&ctx, req, &page);
+    if (!s.ok()) return RpcFail(s);
+    for (v1::ExperimentInfo& e : *page.mutable_experiments()) *resp.add_experiments() = std::move(e);
+    resp.set_total(page.total());
+    req.set_page_token(page.next_page_token());
+  } while (!req.page_token().empty());
   if (c.structured()) {
     PrintStructured(c.output, resp);
     return kOk;
@@ -112,6 +121,24 @@ int Ls(const ServiceClient& c) {
     std::cout << absl::StrFormat("%-10s %-24s %-10s %-9s %-8d %s\n", e.id(), e.name(),
                                  Name(e.state()), absl::StrCat(e.runs_done(), "/", e.runs_total()),
                                  e.runs_running(), Time(e.created_ms()));
+  }
+  return kOk;
+}
+
+int Rm(const ServiceClient& c, const std::string& id) {
+  v1::DeleteExperimentRequest req;
+  req.set_experiment_id(id);
+  v1::DeleteExperimentResponse resp;
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, kRpcTimeout);
+  grpc::Status s = c.stub->DeleteExperiment(&ctx, req, &resp);
+  if (!s.ok()) return RpcFail(s);
+  if (c.structured()) {
+    PrintStructured(c.output, resp);
+  } else {
+    std::cout << "deleted " << resp.experiment_id() << " ("
+              << absl::StrFormat("%.1f", resp.artifact_bytes() / 1048576.0)
+              << " MiB of artifacts removed)\n";
   }
   return kOk;
 }
@@ -253,6 +280,13 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
   AddCommand(app, exit_code, "ls", "list experiments", false,
              [](const ServiceClient& c, const std::string&) { return Ls(c); })
       ->footer("Example: malctl ls -o json");
+  AddCommand(app, exit_code, "rm",
+             "delete a finished experiment with its runs, events and artifacts (admin token; "
+             "delete its registered models first)",
+             true, [](const ServiceClient& c, const std::string& id) { return Rm(c, id); })
+      ->footer(
+          "Example: malctl rm exp-3   (a running one: malctl cancel exp-3 first; its models: "
+          "malctl models rm NAME:VERSION first)");
   AddCommand(app, exit_code, "describe", "an experiment and its fold runs", true,
              [](const ServiceClient& c, const std::string& id) {
                return OneExperiment(c, id, "describe");

@@ -42,6 +42,32 @@ std::string ArtifactStore::RunDir(const std::string& experiment, int trial, int 
   return absl::StrCat(root_, "/", experiment, "/trial-", trial, "/fold-", fold);
 }
 
+absl::StatusOr<int64_t> ArtifactStore::RemoveExperiment(const std::string& experiment) {
+  if (experiment.empty() || experiment.find('/') != std::string::npos || experiment == "." ||
+      experiment == "..")
+    return absl::InvalidArgumentError(absl::StrCat("bad experiment id '", experiment, "'"));
+  const fs::path dir = fs::path(root_) / experiment;
+  const fs::path aside = fs::path(root_) / (".deleted-" + experiment);
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    fs::remove_all(aside, ec);  // a crash during an earlier removal
+    fs::rename(dir, aside, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("cannot move ", dir.string(), " aside: ", ec.message()));
+    }
+  }
+  if (!fs::exists(aside, ec)) return 0;
+  int64_t bytes = 0;
+  for (fs::recursive_directory_iterator it(aside, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code size_ec;
+    if (it->is_regular_file(size_ec)) bytes += static_cast<int64_t>(it->file_size(size_ec));
+  }
+  fs::remove_all(aside, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", aside.string(), ": ", ec.message()));
+  return bytes;
+}
+
 std::vector<ArtifactStore::Entry> ArtifactStore::List(const std::string& experiment, int trial,
                                                       int fold) const {
   std::vector<Entry> out;

@@ -66,6 +66,11 @@ class ArtifactStore {
   };
   std::vector<Entry> List(const std::string& experiment, int trial, int fold) const;
 
+  // Removes every artifact of an experiment (ROOT/<experiment>, renamed aside first so that a
+  // crash leaves no half-removed run directory under its name); returns the bytes removed (0
+  // when it had none). Internal error naming the directory when it cannot be removed.
+  absl::StatusOr<int64_t> RemoveExperiment(const std::string& experiment);
+
   // Removes the temporary files of uploads a crash interrupted; returns how many. Call at start,
   // before any upload.
   int RemovePartialUploads();

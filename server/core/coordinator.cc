@@ -4,8 +4,10 @@
 #include <chrono>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "common/spec/spec.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -249,15 +251,85 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Get(const std::string& experimen
   return Info(*e, with_runs);
 }
 
-v1::ListExperimentsResponse Coordinator::List() {
+namespace {
+
+// N of "exp-N" (ids are issued in that order and never reused); 0 for anything else.
+int64_t ExperimentNumber(absl::string_view id) {
+  int64_t n = 0;
+  if (!absl::ConsumePrefix(&id, "exp-") || !absl::SimpleAtoi(id, &n) || n <= 0) return 0;
+  return n;
+}
+
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+constexpr size_t kMaxPageBytes = 4 << 20;
+
+}  // namespace
+
+absl::StatusOr<v1::ListExperimentsResponse> Coordinator::List(
+    const v1::ListExperimentsRequest& request) {
+  if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size: ", request.page_size(),
+                                                   " is outside 0..", kMaxPageSize));
+  }
+  const int page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
+  int64_t after = 0;
+  if (!request.page_token().empty()) {
+    after = ExperimentNumber(request.page_token());
+    if (after == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "page_token: '", request.page_token().substr(0, 64),
+          "' is not a token this server issued (pass next_page_token unchanged)"));
+    }
+  }
   absl::MutexLock lock(&mu_);
+  std::vector<std::pair<int64_t, const Experiment*>> order;
+  order.reserve(experiments_.size());
+  for (const auto& [id, e] : experiments_) order.emplace_back(ExperimentNumber(id), &e);
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first : a.second->row.id < b.second->row.id;
+  });
   v1::ListExperimentsResponse out;
-  for (const auto& [id, e] : experiments_) *out.add_experiments() = Info(e, false);
-  std::sort(out.mutable_experiments()->begin(), out.mutable_experiments()->end(),
-            [](const v1::ExperimentInfo& a, const v1::ExperimentInfo& b) {
-              return a.created_ms() != b.created_ms() ? a.created_ms() < b.created_ms()
-                                                      : a.id() < b.id();
-            });
+  out.set_total(static_cast<int>(order.size()));
+  size_t bytes = 0;
+  for (const auto& [number, e] : order) {
+    if (number <= after) continue;
+    if (out.experiments_size() == page_size || bytes > kMaxPageBytes) {
+      out.set_next_page_token(out.experiments().rbegin()->id());
+      break;
+    }
+    v1::ExperimentInfo* info = out.add_experiments();
+    *info = Info(*e, false);
+    if (!request.with_spec()) info->clear_spec();
+    bytes += info->ByteSizeLong();
+  }
+  return out;
+}
+
+absl::StatusOr<v1::DeleteExperimentResponse> Coordinator::Delete(
+    const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
+  if (e->row.state == v1::EXPERIMENT_RUNNING) {
+    return absl::FailedPreconditionError(absl::StrCat("experiment ", experiment_id,
+                                                      " is running; cancel it first (malctl "
+                                                      "cancel ",
+                                                      experiment_id, ")"));
+  }
+  RETURN_IF_ERROR(store_->DeleteExperiment(experiment_id).status());
+  for (const auto& [run_id, r] : e->runs) run_experiment_.erase(run_id);
+  experiments_.erase(experiment_id);
+  hub_->Forget(experiment_id);
+  v1::DeleteExperimentResponse out;
+  out.set_experiment_id(experiment_id);
+  // The store says it is deleted: the files follow (and are removed at start if this fails).
+  auto bytes = artifacts_->RemoveExperiment(experiment_id);
+  if (!bytes.ok()) {
+    LOG(WARNING) << "deleting " << experiment_id << "'s artifacts: " << bytes.status()
+                 << " (retried at the next start)";
+  } else {
+    out.set_artifact_bytes(*bytes);
+  }
   return out;
 }
 

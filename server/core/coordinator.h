@@ -68,7 +68,13 @@ class Coordinator {
   // Client side.
   absl::StatusOr<v1::SubmitExperimentResponse> Submit(const v1::SubmitExperimentRequest& request);
   absl::StatusOr<v1::ExperimentInfo> Get(const std::string& experiment_id, bool with_runs = true);
-  v1::ListExperimentsResponse List();
+  // A page of experiment summaries in submission order (service.proto ListExperimentsRequest).
+  // INVALID_ARGUMENT for a page_size outside 0..1000 or a page_token this did not issue.
+  absl::StatusOr<v1::ListExperimentsResponse> List(const v1::ListExperimentsRequest& request);
+  // Deletes a finished experiment with its runs, events and artifacts (service.proto
+  // DeleteExperimentRequest for the errors). The in-memory view drops it first; artifacts that
+  // a crash leaves behind are removed at the next start.
+  absl::StatusOr<v1::DeleteExperimentResponse> Delete(const std::string& experiment_id);
   absl::StatusOr<v1::ExperimentInfo> Cancel(const std::string& experiment_id);
   // Returns once the experiment is no longer RUNNING, or after `timeout`.
   absl::StatusOr<v1::ExperimentInfo> Wait(const std::string& experiment_id, absl::Duration timeout);

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "server/core/coordinator.h"
 #include "server/core/lifecycle.h"
@@ -61,6 +62,12 @@ absl::Status Coordinator::Load() {
   }
   for (auto& [id, e] : experiments_) {
     if (e.row.state == v1::EXPERIMENT_RUNNING) RETURN_IF_ERROR(Recover(e));
+  }
+  // Artifacts of experiments deleted just before a crash.
+  ASSIGN_OR_RETURN(std::vector<std::string> deleted, store_->DeletedExperiments());
+  for (const std::string& id : deleted) {
+    auto removed = artifacts_->RemoveExperiment(id);
+    if (!removed.ok()) LOG(WARNING) << "deleted experiment " << id << ": " << removed.status();
   }
   return absl::OkStatus();
 }

@@ -95,6 +95,11 @@ absl::StatusOr<int64_t> EventHub::LastSeqLocked(const std::string& experiment) {
   return last;
 }
 
+void EventHub::Forget(const std::string& experiment) {
+  absl::MutexLock lock(&mu_);
+  last_seq_.erase(experiment);
+}
+
 absl::StatusOr<int64_t> EventHub::LastSeq(const std::string& experiment) {
   absl::MutexLock lock(&mu_);
   return LastSeqLocked(experiment);

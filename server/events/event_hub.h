@@ -98,6 +98,8 @@ class EventHub {
                                                           int64_t from_seq);
   // The newest sequence number of the experiment (0 when it has none).
   absl::StatusOr<int64_t> LastSeq(const std::string& experiment);
+  // Drops what the hub remembers of a deleted experiment (its newest sequence number).
+  void Forget(const std::string& experiment);
 
   struct Stats {
     int64_t watchers = 0, coalesced = 0, ended_slow = 0;

@@ -38,11 +38,10 @@ grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext* context,
 }
 
 grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context,
-                                                 const v1::ListExperimentsRequest*,
+                                                 const v1::ListExperimentsRequest* request,
                                                  v1::ListExperimentsResponse* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
-  *response = core_->List();
-  return grpc::Status::OK;
+  return Reply(core_->List(*request), response);
 }
 
 grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context,
@@ -50,6 +49,14 @@ grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context,
                                                   v1::ExperimentInfo* response) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
   return Reply(core_->Cancel(request->experiment_id()), response);
+}
+
+grpc::Status CoordinatorService::DeleteExperiment(grpc::ServerContext* context,
+                                                  const v1::DeleteExperimentRequest* request,
+                                                  v1::DeleteExperimentResponse* response) {
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kAdmin); !denied.ok())
+    return denied;
+  return Reply(core_->Delete(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,

@@ -35,6 +35,8 @@ class CoordinatorService final : public v1::Coordinator::Service {
                                v1::ListExperimentsResponse*) override;
   grpc::Status CancelExperiment(grpc::ServerContext*, const v1::CancelExperimentRequest*,
                                 v1::ExperimentInfo*) override;
+  grpc::Status DeleteExperiment(grpc::ServerContext*, const v1::DeleteExperimentRequest*,
+                                v1::DeleteExperimentResponse*) override;
   grpc::Status WaitExperiment(grpc::ServerContext*, const v1::WaitExperimentRequest*,
                               v1::ExperimentInfo*) override;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*,

@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/util/status_macros.h"
 
 namespace mal::server {
@@ -90,6 +91,12 @@ CREATE TABLE model_aliases (
   PRIMARY KEY (name, alias),
   FOREIGN KEY (name, version) REFERENCES models(name, version)
 ) WITHOUT ROWID;
+)sql";
+
+// Version 3 -> 4: deleted experiments. The row stays (ids are never reused, and model tombstones
+// refer to it) with its spec and request id cleared; its runs, trials and events are removed.
+constexpr const char* kMigrate4 = R"sql(
+ALTER TABLE experiments ADD COLUMN deleted_ms INTEGER NOT NULL DEFAULT 0;
 )sql";
 
 int64_t NowMs() {
@@ -243,6 +250,7 @@ absl::Status StateStore::Migrate(int64_t from) {
     if (from < 1) RETURN_IF_ERROR(Exec(kSchema));
     if (from < 2) RETURN_IF_ERROR(Exec(kMigrate2));
     if (from < 3) RETURN_IF_ERROR(Exec(kMigrate3));
+    if (from < 4) RETURN_IF_ERROR(Exec(kMigrate4));
     return Exec(absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
   });
 }
@@ -349,7 +357,7 @@ absl::StatusOr<std::vector<ExperimentRow>> StateStore::Experiments() {
   Statement s(
       db_,
       "SELECT id, COALESCE(request_id, ''), name, spec, state, message, priority, created_ms "
-      "FROM experiments ORDER BY created_ms, rowid");
+      "FROM experiments WHERE deleted_ms = 0 ORDER BY created_ms, rowid");
   std::vector<ExperimentRow> out;
   int rc;
   while ((rc = s.Step()) == SQLITE_ROW) {
@@ -365,6 +373,53 @@ absl::StatusOr<std::vector<ExperimentRow>> StateStore::Experiments() {
     out.push_back(std::move(e));
   }
   if (rc != SQLITE_DONE) return SqlError(db_, "listing experiments");
+  return out;
+}
+
+absl::StatusOr<int64_t> StateStore::DeleteExperiment(const std::string& experiment_id) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<int64_t> {
+    Statement find(db_, "SELECT deleted_ms FROM experiments WHERE id = ?");
+    find.Bind(1, experiment_id);
+    if (find.Step() != SQLITE_ROW)
+      return absl::NotFoundError(absl::StrCat("no experiment ", experiment_id));
+    if (find.Int(0) != 0)
+      return absl::NotFoundError(absl::StrCat("experiment ", experiment_id, " was deleted"));
+    Statement models(db_,
+                     "SELECT name || ':' || version FROM models WHERE experiment_id = ? AND "
+                     "deleted_ms = 0 ORDER BY name, version");
+    models.Bind(1, experiment_id);
+    std::vector<std::string> live;
+    while (models.Step() == SQLITE_ROW) live.push_back(models.Text(0));
+    if (!live.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "experiment ", experiment_id, " has registered model versions (",
+          absl::StrJoin(live, ", "), "); delete them first (malctl models rm ", live[0], ")"));
+    }
+    for (const char* sql : {"DELETE FROM events WHERE experiment_id = ?",
+                            "DELETE FROM fold_runs WHERE experiment_id = ?",
+                            "DELETE FROM trials WHERE experiment_id = ?"}) {
+      Statement del(db_, sql);
+      del.Bind(1, experiment_id);
+      if (del.Step() != SQLITE_DONE) return SqlError(db_, sql);
+    }
+    const int64_t now = NowMs();
+    Statement mark(db_,
+                   "UPDATE experiments SET deleted_ms = ?, spec = x'', request_id = NULL, "
+                   "message = '' WHERE id = ?");
+    mark.Bind(1, now).Bind(2, experiment_id);
+    if (mark.Step() != SQLITE_DONE) return SqlError(db_, "marking the experiment deleted");
+    return now;
+  });
+}
+
+absl::StatusOr<std::vector<std::string>> StateStore::DeletedExperiments() {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT id FROM experiments WHERE deleted_ms != 0 ORDER BY rowid");
+  std::vector<std::string> out;
+  int rc;
+  while ((rc = s.Step()) == SQLITE_ROW) out.push_back(s.Text(0));
+  if (rc != SQLITE_DONE) return SqlError(db_, "listing deleted experiments");
   return out;
 }
 

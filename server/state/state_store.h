@@ -94,7 +94,7 @@ struct Event {
 class StateStore {
  public:
   // 1: experiments, runs, events; 2: + trials, results, models; 3: + model aliases, deletion
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens or creates the database at `path`. A database written by a newer schema is an error.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(const std::string& path);
@@ -114,7 +114,15 @@ class StateStore {
                                                const std::vector<TrialRow>& trials,
                                                const std::vector<int>& folds, bool* existing);
   absl::StatusOr<std::string> ExperimentSpec(const std::string& experiment_id);
-  absl::StatusOr<std::vector<ExperimentRow>> Experiments();
+  absl::StatusOr<std::vector<ExperimentRow>> Experiments();  // not deleted ones
+  // Deletes a finished experiment's runs, trials and events and marks its row deleted (the id is
+  // never reused; its spec and request id are cleared, so a retried submit makes a new one).
+  // Returns the deletion time (ms since the epoch). NOT_FOUND: no such or a deleted experiment;
+  // FAILED_PRECONDITION: model versions registered from it are not deleted (named). The caller
+  // checks that it is not running and removes its artifacts.
+  absl::StatusOr<int64_t> DeleteExperiment(const std::string& experiment_id);
+  // Ids of deleted experiments (to remove artifacts a crash left behind).
+  absl::StatusOr<std::vector<std::string>> DeletedExperiments();
   absl::Status SetExperimentState(const std::string& experiment_id, int state,
                                   const std::string& message);
   absl::StatusOr<std::vector<TrialRow>> Trials(const std::string& experiment_id);

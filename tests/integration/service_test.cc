@@ -461,6 +461,22 @@ TEST_F(ServiceTest, RegistryVersionsAliasesPullAndServing) {
   out = Malctl("models ls -o json", &rc);
   EXPECT_THAT(out, Not(HasSubstr("\"version\": 2")));
 
+  // Deleting the experiment: refused while version 1 is registered from it, then its files go and
+  // ls no longer lists it (issue 14); mal-serve keeps the cached copy.
+  out = Malctl("rm " + id, &rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_THAT(out, HasSubstr("reg:1"));
+  ASSERT_TRUE(fs::exists(dir_ / ("data/artifacts/" + id))) << out;
+  out = Malctl("models rm reg:1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  out = Malctl("rm " + id, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("deleted " + id));
+  EXPECT_FALSE(fs::exists(dir_ / ("data/artifacts/" + id)));
+  out = Malctl("ls", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, Not(HasSubstr(id + " ")));
+
   // The coordinator gone, a pinned version still comes from the disk cache, also after a restart.
   coordinator_.reset();
   serve.reset();

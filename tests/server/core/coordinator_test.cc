@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 
 #include "common/spec/spec.h"
+#include "server/core/model_registry.h"
 #include "server/service/prometheus_text.h"
 #include "tests/test_util.h"
 
@@ -156,7 +158,7 @@ TEST_F(CoordinatorTest, SubmitExpandsTrialsTimesFoldsAndIsIdempotentByRequestId)
   ASSERT_TRUE(b.ok());
   EXPECT_TRUE(b->existing());
   EXPECT_EQ(b->experiment_id(), a->experiment_id());
-  EXPECT_EQ(core_->List().experiments_size(), 1);
+  EXPECT_EQ(core_->List({})->experiments_size(), 1);
   EXPECT_EQ(Info(a->experiment_id()).runs_size(), 6);
 }
 
@@ -173,7 +175,7 @@ TEST_F(CoordinatorTest, MalformedSpecIsRejectedWithItsFieldPath) {
   r = core_->Submit(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("2000 trials x 100 folds"));
-  EXPECT_EQ(core_->List().experiments_size(), 0);
+  EXPECT_EQ(core_->List({})->experiments_size(), 0);
 }
 
 // Inputs that used to exhaust the coordinator are refused at once, with their numbers, and store
@@ -210,7 +212,78 @@ TEST_F(CoordinatorTest, HugeRequestsAreRefusedBeforeAnythingIsBuilt) {
   r = core_->Submit(req);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("cv.only[1]: fold 1 listed twice"));
-  EXPECT_EQ(core_->List().experiments_size(), 0);
+  EXPECT_EQ(core_->List({})->experiments_size(), 0);
+}
+
+// Lists that scale (issue 14): pages in submission order, summaries without specs, tokens that
+// only this server issues.
+TEST_F(CoordinatorTest, ListIsPagedInSubmissionOrderWithSummaries) {
+  for (int i = 0; i < 5; ++i) Submit(Spec());
+  std::vector<std::string> seen;
+  v1::ListExperimentsRequest req;
+  req.set_page_size(2);
+  int pages = 0;
+  do {
+    auto page = core_->List(req);
+    ASSERT_TRUE(page.ok()) << page.status();
+    EXPECT_EQ(page->total(), 5);
+    EXPECT_LE(page->experiments_size(), 2);
+    for (const auto& e : page->experiments()) {
+      seen.push_back(e.id());
+      EXPECT_FALSE(e.has_spec());
+      EXPECT_EQ(e.runs_size(), 0);
+      EXPECT_EQ(e.runs_total(), 3);
+    }
+    req.set_page_token(page->next_page_token());
+    ++pages;
+  } while (!req.page_token().empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, (std::vector<std::string>{"exp-1", "exp-2", "exp-3", "exp-4", "exp-5"}));
+
+  v1::ListExperimentsRequest with_spec;
+  with_spec.set_with_spec(true);
+  EXPECT_EQ(core_->List(with_spec)->experiments(0).spec().name(), "unit");
+  v1::ListExperimentsRequest bad;
+  bad.set_page_size(1001);
+  EXPECT_THAT(core_->List(bad).status().message(), HasSubstr("page_size: 1001"));
+  bad.set_page_size(0);
+  bad.set_page_token("'; DROP TABLE");
+  EXPECT_EQ(core_->List(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Deleting: refused while running and while its models are registered; then the runs, events and
+// artifacts are gone, also after a restart, and the id is not reused.
+TEST_F(CoordinatorTest, DeleteRemovesAFinishedExperimentAndNeverReusesItsId) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  EXPECT_EQ(core_->Delete(id).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(core_->Delete(id).status().message(), HasSubstr("cancel it first"));
+  Register("w1", 1);
+  const auto hb = Beat("w1", 1);
+  ASSERT_EQ(hb.assignments_size(), 1);
+  testing::WriteText(artifacts_->RunDir(id, 0, 1) + "/model.pt", "weights");
+  ASSERT_TRUE(Complete(hb.assignments(0), 0.8).ok());
+  ASSERT_EQ(Info(id).state(), v1::EXPERIMENT_SUCCEEDED);
+
+  auto refused = core_->Delete(id);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("unit:1"));
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_SUCCEEDED);  // nothing changed
+  ModelRegistry registry(store_.get());
+  ASSERT_TRUE(registry.Delete("unit:1").ok());
+
+  auto deleted = core_->Delete(id);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->artifact_bytes(), 7);
+  EXPECT_FALSE(std::filesystem::exists(dir_ / ("artifacts/" + id)));
+  EXPECT_EQ(core_->Get(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->Delete(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->ReadEvents(id, 1, 100)->empty());
+  EXPECT_EQ(core_->List({})->total(), 0);
+
+  Reopen();
+  EXPECT_EQ(core_->Get(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Submit(Spec()), "exp-2");
+  EXPECT_EQ(core_->List({})->total(), 1);
 }
 
 TEST_F(CoordinatorTest, AssignsUpToFreeSlotsWithTheTrialSpec) {
