@@ -107,7 +107,8 @@ int Ls(const ServiceClient& c) {
     rpc::SetDeadline(ctx, kRpcTimeout);
     grpc::Status s = c.stub->ListExperiments(&ctx, req, &page);
     if (!s.ok()) return RpcFail(s);
-    for (v1::ExperimentInfo& e : *page.mutable_experiments()) *resp.add_experiments() = std::move(e);
+    for (v1::ExperimentInfo& e : *page.mutable_experiments())
+      *resp.add_experiments() = std::move(e);
     resp.set_total(page.total());
     req.set_page_token(page.next_page_token());
   } while (!req.page_token().empty());

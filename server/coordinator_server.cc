@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/spec/spec_paths.h"
 #include "common/util/files.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
@@ -89,6 +90,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   CoordinatorOptions co;
   co.lease_ms = o.lease_ms;
   co.heartbeat_ms = o.heartbeat_ms;
+  ASSIGN_OR_RETURN(co.data_roots, NormalizeDataRoots(o.data_roots, /*resolve_links=*/false));
   ASSIGN_OR_RETURN(p->core, Coordinator::Create(p->store.get(), p->hub.get(), p->artifacts.get(),
                                                 SystemClock(), co));
   if (!o.metrics_listen.empty()) {
@@ -105,7 +107,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
                  << " token(s) without a role hold every role (user, worker, admin); write "
                     "'user TOKEN', 'worker TOKEN' or 'admin TOKEN' per line (docs/service.md)";
   }
-  p->client_service = std::make_unique<CoordinatorService>(p->core.get(), p->hub.get(), tokens);
+  p->client_service = std::make_unique<CoordinatorService>(p->core.get(), p->hub.get(), tokens,
+                                                           o.submit_per_minute);
   p->worker_service = std::make_unique<WorkerGatewayService>(p->core.get(), tokens);
   p->registry = std::make_unique<ModelRegistry>(p->store.get());
   p->registry_service = std::make_unique<ModelRegistryService>(p->registry.get(), tokens);

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/util/grpc_channel.h"
@@ -31,6 +32,12 @@ class CoordinatorServer {
     rpc::ServerSecurity security;           // TLS and bearer tokens (common/util/grpc_channel.h)
     int64_t max_upload_bytes = int64_t{16} << 30;  // one artifact from a worker
     int64_t min_free_bytes = int64_t{512} << 20;   // uploads refused below this much free disk
+    // Absolute directories every dataset and weight path of a spec must lie under (checked
+    // lexically at submit, common/spec/spec_paths.h); empty: no containment.
+    std::vector<std::string> data_roots;
+    // Submissions per client (peer address, or the token when tokens are set) within a minute;
+    // 0: no limit. Past it, RESOURCE_EXHAUSTED with the seconds to wait.
+    int submit_per_minute = 0;
   };
 
   // Opens (creating) the data directory, recovers the state, binds and starts serving; the lease

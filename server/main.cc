@@ -2,7 +2,7 @@
 //   mal-coordinator --data-dir DIR [--listen HOST:PORT] [--lease-ms 15000] [--heartbeat-ms 1000]
 //                   [--watch-queue 1024] [--metrics-listen HOST:PORT]
 //                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE]
-//                   [--insecure]
+//                   [--insecure] [--data-root DIR ...] [--submit-per-minute N]
 // DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
 // streams, stop the server (in-flight calls get a few seconds), close the store. The flags fill
 // CoordinatorServer::Options (server/coordinator_server.h), which does the rest.
@@ -42,6 +42,12 @@ int main(int argc, char** argv) {
   app.add_option("--min-free-mb", min_free_mb,
                  "uploads are refused when the data directory's disk has less free, MiB")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  app.add_option("--data-root", o.data_roots,
+                 "absolute directory every dataset and weight path of a spec must lie under "
+                 "(repeatable; default: no containment)");
+  app.add_option("--submit-per-minute", o.submit_per_minute,
+                 "submissions per client per minute (0: no limit)")
+      ->check(CLI::Range(0, 1000000));
   mal::cli::AddServerSecurityOptions(app, &o.security);
   if (auto code = mal::cli::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc)))
     return *code;

@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/spec/spec_paths.h"
 #include "common/util/grpc_channel.h"
 #include "worker/commands.h"
 #include "worker/daemon/daemon.h"
@@ -57,6 +58,9 @@ std::function<int()> AddDaemonOptions(CLI::App& app) {
   g->add_option("--engine", o->engine,
                 "what runs a fold run: a wrapper (nice, numactl, a container) or a test "
                 "double (default: this binary)");
+  g->add_option("--data-root", o->data_roots,
+                "absolute directory every dataset and weight path of a run must lie under, "
+                "symbolic links resolved (repeatable; default: no containment)");
   g->add_option("--tls-ca", o->tls_ca, "CA bundle (PEM) for TLS to the coordinator");
   g->add_option("--tls-cert", o->tls_cert, "client certificate (PEM) for mutual TLS");
   g->add_option("--tls-key", o->tls_key, "client key (PEM) for mutual TLS");
@@ -69,6 +73,9 @@ std::function<int()> AddDaemonOptions(CLI::App& app) {
     auto token = rpc::LoadToken(*token_file, "MAL_TOKEN");
     if (!token.ok()) return Fail(std::string(token.status().message()));
     o->token = *token;
+    auto roots = NormalizeDataRoots(o->data_roots, /*resolve_links=*/true);
+    if (!roots.ok()) return Fail(std::string(roots.status().message()));
+    o->data_roots = *roots;
     if (o->devices.empty()) return Fail("--devices: list at least one device");
     // One run per listed device by default: slot i trains on devices[i % size].
     if (slots->count() == 0) o->slots = static_cast<int>(o->devices.size());

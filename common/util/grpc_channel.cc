@@ -238,8 +238,9 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
         } else if (name == "admin") {
           entry.roles |= static_cast<unsigned>(Role::kAdmin);
         } else {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, "unknown role '", name, "' (roles: user, worker, admin; 'ROLE[,ROLE] TOKEN')"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, "unknown role '", name,
+                           "' (roles: user, worker, admin; 'ROLE[,ROLE] TOKEN')"));
         }
       }
       entry.token = std::string(fields[1]);
@@ -249,8 +250,8 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
     }
     for (const TokenTable::Entry& e : table.entries) {
       if (e.token == entry.token)
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, "the same token as line ", e.line, "; give it once, with all its roles"));
+        return absl::InvalidArgumentError(absl::StrCat(where, "the same token as line ", e.line,
+                                                       "; give it once, with all its roles"));
     }
     table.entries.push_back(std::move(entry));
   }
@@ -259,7 +260,9 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
   return table;
 }
 
-grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& tokens, Role role) {
+grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& tokens, Role role,
+                        int* token_line) {
+  if (token_line != nullptr) *token_line = 0;
   if (tokens.empty()) return grpc::Status::OK;
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
@@ -285,6 +288,7 @@ grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& to
                         absl::StrCat("this call needs a token with the ", RoleName(role),
                                      " role; this token has: ", RoleNames(match->roles)));
   }
+  if (token_line != nullptr) *token_line = match->line;
   return grpc::Status::OK;
 }
 

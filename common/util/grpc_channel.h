@@ -90,7 +90,10 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file);
 // with one not in the table; PERMISSION_DENIED for a known token without the role, naming the
 // role needed and the roles held. Tokens are compared in constant time (every entry, no early
 // exit).
-grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& tokens, Role role);
+// `token_line`, when given, receives the matched entry's line in the token file (0 when the
+// table is empty), an identity for per-client limits.
+grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& tokens, Role role,
+                        int* token_line = nullptr);
 
 // Applies the agreed keepalive and message limits to a server.
 void ConfigureServer(grpc::ServerBuilder& builder);

@@ -64,7 +64,8 @@ absl::StatusOr<int64_t> ArtifactStore::RemoveExperiment(const std::string& exper
     if (it->is_regular_file(size_ec)) bytes += static_cast<int64_t>(it->file_size(size_ec));
   }
   fs::remove_all(aside, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot remove ", aside.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot remove ", aside.string(), ": ", ec.message()));
   return bytes;
 }
 

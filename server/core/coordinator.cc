@@ -9,6 +9,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "common/spec/spec.h"
+#include "common/spec/spec_paths.h"
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -143,7 +144,15 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(
                                                    folds.size(), " folds is over ",
                                                    kMaxRunsPerExperiment, " fold runs"));
   }
+  RETURN_IF_ERROR(CheckSpecPaths(spec, options_.data_roots, /*resolve_links=*/false));
   ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
+  if (!options_.data_roots.empty() && plans.size() > 1) {  // a search may set a path
+    for (const TrialPlan& plan : plans) {
+      ASSIGN_OR_RETURN(v1::ExperimentSpec trial, TrialSpec(spec, plan));
+      if (absl::Status s = CheckSpecPaths(trial, options_.data_roots, false); !s.ok())
+        return absl::InvalidArgumentError(absl::StrCat("trial ", plan.trial, ": ", s.message()));
+    }
+  }
   ExperimentRow row;
   row.request_id = request.request_id();
   row.name = spec.name().empty() ? "experiment" : spec.name();
@@ -269,17 +278,17 @@ constexpr size_t kMaxPageBytes = 4 << 20;
 absl::StatusOr<v1::ListExperimentsResponse> Coordinator::List(
     const v1::ListExperimentsRequest& request) {
   if (request.page_size() < 0 || request.page_size() > kMaxPageSize) {
-    return absl::InvalidArgumentError(absl::StrCat("page_size: ", request.page_size(),
-                                                   " is outside 0..", kMaxPageSize));
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size: ", request.page_size(), " is outside 0..", kMaxPageSize));
   }
   const int page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
   int64_t after = 0;
   if (!request.page_token().empty()) {
     after = ExperimentNumber(request.page_token());
     if (after == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "page_token: '", request.page_token().substr(0, 64),
-          "' is not a token this server issued (pass next_page_token unchanged)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token: '", request.page_token().substr(0, 64),
+                       "' is not a token this server issued (pass next_page_token unchanged)"));
     }
   }
   absl::MutexLock lock(&mu_);
@@ -306,8 +315,7 @@ absl::StatusOr<v1::ListExperimentsResponse> Coordinator::List(
   return out;
 }
 
-absl::StatusOr<v1::DeleteExperimentResponse> Coordinator::Delete(
-    const std::string& experiment_id) {
+absl::StatusOr<v1::DeleteExperimentResponse> Coordinator::Delete(const std::string& experiment_id) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
   if (e->row.state == v1::EXPERIMENT_RUNNING) {

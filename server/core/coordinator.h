@@ -56,6 +56,9 @@ struct CoordinatorOptions {
   int64_t lease_ms = 15000;     // a worker silent this long loses its runs
   int64_t heartbeat_ms = 1000;  // how often workers are told to call
   std::string version;          // reported to clients
+  // Normalised absolute roots (common/spec/spec_paths.h) every path of a submitted spec must
+  // lie under; empty: no containment.
+  std::vector<std::string> data_roots;
 };
 
 class Coordinator {

@@ -23,8 +23,8 @@ namespace {
 // The gRPC adapter: checks the token, resolves the model, hands the batch to DetectActionUnits.
 class InferenceService final : public v1::Inference::Service {
  public:
-  InferenceService(ModelStore* models, const image::FaceDetector* detector,
-                   rpc::TokenTable tokens, DetectLimits limits)
+  InferenceService(ModelStore* models, const image::FaceDetector* detector, rpc::TokenTable tokens,
+                   DetectLimits limits)
       : models_(models), detector_(detector), tokens_(std::move(tokens)), limits_(limits) {}
 
   grpc::Status DetectActionUnits(grpc::ServerContext* context,

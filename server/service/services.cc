@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/util/artifact_transfer.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"
@@ -26,28 +27,45 @@ grpc::Status Reply(absl::StatusOr<T> result, T* response) {
 grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context,
                                                   const v1::SubmitExperimentRequest* request,
                                                   v1::SubmitExperimentResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  int token_line = 0;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser, &token_line);
+      !denied.ok())
+    return denied;
+  // One client: its token when tokens are set, else its address without the port.
+  std::string client =
+      token_line > 0 ? absl::StrCat("token on line ", token_line) : context->peer();
+  if (token_line == 0 && client.find(':') != std::string::npos) client.resize(client.rfind(':'));
+  if (const int64_t wait_ms = submits_.Acquire(client, absl::ToUnixMillis(absl::Now()));
+      wait_ms > 0) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("more than ", submit_limit_, " submissions in a minute from ", client,
+                     " (--submit-per-minute); retry in ", (wait_ms + 999) / 1000, " s"));
+  }
   return Reply(core_->Submit(*request), response);
 }
 
 grpc::Status CoordinatorService::GetExperiment(grpc::ServerContext* context,
                                                const v1::GetExperimentRequest* request,
                                                v1::ExperimentInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(core_->Get(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::ListExperiments(grpc::ServerContext* context,
                                                  const v1::ListExperimentsRequest* request,
                                                  v1::ListExperimentsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(core_->List(*request), response);
 }
 
 grpc::Status CoordinatorService::CancelExperiment(grpc::ServerContext* context,
                                                   const v1::CancelExperimentRequest* request,
                                                   v1::ExperimentInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(core_->Cancel(request->experiment_id()), response);
 }
 
@@ -62,7 +80,8 @@ grpc::Status CoordinatorService::DeleteExperiment(grpc::ServerContext* context,
 grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
                                                 const v1::WaitExperimentRequest* request,
                                                 v1::ExperimentInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   int64_t ms = request->timeout_ms() <= 0 ? 30000 : std::min<int64_t>(request->timeout_ms(), 60000);
   // Never past the caller's own deadline.
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -74,7 +93,8 @@ grpc::Status CoordinatorService::WaitExperiment(grpc::ServerContext* context,
 grpc::Status CoordinatorService::Watch(grpc::ServerContext* context,
                                        const v1::WatchRequest* request,
                                        grpc::ServerWriter<v1::WatchResponse>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   const std::string id = request->experiment_id();
   auto session = WatchSession::Start(
       hub_, [this, id]() { return core_->State(id); }, *request);
@@ -93,14 +113,16 @@ grpc::Status CoordinatorService::Watch(grpc::ServerContext* context,
 grpc::Status CoordinatorService::GetResults(grpc::ServerContext* context,
                                             const v1::ResultsRequest* request,
                                             v1::ResultsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(core_->Results(request->experiment_id()), response);
 }
 
 grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
                                              const v1::ListWorkersRequest*,
                                              v1::ListWorkersResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   *response = core_->Workers();
   return grpc::Status::OK;
 }
@@ -108,14 +130,16 @@ grpc::Status CoordinatorService::ListWorkers(grpc::ServerContext* context,
 grpc::Status CoordinatorService::ListArtifacts(grpc::ServerContext* context,
                                                const v1::ArtifactRequest* request,
                                                v1::ListArtifactsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(core_->ListArtifacts(*request), response);
 }
 
 grpc::Status CoordinatorService::DownloadArtifact(grpc::ServerContext* context,
                                                   const v1::ArtifactRequest* request,
                                                   grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   auto path = core_->RunArtifactPath(*request);
   if (!path.ok()) return ToGrpcStatus(path.status());
   return rpc::SendFile(*context, *writer, *path, request->name());
@@ -124,42 +148,48 @@ grpc::Status CoordinatorService::DownloadArtifact(grpc::ServerContext* context,
 grpc::Status ModelRegistryService::ListRegisteredModels(
     grpc::ServerContext* context, const v1::ListRegisteredModelsRequest* request,
     v1::ListRegisteredModelsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(registry_->List(request->name()), response);
 }
 
 grpc::Status ModelRegistryService::GetModel(grpc::ServerContext* context,
                                             const v1::GetModelRequest* request,
                                             v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(registry_->Get(request->model()), response);
 }
 
 grpc::Status ModelRegistryService::SetModelAlias(grpc::ServerContext* context,
                                                  const v1::SetModelAliasRequest* request,
                                                  v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(registry_->SetAlias(request->model(), request->alias()), response);
 }
 
 grpc::Status ModelRegistryService::DeleteModelAlias(grpc::ServerContext* context,
                                                     const v1::DeleteModelAliasRequest* request,
                                                     v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   return Reply(registry_->DeleteAlias(request->name(), request->alias()), response);
 }
 
 grpc::Status ModelRegistryService::DeleteModel(grpc::ServerContext* context,
                                                const v1::DeleteModelRequest* request,
                                                v1::ModelInfo* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kAdmin); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kAdmin); !denied.ok())
+    return denied;
   return Reply(registry_->Delete(request->model()), response);
 }
 
 grpc::Status ModelRegistryService::DownloadModel(grpc::ServerContext* context,
                                                  const v1::DownloadModelRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kUser); !denied.ok())
+    return denied;
   auto file = registry_->ModelFile(request->model());
   if (!file.ok()) return ToGrpcStatus(file.status());
   return rpc::SendFile(*context, *writer, file->first, run_files::kModel);
@@ -182,14 +212,16 @@ Coordinator::WorkerCaller Caller(const grpc::ServerContext& context) {
 grpc::Status WorkerGatewayService::Register(grpc::ServerContext* context,
                                             const v1::RegisterRequest* request,
                                             v1::RegisterResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   return Reply(core_->Register(*request), response);
 }
 
 grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context,
                                              const v1::HeartbeatRequest* request,
                                              v1::HeartbeatResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   const Coordinator::WorkerCaller caller = Caller(*context);
   if (caller.name != request->name()) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
@@ -203,7 +235,8 @@ grpc::Status WorkerGatewayService::Heartbeat(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context,
                                                 const v1::ReportEventsRequest* request,
                                                 v1::ReportEventsResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   return Reply(core_->ReportEvents(*request), response);
@@ -212,7 +245,8 @@ grpc::Status WorkerGatewayService::ReportEvents(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
                                                   grpc::ServerReader<v1::ArtifactChunk>* reader,
                                                   v1::UploadArtifactResponse* response) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   v1::ArtifactChunk chunk;
   if (!reader->Read(&chunk))
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload: no chunks");
@@ -241,7 +275,8 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
 grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
                                                  const v1::FetchArtifactRequest* request,
                                                  grpc::ServerWriter<v1::ArtifactChunk>* writer) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   auto path = core_->ArtifactPath(request->run_id(), request->name());
@@ -251,7 +286,8 @@ grpc::Status WorkerGatewayService::FetchArtifact(grpc::ServerContext* context,
 
 grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
                                                const v1::CompleteRunRequest* request, v1::Ack*) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Complete(*request));
@@ -259,7 +295,8 @@ grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
 
 grpc::Status WorkerGatewayService::FailRun(grpc::ServerContext* context,
                                            const v1::FailRunRequest* request, v1::Ack*) {
-  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok()) return denied;
+  if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
+    return denied;
   if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
     return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Fail(*request));

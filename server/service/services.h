@@ -15,6 +15,7 @@
 #include "mal/v1/service.grpc.pb.h"
 #include "server/core/coordinator.h"
 #include "server/core/model_registry.h"
+#include "server/service/rate_limiter.h"
 
 namespace mal::server {
 
@@ -22,8 +23,15 @@ class CoordinatorService final : public v1::Coordinator::Service {
  public:
   // `hub`: the event hub the core publishes to (Watch subscribes there). `tokens`: bearer tokens
   // a call must carry one of (none: no token required).
-  CoordinatorService(Coordinator* core, EventHub* hub, rpc::TokenTable tokens = {})
-      : core_(core), hub_(hub), tokens_(std::move(tokens)) {}
+  // `submit_per_minute`: submissions per client (its token, or its address without tokens)
+  // within a minute; 0: unlimited.
+  CoordinatorService(Coordinator* core, EventHub* hub, rpc::TokenTable tokens = {},
+                     int submit_per_minute = 0)
+      : core_(core),
+        hub_(hub),
+        tokens_(std::move(tokens)),
+        submit_limit_(submit_per_minute),
+        submits_(submit_per_minute, 60000) {}
   // Ends open Watch streams (graceful shutdown).
   void Shutdown() { shutting_down_ = true; }
 
@@ -54,6 +62,8 @@ class CoordinatorService final : public v1::Coordinator::Service {
   Coordinator* const core_;
   EventHub* const hub_;
   const rpc::TokenTable tokens_;
+  const int submit_limit_;
+  RateLimiter submits_;
   std::atomic<bool> shutting_down_{false};
 };
 

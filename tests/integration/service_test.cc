@@ -172,14 +172,17 @@ mal: {val_fraction: 0.1, val_batch: 8}
     gateway_ = v1::WorkerGateway::NewStub(channel);
   }
   // Starts worker `name`; one already running under that name is killed first (SIGKILL).
-  Process* StartWorker(const std::string& name, int slots = 1) {
+  Process* StartWorker(const std::string& name, int slots = 1,
+                       const std::vector<std::string>& extra = {}) {
     workers_.erase(name);
-    workers_[name] = std::make_unique<Process>(
-        Bin("worker/mal-worker"),
-        std::vector<std::string>{"--coordinator", address_, "--slots", absl::StrCat(slots),
-                                 "--work-dir", dir_ / name, "--name", name, "--threads", "1",
-                                 "--upload-every-s", "1", "--stop-grace-s", "5"},
-        dir_ / (name + ".log"));
+    std::vector<std::string> args{
+        "--coordinator",  address_,    "--slots",          absl::StrCat(slots),
+        "--work-dir",     dir_ / name, "--name",           name,
+        "--threads",      "1",         "--upload-every-s", "1",
+        "--stop-grace-s", "5"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    workers_[name] =
+        std::make_unique<Process>(Bin("worker/mal-worker"), args, dir_ / (name + ".log"));
     return workers_[name].get();
   }
   bool WorkersAlive(size_t n) {
@@ -983,6 +986,20 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   EXPECT_EQ(info.runs(0).attempt(), 0);
   EXPECT_THAT(info.runs(0).message(), HasSubstr("/nonexistent/BP4D"));
   EXPECT_THAT(info.message(), HasSubstr("/nonexistent/BP4D"));
+
+  // A worker with data roots refuses a run whose dataset lies outside them (links resolved),
+  // before opening anything, without retries (issue 14).
+  fs::create_directories(dir_ / "allowed");
+  fs::create_directory_symlink(dir_ / "sf", dir_ / "allowed/sf-link");
+  StartWorker("w1", 1, {"--data-root", dir_ / "allowed"});
+  const std::string outside =
+      Submit(WriteSpec("outside", 1, 1, "cv: {only: [1]}\n", dir_ / "allowed/sf-link"));
+  const auto refused = WaitDone(outside, std::chrono::seconds(60));
+  EXPECT_EQ(refused.state(), v1::EXPERIMENT_FAILED) << DiagnosticLogs();
+  ASSERT_EQ(refused.runs_size(), 1);
+  EXPECT_EQ(refused.runs(0).attempt(), 0);
+  EXPECT_THAT(refused.runs(0).message(), HasSubstr("data.au.root: " + (dir_ / "allowed/sf-link")));
+  EXPECT_THAT(refused.runs(0).message(), HasSubstr("outside the data roots"));
 }
 
 TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {

@@ -34,6 +34,10 @@ struct DaemonOptions {
   std::string listen;
   // TLS to the coordinator (CA, and a client certificate for mutual TLS) and the bearer token.
   std::string tls_ca, tls_cert, tls_key, token;
+  // Normalised, link-resolved directories (common/spec/spec_paths.h NormalizeDataRoots) every
+  // dataset and weight path of a run's spec must lie under; a run outside fails without retry
+  // before anything is opened. Empty: no containment.
+  std::vector<std::string> data_roots;
 };
 
 // Runs until `*stop` becomes true; then stops its children (checkpointing), hands their runs

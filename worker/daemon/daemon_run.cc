@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/spec/spec_paths.h"
 #include "common/util/files.h"
 #include "common/util/grpc_status.h"
 #include "common/util/logging.h"
@@ -173,6 +174,12 @@ void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool r
 void Daemon::Execute(RunTask* t) {
   std::error_code ec;
   fs::create_directories(t->dir, ec);
+  // Containment with links resolved: this host has the files (the coordinator checked lexically).
+  if (absl::Status s = CheckSpecPaths(t->a.spec(), o_.data_roots, /*resolve_links=*/true);
+      !s.ok()) {
+    if (!t->dropped) Fail(t, absl::StrCat("worker ", o_.name, ": ", s.message()), false);
+    return;
+  }
   std::string error;
   if (!Prepare(t, &error)) {
     if (!t->dropped) Fail(t, absl::StrCat("worker ", o_.name, ": ", error), true);

@@ -20,8 +20,7 @@ using ::testing::HasSubstr;
 
 class CoordinatorServerTest : public ::testing::Test {
  protected:
-  void Start(const std::string& token_file = "") {
-    CoordinatorServer::Options o;
+  void Start(const std::string& token_file = "", CoordinatorServer::Options o = {}) {
     o.listen = "127.0.0.1:0";
     o.data_dir = dir_ / "data";
     o.lease_ms = 2000;
@@ -230,6 +229,39 @@ TEST_F(CoordinatorServerTest, TokenRolesSeparateUsersWorkersAndAdmins) {
   with(admin_ctx, "a-tok");
   EXPECT_EQ(registry->DeleteModel(&admin_ctx, del, &info).error_code(),
             grpc::StatusCode::NOT_FOUND);  // allowed; there is no such model
+}
+
+// Data roots and the submission rate limit (issue 14), through the gRPC service: a dataset
+// outside the roots is INVALID_ARGUMENT naming the field, the third submission within a minute
+// RESOURCE_EXHAUSTED with the wait, and nothing refused is stored.
+TEST_F(CoordinatorServerTest, DataRootsAndSubmissionRateLimit) {
+  CoordinatorServer::Options o;
+  o.data_roots = {"/data"};
+  o.submit_per_minute = 2;
+  Start("", o);
+  auto submit = [&](const std::string& root) {
+    auto spec = ParseSpecYaml("name: r\nmethod: stl\ndata: {au: {format: synthface, root: " + root +
+                                  "}}\nmodel: {backbone: small_cnn, input: 32, resize: 36}\n",
+                              "s.yaml");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    v1::SubmitExperimentRequest req;
+    *req.mutable_spec() = *spec;
+    v1::SubmitExperimentResponse resp;
+    grpc::ClientContext ctx;
+    return client_->SubmitExperiment(&ctx, req, &resp);
+  };
+  grpc::Status outside = submit("/data/../etc");
+  EXPECT_EQ(outside.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(outside.error_message(), HasSubstr("data.au.root: /data/../etc is outside"));
+  EXPECT_TRUE(submit("/data/sf").ok());
+  grpc::Status limited = submit("/data/sf");
+  EXPECT_EQ(limited.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(limited.error_message(), HasSubstr("more than 2 submissions in a minute"));
+  EXPECT_THAT(limited.error_message(), HasSubstr("retry in"));
+  grpc::ClientContext ctx;
+  v1::ListExperimentsResponse list;
+  ASSERT_TRUE(client_->ListExperiments(&ctx, {}, &list).ok());
+  EXPECT_EQ(list.total(), 1);
 }
 
 TEST_F(CoordinatorServerTest, ShutdownEndsAnOpenWatchWithTheSeqToResumeFrom) {
