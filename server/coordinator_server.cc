@@ -34,7 +34,8 @@ struct CoordinatorServer::Parts {
   std::unique_ptr<ModelRegistry> registry;
   std::unique_ptr<ModelRegistryService> registry_service;
   std::unique_ptr<grpc::Server> server;
-  int port = 0;
+  std::unique_ptr<grpc::Server> health;  // --health-listen: grpc.health.v1 only, plaintext
+  int port = 0, health_port = 0;
   std::thread ticker;
   std::atomic<bool> stopping{false};
   bool shut_down = false;
@@ -123,6 +124,16 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   p->server = builder.BuildAndStart();
   if (p->server == nullptr || p->port == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+  if (!o.health_listen.empty()) {
+    // For probes that cannot speak TLS (Kubernetes' grpc probe): health only, no mal service.
+    grpc::ServerBuilder health;
+    health.AddListeningPort(o.health_listen, grpc::InsecureServerCredentials(), &p->health_port);
+    p->health = health.BuildAndStart();
+    if (p->health == nullptr || p->health_port == 0)
+      return absl::UnavailableError(absl::StrCat("--health-listen: cannot listen on ",
+                                                 o.health_listen));
+    p->health->GetHealthCheckService()->SetServingStatus(true);
+  }
   p->server->GetHealthCheckService()->SetServingStatus(true);
   LOG(INFO) << "listening on " << o.listen << " (port " << p->port << "), data in " << o.data_dir;
   // The lease clock: silent workers lose their runs.
@@ -143,6 +154,8 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 int CoordinatorServer::port() const { return parts_->port; }
 
+int CoordinatorServer::health_port() const { return parts_->health_port; }
+
 int CoordinatorServer::metrics_port() const {
   return parts_->metrics ? parts_->metrics->port() : 0;
 }
@@ -154,10 +167,15 @@ void CoordinatorServer::Shutdown(std::chrono::milliseconds grace) {
   parts_->stopping = true;
   if (parts_->ticker.joinable()) parts_->ticker.join();
   parts_->server->GetHealthCheckService()->SetServingStatus(false);
+  if (parts_->health) parts_->health->GetHealthCheckService()->SetServingStatus(false);
   parts_->client_service->Shutdown();
   parts_->core->Shutdown();
   parts_->server->Shutdown(std::chrono::system_clock::now() + grace);
   parts_->server->Wait();
+  if (parts_->health) {
+    parts_->health->Shutdown(std::chrono::system_clock::now());
+    parts_->health->Wait();
+  }
   parts_->metrics.reset();
 }
 

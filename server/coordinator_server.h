@@ -29,6 +29,8 @@ class CoordinatorServer {
     int64_t heartbeat_ms = 1000;            // how often workers call; >= 10, lease >= 2x
     int64_t watch_queue = 1024;             // events per watcher before coalescing, >= 1
     std::string metrics_listen;             // Prometheus text on its own port; empty: none
+    // grpc.health.v1 alone, plaintext, on its own port (probes that cannot do TLS); empty: none.
+    std::string health_listen;
     rpc::ServerSecurity security;           // TLS and bearer tokens (common/util/grpc_channel.h)
     int64_t max_upload_bytes = int64_t{16} << 30;  // one artifact from a worker
     int64_t min_free_bytes = int64_t{512} << 20;   // uploads refused below this much free disk
@@ -51,6 +53,7 @@ class CoordinatorServer {
 
   int port() const;          // the gRPC port bound
   int metrics_port() const;  // 0 without metrics_listen
+  int health_port() const;   // 0 without health_listen
   // Graceful stop: health NOT_SERVING, open watches end (UNAVAILABLE with the seq to resume
   // from), pending waits return, in-flight calls get up to `grace` to finish. Idempotent.
   void Shutdown(std::chrono::milliseconds grace = std::chrono::seconds(5));

@@ -3,6 +3,7 @@
 //                   [--watch-queue 1024] [--metrics-listen HOST:PORT]
 //                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--token-file FILE]
 //                   [--insecure] [--data-root DIR ...] [--submit-per-minute N]
+//                   [--health-listen HOST:PORT]
 // DIR holds state.db (SQLite) and artifacts/. SIGINT/SIGTERM: report NOT_SERVING, end watch
 // streams, stop the server (in-flight calls get a few seconds), close the store. The flags fill
 // CoordinatorServer::Options (server/coordinator_server.h), which does the rest.
@@ -42,6 +43,9 @@ int main(int argc, char** argv) {
   app.add_option("--min-free-mb", min_free_mb,
                  "uploads are refused when the data directory's disk has less free, MiB")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  app.add_option("--health-listen", o.health_listen,
+                 "also serve grpc.health.v1 alone, plaintext, at HOST:PORT (for probes that "
+                 "cannot do TLS, e.g. Kubernetes' grpc probe; default: none)");
   app.add_option("--data-root", o.data_roots,
                  "absolute directory every dataset and weight path of a spec must lie under "
                  "(repeatable; default: no containment)");
@@ -62,6 +66,9 @@ int main(int argc, char** argv) {
   // The ports actually bound (":0" picks a free one), for scripts and tests.
   if ((*server)->metrics_port() > 0) {
     std::cout << "mal-coordinator metrics on port " << (*server)->metrics_port() << std::endl;
+  }
+  if ((*server)->health_port() > 0) {
+    std::cout << "mal-coordinator health on port " << (*server)->health_port() << std::endl;
   }
   std::cout << "mal-coordinator listening on port " << (*server)->port() << std::endl;
   mal::cli::WaitForTerminationSignal();

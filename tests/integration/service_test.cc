@@ -1130,6 +1130,27 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
       << worker.Log();
   worker.Kill(SIGTERM);
   EXPECT_EQ(worker.Wait(), 0);
+
+  // --health-listen: health alone on a plaintext port, for Kubernetes' grpc probe (which cannot
+  // do TLS); the mal services are not there.
+  Process probed(Bin("server/mal-coordinator"),
+                 {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "probed", "--health-listen",
+                  "127.0.0.1:0"},
+                 dir_ / "probed.log");
+  ASSERT_TRUE(WaitFor([&] { return probed.Log().find("listening on port") != std::string::npos; },
+                      std::chrono::seconds(20)))
+      << probed.Log();
+  const std::string log = probed.Log();
+  const std::string health_address =
+      absl::StrCat("127.0.0.1:", std::stoi(log.substr(log.find("health on port ") + 15)));
+  EXPECT_EQ(HealthOf(health_address), 1);
+  auto other = v1::Coordinator::NewStub(rpc::MakeChannel(health_address));
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, std::chrono::seconds(5));
+  v1::ListExperimentsResponse list;
+  EXPECT_EQ(other->ListExperiments(&ctx, {}, &list).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  probed.Kill(SIGTERM);
+  EXPECT_EQ(probed.Wait(), 0);
 }
 
 TEST_F(ServiceTest, ASecondCoordinatorOnTheSameDataDirectoryIsRefused) {
