@@ -10,6 +10,7 @@ packages=(
   libopencv-dev opencv-data
   libgtest-dev libgmock-dev libcli11-dev
   gnuplot-nox tmux
+  prometheus-cpp-dev prometheus libsystemd-dev
   python3-torch python3-torchvision
 )
 

@@ -16,7 +16,7 @@
 #include "common/util/logging.h"
 #include "common/util/status_macros.h"
 #include "server/core/coordinator.h"
-#include "server/service/metrics_http.h"
+#include "server/service/metrics.h"
 #include "server/service/prometheus_text.h"
 #include "server/service/services.h"
 
@@ -28,7 +28,8 @@ struct CoordinatorServer::Parts {
   std::unique_ptr<EventHub> hub;
   std::unique_ptr<ArtifactStore> artifacts;
   std::unique_ptr<Coordinator> core;
-  std::unique_ptr<MetricsHttpServer> metrics;
+  std::unique_ptr<RpcMetrics> rpc_metrics;
+  std::unique_ptr<MetricsEndpoint> metrics;
   std::unique_ptr<CoordinatorService> client_service;
   std::unique_ptr<WorkerGatewayService> worker_service;
   std::unique_ptr<ModelRegistry> registry;
@@ -97,9 +98,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   if (!o.metrics_listen.empty()) {
     Coordinator* core = p->core.get();
     EventHub* hub = p->hub.get();
-    ASSIGN_OR_RETURN(p->metrics, MetricsHttpServer::Start(o.metrics_listen, [core, hub] {
-                       return PrometheusText(core->Counters(), hub->stats());
-                     }));
+    p->rpc_metrics = std::make_unique<RpcMetrics>();
+    ASSIGN_OR_RETURN(p->metrics, MetricsEndpoint::Start(o.metrics_listen));
+    p->metrics->Register(std::make_shared<FunctionCollectable>(
+        [core, hub] { return CoordinatorFamilies(core->Counters(), hub->stats()); }));
+    p->metrics->Register(p->rpc_metrics->registry());
   }
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
   ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
@@ -118,6 +121,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.listen, credentials, &p->port);
   rpc::ConfigureServer(builder);
+  if (p->rpc_metrics) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(p->rpc_metrics->InterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   builder.RegisterService(p->client_service.get());
   builder.RegisterService(p->worker_service.get());
   builder.RegisterService(p->registry_service.get());

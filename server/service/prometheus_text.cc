@@ -1,13 +1,15 @@
 #include "server/service/prometheus_text.h"
 
+#include <prometheus/text_serializer.h>
+
 #include <map>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
 
 namespace mal::server {
 
-std::string PrometheusText(const CoordinatorCounters& c, const EventHub::Stats& watch) {
+std::vector<prometheus::MetricFamily> CoordinatorFamilies(const CoordinatorCounters& c,
+                                                          const EventHub::Stats& watch) {
   std::map<std::string, int64_t> runs, experiments;
   for (RunState st : {RunState::kPending, RunState::kAssigned, RunState::kRunning,
                       RunState::kSucceeded, RunState::kFailed, RunState::kCancelled}) {
@@ -20,36 +22,53 @@ std::string PrometheusText(const CoordinatorCounters& c, const EventHub::Stats& 
   for (const auto& [st, n] : c.runs_by_state) runs[absl::AsciiStrToLower(RunStateName(st))] += n;
   for (const auto& [st, n] : c.experiments_by_state)
     experiments[absl::AsciiStrToLower(ExperimentStateName(st))] += n;
-  std::string out;
-  auto metric = [&](const char* name, const char* type, const char* help) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+
+  std::vector<prometheus::MetricFamily> out;
+  auto family = [&](const char* name, prometheus::MetricType type, const char* help) {
+    out.push_back(prometheus::MetricFamily{name, help, type, {}});
+    return &out.back();
   };
-  metric("mal_fold_runs", "gauge", "Fold runs by state.");
-  for (const auto& [st, n] : runs)
-    absl::StrAppend(&out, "mal_fold_runs{state=\"", st, "\"} ", n, "\n");
-  metric("mal_experiments", "gauge", "Experiments by state.");
-  for (const auto& [st, n] : experiments)
-    absl::StrAppend(&out, "mal_experiments{state=\"", st, "\"} ", n, "\n");
-  metric("mal_queue_length", "gauge", "Fold runs waiting for a worker slot.");
-  absl::StrAppend(&out, "mal_queue_length ", runs["pending"], "\n");
-  metric("mal_workers_alive", "gauge", "Registered workers whose lease holds.");
-  absl::StrAppend(&out, "mal_workers_alive ", c.workers_alive, "\n");
-  metric("mal_worker_slots", "gauge", "Slots of the live workers.");
-  absl::StrAppend(&out, "mal_worker_slots ", c.worker_slots, "\n");
-  metric("mal_assignments_total", "counter", "Fold runs assigned to workers.");
-  absl::StrAppend(&out, "mal_assignments_total ", c.assignments, "\n");
-  metric("mal_lease_expiries_total", "counter", "Workers whose lease lapsed.");
-  absl::StrAppend(&out, "mal_lease_expiries_total ", c.lease_expiries, "\n");
-  metric("mal_runs_lost_total", "counter", "Fold runs lost with their worker.");
-  absl::StrAppend(&out, "mal_runs_lost_total ", c.runs_lost, "\n");
-  metric("mal_watch_subscribers", "gauge", "Open watch streams.");
-  absl::StrAppend(&out, "mal_watch_subscribers ", watch.watchers, "\n");
-  metric("mal_watch_coalesced_total", "counter",
-         "Weight summaries replaced by a newer one in a full watch queue.");
-  absl::StrAppend(&out, "mal_watch_coalesced_total ", watch.coalesced, "\n");
-  metric("mal_watch_ended_slow_total", "counter", "Watch streams ended for falling behind.");
-  absl::StrAppend(&out, "mal_watch_ended_slow_total ", watch.ended_slow, "\n");
+  auto sample = [](prometheus::MetricFamily* f, double value, const char* label = nullptr,
+                   const std::string& label_value = "") {
+    prometheus::ClientMetric m;
+    if (label != nullptr) m.label.push_back({label, label_value});
+    if (f->type == prometheus::MetricType::Counter) {
+      m.counter.value = value;
+    } else {
+      m.gauge.value = value;
+    }
+    f->metric.push_back(std::move(m));
+  };
+  using prometheus::MetricType;
+  auto* f = family("mal_fold_runs", MetricType::Gauge, "Fold runs by state.");
+  for (const auto& [st, n] : runs) sample(f, static_cast<double>(n), "state", st);
+  f = family("mal_experiments", MetricType::Gauge, "Experiments by state.");
+  for (const auto& [st, n] : experiments) sample(f, static_cast<double>(n), "state", st);
+  sample(family("mal_queue_length", MetricType::Gauge, "Fold runs waiting for a worker slot."),
+         static_cast<double>(runs["pending"]));
+  sample(family("mal_workers_alive", MetricType::Gauge, "Registered workers whose lease holds."),
+         static_cast<double>(c.workers_alive));
+  sample(family("mal_worker_slots", MetricType::Gauge, "Slots of the live workers."),
+         static_cast<double>(c.worker_slots));
+  sample(family("mal_assignments_total", MetricType::Counter, "Fold runs assigned to workers."),
+         static_cast<double>(c.assignments));
+  sample(family("mal_lease_expiries_total", MetricType::Counter, "Workers whose lease lapsed."),
+         static_cast<double>(c.lease_expiries));
+  sample(family("mal_runs_lost_total", MetricType::Counter, "Fold runs lost with their worker."),
+         static_cast<double>(c.runs_lost));
+  sample(family("mal_watch_subscribers", MetricType::Gauge, "Open watch streams."),
+         static_cast<double>(watch.watchers));
+  sample(family("mal_watch_coalesced_total", MetricType::Counter,
+                "Weight summaries replaced by a newer one in a full watch queue."),
+         static_cast<double>(watch.coalesced));
+  sample(family("mal_watch_ended_slow_total", MetricType::Counter,
+                "Watch streams ended for falling behind."),
+         static_cast<double>(watch.ended_slow));
   return out;
+}
+
+std::string PrometheusText(const CoordinatorCounters& counters, const EventHub::Stats& watch) {
+  return prometheus::TextSerializer().Serialize(CoordinatorFamilies(counters, watch));
 }
 
 }  // namespace mal::server

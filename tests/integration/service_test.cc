@@ -1240,13 +1240,33 @@ TEST_F(ServiceTest, PrometheusMetricsOnTheirOwnPort) {
       WaitFor([&] { return coordinator.Log().find("metrics on port") != std::string::npos; },
               std::chrono::seconds(20)))
       << coordinator.Log();
+  ASSERT_TRUE(
+      WaitFor([&] { return coordinator.Log().find("listening on port") != std::string::npos; },
+              std::chrono::seconds(20)))
+      << coordinator.Log();
   const std::string text = coordinator.Log();
   const int port = std::stoi(text.substr(text.find("metrics on port ") + 16));
+  const int grpc_port = std::stoi(text.substr(text.find("listening on port ") + 18));
+  // One call, so that the RPC latency histogram has a series.
+  auto stub = v1::Coordinator::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", grpc_port)));
+  grpc::ClientContext ctx;
+  rpc::SetDeadline(ctx, std::chrono::seconds(5));
+  v1::ListExperimentsResponse list;
+  ASSERT_TRUE(stub->ListExperiments(&ctx, {}, &list).ok());
   const std::string metrics = HttpGet(port, "/metrics");
-  EXPECT_THAT(metrics, HasSubstr("HTTP/1.0 200 OK"));
+  EXPECT_THAT(metrics, HasSubstr(" 200 OK"));
   EXPECT_THAT(metrics, HasSubstr("mal_queue_length 0"));
   EXPECT_THAT(metrics, HasSubstr("mal_watch_subscribers 0"));
+  EXPECT_THAT(metrics, HasSubstr("# TYPE mal_rpc_duration_seconds histogram"));
+  EXPECT_THAT(metrics, HasSubstr("mal_rpc_duration_seconds_count{code=\"OK\",method=\"/mal.v1."
+                                 "Coordinator/ListExperiments\"} 1"));
   EXPECT_THAT(HttpGet(port, "/other"), HasSubstr("404"));
+  // Prometheus' own checker accepts the exposition (Debian's prometheus package: promtool).
+  const size_t body = metrics.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos);
+  testing::WriteText(dir_ / "metrics.txt", metrics.substr(body + 4));
+  std::string out;
+  EXPECT_EQ(Shell("promtool check metrics < " + (dir_ / "metrics.txt"), &out), 0) << out;
 }
 
 // TLS (mutual) and bearer tokens: a client without the CA cannot connect, one without a token or
