@@ -16,6 +16,7 @@
 #include "common/util/cli.h"
 #include "common/util/logging.h"
 #include "common/util/server_cli.h"
+#include "common/util/systemd_notify.h"
 #include "server/coordinator_server.h"
 
 int main(int argc, char** argv) {
@@ -71,7 +72,9 @@ int main(int argc, char** argv) {
     std::cout << "mal-coordinator health on port " << (*server)->health_port() << std::endl;
   }
   std::cout << "mal-coordinator listening on port " << (*server)->port() << std::endl;
+  mal::NotifySystemd("READY=1\nSTATUS=listening on port " + std::to_string((*server)->port()));
   mal::cli::WaitForTerminationSignal();
+  mal::NotifySystemd("STOPPING=1\nSTATUS=stopping: watch streams end, calls get 5 s");
   (*server)->Shutdown();
   return 0;
 }

@@ -17,7 +17,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libgrpc++1.51 libprotobuf32 \
       libabsl20220623 libsqlite3-0 libyaml-cpp0.7 libgoogle-glog0v6 libgflags2.2 libssl3 \
       libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 libopencv-videoio406 \
-      gnuplot-nox \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libsystemd0 gnuplot-nox \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/mal-coordinator mal
 COPY --from=build /out/ /

@@ -28,7 +28,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libgrpc++1.51 \
       libprotobuf32 libabsl20220623 libsqlite3-0 libyaml-cpp0.7 libgoogle-glog0v6 libgflags2.2 \
       libssl3 libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 \
-      libopencv-objdetect406 libopencv-videoio406 \
+      libopencv-objdetect406 libopencv-videoio406 libsystemd0 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/mal-worker mal
 # The wheel's libtorch, libc10, CUDA runtime, cuDNN and NCCL (found through the binary's RPATH).

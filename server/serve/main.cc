@@ -12,6 +12,7 @@
 #include "common/util/cli.h"
 #include "common/util/logging.h"
 #include "common/util/server_cli.h"
+#include "common/util/systemd_notify.h"
 #include "server/serve/serve_server.h"
 
 namespace {
@@ -110,7 +111,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::cout << "mal-serve listening on port " << (*server)->port() << std::endl;
+  mal::NotifySystemd("READY=1\nSTATUS=listening on port " + std::to_string((*server)->port()));
   mal::cli::WaitForTerminationSignal();
+  mal::NotifySystemd("STOPPING=1");
   (*server)->Shutdown();
   return 0;
 }

@@ -8,8 +8,10 @@
 #include <grpcpp/support/byte_buffer.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1133,10 +1135,10 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
 
   // --health-listen: health alone on a plaintext port, for Kubernetes' grpc probe (which cannot
   // do TLS); the mal services are not there.
-  Process probed(Bin("server/mal-coordinator"),
-                 {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "probed", "--health-listen",
-                  "127.0.0.1:0"},
-                 dir_ / "probed.log");
+  Process probed(
+      Bin("server/mal-coordinator"),
+      {"--listen", "127.0.0.1:0", "--data-dir", dir_ / "probed", "--health-listen", "127.0.0.1:0"},
+      dir_ / "probed.log");
   ASSERT_TRUE(WaitFor([&] { return probed.Log().find("listening on port") != std::string::npos; },
                       std::chrono::seconds(20)))
       << probed.Log();
@@ -1151,6 +1153,44 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
   EXPECT_EQ(other->ListExperiments(&ctx, {}, &list).error_code(), grpc::StatusCode::UNIMPLEMENTED);
   probed.Kill(SIGTERM);
   EXPECT_EQ(probed.Wait(), 0);
+}
+
+// systemd's readiness protocol (Type=notify units): READY=1 once listening (the coordinator) or
+// registered (a worker), STOPPING=1 at SIGTERM, then exit 0. A datagram socket stands in for
+// systemd's $NOTIFY_SOCKET.
+TEST_F(ServiceTest, SystemdReadinessNotifications) {
+  const std::string path = dir_ / "notify.sock";
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof(addr.sun_path));
+  std::copy(path.begin(), path.end(), addr.sun_path);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  auto next = [fd]() -> std::string {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 20000) != 1) return "(nothing within 20 s)";
+    char buf[512];
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    return n > 0 ? std::string(buf, n) : "(recv failed)";
+  };
+  ::setenv("NOTIFY_SOCKET", path.c_str(), 1);
+  StartCoordinator();
+  const std::string ready = next();
+  StartWorker("w1");
+  ::unsetenv("NOTIFY_SOCKET");
+  EXPECT_THAT(ready, HasSubstr("READY=1"));
+  EXPECT_THAT(ready, HasSubstr("STATUS=listening on port"));
+  const std::string worker_ready = next();
+  EXPECT_THAT(worker_ready, HasSubstr("READY=1"));
+  EXPECT_THAT(worker_ready, HasSubstr("STATUS=registered with " + address_ + " as w1"));
+  workers_["w1"]->Kill(SIGTERM);
+  EXPECT_THAT(next(), HasSubstr("STOPPING=1"));
+  EXPECT_EQ(workers_["w1"]->Wait(), 0);
+  coordinator_->Kill(SIGTERM);
+  EXPECT_THAT(next(), HasSubstr("STOPPING=1"));
+  EXPECT_EQ(coordinator_->Wait(), 0);
+  ::close(fd);
 }
 
 TEST_F(ServiceTest, ASecondCoordinatorOnTheSameDataDirectoryIsRefused) {

@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/util/grpc_channel.h"
 #include "common/util/logging.h"
+#include "common/util/systemd_notify.h"
 #include "worker/daemon/child_process.h"
 #include "worker/daemon/daemon_impl.h"
 
@@ -77,6 +78,7 @@ bool Daemon::Register() {
   LOG(INFO) << "registered with " << o_.coordinator << " as " << o_.name << " (" << o_.slots
             << " slot(s), " << req.running_size() << " run(s) claimed, " << resp.drop_size()
             << " dropped)";
+  NotifySystemd(absl::StrCat("READY=1\nSTATUS=registered with ", o_.coordinator, " as ", o_.name));
   absl::MutexLock lock(&mu_);
   for (const auto& d : resp.drop()) Drop(d);
   return true;
@@ -265,6 +267,7 @@ int Daemon::Run() {
 }
 
 void Daemon::HandBack() {
+  NotifySystemd("STOPPING=1\nSTATUS=checkpointing and handing runs back");
   std::vector<RunTask*> running;
   {
     absl::MutexLock lock(&mu_);
