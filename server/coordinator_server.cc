@@ -138,8 +138,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
     health.AddListeningPort(o.health_listen, grpc::InsecureServerCredentials(), &p->health_port);
     p->health = health.BuildAndStart();
     if (p->health == nullptr || p->health_port == 0)
-      return absl::UnavailableError(absl::StrCat("--health-listen: cannot listen on ",
-                                                 o.health_listen));
+      return absl::UnavailableError(
+          absl::StrCat("--health-listen: cannot listen on ", o.health_listen));
     p->health->GetHealthCheckService()->SetServingStatus(true);
   }
   p->server->GetHealthCheckService()->SetServingStatus(true);

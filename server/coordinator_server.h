@@ -31,7 +31,7 @@ class CoordinatorServer {
     std::string metrics_listen;             // Prometheus text on its own port; empty: none
     // grpc.health.v1 alone, plaintext, on its own port (probes that cannot do TLS); empty: none.
     std::string health_listen;
-    rpc::ServerSecurity security;           // TLS and bearer tokens (common/util/grpc_channel.h)
+    rpc::ServerSecurity security;  // TLS and bearer tokens (common/util/grpc_channel.h)
     int64_t max_upload_bytes = int64_t{16} << 30;  // one artifact from a worker
     int64_t min_free_bytes = int64_t{512} << 20;   // uploads refused below this much free disk
     // Absolute directories every dataset and weight path of a spec must lie under (checked
