@@ -163,29 +163,52 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(
   for (const TrialPlan& p : plans)
     trials.push_back(TrialRow{p.trial, ParamsToJson(p.params), p.seed, "", ""});
 
-  absl::MutexLock lock(&mu_);
+  // The submission's first event, committed with it (the state store's one transaction).
+  v1::Event ev;
+  ev.mutable_state()->set_scope("experiment");
+  ev.mutable_state()->set_state("RUNNING");
+  ev.mutable_state()->set_message(
+      absl::StrCat(plans.size(), " trial(s) x ", folds.size(), " fold(s)"));
+  ev.set_trial(-1);
+  ev.set_time_ms(clock_->NowMs());
+  const std::vector<EventIn> first_events{{EventKind(ev), ev.SerializeAsString()}};
+
+  // The commit (and its fsync) happens outside the coordinator's lock, so reads and worker calls
+  // do not wait behind it; the experiment joins the in-memory view after it, under the lock.
+  // Nothing can refer to it in between: it is unknown to the view, so no Get, Watch or
+  // assignment sees it until then.
   bool existing = false;
-  ASSIGN_OR_RETURN(std::string id, store_->CreateExperiment(row, trials, folds, &existing));
+  std::vector<FoldRun> runs;
+  ASSIGN_OR_RETURN(std::string id,
+                   store_->CreateExperiment(row, trials, folds, &existing, &runs, first_events));
   v1::SubmitExperimentResponse out;
   out.set_experiment_id(id);
   out.set_trials(static_cast<int>(plans.size()));
   out.set_runs(static_cast<int>(plans.size() * folds.size()));
   out.set_existing(existing);
+  absl::MutexLock lock(&mu_);
   if (existing) {
     // An idempotency key names one payload: the same request id with another spec is a conflict,
-    // not a silent return of the first experiment (the edit would be lost).
+    // not a silent return of the first experiment (the edit would be lost). The first may not be
+    // in the view yet (a concurrent retry): then its spec comes from the store.
+    v1::ExperimentSpec first_spec;
     auto first = experiments_.find(id);
     if (first != experiments_.end()) {
-      std::string diff;
-      google::protobuf::util::MessageDifferencer differencer;
-      differencer.ReportDifferencesToString(&diff);
-      if (!differencer.Compare(first->second.spec, spec)) {
-        while (!diff.empty() && diff.back() == '\n') diff.pop_back();
-        absl::StrReplaceAll({{"\n", "; "}}, &diff);
-        return absl::AlreadyExistsError(absl::StrCat(
-            "request id ", request.request_id(), " was used for ", id, " with a different spec (",
-            diff, "); submit the changed spec under a new request id"));
-      }
+      first_spec = first->second.spec;
+    } else {
+      ASSIGN_OR_RETURN(std::string bytes, store_->ExperimentSpec(id));
+      if (!first_spec.ParseFromString(bytes))
+        return absl::DataLossError(absl::StrCat(id, ": unreadable spec in the state store"));
+    }
+    std::string diff;
+    google::protobuf::util::MessageDifferencer differencer;
+    differencer.ReportDifferencesToString(&diff);
+    if (!differencer.Compare(first_spec, spec)) {
+      while (!diff.empty() && diff.back() == '\n') diff.pop_back();
+      absl::StrReplaceAll({{"\n", "; "}}, &diff);
+      return absl::AlreadyExistsError(absl::StrCat(
+          "request id ", request.request_id(), " was used for ", id, " with a different spec (",
+          diff, "); submit the changed spec under a new request id"));
     }
     return out;
   }
@@ -202,13 +225,10 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(
     ASSIGN_OR_RETURN(t.spec, TrialSpec(spec, plans[i]));
     e.trials.push_back(std::move(t));
   }
-  RETURN_IF_ERROR(LoadRuns(e));
-  v1::Event ev;
-  ev.mutable_state()->set_scope("experiment");
-  ev.mutable_state()->set_state("RUNNING");
-  ev.mutable_state()->set_message(
-      absl::StrCat(plans.size(), " trial(s) x ", folds.size(), " fold(s)"));
-  Emit(e, nullptr, std::move(ev));
+  for (FoldRun& r : runs) {
+    run_experiment_[r.id] = id;
+    e.runs[r.id] = std::move(r);
+  }
   LOG(INFO) << "submitted " << id << " (" << row.name << "): " << out.runs() << " fold runs";
   return out;
 }

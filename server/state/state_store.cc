@@ -304,10 +304,12 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const std::string& requ
 absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
                                                          const std::vector<TrialRow>& trials,
                                                          const std::vector<int>& folds,
-                                                         bool* existing) {
+                                                         bool* existing, std::vector<FoldRun>* runs,
+                                                         const std::vector<EventIn>& first_events) {
   if (trials.empty() || folds.empty())
     return absl::InvalidArgumentError("trials and folds must not be empty");
   *existing = false;
+  if (runs != nullptr) runs->clear();
   absl::MutexLock lock(&mu_);
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<std::string> {
     if (!e.request_id.empty()) {
@@ -346,8 +348,17 @@ absl::StatusOr<std::string> StateStore::CreateExperiment(const ExperimentRow& e,
             .Bind(4, static_cast<int64_t>(RunState::kPending))
             .Bind(5, now);
         if (run.Step() != SQLITE_DONE) return SqlError(db_, "inserting fold runs");
+        if (runs != nullptr) {
+          FoldRun r;
+          r.id = sqlite3_last_insert_rowid(db_);
+          r.experiment_id = id;
+          r.trial = t.trial;
+          r.fold = f;
+          runs->push_back(std::move(r));
+        }
       }
     }
+    if (!first_events.empty()) RETURN_IF_ERROR(AppendLocked(id, first_events).status());
     return id;
   });
 }

@@ -109,10 +109,14 @@ class StateStore {
                                                const std::string& name, const std::string& spec,
                                                int trials, int folds);
   // The full form: the trials' assignments and seeds are stored with the experiment.
-  // `existing` is set when the request id was seen before.
+  // `existing` is set when the request id was seen before. `runs`, when given, receives the fold
+  // runs created (so the caller needs no second read); `first_events` are appended as the
+  // experiment's events 1, 2, ... in the same transaction (one commit for the whole submission).
   absl::StatusOr<std::string> CreateExperiment(const ExperimentRow& experiment,
                                                const std::vector<TrialRow>& trials,
-                                               const std::vector<int>& folds, bool* existing);
+                                               const std::vector<int>& folds, bool* existing,
+                                               std::vector<FoldRun>* runs = nullptr,
+                                               const std::vector<EventIn>& first_events = {});
   absl::StatusOr<std::string> ExperimentSpec(const std::string& experiment_id);
   absl::StatusOr<std::vector<ExperimentRow>> Experiments();  // not deleted ones
   // Deletes a finished experiment's runs, trials and events and marks its row deleted (the id is
