@@ -33,11 +33,11 @@ for t in "${targets[@]}"; do
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -artifact_prefix="$artifacts/" -print_final_stats=1 2> "$artifacts/log.txt"; then
     echo "fuzz: $t FAILED; input(s) in $artifacts, log in $artifacts/log.txt:"
-    grep -E "ERROR|SUMMARY|Test unit written" "$artifacts/log.txt" | head -5
+    grep -m 5 -E "ERROR|SUMMARY|Test unit written" "$artifacts/log.txt" || true
     status=1
   else
     grep -E "stat::number_of_executed_units|stat::new_units_added" "$artifacts/log.txt" |
-      tr '\n' ' ' | sed "s/^/fuzz: $t ok: /"
+      tr '\n' ' ' | sed "s/^/fuzz: $t ok: /" || true
     echo
   fi
   rm -rf "$scratch"

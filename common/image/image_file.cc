@@ -23,6 +23,12 @@ absl::Status Truncated(absl::string_view format, absl::string_view where, size_t
       absl::StrCat("truncated ", format, ": ", where, " (file of ", size, " bytes)"));
 }
 
+absl::Status TooLarge(absl::string_view format, uint64_t width, uint64_t height) {
+  return absl::DataLossError(absl::StrCat(format, " of ", width, " x ", height,
+                                          " px is over the limit of ", kMaxImagePixels,
+                                          " px (a corrupt header or a decompression bomb)"));
+}
+
 absl::Status CheckJpeg(absl::string_view b) {
   size_t pos = 2;  // after SOI
   while (true) {
@@ -48,6 +54,12 @@ absl::Status CheckJpeg(absl::string_view b) {
       return Truncated("JPEG",
                        absl::StrCat("the segment at byte ", pos - 2, " needs ", length, " bytes"),
                        b.size());
+    }
+    // SOFn (every C0-CF but DHT C4, JPG C8, DAC CC): precision, height, width.
+    if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC &&
+        length >= 7) {
+      const uint64_t height = Be16(b, pos + 3), width = Be16(b, pos + 5);
+      if (width * height > kMaxImagePixels) return TooLarge("JPEG", width, height);
     }
     pos += length;
     if (marker != 0xDA) continue;  // SOS: entropy-coded data follows, up to the next marker
@@ -81,6 +93,10 @@ absl::Status CheckPng(absl::string_view b) {
           b.size());
     }
     if (type == "IEND") return absl::OkStatus();
+    if (type == "IHDR" && length >= 8) {
+      const uint64_t width = Be32(b, pos + 8), height = Be32(b, pos + 12);
+      if (width * height > kMaxImagePixels) return TooLarge("PNG", width, height);
+    }
     pos += 12 + length;
   }
 }
@@ -96,6 +112,8 @@ absl::Status CheckBmp(absl::string_view b) {
   const int64_t height = std::llabs(static_cast<int32_t>(Le32(b, 22)));
   const uint32_t bpp = Le16(b, 28);
   const uint32_t compression = Le32(b, 30);
+  if (width > 0 && static_cast<uint64_t>(width) * static_cast<uint64_t>(height) > kMaxImagePixels)
+    return TooLarge("BMP", width, height);
   if (compression != 0 && compression != 3) return absl::OkStatus();  // RLE, JPEG, PNG inside
   if (width <= 0 || bpp == 0 || bpp > 32) {
     return absl::DataLossError(
@@ -127,6 +145,13 @@ absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::st
   if (absl::Status complete = CheckImageComplete(bytes); !complete.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", complete.message()));
   }
+  // Formats whose header is not read above (WebP, TIFF, JPEG 2000 ...): OpenCV's own limit, set
+  // to ours before its first decode (it reads the variable once; an explicit setting stays).
+  static const bool limited = [] {
+    ::setenv("OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(kMaxImagePixels).c_str(), 0);
+    return true;
+  }();
+  (void)limited;
   cv::Mat m;
   try {
     m = cv::imdecode(

@@ -8,6 +8,7 @@
 // bytes).
 
 #include <opencv2/core.hpp>
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -25,7 +26,14 @@ namespace mal::image {
 // Other formats pass (the decoder decides). Errors are DataLoss, without a path (the caller adds
 // it), saying what is wrong and where: "truncated JPEG: the compressed data ends at byte 6144 of
 // 6144 without an end-of-image marker".
+// Also refused (DataLoss): a JPEG (SOFn), PNG (IHDR) or BMP header declaring more than
+// kMaxImagePixels pixels, before anything is allocated for it.
 absl::Status CheckImageComplete(absl::string_view bytes);
+
+// The most pixels (width x height) an image may have: 8192 x 8192. Larger headers are refused
+// by CheckImageComplete, and OpenCV is held to the same for other formats (a corrupt header or
+// a decompression bomb would otherwise allocate gigabytes).
+inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 26;
 
 // Decodes encoded bytes (JPEG, PNG, BMP, ...) to 8-bit BGR, at half the width and height when
 // `half_size` (enough to tell a good file from a bad one, at a quarter of the cost). Errors

@@ -61,6 +61,40 @@ TEST(ImageFileTest, TruncatedFilesOfEveryFormatAreRefusedWithTheReason) {
   EXPECT_FALSE(CheckImageComplete(jpeg.substr(0, jpeg.size() - 2)).ok());  // just the EOI gone
 }
 
+// Found by the image_decode fuzzer: a JPEG whose header declares 65347 x 65279 px made OpenCV
+// allocate 3.2 GB (at half size it passed OpenCV's own limit). Headers over kMaxImagePixels are
+// refused before anything is allocated, in each format whose header we read.
+TEST(ImageFileTest, HeadersDeclaringHugeImagesAreRefusedBeforeDecoding) {
+  auto patch16 = [](std::string& b, size_t at, uint32_t v) {
+    b[at] = static_cast<char>(v >> 8);
+    b[at + 1] = static_cast<char>(v & 0xFF);
+  };
+  std::string jpeg = Encode(".jpg");
+  const size_t sof = jpeg.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  patch16(jpeg, sof + 5, 65279);  // height
+  patch16(jpeg, sof + 7, 65347);  // width
+  absl::Status s = CheckImageComplete(jpeg);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("JPEG of 65347 x 65279 px is over the limit"));
+  auto decoded = DecodeImageBytes(jpeg, "bomb.jpg", /*half_size=*/true);
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_THAT(std::string(decoded.status().message()), HasSubstr("bomb.jpg: JPEG of 65347"));
+
+  std::string png = Encode(".png");
+  ASSERT_EQ(png.substr(12, 4), "IHDR");
+  png.replace(16, 8, std::string("\x00\x01\x00\x00\x00\x01\x00\x00", 8));  // 65536 x 65536
+  EXPECT_THAT(std::string(CheckImageComplete(png).message()),
+              HasSubstr("PNG of 65536 x 65536 px is over the limit"));
+
+  std::string bmp = Encode(".bmp");
+  bmp.replace(18, 8, std::string("\x00\x40\x00\x00\x00\x40\x00\x00", 8));  // 16384 x 16384
+  EXPECT_THAT(std::string(CheckImageComplete(bmp).message()),
+              HasSubstr("BMP of 16384 x 16384 px is over the limit"));
+  // 8192 x 8192 is allowed: the limit is exclusive of nothing a real dataset has.
+  EXPECT_LE(uint64_t{8192} * 8192, kMaxImagePixels);
+}
+
 TEST(ImageFileTest, DecodingAndVerifyingNameThePathAndTheReason) {
   testing::TempDir dir;
   const std::string full = Encode(".jpg");
