@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <opencv2/imgcodecs.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace mal::image {
@@ -139,9 +140,20 @@ absl::Status CheckImageComplete(absl::string_view bytes) {
   return absl::OkStatus();
 }
 
+bool IsSupportedImage(absl::string_view b) {
+  auto starts = [&](absl::string_view magic) { return absl::StartsWith(b, magic); };
+  return starts("\xFF\xD8\xFF") || starts(absl::string_view("\x89PNG\r\n\x1a\n", 8)) ||
+         starts("BM") || (starts("RIFF") && b.size() >= 12 && b.substr(8, 4) == "WEBP") ||
+         starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4));
+}
+
 absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what,
                                          bool half_size) {
   if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty image"));
+  if (!IsSupportedImage(bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": not a JPEG, PNG, BMP, WebP or TIFF image (by its first bytes)"));
+  }
   if (absl::Status complete = CheckImageComplete(bytes); !complete.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", complete.message()));
   }

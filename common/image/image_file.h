@@ -7,8 +7,8 @@
 // is a bad sample, so the container is walked first (no pixel is decoded; a linear pass over the
 // bytes).
 
-#include <opencv2/core.hpp>
 #include <cstdint>
+#include <opencv2/core.hpp>
 #include <string>
 
 #include "absl/status/status.h"
@@ -35,11 +35,18 @@ absl::Status CheckImageComplete(absl::string_view bytes);
 // a decompression bomb would otherwise allocate gigabytes).
 inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 26;
 
-// Decodes encoded bytes (JPEG, PNG, BMP, ...) to 8-bit BGR, at half the width and height when
-// `half_size` (enough to tell a good file from a bad one, at a quarter of the cost). Errors
-// (InvalidArgument) start with `what`: empty bytes, an incomplete container (CheckImageComplete),
-// or bytes OpenCV cannot decode. The one decoder of the project: dataset checks, training batches
-// and (later) inference all come through here.
+// True for the formats mal decodes, by their first bytes: JPEG, PNG, BMP, WebP, TIFF. OpenCV
+// would also try its other decoders (GDAL, GDCM/DICOM, OpenJPEG, OpenEXR, PxM ...) on anything
+// else, and the image_decode fuzzer found bytes that abort the process inside GDCM: no face
+// dataset needs them.
+bool IsSupportedImage(absl::string_view bytes);
+
+// Decodes encoded bytes (JPEG, PNG, BMP, WebP, TIFF) to 8-bit BGR, at half the width and height
+// when `half_size` (enough to tell a good file from a bad one, at a quarter of the cost). Errors
+// (InvalidArgument) start with `what`: empty bytes, another format (IsSupportedImage), an
+// incomplete container or a header over kMaxImagePixels (CheckImageComplete), or bytes OpenCV
+// cannot decode. The one decoder of the project: dataset checks, training batches and inference
+// all come through here.
 absl::StatusOr<cv::Mat> DecodeImageBytes(const std::string& bytes, const std::string& what,
                                          bool half_size = false);
 

@@ -83,7 +83,13 @@ void DynamicBatcher::Loop() {
     }
     std::vector<cv::Mat> all;
     for (const Job* j : jobs) all.insert(all.end(), j->crops->begin(), j->crops->end());
+    const auto started = std::chrono::steady_clock::now();
     absl::StatusOr<std::vector<float>> out = model_->Predict(all);
+    if (options_.on_model_call) {
+      options_.on_model_call(
+          static_cast<int>(all.size()),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    }
     const size_t a = static_cast<size_t>(model_->metadata().aus_size());
     absl::MutexLock lock(&mu_);
     size_t at = 0;

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <opencv2/core.hpp>
 #include <thread>
@@ -25,6 +26,9 @@ class DynamicBatcher {
   struct Options {
     int max_batch = 32;                         // crops per model call (>= 1; 1: no batching)
     std::chrono::microseconds max_delay{2000};  // how long the first waiting call waits for company
+    // Called on the model thread after each model call with its crops and its duration (s), for
+    // metrics; empty: nothing is called.
+    std::function<void(int crops, double seconds)> on_model_call;
   };
   DynamicBatcher(std::shared_ptr<const engine::AuModel> model, Options options);
   ~DynamicBatcher();  // answers what is queued, then stops its thread

@@ -74,6 +74,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   app.add_option("--face-cascade", o.face_cascade,
                  "an OpenCV cascade file (default: opencv-data's frontal face)");
+  app.add_option("--metrics-listen", o.metrics_listen,
+                 "serve Prometheus metrics at HOST:PORT/metrics (default: none)");
   app.add_option("--max-images", o.limits.max_images, "images per request")
       ->check(CLI::Range(1, 100000));
   app.add_option("--max-faces", o.limits.max_faces_per_image, "faces per image (the largest kept)")
@@ -110,6 +112,8 @@ int main(int argc, char** argv) {
     std::cerr << "mal-serve: " << server.status().message() << "\n";
     return 2;
   }
+  if ((*server)->metrics_port() > 0)
+    std::cout << "mal-serve metrics on port " << (*server)->metrics_port() << std::endl;
   std::cout << "mal-serve listening on port " << (*server)->port() << std::endl;
   mal::NotifySystemd("READY=1\nSTATUS=listening on port " + std::to_string((*server)->port()));
   mal::cli::WaitForTerminationSignal();

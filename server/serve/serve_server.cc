@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <prometheus/histogram.h>
 
 #include <filesystem>
 
@@ -15,6 +16,7 @@
 #include "mal/v1/inference.grpc.pb.h"
 #include "server/serve/model_store.h"
 #include "server/serve/open_inference.h"
+#include "server/service/metrics.h"
 
 namespace mal::serve {
 
@@ -108,6 +110,9 @@ class InferenceService final : public v1::Inference::Service {
 }  // namespace
 
 struct ServeServer::Parts {
+  // First, so that they outlive the models' batchers and the server that report to them.
+  std::unique_ptr<server::RpcMetrics> rpc_metrics;
+  std::unique_ptr<server::MetricsEndpoint> metrics;
   std::unique_ptr<ModelStore> models;
   std::unique_ptr<image::FaceDetector> detector;
   std::unique_ptr<InferenceService> service;
@@ -135,6 +140,28 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   store.device = o.device;
   store.memory_budget = o.memory_budget;
   store.batching = o.batching;
+  if (!o.metrics_listen.empty()) {
+    p->rpc_metrics = std::make_unique<server::RpcMetrics>();
+    ASSIGN_OR_RETURN(p->metrics, server::MetricsEndpoint::Start(o.metrics_listen));
+    p->metrics->Register(p->rpc_metrics->registry());
+    prometheus::Histogram* crops =
+        &prometheus::BuildHistogram()
+             .Name("mal_serve_batch_faces")
+             .Help("Face crops per model call (dynamic batching across concurrent requests).")
+             .Register(*p->rpc_metrics->registry())
+             .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+    prometheus::Histogram* seconds =
+        &prometheus::BuildHistogram()
+             .Name("mal_serve_model_seconds")
+             .Help("Time of one model call (one forward pass over a batch of faces).")
+             .Register(*p->rpc_metrics->registry())
+             .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                              0.05, 0.1, 0.25, 0.5, 1, 2.5, 10});
+    store.batching.on_model_call = [crops, seconds](int n, double s) {
+      crops->Observe(n);
+      seconds->Observe(s);
+    };
+  }
   p->models = std::make_unique<ModelStore>(std::move(store));
   ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
@@ -148,6 +175,11 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.listen, credentials, &p->port);
   rpc::ConfigureServer(builder);
+  if (p->rpc_metrics) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(p->rpc_metrics->InterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   builder.RegisterService(p->service.get());
   builder.RegisterService(p->open_inference.get());
   p->server = builder.BuildAndStart();
@@ -165,6 +197,7 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
 ServeServer::ServeServer(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
 ServeServer::~ServeServer() { Shutdown(); }
 int ServeServer::port() const { return parts_->port; }
+int ServeServer::metrics_port() const { return parts_->metrics ? parts_->metrics->port() : 0; }
 
 void ServeServer::Shutdown(std::chrono::milliseconds grace) {
   if (parts_->shut_down) return;

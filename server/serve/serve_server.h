@@ -30,6 +30,9 @@ class ServeServer {
     DetectLimits limits;
     DynamicBatcher::Options batching;  // model calls shared across concurrent requests
     rpc::ServerSecurity security;      // TLS and bearer tokens, as the coordinator's
+    // Prometheus at HOST:PORT/metrics (port 0 picks one, metrics_port()): RPC latency per method,
+    // faces per model call and model call time; empty: none.
+    std::string metrics_listen;
   };
 
   // Checks the options (exactly one source: the model directory, which must exist, or a registry
@@ -43,6 +46,7 @@ class ServeServer {
   ServeServer& operator=(const ServeServer&) = delete;
 
   int port() const;
+  int metrics_port() const;  // 0 without metrics_listen
   // Health NOT_SERVING, then in-flight calls get up to `grace` to finish. Idempotent.
   void Shutdown(std::chrono::milliseconds grace = std::chrono::seconds(5));
 

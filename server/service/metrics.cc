@@ -1,5 +1,6 @@
 #include "server/service/metrics.h"
 
+#include <CivetServer.h>
 #include <prometheus/exposer.h>
 
 #include <chrono>
@@ -74,12 +75,21 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   if (colon == std::string::npos || colon + 1 == listen.size())
     return absl::InvalidArgumentError(absl::StrCat("--metrics-listen ", listen, ": HOST:PORT"));
   std::unique_ptr<prometheus::Exposer> exposer;
+  // civetweb's own reason for a failure comes through its log callback (the exception only
+  // says "null context").
+  static thread_local std::string civetweb_error;
+  civetweb_error.clear();
+  CivetCallbacks callbacks;
+  callbacks.log_message = [](const mg_connection*, const char* message) {
+    civetweb_error = message;
+    return 1;
+  };
   try {
     // civetweb takes "HOST:PORT" (IPv4) and "[V6]:PORT"; one thread is plenty for a scraper.
-    exposer = std::make_unique<prometheus::Exposer>(listen, 1);
+    exposer = std::make_unique<prometheus::Exposer>(listen, 1, &callbacks);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("--metrics-listen: cannot listen on ", listen, ": ", e.what()));
+    return absl::UnavailableError(absl::StrCat("--metrics-listen: cannot listen on ", listen, ": ",
+                                               civetweb_error.empty() ? e.what() : civetweb_error));
   }
   const std::vector<int> ports = exposer->GetListeningPorts();
   if (ports.empty())

@@ -28,6 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string Bin(const std::string& name) { return testing::BinaryDir() + "/" + name; }
 
@@ -80,7 +81,7 @@ std::pair<pid_t, int> StartServe(const testing::TempDir& d, const std::string& l
     ::dup2(::fileno(f), 2);
     const std::string bin = Bin("server/mal-serve"), models = d / "models";
     ::execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--model-dir", models.c_str(),
-            nullptr);
+            "--metrics-listen", "127.0.0.1:0", nullptr);
     ::_exit(127);
   }
   int port = 0;
@@ -153,6 +154,25 @@ TEST_F(ServeTest, PredictOverRpcMatchesInProcessAndReportsBadFilesInTheirRows) {
             1);
   EXPECT_THAT(out, HasSubstr("no model \"nope\""));
   EXPECT_FALSE(fs::exists(d / "nope.csv"));
+
+  // Prometheus: RPC latency per method, faces per model call, model time; promtool accepts it.
+  const std::string text = ReadFile(log).value_or("");
+  const size_t at = text.find("mal-serve metrics on port ");
+  ASSERT_NE(at, std::string::npos) << text;
+  const int metrics_port = std::stoi(text.substr(at + 26));
+  ASSERT_EQ(Shell(absl::StrCat("bash -c 'exec 3<>/dev/tcp/127.0.0.1/", metrics_port,
+                               "; printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3' | "
+                               "sed \"1,/^\\r\\?$/d\" > ",
+                               d / "metrics.txt"),
+                  &out),
+            0)
+      << out;
+  const std::string metrics = *ReadFile(d / "metrics.txt");
+  EXPECT_THAT(metrics, HasSubstr("# TYPE mal_serve_batch_faces histogram"));
+  EXPECT_THAT(metrics, HasSubstr("mal_serve_model_seconds_count"));
+  EXPECT_THAT(metrics, HasSubstr("code=\"NOT_FOUND\",method=\"/mal.v1.Inference/"));
+  EXPECT_THAT(metrics, Not(HasSubstr("mal_serve_batch_faces_count 0")));
+  EXPECT_EQ(Shell("promtool check metrics < " + (d / "metrics.txt"), &out), 0) << out << metrics;
 
   ::kill(serve, SIGTERM);
   int status = 0;

@@ -10,6 +10,7 @@
 
 #include "common/data/reader.h"
 #include "common/image/transforms.h"
+#include "common/util/files.h"
 #include "tests/test_util.h"
 
 namespace mal::image {
@@ -93,6 +94,29 @@ TEST(ImageFileTest, HeadersDeclaringHugeImagesAreRefusedBeforeDecoding) {
               HasSubstr("BMP of 16384 x 16384 px is over the limit"));
   // 8192 x 8192 is allowed: the limit is exclusive of nothing a real dataset has.
   EXPECT_LE(uint64_t{8192} * 8192, kMaxImagePixels);
+}
+
+// Found by the image_decode fuzzer: bytes that OpenCV handed to GDCM (its DICOM plugin) aborted
+// the process in an assert. Only the formats face datasets use reach OpenCV.
+TEST(ImageFileTest, OnlyJpegPngBmpWebpAndTiffReachTheDecoder) {
+  EXPECT_TRUE(IsSupportedImage(Encode(".jpg")));
+  EXPECT_TRUE(IsSupportedImage(Encode(".png")));
+  EXPECT_TRUE(IsSupportedImage(Encode(".bmp")));
+  EXPECT_TRUE(IsSupportedImage(Encode(".tiff")));
+  EXPECT_TRUE(IsSupportedImage(std::string("RIFF\x10\0\0\0WEBPVP8 ", 16)));
+  EXPECT_FALSE(IsSupportedImage(Encode(".ppm")));
+  EXPECT_FALSE(IsSupportedImage("IMAGINE_RAW\xa1" "FI\xff\xff"));
+  const std::string dicom_like = *ReadFile(testing::SourceDir() +
+                                           "/tests/fuzz/corpus/image_decode/regression-gdcm-abort");
+  auto refused = DecodeImageBytes(dicom_like, "upload.jpg");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("upload.jpg: not a JPEG, PNG, BMP, WebP or TIFF image"));
+  // TIFF still decodes.
+  auto tiff = DecodeImageBytes(Encode(".tiff"), "x.tiff");
+  ASSERT_TRUE(tiff.ok()) << tiff.status();
+  EXPECT_EQ(tiff->cols, 80);
 }
 
 TEST(ImageFileTest, DecodingAndVerifyingNameThePathAndTheReason) {
