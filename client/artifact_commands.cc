@@ -125,10 +125,14 @@ int Weights(const ServiceClient& c, RunOptions& o, std::optional<int> epoch,
   return kOk;
 }
 
-// The run's state now, or nullopt when it cannot be read.
-std::optional<v1::RunState> RunState(const ServiceClient& c, const RunOptions& o) {
+// The run's state now, or nullopt when it cannot be read; `gone` is set when the experiment no
+// longer exists (deleted while followed).
+std::optional<v1::RunState> RunState(const ServiceClient& c, const RunOptions& o,
+                                     grpc::Status* gone) {
   v1::ExperimentInfo info;
-  if (!GetExperiment(c, o.id, &info).ok()) return std::nullopt;
+  grpc::Status s = GetExperiment(c, o.id, &info);
+  if (s.error_code() == grpc::StatusCode::NOT_FOUND) *gone = s;
+  if (!s.ok()) return std::nullopt;
   for (const auto& r : info.runs()) {
     if (r.trial() == *o.trial && r.fold() == *o.fold) return r.state();
   }
@@ -145,7 +149,9 @@ int Logs(const ServiceClient& c, RunOptions& o, bool follow) {
   size_t printed = 0;
   for (;;) {
     // Read the state first: a log downloaded after the run finished is its last.
-    const auto state = follow ? RunState(c, o) : std::nullopt;
+    grpc::Status gone;
+    const auto state = follow ? RunState(c, o, &gone) : std::nullopt;
+    if (!gone.ok()) return RpcFail(gone);
     std::string data;
     grpc::Status s = DownloadArtifact(c, req, &data);
     if (s.ok() && data.size() > printed) {

@@ -70,8 +70,11 @@ int RpcFail(const grpc::Status& s) {
     case grpc::StatusCode::UNAVAILABLE:
       return Fail(kUnavailable, absl::StrCat("the server is unreachable: ", s.error_message(),
                                              " (set --address or MAL_ADDRESS)"));
+    case grpc::StatusCode::PERMISSION_DENIED:  // a valid token without the role: names the role
+      return Fail(kUnavailable, absl::StrCat(s.error_message(),
+                                             " (give a token with that role: --token-file or "
+                                             "MAL_TOKEN)"));
     case grpc::StatusCode::UNAUTHENTICATED:
-    case grpc::StatusCode::PERMISSION_DENIED:
       // The server's message may name the remedy already.
       return Fail(kUnavailable,
                   s.error_message().find("MAL_TOKEN") != std::string::npos

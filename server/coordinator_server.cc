@@ -172,10 +172,11 @@ void CoordinatorServer::Shutdown(std::chrono::milliseconds grace) {
   if (parts_->shut_down) return;
   parts_->shut_down = true;
   LOG(INFO) << "shutting down";
-  parts_->stopping = true;
-  if (parts_->ticker.joinable()) parts_->ticker.join();
+  // NOT_SERVING first, so probes see the stop at once.
   parts_->server->GetHealthCheckService()->SetServingStatus(false);
   if (parts_->health) parts_->health->GetHealthCheckService()->SetServingStatus(false);
+  parts_->stopping = true;
+  if (parts_->ticker.joinable()) parts_->ticker.join();
   parts_->client_service->Shutdown();
   parts_->core->Shutdown();
   parts_->server->Shutdown(std::chrono::system_clock::now() + grace);

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/util/files.h"
 #include "common/util/status_macros.h"
 
@@ -215,16 +216,42 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
   auto text = ReadFile(token_file);
   if (!text.ok())
     return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
+  absl::string_view all = *text;
+  absl::ConsumePrefix(&all, "\xEF\xBB\xBF");  // a UTF-8 byte order mark
+  auto is_role_list = [](absl::string_view field) {
+    for (absl::string_view name : absl::StrSplit(field, ','))
+      if (name != "user" && name != "worker" && name != "admin") return false;
+    return true;
+  };
   int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(all, '\n')) {
     ++line_number;
+    // A comment: the whole line from '#', or from a '#' after a space ("user TOKEN  # alice").
+    if (const size_t hash = line.find(" #"); hash != absl::string_view::npos)
+      line = line.substr(0, hash);
+    if (const size_t hash = line.find("\t#"); hash != absl::string_view::npos)
+      line = line.substr(0, hash);
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line[0] == '#') continue;
     const std::vector<absl::string_view> fields =
         absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     const std::string where = absl::StrCat("--token-file: ", token_file, ":", line_number, ": ");
+    for (char ch : fields.back()) {
+      if (static_cast<unsigned char>(ch) < 0x21 || ch == 0x7f)
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, "the token has a control character (it could never be sent)"));
+    }
+    if (fields.back().size() > 1024)
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "the token has ", fields.back().size(), " characters, at most 1024"));
     TokenTable::Entry entry;
     entry.line = line_number;
+    if (fields.size() == 1 && is_role_list(fields[0])) {
+      // Not a legacy token that happens to read "user": a role whose token is missing (an empty
+      // $(cat user.token) in a generated file), which would otherwise hold every role.
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "role '", fields[0], "' without a token"));
+    }
     if (fields.size() == 1) {
       entry.token = std::string(fields[0]);
       entry.roles = kEveryRole;
@@ -273,7 +300,9 @@ grpc::Status CheckToken(const grpc::ServerContext& context, const TokenTable& to
   const absl::string_view header(it->second.data(), it->second.size());
   const absl::string_view prefix = "Bearer ";
   const TokenTable::Entry* match = nullptr;
-  if (absl::StartsWith(header, prefix)) {
+  // The scheme is case-insensitive (RFC 7235).
+  if (header.size() > prefix.size() &&
+      absl::EqualsIgnoreCase(header.substr(0, prefix.size()), prefix)) {
     const absl::string_view given = header.substr(prefix.size());
     // Every entry is compared, so timing does not tell which one matched.
     for (const TokenTable::Entry& e : tokens.entries)

@@ -19,11 +19,16 @@ RUN apt-get update \
       libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 libopencv-videoio406 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libsystemd0 gnuplot-nox \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/mal-coordinator mal
+ && useradd --system --uid 10001 --home-dir /var/lib/mal-coordinator mal \
+ && install -d -o 10001 -g 10001 /var/lib/mal-coordinator
 COPY --from=build /out/ /
 USER 10001:10001
 VOLUME /var/lib/mal-coordinator
 EXPOSE 7070 7071 9470
 ENTRYPOINT ["/usr/local/bin/mal-coordinator"]
+# Off loopback the coordinator needs TLS (or --insecure): mount the certificate, key and role
+# tokens where these flags look (docs/k8s.md), e.g.
+#   docker run -v $PWD/tls:/etc/mal/tls:ro -v $PWD/tokens:/etc/mal/tokens:ro -p 7070:7070 mal/coordinator
 CMD ["--listen=0.0.0.0:7070", "--data-dir=/var/lib/mal-coordinator", "--health-listen=0.0.0.0:7071", \
-     "--metrics-listen=0.0.0.0:9470"]
+     "--metrics-listen=0.0.0.0:9470", "--tls-cert=/etc/mal/tls/tls.crt", \
+     "--tls-key=/etc/mal/tls/tls.key", "--token-file=/etc/mal/tokens/tokens"]

@@ -30,7 +30,8 @@ RUN apt-get update \
       libssl3 libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 \
       libopencv-objdetect406 libopencv-videoio406 libsystemd0 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/mal-worker mal
+ && useradd --system --uid 10001 --home-dir /var/lib/mal-worker mal \
+ && install -d -o 10001 -g 10001 /var/lib/mal-worker
 # The wheel's libtorch, libc10, CUDA runtime, cuDNN and NCCL (found through the binary's RPATH).
 COPY --from=build /opt/mal/venv /opt/mal/venv
 COPY --from=build /out/ /

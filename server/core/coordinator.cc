@@ -280,6 +280,12 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Get(const std::string& experimen
   return Info(*e, with_runs);
 }
 
+bool Coordinator::KnownRequestId(const std::string& request_id) {
+  if (request_id.empty()) return false;
+  auto id = store_->ExperimentByRequestId(request_id);  // the store's lock only, not mu_
+  return id.ok() && !id->empty();
+}
+
 namespace {
 
 // N of "exp-N" (ids are issued in that order and never reused); 0 for anything else.
@@ -323,14 +329,17 @@ absl::StatusOr<v1::ListExperimentsResponse> Coordinator::List(
   size_t bytes = 0;
   for (const auto& [number, e] : order) {
     if (number <= after) continue;
-    if (out.experiments_size() == page_size || bytes > kMaxPageBytes) {
+    v1::ExperimentInfo info = Info(*e, false);
+    if (!request.with_spec()) info.clear_spec();
+    const size_t size = info.ByteSizeLong() + 8;  // with its field tag and length
+    // Full: the page size, or 4 MiB (one experiment alone may exceed it: its spec is <= 1 MiB).
+    if (out.experiments_size() == page_size ||
+        (out.experiments_size() > 0 && bytes + size > kMaxPageBytes)) {
       out.set_next_page_token(out.experiments().rbegin()->id());
       break;
     }
-    v1::ExperimentInfo* info = out.add_experiments();
-    *info = Info(*e, false);
-    if (!request.with_spec()) info->clear_spec();
-    bytes += info->ByteSizeLong();
+    *out.add_experiments() = std::move(info);
+    bytes += size;
   }
   return out;
 }

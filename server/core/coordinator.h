@@ -71,6 +71,9 @@ class Coordinator {
   // Client side.
   absl::StatusOr<v1::SubmitExperimentResponse> Submit(const v1::SubmitExperimentRequest& request);
   absl::StatusOr<v1::ExperimentInfo> Get(const std::string& experiment_id, bool with_runs = true);
+  // True when an experiment was submitted with `request_id` (a retry, which rate limits let
+  // through: it creates nothing). False for "" and on a store error.
+  bool KnownRequestId(const std::string& request_id);
   // A page of experiment summaries in submission order (service.proto ListExperimentsRequest).
   // INVALID_ARGUMENT for a page_size outside 0..1000 or a page_token this did not issue.
   absl::StatusOr<v1::ListExperimentsResponse> List(const v1::ListExperimentsRequest& request);

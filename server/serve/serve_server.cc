@@ -166,6 +166,11 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
   ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
+  if (tokens.legacy_lines > 0) {
+    LOG(WARNING) << o.security.token_file << ": " << tokens.legacy_lines
+                 << " token(s) without a role hold every role; write 'user TOKEN' per line "
+                    "(docs/service.md)";
+  }
   p->service =
       std::make_unique<InferenceService>(p->models.get(), p->detector.get(), tokens, o.limits);
   p->open_inference =

@@ -35,11 +35,15 @@ grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context,
   std::string client =
       token_line > 0 ? absl::StrCat("token on line ", token_line) : context->peer();
   if (token_line == 0 && client.find(':') != std::string::npos) client.resize(client.rfind(':'));
-  if (const int64_t wait_ms = submits_.Acquire(client, absl::ToUnixMillis(absl::Now()));
+  // A retry under a known request id creates nothing, and its answer may have been lost: it is
+  // never limited.
+  if (const int64_t wait_ms = core_->KnownRequestId(request->request_id())
+                                  ? 0
+                                  : submits_.Acquire(client, absl::ToUnixMillis(absl::Now()));
       wait_ms > 0) {
     return grpc::Status(
         grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("more than ", submit_limit_, " submissions in a minute from ", client,
+        absl::StrCat("more than ", submit_limit_, " submission(s) in a minute from ", client,
                      " (--submit-per-minute); retry in ", (wait_ms + 999) / 1000, " s"));
   }
   return Reply(core_->Submit(*request), response);

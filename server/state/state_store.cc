@@ -424,6 +424,16 @@ absl::StatusOr<int64_t> StateStore::DeleteExperiment(const std::string& experime
   });
 }
 
+absl::StatusOr<std::string> StateStore::ExperimentByRequestId(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  Statement s(db_, "SELECT id FROM experiments WHERE request_id = ?");
+  s.Bind(1, request_id);
+  const int rc = s.Step();
+  if (rc == SQLITE_ROW) return s.Text(0);
+  if (rc != SQLITE_DONE) return SqlError(db_, "looking up a request id");
+  return std::string();
+}
+
 absl::StatusOr<std::vector<std::string>> StateStore::DeletedExperiments() {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT id FROM experiments WHERE deleted_ms != 0 ORDER BY rowid");

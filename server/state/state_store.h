@@ -125,6 +125,8 @@ class StateStore {
   // FAILED_PRECONDITION: model versions registered from it are not deleted (named). The caller
   // checks that it is not running and removes its artifacts.
   absl::StatusOr<int64_t> DeleteExperiment(const std::string& experiment_id);
+  // The id of the experiment submitted with `request_id` ("" when there is none).
+  absl::StatusOr<std::string> ExperimentByRequestId(const std::string& request_id);
   // Ids of deleted experiments (to remove artifacts a crash left behind).
   absl::StatusOr<std::vector<std::string>> DeletedExperiments();
   absl::Status SetExperimentState(const std::string& experiment_id, int state,

@@ -691,7 +691,10 @@ TEST_F(ServiceTest, KilledWorkerRunIsLostAndResumesFromItsCheckpointElsewhere) {
       first_resumed_iteration = e.point().iteration();
   }
   EXPECT_TRUE(lost);
-  EXPECT_GT(first_resumed_iteration, 10) << "the second attempt started over instead of resuming";
+  // Resumed from whichever checkpoint had been uploaded when w1 died: the end of epoch 1
+  // (iteration 10) or, on a loaded machine, a periodic one a little earlier (seen: 9); never
+  // from the start.
+  EXPECT_GT(first_resumed_iteration, 1) << "the second attempt started over instead of resuming";
 }
 
 TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {

@@ -66,7 +66,15 @@ bool Daemon::Register() {
   v1::RegisterResponse resp;
   grpc::Status s = client_->Register(req, &resp, kCallTimeout);
   if (!s.ok()) {
-    if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+        s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      // Not transient, but the coordinator's token file may be fixed without restarting us: keep
+      // trying, and say so where an operator looks (the log and systemctl status).
+      LOG_EVERY_N(ERROR, 10) << "the coordinator " << o_.coordinator
+                             << " refuses this worker's token: " << s.error_message()
+                             << " (--token-file needs a token with the worker role; retrying)";
+      NotifySystemd(absl::StrCat("STATUS=registration refused: ", s.error_message()));
+    } else if (s.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
       LOG_FIRST_N(ERROR, 1) << "register with " << o_.coordinator << ": " << s.error_message()
                             << " (retrying until that daemon's lease lapses)";
     } else {

@@ -33,8 +33,8 @@ TEST(GrpcChannelTest, TokenFilesGiveRolesAndNameTheLineOfAnError) {
                           "user    u-token\n"
                           "worker\tw-token\n"
                           "\n"
-                          "admin,worker a-token\n"
-                          "flat-token\n");
+                          "admin,worker a-token   # the admins' token\n"
+                          "flat-token\r\n");
   auto table = LoadTokens(path);
   ASSERT_TRUE(table.ok()) << table.status();
   ASSERT_EQ(table->entries.size(), 4u);
@@ -51,6 +51,10 @@ TEST(GrpcChannelTest, TokenFilesGiveRolesAndNameTheLineOfAnError) {
       {"user a\nroot b\n", ":2: unknown role 'root'"},
       {"user a b\n", ":1: 3 fields"},
       {"user a\nworker a\n", ":2: the same token as line 1"},
+      {"user \nworker w\n", ":1: role 'user' without a token"},
+      {"worker w\nuser,admin\n", ":2: role 'user,admin' without a token"},
+      {"user a\x01b\n", ":1: the token has a control character"},
+      {"user " + std::string(2000, 'x') + "\n", ":1: the token has 2000 characters"},
       {"# nothing\n", " has no token"},
   };
   for (const auto& [text, message] : bad) {
@@ -60,6 +64,8 @@ TEST(GrpcChannelTest, TokenFilesGiveRolesAndNameTheLineOfAnError) {
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(std::string(refused.status().message()), HasSubstr(path + message)) << text;
   }
+  mal::testing::WriteText(path, "\xEF\xBB\xBFuser u\n");  // a byte order mark
+  EXPECT_EQ(LoadTokens(path)->entries.at(0).roles, static_cast<unsigned>(Role::kUser));
   EXPECT_TRUE(LoadTokens("")->empty());
 }
 

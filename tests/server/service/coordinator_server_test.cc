@@ -239,13 +239,14 @@ TEST_F(CoordinatorServerTest, DataRootsAndSubmissionRateLimit) {
   o.data_roots = {"/data"};
   o.submit_per_minute = 2;
   Start("", o);
-  auto submit = [&](const std::string& root) {
+  auto submit = [&](const std::string& root, const std::string& request_id = "") {
     auto spec = ParseSpecYaml("name: r\nmethod: stl\ndata: {au: {format: synthface, root: " + root +
                                   "}}\nmodel: {backbone: small_cnn, input: 32, resize: 36}\n",
                               "s.yaml");
     EXPECT_TRUE(spec.ok()) << spec.status();
     v1::SubmitExperimentRequest req;
     *req.mutable_spec() = *spec;
+    req.set_request_id(request_id);
     v1::SubmitExperimentResponse resp;
     grpc::ClientContext ctx;
     return client_->SubmitExperiment(&ctx, req, &resp);
@@ -253,11 +254,13 @@ TEST_F(CoordinatorServerTest, DataRootsAndSubmissionRateLimit) {
   grpc::Status outside = submit("/data/../etc");
   EXPECT_EQ(outside.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(outside.error_message(), HasSubstr("data.au.root: /data/../etc is outside"));
-  EXPECT_TRUE(submit("/data/sf").ok());
+  EXPECT_TRUE(submit("/data/sf", "once").ok());
   grpc::Status limited = submit("/data/sf");
   EXPECT_EQ(limited.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_THAT(limited.error_message(), HasSubstr("more than 2 submissions in a minute"));
+  EXPECT_THAT(limited.error_message(), HasSubstr("more than 2 submission(s) in a minute"));
   EXPECT_THAT(limited.error_message(), HasSubstr("retry in"));
+  // A retry whose answer was lost (a known request id) creates nothing and is never limited.
+  EXPECT_TRUE(submit("/data/sf", "once").ok());
   grpc::ClientContext ctx;
   v1::ListExperimentsResponse list;
   ASSERT_TRUE(client_->ListExperiments(&ctx, {}, &list).ok());
