@@ -7,8 +7,12 @@
 #
 #   deploy/fuzz.sh                     # every target, MAL_FUZZ_SECONDS (default 30) each
 #   deploy/fuzz.sh spec_yaml image_decode
+#   MAL_FUZZ_RUNS=ci deploy/fuzz.sh    # what CI runs: a fixed seed and a fixed number of inputs
+#                                      # per target (about 30 s each here), so a red CI is
+#                                      # reproducible and never a matter of luck
 #
-# Environment: MAL_FUZZ_SECONDS, MAL_FUZZ_BUILD_DIR (default build-fuzz), MAL_JOBS (default nproc).
+# Environment: MAL_FUZZ_SECONDS, MAL_FUZZ_RUNS (ci), MAL_FUZZ_BUILD_DIR (default build-fuzz),
+# MAL_JOBS (default nproc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh > /dev/null
@@ -22,15 +26,23 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 ninja -C "$build_dir" -j "${MAL_JOBS:-$(nproc)}" "${targets[@]/%/_fuzzer}"
 
 status=0
+declare -A ci_runs=([spec_yaml]=60000 [spec_proto]=600000 [label_readers]=20000
+                    [image_decode]=600000)
 for t in "${targets[@]}"; do
   scratch=$(mktemp -d)
   artifacts="$build_dir/fuzz-artifacts/$t"
   mkdir -p "$artifacts"
-  echo "fuzz: $t for ${seconds}s"
+  if [ "${MAL_FUZZ_RUNS:-}" = ci ]; then
+    bound=(-seed=1 -runs="${ci_runs[$t]}" -max_total_time=600)
+    echo "fuzz: $t, ${ci_runs[$t]} inputs from seed 1"
+  else
+    bound=(-max_total_time="$seconds")
+    echo "fuzz: $t for ${seconds}s"
+  fi
   # ASan's leak check is off: the readers keep process-wide caches (glog, OpenCV) by design.
   if ! ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$build_dir/tests/fuzz/${t}_fuzzer" "$scratch" "tests/fuzz/corpus/$t" \
-      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+      "${bound[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -artifact_prefix="$artifacts/" -print_final_stats=1 2> "$artifacts/log.txt"; then
     echo "fuzz: $t FAILED; input(s) in $artifacts, log in $artifacts/log.txt:"
     grep -m 5 -E "ERROR|SUMMARY|Test unit written" "$artifacts/log.txt" || true

@@ -26,22 +26,24 @@ namespace mal::image {
 // Other formats pass (the decoder decides). Errors are DataLoss, without a path (the caller adds
 // it), saying what is wrong and where: "truncated JPEG: the compressed data ends at byte 6144 of
 // 6144 without an end-of-image marker".
-// Also refused (DataLoss): a JPEG (SOFn), PNG (IHDR) or BMP header declaring more than
-// kMaxImagePixels pixels, before anything is allocated for it.
+// Also refused (DataLoss): a JPEG (any SOFn marker in the file), PNG (IHDR) or BMP header
+// declaring more than kMaxImagePixels pixels, before anything is allocated for it.
 absl::Status CheckImageComplete(absl::string_view bytes);
 
 // The most pixels (width x height) an image may have: 8192 x 8192. Larger headers are refused
-// by CheckImageComplete, and OpenCV is held to the same for other formats (a corrupt header or
-// a decompression bomb would otherwise allocate gigabytes).
+// by CheckImageComplete (a corrupt header or a decompression bomb would otherwise make OpenCV
+// allocate gigabytes; its own limit, 2^30 px, is read once at load and applies to the reduced
+// size at half_size).
 inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 26;
 
-// True for the formats mal decodes, by their first bytes: JPEG, PNG, BMP, WebP, TIFF. OpenCV
-// would also try its other decoders (GDAL, GDCM/DICOM, OpenJPEG, OpenEXR, PxM ...) on anything
-// else, and the image_decode fuzzer found bytes that abort the process inside GDCM: no face
-// dataset needs them.
+// True for the formats mal decodes, by their first bytes: JPEG, PNG, BMP, the formats whose
+// declared size is checked before decoding. OpenCV would also try its other decoders (GDAL,
+// GDCM/DICOM, OpenJPEG, OpenEXR, TIFF, WebP, PxM ...) on anything else, and the image_decode
+// fuzzer found bytes that abort the process inside GDCM; the face datasets mal reads are JPEG
+// and PNG.
 bool IsSupportedImage(absl::string_view bytes);
 
-// Decodes encoded bytes (JPEG, PNG, BMP, WebP, TIFF) to 8-bit BGR, at half the width and height
+// Decodes encoded bytes (JPEG, PNG, BMP) to 8-bit BGR, at half the width and height
 // when `half_size` (enough to tell a good file from a bad one, at a quarter of the cost). Errors
 // (InvalidArgument) start with `what`: empty bytes, another format (IsSupportedImage), an
 // incomplete container or a header over kMaxImagePixels (CheckImageComplete), or bytes OpenCV
