@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <set>
 #include <vector>
 
@@ -423,7 +424,13 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   v1::ModelSpec& m = *spec.mutable_model();
   if (m.backbone().empty()) m.set_backbone("resnet34");
   if (!m.has_input()) m.set_input(m.backbone() == "small_cnn" ? 96 : 224);
-  if (!m.has_resize()) m.set_resize(m.input() * 8 / 7);  // 224 -> 256, as the paper
+  // 224 -> 256, as the paper; in 64 bits, since validation (after defaults) has not yet refused an
+  // absurd input (the spec_proto fuzzer found input * 8 overflowing an int).
+  if (!m.has_resize()) {
+    m.set_resize(static_cast<int32_t>(std::clamp<int64_t>(int64_t{m.input()} * 8 / 7,
+                                                          std::numeric_limits<int32_t>::min(),
+                                                          std::numeric_limits<int32_t>::max())));
+  }
 
   v1::TrainSpec& t = *spec.mutable_train();
   if (!t.has_epochs()) t.set_epochs(30);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/data/folds.h"
@@ -84,6 +85,25 @@ TEST(SpecTest, ApplyingDefaultsTwiceChangesNothing) {
   ApplyDefaults(*kfold);
   EXPECT_EQ(kfold->cv().protocol(), "kfold");
   EXPECT_EQ(kfold->cv().folds(), 5);
+}
+
+// Found by the spec_proto fuzzer (UBSan): the default resize of an absurd input overflowed an int
+// before validation ran. It is clamped, and validation then names the field.
+TEST(SpecTest, DefaultResizeOfAnAbsurdInputDoesNotOverflow) {
+  v1::ExperimentSpec spec;
+  spec.mutable_model()->set_input(-1879048224);
+  ApplyDefaults(spec);
+  EXPECT_EQ(spec.model().resize(), std::numeric_limits<int32_t>::min());
+  spec.mutable_model()->set_input(2000000000);
+  spec.mutable_model()->clear_resize();
+  ApplyDefaults(spec);
+  EXPECT_EQ(spec.model().resize(), std::numeric_limits<int32_t>::max());
+  spec.set_name("x");
+  spec.set_method(v1::STL);
+  spec.mutable_data()->mutable_au()->set_format("synthface");
+  spec.mutable_data()->mutable_au()->set_root("/d");
+  ApplyDefaults(spec);
+  EXPECT_THAT(std::string(ValidateSpec(spec).message()), HasSubstr("model.input"));
 }
 
 TEST(SpecTest, DefaultsFillWhatIsUnset) {
