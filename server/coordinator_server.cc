@@ -106,11 +106,6 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   }
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
   ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
-  if (tokens.legacy_lines > 0) {
-    LOG(WARNING) << o.security.token_file << ": " << tokens.legacy_lines
-                 << " token(s) without a role hold every role (user, worker, admin); write "
-                    "'user TOKEN', 'worker TOKEN' or 'admin TOKEN' per line (docs/service.md)";
-  }
   p->client_service = std::make_unique<CoordinatorService>(p->core.get(), p->hub.get(), tokens,
                                                            o.submit_per_minute);
   p->worker_service = std::make_unique<WorkerGatewayService>(p->core.get(), tokens);
@@ -121,11 +116,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.listen, credentials, &p->port);
   rpc::ConfigureServer(builder);
-  if (p->rpc_metrics) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(p->rpc_metrics->InterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(creators));
-  }
+  if (p->rpc_metrics) p->rpc_metrics->Instrument(builder);
   builder.RegisterService(p->client_service.get());
   builder.RegisterService(p->worker_service.get());
   builder.RegisterService(p->registry_service.get());

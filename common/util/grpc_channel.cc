@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/util/files.h"
+#include "common/util/logging.h"
 #include "common/util/status_macros.h"
 
 namespace mal::rpc {
@@ -199,6 +200,29 @@ std::string RoleNames(unsigned roles) {
   return names.empty() ? "none" : absl::StrJoin(names, ",");
 }
 
+// The role bits of "user", "worker,admin" ...; the first unknown name otherwise.
+struct ParsedRoles {
+  unsigned roles = 0;
+  absl::string_view unknown;
+};
+ParsedRoles ParseRoles(absl::string_view field) {
+  ParsedRoles out;
+  for (absl::string_view name : absl::StrSplit(field, ',')) {
+    bool known = false;
+    for (Role r : {Role::kUser, Role::kWorker, Role::kAdmin}) {
+      if (name == RoleName(r)) {
+        out.roles |= static_cast<unsigned>(r);
+        known = true;
+      }
+    }
+    if (!known) {
+      out.unknown = name;
+      break;
+    }
+  }
+  return out;
+}
+
 // Equal without an early exit, so timing does not tell how much of `want` matched.
 bool ConstantTimeEqual(absl::string_view given, absl::string_view want) {
   unsigned diff = given.size() ^ want.size();
@@ -218,11 +242,6 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
     return absl::InvalidArgumentError(absl::StrCat("--token-file: ", text.status().message()));
   absl::string_view all = *text;
   absl::ConsumePrefix(&all, "\xEF\xBB\xBF");  // a UTF-8 byte order mark
-  auto is_role_list = [](absl::string_view field) {
-    for (absl::string_view name : absl::StrSplit(field, ','))
-      if (name != "user" && name != "worker" && name != "admin") return false;
-    return true;
-  };
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(all, '\n')) {
     ++line_number;
@@ -246,7 +265,7 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
           absl::StrCat(where, "the token has ", fields.back().size(), " characters, at most 1024"));
     TokenTable::Entry entry;
     entry.line = line_number;
-    if (fields.size() == 1 && is_role_list(fields[0])) {
+    if (fields.size() == 1 && ParseRoles(fields[0]).unknown.empty()) {
       // Not a legacy token that happens to read "user": a role whose token is missing (an empty
       // $(cat user.token) in a generated file), which would otherwise hold every role.
       return absl::InvalidArgumentError(
@@ -257,19 +276,13 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
       entry.roles = kEveryRole;
       ++table.legacy_lines;
     } else if (fields.size() == 2) {
-      for (absl::string_view name : absl::StrSplit(fields[0], ',')) {
-        if (name == "user") {
-          entry.roles |= static_cast<unsigned>(Role::kUser);
-        } else if (name == "worker") {
-          entry.roles |= static_cast<unsigned>(Role::kWorker);
-        } else if (name == "admin") {
-          entry.roles |= static_cast<unsigned>(Role::kAdmin);
-        } else {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, "unknown role '", name,
-                           "' (roles: user, worker, admin; 'ROLE[,ROLE] TOKEN')"));
-        }
+      const ParsedRoles roles = ParseRoles(fields[0]);
+      if (!roles.unknown.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, "unknown role '", roles.unknown,
+                         "' (roles: user, worker, admin; 'ROLE[,ROLE] TOKEN')"));
       }
+      entry.roles = roles.roles;
       entry.token = std::string(fields[1]);
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -284,6 +297,11 @@ absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file) {
   }
   if (table.entries.empty())
     return absl::InvalidArgumentError(absl::StrCat("--token-file: ", token_file, " has no token"));
+  if (table.legacy_lines > 0) {
+    LOG(WARNING) << token_file << ": " << table.legacy_lines
+                 << " token(s) without a role hold every role (user, worker, admin); write "
+                    "'user TOKEN', 'worker TOKEN' or 'admin TOKEN' per line (docs/service.md)";
+  }
   return table;
 }
 

@@ -75,17 +75,18 @@ struct TokenTable {
     int line = 0;        // line in the token file, for messages
   };
   std::vector<Entry> entries;
-  // Lines without a role (today's flat format): they hold every role, and the server logs it.
+  // Lines without a role (the flat format before roles): they hold every role (LoadTokens warns).
   int legacy_lines = 0;
   bool empty() const { return entries.empty(); }
 };
 // Reads a token file: one token per line, `ROLE[,ROLE...] TOKEN` (roles user, worker, admin),
 // `#` comments (whole lines, or after a space) and blank lines ignored, a UTF-8 byte order mark
 // skipped. A line with the token alone (the format before roles) holds every role;
-// `legacy_lines` counts them so the server can warn. Errors (INVALID_ARGUMENT) name the file and
-// line: an unknown role, a role without a token ("user" alone would otherwise be a token holding
-// every role), more than two fields, a token with a control character or over 1024 characters,
-// a token given twice, a file without tokens; an empty `token_file` gives an empty table.
+// `legacy_lines` counts them, and a warning names how many. Errors (INVALID_ARGUMENT) name the file
+// and line: an unknown role, a role without a token ("user" alone would otherwise be a token
+// holding every role), more than two fields, a token with a control character or over 1024
+// characters, a token given twice, a file without tokens; an empty `token_file` gives an empty
+// table.
 absl::StatusOr<TokenTable> LoadTokens(const std::string& token_file);
 // OK when the table is empty, or the call carries `authorization: Bearer <token>` for a token
 // of the table holding `role` (admin also passes for user). UNAUTHENTICATED without a token or

@@ -166,11 +166,6 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   ASSIGN_OR_RETURN(p->detector, image::FaceDetector::Load(o.face_cascade));
   ASSIGN_OR_RETURN(auto credentials, rpc::MakeServerCredentials(o.listen, o.security));
   ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
-  if (tokens.legacy_lines > 0) {
-    LOG(WARNING) << o.security.token_file << ": " << tokens.legacy_lines
-                 << " token(s) without a role hold every role; write 'user TOKEN' per line "
-                    "(docs/service.md)";
-  }
   p->service =
       std::make_unique<InferenceService>(p->models.get(), p->detector.get(), tokens, o.limits);
   p->open_inference =
@@ -180,11 +175,7 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(o.listen, credentials, &p->port);
   rpc::ConfigureServer(builder);
-  if (p->rpc_metrics) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(p->rpc_metrics->InterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(creators));
-  }
+  if (p->rpc_metrics) p->rpc_metrics->Instrument(builder);
   builder.RegisterService(p->service.get());
   builder.RegisterService(p->open_inference.get());
   p->server = builder.BuildAndStart();

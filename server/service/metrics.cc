@@ -114,9 +114,10 @@ RpcMetrics::RpcMetrics()
                       .Help("Time from a gRPC call's arrival to its status, by method and code.")
                       .Register(*registry_)) {}
 
-std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-RpcMetrics::InterceptorFactory() {
-  return std::make_unique<RpcTimerFactory>(this);
+void RpcMetrics::Instrument(grpc::ServerBuilder& builder) {
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(std::make_unique<RpcTimerFactory>(this));
+  builder.experimental().SetInterceptorCreators(std::move(creators));
 }
 
 void RpcMetrics::Observe(const std::string& method, int code, double seconds) {

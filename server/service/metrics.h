@@ -6,6 +6,7 @@
 // interceptor, and collectables that build typed families at scrape time from counts the daemons
 // keep anyway (the coordinator's, server/service/prometheus_text.h).
 
+#include <grpcpp/server_builder.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <prometheus/collectable.h>
 #include <prometheus/family.h>
@@ -63,9 +64,9 @@ class RpcMetrics {
  public:
   RpcMetrics();
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
-  // A factory for ServerBuilder::experimental().SetInterceptorCreators; `this` must outlive
-  // the server.
-  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> InterceptorFactory();
+  // Has `builder`'s server time every call here (its interceptor); `this` must outlive the
+  // server. Sets the builder's interceptors: call it once, and add no others.
+  void Instrument(grpc::ServerBuilder& builder);
   void Observe(const std::string& method, int code, double seconds);
 
  private:

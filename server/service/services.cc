@@ -37,7 +37,8 @@ grpc::Status CoordinatorService::SubmitExperiment(grpc::ServerContext* context,
   if (token_line == 0 && client.find(':') != std::string::npos) client.resize(client.rfind(':'));
   // A retry under a known request id creates nothing, and its answer may have been lost: it is
   // never limited.
-  if (const int64_t wait_ms = core_->KnownRequestId(request->request_id())
+  // (Looked up only when a limit is set: the store is not read for every submission.)
+  if (const int64_t wait_ms = submit_limit_ <= 0 || core_->KnownRequestId(request->request_id())
                                   ? 0
                                   : submits_.Acquire(client, absl::ToUnixMillis(absl::Now()));
       wait_ms > 0) {

@@ -31,6 +31,7 @@
 #include "common/util/cli.h"
 #include "common/util/grpc_channel.h"
 #include "mal/v1/service.grpc.pb.h"
+#include "tests/bench/bench_process.h"
 
 namespace {
 
@@ -40,15 +41,6 @@ using Clock = std::chrono::steady_clock;
 int64_t NowUs() {
   return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
       .count();
-}
-
-int64_t RssKb(pid_t pid, const char* field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::string(field).size()));
-  }
-  return 0;
 }
 
 struct Shared {
@@ -182,33 +174,18 @@ int main(int argc, char** argv) {
     return *code;
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const std::string log = dir + "/coordinator.log";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    ::dup2(::fileno(f), 1);
-    ::dup2(::fileno(f), 2);
-    ::execl(coordinator.c_str(), coordinator.c_str(), "--listen", "127.0.0.1:0", "--data-dir",
-            (dir + "/data").c_str(), "--heartbeat-ms", "100", "--lease-ms", "60000",
-            "--watch-queue", "1024", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  int port = 0;
-  for (int i = 0; i < 200 && port == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    std::ifstream in(log);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const size_t at = text.find("listening on port ");
-    if (at != std::string::npos) port = std::stoi(text.substr(at + 18));
-  }
+  const mal::bench::StartedCoordinator started = mal::bench::StartCoordinator(
+      coordinator, dir, {"--heartbeat-ms", "100", "--lease-ms", "60000", "--watch-queue", "1024"});
+  const pid_t pid = started.pid;
+  const int port = started.port;
   if (port == 0) {
-    std::cerr << "coordinator_bench: the coordinator did not start (" << log << ")\n";
-    ::kill(pid, SIGKILL);
+    std::cerr << "coordinator_bench: the coordinator did not start (" << dir
+              << "/coordinator.log)\n";
     return 1;
   }
   const std::string address = absl::StrCat("127.0.0.1:", port);
   auto client = mal::v1::Coordinator::NewStub(mal::rpc::MakeChannel(address));
-  const int64_t rss_idle = RssKb(pid, "VmRSS:");
+  const int64_t rss_idle = mal::bench::RssKb(pid, "VmRSS:");
 
   // runs / 100 experiments of 10 trials x 10 folds; the fake engine never reads the data.
   const int experiments = runs / 100;
@@ -253,7 +230,7 @@ int main(int argc, char** argv) {
   int64_t rss_peak = 0;
   while (shared.runs_completed < runs) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    rss_peak = std::max(rss_peak, RssKb(pid, "VmRSS:"));
+    rss_peak = std::max(rss_peak, mal::bench::RssKb(pid, "VmRSS:"));
     if (std::chrono::duration<double>(Clock::now() - t1).count() > 600) {
       std::cerr << "coordinator_bench: gave up after 600 s (" << shared.runs_completed
                 << " runs done)\n";
@@ -263,10 +240,10 @@ int main(int argc, char** argv) {
   const double run_s = std::chrono::duration<double>(Clock::now() - t1).count();
   // Let live watchers reach their End events, then stop everything.
   std::this_thread::sleep_for(std::chrono::seconds(2));
-  rss_peak = std::max(rss_peak, RssKb(pid, "VmRSS:"));
+  rss_peak = std::max(rss_peak, mal::bench::RssKb(pid, "VmRSS:"));
   shared.done = true;
   for (auto& t : threads) t.join();
-  const int64_t hwm = RssKb(pid, "VmHWM:");
+  const int64_t hwm = mal::bench::RssKb(pid, "VmHWM:");
   ::kill(pid, SIGTERM);
   int status = 0;
   ::waitpid(pid, &status, 0);

@@ -29,20 +29,12 @@
 #include "common/util/cli.h"
 #include "common/util/grpc_channel.h"
 #include "mal/v1/service.grpc.pb.h"
+#include "tests/bench/bench_process.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-int64_t RssKb(pid_t pid, const char* field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::string(field).size()));
-  }
-  return 0;
-}
 
 // Latencies in microseconds, appended by many threads.
 struct Samples {
@@ -95,27 +87,12 @@ int main(int argc, char** argv) {
     return *code;
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const std::string log = dir + "/coordinator.log";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    ::dup2(::fileno(f), 1);
-    ::dup2(::fileno(f), 2);
-    ::execl(coordinator.c_str(), coordinator.c_str(), "--listen", "127.0.0.1:0", "--data-dir",
-            (dir + "/data").c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  int port = 0;
-  for (int i = 0; i < 200 && port == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    std::ifstream in(log);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const size_t at = text.find("listening on port ");
-    if (at != std::string::npos) port = std::stoi(text.substr(at + 18));
-  }
+  const mal::bench::StartedCoordinator started = mal::bench::StartCoordinator(coordinator, dir, {});
+  const pid_t pid = started.pid;
+  const int port = started.port;
   if (port == 0) {
-    std::cerr << "coordinator_load_bench: the coordinator did not start (" << log << ")\n";
-    ::kill(pid, SIGKILL);
+    std::cerr << "coordinator_load_bench: the coordinator did not start (" << dir
+              << "/coordinator.log)\n";
     return 1;
   }
   const std::string address = absl::StrCat("127.0.0.1:", port);
@@ -139,7 +116,7 @@ int main(int argc, char** argv) {
   };
   Samples idle;
   for (int i = 0; i < 500; ++i) get(*stub, idle);
-  const int64_t rss_idle = RssKb(pid, "VmRSS:");
+  const int64_t rss_idle = mal::bench::RssKb(pid, "VmRSS:");
 
   std::atomic<bool> done{false};
   std::atomic<int64_t> submitted{0}, refused{0};
@@ -196,7 +173,7 @@ int main(int argc, char** argv) {
   const auto t0 = Clock::now();
   while (Clock::now() - t0 < std::chrono::seconds(seconds)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    rss_peak = std::max(rss_peak, RssKb(pid, "VmRSS:"));
+    rss_peak = std::max(rss_peak, mal::bench::RssKb(pid, "VmRSS:"));
   }
   done = true;
   for (auto& t : threads) t.join();

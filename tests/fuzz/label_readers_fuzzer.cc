@@ -44,39 +44,30 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const size_t cut = rest.find('\xff');
   const std::string a = rest.substr(0, cut);
   const std::string b = cut == std::string::npos ? "" : rest.substr(cut + 1);
-  static const char* const kFormats[] = {"csv", "rafdb", "bp4d", "disfa", "gft", "affectnet"};
-  const int which = data[0] % 6;
-  switch (which) {
-    case 0:
-      Write(root / "manifest.csv", a);
-      break;
-    case 1:
-      Write(root / "EmoLabel/list_patition_label.txt", a);
-      Write(root / "EmoLabel/distribution_basic.txt", b);
-      break;
-    case 2:
-      Write(root / "AUCoding/AU_OCC/F001_T1.csv", a);
-      Write(root / "AUCoding/AU_OCC/M002_T8.csv", b);
-      break;
-    case 3:
-      Write(root / "ActionUnit_Labels/SN001/SN001_au1.txt", a);
-      Write(root / "ActionUnit_Labels/SN001/SN001_au2.txt", b);
-      break;
-    case 4:
-      Write(root / "split.txt", a);
-      Write(root / "AU_OCC/001A_1.csv", b);
-      break;
-    default:
-      Write(root / "Manually_Annotated_file_lists/training.csv", a);
-      Write(root / "Manually_Annotated_file_lists/validation.csv", b);
-      break;
-  }
+  // The format and where A and B go (relative to the root; empty: B unused).
+  struct Layout {
+    const char* format;
+    const char* file_a;
+    const char* file_b;
+  };
+  static const Layout kLayouts[] = {
+      {"csv", "manifest.csv", ""},
+      {"rafdb", "EmoLabel/list_patition_label.txt", "EmoLabel/distribution_basic.txt"},
+      {"bp4d", "AUCoding/AU_OCC/F001_T1.csv", "AUCoding/AU_OCC/M002_T8.csv"},
+      {"disfa", "ActionUnit_Labels/SN001/SN001_au1.txt", "ActionUnit_Labels/SN001/SN001_au2.txt"},
+      {"gft", "split.txt", "AU_OCC/001A_1.csv"},
+      {"affectnet", "Manually_Annotated_file_lists/training.csv",
+       "Manually_Annotated_file_lists/validation.csv"},
+  };
+  const Layout& layout = kLayouts[data[0] % 6];
+  Write(root / layout.file_a, a);
+  if (*layout.file_b != '\0') Write(root / layout.file_b, b);
   for (bool strict : {false, true}) {
     mal::data::ReaderOptions options;
     options.root = root.string();
     options.strict = strict;
     options.split = "all";
-    (void)mal::data::LoadDataset(kFormats[which], options, mal::data::DataRole::kAu);
+    (void)mal::data::LoadDataset(layout.format, options, mal::data::DataRole::kAu);
   }
   std::filesystem::remove_all(root, ec);
   return 0;

@@ -46,6 +46,12 @@ using Clock = std::chrono::steady_clock;
 
 std::string Bin(const std::string& rel) { return testing::BinaryDir() + "/" + rel; }
 
+// The port a daemon printed as "LABEL N" ("listening on port 7070"); 0 when it has not.
+int PortAfter(const std::string& log, const std::string& label) {
+  const size_t at = log.find(label + " ");
+  return at == std::string::npos ? 0 : std::stoi(log.substr(at + label.size() + 1));
+}
+
 // A child process with its output in a log file; killed with SIGKILL if still running at the end.
 class Process {
  public:
@@ -166,7 +172,7 @@ mal: {val_fraction: 0.1, val_batch: 8}
         << coordinator_->Log();
     if (port_ == 0) {
       const std::string text = coordinator_->Log();
-      port_ = std::stoi(text.substr(text.find("listening on port ") + 18));
+      port_ = PortAfter(text, "listening on port");
     }
     address_ = absl::StrCat("127.0.0.1:", port_);
     auto channel = rpc::MakeChannel(address_);
@@ -426,8 +432,7 @@ TEST_F(ServiceTest, RegistryVersionsAliasesPullAndServing) {
                  std::chrono::seconds(20)))
       return false;
     const std::string text = serve->Log();
-    serve_address =
-        absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("listening on port ") + 18)));
+    serve_address = absl::StrCat("127.0.0.1:", PortAfter(text, "listening on port"));
     return true;
   };
   ASSERT_TRUE(start_serve("serve.log")) << serve->Log();
@@ -1122,8 +1127,7 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
                       std::chrono::seconds(20)))
       << worker.Log();
   const std::string text = worker.Log();
-  const std::string worker_address =
-      absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("health on port ") + 15)));
+  const std::string worker_address = absl::StrCat("127.0.0.1:", PortAfter(text, "health on port"));
   EXPECT_TRUE(WaitFor([&] { return HealthOf(worker_address) == 1; }, std::chrono::seconds(20)))
       << worker.Log();
   coordinator_->Kill(SIGKILL);
@@ -1146,8 +1150,7 @@ TEST_F(ServiceTest, HealthServicesAnswer) {
                       std::chrono::seconds(20)))
       << probed.Log();
   const std::string log = probed.Log();
-  const std::string health_address =
-      absl::StrCat("127.0.0.1:", std::stoi(log.substr(log.find("health on port ") + 15)));
+  const std::string health_address = absl::StrCat("127.0.0.1:", PortAfter(log, "health on port"));
   EXPECT_EQ(HealthOf(health_address), 1);
   auto other = v1::Coordinator::NewStub(rpc::MakeChannel(health_address));
   grpc::ClientContext ctx;
@@ -1288,8 +1291,8 @@ TEST_F(ServiceTest, PrometheusMetricsOnTheirOwnPort) {
               std::chrono::seconds(20)))
       << coordinator.Log();
   const std::string text = coordinator.Log();
-  const int port = std::stoi(text.substr(text.find("metrics on port ") + 16));
-  const int grpc_port = std::stoi(text.substr(text.find("listening on port ") + 18));
+  const int port = PortAfter(text, "metrics on port");
+  const int grpc_port = PortAfter(text, "listening on port");
   // One call, so that the RPC latency histogram has a series.
   auto stub = v1::Coordinator::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", grpc_port)));
   grpc::ClientContext ctx;
@@ -1353,8 +1356,7 @@ TEST_F(ServiceTest, TlsAndTokens) {
               std::chrono::seconds(20)))
       << coordinator.Log();
   const std::string text = coordinator.Log();
-  const std::string address =
-      absl::StrCat("127.0.0.1:", std::stoi(text.substr(text.find("listening on port ") + 18)));
+  const std::string address = absl::StrCat("127.0.0.1:", PortAfter(text, "listening on port"));
   const std::string malctl = "MAL_ADDRESS=" + address + " " + Bin("client/malctl");
   const std::string tls =
       " --tls-ca " + d + "/ca.pem --tls-cert " + d + "/client.pem --tls-key " + d + "/client.key";
