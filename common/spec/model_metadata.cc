@@ -39,6 +39,8 @@ absl::StatusOr<v1::ModelMetadata> ParseModelMetadata(const std::string& json,
   if (m.input() < 8) return bad("input", absl::StrCat(m.input(), " px: at least 8"));
   if (m.resize() < m.input())
     return bad("resize", absl::StrCat(m.resize(), " px: at least input (", m.input(), ")"));
+  if (m.feature_grid() < 0 || m.feature_grid() > 8)
+    return bad("feature_grid", absl::StrCat(m.feature_grid(), ": 0..8 (0 = 1)"));
   if (m.mean_size() != 3 || m.std_size() != 3) return bad("mean/std", "three values each (RGB)");
   for (float s : m.std()) {
     if (!(s > 0)) return bad("std", "must be > 0");

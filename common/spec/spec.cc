@@ -431,6 +431,9 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
                                                           std::numeric_limits<int32_t>::min(),
                                                           std::numeric_limits<int32_t>::max())));
   }
+  // Where on the face a feature was seen matters for AUs (docs/spec.md); the ResNets keep
+  // torchvision's global pooling, which ImageNet-pretrained weights were trained with.
+  if (!m.has_feature_grid()) m.set_feature_grid(m.backbone() == "small_cnn" ? 2 : 1);
 
   v1::TrainSpec& t = *spec.mutable_train();
   if (!t.has_epochs()) t.set_epochs(30);
@@ -457,6 +460,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (mal.mode().empty()) mal.set_mode("exact");
   if (!mal.has_meta_lr()) mal.set_meta_lr(1e-3);
   if (mal.meta_optimizer().empty()) mal.set_meta_optimizer("adam");
+  if (mal.meta_schedule().empty()) mal.set_meta_schedule("constant");
   if (!mal.has_meta_interval()) mal.set_meta_interval(1);
   if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
   if (!mal.has_val_batch()) mal.set_val_batch(256);
@@ -594,6 +598,15 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(m.input() >= 32 && m.input() <= 1024, "model.input", "must be in 32..1024");
   MAL_CHECK_FIELD(m.resize() >= m.input() && m.resize() <= 2048, "model.resize",
                   "must be at least model.input and at most 2048");
+  {
+    const int stride = m.backbone() == "small_cnn" ? 16 : 32;  // of the last feature map
+    const int cells = std::max(1, m.input() / stride);
+    MAL_CHECK_FIELD(m.feature_grid() >= 1 && m.feature_grid() <= std::min(4, cells),
+                    "model.feature_grid",
+                    absl::StrCat("must be in 1..", std::min(4, cells), " (the last feature map of ",
+                                 m.backbone(), " at input ", m.input(), " px is ", cells, " x ",
+                                 cells, ", at most 4 x 4 cells)"));
+  }
 
   const v1::TrainSpec& t = spec.train();
   MAL_CHECK_FIELD(t.epochs() >= 1 && t.epochs() <= 10000, "train.epochs", "must be in 1..10000");
@@ -633,6 +646,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
       OneOf(mal.mode(), {"exact", "finite_difference", "heads_only"}), "mal.mode",
       absl::StrCat("'", mal.mode(), "' is not one of exact, finite_difference, heads_only"));
   MAL_CHECK_FIELD(mal.meta_lr() > 0, "mal.meta_lr", "must be > 0");
+  MAL_CHECK_FIELD(OneOf(mal.meta_schedule(), {"constant", "follow"}), "mal.meta_schedule",
+                  absl::StrCat("'", mal.meta_schedule(), "' is not one of constant, follow"));
   MAL_CHECK_FIELD(OneOf(mal.meta_optimizer(), {"adam", "sgd"}), "mal.meta_optimizer",
                   "must be adam or sgd");
   MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");

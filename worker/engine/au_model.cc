@@ -72,6 +72,7 @@ BaseNetImpl::Config ConfigOf(const v1::ModelMetadata& m) {
   config.backbone = m.backbone();
   config.num_aus = m.aus_size();
   config.input = m.input();
+  config.feature_grid = m.feature_grid() > 0 ? m.feature_grid() : 1;  // 0: written before the field
   return config;
 }
 

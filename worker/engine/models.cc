@@ -42,7 +42,7 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   return torch::relu(y + (downsample ? downsample->forward(x) : x));
 }
 
-ResNetImpl::ResNetImpl(const std::vector<int>& blocks) {
+ResNetImpl::ResNetImpl(const std::vector<int>& blocks, int64_t grid) : grid_(grid) {
   conv1 = register_module("conv1", Conv(3, 64, 7, 2, 3));
   bn1 = register_module("bn1", nn::BatchNorm2d(64));
   layer1 = register_module("layer1", MakeLayer(64, 64, blocks[0], 1));
@@ -68,10 +68,10 @@ torch::Tensor ResNetImpl::forward(torch::Tensor x) {
   x = torch::relu(bn1(conv1(x)));
   x = torch::max_pool2d(x, 3, 2, 1);
   x = layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
-  return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+  return torch::adaptive_avg_pool2d(x, {grid_, grid_}).flatten(1);
 }
 
-SmallCnnImpl::SmallCnnImpl(int64_t width) {
+SmallCnnImpl::SmallCnnImpl(int64_t width, int64_t grid) : grid_(grid) {
   features = nn::Sequential();
   int64_t in = 3;
   for (int64_t out : {width, 2 * width, 4 * width, 8 * width}) {
@@ -85,7 +85,7 @@ SmallCnnImpl::SmallCnnImpl(int64_t width) {
 }
 
 torch::Tensor SmallCnnImpl::forward(torch::Tensor x) {
-  return torch::adaptive_avg_pool2d(features->forward(x), {1, 1}).flatten(1);
+  return torch::adaptive_avg_pool2d(features->forward(x), {grid_, grid_}).flatten(1);
 }
 
 TinyNetImpl::TinyNetImpl(const std::string& kind, int64_t in_features) : kind_(kind) {
@@ -107,14 +107,15 @@ torch::Tensor TinyNetImpl::forward(torch::Tensor x) {
 BaseNetImpl::BaseNetImpl(const Config& config) : config_(config) {
   if (config.backbone == "resnet18" || config.backbone == "resnet34") {
     backbone = nn::AnyModule(ResNet(config.backbone == "resnet18" ? std::vector<int>{2, 2, 2, 2}
-                                                                  : std::vector<int>{3, 4, 6, 3}));
-    feature_dim_ = 512;
+                                                                  : std::vector<int>{3, 4, 6, 3},
+                                    config.feature_grid));
+    feature_dim_ = 512 * config.feature_grid * config.feature_grid;
   } else if (config.backbone == "tiny" || config.backbone == "mlp") {
     backbone = nn::AnyModule(TinyNet(config.backbone, 3 * config.input * config.input));
     feature_dim_ = config.backbone == "tiny" ? 4 : 6;
   } else {
-    backbone = nn::AnyModule(SmallCnn(32));
-    feature_dim_ = 256;
+    backbone = nn::AnyModule(SmallCnn(32, config.feature_grid));
+    feature_dim_ = 256 * config.feature_grid * config.feature_grid;
   }
   register_module("backbone", backbone.ptr());
   au_head = register_module("au_head", nn::Linear(feature_dim_, config.num_aus));

@@ -26,10 +26,12 @@ class BasicBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BasicBlock);
 
-// ResNet-18/34 without the classifier: image -> 512-d feature after global average pooling.
+// ResNet-18/34 without the classifier: image -> 512 grid^2 features after average pooling.
 class ResNetImpl : public torch::nn::Module {
  public:
-  explicit ResNetImpl(const std::vector<int>& blocks);
+  // grid: the last feature map (512 x H/32 x W/32) is average-pooled to grid x grid cells.
+  explicit ResNetImpl(const std::vector<int>& blocks, int64_t grid = 1);
+  // N x 3 x H x W -> N x (512 grid^2).
   torch::Tensor forward(torch::Tensor x);
 
  private:
@@ -37,17 +39,21 @@ class ResNetImpl : public torch::nn::Module {
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
+  int64_t grid_ = 1;
 };
 TORCH_MODULE(ResNet);
 
 // A small CNN for tests and the quickstart: 4 x (conv3x3, BN, ReLU, max-pool), global pool, 256-d.
 class SmallCnnImpl : public torch::nn::Module {
  public:
-  explicit SmallCnnImpl(int64_t width = 32);
+  // grid: the last feature map (8 width x H/16 x W/16) is average-pooled to grid x grid cells.
+  explicit SmallCnnImpl(int64_t width = 32, int64_t grid = 1);
+  // N x 3 x H x W -> N x (8 width grid^2).
   torch::Tensor forward(torch::Tensor x);
 
  private:
   torch::nn::Sequential features{nullptr};
+  int64_t grid_ = 1;
 };
 TORCH_MODULE(SmallCnn);
 
@@ -74,6 +80,9 @@ class BaseNetImpl : public torch::nn::Module {
     int64_t num_aus = 12;
     int64_t num_expressions = 7;
     int64_t input = 96;  // mlp: the input side, for its in-features
+    // small_cnn, resnet*: the last feature map is average-pooled to feature_grid x feature_grid
+    // cells and flattened, so feature_dim = channels x feature_grid^2 (spec model.feature_grid).
+    int64_t feature_grid = 1;
   };
   explicit BaseNetImpl(const Config& config);
 

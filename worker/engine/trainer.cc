@@ -63,6 +63,14 @@ void SetLearningRate(torch::optim::SGD& opt, double lr) {
   }
 }
 
+// Sets the learning rate of every parameter group of the meta net's optimiser (SGD or Adam).
+void SetMetaLearningRate(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) {
+    if (auto* sgd = dynamic_cast<torch::optim::SGDOptions*>(&group.options())) sgd->lr(lr);
+    if (auto* adam = dynamic_cast<torch::optim::AdamOptions*>(&group.options())) adam->lr(lr);
+  }
+}
+
 // One fold run from set-up to the exported model: each step of docs/engine.md's training loop is
 // a method, and the state they share (data, nets, optimisers, loaders, position) are members.
 class Training {
@@ -112,6 +120,7 @@ class Training {
   MetaNet meta_{nullptr};
   std::unique_ptr<torch::optim::SGD> base_opt_;
   std::unique_ptr<torch::optim::Optimizer> meta_opt_;
+  double meta_lr_ = 0;  // this epoch's (mal.meta_schedule)
   std::unique_ptr<BatchLoader> au_train_, test_eval_, val_eval_, au_all_, fe_all_;
   std::unique_ptr<CyclingLoader> fe_train_, val_train_;
   torch::Tensor
@@ -157,6 +166,7 @@ absl::Status Training::SetUp() {
   config_.num_aus = num_aus_;
   config_.num_expressions = data::kNumExpressions;
   config_.input = spec_.model().input();
+  config_.feature_grid = spec_.model().feature_grid();
   model_ = BaseNet(config_);
   shadow_ = BaseNet(config_);
   meta_ = MetaNet(model_->feature_dim(), spec_.mal().task_bias(), spec_.mal().center_features(),
@@ -278,6 +288,8 @@ absl::Status Training::TrainEpoch() {
   const auto start = Clock::now();
   const double lr = LearningRate(t_, static_cast<int>(pos_.epoch));
   SetLearningRate(*base_opt_, lr);
+  meta_lr_ = spec_.mal().meta_lr() * (spec_.mal().meta_schedule() == "follow" ? lr / t_.lr() : 1.0);
+  if (meta_opt_) SetMetaLearningRate(*meta_opt_, meta_lr_);
   au_train_->StartEpoch(pos_.epoch, pos_.au_next);
   bool exhausted = false;
   while (pos_.iter_in_epoch < per_epoch_ && !exhausted) {
@@ -345,7 +357,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
   r.mean_wn_au = stats->mean_wn_au;
   r.mean_wn_fe = stats->mean_wn_fe;
   r.lr = lr;
-  r.meta_lr = method_ == Method::kMal ? spec_.mal().meta_lr() : 0;
+  r.meta_lr = method_ == Method::kMal ? meta_lr_ : 0;
   r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   log_->Iteration(r);
   if (options_.sink) options_.sink->OnIteration(r);
@@ -450,6 +462,7 @@ absl::StatusOr<TrainResult> Training::Export() {
   for (int au : data_.au.aus) m.add_aus(au);
   m.set_input(spec_.model().input());
   m.set_resize(spec_.model().resize());
+  m.set_feature_grid(static_cast<int32_t>(config_.feature_grid));
   for (int c = 0; c < 3; ++c) {
     m.add_mean(norm.mean[c]);
     m.add_std(norm.std[c]);

@@ -66,6 +66,9 @@ TEST(ModelMetadataTest, ErrorsNameTheSourceAndTheField) {
   m.set_std(1, 0);
   expect_error(m, "std");
   m = Valid();
+  m.set_feature_grid(-1);
+  expect_error(m, "feature_grid");
+  m = Valid();
   m.add_thresholds(0.5);
   expect_error(m, "thresholds");
   m = Valid();

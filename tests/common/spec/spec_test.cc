@@ -118,6 +118,27 @@ TEST(SpecTest, DefaultsFillWhatIsUnset) {
   EXPECT_EQ(spec->cv().seed(), spec->seed());
 }
 
+// small_cnn keeps a 2 x 2 grid of its last feature map (where on the face a feature is), the
+// ResNets global pooling; a grid finer than the feature map is refused naming the field.
+TEST(SpecTest, FeatureGridDefaultsByBackboneAndIsBoundedByTheFeatureMap) {
+  const std::string data = "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\n";
+  auto small = LoadValid(data + "model: {backbone: small_cnn, input: 64}\n");
+  ASSERT_TRUE(small.ok()) << small.status();
+  EXPECT_EQ(small->model().feature_grid(), 2);
+  auto resnet = LoadValid(data + "model: {backbone: resnet18}\n");
+  ASSERT_TRUE(resnet.ok()) << resnet.status();
+  EXPECT_EQ(resnet->model().feature_grid(), 1);
+  EXPECT_TRUE(LoadValid(data + "model: {backbone: resnet18, feature_grid: 4}\n").ok());
+  // small_cnn at 32 px ends in a 2 x 2 map; ResNet-18 at 64 px in 2 x 2.
+  for (const char* model : {"{backbone: small_cnn, input: 32, feature_grid: 3}",
+                            "{backbone: resnet18, input: 64, feature_grid: 3}",
+                            "{backbone: small_cnn, feature_grid: 0}"}) {
+    auto bad = LoadValid(data + "model: " + model + "\n");
+    ASSERT_FALSE(bad.ok()) << model;
+    EXPECT_THAT(std::string(bad.status().message()), HasSubstr("model.feature_grid")) << model;
+  }
+}
+
 TEST(SpecTest, ExplicitZeroIsKeptNotDefaulted) {
   auto spec = LoadValid(
       "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {momentum: 0, "

@@ -71,6 +71,27 @@ TEST(AuModelTest, PredictsWhatTheSavedNetworkComputesOnTheEvaluationTransform) {
   EXPECT_TRUE((*model)->Predict({})->empty());
 }
 
+// model.json's feature_grid rebuilds the network the weights came from: a 2 x 2 grid gives the
+// heads 4 x 256 inputs; the same weights under metadata without the field (global pooling) do not
+// fit and are refused by shape, not loaded into the wrong network.
+TEST(AuModelTest, FeatureGridOfTheMetadataRebuildsTheTrainedNetwork) {
+  testing::TempDir dir;
+  v1::ModelMetadata meta =
+      testing::WriteTestModel(dir / "g", {1, 2, 4, 12}, 64, 72, 1, "small_cnn", /*feature_grid=*/2);
+  auto model = AuModel::Load(dir / "g");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->metadata().feature_grid(), 2);
+  auto p = (*model)->Predict({Noise(80, 80, 3)});
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->size(), 4u);
+
+  meta.clear_feature_grid();
+  ASSERT_TRUE(WriteFileAtomic(dir / "g/model.json", ModelMetadataToJson(meta)).ok());
+  auto mismatch = AuModel::Load(dir / "g");
+  EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(mismatch.status().message()), HasSubstr("g/model.pt"));
+}
+
 TEST(AuModelTest, LoadErrorsNameTheFileOrTheField) {
   testing::TempDir dir;
   auto none = AuModel::Load(dir / "none");

@@ -11,13 +11,15 @@
 namespace mal::testing {
 
 v1::ModelMetadata WriteTestModel(const std::string& dir, const std::vector<int>& aus, int input,
-                                 int resize, uint64_t seed, const std::string& backbone) {
+                                 int resize, uint64_t seed, const std::string& backbone,
+                                 int feature_grid) {
   std::filesystem::create_directories(dir);
   torch::manual_seed(seed);
   engine::BaseNetImpl::Config config;
   config.backbone = backbone;
   config.num_aus = static_cast<int64_t>(aus.size());
   config.input = input;
+  config.feature_grid = feature_grid;
   engine::BaseNet net(config);
   torch::serialize::OutputArchive archive;
   net->save(archive);
@@ -31,6 +33,7 @@ v1::ModelMetadata WriteTestModel(const std::string& dir, const std::vector<int>&
   }
   m.set_input(input);
   m.set_resize(resize);
+  if (feature_grid != 1) m.set_feature_grid(feature_grid);
   for (float v : {0.485f, 0.456f, 0.406f}) m.add_mean(v);
   for (float v : {0.229f, 0.224f, 0.225f}) m.add_std(v);
   m.set_experiment("fixture");

@@ -11,11 +11,12 @@ namespace mal::testing {
 
 // Writes `dir`/model.pt (a randomly initialised `backbone` with `aus`.size() AU outputs, seeded)
 // and `dir`/model.json, as the trainer's Export does: a model AuModel::Load accepts, without
-// training one. Returns the metadata written.
+// training one. feature_grid 1 writes metadata without the field (as before it existed).
+// Returns the metadata written.
 v1::ModelMetadata WriteTestModel(const std::string& dir,
                                  const std::vector<int>& aus = {1, 2, 4, 12}, int input = 32,
                                  int resize = 36, uint64_t seed = 1,
-                                 const std::string& backbone = "small_cnn");
+                                 const std::string& backbone = "small_cnn", int feature_grid = 1);
 
 }  // namespace mal::testing
 

@@ -15,6 +15,7 @@
 #include "common/util/files.h"
 #include "tests/test_util.h"
 #include "worker/engine/models.h"
+#include "worker/engine/training_data.h"
 
 namespace mal::engine {
 namespace {
@@ -67,6 +68,7 @@ seed: 3
     BaseNetImpl::Config c;
     c.backbone = "small_cnn";
     c.input = 32;
+    c.feature_grid = 2;  // the spec's default for small_cnn
     BaseNet net(c);
     torch::serialize::InputArchive archive;
     archive.load_from(model_path);
@@ -219,7 +221,7 @@ torch::Tensor MetaWeights(const fs::path& checkpoint) {
   torch::serialize::InputArchive archive, meta_archive;
   archive.load_from(checkpoint.string());
   archive.read("meta", meta_archive);
-  MetaNet meta(256, /*with_task_bias=*/true);
+  MetaNet meta(1024, /*with_task_bias=*/true);  // small_cnn's 256 channels x 2 x 2 cells
   meta->load(meta_archive);
   return meta->linear->weight.detach().clone();
 }
@@ -229,7 +231,7 @@ torch::Tensor MetaWeights(const fs::path& checkpoint) {
 // train.lr doubles it; a trainer passing 0 or a constant would not.
 TEST_F(TrainerTest, MetaUpdateScalesWithTheCurrentLearningRate) {
   std::vector<double> norms;
-  for (double lr : {0.002, 0.004}) {
+  for (double lr : {0.001, 0.002}) {
     testing::TempDir out;
     TrainOptions o;
     o.spec = Spec("mal");
@@ -244,6 +246,40 @@ TEST_F(TrainerTest, MetaUpdateScalesWithTheCurrentLearningRate) {
   }
   ASSERT_GT(norms[0], 0);
   EXPECT_NEAR(norms[1] / norms[0], 2.0, 0.1);
+}
+
+// mal.meta_schedule: follow scales the meta net's learning rate by the base schedule's factor
+// each epoch (what records.csv reports, and what the optimiser uses: with a cosine schedule over
+// 2 epochs the second epoch's rate is half the first's); constant keeps meta_lr.
+TEST_F(TrainerTest, MetaScheduleFollowScalesTheMetaLearningRateWithTheBaseSchedule) {
+  for (const char* schedule : {"follow", "constant"}) {
+    SCOPED_TRACE(schedule);
+    testing::TempDir out;
+    TrainOptions o;
+    o.spec = Spec("mal");
+    o.spec.mutable_train()->set_schedule("cosine");
+    o.spec.mutable_mal()->set_meta_schedule(schedule);
+    o.out_dir = out.path();
+    ASSERT_TRUE(Train(o).ok());
+    std::vector<std::string> rows =
+        absl::StrSplit(*ReadFile(out / "records.csv"), '\n', absl::SkipEmpty());
+    ASSERT_EQ(rows.size(), 7u);
+    for (int i = 1; i <= 6; ++i) {
+      std::vector<std::string> f = absl::StrSplit(rows[i], ',');
+      const int epoch = std::stoi(f[0]);
+      const double factor = std::string(schedule) == "follow"
+                                ? LearningRate(o.spec.train(), epoch) / o.spec.train().lr()
+                                : 1.0;
+      EXPECT_NEAR(std::stod(f[10]), 0.01 * factor, 1e-9) << rows[i];  // the meta_lr column
+    }
+  }
+  auto bad = ParseSpecYaml(
+      "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /d}, fe: {format: "
+      "rafdb, root: /r}}\nmal: {meta_schedule: cosine}\n",
+      "x.yaml");
+  ASSERT_TRUE(bad.ok());
+  ApplyDefaults(*bad);
+  EXPECT_THAT(std::string(ValidateSpec(*bad).message()), ::testing::HasSubstr("mal.meta_schedule"));
 }
 
 // A short MAL run moves the per-sample weights off their initial 0.5, for AU and FE samples.
