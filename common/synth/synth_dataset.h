@@ -10,7 +10,7 @@ namespace mal::synth {
 
 // Changes whenever the same options would draw different images or labels; written to
 // DIR/synthface.txt as "generator N", so a cache made by an older generator is recognised.
-inline constexpr int kSynthFaceGenerator = 2;
+inline constexpr int kSynthFaceGenerator = 3;
 
 // What `malctl data synth` generates (docs/synthface.md).
 struct SynthOptions {

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include <gmock/gmock.h>
@@ -105,6 +106,39 @@ TEST(SynthDatasetTest, LabelsAreTrueByConstruction) {
       const bool active = std::stod(t[k + 1]) > 0;
       ASSERT_EQ(s.au[k] == data::kAuPresent, active) << s.id << " AU" << o.aus[k];
     }
+  }
+}
+
+// Each BP4D task elicits its own state and subjects talk and smile throughout, so the frame base
+// rates are near BP4D's (AU6, 7, 10, 12, 14 in 35-60% of frames; AU1, 2, 4, 15, 23, 24 in 10-25%)
+// and every AU of the 12 appears in most subjects, not in a few segments.
+TEST(SynthDatasetTest, AuBaseRatesAreNearBp4dsAndEveryAuAppearsInMostSubjects) {
+  testing::TempDir dir;
+  SynthOptions o = Small(dir / "sf");
+  o.au_subjects = 12;
+  o.frames = 80;
+  o.fe_images = 20;
+  o.size = 32;
+  ASSERT_TRUE(GenerateSynthFace(o).ok());
+  data::ReaderOptions r;
+  r.root = dir / "sf";
+  auto au = data::LoadDataset("synthface", r, data::DataRole::kAu);
+  ASSERT_TRUE(au.ok()) << au.status();
+  ASSERT_EQ(au->aus, (std::vector<int>{1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24}));
+  for (size_t k = 0; k < au->aus.size(); ++k) {
+    int positives = 0;
+    std::set<std::string> subjects;
+    for (const auto& s : au->samples) {
+      if (s.au[k] != data::kAuPresent) continue;
+      ++positives;
+      subjects.insert(s.subject);
+    }
+    const double rate = static_cast<double>(positives) / static_cast<double>(au->samples.size());
+    const int a = au->aus[k];
+    const bool frequent = a == 6 || a == 7 || a == 10 || a == 12 || a == 14;
+    EXPECT_GE(rate, frequent ? 0.25 : 0.04) << "AU" << a;
+    EXPECT_LE(rate, frequent ? 0.7 : 0.4) << "AU" << a;
+    EXPECT_GE(subjects.size(), 8u) << "AU" << a << " appears in few subjects";
   }
 }
 
