@@ -9,7 +9,8 @@
 # METHODS ("stl mtl mal"; add mtl_clear for the reference row: MTL trained on the clear FE images
 # only, which no method may use, as it reads SynthFace's ground truth), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
 # (train.schedule for every method: cosine, or constant), VAL_BATCH (mal.val_batch, 64),
-# VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1).
+# VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1), LR (train.lr,
+# 0.01 for every method).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-runs/miniature}"
@@ -28,7 +29,7 @@ fi
 if [[ " $methods " == *" mtl_clear "* && ! -f "$out/synthface-clear/synthface.txt" ]]; then
   # The same data with every ambiguous FE image left out of the label list (fe/synth_truth.csv).
   rm -rf "$out/synthface-clear.partial"
-  cp -r "$data" "$out/synthface-clear.partial"
+  cp -rL "$data" "$out/synthface-clear.partial"  # -L: $data may be a link to shared data
   python3 - "$out/synthface-clear.partial/fe" <<'PY'
 import csv, sys
 fe = sys.argv[1]
@@ -56,7 +57,7 @@ data:
   au: {format: synthface, root: $data}
   fe: {format: synthface, root: $fe_root}
 model: {backbone: small_cnn, input: 64, resize: 72}
-train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: 0.02, schedule: ${SCHEDULE:-cosine}, momentum: 0.9,
+train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: ${LR:-0.01}, schedule: ${SCHEDULE:-cosine}, momentum: 0.9,
         weight_decay: 5e-4, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
 mal: {mode: exact, meta_lr: 1e-3, meta_optimizer: adam, val_fraction: ${VAL_FRACTION:-0.05}, val_batch: ${VAL_BATCH:-64}${MAL_EXTRA:-}}
 seed: $seed

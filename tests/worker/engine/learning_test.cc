@@ -1,7 +1,7 @@
 // Does training learn? A CI-sized run of the real trainer on a BP4D-sized SynthFace (fixed seeds,
 // deterministic on CPU): STL must detect AUs on the fold's unseen subjects above the all-positive
-// baseline. The threshold is the measured value with margin. Not here yet: a MAL check that its FE
-// weights follow annotator consistency; at this size they do not (docs/benchmarks.md).
+// baseline, and MAL's learned FE weights must follow annotator consistency early in training.
+// Thresholds are the measured values with margin.
 
 #include <gtest/gtest.h>
 
@@ -42,7 +42,7 @@ data:
   fe: {format: synthface, root: )", *dir_ / "sf", R"(}
 cv: {protocol: standard, only: [1]}
 model: {backbone: small_cnn, input: 64, resize: 72}
-train: {epochs: )", epochs, R"(, batch_au: 32, batch_fe: 32, lr: 0.02, schedule: cosine, threads: 2,
+train: {epochs: )", epochs, R"(, batch_au: 32, batch_fe: 32, lr: 0.01, schedule: cosine, threads: 2,
         data_threads: 1, checkpoint_every: 100000, log_every: 100}
 mal: {val_fraction: 0.05, val_batch: 32}
 seed: 1
@@ -84,7 +84,26 @@ TEST_F(LearningTest, StlDetectsAusOnUnseenSubjects) {
   const double baseline = AllPositiveF1(o.spec);
   const double f1 = result->final_epoch.test_mean_f1;
   std::cout << "STL test mean F1 " << f1 << ", all-positive baseline " << baseline << "\n";
-  EXPECT_GT(f1, baseline + 0.05);  // measured: 0.447 against 0.351
+  // Measured (SynthFace generator 3, small_cnn with its 2 x 2 feature grid, lr 0.01): 0.710
+  // against 0.465. Generator 2 with global pooling and lr 0.02: 0.447 against 0.351.
+  EXPECT_GT(f1, baseline + 0.15);
+}
+
+// MAL's learned FE weights follow the annotators' agreement, which it never sees: a short run
+// (100 iterations) on the same data. On the miniature, Spearman rises to +0.26 to +0.52 in the
+// first 3-6 epochs and falls late in training on 2 of 3 seeds (docs/benchmarks.md), so this
+// checks the early part.
+TEST_F(LearningTest, MalFeWeightsFollowAnnotatorConsistency) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("mal", 4);
+  o.spec.mutable_train()->set_max_iterations(25);
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const double rho = result->final_epoch.fe_weight_consistency_spearman;
+  std::cout << "MAL Spearman(FE weight, consistency) " << rho << "\n";
+  EXPECT_GT(rho, 0.1);  // measured: +0.204 (+0.16 to +0.21 after each of the 4 epochs)
 }
 
 }  // namespace
