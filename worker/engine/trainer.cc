@@ -57,14 +57,9 @@ MetaMode ToMode(const std::string& m) {
   return MetaMode::kExact;
 }
 
-void SetLearningRate(torch::optim::SGD& opt, double lr) {
-  for (auto& group : opt.param_groups()) {
-    static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
-  }
-}
-
-// Sets the learning rate of every parameter group of the meta net's optimiser (SGD or Adam).
-void SetMetaLearningRate(torch::optim::Optimizer& opt, double lr) {
+// Sets the learning rate of every parameter group of an SGD or Adam optimiser (the base net's and
+// the meta net's).
+void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) {
     if (auto* sgd = dynamic_cast<torch::optim::SGDOptions*>(&group.options())) sgd->lr(lr);
     if (auto* adam = dynamic_cast<torch::optim::AdamOptions*>(&group.options())) adam->lr(lr);
@@ -289,7 +284,7 @@ absl::Status Training::TrainEpoch() {
   const double lr = LearningRate(t_, static_cast<int>(pos_.epoch));
   SetLearningRate(*base_opt_, lr);
   meta_lr_ = spec_.mal().meta_lr() * (spec_.mal().meta_schedule() == "follow" ? lr / t_.lr() : 1.0);
-  if (meta_opt_) SetMetaLearningRate(*meta_opt_, meta_lr_);
+  if (meta_opt_) SetLearningRate(*meta_opt_, meta_lr_);
   au_train_->StartEpoch(pos_.epoch, pos_.au_next);
   bool exhausted = false;
   while (pos_.iter_in_epoch < per_epoch_ && !exhausted) {
