@@ -460,7 +460,8 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (mal.mode().empty()) mal.set_mode("exact");
   if (!mal.has_meta_lr()) mal.set_meta_lr(1e-3);
   if (mal.meta_optimizer().empty()) mal.set_meta_optimizer("adam");
-  if (mal.meta_schedule().empty()) mal.set_meta_schedule("constant");
+  if (mal.meta_schedule().empty()) mal.set_meta_schedule("follow");
+  if (mal.au_weighting().empty()) mal.set_au_weighting("sample");
   if (!mal.has_meta_interval()) mal.set_meta_interval(1);
   if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
   if (!mal.has_val_batch()) mal.set_val_batch(256);
@@ -648,6 +649,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.meta_lr() > 0, "mal.meta_lr", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.meta_schedule(), {"constant", "follow"}), "mal.meta_schedule",
                   absl::StrCat("'", mal.meta_schedule(), "' is not one of constant, follow"));
+  MAL_CHECK_FIELD(OneOf(mal.au_weighting(), {"sample", "task"}), "mal.au_weighting",
+                  absl::StrCat("'", mal.au_weighting(), "' is not one of sample, task"));
   MAL_CHECK_FIELD(OneOf(mal.meta_optimizer(), {"adam", "sgd"}), "mal.meta_optimizer",
                   "must be adam or sgd");
   MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");

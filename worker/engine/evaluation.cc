@@ -52,7 +52,7 @@ Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor
 AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader& au_loader,
                              const data::DatasetIndex& au, BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],
-                             const torch::Device& device) {
+                             const torch::Device& device, bool au_task_weight) {
   torch::NoGradGuard no_grad;
   model.eval();
   struct Row {
@@ -86,6 +86,11 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
   AllWeights out;
   out.mean_au = count[0] ? sum[0] / count[0] : 0;
   out.mean_fe = count[1] ? sum[1] / count[1] : 0;
+  if (au_task_weight) {  // training gives every AU frame the task's (batch) mean
+    for (Row& r : rows) {
+      if (!r.is_fe) r.w = out.mean_au;
+    }
+  }
   const double s = std::max(out.mean_au + out.mean_fe, 1e-6);
   out.csv = "id,task,label,consistency,weight,normalized_weight,alignment\n";
   std::vector<double> fe_w, fe_c;

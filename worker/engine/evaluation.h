@@ -50,11 +50,12 @@ struct AllWeights {
   double mean_au = 0, mean_fe = 0;
   double spearman = 0;  // Spearman(FE weight, annotator consistency) over FE samples with one
 };
-// `alignment[0]` for AU samples, `[1]` for FE samples.
+// `alignment[0]` for AU samples, `[1]` for FE samples. With `au_task_weight`
+// (mal.au_weighting: task) every AU row carries the mean AU weight, which is what training applies.
 AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, image::BatchLoader& au_loader,
                              const data::DatasetIndex& au, image::BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],
-                             const torch::Device& device);
+                             const torch::Device& device, bool au_task_weight = false);
 
 }  // namespace mal::engine
 

@@ -138,9 +138,10 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
   return f;
 }
 
-MalStep::Weights MalStep::ComputeWeights(const Forward& f) {
+MalStep::Weights MalStep::ComputeWeights(const Forward& f, const StepOptions& o) {
   Weights w;
   w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask);
+  if (o.au_task_weight) w.w_au = w.w_au.mean() * torch::ones_like(w.w_au);  // mal.au_weighting: task
   w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels);
   const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
   w.wn_au = w.w_au / s;
@@ -186,7 +187,7 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     heads.l_fe = torch::nn::functional::cross_entropy(
         model_->fe_head(h_fe), batch.fe_labels,
         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    const torch::Tensor l = WeightedLoss(heads, ComputeWeights(heads));
+    const torch::Tensor l = WeightedLoss(heads, ComputeWeights(heads, o));
     const torch::Tensor w = model_->au_head->weight, b = model_->au_head->bias;
     auto g = torch::autograd::grad({l}, {w, b}, {}, /*retain_graph=*/true, /*create_graph=*/true);
     timer.Mark("meta: head gradient with graph");
@@ -207,7 +208,7 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     return meta_grad;
   }
 
-  const Weights weights = ComputeWeights(f);
+  const Weights weights = ComputeWeights(f, o);
   const torch::Tensor loss = WeightedLoss(f, weights);
   // The VJP form needs g as a function of phi: only then is the graph of the backward kept.
   const bool vjp = o.mode == MetaMode::kExact && !o.exact_jvp;
@@ -339,7 +340,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
       timer.Mark("meta: optimizer step");
     }
     // Base learning: weights from the updated meta net on the same (detached) features.
-    const Weights w = ComputeWeights(f);
+    const Weights w = ComputeWeights(f, o);
     if (!Finite(w.wn_au) || !Finite(w.wn_fe)) return absl::DataLossError("non-finite sample weights");
     loss = WeightedLoss(f, w);
     stats.w_au = w.w_au.detach().to(torch::kCPU);

@@ -41,6 +41,9 @@ struct StepOptions {
   // forward uses its batch statistics but leaves the running ones alone), so evaluation on AU
   // images uses AU statistics. False: both forwards move them, the FE batch last.
   bool bn_stats_au_only = true;
+  // mal.au_weighting: task. Every AU frame of the batch gets the batch's mean meta-net weight
+  // (the meta net balances the tasks and weighs FE images, not AU frames among themselves).
+  bool au_task_weight = false;
   // Per-AU positive weights of the AU training loss ([C]); undefined = plain BCE (train.au_pos_weight).
   torch::Tensor au_pos_weight;
   double fd_epsilon = 1e-3;    // finite_difference: step along r, relative to |r|
@@ -105,7 +108,7 @@ class MalStep {
     torch::Tensor w_au, w_fe, wn_au, wn_fe;  // raw and normalised (graph to phi)
   };
   Forward ForwardTrain(BaseNetImpl& net, const TrainBatch& batch, const StepOptions& options);
-  Weights ComputeWeights(const Forward& f);
+  Weights ComputeWeights(const Forward& f, const StepOptions& options);
   static torch::Tensor WeightedLoss(const Forward& f, const Weights& w);
   // d_i = grad_theta l_i(theta) . r for every training sample of `base` (the meta-train
   // forward): forward-mode AD, or a forward difference through the shadow at theta + eps r.

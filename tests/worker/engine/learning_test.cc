@@ -90,9 +90,9 @@ TEST_F(LearningTest, StlDetectsAusOnUnseenSubjects) {
 }
 
 // MAL's learned FE weights follow the annotators' agreement, which it never sees: a short run
-// (100 iterations) on the same data. On the miniature, Spearman rises to +0.26 to +0.52 in the
-// first 3-6 epochs and falls late in training on 2 of 3 seeds (docs/benchmarks.md), so this
-// checks the early part.
+// (100 iterations) on the same data, with the default meta_schedule (follow). On the miniature,
+// Spearman rises to +0.26 to +0.52 in the first 3-6 epochs; with follow it stays >= +0.30 to the
+// end on every seed (docs/benchmarks.md).
 TEST_F(LearningTest, MalFeWeightsFollowAnnotatorConsistency) {
   testing::TempDir out;
   TrainOptions o;
@@ -103,7 +103,7 @@ TEST_F(LearningTest, MalFeWeightsFollowAnnotatorConsistency) {
   ASSERT_TRUE(result.ok()) << result.status();
   const double rho = result->final_epoch.fe_weight_consistency_spearman;
   std::cout << "MAL Spearman(FE weight, consistency) " << rho << "\n";
-  EXPECT_GT(rho, 0.1);  // measured: +0.204 (+0.16 to +0.21 after each of the 4 epochs)
+  EXPECT_GT(rho, 0.1);  // measured: +0.230 (+0.16, +0.19, +0.23, +0.23 by epoch); constant: +0.204
 }
 
 }  // namespace

@@ -59,8 +59,9 @@ Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, i
 }
 
 // L_v(theta - alpha * grad_theta L(theta, phi)) recomputed from scratch: the quantity whose
-// derivative in phi the meta-gradient is.
-double ValLossAfterVirtualStep(Fixture& f) {
+// derivative in phi the meta-gradient is. `au_task`: every AU frame gets the batch's mean weight
+// (mal.au_weighting: task).
+double ValLossAfterVirtualStep(Fixture& f, bool au_task = false) {
   f.model->train();
   auto h_au = f.model->Features(f.batch.au_images);
   auto h_fe = f.model->Features(f.batch.fe_images);
@@ -69,6 +70,7 @@ double ValLossAfterVirtualStep(Fixture& f) {
       f.model->fe_head(h_fe), f.batch.fe_labels,
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
   auto w_au = f.meta->forward(h_au, MetaNetImpl::kAuTask);
+  if (au_task) w_au = w_au.mean().expand({w_au.size(0)});
   auto w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask, f.batch.fe_labels);
   auto s = w_au.mean() + w_fe.mean();
   auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
@@ -88,13 +90,15 @@ double ValLossAfterVirtualStep(Fixture& f) {
 class ExactTest : public ::testing::TestWithParam<bool> {};  // param: exact_jvp
 
 TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
-  // The paper's meta net, with the per-task bias, and with the label-aware rows too.
-  for (int variant : {0, 1, 2}) {
-    const bool task_bias = variant >= 1, label_aware = variant == 2;
+  // The paper's meta net, with the per-task bias, with the label-aware rows too, and with one
+  // weight for the AU task (mal.au_weighting: task).
+  for (int variant : {0, 1, 2, 3}) {
+    const bool task_bias = variant >= 1, label_aware = variant == 2, au_task = variant == 3;
     Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, task_bias, label_aware);
     MalStep step(f.model, f.shadow, f.meta);
     StepOptions o;
     o.exact_jvp = GetParam();
+    o.au_task_weight = au_task;
     const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, o);
     // Central differences in double: truncation O(delta^2) and rounding O(1e-16 / delta) both
     // stay near 1e-11, far below the gradient's components (1e-5 .. 1e-2 here).
@@ -110,12 +114,12 @@ TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
           torch::NoGradGuard g;
           flat[k].fill_(original + delta);
         }
-        const double plus = ValLossAfterVirtualStep(f);
+        const double plus = ValLossAfterVirtualStep(f, au_task);
         {
           torch::NoGradGuard g;
           flat[k].fill_(original - delta);
         }
-        const double minus = ValLossAfterVirtualStep(f);
+        const double minus = ValLossAfterVirtualStep(f, au_task);
         {
           torch::NoGradGuard g;
           flat[k].fill_(original);
@@ -298,6 +302,31 @@ TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
   const auto g = step.MetaGradient(f.batch, f.val, kAlpha, StepOptions{});
   EXPECT_LT(g[1].abs().item<double>(), 1e-15);        // the bias: a common scale cancels
   EXPECT_GT(g[0].abs().max().item<double>(), 1e-10);  // v learns
+}
+
+// mal.au_weighting: task. The base step gives every AU frame of the batch one weight (the mean of
+// the meta net's), while the FE images keep their own.
+TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
+  for (bool au_task : {true, false}) {
+    Fixture f = Make("mlp", /*random_meta=*/true, 9, 4, /*task_bias=*/true);
+    MalStep step(f.model, f.shadow, f.meta);
+    torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(kAlpha));
+    torch::optim::Adam meta_opt(f.meta->parameters(), torch::optim::AdamOptions(1e-2));
+    StepOptions o;
+    o.au_task_weight = au_task;
+    auto stats = step.Run(f.batch, &f.val, kAlpha, o, base, &meta_opt);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    ASSERT_EQ(stats->w_au.size(0), 5);
+    const double au_spread = (stats->w_au.max() - stats->w_au.min()).item<double>();
+    if (au_task) {
+      EXPECT_LT(au_spread, 1e-15);
+      EXPECT_NEAR(stats->w_au[0].item<double>(), stats->mean_w_au, 1e-15);
+    } else {
+      EXPECT_GT(au_spread, 1e-3);  // the same start weighs the AU frames apart without it
+    }
+    EXPECT_GT((stats->w_fe.max() - stats->w_fe.min()).item<double>(), 1e-3);  // FE: per image
+    EXPECT_NEAR(stats->mean_wn_au + stats->mean_wn_fe, 1.0, 1e-9);
+  }
 }
 
 TEST(MalStepTest, LabelAwareMetaNetStartsAtHalfAndLearnsOnlyTheRowsOfLabelsItSaw) {

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "absl/strings/str_split.h"
 #include "common/spec/model_metadata.h"
@@ -311,6 +312,42 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
   EXPECT_GT(aligned[0], 0);
   EXPECT_GT(aligned[1], 0);
   EXPECT_GT(alignment_abs, 0);
+}
+
+// mal.au_weighting: task. The weights CSV gives every AU frame the AU task's one weight (what
+// training applied), the FE images keep one weight each; a value other than sample or task is
+// refused naming the field.
+TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("mal");
+  o.spec.mutable_mal()->set_au_weighting("task");
+  o.out_dir = out.path();
+  ASSERT_TRUE(Train(o).ok());
+  std::vector<std::string> rows =
+      absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
+  ASSERT_GT(rows.size(), 2u);
+  std::set<std::string> au_weights;
+  double fe_min = 1, fe_max = 0;
+  for (size_t i = 1; i < rows.size(); ++i) {
+    std::vector<std::string> f = absl::StrSplit(rows[i], ',');
+    ASSERT_EQ(f.size(), 7u) << rows[i];
+    if (f[1] == "au") {
+      au_weights.insert(f[4]);
+    } else {
+      fe_min = std::min(fe_min, std::stod(f[4]));
+      fe_max = std::max(fe_max, std::stod(f[4]));
+    }
+  }
+  EXPECT_EQ(au_weights.size(), 1u);
+  EXPECT_GT(fe_max - fe_min, 1e-4);
+  auto bad = ParseSpecYaml(
+      "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /d}, fe: {format: "
+      "rafdb, root: /r}}\nmal: {au_weighting: frame}\n",
+      "x.yaml");
+  ASSERT_TRUE(bad.ok());
+  ApplyDefaults(*bad);
+  EXPECT_THAT(std::string(ValidateSpec(*bad).message()), ::testing::HasSubstr("mal.au_weighting"));
 }
 
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
