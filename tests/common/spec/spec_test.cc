@@ -114,6 +114,8 @@ TEST(SpecTest, DefaultsFillWhatIsUnset) {
   EXPECT_DOUBLE_EQ(spec->train().lr(), 1e-3);
   EXPECT_DOUBLE_EQ(spec->train().momentum(), 0.9);
   EXPECT_EQ(spec->mal().mode(), "exact");
+  EXPECT_EQ(spec->mal().meta_schedule(), "follow");  // docs/benchmarks.md: the ranking holds
+  EXPECT_EQ(spec->mal().au_weighting(), "sample");   // the paper's per-frame weights
   EXPECT_EQ(spec->max_restarts(), 3);
   EXPECT_EQ(spec->cv().seed(), spec->seed());
 }

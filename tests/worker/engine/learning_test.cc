@@ -91,8 +91,8 @@ TEST_F(LearningTest, StlDetectsAusOnUnseenSubjects) {
 
 // MAL's learned FE weights follow the annotators' agreement, which it never sees: a short run
 // (100 iterations) on the same data, with the default meta_schedule (follow). On the miniature,
-// Spearman rises to +0.26 to +0.52 in the first 3-6 epochs; with follow it stays >= +0.30 to the
-// end on every seed (docs/benchmarks.md).
+// Spearman rises to +0.26 to +0.52 in the first 3-6 epochs; with follow it ends at >= +0.30 on
+// every seed (docs/benchmarks.md).
 TEST_F(LearningTest, MalFeWeightsFollowAnnotatorConsistency) {
   testing::TempDir out;
   TrainOptions o;

@@ -314,33 +314,46 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
   EXPECT_GT(alignment_abs, 0);
 }
 
-// mal.au_weighting: task. The weights CSV gives every AU frame the AU task's one weight (what
-// training applied), the FE images keep one weight each; a value other than sample or task is
-// refused naming the field.
+// mal.au_weighting: task. The weights CSV gives every AU frame the AU task's one weight (the mean
+// AU weight over the training part at the epoch's end, metrics.json's mean_au_weight; training
+// applies each batch's own mean), the FE images keep one weight each; with sample the AU frames
+// differ. A value other than sample or task is refused naming the field.
 TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
-  testing::TempDir out;
-  TrainOptions o;
-  o.spec = Spec("mal");
-  o.spec.mutable_mal()->set_au_weighting("task");
-  o.out_dir = out.path();
-  ASSERT_TRUE(Train(o).ok());
-  std::vector<std::string> rows =
-      absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
-  ASSERT_GT(rows.size(), 2u);
-  std::set<std::string> au_weights;
-  double fe_min = 1, fe_max = 0;
-  for (size_t i = 1; i < rows.size(); ++i) {
-    std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-    ASSERT_EQ(f.size(), 7u) << rows[i];
-    if (f[1] == "au") {
-      au_weights.insert(f[4]);
-    } else {
-      fe_min = std::min(fe_min, std::stod(f[4]));
-      fe_max = std::max(fe_max, std::stod(f[4]));
+  for (const std::string weighting : {"task", "sample"}) {
+    SCOPED_TRACE(weighting);
+    testing::TempDir out;
+    TrainOptions o;
+    o.spec = Spec("mal");
+    o.spec.mutable_mal()->set_au_weighting(weighting);
+    o.out_dir = out.path();
+    ASSERT_TRUE(Train(o).ok());
+    std::vector<std::string> rows =
+        absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
+    ASSERT_GT(rows.size(), 2u);
+    std::set<std::string> au_weights;
+    double fe_min = 1, fe_max = 0;
+    for (size_t i = 1; i < rows.size(); ++i) {
+      std::vector<std::string> f = absl::StrSplit(rows[i], ',');
+      ASSERT_EQ(f.size(), 7u) << rows[i];
+      if (f[1] == "au") {
+        au_weights.insert(f[4]);
+      } else {
+        fe_min = std::min(fe_min, std::stod(f[4]));
+        fe_max = std::max(fe_max, std::stod(f[4]));
+      }
     }
+    EXPECT_GT(fe_max - fe_min, 1e-4);
+    if (weighting == "sample") {
+      EXPECT_GT(au_weights.size(), 1u);
+      continue;
+    }
+    ASSERT_EQ(au_weights.size(), 1u);
+    const std::string metrics = *ReadFile(out / "metrics.json");
+    const std::string key = "\"mean_au_weight\": ";
+    const size_t at = metrics.rfind(key);  // the last epoch's
+    ASSERT_NE(at, std::string::npos) << metrics;
+    EXPECT_NEAR(std::stod(*au_weights.begin()), std::stod(metrics.substr(at + key.size())), 2e-6);
   }
-  EXPECT_EQ(au_weights.size(), 1u);
-  EXPECT_GT(fe_max - fe_min, 1e-4);
   auto bad = ParseSpecYaml(
       "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /d}, fe: {format: "
       "rafdb, root: /r}}\nmal: {au_weighting: frame}\n",
