@@ -194,6 +194,11 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "mal: {val_pos_weight: half}\n"),
               HasSubstr("mal.val_pos_weight: 'half' is not one of inverse_frequency, sqrt, none"));
   EXPECT_EQ(ErrorOf(base + "mal: {val_pos_weight: sqrt}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "mal: {meta_schedule: cosine}\n"),
+              HasSubstr("mal.meta_schedule: 'cosine' is not one of constant, follow"));
+  EXPECT_THAT(ErrorOf(base + "mal: {au_weighting: frame}\n"),
+              HasSubstr("mal.au_weighting: 'frame' is not one of sample, task"));
+  EXPECT_EQ(ErrorOf(base + "mal: {meta_schedule: constant, au_weighting: task}\n"), "OK");
 }
 
 TEST(SpecTest, YamlSyntaxErrorNamesLine) {
