@@ -43,7 +43,8 @@ class ResNetImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ResNet);
 
-// A small CNN for tests and the quickstart: 4 x (conv3x3, BN, ReLU, max-pool), global pool, 256-d.
+// A small CNN for tests and the quickstart: 4 x (conv3x3, BN, ReLU, max-pool), average-pooled to
+// grid x grid cells: 256 grid^2 features at the default width.
 class SmallCnnImpl : public torch::nn::Module {
  public:
   // grid: the last feature map (8 width x H/16 x W/16) is average-pooled to grid x grid cells.
