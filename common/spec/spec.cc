@@ -649,8 +649,9 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.meta_lr() > 0, "mal.meta_lr", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.meta_schedule(), {"constant", "follow"}), "mal.meta_schedule",
                   absl::StrCat("'", mal.meta_schedule(), "' is not one of constant, follow"));
-  MAL_CHECK_FIELD(OneOf(mal.au_weighting(), {"sample", "task"}), "mal.au_weighting",
-                  absl::StrCat("'", mal.au_weighting(), "' is not one of sample, task"));
+  MAL_CHECK_FIELD(
+      OneOf(mal.au_weighting(), {"sample", "task", "task_in_base_step"}), "mal.au_weighting",
+      absl::StrCat("'", mal.au_weighting(), "' is not one of sample, task, task_in_base_step"));
   MAL_CHECK_FIELD(OneOf(mal.meta_optimizer(), {"adam", "sgd"}), "mal.meta_optimizer",
                   "must be adam or sgd");
   MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");

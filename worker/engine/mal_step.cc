@@ -138,10 +138,13 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
   return f;
 }
 
-MalStep::Weights MalStep::ComputeWeights(const Forward& f, const StepOptions& o) {
+MalStep::Weights MalStep::ComputeWeights(const Forward& f, const StepOptions& o, bool base_step) {
   Weights w;
   w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask);
-  if (o.au_task_weight) w.w_au = w.w_au.mean() * torch::ones_like(w.w_au);  // mal.au_weighting: task
+  // mal.au_weighting: task (virtual and real step), task_in_base_step (real step only).
+  if (o.au_task_weight || (base_step && o.au_task_weight_in_base_step)) {
+    w.w_au = w.w_au.mean() * torch::ones_like(w.w_au);
+  }
   w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels);
   const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
   w.wn_au = w.w_au / s;
@@ -340,7 +343,7 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
       timer.Mark("meta: optimizer step");
     }
     // Base learning: weights from the updated meta net on the same (detached) features.
-    const Weights w = ComputeWeights(f, o);
+    const Weights w = ComputeWeights(f, o, /*base_step=*/true);
     if (!Finite(w.wn_au) || !Finite(w.wn_fe)) return absl::DataLossError("non-finite sample weights");
     loss = WeightedLoss(f, w);
     stats.w_au = w.w_au.detach().to(torch::kCPU);

@@ -44,6 +44,9 @@ struct StepOptions {
   // mal.au_weighting: task. Every AU frame of the batch gets the batch's mean meta-net weight
   // (the meta net balances the tasks and weighs FE images, not AU frames among themselves).
   bool au_task_weight = false;
+  // mal.au_weighting: task_in_base_step. The meta net learns from per-frame AU weights (its
+  // virtual step is the paper's), and the base step gives every AU frame the batch's mean of them.
+  bool au_task_weight_in_base_step = false;
   // Per-AU positive weights of the AU training loss ([C]); undefined = plain BCE (train.au_pos_weight).
   torch::Tensor au_pos_weight;
   double fd_epsilon = 1e-3;    // finite_difference: step along r, relative to |r|
@@ -108,7 +111,9 @@ class MalStep {
     torch::Tensor w_au, w_fe, wn_au, wn_fe;  // raw and normalised (graph to phi)
   };
   Forward ForwardTrain(BaseNetImpl& net, const TrainBatch& batch, const StepOptions& options);
-  Weights ComputeWeights(const Forward& f, const StepOptions& options);
+  // `base_step`: the weights of the real step (mal.au_weighting: task_in_base_step flattens the
+  // AU weights there only), not of the virtual step.
+  Weights ComputeWeights(const Forward& f, const StepOptions& options, bool base_step = false);
   static torch::Tensor WeightedLoss(const Forward& f, const Weights& w);
   // d_i = grad_theta l_i(theta) . r for every training sample of `base` (the meta-train
   // forward): forward-mode AD, or a forward difference through the shadow at theta + eps r.

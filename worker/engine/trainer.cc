@@ -229,6 +229,7 @@ void Training::MakeStepOptions() {
   so_.exact_jvp = spec_.mal().exact_method() != "vjp";
   so_.bn_stats_au_only = t_.bn_stats() != "all";
   so_.au_task_weight = spec_.mal().au_weighting() == "task";
+  so_.au_task_weight_in_base_step = spec_.mal().au_weighting() == "task_in_base_step";
   if (t_.au_pos_weight() == "inverse_frequency") {
     so_.au_pos_weight =
         PositiveWeights(data::PositiveRates(data_.au, data_.fold.train)).to(device_);
@@ -414,8 +415,9 @@ void Training::RecordWeights(const StepStats& stats, const Batch& au, const Batc
 absl::Status Training::FinishEpoch(Clock::time_point start) {
   EpochRecord e = Evaluate(static_cast<int>(pos_.epoch));
   if (method_ == Method::kMal) {
-    AllWeights w = ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe,
-                                     alignment_, device_, so_.au_task_weight);
+    AllWeights w =
+        ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe, alignment_,
+                          device_, so_.au_task_weight || so_.au_task_weight_in_base_step);
     alignment_[0].clear();
     alignment_[1].clear();
     e.mean_au_weight = w.mean_au;

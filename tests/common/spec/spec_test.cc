@@ -197,7 +197,7 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "mal: {meta_schedule: cosine}\n"),
               HasSubstr("mal.meta_schedule: 'cosine' is not one of constant, follow"));
   EXPECT_THAT(ErrorOf(base + "mal: {au_weighting: frame}\n"),
-              HasSubstr("mal.au_weighting: 'frame' is not one of sample, task"));
+              HasSubstr("mal.au_weighting: 'frame' is not one of sample, task, task_in_base_step"));
   EXPECT_EQ(ErrorOf(base + "mal: {meta_schedule: constant, au_weighting: task}\n"), "OK");
 }
 

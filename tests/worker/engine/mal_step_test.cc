@@ -304,10 +304,12 @@ TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
   EXPECT_GT(g[0].abs().max().item<double>(), 1e-10);  // v learns
 }
 
-// mal.au_weighting: task. The base step gives every AU frame of the batch one weight, the mean of
-// the meta net's weights for the batch's frames, while the FE images keep their own.
+// mal.au_weighting: task and task_in_base_step. The base step gives every AU frame of the batch one
+// weight, the mean of the meta net's weights for the batch's frames, while the FE images keep
+// their own; sample (the paper) weighs every AU frame apart.
 TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
-  for (bool au_task : {true, false}) {
+  for (int variant : {0, 1, 2}) {  // sample, task, task_in_base_step
+    const bool au_task = variant > 0;
     Fixture f = Make("mlp", /*random_meta=*/true, 9, 4, /*task_bias=*/true);  // no BatchNorm
     // The meta net's own weights for the AU frames (no meta update below, so the step uses them).
     torch::Tensor per_frame;
@@ -318,7 +320,8 @@ TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
     MalStep step(f.model, f.shadow, f.meta);
     torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(kAlpha));
     StepOptions o;
-    o.au_task_weight = au_task;
+    o.au_task_weight = variant == 1;
+    o.au_task_weight_in_base_step = variant == 2;
     o.update_meta = false;
     auto stats = step.Run(f.batch, &f.val, kAlpha, o, base, nullptr);
     ASSERT_TRUE(stats.ok()) << stats.status();
@@ -335,6 +338,26 @@ TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
     EXPECT_GT((stats->w_fe.max() - stats->w_fe.min()).item<double>(), 1e-3);  // FE: per image
     EXPECT_NEAR(stats->mean_wn_au + stats->mean_wn_fe, 1.0, 1e-9);
   }
+}
+
+// mal.au_weighting: task_in_base_step. The meta net learns from the paper's virtual step (per-frame
+// AU weights): its meta-gradient is the sample form's to the last bit, and not the task form's.
+TEST(MalStepTest, TaskInBaseStepLearnsFromThePerFrameVirtualStep) {
+  Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, /*task_bias=*/true);
+  MalStep step(f.model, f.shadow, f.meta);
+  StepOptions sample, task, in_base;
+  task.au_task_weight = true;
+  in_base.au_task_weight_in_base_step = true;
+  const auto g_sample = step.MetaGradient(f.batch, f.val, kAlpha, sample);
+  const auto g_task = step.MetaGradient(f.batch, f.val, kAlpha, task);
+  const auto g_in_base = step.MetaGradient(f.batch, f.val, kAlpha, in_base);
+  ASSERT_EQ(g_in_base.size(), g_sample.size());
+  double task_difference = 0;
+  for (size_t p = 0; p < g_sample.size(); ++p) {
+    EXPECT_TRUE(torch::equal(g_in_base[p], g_sample[p])) << "param " << p;
+    task_difference = std::max(task_difference, (g_task[p] - g_sample[p]).abs().max().item<double>());
+  }
+  EXPECT_GT(task_difference, 1e-8);  // the fixture tells the two virtual steps apart
 }
 
 TEST(MalStepTest, LabelAwareMetaNetStartsAtHalfAndLearnsOnlyTheRowsOfLabelsItSaw) {

@@ -307,12 +307,12 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
   EXPECT_GT(alignment_abs, 0);
 }
 
-// mal.au_weighting: task. The weights CSV gives every AU frame the AU task's one weight (the mean
-// AU weight over the training part at the epoch's end, metrics.json's mean_au_weight; training
-// applies each batch's own mean), the FE images keep one weight each; with sample the AU frames
-// differ. (Its validation: SpecTest.ErrorsNameFieldPathAndReason.)
+// mal.au_weighting: task and task_in_base_step. The weights CSV gives every AU frame the AU task's
+// one weight (the mean AU weight over the training part at the epoch's end, metrics.json's
+// mean_au_weight; training applies each batch's own mean), the FE images keep one weight each;
+// with sample the AU frames differ. (Its validation: SpecTest.ErrorsNameFieldPathAndReason.)
 TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
-  for (const std::string weighting : {"task", "sample"}) {
+  for (const std::string weighting : {"task", "task_in_base_step", "sample"}) {
     SCOPED_TRACE(weighting);
     testing::TempDir out;
     TrainOptions o;
