@@ -43,6 +43,12 @@ def main(run_dir, inspect_path):
     print(f"- MAL weighted every expression image by how much it helps AU detection, without seeing "
           f"the annotators' votes. Its weights follow the annotators' agreement with Spearman "
           f"{rho:+.2f} (0 = no relation, 1 = the same order) over {len(rows)} images.")
+    if rho >= 0.2:
+        print("  So it trusts the images people agree on more than the ambiguous ones, "
+              "as in the paper's Fig. 6.")
+    else:
+        print("  So on this run it does not tell ambiguous images from clear ones; on SynthFace that "
+              "depends on the data draw (docs/benchmarks.md, \"Across SynthFace draws\").")
     if agreed and split:
         print(f"  Mean weight of images most annotators agreed on (>= 90%): {statistics.mean(agreed):.3f}; "
               f"of images with a split vote (< 60%): {statistics.mean(split):.3f}.")

@@ -355,7 +355,8 @@ TEST(MalStepTest, TaskInBaseStepLearnsFromThePerFrameVirtualStep) {
   double task_difference = 0;
   for (size_t p = 0; p < g_sample.size(); ++p) {
     EXPECT_TRUE(torch::equal(g_in_base[p], g_sample[p])) << "param " << p;
-    task_difference = std::max(task_difference, (g_task[p] - g_sample[p]).abs().max().item<double>());
+    const double difference = (g_task[p] - g_sample[p]).abs().max().item<double>();
+    task_difference = std::max(task_difference, difference);
   }
   EXPECT_GT(task_difference, 1e-8);  // the fixture tells the two virtual steps apart
 }
