@@ -18,7 +18,8 @@ def main(run_dir, inspect_path):
         epochs = json.load(f)["epochs"]
     last = epochs[-1]
     with open(inspect_path) as f:
-        rates = {s["au"]: s["positive_rate"] for s in json.load(f)["au_stats"]}
+        inspect = json.load(f)
+    rates = {s["au"]: s["positive_rate"] for s in inspect["au_stats"]}
     aus, f1 = last["aus"], last["test_f1"]
     # F1 of saying "present" for every AU on every frame: 2p / (1 + p).
     baseline = statistics.mean(2 * rates[a] / (1 + rates[a]) for a in aus if a in rates)
@@ -46,9 +47,14 @@ def main(run_dir, inspect_path):
     if rho >= 0.2:
         print("  So it trusts the images people agree on more than the ambiguous ones, "
               "as in the paper's Fig. 6.")
+    elif rho <= -0.2:
+        print("  So on this run it trusts the ambiguous images more than the clear ones, "
+              "the opposite of the paper's Fig. 6.")
     else:
-        print("  So on this run it does not tell ambiguous images from clear ones; on SynthFace that "
-              "depends on the data draw (docs/benchmarks.md, \"Across SynthFace draws\").")
+        print("  So on this run it does not tell ambiguous images from clear ones.")
+    if rho < 0.2 and inspect.get("format") == "synthface":
+        print("  (On SynthFace this ranking depends on the data draw: docs/benchmarks.md, "
+              "\"Across SynthFace draws the ranking's sign is chance\".)")
     if agreed and split:
         print(f"  Mean weight of images most annotators agreed on (>= 90%): {statistics.mean(agreed):.3f}; "
               f"of images with a split vote (< 60%): {statistics.mean(split):.3f}.")

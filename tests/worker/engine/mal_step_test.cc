@@ -342,23 +342,31 @@ TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
 
 // mal.au_weighting: task_in_base_step. The meta net learns from the paper's virtual step (per-frame
 // AU weights): its meta-gradient is the sample form's to the last bit, and not the task form's.
+// Every meta mode: exact by VJP and by JVP, finite_difference, heads_only.
 TEST(MalStepTest, TaskInBaseStepLearnsFromThePerFrameVirtualStep) {
-  Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, /*task_bias=*/true);
-  MalStep step(f.model, f.shadow, f.meta);
-  StepOptions sample, task, in_base;
-  task.au_task_weight = true;
-  in_base.au_task_weight_in_base_step = true;
-  const auto g_sample = step.MetaGradient(f.batch, f.val, kAlpha, sample);
-  const auto g_task = step.MetaGradient(f.batch, f.val, kAlpha, task);
-  const auto g_in_base = step.MetaGradient(f.batch, f.val, kAlpha, in_base);
-  ASSERT_EQ(g_in_base.size(), g_sample.size());
-  double task_difference = 0;
-  for (size_t p = 0; p < g_sample.size(); ++p) {
-    EXPECT_TRUE(torch::equal(g_in_base[p], g_sample[p])) << "param " << p;
-    const double difference = (g_task[p] - g_sample[p]).abs().max().item<double>();
-    task_difference = std::max(task_difference, difference);
+  for (int mode = 0; mode < 4; ++mode) {
+    SCOPED_TRACE(mode);
+    Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, /*task_bias=*/true);
+    MalStep step(f.model, f.shadow, f.meta);
+    StepOptions sample;
+    sample.mode = mode < 2 ? MetaMode::kExact
+                           : (mode == 2 ? MetaMode::kFiniteDifference : MetaMode::kHeadsOnly);
+    sample.exact_jvp = mode == 1;
+    StepOptions task = sample, in_base = sample;
+    task.au_task_weight = true;
+    in_base.au_task_weight_in_base_step = true;
+    const auto g_sample = step.MetaGradient(f.batch, f.val, kAlpha, sample);
+    const auto g_task = step.MetaGradient(f.batch, f.val, kAlpha, task);
+    const auto g_in_base = step.MetaGradient(f.batch, f.val, kAlpha, in_base);
+    ASSERT_EQ(g_in_base.size(), g_sample.size());
+    double task_difference = 0;
+    for (size_t p = 0; p < g_sample.size(); ++p) {
+      EXPECT_TRUE(torch::equal(g_in_base[p], g_sample[p])) << "param " << p;
+      const double difference = (g_task[p] - g_sample[p]).abs().max().item<double>();
+      task_difference = std::max(task_difference, difference);
+    }
+    EXPECT_GT(task_difference, 1e-8);  // the fixture tells the two virtual steps apart
   }
-  EXPECT_GT(task_difference, 1e-8);  // the fixture tells the two virtual steps apart
 }
 
 TEST(MalStepTest, LabelAwareMetaNetStartsAtHalfAndLearnsOnlyTheRowsOfLabelsItSaw) {

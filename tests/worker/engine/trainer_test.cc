@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_split.h"
@@ -312,6 +313,7 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
 // mean_au_weight; training applies each batch's own mean), the FE images keep one weight each;
 // with sample the AU frames differ. (Its validation: SpecTest.ErrorsNameFieldPathAndReason.)
 TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
+  std::map<std::string, std::vector<std::string>> fe_weights;  // per weighting, in CSV order
   for (const std::string weighting : {"task", "task_in_base_step", "sample"}) {
     SCOPED_TRACE(weighting);
     testing::TempDir out;
@@ -331,6 +333,7 @@ TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
       if (f[1] == "au") {
         au_weights.insert(f[4]);
       } else {
+        fe_weights[weighting].push_back(f[4]);
         fe_min = std::min(fe_min, std::stod(f[4]));
         fe_max = std::max(fe_max, std::stod(f[4]));
       }
@@ -347,6 +350,9 @@ TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
     ASSERT_NE(at, std::string::npos) << metrics;
     EXPECT_NEAR(std::stod(*au_weights.begin()), std::stod(metrics.substr(at + key.size())), 2e-6);
   }
+  // The same seed: task_in_base_step's meta net learns from other virtual steps than task's.
+  EXPECT_NE(fe_weights["task"], fe_weights["task_in_base_step"]);
+  EXPECT_NE(fe_weights["sample"], fe_weights["task_in_base_step"]);
 }
 
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
