@@ -142,7 +142,8 @@ MalStep::Weights MalStep::ComputeWeights(const Forward& f, const StepOptions& o,
   Weights w;
   w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask);
   // mal.au_weighting: task (virtual and real step), task_in_base_step (real step only).
-  if (o.au_task_weight || (base_step && o.au_task_weight_in_base_step)) {
+  if (o.au_weighting == AuWeighting::kTask ||
+      (base_step && o.au_weighting == AuWeighting::kTaskInBaseStep)) {
     w.w_au = w.w_au.mean() * torch::ones_like(w.w_au);
   }
   w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels);

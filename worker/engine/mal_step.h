@@ -17,6 +17,11 @@ namespace mal::engine {
 
 enum class Method { kStl, kMtl, kMal };
 enum class MetaMode { kExact, kFiniteDifference, kHeadsOnly };
+// mal.au_weighting. kSample: the paper, the meta net weighs every AU frame. kTask: every AU frame
+// of the batch gets the batch's mean meta-net weight (the meta net balances the tasks and weighs FE
+// images, not AU frames among themselves). kTaskInBaseStep: the meta net learns from per-frame AU
+// weights (its virtual step is the paper's), and the base step gives every AU frame their mean.
+enum class AuWeighting { kSample, kTask, kTaskInBaseStep };
 
 // A training batch: AU images with labels and mask (0 = unknown), FE images with canonical labels.
 struct TrainBatch {
@@ -41,12 +46,7 @@ struct StepOptions {
   // forward uses its batch statistics but leaves the running ones alone), so evaluation on AU
   // images uses AU statistics. False: both forwards move them, the FE batch last.
   bool bn_stats_au_only = true;
-  // mal.au_weighting: task. Every AU frame of the batch gets the batch's mean meta-net weight
-  // (the meta net balances the tasks and weighs FE images, not AU frames among themselves).
-  bool au_task_weight = false;
-  // mal.au_weighting: task_in_base_step. The meta net learns from per-frame AU weights (its
-  // virtual step is the paper's), and the base step gives every AU frame the batch's mean of them.
-  bool au_task_weight_in_base_step = false;
+  AuWeighting au_weighting = AuWeighting::kSample;
   // Per-AU positive weights of the AU training loss ([C]); undefined = plain BCE (train.au_pos_weight).
   torch::Tensor au_pos_weight;
   double fd_epsilon = 1e-3;    // finite_difference: step along r, relative to |r|

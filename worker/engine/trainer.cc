@@ -57,6 +57,12 @@ MetaMode ToMode(const std::string& m) {
   return MetaMode::kExact;
 }
 
+AuWeighting ToAuWeighting(const std::string& w) {
+  if (w == "task") return AuWeighting::kTask;
+  if (w == "task_in_base_step") return AuWeighting::kTaskInBaseStep;
+  return AuWeighting::kSample;
+}
+
 // Sets the learning rate of every parameter group of an SGD or Adam optimiser (the base net's and
 // the meta net's).
 void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
@@ -228,8 +234,7 @@ void Training::MakeStepOptions() {
   so_.fd_epsilon = spec_.mal().fd_epsilon();
   so_.exact_jvp = spec_.mal().exact_method() != "vjp";
   so_.bn_stats_au_only = t_.bn_stats() != "all";
-  so_.au_task_weight = spec_.mal().au_weighting() == "task";
-  so_.au_task_weight_in_base_step = spec_.mal().au_weighting() == "task_in_base_step";
+  so_.au_weighting = ToAuWeighting(spec_.mal().au_weighting());
   if (t_.au_pos_weight() == "inverse_frequency") {
     so_.au_pos_weight =
         PositiveWeights(data::PositiveRates(data_.au, data_.fold.train)).to(device_);
@@ -415,9 +420,8 @@ void Training::RecordWeights(const StepStats& stats, const Batch& au, const Batc
 absl::Status Training::FinishEpoch(Clock::time_point start) {
   EpochRecord e = Evaluate(static_cast<int>(pos_.epoch));
   if (method_ == Method::kMal) {
-    AllWeights w =
-        ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe, alignment_,
-                          device_, so_.au_task_weight || so_.au_task_weight_in_base_step);
+    AllWeights w = ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe,
+                                     alignment_, device_, so_.au_weighting != AuWeighting::kSample);
     alignment_[0].clear();
     alignment_[1].clear();
     e.mean_au_weight = w.mean_au;

@@ -1,6 +1,7 @@
 #include "worker/engine/mal_step.h"
 
 #include <map>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -98,7 +99,7 @@ TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
     MalStep step(f.model, f.shadow, f.meta);
     StepOptions o;
     o.exact_jvp = GetParam();
-    o.au_task_weight = au_task;
+    if (au_task) o.au_weighting = AuWeighting::kTask;
     const auto exact = step.MetaGradient(f.batch, f.val, kAlpha, o);
     // Central differences in double: truncation O(delta^2) and rounding O(1e-16 / delta) both
     // stay near 1e-11, far below the gradient's components (1e-5 .. 1e-2 here).
@@ -308,8 +309,9 @@ TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
 // weight, the mean of the meta net's weights for the batch's frames, while the FE images keep
 // their own; sample (the paper) weighs every AU frame apart.
 TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
-  for (int variant : {0, 1, 2}) {  // sample, task, task_in_base_step
-    const bool au_task = variant > 0;
+  for (AuWeighting weighting :
+       {AuWeighting::kSample, AuWeighting::kTask, AuWeighting::kTaskInBaseStep}) {
+    const bool au_task = weighting != AuWeighting::kSample;
     Fixture f = Make("mlp", /*random_meta=*/true, 9, 4, /*task_bias=*/true);  // no BatchNorm
     // The meta net's own weights for the AU frames (no meta update below, so the step uses them).
     torch::Tensor per_frame;
@@ -320,8 +322,7 @@ TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
     MalStep step(f.model, f.shadow, f.meta);
     torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(kAlpha));
     StepOptions o;
-    o.au_task_weight = variant == 1;
-    o.au_task_weight_in_base_step = variant == 2;
+    o.au_weighting = weighting;
     o.update_meta = false;
     auto stats = step.Run(f.batch, &f.val, kAlpha, o, base, nullptr);
     ASSERT_TRUE(stats.ok()) << stats.status();
@@ -344,17 +345,20 @@ TEST(MalStepTest, TaskAuWeightingGivesEveryAuFrameTheBatchMeanWeight) {
 // AU weights): its meta-gradient is the sample form's to the last bit, and not the task form's.
 // Every meta mode: exact by VJP and by JVP, finite_difference, heads_only.
 TEST(MalStepTest, TaskInBaseStepLearnsFromThePerFrameVirtualStep) {
-  for (int mode = 0; mode < 4; ++mode) {
-    SCOPED_TRACE(mode);
+  const std::pair<MetaMode, bool> modes[] = {{MetaMode::kExact, false},  // (mode, exact_jvp)
+                                             {MetaMode::kExact, true},
+                                             {MetaMode::kFiniteDifference, false},
+                                             {MetaMode::kHeadsOnly, false}};
+  for (const auto& [mode, jvp] : modes) {
+    SCOPED_TRACE(static_cast<int>(mode) * 2 + jvp);
     Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, /*task_bias=*/true);
     MalStep step(f.model, f.shadow, f.meta);
     StepOptions sample;
-    sample.mode = mode < 2 ? MetaMode::kExact
-                           : (mode == 2 ? MetaMode::kFiniteDifference : MetaMode::kHeadsOnly);
-    sample.exact_jvp = mode == 1;
+    sample.mode = mode;
+    sample.exact_jvp = jvp;
     StepOptions task = sample, in_base = sample;
-    task.au_task_weight = true;
-    in_base.au_task_weight_in_base_step = true;
+    task.au_weighting = AuWeighting::kTask;
+    in_base.au_weighting = AuWeighting::kTaskInBaseStep;
     const auto g_sample = step.MetaGradient(f.batch, f.val, kAlpha, sample);
     const auto g_task = step.MetaGradient(f.batch, f.val, kAlpha, task);
     const auto g_in_base = step.MetaGradient(f.batch, f.val, kAlpha, in_base);
