@@ -58,7 +58,8 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
   struct Row {
     int64_t sample;
     bool is_fe;
-    double w;
+    double w;     // what training applies (the AU task's mean under au_task_weight)
+    double meta;  // the meta net's own output for this sample
   };
   std::vector<Row> rows;
   double sum[2] = {0, 0};
@@ -76,7 +77,8 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
               .to(torch::kCPU)
               .to(torch::kDouble);
       for (int i = 0; i < b->size; ++i) {
-        rows.push_back({b->samples[i], task == 1, w[i].item<double>()});
+        const double wi = w[i].item<double>();
+        rows.push_back({b->samples[i], task == 1, wi, wi});
         sum[task] += rows.back().w;
         ++count[task];
       }
@@ -92,7 +94,7 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     }
   }
   const double s = std::max(out.mean_au + out.mean_fe, 1e-6);
-  out.csv = "id,task,label,consistency,weight,normalized_weight,alignment\n";
+  out.csv = "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight\n";
   std::vector<double> fe_w, fe_c;
   for (const Row& r : rows) {
     const data::Sample& x = (r.is_fe ? fe : au).samples[r.sample];
@@ -100,9 +102,9 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     if (auto it = alignment[r.is_fe].find(r.sample); it != alignment[r.is_fe].end()) {
       mean_alignment = absl::StrFormat("%.6g", it->second.first / it->second.second);
     }
-    absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f,%s\n", x.id, r.is_fe ? "fe" : "au",
-                          r.is_fe ? data::ExpressionName(x.expression) : "",
-                          r.is_fe ? x.consistency : -1.0, r.w, r.w / s, mean_alignment);
+    absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f,%s,%.6f\n", x.id,
+                          r.is_fe ? "fe" : "au", r.is_fe ? data::ExpressionName(x.expression) : "",
+                          r.is_fe ? x.consistency : -1.0, r.w, r.w / s, mean_alignment, r.meta);
     if (r.is_fe && x.consistency >= 0) {
       fe_w.push_back(r.w);
       fe_c.push_back(x.consistency);

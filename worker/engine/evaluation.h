@@ -43,15 +43,18 @@ using AlignmentSums = absl::flat_hash_map<int64_t, std::pair<double, int>>;
 
 // The weights the current meta net gives every training sample (eval-mode features).
 struct AllWeights {
-  // id,task,label,consistency,weight,normalized_weight,alignment: one row per sample; the
-  // normalised weight divides by mean AU weight + mean FE weight over all samples; alignment is
-  // the epoch's mean (empty for a sample in no meta update).
+  // id,task,label,consistency,weight,normalized_weight,alignment,meta_weight: one row per
+  // sample; weight is what training applies, the normalised weight divides it by mean AU weight +
+  // mean FE weight over all samples; alignment is the epoch's mean (empty for a sample in no meta
+  // update); meta_weight is the meta net's own output for the sample, which differs from weight
+  // only for AU frames under `au_task_weight`.
   std::string csv;
   double mean_au = 0, mean_fe = 0;
   double spearman = 0;  // Spearman(FE weight, annotator consistency) over FE samples with one
 };
 // `alignment[0]` for AU samples, `[1]` for FE samples. With `au_task_weight`
-// (mal.au_weighting: task) every AU row carries the mean AU weight, which is what training applies.
+// (mal.au_weighting: task or task_in_base_step) every AU row's weight is the mean AU weight, which
+// is what the real step applies; its meta_weight keeps the per-frame value the meta net learned.
 AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, image::BatchLoader& au_loader,
                              const data::DatasetIndex& au, image::BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],

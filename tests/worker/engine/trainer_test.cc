@@ -287,13 +287,13 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
   std::vector<std::string> rows =
       absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
   ASSERT_GT(rows.size(), 2u);
-  EXPECT_EQ(rows[0], "id,task,label,consistency,weight,normalized_weight,alignment");
+  EXPECT_EQ(rows[0], "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight");
   double spread[2] = {0, 0};  // largest |w - 0.5| per task
   int aligned[2] = {0, 0};    // samples with a gradient alignment from this epoch's meta updates
   double alignment_abs = 0;
   for (size_t i = 1; i < rows.size(); ++i) {
     std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-    ASSERT_EQ(f.size(), 7u) << rows[i];
+    ASSERT_EQ(f.size(), 8u) << rows[i];
     const int task = f[1] == "fe" ? 1 : 0;
     spread[task] = std::max(spread[task], std::abs(std::stod(f[4]) - 0.5));
     if (!f[6].empty()) {
@@ -325,25 +325,34 @@ TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
     std::vector<std::string> rows =
         absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
     ASSERT_GT(rows.size(), 2u);
-    std::set<std::string> au_weights;
-    double fe_min = 1, fe_max = 0;
+    std::set<std::string> au_weights, au_meta_weights;
+    double fe_min = 1, fe_max = 0, au_meta_sum = 0;
+    int au_rows = 0;
     for (size_t i = 1; i < rows.size(); ++i) {
       std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-      ASSERT_EQ(f.size(), 7u) << rows[i];
+      ASSERT_EQ(f.size(), 8u) << rows[i];
       if (f[1] == "au") {
         au_weights.insert(f[4]);
+        au_meta_weights.insert(f[7]);
+        au_meta_sum += std::stod(f[7]);
+        ++au_rows;
       } else {
+        EXPECT_EQ(f[7], f[4]) << rows[i];  // an FE image's weight is the meta net's output
         fe_weights[weighting].push_back(f[4]);
         fe_min = std::min(fe_min, std::stod(f[4]));
         fe_max = std::max(fe_max, std::stod(f[4]));
       }
     }
     EXPECT_GT(fe_max - fe_min, 1e-4);
+    // meta_weight keeps the per-frame AU weights the meta net learned, in every setting.
+    EXPECT_GT(au_meta_weights.size(), 1u);
     if (weighting == "sample") {
-      EXPECT_GT(au_weights.size(), 1u);
+      EXPECT_EQ(au_weights, au_meta_weights);
       continue;
     }
     ASSERT_EQ(au_weights.size(), 1u);
+    // The applied AU weight is the mean of the meta net's per-frame outputs.
+    EXPECT_NEAR(std::stod(*au_weights.begin()), au_meta_sum / au_rows, 2e-6);
     const std::string metrics = *ReadFile(out / "metrics.json");
     const std::string key = "\"mean_au_weight\": ";
     const size_t at = metrics.rfind(key);  // the last epoch's
