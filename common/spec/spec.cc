@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/spec/backbones.h"
 #include "common/util/files.h"
 #include "common/util/status_macros.h"
 
@@ -600,7 +601,7 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(m.resize() >= m.input() && m.resize() <= 2048, "model.resize",
                   "must be at least model.input and at most 2048");
   {
-    const int stride = m.backbone() == "small_cnn" ? 16 : 32;  // of the last feature map
+    const int stride = LastFeatureMapStride(m.backbone());  // a known backbone: checked above
     const int cells = std::max(1, m.input() / stride);
     MAL_CHECK_FIELD(m.feature_grid() >= 1 && m.feature_grid() <= std::min(4, cells),
                     "model.feature_grid",

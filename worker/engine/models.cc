@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -64,11 +65,14 @@ nn::Sequential ResNetImpl::MakeLayer(int64_t in, int64_t out, int blocks, int64_
   return layer;
 }
 
-torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+torch::Tensor ResNetImpl::FeatureMap(torch::Tensor x) {
   x = torch::relu(bn1(conv1(x)));
   x = torch::max_pool2d(x, 3, 2, 1);
-  x = layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
-  return torch::adaptive_avg_pool2d(x, {grid_, grid_}).flatten(1);
+  return layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
+}
+
+torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+  return torch::adaptive_avg_pool2d(FeatureMap(std::move(x)), {grid_, grid_}).flatten(1);
 }
 
 SmallCnnImpl::SmallCnnImpl(int64_t width, int64_t grid) : grid_(grid) {
@@ -84,8 +88,10 @@ SmallCnnImpl::SmallCnnImpl(int64_t width, int64_t grid) : grid_(grid) {
   register_module("features", features);
 }
 
+torch::Tensor SmallCnnImpl::FeatureMap(torch::Tensor x) { return features->forward(x); }
+
 torch::Tensor SmallCnnImpl::forward(torch::Tensor x) {
-  return torch::adaptive_avg_pool2d(features->forward(x), {grid_, grid_}).flatten(1);
+  return torch::adaptive_avg_pool2d(FeatureMap(std::move(x)), {grid_, grid_}).flatten(1);
 }
 
 TinyNetImpl::TinyNetImpl(const std::string& kind, int64_t in_features) : kind_(kind) {

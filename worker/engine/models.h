@@ -33,6 +33,9 @@ class ResNetImpl : public torch::nn::Module {
   explicit ResNetImpl(const std::vector<int>& blocks, int64_t grid = 1);
   // N x 3 x H x W -> N x (512 grid^2).
   torch::Tensor forward(torch::Tensor x);
+  // N x 3 x H x W -> the last feature map before pooling, N x 512 x H/s x W/s with s =
+  // LastFeatureMapStride("resnet18") (common/spec/backbones.h).
+  torch::Tensor FeatureMap(torch::Tensor x);
 
  private:
   torch::nn::Sequential MakeLayer(int64_t in, int64_t out, int blocks, int64_t stride);
@@ -51,6 +54,9 @@ class SmallCnnImpl : public torch::nn::Module {
   explicit SmallCnnImpl(int64_t width = 32, int64_t grid = 1);
   // N x 3 x H x W -> N x (8 width grid^2).
   torch::Tensor forward(torch::Tensor x);
+  // N x 3 x H x W -> the last feature map before pooling, N x (8 width) x H/s x W/s with s =
+  // LastFeatureMapStride("small_cnn") (common/spec/backbones.h).
+  torch::Tensor FeatureMap(torch::Tensor x);
 
  private:
   torch::nn::Sequential features{nullptr};
