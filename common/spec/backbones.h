@@ -2,20 +2,21 @@
 #define MAL_COMMON_SPEC_BACKBONES_H_
 
 // Facts about the image backbones (worker/engine/models.h) that spec validation needs without
-// LibTorch. Checked against the models themselves by
-// ModelsTest.LastFeatureMapStrideMatchesTheModels.
+// LibTorch. Checked against the models themselves by ModelsTest.LastFeatureMapSideMatchesTheModels.
 
 #include <string_view>
 
 namespace mal {
 
-// Input pixels per cell of a backbone's last feature map, along each side (px / cell): the map of
-// an N x 3 x H x W input is H / stride x W / stride (floor). small_cnn: four 2 x 2 max-pools (16);
-// resnet18 / resnet34: the stride-2 stem convolution and max-pool and three stride-2 stages (32,
-// He et al. 2016, Table 1). 0 for any other name.
-constexpr int LastFeatureMapStride(std::string_view backbone) {
-  if (backbone == "small_cnn") return 16;
-  if (backbone == "resnet18" || backbone == "resnet34") return 32;
+// The side (cells) of a backbone's last feature map for a square input of `input` px, i.e. the
+// map of an N x 3 x input x input image is N x C x side x side. small_cnn: four unpadded 2 x 2
+// max-pools, floor(input / 16). resnet18 / resnet34: five padded stride-2 steps (the stem
+// convolution, its max-pool and the first convolution of stages 2-4; He et al. 2016, Table 1), each
+// ceil(x / 2), so ceil(input / 32). 0 for any other backbone name or input < 1.
+constexpr int LastFeatureMapSide(std::string_view backbone, int input) {
+  if (input < 1) return 0;
+  if (backbone == "small_cnn") return input / 16;
+  if (backbone == "resnet18" || backbone == "resnet34") return (input + 31) / 32;
   return 0;
 }
 

@@ -601,8 +601,7 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(m.resize() >= m.input() && m.resize() <= 2048, "model.resize",
                   "must be at least model.input and at most 2048");
   {
-    const int stride = LastFeatureMapStride(m.backbone());  // a known backbone: checked above
-    const int cells = std::max(1, m.input() / stride);
+    const int cells = std::max(1, LastFeatureMapSide(m.backbone(), m.input()));
     MAL_CHECK_FIELD(m.feature_grid() >= 1 && m.feature_grid() <= std::min(4, cells),
                     "model.feature_grid",
                     absl::StrCat("must be in 1..", std::min(4, cells), " (the last feature map of ",

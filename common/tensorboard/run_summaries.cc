@@ -1,5 +1,6 @@
 #include "common/tensorboard/run_summaries.h"
 
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -95,15 +96,23 @@ absl::StatusOr<std::map<int, int64_t>> AddMetricsJson(EventWriter& w, const std:
 absl::Status AddWeightsCsv(EventWriter& w, const std::string& csv, int64_t step) {
   ASSIGN_OR_RETURN(const CsvTable t, ParseCsvTable(csv));
   std::map<std::string, std::vector<double>> groups;
+  std::vector<double> au_meta;  // the meta net's per-frame AU weights (meta_weight column)
+  bool au_meta_differs = false;
   for (size_t r = 0; r < t.rows.size(); ++r) {
     const double weight = Number(t.At(r, "weight"), -1);
     if (weight < 0) continue;
     const std::string& label = t.At(r, "label");
-    groups[t.At(r, "task") == "fe"
-               ? absl::StrCat("fe_weight/", label.empty() ? "unlabelled" : label)
-               : "au_weight/all"]
+    const bool fe = t.At(r, "task") == "fe";
+    groups[fe ? absl::StrCat("fe_weight/", label.empty() ? "unlabelled" : label) : "au_weight/all"]
         .push_back(weight);
+    if (const double meta = Number(t.At(r, "meta_weight"), -1); !fe && meta >= 0) {
+      au_meta.push_back(meta);
+      au_meta_differs = au_meta_differs || t.At(r, "meta_weight") != t.At(r, "weight");
+    }
   }
+  // Only where training applied other AU weights than the meta net's (mal.au_weighting: task,
+  // task_in_base_step); otherwise it would repeat au_weight/all.
+  if (au_meta_differs) groups["au_meta_weight/all"] = std::move(au_meta);
   for (const auto& [tag, values] : groups) RETURN_IF_ERROR(w.AddHistogram(tag, step, values));
   return absl::OkStatus();
 }

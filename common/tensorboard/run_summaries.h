@@ -9,8 +9,10 @@
 //   learning_rate/model, learning_rate/meta    per iteration
 //   f1_test/AUn, f1_test/mean, f1_validation/AUn, f1_validation/mean, loss/validation_epoch,
 //   sample_weight/mean_au|mean_fe|spearman_fe_weight_consistency    per epoch, at its last
-//   iteration fe_weight/<expression>, au_weight/all       histograms of the sample weights, per
-//   epoch
+//   iteration
+//   fe_weight/<expression>, au_weight/all, au_meta_weight/all   histograms of the sample weights,
+//   per epoch (au_meta_weight: the meta net's per-frame AU weights where training applied the AU
+//   task's mean instead, mal.au_weighting task / task_in_base_step)
 
 #include <cstdint>
 #include <map>
@@ -32,7 +34,10 @@ absl::Status AddRecordsCsv(EventWriter& writer, const std::string& csv);
 absl::Status AddEpoch(EventWriter& writer, const v1::EpochMetrics& epoch);
 // metrics.json's text: every epoch; returns epoch -> its last iteration (the step used).
 absl::StatusOr<std::map<int, int64_t>> AddMetricsJson(EventWriter& writer, const std::string& json);
-// weights/epoch_NNN.csv's text (id,task,label,consistency,weight,...): histograms per expression.
+// weights/epoch_NNN.csv's text (id,task,label,consistency,weight,...,meta_weight; columns read by
+// name, so files without meta_weight read too): histograms per expression, of the AU weights, and
+// of the AU meta_weight where it differs from weight. Errors: InvalidArgument for a malformed CSV;
+// the writer's errors.
 absl::Status AddWeightsCsv(EventWriter& writer, const std::string& csv, int64_t step);
 
 }  // namespace mal::tensorboard

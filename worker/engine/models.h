@@ -29,12 +29,13 @@ TORCH_MODULE(BasicBlock);
 // ResNet-18/34 without the classifier: image -> 512 grid^2 features after average pooling.
 class ResNetImpl : public torch::nn::Module {
  public:
-  // grid: the last feature map (512 x H/32 x W/32) is average-pooled to grid x grid cells.
+  // grid: the last feature map (512 x ceil(H/32) x ceil(W/32)) is average-pooled to grid x grid
+  // cells.
   explicit ResNetImpl(const std::vector<int>& blocks, int64_t grid = 1);
   // N x 3 x H x W -> N x (512 grid^2).
   torch::Tensor forward(torch::Tensor x);
-  // N x 3 x H x W -> the last feature map before pooling, N x 512 x H/s x W/s with s =
-  // LastFeatureMapStride("resnet18") (common/spec/backbones.h).
+  // N x 3 x H x W -> the last feature map before pooling, N x 512 x ceil(H/32) x ceil(W/32)
+  // (LastFeatureMapSide in common/spec/backbones.h).
   torch::Tensor FeatureMap(torch::Tensor x);
 
  private:
@@ -50,12 +51,13 @@ TORCH_MODULE(ResNet);
 // grid x grid cells: 256 grid^2 features at the default width.
 class SmallCnnImpl : public torch::nn::Module {
  public:
-  // grid: the last feature map (8 width x H/16 x W/16) is average-pooled to grid x grid cells.
+  // grid: the last feature map (8 width x floor(H/16) x floor(W/16)) is average-pooled to grid x
+  // grid cells.
   explicit SmallCnnImpl(int64_t width = 32, int64_t grid = 1);
   // N x 3 x H x W -> N x (8 width grid^2).
   torch::Tensor forward(torch::Tensor x);
-  // N x 3 x H x W -> the last feature map before pooling, N x (8 width) x H/s x W/s with s =
-  // LastFeatureMapStride("small_cnn") (common/spec/backbones.h).
+  // N x 3 x H x W -> the last feature map before pooling, N x (8 width) x floor(H/16) x
+  // floor(W/16) (LastFeatureMapSide in common/spec/backbones.h).
   torch::Tensor FeatureMap(torch::Tensor x);
 
  private:

@@ -131,6 +131,8 @@ TEST(SpecTest, FeatureGridDefaultsByBackboneAndIsBoundedByTheFeatureMap) {
   ASSERT_TRUE(resnet.ok()) << resnet.status();
   EXPECT_EQ(resnet->model().feature_grid(), 1);
   EXPECT_TRUE(LoadValid(data + "model: {backbone: resnet18, feature_grid: 4}\n").ok());
+  // ResNet-18 at 112 px ends in a 4 x 4 map (its padded stride-2 steps round up: 112 / 32 = 3.5).
+  EXPECT_TRUE(LoadValid(data + "model: {backbone: resnet18, input: 112, feature_grid: 4}\n").ok());
   // small_cnn at 32 px ends in a 2 x 2 map; ResNet-18 at 64 px in 2 x 2.
   for (const char* model : {"{backbone: small_cnn, input: 32, feature_grid: 3}",
                             "{backbone: resnet18, input: 64, feature_grid: 3}",

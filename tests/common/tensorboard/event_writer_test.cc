@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
+#include <string>
 
+#include "common/tensorboard/run_summaries.h"
 #include "common/util/crc32c.h"
 #include "common/util/files.h"
 #include "tensorboard/event.pb.h"
@@ -76,6 +79,44 @@ TEST(EventWriterTest, WritesFramedScalarsAndHistogramsAtomically) {
   int files = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir / "run")) files += !e.path().empty();
   EXPECT_EQ(files, 1);  // no temporary file left
+}
+
+// A weights CSV becomes one histogram per expression and one of the AU weights; the meta net's
+// per-frame AU weights get their own only where training applied something else (the AU mean).
+TEST(RunSummariesTest, WeightsCsvHistogramsPerExpressionAndAuMetaWeightsOnlyWhereTheyDiffer) {
+  const std::string header =
+      "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight\n";
+  const std::string fe =
+      "f1,fe,happiness,0.9,0.6,0.6,,0.6\nf2,fe,happiness,0.4,0.2,0.2,,0.2\n"
+      "f3,fe,sadness,1.0,0.5,0.5,0.1,0.5\n";
+  auto histograms = [&](const std::string& csv) {
+    testing::TempDir dir;
+    std::map<std::string, int64_t> counts;  // tag -> number of values
+    auto w = EventWriter::Create(dir / "run", /*atomic=*/true);
+    EXPECT_TRUE(w.ok()) << w.status();
+    const std::string path = (*w)->path();
+    EXPECT_TRUE(AddWeightsCsv(**w, csv, 7).ok());
+    EXPECT_TRUE((*w)->Close().ok());
+    for (const auto& e : ReadRecords(path)) {
+      for (const auto& v : e.summary().value()) {
+        EXPECT_EQ(e.step(), 7);
+        counts[v.tag()] = static_cast<int64_t>(v.histo().num());
+      }
+    }
+    return counts;
+  };
+  using ::testing::Pair;
+  using ::testing::UnorderedElementsAre;
+  // au_weighting: sample (meta_weight = weight), and a CSV from before the column.
+  EXPECT_THAT(histograms(header + fe + "a1,au,,-1,0.3,0.3,,0.3\na2,au,,-1,0.7,0.7,,0.7\n"),
+              UnorderedElementsAre(Pair("fe_weight/happiness", 2), Pair("fe_weight/sadness", 1),
+                                   Pair("au_weight/all", 2)));
+  EXPECT_THAT(histograms("id,task,label,consistency,weight\na1,au,,-1,0.3\nf3,fe,sadness,1,0.5\n"),
+              UnorderedElementsAre(Pair("fe_weight/sadness", 1), Pair("au_weight/all", 1)));
+  // task / task_in_base_step: every AU frame trained at the mean, the meta net's own values kept.
+  EXPECT_THAT(histograms(header + fe + "a1,au,,-1,0.5,0.5,,0.3\na2,au,,-1,0.5,0.5,,0.7\n"),
+              UnorderedElementsAre(Pair("fe_weight/happiness", 2), Pair("fe_weight/sadness", 1),
+                                   Pair("au_weight/all", 2), Pair("au_meta_weight/all", 2)));
 }
 
 }  // namespace

@@ -311,7 +311,9 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
 // mal.au_weighting: task and task_in_base_step. The weights CSV gives every AU frame the AU task's
 // one weight (the mean AU weight over the training part at the epoch's end, metrics.json's
 // mean_au_weight; training applies each batch's own mean), the FE images keep one weight each;
-// with sample the AU frames differ. (Its validation: SpecTest.ErrorsNameFieldPathAndReason.)
+// with sample the AU frames differ. In every setting the meta_weight column keeps the meta net's
+// per-frame AU weights, whose mean is the AU rows' weight under task / task_in_base_step. (Its
+// validation: SpecTest.ErrorsNameFieldPathAndReason.)
 TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
   std::map<std::string, std::vector<std::string>> fe_weights;  // per weighting, in CSV order
   for (const std::string weighting : {"task", "task_in_base_step", "sample"}) {
