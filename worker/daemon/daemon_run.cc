@@ -309,12 +309,16 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     Sleep(milliseconds(500));
   }
   if (s.stale || t->dropped) return;
-  if (t->stopping) {
+  const bool succeeded = s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0;
+  // Shutting down: a run that did not finish goes back to the coordinator, released (not an
+  // attempt that failed). *stop_ as well as t->stopping: a child spawned after the daemon was told
+  // to stop is signalled at once (Execute), and may end before HandBack has marked its run.
+  if ((t->stopping || *stop_) && !succeeded) {
     UploadProgress(t, 0);
     Fail(t, absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
     return;
   }
-  if (s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0) {
+  if (succeeded) {
     UploadAll(t);
     v1::CompleteRunRequest req;
     req.set_run_id(run_id);

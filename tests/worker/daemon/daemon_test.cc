@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
@@ -63,6 +64,7 @@ class FakeCoordinator : public CoordinatorClient {
   grpc::Status ReportEvents(const v1::ReportEventsRequest& request, v1::ReportEventsResponse*,
                             milliseconds) override {
     absl::MutexLock lock(&mu_);
+    if (on_report_) on_report_(request);
     ++reports_;
     for (const auto& e : request.events()) events_.push_back(e);
     return grpc::Status::OK;
@@ -102,6 +104,8 @@ class FakeCoordinator : public CoordinatorClient {
   }
 
   absl::Mutex mu_;
+  // Called with every ReportEvents request (the first of a run, with no events, says it started).
+  std::function<void(const v1::ReportEventsRequest&)> on_report_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Assignment> queued_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::RunClaim> drops_ ABSL_GUARDED_BY(mu_);
   int registered_ ABSL_GUARDED_BY(mu_) = 0;
@@ -252,6 +256,52 @@ TEST_F(DaemonTest, ARevokedRunIsStoppedAndReportsNothing) {
   absl::MutexLock lock(&fake_->mu_);
   EXPECT_TRUE(fake_->completed_.empty());
   EXPECT_TRUE(fake_->failed_.empty());
+}
+
+// The daemon told to stop after a run started but before its engine was spawned: the engine is
+// signalled at once and may end before HandBack marks the run; it is still handed back, not
+// failed (this raced, and showed as a flaky ShutdownHandsARunningRunBack under load).
+TEST_F(DaemonTest, ShutdownWhileTheEngineStartsHandsTheRunBack) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->on_report_ = [this](const v1::ReportEventsRequest& r) {
+      if (r.events_size() == 0) stop_ = true;
+    };
+  }
+  Start("sleep 30 & wait");  // no trap: SIGTERM kills it at once
+  fake_->Assign(17, 1);
+  thread_.join();
+  EXPECT_EQ(rc_, 0);
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_EQ(fake_->failed_[0].run_id(), 17);
+  EXPECT_TRUE(fake_->failed_[0].released());
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("w1 shut down"));
+}
+
+// A run whose engine succeeds while the daemon stops (here: it ignores SIGTERM and finishes) is
+// completed, not handed back to run again.
+TEST_F(DaemonTest, ARunThatSucceedsWhileStoppingIsCompleted) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->on_report_ = [this](const v1::ReportEventsRequest& r) {
+      for (const auto& e : r.events()) {
+        if (e.has_epoch()) stop_ = true;
+      }
+    };
+  }
+  // HandBack marks the run stopping and signals within about 100 ms of stop_; the engine ends
+  // later.
+  Start("trap '' TERM\n" + std::string(kEpoch) +
+        "\nsleep 0.5\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(18, 1);
+  thread_.join();
+  EXPECT_EQ(rc_, 0);
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->failed_.empty());
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  EXPECT_EQ(fake_->completed_[0].run_id(), 18);
 }
 
 TEST_F(DaemonTest, ShutdownHandsARunningRunBack) {
