@@ -456,6 +456,8 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!t.has_max_iterations()) t.set_max_iterations(0);
   if (t.au_pos_weight().empty()) t.set_au_pos_weight("inverse_frequency");
   if (t.bn_stats().empty()) t.set_bn_stats("au");
+  if (t.precision().empty()) t.set_precision("fp32");
+  if (!t.has_channels_last()) t.set_channels_last(false);
 
   v1::MalSpec& mal = *spec.mutable_mal();
   if (mal.mode().empty()) mal.set_mode("exact");
@@ -641,6 +643,16 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
                   absl::StrCat("'", t.au_pos_weight(), "' is not one of none, inverse_frequency"));
   MAL_CHECK_FIELD(OneOf(t.bn_stats(), {"au", "all"}), "train.bn_stats",
                   absl::StrCat("'", t.bn_stats(), "' is not one of au, all"));
+  MAL_CHECK_FIELD(OneOf(t.precision(), {"fp32", "bf16-mixed"}), "train.precision",
+                  absl::StrCat("'", t.precision(), "' is not one of fp32, bf16-mixed"));
+  // Its step (fd_epsilon of |r| on the parameters) is near bf16's resolution of about 4e-3: the
+  // meta-gradient's cosine to fp32's was 0.85 to -0.19 in the bf16 check (docs/gpu.md).
+  MAL_CHECK_FIELD(!(spec.method() == v1::MAL && t.precision() == "bf16-mixed" &&
+                    spec.mal().mode() == "finite_difference"),
+                  "train.precision",
+                  "bf16-mixed cannot be used with mal.mode finite_difference (its finite "
+                  "difference step is near bfloat16's resolution): use mal.mode exact or "
+                  "heads_only, or precision fp32");
 
   const v1::MalSpec& mal = spec.mal();
   MAL_CHECK_FIELD(

@@ -73,11 +73,7 @@ struct Setup {
 // Parameters of 4-D shape (convolution weights) and the images in NHWC memory format.
 void ToChannelsLast(Setup& s) {
   torch::NoGradGuard no_grad;
-  for (BaseNet* net : {&s.model, &s.shadow}) {
-    for (auto& p : (*net)->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-  }
+  for (BaseNet* net : {&s.model, &s.shadow}) engine::ToChannelsLast(**net);
   for (torch::Tensor* t : {&s.batch.au_images, &s.batch.fe_images, &s.val.images}) {
     *t = t->contiguous(torch::MemoryFormat::ChannelsLast);
   }

@@ -130,6 +130,13 @@ BaseNetImpl::BaseNetImpl(const Config& config) : config_(config) {
 
 torch::Tensor BaseNetImpl::Features(const torch::Tensor& x) { return backbone.forward(x); }
 
+void ToChannelsLast(nn::Module& net) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : net.parameters()) {
+    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
 std::vector<torch::Tensor> BaseNetImpl::HeadParameters() {
   std::vector<torch::Tensor> p = au_head->parameters();
   for (const auto& t : fe_head->parameters()) p.push_back(t);

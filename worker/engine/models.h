@@ -111,6 +111,11 @@ class BaseNetImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BaseNet);
 
+// Every 4-D parameter (convolution weights) of `net` into NHWC memory format (torch.channels_last,
+// train.channels_last), in place: the same values and Parameter objects, so optimisers that hold
+// them keep working. Inputs should then be N x 3 x H x W tensors in channels_last format too.
+void ToChannelsLast(torch::nn::Module& net);
+
 // The meta net: w = sigmoid(v . (stopgrad(h) - mu) + b), zero-initialised so every weight starts
 // at 0.5 (paper, section 4.1.2). `mu` is a running mean of the training features (a buffer, not
 // learned; with `center` false it stays 0, the paper's literal form). Centring changes nothing

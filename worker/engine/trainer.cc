@@ -34,6 +34,7 @@
 #include "worker/engine/mal_step.h"
 #include "worker/engine/models.h"
 #include "worker/engine/run_output.h"
+#include "worker/engine/torch_compat.h"
 #include "worker/engine/torch_file.h"
 #include "worker/engine/training_data.h"
 
@@ -113,6 +114,8 @@ class Training {
   const v1::TrainSpec& t_;
   const Method method_;
   torch::Device device_{torch::kCPU};
+  bool channels_last_ = false;  // train.channels_last
+  bool bf16_ = false;           // train.precision: bf16-mixed
   Data data_;
   int num_aus_ = 0;
   uint64_t seed_ = 0;
@@ -178,6 +181,12 @@ absl::Status Training::SetUp() {
   model_->to(device_);
   shadow_->to(device_);
   meta_->to(device_);
+  channels_last_ = t_.channels_last();
+  bf16_ = t_.precision() == "bf16-mixed";
+  if (channels_last_) {  // before the optimisers: they hold the same Parameters either way
+    ToChannelsLast(*model_);
+    ToChannelsLast(*shadow_);
+  }
   base_opt_ = std::make_unique<torch::optim::SGD>(
       model_->parameters(),
       torch::optim::SGDOptions(t_.lr()).momentum(t_.momentum()).weight_decay(t_.weight_decay()));
@@ -314,8 +323,13 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
   }
   pos_.au_next = au->number + 1;
   for (const auto& f : au->failures) LOG(WARNING) << "skipped image: " << f;
+  // N x 3 x H x W on the device, NHWC in memory with train.channels_last.
+  auto images = [this](Batch& b) {
+    torch::Tensor x = Images(b, device_);
+    return channels_last_ ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
+  };
   TrainBatch batch;
-  batch.au_images = Images(*au, device_);
+  batch.au_images = images(*au);
   batch.au_labels = AuTensor(au->au_labels, au->size, device_);
   batch.au_mask = AuTensor(au->au_mask, au->size, device_);
   std::optional<Batch> fe;
@@ -323,7 +337,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
     fe = fe_train_->Next();
     if (!fe) return absl::DataLossError("data.fe: no image of the expression data decodes");
     for (const auto& f : fe->failures) LOG(WARNING) << "skipped image: " << f;
-    batch.fe_images = Images(*fe, device_);
+    batch.fe_images = images(*fe);
     batch.fe_labels =
         torch::from_blob(fe->expressions.data(), {fe->size}, torch::kLong).to(device_);
   }
@@ -334,13 +348,16 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
     vb = val_train_->Next();
     if (!vb) return absl::DataLossError("validation reserve: no image decodes");
     for (const auto& f : vb->failures) LOG(WARNING) << "skipped image: " << f;
-    val.images = Images(*vb, device_);
+    val.images = images(*vb);
     val.labels = AuTensor(vb->au_labels, vb->size, device_);
     val.mask = AuTensor(vb->au_mask, vb->size, device_);
     val.pos_weight = val_pos_weight_;
   }
+  std::optional<AutocastGuard> autocast;  // this iteration's forwards and backwards only
+  if (bf16_) autocast.emplace(device_.type(), torch::kBFloat16);
   absl::StatusOr<StepStats> stats =
       step_->Run(batch, so_.update_meta ? &val : nullptr, lr, so_, *base_opt_, meta_opt_.get());
+  autocast.reset();
   if (!stats.ok()) {
     return absl::Status(stats.status().code(),
                         absl::StrCat("epoch ", pos_.epoch, " iteration ", pos_.global_iter + 1,

@@ -143,6 +143,33 @@ TEST(SpecTest, FeatureGridDefaultsByBackboneAndIsBoundedByTheFeatureMap) {
   }
 }
 
+// train.precision defaults to fp32 and accepts bf16-mixed, except with MAL's finite-difference
+// meta-gradient (its step is near bfloat16's resolution); train.channels_last defaults to false.
+TEST(SpecTest, PrecisionAndChannelsLast) {
+  const std::string head =
+      "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /f}}\n";
+  auto plain = LoadValid(head + "method: mal\n");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->train().precision(), "fp32");
+  EXPECT_FALSE(plain->train().channels_last());
+  auto bf16 =
+      LoadValid(head + "method: mal\ntrain: {precision: bf16-mixed, channels_last: true}\n");
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ(bf16->train().precision(), "bf16-mixed");
+  EXPECT_TRUE(bf16->train().channels_last());
+  EXPECT_TRUE(
+      LoadValid(head +
+                "method: mtl\ntrain: {precision: bf16-mixed}\nmal: {mode: finite_difference}\n")
+          .ok());
+  for (const char* bad :
+       {"method: mal\ntrain: {precision: bf16-mixed}\nmal: {mode: finite_difference}\n",
+        "method: stl\ntrain: {precision: fp16}\n"}) {
+    auto s = LoadValid(head + bad);
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr("train.precision")) << bad;
+  }
+}
+
 TEST(SpecTest, ExplicitZeroIsKeptNotDefaulted) {
   auto spec = LoadValid(
       "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {momentum: 0, "

@@ -366,6 +366,75 @@ TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
   EXPECT_NE(fe_weights["sample"], fe_weights["task_in_base_step"]);
 }
 
+// train.channels_last trains the same model as NCHW (the same values in another memory layout,
+// up to float rounding), and its model.pt loads into a plain model. MAL with an SGD meta
+// optimiser: Adam's first steps are about lr x sign(gradient), which turns rounding in a
+// meta-gradient component near zero into a difference of the meta learning rate.
+TEST_F(TrainerTest, ChannelsLastTrainsTheSameModel) {
+  for (const std::string method : {"stl", "mal"}) {
+    SCOPED_TRACE(method);
+    std::vector<std::vector<torch::Tensor>> params;
+    for (const bool channels_last : {false, true}) {
+      testing::TempDir out;
+      TrainOptions o;
+      o.spec = Spec(method);
+      o.spec.mutable_mal()->set_meta_optimizer("sgd");
+      o.spec.mutable_train()->set_channels_last(channels_last);
+      o.out_dir = out.path();
+      ASSERT_TRUE(Train(o).ok());
+      params.push_back(Parameters(out / "model.pt"));
+    }
+    ASSERT_EQ(params[0].size(), params[1].size());
+    for (size_t i = 0; i < params[0].size(); ++i) {
+      EXPECT_TRUE(torch::allclose(params[0][i], params[1][i], /*rtol=*/1e-4, /*atol=*/1e-6))
+          << "tensor " << i << " differs by "
+          << (params[0][i] - params[1][i]).abs().max().item<double>();
+    }
+  }
+}
+
+// train.precision: bf16-mixed runs every method and meta mode it allows under bfloat16 autocast:
+// finite losses, other values than float32 (autocast was on), and close to them at the first
+// iteration (bf16 keeps about 3 significant digits).
+TEST_F(TrainerTest, Bf16MixedPrecisionTrainsEveryMethod) {
+  auto first_loss_au = [](const fs::path& records) {
+    std::vector<std::string> rows = absl::StrSplit(*ReadFile(records), '\n', absl::SkipEmpty());
+    EXPECT_GE(rows.size(), 2u);
+    std::vector<std::string> header = absl::StrSplit(rows[0], ',');
+    std::vector<std::string> first = absl::StrSplit(rows[1], ',');
+    for (size_t i = 0; i < header.size(); ++i) {
+      if (header[i] == "loss_au") return std::stod(first[i]);
+    }
+    ADD_FAILURE() << "no loss_au column: " << rows[0];
+    return 0.0;
+  };
+  for (const auto& [method, mode] : std::vector<std::pair<std::string, std::string>>{
+           {"stl", "exact"}, {"mtl", "exact"}, {"mal", "exact"}, {"mal", "heads_only"}}) {
+    SCOPED_TRACE(method + " " + mode);
+    double loss[2];
+    std::vector<std::vector<torch::Tensor>> params;
+    for (const char* precision : {"fp32", "bf16-mixed"}) {
+      testing::TempDir out;
+      TrainOptions o;
+      o.spec = Spec(method, mode);
+      o.spec.mutable_train()->set_precision(precision);
+      ASSERT_TRUE(ValidateSpec(o.spec).ok());
+      o.out_dir = out.path();
+      auto result = Train(o);
+      ASSERT_TRUE(result.ok()) << result.status();
+      loss[params.size()] = first_loss_au(out / "records.csv");
+      params.push_back(Parameters(out / "model.pt"));
+    }
+    EXPECT_NEAR(loss[1], loss[0], 0.02 * loss[0]);
+    bool differs = false;
+    for (size_t i = 0; i < params[0].size(); ++i) {
+      EXPECT_TRUE(torch::isfinite(params[1][i]).all().item<bool>()) << "tensor " << i;
+      differs = differs || !torch::equal(params[0][i], params[1][i]);
+    }
+    EXPECT_TRUE(differs) << "bf16-mixed trained exactly the float32 model: autocast was off";
+  }
+}
+
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
   testing::TempDir out;
   TrainOptions o;
