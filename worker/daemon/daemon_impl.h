@@ -88,7 +88,8 @@ class Daemon {
   bool Flush(RunTask* t, Supervised& s);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path);
   void UploadProgress(RunTask* t, int epoch);
-  void UploadAll(RunTask* t);
+  // Every file of the run's output and its log; false when an output file did not arrive.
+  bool UploadAll(RunTask* t);
   // Retries a call while IsTransient, until it lands, the run is revoked, or the daemon stops.
   template <typename Call>
   grpc::Status Deliver(RunTask* t, Call call);

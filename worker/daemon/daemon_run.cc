@@ -58,12 +58,13 @@ grpc::Status Daemon::Deliver(RunTask* t, Call call) {
   for (;;) {
     grpc::Status s = call();
     if (s.ok() || !IsTransient(s) || t->dropped) return s;
-    if (*stop_ && !t->stopping) return s;
     LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": " << s.error_message()
                              << " (retrying)";
     Sleep(milliseconds(backoff));
     backoff = std::min(backoff * 2, 3000);
-    if (t->stopping && backoff >= 3000) return s;  // shutting down: do not wait forever
+    // Shutting down (the daemon's flag is set before HandBack marks each run): do not wait
+    // forever, but do retry a few times so a hand-back is not lost to one transient error.
+    if ((t->stopping || *stop_) && backoff >= 3000) return s;
   }
 }
 
@@ -145,18 +146,22 @@ void Daemon::UploadProgress(RunTask* t, int epoch) {
   if (fs::exists(log)) (void)Upload(t, run_files::kLog, log);
 }
 
-void Daemon::UploadAll(RunTask* t) {
+bool Daemon::UploadAll(RunTask* t) {
   const fs::path out = t->dir + "/out";
   std::error_code ec;
+  bool all = true;
   for (const auto& entry : fs::recursive_directory_iterator(out, ec)) {
     if (!entry.is_regular_file()) continue;
     const std::string rel = fs::relative(entry.path(), out).string();
     if (rel.find(".tmp") != std::string::npos || rel.find(".fetch") != std::string::npos) continue;
     grpc::Status s = Upload(t, rel, entry.path().string());
-    if (!s.ok())
+    if (!s.ok()) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
+      all = false;
+    }
   }
   (void)Upload(t, run_files::kLog, t->dir + "/" + run_files::kLog);
+  return all && !ec;
 }
 
 void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool released) {
@@ -209,6 +214,10 @@ void Daemon::Execute(RunTask* t) {
     args.push_back(absl::StrCat(o_.threads));
   }
   if (t->a.has_checkpoint()) args.push_back("--resume");
+  if (*stop_ || t->stopping) {  // told to stop before the engine started: give the run back as is
+    Fail(t, absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
+    return;
+  }
   auto child = SpawnChild(args, t->dir + "/" + run_files::kLog);
   if (!child.ok()) {
     Fail(t,
@@ -313,13 +322,22 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   // Shutting down: a run that did not finish goes back to the coordinator, released (not an
   // attempt that failed). *stop_ as well as t->stopping: a child spawned after the daemon was told
   // to stop is signalled at once (Execute), and may end before HandBack has marked its run.
-  if ((t->stopping || *stop_) && !succeeded) {
+  // A run the engine failed for good (bad spec, missing data, non-finite loss, out of memory)
+  // fails as it would without the stop, below.
+  const bool failed_for_good = s.outcome && s.outcome->code() != 0 && !s.outcome->retryable();
+  if ((t->stopping || *stop_) && !succeeded && !failed_for_good) {
     UploadProgress(t, 0);
     Fail(t, absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
     return;
   }
   if (succeeded) {
-    UploadAll(t);
+    // While stopping, uploads give up after a few retries: complete the run only with every
+    // file delivered, else hand it back (it resumes from its checkpoint elsewhere).
+    if (!UploadAll(t) && (t->stopping || *stop_)) {
+      Fail(t, absl::StrCat("worker ", o_.name, " shut down before the run's files were uploaded"),
+           true, /*released=*/true);
+      return;
+    }
     v1::CompleteRunRequest req;
     req.set_run_id(run_id);
     req.set_lease_epoch(t->a.lease_epoch());
@@ -341,7 +359,7 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     if (s.outcome->retryable()) {
       UploadProgress(t, 0);
     } else {
-      UploadAll(t);
+      (void)UploadAll(t);
     }
     Fail(t, s.outcome->message().empty() ? "engine failed without a message" : s.outcome->message(),
          s.outcome->retryable());

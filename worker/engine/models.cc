@@ -161,7 +161,10 @@ MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, 
 }
 
 torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch::Tensor& fe_labels) {
-  const torch::Tensor x = h.detach() - feature_mean.to(h.dtype());
+  // Centred in float32 (float64 for double features) even when h is bfloat16 under autocast
+  // (train.precision): the centred values are small, and bf16 subtraction would cancel them.
+  const auto wide = h.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const torch::Tensor x = h.detach().to(wide) - feature_mean.to(wide);
   torch::Tensor z = linear(x).squeeze(1);
   if (task_bias.defined()) z = z + task_bias[task];
   if (task == kFeTask && fe_label) {

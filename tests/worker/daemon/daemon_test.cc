@@ -304,6 +304,29 @@ TEST_F(DaemonTest, ARunThatSucceedsWhileStoppingIsCompleted) {
   EXPECT_EQ(fake_->completed_[0].run_id(), 18);
 }
 
+// The engine's own verdict that a run cannot succeed anywhere (here: missing data) stands during a
+// stop: the run fails for good with the engine's message instead of being handed back to retry.
+TEST_F(DaemonTest, AnEngineErrorDuringTheStopStillFailsTheRunForGood) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->on_report_ = [this](const v1::ReportEventsRequest& r) {
+      for (const auto& e : r.events()) {
+        if (e.has_epoch()) stop_ = true;
+      }
+    };
+  }
+  Start("trap '' TERM\n" + std::string(kEpoch) +
+        "\nsleep 0.5\necho '{\"outcome\":{\"code\":3,\"message\":\"data.au.root: gone\"}}' >&3"
+        "\nexit 1");
+  fake_->Assign(19, 1);
+  thread_.join();
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_EQ(fake_->failed_[0].message(), "data.au.root: gone");
+  EXPECT_FALSE(fake_->failed_[0].retryable());
+  EXPECT_FALSE(fake_->failed_[0].released());
+}
+
 TEST_F(DaemonTest, ShutdownHandsARunningRunBack) {
   Start("trap 'exit 143' TERM\nsleep 30 & wait");
   fake_->Assign(16, 1);
