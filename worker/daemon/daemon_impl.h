@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "mal/v1/service.pb.h"
 #include "worker/daemon/child_process.h"
@@ -86,6 +87,12 @@ class Daemon {
   void Conclude(RunTask* t, const ChildExit& exit, Supervised& s);
   void Fail(RunTask* t, const std::string& message, bool retryable, bool released = false);
   bool Flush(RunTask* t, Supervised& s);
+  // The daemon is shutting down: its stop flag is set (before HandBack marks each run) or HandBack
+  // marked this run.
+  bool Stopping(const RunTask* t) const { return t->stopping || *stop_; }
+  // Gives a run back to the coordinator for a retry elsewhere, released (not a failed attempt),
+  // with "worker NAME shut down" and `detail`.
+  void Release(RunTask* t, absl::string_view detail = "");
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path);
   void UploadProgress(RunTask* t, int epoch);
   // Every file of the run's output and its log; false when an output file did not arrive.

@@ -64,7 +64,7 @@ grpc::Status Daemon::Deliver(RunTask* t, Call call) {
     backoff = std::min(backoff * 2, 3000);
     // Shutting down (the daemon's flag is set before HandBack marks each run): do not wait
     // forever, but do retry a few times so a hand-back is not lost to one transient error.
-    if ((t->stopping || *stop_) && backoff >= 3000) return s;
+    if (Stopping(t) && backoff >= 3000) return s;
   }
 }
 
@@ -176,6 +176,10 @@ void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool r
   (void)Deliver(t, [&]() { return client_->FailRun(req, kCallTimeout); });
 }
 
+void Daemon::Release(RunTask* t, absl::string_view detail) {
+  Fail(t, absl::StrCat("worker ", o_.name, " shut down", detail), true, /*released=*/true);
+}
+
 void Daemon::Execute(RunTask* t) {
   std::error_code ec;
   fs::create_directories(t->dir, ec);
@@ -214,8 +218,8 @@ void Daemon::Execute(RunTask* t) {
     args.push_back(absl::StrCat(o_.threads));
   }
   if (t->a.has_checkpoint()) args.push_back("--resume");
-  if (*stop_ || t->stopping) {  // told to stop before the engine started: give the run back as is
-    Fail(t, absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
+  if (Stopping(t)) {  // told to stop before the engine started: give the run back as is
+    Release(t);
     return;
   }
   auto child = SpawnChild(args, t->dir + "/" + run_files::kLog);
@@ -325,17 +329,16 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   // A run the engine failed for good (bad spec, missing data, non-finite loss, out of memory)
   // fails as it would without the stop, below.
   const bool failed_for_good = s.outcome && s.outcome->code() != 0 && !s.outcome->retryable();
-  if ((t->stopping || *stop_) && !succeeded && !failed_for_good) {
+  if (Stopping(t) && !succeeded && !failed_for_good) {
     UploadProgress(t, 0);
-    Fail(t, absl::StrCat("worker ", o_.name, " shut down"), true, /*released=*/true);
+    Release(t);
     return;
   }
   if (succeeded) {
     // While stopping, uploads give up after a few retries: complete the run only with every
     // file delivered, else hand it back (it resumes from its checkpoint elsewhere).
-    if (!UploadAll(t) && (t->stopping || *stop_)) {
-      Fail(t, absl::StrCat("worker ", o_.name, " shut down before the run's files were uploaded"),
-           true, /*released=*/true);
+    if (!UploadAll(t) && Stopping(t)) {
+      Release(t, " before the run's files were uploaded");
       return;
     }
     v1::CompleteRunRequest req;

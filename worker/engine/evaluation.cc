@@ -58,8 +58,7 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
   struct Row {
     int64_t sample;
     bool is_fe;
-    double w;     // what training applies (the AU task's mean under au_task_weight)
-    double meta;  // the meta net's own output for this sample
+    double w;  // the meta net's own output for this sample
   };
   std::vector<Row> rows;
   double sum[2] = {0, 0};
@@ -77,8 +76,7 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
               .to(torch::kCPU)
               .to(torch::kDouble);
       for (int i = 0; i < b->size; ++i) {
-        const double wi = w[i].item<double>();
-        rows.push_back({b->samples[i], task == 1, wi, wi});
+        rows.push_back({b->samples[i], task == 1, w[i].item<double>()});
         sum[task] += rows.back().w;
         ++count[task];
       }
@@ -88,11 +86,8 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
   AllWeights out;
   out.mean_au = count[0] ? sum[0] / count[0] : 0;
   out.mean_fe = count[1] ? sum[1] / count[1] : 0;
-  if (au_task_weight) {  // training gives every AU frame the task's (batch) mean
-    for (Row& r : rows) {
-      if (!r.is_fe) r.w = out.mean_au;
-    }
-  }
+  // What training applies: with au_task_weight every AU frame gets the task's (batch) mean.
+  auto applied = [&](const Row& r) { return au_task_weight && !r.is_fe ? out.mean_au : r.w; };
   const double s = std::max(out.mean_au + out.mean_fe, 1e-6);
   out.csv = "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight\n";
   std::vector<double> fe_w, fe_c;
@@ -102,9 +97,10 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     if (auto it = alignment[r.is_fe].find(r.sample); it != alignment[r.is_fe].end()) {
       mean_alignment = absl::StrFormat("%.6g", it->second.first / it->second.second);
     }
+    const double w = applied(r);
     absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f,%s,%.6f\n", x.id,
                           r.is_fe ? "fe" : "au", r.is_fe ? data::ExpressionName(x.expression) : "",
-                          r.is_fe ? x.consistency : -1.0, r.w, r.w / s, mean_alignment, r.meta);
+                          r.is_fe ? x.consistency : -1.0, w, w / s, mean_alignment, r.w);
     if (r.is_fe && x.consistency >= 0) {
       fe_w.push_back(r.w);
       fe_c.push_back(x.consistency);

@@ -47,13 +47,6 @@ class PhaseTimer {
   std::chrono::steady_clock::time_point last_;
 };
 
-// float64 for double tensors (the tests' exact references), otherwise float32: under bf16
-// autocast (train.precision) logits and features are bfloat16, and weights or means cast down to
-// them would lose precision the float32 loss and centring should keep.
-at::ScalarType WideFloat(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-}
-
 torch::Tensor Bce(const torch::Tensor& logits, const torch::Tensor& labels,
                   const torch::Tensor& pos_weight) {
   return torch::binary_cross_entropy_with_logits(

@@ -130,6 +130,10 @@ BaseNetImpl::BaseNetImpl(const Config& config) : config_(config) {
 
 torch::Tensor BaseNetImpl::Features(const torch::Tensor& x) { return backbone.forward(x); }
 
+at::ScalarType WideFloat(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+}
+
 void ToChannelsLast(nn::Module& net) {
   torch::NoGradGuard no_grad;
   for (auto& p : net.parameters()) {
@@ -163,8 +167,7 @@ MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, 
 torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch::Tensor& fe_labels) {
   // Centred in float32 (float64 for double features) even when h is bfloat16 under autocast
   // (train.precision): the centred values are small, and bf16 subtraction would cancel them.
-  const auto wide = h.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-  const torch::Tensor x = h.detach().to(wide) - feature_mean.to(wide);
+  const torch::Tensor x = h.detach().to(WideFloat(h)) - feature_mean.to(WideFloat(h));
   torch::Tensor z = linear(x).squeeze(1);
   if (task_bias.defined()) z = z + task_bias[task];
   if (task == kFeTask && fe_label) {

@@ -116,6 +116,11 @@ TORCH_MODULE(BaseNet);
 // them keep working. Inputs should then be N x 3 x H x W tensors in channels_last format too.
 void ToChannelsLast(torch::nn::Module& net);
 
+// float64 for a double tensor (the tests' exact references), otherwise float32: under bf16
+// autocast (train.precision) logits and features are bfloat16, and weights or means cast down to
+// them would lose the precision that the float32 loss and the meta net's centring keep.
+at::ScalarType WideFloat(const torch::Tensor& t);
+
 // The meta net: w = sigmoid(v . (stopgrad(h) - mu) + b), zero-initialised so every weight starts
 // at 0.5 (paper, section 4.1.2). `mu` is a running mean of the training features (a buffer, not
 // learned; with `center` false it stays 0, the paper's literal form). Centring changes nothing

@@ -114,8 +114,6 @@ class Training {
   const v1::TrainSpec& t_;
   const Method method_;
   torch::Device device_{torch::kCPU};
-  bool channels_last_ = false;  // train.channels_last
-  bool bf16_ = false;           // train.precision: bf16-mixed
   Data data_;
   int num_aus_ = 0;
   uint64_t seed_ = 0;
@@ -181,9 +179,7 @@ absl::Status Training::SetUp() {
   model_->to(device_);
   shadow_->to(device_);
   meta_->to(device_);
-  channels_last_ = t_.channels_last();
-  bf16_ = t_.precision() == "bf16-mixed";
-  if (channels_last_) {  // before the optimisers: they hold the same Parameters either way
+  if (t_.channels_last()) {  // before the optimisers: they hold the same Parameters either way
     ToChannelsLast(*model_);
     ToChannelsLast(*shadow_);
   }
@@ -326,7 +322,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
   // N x 3 x H x W on the device, NHWC in memory with train.channels_last.
   auto images = [this](Batch& b) {
     torch::Tensor x = Images(b, device_);
-    return channels_last_ ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
+    return t_.channels_last() ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
   };
   TrainBatch batch;
   batch.au_images = images(*au);
@@ -354,7 +350,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
     val.pos_weight = val_pos_weight_;
   }
   std::optional<AutocastGuard> autocast;  // this iteration's forwards and backwards only
-  if (bf16_) autocast.emplace(device_.type(), torch::kBFloat16);
+  if (t_.precision() == "bf16-mixed") autocast.emplace(device_.type(), torch::kBFloat16);
   absl::StatusOr<StepStats> stats =
       step_->Run(batch, so_.update_meta ? &val : nullptr, lr, so_, *base_opt_, meta_opt_.get());
   autocast.reset();

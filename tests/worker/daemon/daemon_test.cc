@@ -178,6 +178,17 @@ class DaemonTest : public ::testing::Test {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
   }
+  // Tells the daemon to stop (as SIGTERM would) from inside the report that shows a run reached
+  // `when`: its start (the first report, no events) or its first epoch.
+  enum Report { kStartReport, kEpochReport };
+  void StopDaemonWhenReported(Report when) {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->on_report_ = [this, when](const v1::ReportEventsRequest& r) {
+      bool epoch = false;
+      for (const auto& e : r.events()) epoch = epoch || e.has_epoch();
+      if (when == kStartReport ? r.events_size() == 0 : epoch) stop_ = true;
+    };
+  }
 
   testing::TempDir dir_;
   std::unique_ptr<FakeCoordinator> fake_ = std::make_unique<FakeCoordinator>();
@@ -262,12 +273,7 @@ TEST_F(DaemonTest, ARevokedRunIsStoppedAndReportsNothing) {
 // signalled at once and may end before HandBack marks the run; it is still handed back, not
 // failed (this raced, and showed as a flaky ShutdownHandsARunningRunBack under load).
 TEST_F(DaemonTest, ShutdownWhileTheEngineStartsHandsTheRunBack) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    fake_->on_report_ = [this](const v1::ReportEventsRequest& r) {
-      if (r.events_size() == 0) stop_ = true;
-    };
-  }
+  StopDaemonWhenReported(kStartReport);
   Start("sleep 30 & wait");  // no trap: SIGTERM kills it at once
   fake_->Assign(17, 1);
   thread_.join();
@@ -283,14 +289,7 @@ TEST_F(DaemonTest, ShutdownWhileTheEngineStartsHandsTheRunBack) {
 // A run whose engine succeeds while the daemon stops (here: it ignores SIGTERM and finishes) is
 // completed, not handed back to run again.
 TEST_F(DaemonTest, ARunThatSucceedsWhileStoppingIsCompleted) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    fake_->on_report_ = [this](const v1::ReportEventsRequest& r) {
-      for (const auto& e : r.events()) {
-        if (e.has_epoch()) stop_ = true;
-      }
-    };
-  }
+  StopDaemonWhenReported(kEpochReport);
   // HandBack marks the run stopping and signals within about 100 ms of stop_; the engine ends
   // later.
   Start("trap '' TERM\n" + std::string(kEpoch) +
@@ -307,14 +306,7 @@ TEST_F(DaemonTest, ARunThatSucceedsWhileStoppingIsCompleted) {
 // The engine's own verdict that a run cannot succeed anywhere (here: missing data) stands during a
 // stop: the run fails for good with the engine's message instead of being handed back to retry.
 TEST_F(DaemonTest, AnEngineErrorDuringTheStopStillFailsTheRunForGood) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    fake_->on_report_ = [this](const v1::ReportEventsRequest& r) {
-      for (const auto& e : r.events()) {
-        if (e.has_epoch()) stop_ = true;
-      }
-    };
-  }
+  StopDaemonWhenReported(kEpochReport);
   Start("trap '' TERM\n" + std::string(kEpoch) +
         "\nsleep 0.5\necho '{\"outcome\":{\"code\":3,\"message\":\"data.au.root: gone\"}}' >&3"
         "\nexit 1");
