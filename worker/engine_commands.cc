@@ -73,6 +73,11 @@ int Train(const TrainArgs& a) {
   }
   std::cout << " after " << result->iterations << " iterations; model " << result->model_path
             << ", metadata " << result->metadata_path << "\n";
+  if (result->oom_halvings > 0) {
+    std::cout << "the batches were halved " << result->oom_halvings
+              << " time(s) after running out of device memory (train.oom_retries); model.json "
+                 "records the ones trained with\n";
+  }
   return 0;
 }
 

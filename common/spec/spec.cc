@@ -458,6 +458,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (t.bn_stats().empty()) t.set_bn_stats("au");
   if (t.precision().empty()) t.set_precision("fp32");
   if (!t.has_channels_last()) t.set_channels_last(false);
+  if (!t.has_oom_retries()) t.set_oom_retries(0);
 
   v1::MalSpec& mal = *spec.mutable_mal();
   if (mal.mode().empty()) mal.set_mode("exact");
@@ -643,6 +644,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
                   absl::StrCat("'", t.au_pos_weight(), "' is not one of none, inverse_frequency"));
   MAL_CHECK_FIELD(OneOf(t.bn_stats(), {"au", "all"}), "train.bn_stats",
                   absl::StrCat("'", t.bn_stats(), "' is not one of au, all"));
+  MAL_CHECK_FIELD(t.oom_retries() >= 0 && t.oom_retries() <= 16, "train.oom_retries",
+                  "must be in 0..16 (each retry halves the batches)");
   MAL_CHECK_FIELD(OneOf(t.precision(), {"fp32", "bf16-mixed"}), "train.precision",
                   absl::StrCat("'", t.precision(), "' is not one of fp32, bf16-mixed"));
   // Its step (fd_epsilon of |r| on the parameters) is near bf16's resolution of about 4e-3: in

@@ -27,6 +27,7 @@ absl::Status SaveCheckpoint(const std::string& path, BaseNetImpl& model, MetaNet
     archive.write("meta_optimizer", meta_opt_a);
     archive.write("position", torch::tensor({p.epoch, p.iter_in_epoch, p.global_iter, p.au_next,
                                              p.fe_epoch, p.fe_next, p.val_epoch, p.val_next}));
+    archive.write("batches", torch::tensor({p.batches.au, p.batches.fe, p.batches.val}));
     archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
     archive.save_to(tmp);
   } catch (const c10::Error& e) {
@@ -66,7 +67,13 @@ absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& mo
     generator.set_state(rng.to(torch::kCPU));
     pos = pos.to(torch::kCPU);
     const int64_t* v = pos.data_ptr<int64_t>();
-    p = Position{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+    p = Position{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], {}};
+    torch::Tensor batches;
+    if (archive.try_read("batches", batches) && batches.numel() == 3) {
+      batches = batches.to(torch::kCPU, torch::kLong);
+      const int64_t* b = batches.data_ptr<int64_t>();
+      p.batches = Batches{b[0], b[1], b[2]};
+    }
   } catch (const c10::Error& e) {
     return absl::DataLossError(absl::StrCat(path,
                                             ": cannot read checkpoint (written by another spec or "
@@ -74,6 +81,26 @@ absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& mo
                                             e.what_without_backtrace()));
   }
   return p;
+}
+
+absl::StatusOr<Batches> ReadCheckpointBatches(const std::string& path) {
+  torch::Tensor batches;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path, torch::kCPU);
+    if (!archive.try_read("batches", batches)) {
+      return absl::NotFoundError(
+          absl::StrCat(path, ": the checkpoint does not record its batch sizes"));
+    }
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": cannot read checkpoint: ", e.what_without_backtrace()));
+  }
+  if (batches.numel() != 3 || batches.scalar_type() != torch::kLong) {
+    return absl::DataLossError(absl::StrCat(path, ": the checkpoint's batch sizes are malformed"));
+  }
+  const int64_t* b = batches.data_ptr<int64_t>();
+  return Batches{b[0], b[1], b[2]};
 }
 
 }  // namespace mal::engine

@@ -15,11 +15,22 @@
 
 namespace mal::engine {
 
-// Where training stands: the epoch (from 1) and iteration in it, the global iteration, and the
-// next batch of each loader (the FE and meta-validation loaders cycle through their own epochs).
+// The batch sizes a run trains with, in images: train.batch_au, train.batch_fe (0 for STL) and
+// mal.val_batch (0 unless MAL). train.oom_retries may have halved the spec's (trainer.h).
+struct Batches {
+  int64_t au = 0, fe = 0, val = 0;
+  bool operator==(const Batches& o) const { return au == o.au && fe == o.fe && val == o.val; }
+  bool operator!=(const Batches& o) const { return !(*this == o); }
+};
+
+// Where training stands: the epoch (from 1) and iteration in it, the global iteration, the
+// next batch of each loader (the FE and meta-validation loaders cycle through their own epochs),
+// and the batch sizes the run was training with (all 0 in a checkpoint written before they were
+// recorded).
 struct Position {
   int64_t epoch = 1, iter_in_epoch = 0, global_iter = 0;
   int64_t au_next = 0, fe_epoch = 0, fe_next = 0, val_epoch = 0, val_next = 0;
+  Batches batches;
 };
 
 // Errors: DataLoss naming `path` when it cannot be written (nothing is left at `path` then but
@@ -34,6 +45,11 @@ absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& mo
                                         MetaNetImpl& meta, torch::optim::Optimizer& base,
                                         torch::optim::Optimizer& meta_opt,
                                         const torch::Device& device);
+
+// Only the batch sizes of the checkpoint at `path` (read on the CPU), to build a resumed run's
+// loaders before the checkpoint is restored. Errors: DataLoss naming `path` when it is unreadable;
+// NotFound when it was written before batch sizes were recorded.
+absl::StatusOr<Batches> ReadCheckpointBatches(const std::string& path);
 
 }  // namespace mal::engine
 

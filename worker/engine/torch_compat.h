@@ -120,6 +120,15 @@ inline int64_t PeakDeviceMemoryBytes(const c10::Device& device) {
   return -1;
 }
 
+// Returns the CUDA caching allocator's unused cached blocks to the driver (what
+// torch.cuda.empty_cache does), so that a run started over after running out of memory does not
+// inherit the larger batch's fragmented cache. No-op without CUDA.
+inline void ReleaseCachedDeviceMemory() {
+#ifdef MAL_TORCH_CUDA
+  c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
 }  // namespace mal::engine
 
 #endif  // MAL_WORKER_ENGINE_TORCH_COMPAT_H_

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -47,6 +48,35 @@ using image::BatchLoader;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The batch sizes `spec`'s method trains with (checkpoint.h).
+Batches SpecBatches(const v1::ExperimentSpec& spec) {
+  Batches b;
+  b.au = spec.train().batch_au();
+  if (spec.method() != v1::STL) b.fe = spec.train().batch_fe();
+  if (spec.method() == v1::MAL) b.val = spec.mal().val_batch();
+  return b;
+}
+
+void SetBatches(const Batches& b, v1::ExperimentSpec* spec) {
+  spec->mutable_train()->set_batch_au(static_cast<int32_t>(b.au));
+  if (b.fe > 0) spec->mutable_train()->set_batch_fe(static_cast<int32_t>(b.fe));
+  if (b.val > 0) spec->mutable_mal()->set_val_batch(static_cast<int32_t>(b.val));
+}
+
+// Every batch halved, rounding down, none below 1 (an unused one stays 0): train.oom_retries.
+Batches Halved(const Batches& b) {
+  auto half = [](int64_t n) { return n > 0 ? std::max<int64_t>(1, n / 2) : n; };
+  return Batches{half(b.au), half(b.fe), half(b.val)};
+}
+
+// "batch 32 AU + 32 FE, validation batch 128", as OutOfMemoryMessage words it.
+std::string DescribeBatches(const Batches& b) {
+  std::string s = absl::StrCat("batch ", b.au, " AU");
+  if (b.fe > 0) absl::StrAppend(&s, " + ", b.fe, " FE");
+  if (b.val > 0) absl::StrAppend(&s, ", validation batch ", b.val);
+  return s;
+}
 
 Method ToMethod(v1::Method m) {
   return m == v1::STL ? Method::kStl : (m == v1::MTL ? Method::kMtl : Method::kMal);
@@ -261,6 +291,7 @@ absl::Status Training::Resume() {
 }
 
 absl::Status Training::Save() {
+  pos_.batches = SpecBatches(spec_);
   if (fe_train_) {
     pos_.fe_epoch = fe_train_->epoch();
     pos_.fe_next = fe_train_->next();
@@ -522,30 +553,78 @@ absl::StatusOr<TrainResult> Training::Export() {
 
 std::string OutOfMemoryMessage(const v1::ExperimentSpec& spec, const std::string& what) {
   const std::string first_line = what.substr(0, what.find('\n'));
-  std::string batches = absl::StrCat(spec.train().batch_au(), " AU");
-  if (spec.method() != v1::STL) absl::StrAppend(&batches, " + ", spec.train().batch_fe(), " FE");
-  if (spec.method() == v1::MAL)
-    absl::StrAppend(&batches, ", validation batch ", spec.mal().val_batch());
   return absl::StrCat(
-      "out of memory on ", spec.train().device().empty() ? "cpu" : spec.train().device(),
-      " with batch ", batches, " at ", spec.model().input(), " px (", spec.model().backbone(),
-      "): lower train.batch_au", spec.method() != v1::STL ? " / train.batch_fe" : "",
+      "out of memory on ", spec.train().device().empty() ? "cpu" : spec.train().device(), " with ",
+      DescribeBatches(SpecBatches(spec)), " at ", spec.model().input(), " px (",
+      spec.model().backbone(), "): lower train.batch_au",
+      spec.method() != v1::STL ? " / train.batch_fe" : "",
       spec.method() == v1::MAL ? " / mal.val_batch" : "", " or model.input (", first_line, ")");
 }
 
-absl::StatusOr<TrainResult> Train(const TrainOptions& options) {
-  // LibTorch reports errors by throwing c10::Error: it stops here, as a status.
-  try {
-    return Training(options).Run();
-  } catch (const c10::OutOfMemoryError& e) {
-    // Device memory: the same batch fails again on retry, so the message says what to change.
-    return absl::ResourceExhaustedError(
-        OutOfMemoryMessage(options.spec, e.what_without_backtrace()));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return absl::InternalError(e.what());
+absl::StatusOr<TrainResult> TrainOnce(const TrainOptions& options) {
+  return Training(options).Run();
+}
+
+absl::StatusOr<TrainResult> TrainWithOomFallback(const TrainOptions& options,
+                                                 const TrainAttempt& attempt) {
+  TrainOptions o = options;
+  const int retries = options.spec.train().oom_retries();
+  const std::string checkpoint = (fs::path(options.out_dir) / run_files::kCheckpoint).string();
+  int halvings = 0;
+  if (options.resume && retries > 0 && fs::exists(checkpoint)) {
+    // A run that had halved its batches resumes with them (its checkpoint may come from another
+    // host); an unreadable checkpoint is reported by the attempt's own load.
+    if (auto saved = ReadCheckpointBatches(checkpoint); saved.ok()) {
+      Batches b = SpecBatches(o.spec);
+      for (int k = 1; k <= retries && halvings == 0; ++k) {
+        b = Halved(b);
+        if (b == *saved) halvings = k;
+      }
+      if (halvings > 0) {
+        SetBatches(*saved, &o.spec);
+        LOG(INFO) << "resuming with the checkpoint's batches: " << DescribeBatches(*saved);
+      }
+    }
   }
+  // LibTorch reports errors by throwing c10::Error: it stops here, as a status.
+  for (;;) {
+    try {
+      auto result = attempt(o);
+      if (result.ok()) result->oom_halvings = halvings;
+      return result;
+    } catch (const c10::OutOfMemoryError& e) {
+      // Device memory: the same batch fails again, so the message says what to change.
+      std::string message = OutOfMemoryMessage(o.spec, e.what_without_backtrace());
+      const Batches now = SpecBatches(o.spec), next = Halved(now);
+      if (halvings >= retries || next == now) {
+        if (retries > 0) {
+          absl::StrAppend(&message, "; the batches were halved ", halvings,
+                          " time(s) already (train.oom_retries ", retries, ")");
+        }
+        return absl::ResourceExhaustedError(message);
+      }
+      ++halvings;
+      SetBatches(next, &o.spec);
+      if (absl::StartsWith(o.spec.train().device(), "cuda")) ReleaseCachedDeviceMemory();
+      // The checkpoint and the TensorBoard curves are the larger batch's: start over. (A kill from
+      // here on resumes from no checkpoint, or from the coordinator's older one, and halves again.)
+      std::error_code ec;
+      fs::remove(checkpoint, ec);
+      fs::remove_all(fs::path(options.out_dir) / "tensorboard", ec);
+      o.resume = false;
+      LOG(WARNING) << message << "; starting over from the first iteration with "
+                   << DescribeBatches(next) << " (train.oom_retries: halving " << halvings << " of "
+                   << retries << ")";
+    } catch (const c10::Error& e) {
+      return absl::InternalError(e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      return absl::InternalError(e.what());
+    }
+  }
+}
+
+absl::StatusOr<TrainResult> Train(const TrainOptions& options) {
+  return TrainWithOomFallback(options, TrainOnce);
 }
 
 }  // namespace mal::engine

@@ -82,6 +82,9 @@ struct TrainResult {
   std::string model_path;     // weights (torch archive)
   std::string metadata_path;  // model.json: AUs, input, normalisation, thresholds, spec, metrics
   int64_t iterations = 0;
+  // How often train.oom_retries halved the batches after CUDA ran out of memory (0: never); the
+  // batches trained with are in model.json's spec.
+  int oom_halvings = 0;
 };
 
 // Trains, evaluates every epoch, checkpoints, and saves the model under out_dir:
@@ -90,9 +93,23 @@ struct TrainResult {
 //   non-finite loss or weights) come back as a status naming the cause; the last good checkpoint
 //   stays. CUDA device memory exhausted (c10::OutOfMemoryError): ResourceExhausted with
 //   OutOfMemoryMessage; under the worker daemon such a run fails without a retry (the same batch
-//   would fail again). (On the CPU, Linux's OOM killer usually ends the process instead, which
-//   the daemon retries.)
+//   would fail again). With train.oom_retries N > 0 the run first starts over from its first
+//   iteration with every batch halved (train.batch_au, train.batch_fe, mal.val_batch, none below
+//   1), up to N times; its checkpoint and TensorBoard files of the larger batch are removed
+//   first. A resumed run (options.resume) trains with the batches its checkpoint was written with
+//   when they are the spec's halved 1..N times. (On the CPU, Linux's OOM killer usually ends the
+//   process instead, which the daemon retries.)
 absl::StatusOr<TrainResult> Train(const TrainOptions& options);
+
+// One attempt at training with exactly options.spec's batches: what Train runs, but LibTorch's
+// exceptions (c10::Error, c10::OutOfMemoryError) propagate instead of becoming a status.
+using TrainAttempt = std::function<absl::StatusOr<TrainResult>(const TrainOptions&)>;
+absl::StatusOr<TrainResult> TrainOnce(const TrainOptions& options);
+
+// Train's handling of exceptions and of train.oom_retries around `attempt` (TrainOnce in Train;
+// tests pass one that throws c10::OutOfMemoryError).
+absl::StatusOr<TrainResult> TrainWithOomFallback(const TrainOptions& options,
+                                                 const TrainAttempt& attempt);
 
 // The message of a run that ran out of device memory: the device, the batch sizes of `spec`'s
 // method (AU, FE, validation batch), the input size (px) and backbone, which fields to lower, and

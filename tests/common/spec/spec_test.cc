@@ -170,6 +170,23 @@ TEST(SpecTest, PrecisionAndChannelsLast) {
   }
 }
 
+// train.oom_retries defaults to 0 (an out-of-memory run fails) and is bounded.
+TEST(SpecTest, OomRetries) {
+  const std::string head =
+      "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /f}}\n";
+  auto plain = LoadValid(head);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->train().oom_retries(), 0);
+  auto two = LoadValid(head + "train: {oom_retries: 2}\n");
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(two->train().oom_retries(), 2);
+  for (const char* bad : {"train: {oom_retries: -1}\n", "train: {oom_retries: 17}\n"}) {
+    auto s = LoadValid(head + bad);
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr("train.oom_retries")) << bad;
+  }
+}
+
 TEST(SpecTest, ExplicitZeroIsKeptNotDefaulted) {
   auto spec = LoadValid(
       "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {momentum: 0, "

@@ -16,6 +16,7 @@
 #include "common/synth/synth_dataset.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
+#include "worker/engine/checkpoint.h"
 #include "worker/engine/models.h"
 #include "worker/engine/training_data.h"
 
@@ -24,6 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class TrainerTest : public ::testing::Test {
  protected:
@@ -522,6 +524,168 @@ TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
   absl::Status junk = LoadPretrainedBackbone(dir / "junk.pth", *net);
   ASSERT_FALSE(junk.ok());
   EXPECT_THAT(std::string(junk.message()), HasSubstr("junk.pth"));
+}
+
+// train.oom_retries: a run that runs out of device memory starts over with every batch halved. The
+// first attempt here trains 3 iterations (a checkpoint, records) and then "runs out of memory":
+// the second starts from scratch at half the batches, and its model is the one a run at those
+// batches gives.
+TEST_F(TrainerTest, OutOfMemoryStartsOverWithHalvedBatches) {
+  testing::TempDir halved, direct;
+  TrainOptions o;
+  o.spec = Spec("mal");
+  o.spec.mutable_train()->set_oom_retries(2);
+  o.out_dir = halved.path();
+  std::vector<int64_t> tried;
+  auto attempt = [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
+    tried.push_back(a.spec.train().batch_au());
+    if (a.spec.train().batch_au() > 4) {
+      EXPECT_FALSE(a.resume);
+      TrainOptions partial = a;
+      int polls = 0;
+      partial.should_stop = [&] { return ++polls == 4; };
+      EXPECT_EQ(TrainOnce(partial).status().code(), absl::StatusCode::kCancelled);
+      EXPECT_TRUE(fs::exists(halved / "checkpoint.pt"));
+      C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB");
+    }
+    EXPECT_FALSE(a.resume);
+    EXPECT_FALSE(fs::exists(halved / "checkpoint.pt"));  // the larger batch's, removed
+    return TrainOnce(a);
+  };
+  auto result = TrainWithOomFallback(o, attempt);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(tried, (std::vector<int64_t>{8, 4}));
+  EXPECT_EQ(result->oom_halvings, 1);
+  auto meta = ReadModelMetadata(halved / "model.json");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->spec().train().batch_au(), 4);
+  EXPECT_EQ(meta->spec().train().batch_fe(), 4);
+  EXPECT_EQ(meta->spec().mal().val_batch(), 4);
+  // records.csv has the second attempt's 6 iterations only.
+  EXPECT_EQ(CountLines(halved / "records.csv"), 7);
+
+  TrainOptions d;
+  d.spec = Spec("mal");
+  d.spec.mutable_train()->set_batch_au(4);
+  d.spec.mutable_train()->set_batch_fe(4);
+  d.spec.mutable_mal()->set_val_batch(4);
+  d.out_dir = direct.path();
+  ASSERT_TRUE(Train(d).ok());
+  EXPECT_TRUE(Same(Parameters(halved / "model.pt"), Parameters(direct / "model.pt")));
+}
+
+// A run that had halved its batches and was stopped resumes with the checkpoint's batches, though
+// its spec (the coordinator's, unchanged) still names the larger ones; the result is the run at
+// the halved batches, uninterrupted.
+TEST_F(TrainerTest, ResumeAfterOutOfMemoryKeepsTheHalvedBatches) {
+  testing::TempDir split, direct;
+  TrainOptions o;
+  o.spec = Spec("mal");
+  o.spec.mutable_train()->set_oom_retries(3);
+  o.out_dir = split.path();
+  int polls = 0;
+  auto attempt = [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
+    if (a.spec.train().batch_au() > 2) C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory.");
+    TrainOptions stopped = a;
+    stopped.should_stop = [&] { return ++polls == 5; };  // mid epoch 2
+    return TrainOnce(stopped);
+  };
+  auto first = TrainWithOomFallback(o, attempt);
+  ASSERT_EQ(first.status().code(), absl::StatusCode::kCancelled) << first.status();
+  auto saved = ReadCheckpointBatches(split / "checkpoint.pt");
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(*saved, (Batches{2, 2, 2}));
+
+  o.resume = true;
+  auto resumed = Train(o);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->oom_halvings, 2);
+  EXPECT_EQ(resumed->iterations, 6);
+  auto meta = ReadModelMetadata(split / "model.json");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->spec().train().batch_au(), 2);
+
+  TrainOptions d;
+  d.spec = Spec("mal");
+  d.spec.mutable_train()->set_batch_au(2);
+  d.spec.mutable_train()->set_batch_fe(2);
+  d.spec.mutable_mal()->set_val_batch(2);
+  d.out_dir = direct.path();
+  ASSERT_TRUE(Train(d).ok());
+  EXPECT_TRUE(Same(Parameters(split / "model.pt"), Parameters(direct / "model.pt")));
+}
+
+// Out of memory at every batch: the run fails for good (ResourceExhausted) after
+// train.oom_retries halvings, naming the last batches; with 0 retries after the first attempt.
+TEST(OomFallbackTest, FailsAfterTheRetriesNamingTheLastBatches) {
+  testing::TempDir out;
+  for (int retries : {0, 2}) {
+    SCOPED_TRACE(retries);
+    TrainOptions o;
+    o.spec.set_method(v1::MAL);
+    o.spec.mutable_train()->set_device("cuda:0");
+    o.spec.mutable_train()->set_batch_au(64);
+    o.spec.mutable_train()->set_batch_fe(48);
+    o.spec.mutable_train()->set_oom_retries(retries);
+    o.spec.mutable_mal()->set_val_batch(256);
+    o.spec.mutable_model()->set_input(224);
+    o.spec.mutable_model()->set_backbone("resnet34");
+    o.out_dir = out.path();
+    std::vector<int64_t> tried;
+    auto result =
+        TrainWithOomFallback(o, [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
+          tried.push_back(a.spec.train().batch_au());
+          C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB");
+        });
+    ASSERT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+    const std::string message(result.status().message());
+    if (retries == 0) {
+      EXPECT_EQ(tried, (std::vector<int64_t>{64}));
+      EXPECT_THAT(message, HasSubstr("with batch 64 AU + 48 FE, validation batch 256 at 224 px"));
+      EXPECT_THAT(message, Not(HasSubstr("oom_retries")));
+    } else {
+      EXPECT_EQ(tried, (std::vector<int64_t>{64, 32, 16}));
+      EXPECT_THAT(message, HasSubstr("with batch 16 AU + 12 FE, validation batch 64 at 224 px"));
+      EXPECT_THAT(message, HasSubstr("halved 2 time(s) already (train.oom_retries 2)"));
+    }
+  }
+}
+
+// Halving stops at 1: a batch of 1 out of memory fails at once, whatever the retries left.
+TEST(OomFallbackTest, BatchesOfOneAreNotHalvedFurther) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec.set_method(v1::STL);
+  o.spec.mutable_train()->set_batch_au(2);
+  o.spec.mutable_train()->set_batch_fe(64);  // unused by STL: not what makes room
+  o.spec.mutable_train()->set_oom_retries(5);
+  o.out_dir = out.path();
+  std::vector<int64_t> tried;
+  auto result = TrainWithOomFallback(o, [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
+    tried.push_back(a.spec.train().batch_au());
+    C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory.");
+  });
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(tried, (std::vector<int64_t>{2, 1}));
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("halved 1 time(s)"));
+}
+
+// Other LibTorch errors are not retried: an internal error with LibTorch's message.
+TEST(OomFallbackTest, OtherTorchErrorsFailAtOnce) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec.set_method(v1::STL);
+  o.spec.mutable_train()->set_batch_au(8);
+  o.spec.mutable_train()->set_oom_retries(3);
+  o.out_dir = out.path();
+  int calls = 0;
+  auto result = TrainWithOomFallback(o, [&](const TrainOptions&) -> absl::StatusOr<TrainResult> {
+    ++calls;
+    TORCH_CHECK(false, "shape mismatch");
+  });
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("shape mismatch"));
+  EXPECT_EQ(calls, 1);
 }
 
 // A run out of device memory names the batch sizes of its method and what to lower.
