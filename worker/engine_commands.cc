@@ -12,6 +12,7 @@
 
 #include "common/image/face_detector.h"
 #include "common/predict/predict_command.h"
+#include "common/spec/backbones.h"
 #include "common/spec/spec.h"
 #include "server/serve/au_detection.h"
 #include "worker/commands.h"
@@ -119,8 +120,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   auto output = std::make_shared<std::string>("text");
   CLI::App* cmd =
       app.add_subcommand("bench", "ms per iteration and peak memory of STL, MTL and the MAL modes");
-  cmd->add_option("--backbone", o->backbone)
-      ->check(CLI::IsMember({"small_cnn", "resnet18", "resnet34"}));
+  cmd->add_option("--backbone", o->backbone)->check(CLI::IsMember(Backbones()));
   cmd->add_option("--input", o->input, "image side, px")->check(CLI::Range(32, 1024));
   cmd->add_option("--batch", o->batch, "AU and FE batch each")->check(CLI::Range(1, 100000));
   cmd->add_option("--val-batch", o->val_batch, "meta validation batch")

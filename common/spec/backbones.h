@@ -4,9 +4,18 @@
 // Facts about the image backbones (worker/engine/models.h) that spec validation needs without
 // LibTorch. Checked against the models themselves by ModelsTest.LastFeatureMapSideMatchesTheModels.
 
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace mal {
+
+// Every backbone a spec may name (model.backbone), as models.cc builds them.
+inline const std::vector<std::string>& Backbones() {
+  static const auto* const names =
+      new std::vector<std::string>{"small_cnn", "resnet18", "resnet34"};
+  return *names;
+}
 
 // The side (cells) of a backbone's last feature map for a square input of `input` px, i.e. the
 // map of an N x 3 x input x input image is N x C x side x side. small_cnn: four unpadded 2 x 2

@@ -17,6 +17,7 @@
 #include <set>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -598,8 +599,9 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   }
 
   const v1::ModelSpec& m = spec.model();
-  MAL_CHECK_FIELD(OneOf(m.backbone(), {"small_cnn", "resnet18", "resnet34"}), "model.backbone",
-                  absl::StrCat("'", m.backbone(), "' is not one of small_cnn, resnet18, resnet34"));
+  MAL_CHECK_FIELD(
+      absl::c_linear_search(Backbones(), m.backbone()), "model.backbone",
+      absl::StrCat("'", m.backbone(), "' is not one of ", absl::StrJoin(Backbones(), ", ")));
   MAL_CHECK_FIELD(m.input() >= 32 && m.input() <= 1024, "model.input", "must be in 32..1024");
   MAL_CHECK_FIELD(m.resize() >= m.input() && m.resize() <= 2048, "model.resize",
                   "must be at least model.input and at most 2048");
