@@ -99,6 +99,20 @@ seed: 3
     return n;
   }
 
+  // The parameters of Spec("mal") trained uninterrupted with AU, FE and validation batches of `n`.
+  static std::vector<torch::Tensor> MalParametersAtBatch(int n) {
+    testing::TempDir out;
+    TrainOptions o;
+    o.spec = Spec("mal");
+    o.spec.mutable_train()->set_batch_au(n);
+    o.spec.mutable_train()->set_batch_fe(n);
+    o.spec.mutable_mal()->set_val_batch(n);
+    o.out_dir = out.path();
+    auto result = Train(o);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return Parameters(out / "model.pt");
+  }
+
   static testing::TempDir* dir_;
 };
 testing::TempDir* TrainerTest::dir_ = nullptr;
@@ -531,7 +545,7 @@ TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
 // the second starts from scratch at half the batches, and its model is the one a run at those
 // batches gives.
 TEST_F(TrainerTest, OutOfMemoryStartsOverWithHalvedBatches) {
-  testing::TempDir halved, direct;
+  testing::TempDir halved;
   TrainOptions o;
   o.spec = Spec("mal");
   o.spec.mutable_train()->set_oom_retries(2);
@@ -564,21 +578,14 @@ TEST_F(TrainerTest, OutOfMemoryStartsOverWithHalvedBatches) {
   // records.csv has the second attempt's 6 iterations only.
   EXPECT_EQ(CountLines(halved / "records.csv"), 7);
 
-  TrainOptions d;
-  d.spec = Spec("mal");
-  d.spec.mutable_train()->set_batch_au(4);
-  d.spec.mutable_train()->set_batch_fe(4);
-  d.spec.mutable_mal()->set_val_batch(4);
-  d.out_dir = direct.path();
-  ASSERT_TRUE(Train(d).ok());
-  EXPECT_TRUE(Same(Parameters(halved / "model.pt"), Parameters(direct / "model.pt")));
+  EXPECT_TRUE(Same(Parameters(halved / "model.pt"), MalParametersAtBatch(4)));
 }
 
 // A run that had halved its batches and was stopped resumes with the checkpoint's batches, though
 // its spec (the coordinator's, unchanged) still names the larger ones; the result is the run at
 // the halved batches, uninterrupted.
 TEST_F(TrainerTest, ResumeAfterOutOfMemoryKeepsTheHalvedBatches) {
-  testing::TempDir split, direct;
+  testing::TempDir split;
   TrainOptions o;
   o.spec = Spec("mal");
   o.spec.mutable_train()->set_oom_retries(3);
@@ -605,14 +612,7 @@ TEST_F(TrainerTest, ResumeAfterOutOfMemoryKeepsTheHalvedBatches) {
   ASSERT_TRUE(meta.ok()) << meta.status();
   EXPECT_EQ(meta->spec().train().batch_au(), 2);
 
-  TrainOptions d;
-  d.spec = Spec("mal");
-  d.spec.mutable_train()->set_batch_au(2);
-  d.spec.mutable_train()->set_batch_fe(2);
-  d.spec.mutable_mal()->set_val_batch(2);
-  d.out_dir = direct.path();
-  ASSERT_TRUE(Train(d).ok());
-  EXPECT_TRUE(Same(Parameters(split / "model.pt"), Parameters(direct / "model.pt")));
+  EXPECT_TRUE(Same(Parameters(split / "model.pt"), MalParametersAtBatch(2)));
 }
 
 // Out of memory at every batch: the run fails for good (ResourceExhausted) after
