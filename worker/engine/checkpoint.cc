@@ -74,6 +74,8 @@ absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& mo
       const int64_t* b = batches.data_ptr<int64_t>();
       p.batches = Batches{b[0], b[1], b[2]};
     }
+  } catch (const c10::OutOfMemoryError&) {
+    throw;  // the device is full, the checkpoint is fine: Train's out-of-memory handling
   } catch (const c10::Error& e) {
     return absl::DataLossError(absl::StrCat(path,
                                             ": cannot read checkpoint (written by another spec or "

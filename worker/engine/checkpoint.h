@@ -40,7 +40,8 @@ absl::Status SaveCheckpoint(const std::string& path, BaseNetImpl& model, MetaNet
                             const Position& p);
 
 // Restores everything SaveCheckpoint wrote onto `device`. Errors: DataLoss naming `path` when it
-// is unreadable or written for another architecture (another spec or backbone).
+// is unreadable or written for another architecture (another spec or backbone); a
+// c10::OutOfMemoryError from the device propagates (Train handles it).
 absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& model,
                                         MetaNetImpl& meta, torch::optim::Optimizer& base,
                                         torch::optim::Optimizer& meta_opt,

@@ -70,6 +70,21 @@ Batches Halved(const Batches& b) {
   return Batches{half(b.au), half(b.fe), half(b.val)};
 }
 
+// Whether LibTorch's error `e` means that memory ran out: c10::OutOfMemoryError (CUDA), or the
+// messages that a batch too large for the device gives otherwise, as Hugging Face Accelerate's
+// should_reduce_batch_size reads them (cuDNN's NOT_SUPPORTED for convolutions too large for it,
+// cuDNN / cuBLAS allocation failures, the CPU allocator's failure).
+bool IsOutOfMemory(const c10::Error& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) return true;
+  const std::string what = e.what_without_backtrace();
+  for (const char* sign :
+       {"CUDA out of memory", "CUDNN_STATUS_NOT_SUPPORTED", "CUDNN_STATUS_ALLOC_FAILED",
+        "CUBLAS_STATUS_ALLOC_FAILED", "DefaultCPUAllocator: can't allocate memory"}) {
+    if (what.find(sign) != std::string::npos) return true;
+  }
+  return false;
+}
+
 // "batch 32 AU + 32 FE, validation batch 128", as OutOfMemoryMessage words it.
 std::string DescribeBatches(const Batches& b) {
   std::string s = absl::StrCat("batch ", b.au, " AU");
@@ -116,6 +131,7 @@ class Training {
   absl::StatusOr<TrainResult> Run() {
     RETURN_IF_ERROR(SetUp());
     RETURN_IF_ERROR(Resume());
+    if (options_.checkpoint_at_start && pos_.global_iter == 0) RETURN_IF_ERROR(Save());
     while (pos_.epoch <= t_.epochs()) RETURN_IF_ERROR(TrainEpoch());
     // Resumed after the last epoch had finished: the final metrics again, for the metadata.
     if (last_.epoch == 0) last_ = Evaluate(t_.epochs());
@@ -247,17 +263,17 @@ absl::Status Training::MakeLoaders() {
     ASSIGN_OR_RETURN(auto val, MakeLoader(data_.au, data_.fold.val, spec_.mal().val_batch(),
                                           LoaderKind::kMetaValidation, spec_, seed_ + 2));
     val_train_ = std::make_unique<CyclingLoader>(std::move(val));
-    ASSIGN_OR_RETURN(au_all_,
-                     MakeLoader(data_.au, data_.fold.train, 64, LoaderKind::kEval, spec_, seed_));
-    ASSIGN_OR_RETURN(fe_all_,
-                     MakeLoader(data_.fe, AllOf(data_.fe), 64, LoaderKind::kEval, spec_, seed_));
+    ASSIGN_OR_RETURN(au_all_, MakeLoader(data_.au, data_.fold.train, options_.eval_batch,
+                                         LoaderKind::kEval, spec_, seed_));
+    ASSIGN_OR_RETURN(fe_all_, MakeLoader(data_.fe, AllOf(data_.fe), options_.eval_batch,
+                                         LoaderKind::kEval, spec_, seed_));
   }
   if (!data_.fold.test.empty()) {  // none for the final fit (fold 0)
-    ASSIGN_OR_RETURN(test_eval_,
-                     MakeLoader(data_.au, data_.fold.test, 64, LoaderKind::kEval, spec_, seed_));
+    ASSIGN_OR_RETURN(test_eval_, MakeLoader(data_.au, data_.fold.test, options_.eval_batch,
+                                            LoaderKind::kEval, spec_, seed_));
   }
-  ASSIGN_OR_RETURN(val_eval_,
-                   MakeLoader(data_.au, data_.fold.val, 64, LoaderKind::kEval, spec_, seed_));
+  ASSIGN_OR_RETURN(val_eval_, MakeLoader(data_.au, data_.fold.val, options_.eval_batch,
+                                         LoaderKind::kEval, spec_, seed_));
   return absl::OkStatus();
 }
 
@@ -569,57 +585,71 @@ absl::StatusOr<TrainResult> TrainWithOomFallback(const TrainOptions& options,
                                                  const TrainAttempt& attempt) {
   TrainOptions o = options;
   const int retries = options.spec.train().oom_retries();
-  const std::string checkpoint = (fs::path(options.out_dir) / run_files::kCheckpoint).string();
+  const fs::path out(options.out_dir);
+  const std::string checkpoint = (out / run_files::kCheckpoint).string();
   int halvings = 0;
-  if (options.resume && retries > 0 && fs::exists(checkpoint)) {
+  std::error_code ec;
+  if (options.resume && retries > 0 && fs::exists(checkpoint, ec)) {
     // A run that had halved its batches resumes with them (its checkpoint may come from another
     // host); an unreadable checkpoint is reported by the attempt's own load.
     if (auto saved = ReadCheckpointBatches(checkpoint); saved.ok()) {
       Batches b = SpecBatches(o.spec);
-      for (int k = 1; k <= retries && halvings == 0; ++k) {
+      for (int k = 1; k <= retries && *saved != b && Halved(b) != b; ++k) {
         b = Halved(b);
         if (b == *saved) halvings = k;
       }
       if (halvings > 0) {
         SetBatches(*saved, &o.spec);
+        o.eval_batch = std::max(1, options.eval_batch >> halvings);
         LOG(INFO) << "resuming with the checkpoint's batches: " << DescribeBatches(*saved);
       }
     }
   }
   // LibTorch reports errors by throwing c10::Error: it stops here, as a status.
   for (;;) {
+    std::string message;
     try {
       auto result = attempt(o);
       if (result.ok()) result->oom_halvings = halvings;
       return result;
-    } catch (const c10::OutOfMemoryError& e) {
-      // Device memory: the same batch fails again, so the message says what to change.
-      std::string message = OutOfMemoryMessage(o.spec, e.what_without_backtrace());
-      const Batches now = SpecBatches(o.spec), next = Halved(now);
-      if (halvings >= retries || next == now) {
-        if (retries > 0) {
-          absl::StrAppend(&message, "; the batches were halved ", halvings,
-                          " time(s) already (train.oom_retries ", retries, ")");
-        }
-        return absl::ResourceExhaustedError(message);
-      }
-      ++halvings;
-      SetBatches(next, &o.spec);
-      if (absl::StartsWith(o.spec.train().device(), "cuda")) ReleaseCachedDeviceMemory();
-      // The checkpoint and the TensorBoard curves are the larger batch's: start over. (A kill from
-      // here on resumes from no checkpoint, or from the coordinator's older one, and halves again.)
-      std::error_code ec;
-      fs::remove(checkpoint, ec);
-      fs::remove_all(fs::path(options.out_dir) / "tensorboard", ec);
-      o.resume = false;
-      LOG(WARNING) << message << "; starting over from the first iteration with "
-                   << DescribeBatches(next) << " (train.oom_retries: halving " << halvings << " of "
-                   << retries << ")";
     } catch (const c10::Error& e) {
-      return absl::InternalError(e.what_without_backtrace());
+      if (!IsOutOfMemory(e)) return absl::InternalError(e.what_without_backtrace());
+      // The same batch fails again, so the message says what to change.
+      message = OutOfMemoryMessage(o.spec, e.what_without_backtrace());
     } catch (const std::exception& e) {
       return absl::InternalError(e.what());
     }
+    const Batches now = SpecBatches(o.spec), next = Halved(now);
+    if (halvings >= retries || next == now) {
+      if (retries > 0) {
+        absl::StrAppend(&message, "; the batches were halved ", halvings,
+                        " time(s) already (train.oom_retries ", retries, ")");
+      }
+      return absl::ResourceExhaustedError(message);
+    }
+    ++halvings;
+    SetBatches(next, &o.spec);
+    o.eval_batch = std::max(1, o.eval_batch / 2);
+    if (absl::StartsWith(o.spec.train().device(), "cuda")) {
+      try {
+        ReleaseCachedDeviceMemory();
+      } catch (const c10::Error& e) {
+        LOG(WARNING) << "releasing cached device memory: " << e.what_without_backtrace();
+      }
+    }
+    // Every file of the larger batch's run goes: the new run writes its own, and a checkpoint of
+    // the smaller batches before its first iteration, so that the worker daemon uploads that
+    // before any of the new logs (a retry elsewhere then resumes the new run, not the old).
+    for (const char* name :
+         {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics,
+          run_files::kModel, run_files::kModelMetadata, run_files::kWeightsDir, "tensorboard"}) {
+      fs::remove_all(out / name, ec);
+    }
+    o.resume = false;
+    o.checkpoint_at_start = true;
+    LOG(WARNING) << message << "; starting over from the first iteration with "
+                 << DescribeBatches(next) << " (train.oom_retries: halving " << halvings << " of "
+                 << retries << ")";
   }
 }
 

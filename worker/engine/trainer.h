@@ -75,6 +75,13 @@ struct TrainOptions {
   RecordSink* sink = nullptr;
   // Polled between iterations: true stops the run after a checkpoint (status Cancelled).
   std::function<bool()> should_stop;
+  // Images per forward when evaluating (test subjects, validation reserve, the epoch's sample
+  // weights); no effect on training. Train's out-of-memory fallback halves it with the batches.
+  int eval_batch = 64;
+  // Write a checkpoint before the first iteration of a run that does not resume. Set by Train's
+  // out-of-memory fallback when it starts a run over, so that the worker daemon uploads the
+  // smaller batches' checkpoint before any of the new run's logs.
+  bool checkpoint_at_start = false;
 };
 
 struct TrainResult {
@@ -93,12 +100,13 @@ struct TrainResult {
 //   non-finite loss or weights) come back as a status naming the cause; the last good checkpoint
 //   stays. CUDA device memory exhausted (c10::OutOfMemoryError): ResourceExhausted with
 //   OutOfMemoryMessage; under the worker daemon such a run fails without a retry (the same batch
-//   would fail again). With train.oom_retries N > 0 the run first starts over from its first
-//   iteration with every batch halved (train.batch_au, train.batch_fe, mal.val_batch, none below
-//   1), up to N times; its checkpoint and TensorBoard files of the larger batch are removed
-//   first. A resumed run (options.resume) trains with the batches its checkpoint was written with
-//   when they are the spec's halved 1..N times. (On the CPU, Linux's OOM killer usually ends the
-//   process instead, which the daemon retries.)
+//   would fail again). cuDNN's NOT_SUPPORTED and cuDNN / cuBLAS / CPU allocation failures count
+//   as out of memory too. With train.oom_retries N > 0 the run first starts over from its first
+//   iteration with every batch halved (train.batch_au, train.batch_fe, mal.val_batch and
+//   options.eval_batch, none below 1), up to N times; the larger batch's files (checkpoint, logs,
+//   weights, model, TensorBoard) are removed first. A resumed run (options.resume) trains with
+//   the batches its checkpoint was written with when they are the spec's halved 1..N times. (On
+//   the CPU, Linux's OOM killer usually ends the process instead, which the daemon retries.)
 absl::StatusOr<TrainResult> Train(const TrainOptions& options);
 
 // One attempt at training with exactly options.spec's batches: what Train runs, but LibTorch's

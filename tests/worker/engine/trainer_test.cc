@@ -540,44 +540,65 @@ TEST(PretrainedTest, LoadsTorchvisionStateDictAndReproducesItsFeatures) {
   EXPECT_THAT(std::string(junk.message()), HasSubstr("junk.pth"));
 }
 
-// train.oom_retries: a run that runs out of device memory starts over with every batch halved. The
-// first attempt here trains 3 iterations (a checkpoint, records) and then "runs out of memory":
-// the second starts from scratch at half the batches, and its model is the one a run at those
-// batches gives.
+// Throws CUDA's out-of-memory error from inside the training loop, once, at iteration `at`, and
+// reads the batches of the checkpoint in `dir` at the first iteration after that.
+class OutOfMemoryAt : public RecordSink {
+ public:
+  OutOfMemoryAt(int64_t at, fs::path dir) : at_(at), dir_(std::move(dir)) {}
+  void OnIteration(const IterationRecord& r) override {
+    iterations_.push_back(r.iteration);
+    if (thrown_ && iterations_.size() == static_cast<size_t>(at_) + 1) {
+      auto b = ReadCheckpointBatches(dir_ / "checkpoint.pt");
+      if (b.ok()) checkpoint_at_restart_ = *b;
+    }
+    if (r.iteration == at_ && !thrown_) {
+      thrown_ = true;
+      C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB");
+    }
+  }
+  std::vector<int64_t> iterations_;
+  Batches checkpoint_at_restart_;
+
+ private:
+  int64_t at_;
+  fs::path dir_;
+  bool thrown_ = false;
+};
+
+// train.oom_retries: a run that runs out of device memory mid-iteration (here at iteration 4,
+// after a checkpoint, a weights CSV and TensorBoard events of epoch 1) starts over with every
+// batch halved, without a trace of the larger batch's files, and its model is the one a run at
+// those batches gives.
 TEST_F(TrainerTest, OutOfMemoryStartsOverWithHalvedBatches) {
   testing::TempDir halved;
   TrainOptions o;
   o.spec = Spec("mal");
   o.spec.mutable_train()->set_oom_retries(2);
+  o.spec.mutable_train()->set_tensorboard(true);
   o.out_dir = halved.path();
-  std::vector<int64_t> tried;
-  auto attempt = [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
-    tried.push_back(a.spec.train().batch_au());
-    if (a.spec.train().batch_au() > 4) {
-      EXPECT_FALSE(a.resume);
-      TrainOptions partial = a;
-      int polls = 0;
-      partial.should_stop = [&] { return ++polls == 4; };
-      EXPECT_EQ(TrainOnce(partial).status().code(), absl::StatusCode::kCancelled);
-      EXPECT_TRUE(fs::exists(halved / "checkpoint.pt"));
-      C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB");
-    }
-    EXPECT_FALSE(a.resume);
-    EXPECT_FALSE(fs::exists(halved / "checkpoint.pt"));  // the larger batch's, removed
-    return TrainOnce(a);
-  };
-  auto result = TrainWithOomFallback(o, attempt);
+  OutOfMemoryAt sink(4, halved.path());
+  o.sink = &sink;
+  auto result = Train(o);
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_EQ(tried, (std::vector<int64_t>{8, 4}));
+  EXPECT_EQ(sink.iterations_, (std::vector<int64_t>{1, 2, 3, 4, 1, 2, 3, 4, 5, 6}));
+  // The restarted run checkpointed its batches before its first iteration.
+  EXPECT_EQ(sink.checkpoint_at_restart_, (Batches{4, 4, 4}));
   EXPECT_EQ(result->oom_halvings, 1);
   auto meta = ReadModelMetadata(halved / "model.json");
   ASSERT_TRUE(meta.ok()) << meta.status();
   EXPECT_EQ(meta->spec().train().batch_au(), 4);
   EXPECT_EQ(meta->spec().train().batch_fe(), 4);
   EXPECT_EQ(meta->spec().mal().val_batch(), 4);
-  // records.csv has the second attempt's 6 iterations only.
+  auto saved = ReadCheckpointBatches(halved / "checkpoint.pt");
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(*saved, (Batches{4, 4, 4}));
+  // The logs have the second run's 6 iterations and 2 epochs only, TensorBoard one event file.
   EXPECT_EQ(CountLines(halved / "records.csv"), 7);
-
+  EXPECT_EQ(CountLines(halved / "metrics.json"), 4);
+  int event_files = 0;
+  for (const auto& f : fs::directory_iterator(halved / "tensorboard"))
+    event_files += f.is_regular_file();
+  EXPECT_EQ(event_files, 1);
   EXPECT_TRUE(Same(Parameters(halved / "model.pt"), MalParametersAtBatch(4)));
 }
 
@@ -668,6 +689,31 @@ TEST(OomFallbackTest, BatchesOfOneAreNotHalvedFurther) {
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(tried, (std::vector<int64_t>{2, 1}));
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("halved 1 time(s)"));
+}
+
+// cuDNN's NOT_SUPPORTED (a convolution too large for it) and the CPU allocator's failure are
+// plain c10::Errors that a smaller batch cures: they are handled as out of memory.
+TEST(OomFallbackTest, CudnnAndAllocatorFailuresCountAsOutOfMemory) {
+  testing::TempDir out;
+  for (const char* what : {"cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if ...",
+                           "DefaultCPUAllocator: can't allocate memory: you tried to allocate 9"}) {
+    SCOPED_TRACE(what);
+    TrainOptions o;
+    o.spec.set_method(v1::STL);
+    o.spec.mutable_train()->set_batch_au(8);
+    o.spec.mutable_train()->set_oom_retries(1);
+    o.out_dir = out.path();
+    std::vector<int64_t> tried;
+    auto result =
+        TrainWithOomFallback(o, [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
+          tried.push_back(a.spec.train().batch_au());
+          EXPECT_EQ(a.eval_batch, tried.size() == 1 ? 64 : 32);
+          TORCH_CHECK(false, what);
+        });
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(tried, (std::vector<int64_t>{8, 4}));
+    EXPECT_THAT(std::string(result.status().message()), HasSubstr("out of memory on"));
+  }
 }
 
 // Other LibTorch errors are not retried: an internal error with LibTorch's message.
