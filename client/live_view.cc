@@ -57,6 +57,16 @@ void LiveView::Add(const v1::Event& e) {
       r.trial = e.trial();
       r.fold = e.fold();
       const v1::TrainingPoint& p = e.point();
+      if (p.iteration() < r.iteration) {
+        // The run started over (a retry without a checkpoint, or halved batches after running
+        // out of device memory: train.oom_retries): its epochs may have another length now.
+        note(absl::StrCat(RunLabel(e.trial(), e.fold()), " started over at iteration ",
+                          p.iteration(), " (attempt ", e.attempt(), ")"));
+        r.epoch = 0;
+        r.epoch_start = -1;
+        r.per_epoch = 0;
+        r.seconds_per_it = 0;
+      }
       if (p.epoch() != r.epoch) {
         if (r.epoch_start >= 0 && p.epoch() == r.epoch + 1)
           r.per_epoch = p.iteration() - r.epoch_start;
