@@ -76,7 +76,7 @@ int Train(const TrainArgs& a) {
             << ", metadata " << result->metadata_path << "\n";
   if (result->oom_halvings > 0) {
     std::cout << "the batches were halved " << result->oom_halvings
-              << " time(s) after running out of device memory (train.oom_retries); model.json "
+              << " time(s) after running out of memory (train.oom_retries); model.json "
                  "records the ones trained with\n";
   }
   return 0;
