@@ -89,7 +89,7 @@ struct TrainResult {
   std::string model_path;     // weights (torch archive)
   std::string metadata_path;  // model.json: AUs, input, normalisation, thresholds, spec, metrics
   int64_t iterations = 0;
-  // How often train.oom_retries halved the batches after CUDA ran out of memory (0: never); the
+  // How often train.oom_retries halved the batches after running out of memory (0: never); the
   // batches trained with are in model.json's spec.
   int oom_halvings = 0;
 };
