@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# train.oom_retries on a real (not injected) allocation failure, through the service: a coordinator
+# and a worker daemon whose address space is limited with `ulimit -v`, an STL run on SynthFace whose
+# batch of 1,024 frames at 96 px needs about 6.6 GB; with the default 4 GB limit the CPU allocator
+# fails at 1,024 and 512 and the run completes at 256 (docs/engine.md). Prints the events, the
+# run's out-of-memory warnings and the batch in the registered model.json. On demand, not in CI:
+# the limit that separates the batches depends on the machine (raise or lower ULIMIT_KB).
+# Usage: tests/bench/oom_fallback.sh [OUT_DIR]   Environment: ULIMIT_KB (4000000), MAL_BUILD_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build="${MAL_BUILD_DIR:-build}"
+out="$(realpath -m "${1:-runs/oom-fallback}")"
+rm -rf "$out/coordinator" "$out/worker"
+mkdir -p "$out"
+[ -f "$out/synthface/synthface.txt" ] ||
+  "$build/client/malctl" data synth --out "$out/synthface" --force --seed 1 > /dev/null
+cat > "$out/spec.yaml" <<SPEC
+name: oom-fallback
+method: stl
+data:
+  au: {format: synthface, root: $out/synthface}
+cv: {protocol: standard, only: [1]}
+model: {backbone: small_cnn, input: 96, resize: 104}
+train: {epochs: 1, batch_au: 1024, lr: 0.01, max_iterations: 2, threads: 1, data_threads: 1,
+        oom_retries: 5, checkpoint_every: 1}
+seed: 1
+SPEC
+"$build/server/mal-coordinator" --listen 127.0.0.1:0 --data-dir "$out/coordinator" \
+  > "$out/coordinator.out" 2> "$out/coordinator.log" &
+coordinator=$!
+worker=""
+cleanup() {
+  [ -n "$worker" ] && kill "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
+  kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  grep -q 'listening on port' "$out/coordinator.out" 2>/dev/null && break
+  sleep 0.1
+done
+port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/coordinator.out")
+[ -n "$port" ] || { echo "the coordinator did not start; see $out/coordinator.log" >&2; exit 1; }
+export MAL_ADDRESS="127.0.0.1:$port"
+(ulimit -v "${ULIMIT_KB:-4000000}"
+ exec "$build/worker/mal-worker" --coordinator "$MAL_ADDRESS" --slots 1 --work-dir "$out/worker" \
+   > "$out/worker.log" 2>&1) &
+worker=$!
+"$build/client/malctl" submit -f "$out/spec.yaml" --follow --plain \
+  --kinds state,epoch,fold_result,end
+echo "out-of-memory warnings in the run's log (as uploaded to the coordinator):"
+grep -h "out of memory\|halved" "$out/coordinator/artifacts/exp-1/trial-0/fold-1/log.txt" |
+  cut -c1-200 || true
+python3 - "$out/coordinator/artifacts/exp-1/trial-0/fold-1/model.json" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))["spec"]["train"]
+print(f"model.json: trained with batch_au {spec['batch_au']} (the spec asked for 1024)")
+PY
