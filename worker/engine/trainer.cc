@@ -297,6 +297,13 @@ absl::Status Training::Resume() {
   if (resuming) {
     ASSIGN_OR_RETURN(pos_,
                      LoadCheckpoint(checkpoint_, *model_, *meta_, *base_opt_, *meta_opt_, device_));
+    // A spec edited between the stop and the resume (train.oom_retries' halvings are already
+    // applied to spec_ by Train): say so rather than mix two batch sizes silently.
+    if (pos_.batches != Batches{} && pos_.batches != SpecBatches(spec_)) {
+      LOG(WARNING) << checkpoint_ << " was written with " << DescribeBatches(pos_.batches)
+                   << "; the resumed run continues with the spec's "
+                   << DescribeBatches(SpecBatches(spec_));
+    }
   }
   ASSIGN_OR_RETURN(log_, RunLog::Open(options_.out_dir, resuming ? pos_.global_iter : -1,
                                       pos_.epoch, t_.tensorboard()));
