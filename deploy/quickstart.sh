@@ -7,6 +7,7 @@
 # unseen test subjects' frames with `malctl predict`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source deploy/coordinator-lib.sh
 bash deploy/build.sh malctl mal-worker mal-coordinator mal-serve
 build_dir="${MAL_BUILD_DIR:-build}"
 data=.cache/synthface  # where deploy/examples/quickstart.yaml reads it
@@ -22,25 +23,17 @@ echo
 out="${MAL_QUICKSTART_OUT:-runs/quickstart}"
 rm -rf "$out"
 mkdir -p "$out"
-"$build_dir/server/mal-coordinator" --listen 127.0.0.1:0 --data-dir "$out/coordinator" \
-  > "$out/coordinator.out" 2> "$out/coordinator.log" &
-coordinator=$!
+coordinator=""
 worker=""
 serve=""
 cleanup() {
   [ -n "$serve" ] && kill "$serve" 2>/dev/null && wait "$serve" 2>/dev/null
   [ -n "$worker" ] && kill "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
-  kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
+  [ -n "$coordinator" ] && kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
   true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  grep -q 'listening on port' "$out/coordinator.out" 2>/dev/null && break
-  sleep 0.1
-done
-port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/coordinator.out")
-[ -n "$port" ] || { echo "the coordinator did not start; see $out/coordinator.log" >&2; exit 1; }
-export MAL_ADDRESS="127.0.0.1:$port"
+start_coordinator "$build_dir" "$out"
 "$build_dir/worker/mal-worker" --coordinator "$MAL_ADDRESS" --slots 1 --work-dir "$out/worker" \
   > "$out/worker.log" 2>&1 &
 worker=$!

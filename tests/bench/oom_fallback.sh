@@ -8,6 +8,7 @@
 # Usage: tests/bench/oom_fallback.sh [OUT_DIR]   Environment: ULIMIT_KB (4000000), MAL_BUILD_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source deploy/coordinator-lib.sh
 build="${MAL_BUILD_DIR:-build}"
 out="$(realpath -m "${1:-runs/oom-fallback}")"
 rm -rf "$out/coordinator" "$out/worker"
@@ -25,23 +26,15 @@ train: {epochs: 1, batch_au: 1024, lr: 0.01, max_iterations: 2, threads: 1, data
         oom_retries: 5, checkpoint_every: 1}
 seed: 1
 SPEC
-"$build/server/mal-coordinator" --listen 127.0.0.1:0 --data-dir "$out/coordinator" \
-  > "$out/coordinator.out" 2> "$out/coordinator.log" &
-coordinator=$!
+coordinator=""
 worker=""
 cleanup() {
   [ -n "$worker" ] && kill "$worker" 2>/dev/null && wait "$worker" 2>/dev/null
-  kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
+  [ -n "$coordinator" ] && kill "$coordinator" 2>/dev/null && wait "$coordinator" 2>/dev/null
   true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  grep -q 'listening on port' "$out/coordinator.out" 2>/dev/null && break
-  sleep 0.1
-done
-port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/coordinator.out")
-[ -n "$port" ] || { echo "the coordinator did not start; see $out/coordinator.log" >&2; exit 1; }
-export MAL_ADDRESS="127.0.0.1:$port"
+start_coordinator "$build" "$out"
 (ulimit -v "${ULIMIT_KB:-4000000}"
  exec "$build/worker/mal-worker" --coordinator "$MAL_ADDRESS" --slots 1 --work-dir "$out/worker" \
    > "$out/worker.log" 2>&1) &
