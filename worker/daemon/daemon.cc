@@ -19,6 +19,8 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <string>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -163,12 +165,29 @@ void Daemon::Launch(const v1::Assignment& a) {
             << (a.has_checkpoint() ? " (resuming)" : "");
   RunTask* raw = t.get();
   runs_[a.run_id()] = std::move(t);
-  raw->thread = std::thread([this, raw] {
-    Execute(raw);
-    absl::MutexLock lock(&mu_);
-    raw->done = true;
-    wake_.SignalAll();
-  });
+  try {
+    raw->thread = std::thread([this, raw] {
+      Execute(raw);
+      absl::MutexLock lock(&mu_);
+      raw->done = true;
+      wake_.SignalAll();
+    });
+  } catch (const std::system_error& e) {
+    // Out of threads or of address space (ulimit -v, a container's limit): this run cannot
+    // start here, but the daemon and its other runs go on. One try to say why, a failed attempt
+    // (bounded by max_restarts); if it does not land, the run is not claimed at the next
+    // heartbeat and the coordinator re-queues it as lost.
+    runs_.erase(a.run_id());
+    const std::string message =
+        absl::StrCat("worker ", o_.name, ": cannot start a thread for the run: ", e.what());
+    LOG(ERROR) << "run " << a.run_id() << ": " << message;
+    v1::FailRunRequest req;
+    req.set_run_id(a.run_id());
+    req.set_lease_epoch(a.lease_epoch());
+    req.set_message(message);
+    req.set_retryable(true);
+    (void)client_->FailRun(req, kCallTimeout);
+  }
 }
 
 void Daemon::Reap() {
