@@ -57,6 +57,8 @@ int Train(const TrainArgs& a) {
     std::signal(SIGPIPE, SIG_IGN);
     sink = std::make_unique<PipeSink>(*a.events_fd);
     options.sink = sink.get();
+    // Between records too (evaluation, data generation): the daemon's stall watchdog.
+    sink->StartProgressReports(std::chrono::seconds(1));
   }
   auto result = engine::Train(options);
   if (sink) sink->Finish(result.status());

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/util/progress.h"
 #include "common/util/random.h"
 
 namespace mal::image {
@@ -93,6 +94,7 @@ std::optional<Batch> BatchLoader::Next() {
                             carried_failures_.end());
       carried_failures_.clear();
     }
+    NoteProgress();  // the consumer took a batch: the run moves (a stall watchdog reads this)
     return batch;
   }
 }

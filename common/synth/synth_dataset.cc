@@ -24,6 +24,7 @@
 #include "common/synth/annotators.h"
 #include "common/synth/face_renderer.h"
 #include "common/util/files.h"
+#include "common/util/progress.h"
 #include "common/util/random.h"
 #include "common/util/status_macros.h"
 
@@ -122,6 +123,7 @@ absl::Status WriteImages(const std::vector<ImageJob>& jobs, int size, int thread
       } catch (const cv::Exception& e) {
         ok = false;
       }
+      NoteProgress();
       if (!ok) {
         std::lock_guard<std::mutex> lock(error_mu);
         error = absl::StrCat(jobs[i].path, ": cannot write image");

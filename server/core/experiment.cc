@@ -62,6 +62,8 @@ const char* EventKind(const v1::Event& e) {
       return "end";
     case v1::Event::kOutcome:
       return "outcome";
+    case v1::Event::kProgress:
+      return "progress";
     case v1::Event::BODY_NOT_SET:
       return "";
   }

@@ -273,8 +273,9 @@ mal: {val_fraction: 0.1, val_batch: 8}
   // Starts worker w1, submits a one-run spec and waits until the run is past two epochs (the first
   // epoch's checkpoint is uploaded by then); returns the experiment id, or "" (with the failure
   // recorded) when that does not happen in time.
-  std::string RunPastEpochTwoOnW1(const std::string& spec) {
-    StartWorker("w1");
+  std::string RunPastEpochTwoOnW1(const std::string& spec,
+                                  const std::vector<std::string>& worker_args = {}) {
+    StartWorker("w1", 1, worker_args);
     EXPECT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
         << DiagnosticLogs();
     const std::string id = Submit(spec);
@@ -716,6 +717,32 @@ TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {
   EXPECT_EQ(info.runs(0).worker(), "w2");
   EXPECT_EQ(info.runs(0).attempt(), 0);  // a shutdown is no failure of the run
   EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+}
+
+// The engine child stops making progress (SIGSTOP here; in the field a process spinning in a
+// library or blocked on a dead file system): the daemon's watchdog stops it after
+// --stall-timeout-s, the run is retried from its checkpoint, and the result is exact.
+TEST_F(ServiceTest, StuckEngineIsStoppedByTheWatchdogAndItsRunResumes) {
+  const std::string spec = WriteSpec("stuck", 8, 10, "cv: {only: [1]}\n");
+  StartCoordinator();
+  const std::string id = RunPastEpochTwoOnW1(spec, {"--stall-timeout-s", "10"});
+  ASSERT_FALSE(id.empty()) << "the run did not get going";
+  const pid_t daemon = workers_["w1"]->pid();
+  const pid_t engine = ChildOf(daemon);
+  ASSERT_GT(engine, 0);
+  ASSERT_EQ(::kill(engine, SIGSTOP), 0);
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  EXPECT_EQ(info.runs(0).attempt(), 1) << DiagnosticLogs();
+  EXPECT_EQ(::kill(daemon, 0), 0);
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+  bool reported = false;
+  for (const auto& e : Replay(id, 1)) {
+    reported = reported ||
+               (e.has_state() &&
+                e.state().message().find("engine made no progress for 10 s") != std::string::npos);
+  }
+  EXPECT_TRUE(reported) << DiagnosticLogs();
 }
 
 // The engine child dies (as the kernel's OOM killer would do it): that run is retried, from its

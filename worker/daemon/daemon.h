@@ -29,6 +29,11 @@ struct DaemonOptions {
   std::string engine;
   int upload_every_s = 15;  // checkpoint upload interval (also at every epoch end)
   int stop_grace_s = 10;    // SIGTERM -> SIGKILL for a child told to stop
+  // A child that reports no progress for this long (s) is stuck, not slow: it gets SIGTERM (then
+  // SIGKILL after stop_grace_s) and its run fails as retryable, naming the stall. Progress is any
+  // event on the pipe: records, and the engine's EngineProgress while batches move (evaluation,
+  // data generation). 0: never.
+  int stall_timeout_s = 1800;
   // Where to serve grpc.health.v1 (SERVING while registered with the coordinator) and server
   // reflection, for probes; empty: not served. Port 0 picks one (logged).
   std::string listen;
@@ -48,7 +53,8 @@ struct DaemonOptions {
 // A run's outcome comes from its engine child as a typed last event (RunOutcome, event_pipe.h):
 // code 0 completes it with the last epoch's metrics; an error fails it, retried elsewhere only if
 // the engine says so; a child that ends without one crashed and the run is retried (its message
-// says how the process ended and the log's last line).
+// says how the process ended and the log's last line); a child killed as stuck
+// (stall_timeout_s) is retried with a message naming the stall and the last iteration.
 int RunDaemon(const DaemonOptions& options, const std::atomic<bool>* stop,
               std::unique_ptr<CoordinatorClient> client = nullptr);
 

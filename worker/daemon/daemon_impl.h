@@ -35,6 +35,9 @@ constexpr milliseconds kCallTimeout{10000};
 constexpr milliseconds kTransferTimeout{300000};
 constexpr size_t kBatch = 256;
 constexpr size_t kMaxPending = 50000;
+constexpr milliseconds kForever = milliseconds::max();
+// How long an upload made while the child trains (epoch ends, checkpoints) keeps retrying.
+constexpr milliseconds kProgressUploadPatience{10000};
 
 struct RunTask {
   v1::Assignment a;
@@ -53,6 +56,10 @@ struct Supervised {
   int64_t next_index = 1;         // run-local index of pending.front()
   bool stale = false;             // the coordinator refused our lease: stop, report nothing
   v1::EpochMetrics last_epoch;
+  int64_t last_iteration = 0;  // of the last training point
+  // Set when the child was stopped for reporting no progress (DaemonOptions::stall_timeout_s):
+  // what happened, for the run's failure message.
+  std::optional<std::string> stalled;
   std::optional<v1::RunOutcome> outcome;  // the child's last word, when it sent one
 };
 
@@ -93,13 +100,18 @@ class Daemon {
   // Gives a run back to the coordinator for a retry elsewhere, released (not a failed attempt),
   // with "worker NAME shut down" and `detail`.
   void Release(RunTask* t, absl::string_view detail = "");
-  grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path);
-  void UploadProgress(RunTask* t, int epoch);
+  grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
+                      milliseconds patience = kForever);
+  // The checkpoint, the logs and epoch `epoch`'s weights CSV (0: none). While the child trains,
+  // `patience` bounds the retries, so a coordinator that is away does not stop the relay (and,
+  // through a full pipe, the training): the next epoch end or checkpoint sends them again.
+  void UploadProgress(RunTask* t, int epoch, milliseconds patience = kForever);
   // Every file of the run's output and its log; false when an output file did not arrive.
   bool UploadAll(RunTask* t);
-  // Retries a call while IsTransient, until it lands, the run is revoked, or the daemon stops.
+  // Retries a call while IsTransient, until it lands, the run is revoked, the daemon stops, or
+  // `patience` has passed since the first try.
   template <typename Call>
-  grpc::Status Deliver(RunTask* t, Call call);
+  grpc::Status Deliver(RunTask* t, Call call, milliseconds patience = kForever);
   void Sleep(milliseconds d) { std::this_thread::sleep_for(d); }
 
   const DaemonOptions& o_;

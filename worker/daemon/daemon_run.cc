@@ -12,6 +12,8 @@
 #include <deque>
 #include <filesystem>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -53,11 +55,13 @@ std::string LastLogLine(const std::string& path) {
 // One run.
 
 template <typename Call>
-grpc::Status Daemon::Deliver(RunTask* t, Call call) {
+grpc::Status Daemon::Deliver(RunTask* t, Call call, milliseconds patience) {
   int backoff = 100;
+  const auto start = Clock::now();
   for (;;) {
     grpc::Status s = call();
     if (s.ok() || !IsTransient(s) || t->dropped) return s;
+    if (patience != kForever && Clock::now() - start >= patience) return s;
     LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": " << s.error_message()
                              << " (retrying)";
     Sleep(milliseconds(backoff));
@@ -68,10 +72,14 @@ grpc::Status Daemon::Deliver(RunTask* t, Call call) {
   }
 }
 
-grpc::Status Daemon::Upload(RunTask* t, const std::string& name, const std::string& path) {
-  return Deliver(t, [&]() {
-    return client_->Upload(t->a.run_id(), t->a.lease_epoch(), name, path, kTransferTimeout);
-  });
+grpc::Status Daemon::Upload(RunTask* t, const std::string& name, const std::string& path,
+                            milliseconds patience) {
+  return Deliver(
+      t,
+      [&]() {
+        return client_->Upload(t->a.run_id(), t->a.lease_epoch(), name, path, kTransferTimeout);
+      },
+      patience);
 }
 
 bool Daemon::Prepare(RunTask* t, std::string* error) {
@@ -130,20 +138,27 @@ bool Daemon::Flush(RunTask* t, Supervised& s) {
   return true;
 }
 
-void Daemon::UploadProgress(RunTask* t, int epoch) {
+void Daemon::UploadProgress(RunTask* t, int epoch, milliseconds patience) {
   const std::string out = t->dir + "/out";
+  std::vector<std::pair<std::string, std::string>> files;  // name, path
   // The checkpoint first: the logs are at least as new, and a resumed run trims them to it.
   for (const std::string name :
        {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
-    if (fs::exists(out + "/" + name)) (void)Upload(t, name, out + "/" + name);
+    files.emplace_back(name, out + "/" + name);
   }
-  if (epoch > 0) {
-    const std::string name = run_files::WeightsCsv(epoch);
-    if (fs::exists(out + "/" + name)) (void)Upload(t, name, out + "/" + name);
-  }
+  if (epoch > 0)
+    files.emplace_back(run_files::WeightsCsv(epoch), out + "/" + run_files::WeightsCsv(epoch));
   // The engine's log so far, for `malctl logs --follow`.
-  const std::string log = t->dir + "/" + run_files::kLog;
-  if (fs::exists(log)) (void)Upload(t, run_files::kLog, log);
+  files.emplace_back(run_files::kLog, t->dir + "/" + run_files::kLog);
+  for (const auto& [name, path] : files) {
+    if (!fs::exists(path)) continue;
+    grpc::Status s = Upload(t, name, path, patience);
+    if (!s.ok() && IsTransient(s)) {
+      LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << name << ": "
+                               << s.error_message() << " (sent again later)";
+      return;  // the coordinator is away: the rest would wait as long
+    }
+  }
 }
 
 bool Daemon::UploadAll(RunTask* t) {
@@ -247,6 +262,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
   auto last_flush = Clock::now(), last_upload = Clock::now();
   auto term_sent = Clock::time_point();
   int64_t checkpoint_mtime = 0;
+  auto last_progress = Clock::now();
   for (bool open = true; open;) {
     pollfd p{child.events_fd, POLLIN, 0};
     if (::poll(&p, 1, 200) > 0) {
@@ -259,16 +275,22 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
         partial.erase(0, nl + 1);
         if (!ev.ok()) {
           LOG(WARNING) << "run " << t->a.run_id() << ": " << ev.status();
-        } else if (ev->has_outcome()) {
+          continue;
+        }
+        last_progress = Clock::now();
+        if (ev->has_outcome()) {
           s.outcome = ev->outcome();
+        } else if (ev->has_progress()) {
+          // Only the watchdog's business: not reported.
         } else if (ev->has_epoch()) {
           s.last_epoch = ev->epoch();
           s.pending.push_back(std::move(*ev));
           if (s.stale || t->dropped) continue;
           Flush(t, s);
-          UploadProgress(t, s.last_epoch.epoch());
+          UploadProgress(t, s.last_epoch.epoch(), kProgressUploadPatience);
           last_upload = Clock::now();
         } else {
+          if (ev->has_point()) s.last_iteration = ev->point().iteration();
           s.pending.push_back(std::move(*ev));
         }
       }
@@ -293,9 +315,20 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
       if (::stat(ckpt.c_str(), &st) == 0 &&
           st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != checkpoint_mtime) {
         checkpoint_mtime = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-        (void)Upload(t, run_files::kCheckpoint, ckpt);
+        (void)Upload(t, run_files::kCheckpoint, ckpt, kProgressUploadPatience);
       }
       last_upload = Clock::now();
+    }
+    if (o_.stall_timeout_s > 0 && term_sent == Clock::time_point() &&
+        Clock::now() - last_progress > std::chrono::seconds(o_.stall_timeout_s)) {
+      s.stalled = absl::StrCat(
+          "engine made no progress for ", o_.stall_timeout_s, " s (--stall-timeout-s) ",
+          s.last_iteration > 0 ? absl::StrCat("after iteration ", s.last_iteration)
+                               : std::string("before its first iteration"),
+          "; stopped it");
+      LOG(WARNING) << "run " << t->a.run_id() << ": " << *s.stalled;
+      SignalChild(child.pid, SIGTERM);
+      term_sent = Clock::now();
     }
     if ((s.stale || t->dropped || t->stopping) && term_sent == Clock::time_point()) {
       SignalChild(child.pid, SIGTERM);
@@ -323,6 +356,21 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   }
   if (s.stale || t->dropped) return;
   const bool succeeded = s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0;
+  // Stuck (the watchdog stopped it): a retryable failure, an attempt of its own, whatever the
+  // stopped engine said after the SIGTERM. Before the shutdown's hand-back, so a run that hangs
+  // on every host ends after max_restarts instead of being handed around for ever.
+  if (s.stalled && !succeeded) {
+    const std::string last = LastLogLine(t->dir + "/" + run_files::kLog);
+    UploadProgress(t, 0);
+    Fail(t,
+         absl::StrCat(
+             *s.stalled, "; engine process ",
+             // Our own signal: no "out of memory?" guess.
+             exit.signaled ? absl::StrCat("killed by signal ", exit.status) : exit.Describe(),
+             last.empty() ? "" : "; its log's last line: ", last),
+         true);
+    return;
+  }
   // Shutting down: a run that did not finish goes back to the coordinator, released (not an
   // attempt that failed). *stop_ as well as t->stopping: a child spawned after the daemon was told
   // to stop is signalled at once (Execute), and may end before HandBack has marked its run.

@@ -3,8 +3,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <iostream>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/util/progress.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace mal::worker {
@@ -83,9 +87,16 @@ absl::StatusOr<v1::Event> DecodeEventLine(const std::string& line) {
   return e;
 }
 
+v1::Event ProgressEvent(int64_t units) {
+  v1::Event e;
+  e.mutable_progress()->set_units(units);
+  return e;
+}
+
 void PipeSink::Write(const v1::Event& event) {
-  if (fd_ < 0) return;
   const std::string line = EncodeEventLine(event);
+  absl::MutexLock lock(&mu_);
+  if (fd_ < 0) return;
   size_t done = 0;
   while (done < line.size()) {
     const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
@@ -98,7 +109,40 @@ void PipeSink::Write(const v1::Event& event) {
   }
 }
 
+void PipeSink::StartProgressReports(std::chrono::milliseconds interval) {
+  try {
+    reporter_ = std::thread([this, interval, reported = ProgressCount()]() mutable {
+      const absl::Duration wait = absl::FromChrono(interval);
+      for (;;) {
+        {
+          absl::MutexLock lock(&mu_);
+          const auto stopped = [this]()
+                                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_reports_; };
+          if (mu_.AwaitWithTimeout(absl::Condition(&stopped), wait)) return;
+        }
+        const int64_t units = ProgressCount();
+        if (units == reported) continue;
+        reported = units;
+        Write(ProgressEvent(units));
+      }
+    });
+  } catch (const std::system_error& e) {
+    // No thread to spare (a tight address-space limit): records still go; a stall watchdog may
+    // then stop a run that is quiet for long.
+    std::cerr << "mal-worker: no progress reports to the daemon: " << e.what() << "\n";
+  }
+}
+
+void PipeSink::StopProgressReports() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_reports_ = true;
+  }
+  if (reporter_.joinable()) reporter_.join();
+}
+
 void PipeSink::Finish(const absl::Status& status) {
+  StopProgressReports();
   v1::Event e;
   v1::RunOutcome* o = e.mutable_outcome();
   o->set_code(static_cast<int>(status.code()));

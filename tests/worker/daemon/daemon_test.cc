@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <thread>
@@ -64,6 +65,7 @@ class FakeCoordinator : public CoordinatorClient {
   grpc::Status ReportEvents(const v1::ReportEventsRequest& request, v1::ReportEventsResponse*,
                             milliseconds) override {
     absl::MutexLock lock(&mu_);
+    if (away_) return Away();
     if (on_report_) on_report_(request);
     ++reports_;
     for (const auto& e : request.events()) events_.push_back(e);
@@ -71,6 +73,7 @@ class FakeCoordinator : public CoordinatorClient {
   }
   grpc::Status CompleteRun(const v1::CompleteRunRequest& request, milliseconds) override {
     absl::MutexLock lock(&mu_);
+    if (away_) return Away();
     completed_.push_back(request);
     return grpc::Status::OK;
   }
@@ -82,6 +85,7 @@ class FakeCoordinator : public CoordinatorClient {
   grpc::Status Upload(int64_t, int64_t, const std::string& name, const std::string& path,
                       milliseconds) override {
     absl::MutexLock lock(&mu_);
+    if (away_) return Away();
     uploads_.push_back(name);
     return grpc::Status::OK;
   }
@@ -103,7 +107,12 @@ class FakeCoordinator : public CoordinatorClient {
     return mu_.AwaitWithTimeout(absl::Condition(&claimed), absl::Seconds(20));
   }
 
+  static grpc::Status Away() { return grpc::Status(grpc::StatusCode::UNAVAILABLE, "away"); }
+
   absl::Mutex mu_;
+  // The run's calls (events, uploads, completion) fail as UNAVAILABLE, as with a coordinator that
+  // went away; heartbeats still work.
+  bool away_ ABSL_GUARDED_BY(mu_) = false;
   // Called with every ReportEvents request (the first of a run, with no events, says it started).
   std::function<void(const v1::ReportEventsRequest&)> on_report_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Assignment> queued_ ABSL_GUARDED_BY(mu_);
@@ -171,6 +180,7 @@ class DaemonTest : public ::testing::Test {
     o.engine = engine;
     o.threads = 1;
     o.stop_grace_s = 1;
+    o.stall_timeout_s = stall_timeout_s_;
     thread_ = std::thread(
         [this, o]() { rc_ = RunDaemon(o, &stop_, std::make_unique<Lent>(fake_.get())); });
   }
@@ -195,6 +205,7 @@ class DaemonTest : public ::testing::Test {
   std::atomic<bool> stop_{false};
   std::thread thread_;
   int rc_ = -1;
+  int stall_timeout_s_ = 1800;  // the daemon's default
 };
 
 constexpr char kEpoch[] =
@@ -317,6 +328,99 @@ TEST_F(DaemonTest, AnEngineErrorDuringTheStopStillFailsTheRunForGood) {
   EXPECT_EQ(fake_->failed_[0].message(), "data.au.root: gone");
   EXPECT_FALSE(fake_->failed_[0].retryable());
   EXPECT_FALSE(fake_->failed_[0].released());
+}
+
+// An engine that stops making progress (here: one training point, then nothing, like a process
+// spinning in a library) is stopped after --stall-timeout-s, long before it would end, and its
+// run fails as retryable with a message naming the stall, where it stopped and the log's last line.
+TEST_F(DaemonTest, AStuckEngineIsStoppedAndItsRunRetried) {
+  stall_timeout_s_ = 1;
+  Start(R"(echo '{"point":{"epoch":1,"iteration":5}}' >&3
+echo 'evaluating the test subjects' >&2
+sleep 60 & wait)");
+  fake_->Assign(20, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());  // within 20 s: the engine would sleep for 60
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_FALSE(fake_->failed_[0].released());
+  EXPECT_THAT(fake_->failed_[0].message(),
+              HasSubstr("engine made no progress for 1 s (--stall-timeout-s) after iteration 5"));
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("evaluating the test subjects"));
+  EXPECT_THAT(fake_->uploads_, Contains("log.txt"));
+}
+
+// The engine's progress events (sent while batches move between records, as in a long
+// evaluation) keep a run that sends no record for longer than the timeout alive, and stay with
+// the daemon.
+TEST_F(DaemonTest, ProgressEventsKeepASlowRunAliveAndAreNotReported) {
+  stall_timeout_s_ = 2;
+  // 3 s without a record, a progress event every 0.2 s, then success.
+  Start(std::string(kEpoch) + R"(
+i=0; while [ $i -lt 15 ]; do echo '{"progress":{"units":'$i'}}' >&3; sleep 0.2; i=$((i+1)); done
+echo '{"outcome":{}}' >&3
+exit 0)");
+  fake_->Assign(21, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->failed_.empty()) << fake_->failed_[0].message();
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  for (const v1::Event& e : fake_->events_) EXPECT_FALSE(e.has_progress());
+}
+
+// A coordinator that is away at an epoch end does not stop the training: the daemon gives the
+// epoch's uploads up after a while (they go again later) and keeps draining the engine's pipe,
+// so an engine that writes far more than a pipe holds gets through; its events are
+// reported once the coordinator is back. (Uploads used to retry for as long as it was away, and
+// the engine blocked on its full pipe.)
+TEST_F(DaemonTest, ACoordinatorAwayAtAnEpochEndDoesNotStopTheTraining) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    // Called by the fake with its mutex held.
+    fake_->on_report_ = [this](const v1::ReportEventsRequest& r)
+                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+                              for (const auto& e : r.events()) {
+                                if (e.has_epoch()) fake_->away_ = true;  // after this report
+                              }
+                            };
+  }
+  // 10,000 points of about 41 bytes: 410 KB, far more than the pipe and the daemon's read buffer
+  // (64 KiB each) hold.
+  Start(std::string(kEpoch) + R"(
+i=1; while [ $i -le 10000 ]; do echo '{"point":{"epoch":2,"iteration":'$i'}}'; i=$((i+1)); done >&3
+touch "$OUT/../relayed"
+echo '{"outcome":{}}' >&3
+exit 0)");
+  fake_->Assign(23, 1);
+  const std::string relayed = dir_ / "work/runs/e-1/trial-0-fold-1/relayed";
+  bool through = false;
+  for (int i = 0; i < 400 && !through; ++i) {  // up to 40 s; the uploads give up after 10
+    std::this_thread::sleep_for(milliseconds(100));
+    through = std::filesystem::exists(relayed);
+  }
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->away_ = false;
+  }
+  ASSERT_TRUE(through) << "the engine stayed blocked on its pipe while the coordinator was away";
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  int points = 0;
+  for (const auto& e : fake_->events_) points += e.has_point();
+  EXPECT_EQ(points, 10000);
+}
+
+// 0 turns the watchdog off: a quiet engine is left alone.
+TEST_F(DaemonTest, StallTimeoutZeroNeverStopsARun) {
+  stall_timeout_s_ = 0;
+  Start(std::string(kEpoch) + "\nsleep 2\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(22, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->failed_.empty());
+  EXPECT_EQ(fake_->completed_.size(), 1u);
 }
 
 TEST_F(DaemonTest, ShutdownHandsARunningRunBack) {

@@ -1,0 +1,112 @@
+// The engine child's side of the event pipe: records and progress events as JSON lines, the
+// outcome last.
+
+#include "worker/daemon/event_pipe.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/util/progress.h"
+
+namespace mal::worker {
+namespace {
+
+using std::chrono::milliseconds;
+
+class EventPipeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::pipe(fds_), 0);
+    ASSERT_EQ(::fcntl(fds_[0], F_SETFL, O_NONBLOCK), 0);
+  }
+  void TearDown() override {
+    ::close(fds_[0]);
+    if (fds_[1] >= 0) ::close(fds_[1]);
+  }
+  // The complete lines written so far, decoded.
+  std::vector<v1::Event> Drain() {
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fds_[0], buf, sizeof buf)) > 0;) text_.append(buf, n);
+    std::vector<v1::Event> events;
+    size_t nl;
+    while ((nl = text_.find('\n')) != std::string::npos) {
+      auto e = DecodeEventLine(text_.substr(0, nl));
+      text_.erase(0, nl + 1);
+      EXPECT_TRUE(e.ok()) << e.status();
+      if (e.ok()) events.push_back(*e);
+    }
+    return events;
+  }
+
+  int fds_[2] = {-1, -1};
+  std::string text_;
+};
+
+TEST_F(EventPipeTest, ARecordIsOneDecodableLine) {
+  PipeSink sink(fds_[1]);
+  engine::IterationRecord r;
+  r.epoch = 2;
+  r.iteration = 17;
+  r.loss_au = 0.25;
+  sink.OnIteration(r);
+  auto events = Drain();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].point().iteration(), 17);
+  EXPECT_EQ(events[0].point().epoch(), 2);
+  EXPECT_DOUBLE_EQ(events[0].point().loss_au(), 0.25);
+}
+
+// Progress events report the process's work count while it moves, say nothing while it stands
+// still, and stop before the outcome, which stays the last line.
+TEST_F(EventPipeTest, ProgressIsReportedWhileTheCountMovesAndTheOutcomeStaysLast) {
+  PipeSink sink(fds_[1]);
+  sink.StartProgressReports(milliseconds(10));
+  for (int i = 0; i < 3; ++i) NoteProgress();
+  const int64_t target = ProgressCount();
+  std::vector<v1::Event> seen;
+  for (int waited = 0; waited < 10000; waited += 10) {
+    for (auto& e : Drain()) seen.push_back(e);
+    if (!seen.empty() && seen.back().progress().units() == target) break;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  ASSERT_FALSE(seen.empty());
+  for (const auto& e : seen) ASSERT_TRUE(e.has_progress());
+  EXPECT_EQ(seen.back().progress().units(), target);
+  for (size_t i = 1; i < seen.size(); ++i)
+    EXPECT_GT(seen[i].progress().units(), seen[i - 1].progress().units());
+
+  // Standing still: nothing more, though the reporter woke about 20 times.
+  std::this_thread::sleep_for(milliseconds(200));
+  EXPECT_TRUE(Drain().empty());
+
+  sink.Finish(absl::CancelledError("stopped at iteration 3"));
+  NoteProgress();  // after Finish: no reporter left to send it
+  std::this_thread::sleep_for(milliseconds(50));
+  auto tail = Drain();
+  ASSERT_EQ(tail.size(), 1u);
+  ASSERT_TRUE(tail[0].has_outcome());
+  EXPECT_EQ(tail[0].outcome().code(), static_cast<int>(absl::StatusCode::kCancelled));
+  EXPECT_TRUE(tail[0].outcome().retryable());
+}
+
+// A reader that went away stops the writes without an error (the run's files have everything).
+TEST_F(EventPipeTest, AClosedReaderIsIgnored) {
+  PipeSink sink(fds_[1]);
+  ::close(fds_[0]);
+  fds_[0] = ::open("/dev/null", O_RDONLY);  // for TearDown
+  std::signal(SIGPIPE, SIG_IGN);
+  engine::IterationRecord r;
+  sink.OnIteration(r);
+  sink.OnIteration(r);
+  sink.Finish(absl::OkStatus());
+}
+
+}  // namespace
+}  // namespace mal::worker
