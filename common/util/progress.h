@@ -1,11 +1,11 @@
 #ifndef MAL_COMMON_UTIL_PROGRESS_H_
 #define MAL_COMMON_UTIL_PROGRESS_H_
 
-// A process-wide count of work units done (a batch handed to the training or evaluation loop, a
-// synthetic image written), so that a watchdog can tell a slow process from a stuck one: the
-// worker daemon kills an engine child whose count stops moving for --stall-timeout-s
-// (docs/service.md). Only work that needs the run's driving thread to advance counts; a
-// helper thread that merely waits never bumps it.
+// A process-wide count of work units done (a batch handed to the training or evaluation loop, an
+// image file checked while a dataset is indexed, a synthetic image written), so that a watchdog can
+// tell a slow process from a stuck one: the worker daemon kills an engine child whose count stops
+// moving for --stall-timeout-s (docs/service.md). Only work that needs the run's driving thread to
+// advance counts; a helper thread that merely waits never bumps it.
 
 #include <cstdint>
 
