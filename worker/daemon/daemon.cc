@@ -167,7 +167,20 @@ void Daemon::Launch(const v1::Assignment& a) {
   runs_[a.run_id()] = std::move(t);
   try {
     raw->thread = std::thread([this, raw] {
-      Execute(raw);
+      try {
+        Execute(raw);
+      } catch (const std::exception& e) {
+        // A defect or an unforeseen system error in this run's handling: the run is retried,
+        // its child does not outlive it, and the daemon and its other runs go on.
+        if (const pid_t pid = raw->child.exchange(0); pid > 0) {
+          SignalChild(pid, SIGKILL);
+          (void)WaitChild(pid);
+        }
+        LOG(ERROR) << "run " << raw->a.run_id() << ": " << e.what();
+        if (!raw->dropped) {
+          Fail(raw, absl::StrCat("worker ", o_.name, ": ", e.what()), /*retryable=*/true);
+        }
+      }
       absl::MutexLock lock(&mu_);
       raw->done = true;
       wake_.SignalAll();

@@ -151,7 +151,8 @@ void Daemon::UploadProgress(RunTask* t, int epoch, milliseconds patience) {
   // The engine's log so far, for `malctl logs --follow`.
   files.emplace_back(run_files::kLog, t->dir + "/" + run_files::kLog);
   for (const auto& [name, path] : files) {
-    if (!fs::exists(path)) continue;
+    std::error_code ec;
+    if (!fs::exists(path, ec)) continue;
     grpc::Status s = Upload(t, name, path, patience);
     if (!s.ok() && IsTransient(s)) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << name << ": "
@@ -165,9 +166,14 @@ bool Daemon::UploadAll(RunTask* t) {
   const fs::path out = t->dir + "/out";
   std::error_code ec;
   bool all = true;
-  for (const auto& entry : fs::recursive_directory_iterator(out, ec)) {
-    if (!entry.is_regular_file()) continue;
-    const std::string rel = fs::relative(entry.path(), out).string();
+  // Non-throwing forms throughout: a file vanishing or unreadable mid-walk is a file not sent,
+  // never an exception on the run's thread.
+  fs::recursive_directory_iterator it(out, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const fs::directory_entry& entry = *it;
+    std::error_code entry_ec;
+    if (!entry.is_regular_file(entry_ec)) continue;
+    const std::string rel = entry.path().lexically_relative(out).string();
     if (rel.find(".tmp") != std::string::npos || rel.find(".fetch") != std::string::npos) continue;
     grpc::Status s = Upload(t, rel, entry.path().string());
     if (!s.ok()) {

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <stdexcept>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
@@ -86,6 +87,10 @@ class FakeCoordinator : public CoordinatorClient {
                       milliseconds) override {
     absl::MutexLock lock(&mu_);
     if (away_) return Away();
+    if (throw_on_upload_) {
+      throw_on_upload_ = false;
+      throw std::runtime_error("an unforeseen error while uploading " + name);
+    }
     uploads_.push_back(name);
     return grpc::Status::OK;
   }
@@ -113,6 +118,8 @@ class FakeCoordinator : public CoordinatorClient {
   // The run's calls (events, uploads, completion) fail as UNAVAILABLE, as with a coordinator that
   // went away; heartbeats still work.
   bool away_ ABSL_GUARDED_BY(mu_) = false;
+  // The next Upload throws (as a defect in the daemon's handling of a run would).
+  bool throw_on_upload_ ABSL_GUARDED_BY(mu_) = false;
   // Called with every ReportEvents request (the first of a run, with no events, says it started).
   std::function<void(const v1::ReportEventsRequest&)> on_report_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Assignment> queued_ ABSL_GUARDED_BY(mu_);
@@ -410,6 +417,39 @@ exit 0)");
   int points = 0;
   for (const auto& e : fake_->events_) points += e.has_point();
   EXPECT_EQ(points, 10000);
+}
+
+// An exception in one run's handling (here thrown by the coordinator client during the epoch's
+// upload) fails that run as retryable and kills its engine; the daemon and later runs go on.
+TEST_F(DaemonTest, AnExceptionInARunsHandlingFailsOnlyThatRun) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->throw_on_upload_ = true;
+  }
+  // An epoch, then (the first time) a long sleep; the second run succeeds at once.
+  Start(std::string(kEpoch) + R"(
+if [ ! -e "$OUT/../../first" ]; then touch "$OUT/../../first"; sleep 60; fi
+echo '{"outcome":{}}' >&3
+exit 0)");
+  fake_->Assign(24, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());  // within 20 s: its engine would sleep for 60
+  fake_->Assign(25, 2);
+  ASSERT_TRUE(fake_->WaitForClaims(0));
+  for (int i = 0; i < 200; ++i) {
+    {
+      absl::MutexLock lock(&fake_->mu_);
+      if (!fake_->completed_.empty()) break;
+    }
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_EQ(fake_->failed_[0].run_id(), 24);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(),
+              HasSubstr("worker w1: an unforeseen error while uploading"));
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  EXPECT_EQ(fake_->completed_[0].run_id(), 25);
 }
 
 // 0 turns the watchdog off: a quiet engine is left alone.
