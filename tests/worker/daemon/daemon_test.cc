@@ -426,9 +426,11 @@ TEST_F(DaemonTest, AnExceptionInARunsHandlingFailsOnlyThatRun) {
     absl::MutexLock lock(&fake_->mu_);
     fake_->throw_on_upload_ = true;
   }
-  // An epoch, then (the first time) a long sleep; the second run succeeds at once.
-  Start(std::string(kEpoch) + R"(
-if [ ! -e "$OUT/../../first" ]; then touch "$OUT/../../first"; sleep 60; fi
+  // The first time an epoch, then a long sleep; the second time an epoch and success.
+  Start(R"(first=1; [ -e "$OUT/../../first" ] && first=0; touch "$OUT/../../first"
+)" + std::string(kEpoch) +
+        R"(
+[ $first = 1 ] && sleep 60
 echo '{"outcome":{}}' >&3
 exit 0)");
   fake_->Assign(24, 1);
