@@ -55,7 +55,7 @@ std::function<int()> AddDaemonOptions(CLI::App& app) {
       ->check(CLI::Range(0, 3600));
   g->add_option("--stall-timeout-s", o->stall_timeout_s,
                 "stop and retry a run whose engine shows no progress (no batch trained or "
-                "evaluated) for this long, s (0: never)")
+                "evaluated, no image file checked) for this long, s (0: never)")
       ->check(CLI::Range(0, 604800));
   g->add_option("--listen", o->listen,
                 "serve grpc.health.v1 and reflection at HOST:PORT (default: not served)");

@@ -185,7 +185,7 @@ void Daemon::Launch(const v1::Assignment& a) {
       raw->done = true;
       wake_.SignalAll();
     });
-  } catch (const std::system_error& e) {
+  } catch (const std::exception& e) {  // std::system_error, or std::bad_alloc for its state
     // Out of threads or of address space (ulimit -v, a container's limit): this run cannot
     // start here, but the daemon and its other runs go on. One try to say why, a failed attempt
     // (bounded by max_restarts); if it does not land, the run is not claimed at the next

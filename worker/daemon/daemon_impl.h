@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -38,6 +39,9 @@ constexpr size_t kMaxPending = 50000;
 constexpr milliseconds kForever = milliseconds::max();
 // How long an upload made while the child trains (epoch ends, checkpoints) keeps retrying.
 constexpr milliseconds kProgressUploadPatience{10000};
+// A child still there this long after its SIGKILL is in uninterruptible sleep (a hard-mounted
+// network file system, FUSE): its run is given up (docs/service.md).
+constexpr milliseconds kUnkillableAfter{60000};
 
 struct RunTask {
   v1::Assignment a;
@@ -56,10 +60,19 @@ struct Supervised {
   int64_t next_index = 1;         // run-local index of pending.front()
   bool stale = false;             // the coordinator refused our lease: stop, report nothing
   v1::EpochMetrics last_epoch;
-  int64_t last_iteration = 0;  // of the last training point
+  int64_t last_iteration = 0;  // of the last training point of this attempt
+  // Epochs whose weights CSV has not reached the coordinator (an upload gave up while it was
+  // away), and whether the checkpoint and logs are owed too: sent at the next periodic tick and
+  // by every ending.
+  std::set<int> owed_weights;
+  bool upload_owed = false;
   // Set when the child was stopped for reporting no progress (DaemonOptions::stall_timeout_s):
   // what happened, for the run's failure message.
   std::optional<std::string> stalled;
+  bool moved_after_stall = false;  // an event came after the watchdog's SIGTERM: slow, not stuck
+  // The child outlived its SIGKILL for kUnkillableAfter (uninterruptible sleep): its run was
+  // failed for a retry elsewhere; the slot stays taken until the process ends.
+  bool abandoned = false;
   std::optional<v1::RunOutcome> outcome;  // the child's last word, when it sent one
 };
 
@@ -102,10 +115,11 @@ class Daemon {
   void Release(RunTask* t, absl::string_view detail = "");
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);
-  // The checkpoint, the logs and epoch `epoch`'s weights CSV (0: none). While the child trains,
-  // `patience` bounds the retries, so a coordinator that is away does not stop the relay (and,
-  // through a full pipe, the training): the next epoch end or checkpoint sends them again.
-  void UploadProgress(RunTask* t, int epoch, milliseconds patience = kForever);
+  // The checkpoint, the logs, and the weights CSVs of `s.owed_weights`; clears what was sent
+  // and sets `s.upload_owed` when a transient failure outlasted `patience`. While the child
+  // trains, `patience` bounds the retries, so a coordinator that is away does not stop the relay
+  // (and, through a full pipe, the training): the next periodic tick sends them again.
+  void UploadProgress(RunTask* t, Supervised& s, milliseconds patience = kForever);
   // Every file of the run's output and its log; false when an output file did not arrive.
   bool UploadAll(RunTask* t);
   // Retries a call while IsTransient, until it lands, the run is revoked, the daemon stops, or

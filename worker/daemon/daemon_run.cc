@@ -49,6 +49,12 @@ std::string LastLogLine(const std::string& path) {
   return std::string(v);
 }
 
+// Whether `fd` has data (or end of file) to read now.
+bool Readable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
@@ -61,10 +67,15 @@ grpc::Status Daemon::Deliver(RunTask* t, Call call, milliseconds patience) {
   for (;;) {
     grpc::Status s = call();
     if (s.ok() || !IsTransient(s) || t->dropped) return s;
-    if (patience != kForever && Clock::now() - start >= patience) return s;
+    milliseconds wait(backoff);
+    if (patience != kForever) {
+      const auto left = patience - std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+      if (left <= milliseconds(0)) return s;
+      wait = std::min(wait, left);  // the last try at the end of the patience, not past it
+    }
     LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": " << s.error_message()
                              << " (retrying)";
-    Sleep(milliseconds(backoff));
+    Sleep(wait);
     backoff = std::min(backoff * 2, 3000);
     // Shutting down (the daemon's flag is set before HandBack marks each run): do not wait
     // forever, but do retry a few times so a hand-back is not lost to one transient error.
@@ -138,7 +149,7 @@ bool Daemon::Flush(RunTask* t, Supervised& s) {
   return true;
 }
 
-void Daemon::UploadProgress(RunTask* t, int epoch, milliseconds patience) {
+void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
   const std::string out = t->dir + "/out";
   std::vector<std::pair<std::string, std::string>> files;  // name, path
   // The checkpoint first: the logs are at least as new, and a resumed run trims them to it.
@@ -146,20 +157,24 @@ void Daemon::UploadProgress(RunTask* t, int epoch, milliseconds patience) {
        {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
     files.emplace_back(name, out + "/" + name);
   }
-  if (epoch > 0)
+  for (int epoch : s.owed_weights) {
     files.emplace_back(run_files::WeightsCsv(epoch), out + "/" + run_files::WeightsCsv(epoch));
+  }
   // The engine's log so far, for `malctl logs --follow`.
   files.emplace_back(run_files::kLog, t->dir + "/" + run_files::kLog);
+  s.upload_owed = false;
   for (const auto& [name, path] : files) {
     std::error_code ec;
     if (!fs::exists(path, ec)) continue;
-    grpc::Status s = Upload(t, name, path, patience);
-    if (!s.ok() && IsTransient(s)) {
+    grpc::Status st = Upload(t, name, path, patience);
+    if (!st.ok() && IsTransient(st)) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << name << ": "
-                               << s.error_message() << " (sent again later)";
-      return;  // the coordinator is away: the rest would wait as long
+                               << st.error_message() << " (sent again later)";
+      s.upload_owed = true;  // the coordinator is away: the rest would wait as long
+      return;
     }
   }
+  s.owed_weights.clear();
 }
 
 bool Daemon::UploadAll(RunTask* t) {
@@ -284,6 +299,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           continue;
         }
         last_progress = Clock::now();
+        if (s.stalled) s.moved_after_stall = true;
         if (ev->has_outcome()) {
           s.outcome = ev->outcome();
         } else if (ev->has_progress()) {
@@ -293,7 +309,8 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           s.pending.push_back(std::move(*ev));
           if (s.stale || t->dropped) continue;
           Flush(t, s);
-          UploadProgress(t, s.last_epoch.epoch(), kProgressUploadPatience);
+          s.owed_weights.insert(s.last_epoch.epoch());
+          UploadProgress(t, s, kProgressUploadPatience);
           last_upload = Clock::now();
         } else {
           if (ev->has_point()) s.last_iteration = ev->point().iteration();
@@ -314,23 +331,31 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
       Flush(t, s);
       last_flush = Clock::now();
     }
-    if (!s.stale &&
+    if (!s.stale && !t->dropped &&
         Clock::now() - last_upload > std::chrono::seconds(std::max(1, o_.upload_every_s))) {
       struct stat st;
       const std::string ckpt = t->dir + "/out/" + run_files::kCheckpoint;
-      if (::stat(ckpt.c_str(), &st) == 0 &&
-          st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != checkpoint_mtime) {
-        checkpoint_mtime = st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-        (void)Upload(t, run_files::kCheckpoint, ckpt, kProgressUploadPatience);
+      const int64_t mtime = ::stat(ckpt.c_str(), &st) == 0
+                                ? st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
+                                : checkpoint_mtime;
+      if (s.upload_owed || !s.owed_weights.empty()) {
+        // What an epoch end could not send while the coordinator was away, the checkpoint first.
+        UploadProgress(t, s, kProgressUploadPatience);
+        if (!s.upload_owed) checkpoint_mtime = mtime;
+      } else if (mtime != checkpoint_mtime) {
+        grpc::Status up = Upload(t, run_files::kCheckpoint, ckpt, kProgressUploadPatience);
+        if (up.ok() || !IsTransient(up)) checkpoint_mtime = mtime;  // else: again next tick
       }
       last_upload = Clock::now();
     }
+    // Not while events wait that this thread was too busy (uploading) to read.
     if (o_.stall_timeout_s > 0 && term_sent == Clock::time_point() &&
-        Clock::now() - last_progress > std::chrono::seconds(o_.stall_timeout_s)) {
+        Clock::now() - last_progress > std::chrono::seconds(o_.stall_timeout_s) &&
+        !Readable(child.events_fd)) {
       s.stalled = absl::StrCat(
           "engine made no progress for ", o_.stall_timeout_s, " s (--stall-timeout-s) ",
           s.last_iteration > 0 ? absl::StrCat("after iteration ", s.last_iteration)
-                               : std::string("before its first iteration"),
+                               : std::string("before this attempt's first iteration"),
           "; stopped it");
       LOG(WARNING) << "run " << t->a.run_id() << ": " << *s.stalled;
       SignalChild(child.pid, SIGTERM);
@@ -343,6 +368,19 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
     if (term_sent != Clock::time_point() &&
         Clock::now() - term_sent > std::chrono::seconds(o_.stop_grace_s)) {
       SignalChild(child.pid, SIGKILL);  // the whole group: helpers too, or the pipe would stay open
+      if (!s.abandoned && !s.stale && !t->dropped && !Stopping(t) &&
+          Clock::now() - term_sent > std::chrono::seconds(o_.stop_grace_s) + kUnkillableAfter) {
+        // Uninterruptible sleep: it ends when the kernel lets it. Give the run to another worker
+        // now (the coordinator then revokes it here); this slot stays taken until it ends.
+        s.abandoned = true;
+        Fail(t,
+             absl::StrCat(
+                 "worker ", o_.name, ": engine process ", child.pid, " survived SIGKILL for ",
+                 std::chrono::duration_cast<std::chrono::seconds>(kUnkillableAfter).count(),
+                 " s (uninterruptible sleep: a hung network file system or device?)",
+                 s.stalled ? absl::StrCat("; ", *s.stalled) : std::string()),
+             true);
+      }
     }
   }
 }
@@ -360,17 +398,25 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     if (*stop_ && (!t->stopping || tries > 20)) break;  // shutting down: do not wait forever
     Sleep(milliseconds(500));
   }
-  if (s.stale || t->dropped) return;
+  if (s.stale || t->dropped || s.abandoned) return;
   const bool succeeded = s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0;
-  // Stuck (the watchdog stopped it): a retryable failure, an attempt of its own, whatever the
-  // stopped engine said after the SIGTERM. Before the shutdown's hand-back, so a run that hangs
-  // on every host ends after max_restarts instead of being handed around for ever.
-  if (s.stalled && !succeeded) {
+  // A run the engine failed for good (bad spec, missing data, non-finite loss, out of memory)
+  // fails as it would without a stop or a stall, below.
+  const bool failed_for_good = s.outcome && s.outcome->code() != 0 && !s.outcome->retryable();
+  // Stuck (the watchdog stopped it): a retryable failure, an attempt of its own, unless the
+  // engine said after the SIGTERM that it succeeded or cannot succeed anywhere. Before the
+  // shutdown's hand-back, so a run that hangs on every host ends after max_restarts instead of
+  // being handed around for ever.
+  if (s.stalled && !succeeded && !failed_for_good) {
     const std::string last = LastLogLine(t->dir + "/" + run_files::kLog);
-    UploadProgress(t, 0);
+    UploadProgress(t, s);
     Fail(t,
          absl::StrCat(
-             *s.stalled, "; engine process ",
+             *s.stalled,
+             s.moved_after_stall
+                 ? "; it moved after the SIGTERM (slow, not stuck: raise --stall-timeout-s)"
+                 : "",
+             "; engine process ",
              // Our own signal: no "out of memory?" guess.
              exit.signaled ? absl::StrCat("killed by signal ", exit.status) : exit.Describe(),
              last.empty() ? "" : "; its log's last line: ", last),
@@ -380,11 +426,8 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   // Shutting down: a run that did not finish goes back to the coordinator, released (not an
   // attempt that failed). *stop_ as well as t->stopping: a child spawned after the daemon was told
   // to stop is signalled at once (Execute), and may end before HandBack has marked its run.
-  // A run the engine failed for good (bad spec, missing data, non-finite loss, out of memory)
-  // fails as it would without the stop, below.
-  const bool failed_for_good = s.outcome && s.outcome->code() != 0 && !s.outcome->retryable();
   if (Stopping(t) && !succeeded && !failed_for_good) {
-    UploadProgress(t, 0);
+    UploadProgress(t, s);
     Release(t);
     return;
   }
@@ -414,7 +457,7 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     // The engine's own verdict: its errors (bad spec, missing dataset, non-finite loss, out of
     // memory) fail the same way anywhere; a stop it was told of is retried from the checkpoint.
     if (s.outcome->retryable()) {
-      UploadProgress(t, 0);
+      UploadProgress(t, s);
     } else {
       (void)UploadAll(t);
     }
@@ -424,7 +467,7 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   }
   // No outcome: the engine crashed (or was killed) before it could say how training ended.
   const std::string last = LastLogLine(t->dir + "/" + run_files::kLog);
-  UploadProgress(t, 0);
+  UploadProgress(t, s);
   Fail(t,
        absl::StrCat("engine process ", exit.Describe(), s.outcome ? " after reporting success" : "",
                     last.empty() ? "" : ": ", last),

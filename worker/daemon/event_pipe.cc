@@ -82,7 +82,11 @@ std::string EncodeEventLine(const v1::Event& event) {
 
 absl::StatusOr<v1::Event> DecodeEventLine(const std::string& line) {
   v1::Event e;
-  auto s = google::protobuf::util::JsonStringToMessage(line, &e);
+  // Unknown fields ignored: an engine newer than its daemon (binaries replaced in place) may
+  // send kinds this daemon does not know.
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  auto s = google::protobuf::util::JsonStringToMessage(line, &e, options);
   if (!s.ok()) return absl::DataLossError(absl::StrCat("engine event: ", s.ToString()));
   return e;
 }
@@ -126,7 +130,7 @@ void PipeSink::StartProgressReports(std::chrono::milliseconds interval) {
         Write(ProgressEvent(units));
       }
     });
-  } catch (const std::system_error& e) {
+  } catch (const std::exception& e) {  // std::system_error, or std::bad_alloc for its state
     // No thread to spare (a tight address-space limit): records still go; a stall watchdog may
     // then stop a run that is quiet for long.
     std::cerr << "mal-worker: no progress reports to the daemon: " << e.what() << "\n";

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -188,6 +189,7 @@ class DaemonTest : public ::testing::Test {
     o.threads = 1;
     o.stop_grace_s = 1;
     o.stall_timeout_s = stall_timeout_s_;
+    o.upload_every_s = 1;
     thread_ = std::thread(
         [this, o]() { rc_ = RunDaemon(o, &stop_, std::make_unique<Lent>(fake_.get())); });
   }
@@ -358,6 +360,23 @@ sleep 60 & wait)");
   EXPECT_THAT(fake_->uploads_, Contains("log.txt"));
 }
 
+// An engine that answers the watchdog's SIGTERM with an event was slow, not stuck: the message
+// says so and how to avoid it.
+TEST_F(DaemonTest, AStalledEngineThatMovesAfterTheSigtermIsCalledSlow) {
+  stall_timeout_s_ = 1;
+  Start(R"(trap 'echo "{\"point\":{\"epoch\":1,\"iteration\":6}}" >&3; exit 143' TERM
+echo '{"point":{"epoch":1,"iteration":5}}' >&3
+sleep 60 & wait)");
+  fake_->Assign(27, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("after iteration 5"));
+  EXPECT_THAT(fake_->failed_[0].message(),
+              HasSubstr("it moved after the SIGTERM (slow, not stuck: raise --stall-timeout-s)"));
+}
+
 // The engine's progress events (sent while batches move between records, as in a long
 // evaluation) keep a run that sends no record for longer than the timeout alive, and stay with
 // the daemon.
@@ -417,6 +436,49 @@ exit 0)");
   int points = 0;
   for (const auto& e : fake_->events_) points += e.has_point();
   EXPECT_EQ(points, 10000);
+}
+
+// What an epoch end could not upload while the coordinator was away (the epoch's weights CSV,
+// the logs) goes at the next periodic tick once it is back, so a run that then ends without
+// success (here: a crash) has not lost it.
+TEST_F(DaemonTest, WhatAnEpochEndCouldNotSendIsSentWhenTheCoordinatorIsBack) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    // Called by the fake with its mutex held.
+    fake_->on_report_ = [this](const v1::ReportEventsRequest& r)
+                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+                              for (const auto& e : r.events()) {
+                                if (e.has_epoch()) fake_->away_ = true;
+                              }
+                            };
+  }
+  Start(R"(mkdir -p "$OUT/weights"; echo 'id,weight' > "$OUT/weights/epoch_002.csv"
+echo "{}" > "$OUT/metrics.json"
+)" + std::string(kEpoch) +
+        R"(
+while [ ! -e "$OUT/../go" ]; do echo '{"progress":{"units":1}}' >&3; sleep 0.2; done
+kill -9 $$)");
+  fake_->Assign(26, 1);
+  // The epoch end's uploads give up after 10 s of the coordinator being away.
+  std::this_thread::sleep_for(milliseconds(12000));
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    ASSERT_FALSE(fake_->events_.empty());  // the epoch was reported before it went away
+    EXPECT_THAT(fake_->uploads_, ::testing::Not(Contains("weights/epoch_002.csv")));
+    fake_->away_ = false;
+    auto sent = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      return std::find(fake_->uploads_.begin(), fake_->uploads_.end(), "weights/epoch_002.csv") !=
+             fake_->uploads_.end();
+    };
+    EXPECT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&sent), absl::Seconds(20)));
+    EXPECT_THAT(fake_->uploads_, Contains("metrics.json"));
+    EXPECT_TRUE(fake_->failed_.empty());
+  }
+  std::ofstream(dir_ / "work/runs/e-1/trial-0-fold-1/go").put('\n');
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
 }
 
 // An exception in one run's handling (here thrown by the coordinator client during the epoch's
