@@ -1,5 +1,7 @@
 #include "worker/daemon/event_pipe.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -97,19 +99,43 @@ v1::Event ProgressEvent(int64_t units) {
   return e;
 }
 
-void PipeSink::Write(const v1::Event& event) {
+PipeSink::PipeSink(int fd, size_t max_backlog) : fd_(fd), max_backlog_(max_backlog) {
+  const int flags = fd < 0 ? -1 : ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    absl::MutexLock lock(&mu_);
+    fd_ = -1;  // not an open descriptor: nothing to write to
+  }
+}
+
+void PipeSink::Write(const v1::Event& event, bool droppable) {
   const std::string line = EncodeEventLine(event);
   absl::MutexLock lock(&mu_);
   if (fd_ < 0) return;
-  size_t done = 0;
-  while (done < line.size()) {
-    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+  if (droppable && backlog_.size() - sent_ + line.size() > max_backlog_) {
+    ++dropped_;
+  } else {
+    backlog_ += line;
+  }
+  Drain();
+}
+
+void PipeSink::Drain() {
+  while (fd_ >= 0 && sent_ < backlog_.size()) {
+    const ssize_t n = ::write(fd_, backlog_.data() + sent_, backlog_.size() - sent_);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;  // the pipe is full: later
     if (n <= 0) {
       fd_ = -1;  // the reader is gone
-      return;
+      break;
     }
-    done += static_cast<size_t>(n);
+    sent_ += static_cast<size_t>(n);
+  }
+  if (sent_ == backlog_.size() || fd_ < 0) {
+    backlog_.clear();
+    sent_ = 0;
+  } else if (sent_ > (size_t{1} << 20) && sent_ > backlog_.size() / 2) {
+    backlog_.erase(0, sent_);  // compact now and then, not at every write
+    sent_ = 0;
   }
 }
 
@@ -124,10 +150,14 @@ void PipeSink::StartProgressReports(std::chrono::milliseconds interval) {
                                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_reports_; };
           if (mu_.AwaitWithTimeout(absl::Condition(&stopped), wait)) return;
         }
+        {
+          absl::MutexLock lock(&mu_);
+          Drain();  // what waits from the training thread's last write
+        }
         const int64_t units = ProgressCount();
         if (units == reported) continue;
         reported = units;
-        Write(ProgressEvent(units));
+        Write(ProgressEvent(units), /*droppable=*/true);
       }
     });
   } catch (const std::exception& e) {  // std::system_error, or std::bad_alloc for its state
@@ -152,7 +182,31 @@ void PipeSink::Finish(const absl::Status& status) {
   o->set_code(static_cast<int>(status.code()));
   o->set_message(std::string(status.message()));
   o->set_retryable(status.code() == absl::StatusCode::kCancelled);
-  Write(e);
+  Write(e, /*droppable=*/false);
+  // Every line out before the process ends: the daemon reads it once it is free again.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  for (;;) {
+    int fd;
+    {
+      absl::MutexLock lock(&mu_);
+      Drain();
+      if (fd_ < 0 || backlog_.empty()) {
+        if (dropped_ > 0) {
+          std::cerr << "mal-worker: " << dropped_
+                    << " loss point(s), weight summaries or progress events were not sent to the "
+                       "daemon (it did not read for long; the run's files have them all)\n";
+        }
+        return;
+      }
+      fd = fd_;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::cerr << "mal-worker: the daemon did not read the run's last events for 10 minutes\n";
+      return;
+    }
+    pollfd p{fd, POLLOUT, 0};
+    (void)::poll(&p, 1, 1000);
+  }
 }
 
 }  // namespace mal::worker

@@ -30,19 +30,27 @@ v1::Event ProgressEvent(int64_t units);
 // A RecordSink that writes every record to a file descriptor (the pipe to the daemon). Writes
 // that fail (the daemon went away) are ignored: the run's files still have everything.
 // Thread-safe: the records come from the training thread, progress events from the sink's own.
+//
+// Training never waits for the daemon: the fd is made non-blocking, and what the pipe cannot take
+// now (the daemon busy with a coordinator that does not answer) waits in memory, sent by the next
+// write or the progress thread. Past `max_backlog` bytes, loss points, weight summaries and
+// progress events are dropped (counted, reported on stderr at the end); epochs and the outcome
+// never are (the daemon completes the run with the last epoch's metrics).
 class PipeSink : public engine::RecordSink {
  public:
-  explicit PipeSink(int fd) : fd_(fd) {}
+  static constexpr size_t kDefaultMaxBacklog = size_t{64} << 20;  // bytes
+  explicit PipeSink(int fd, size_t max_backlog = kDefaultMaxBacklog);
   ~PipeSink() override { StopProgressReports(); }
   PipeSink(const PipeSink&) = delete;
   PipeSink& operator=(const PipeSink&) = delete;
-  void OnIteration(const engine::IterationRecord& r) override { Write(ToEvent(r)); }
-  void OnWeightSummary(const engine::WeightSummary& s) override { Write(ToEvent(s)); }
-  void OnEpoch(const engine::EpochRecord& r) override { Write(ToEvent(r)); }
+  void OnIteration(const engine::IterationRecord& r) override { Write(ToEvent(r), true); }
+  void OnWeightSummary(const engine::WeightSummary& s) override { Write(ToEvent(s), true); }
+  void OnEpoch(const engine::EpochRecord& r) override { Write(ToEvent(r), false); }
   // The last line: how training ended (RunOutcome). Engine errors are not retryable (a bad spec, a
   // missing dataset, a non-finite loss or an out-of-memory fail the same way on another worker);
   // kCancelled (told to stop) is, as the run resumes from its checkpoint.
-  // Stops the progress reports first, so the outcome is the last line.
+  // Stops the progress reports first, so the outcome is the last line, and waits (up to 10
+  // minutes) until the daemon has taken every line waiting in memory.
   void Finish(const absl::Status& status);
 
   // Starts a thread that writes ProgressEvent(ProgressCount()) (common/util/progress.h) at the end
@@ -52,9 +60,16 @@ class PipeSink : public engine::RecordSink {
   void StopProgressReports();
 
  private:
-  void Write(const v1::Event& event);
+  // `droppable`: may be left out when the backlog is full.
+  void Write(const v1::Event& event, bool droppable);
+  // Writes what the pipe takes now of the backlog.
+  void Drain() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_);
+  const size_t max_backlog_;
+  std::string backlog_ ABSL_GUARDED_BY(mu_);  // bytes not yet written, from `sent_` on
+  size_t sent_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_reports_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reporter_;
 };

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -94,6 +95,60 @@ TEST_F(EventPipeTest, ProgressIsReportedWhileTheCountMovesAndTheOutcomeStaysLast
   ASSERT_TRUE(tail[0].has_outcome());
   EXPECT_EQ(tail[0].outcome().code(), static_cast<int>(absl::StatusCode::kCancelled));
   EXPECT_TRUE(tail[0].outcome().retryable());
+}
+
+// A daemon that does not read for a while (busy with a coordinator that does not answer) never
+// blocks the training thread: 20,000 records (about 1.5 MB, far more than a pipe holds) are
+// written at once, wait in memory, and all reach the reader in order once it reads again, the
+// outcome last.
+TEST_F(EventPipeTest, ADaemonThatDoesNotReadNeverBlocksTraining) {
+  PipeSink sink(fds_[1]);
+  auto writes = std::async(std::launch::async, [&sink]() {
+    engine::IterationRecord r;
+    for (int i = 1; i <= 20000; ++i) {
+      r.iteration = i;
+      sink.OnIteration(r);
+    }
+    engine::EpochRecord e;
+    e.epoch = 1;
+    e.iteration = 20000;
+    sink.OnEpoch(e);
+  });
+  const bool returned = writes.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  auto finish = std::async(std::launch::async, [&sink]() { sink.Finish(absl::OkStatus()); });
+  std::vector<v1::Event> events;
+  while (finish.wait_for(milliseconds(1)) != std::future_status::ready) {
+    for (auto& e : Drain()) events.push_back(e);
+  }
+  for (auto& e : Drain()) events.push_back(e);
+  ASSERT_TRUE(returned) << "the writes blocked on the full pipe";
+  ASSERT_EQ(events.size(), 20002u);
+  for (int i = 0; i < 20000; ++i) ASSERT_EQ(events[i].point().iteration(), i + 1);
+  EXPECT_TRUE(events[20000].has_epoch());
+  EXPECT_TRUE(events[20001].has_outcome());
+}
+
+// Past the backlog limit loss points are dropped, never the epoch or the outcome.
+TEST_F(EventPipeTest, AFullBacklogDropsPointsButNeverEpochsOrTheOutcome) {
+  PipeSink sink(fds_[1], /*max_backlog=*/4096);
+  engine::IterationRecord r;
+  for (int i = 1; i <= 5000; ++i) {  // about 400 KB: the pipe (64 KiB) and 4 KiB of backlog fill
+    r.iteration = i;
+    sink.OnIteration(r);
+  }
+  engine::EpochRecord e;
+  e.epoch = 3;
+  sink.OnEpoch(e);
+  auto finish = std::async(std::launch::async, [&sink]() { sink.Finish(absl::OkStatus()); });
+  std::vector<v1::Event> events;
+  while (finish.wait_for(milliseconds(1)) != std::future_status::ready) {
+    for (auto& ev : Drain()) events.push_back(ev);
+  }
+  for (auto& ev : Drain()) events.push_back(ev);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_LT(events.size(), 5002u);  // some points were dropped
+  EXPECT_EQ(events[events.size() - 2].epoch().epoch(), 3);
+  EXPECT_TRUE(events.back().has_outcome());
 }
 
 // A reader that went away stops the writes without an error (the run's files have everything).
