@@ -65,6 +65,7 @@ struct Supervised {
   // away), and whether the checkpoint and logs are owed too: sent at the next periodic tick and
   // by every ending.
   std::set<int> owed_weights;
+  std::set<int> sent_weights;  // epochs whose weights CSV the coordinator has
   bool upload_owed = false;
   // Set when the child was stopped for reporting no progress (DaemonOptions::stall_timeout_s):
   // what happened, for the run's failure message.
@@ -120,6 +121,8 @@ class Daemon {
   // trains, `patience` bounds the retries, so a coordinator that is away does not stop the relay
   // (and, through a full pipe, the training): the next periodic tick sends them again.
   void UploadProgress(RunTask* t, Supervised& s, milliseconds patience = kForever);
+  // Adds every weights CSV in the run's output not yet sent to `s.owed_weights`.
+  void OweEveryWeightsCsv(const RunTask* t, Supervised& s);
   // Every file of the run's output and its log; false when an output file did not arrive.
   bool UploadAll(RunTask* t);
   // Retries a call while IsTransient, until it lands, the run is revoked, the daemon stops, or

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <optional>
@@ -47,6 +48,14 @@ std::string LastLogLine(const std::string& path) {
   absl::ConsumePrefix(&v, "mal-worker: ");
   absl::ConsumePrefix(&v, "training failed: ");
   return std::string(v);
+}
+
+// The run's checkpoint's modification time (ns), or `otherwise` when there is none.
+int64_t CheckpointMtime(const RunTask* t, int64_t otherwise) {
+  struct stat st;
+  const std::string ckpt = t->dir + "/out/" + run_files::kCheckpoint;
+  if (::stat(ckpt.c_str(), &st) != 0) return otherwise;
+  return st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
 }
 
 // Whether `fd` has data (or end of file) to read now.
@@ -167,6 +176,11 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
     std::error_code ec;
     if (!fs::exists(path, ec)) continue;
     grpc::Status st = Upload(t, name, path, patience);
+    if (st.ok()) {
+      for (int epoch : s.owed_weights) {
+        if (name == run_files::WeightsCsv(epoch)) s.sent_weights.insert(epoch);
+      }
+    }
     if (!st.ok() && IsTransient(st)) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << name << ": "
                                << st.error_message() << " (sent again later)";
@@ -175,6 +189,20 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
     }
   }
   s.owed_weights.clear();
+}
+
+void Daemon::OweEveryWeightsCsv(const RunTask* t, Supervised& s) {
+  std::error_code ec;
+  for (fs::directory_iterator it(t->dir + "/out/" + run_files::kWeightsDir, ec), end;
+       !ec && it != end; it.increment(ec)) {
+    int epoch = 0;
+    const std::string name = it->path().filename().string();
+    if (std::sscanf(name.c_str(), "epoch_%d.csv", &epoch) == 1 &&
+        name == std::filesystem::path(run_files::WeightsCsv(epoch)).filename().string() &&
+        s.sent_weights.count(epoch) == 0) {
+      s.owed_weights.insert(epoch);
+    }
+  }
 }
 
 bool Daemon::UploadAll(RunTask* t) {
@@ -299,7 +327,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           continue;
         }
         last_progress = Clock::now();
-        if (s.stalled) s.moved_after_stall = true;
+        if (s.stalled && !ev->has_outcome()) s.moved_after_stall = true;  // work, not a goodbye
         if (ev->has_outcome()) {
           s.outcome = ev->outcome();
         } else if (ev->has_progress()) {
@@ -311,6 +339,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           Flush(t, s);
           s.owed_weights.insert(s.last_epoch.epoch());
           UploadProgress(t, s, kProgressUploadPatience);
+          if (!s.upload_owed) checkpoint_mtime = CheckpointMtime(t, checkpoint_mtime);
           last_upload = Clock::now();
         } else {
           if (ev->has_point()) s.last_iteration = ev->point().iteration();
@@ -333,11 +362,8 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
     }
     if (!s.stale && !t->dropped &&
         Clock::now() - last_upload > std::chrono::seconds(std::max(1, o_.upload_every_s))) {
-      struct stat st;
       const std::string ckpt = t->dir + "/out/" + run_files::kCheckpoint;
-      const int64_t mtime = ::stat(ckpt.c_str(), &st) == 0
-                                ? st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec
-                                : checkpoint_mtime;
+      const int64_t mtime = CheckpointMtime(t, checkpoint_mtime);
       if (s.upload_owed || !s.owed_weights.empty()) {
         // What an epoch end could not send while the coordinator was away, the checkpoint first.
         UploadProgress(t, s, kProgressUploadPatience);
@@ -373,6 +399,8 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
         // Uninterruptible sleep: it ends when the kernel lets it. Give the run to another worker
         // now (the coordinator then revokes it here); this slot stays taken until it ends.
         s.abandoned = true;
+        OweEveryWeightsCsv(t, s);
+        UploadProgress(t, s);
         Fail(t,
              absl::StrCat(
                  "worker ", o_.name, ": engine process ", child.pid, " survived SIGKILL for ",
@@ -393,12 +421,16 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     LOG(INFO) << "run " << run_id << " stopped (revoked)";
     return;
   }
+  if (s.abandoned) return;  // failed already, for a retry elsewhere
+  // Every weights CSV the engine wrote: an epoch line may have died in the engine's memory (a
+  // crash, SIGKILL) before the daemon read it, and the next attempt starts from an empty out/.
+  OweEveryWeightsCsv(t, s);
   // What the engine said last goes out before the outcome.
   for (int tries = 0; !Flush(t, s) && !s.stale && !t->dropped; ++tries) {
     if (*stop_ && (!t->stopping || tries > 20)) break;  // shutting down: do not wait forever
     Sleep(milliseconds(500));
   }
-  if (s.stale || t->dropped || s.abandoned) return;
+  if (s.stale || t->dropped) return;
   const bool succeeded = s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0;
   // A run the engine failed for good (bad spec, missing data, non-finite loss, out of memory)
   // fails as it would without a stop or a stall, below.

@@ -111,6 +111,7 @@ void PipeSink::Write(const v1::Event& event, bool droppable) {
   const std::string line = EncodeEventLine(event);
   absl::MutexLock lock(&mu_);
   if (fd_ < 0) return;
+  Drain();  // room first: drop only what still does not fit
   if (droppable && backlog_.size() - sent_ + line.size() > max_backlog_) {
     ++dropped_;
   } else {
@@ -131,7 +132,11 @@ void PipeSink::Drain() {
     sent_ += static_cast<size_t>(n);
   }
   if (sent_ == backlog_.size() || fd_ < 0) {
-    backlog_.clear();
+    if (backlog_.capacity() > (size_t{1} << 20)) {
+      std::string().swap(backlog_);  // give a long outage's memory back
+    } else {
+      backlog_.clear();
+    }
     sent_ = 0;
   } else if (sent_ > (size_t{1} << 20) && sent_ > backlog_.size() / 2) {
     backlog_.erase(0, sent_);  // compact now and then, not at every write
@@ -183,8 +188,9 @@ void PipeSink::Finish(const absl::Status& status) {
   o->set_message(std::string(status.message()));
   o->set_retryable(status.code() == absl::StatusCode::kCancelled);
   Write(e, /*droppable=*/false);
-  // Every line out before the process ends: the daemon reads it once it is free again.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  // Every line out before the process ends: the daemon reads it once it is free again. No time
+  // limit: a daemon that dies takes this process with it (PR_SET_PDEATHSIG), one that stops the
+  // run sends SIGKILL after its grace period.
   for (;;) {
     int fd;
     {
@@ -199,10 +205,6 @@ void PipeSink::Finish(const absl::Status& status) {
         return;
       }
       fd = fd_;
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      std::cerr << "mal-worker: the daemon did not read the run's last events for 10 minutes\n";
-      return;
     }
     pollfd p{fd, POLLOUT, 0};
     (void)::poll(&p, 1, 1000);

@@ -49,8 +49,8 @@ class PipeSink : public engine::RecordSink {
   // The last line: how training ended (RunOutcome). Engine errors are not retryable (a bad spec, a
   // missing dataset, a non-finite loss or an out-of-memory fail the same way on another worker);
   // kCancelled (told to stop) is, as the run resumes from its checkpoint.
-  // Stops the progress reports first, so the outcome is the last line, and waits (up to 10
-  // minutes) until the daemon has taken every line waiting in memory.
+  // Stops the progress reports first, so the outcome is the last line, and waits until the
+  // daemon has taken every line waiting in memory (or is gone).
   void Finish(const absl::Status& status);
 
   // Starts a thread that writes ProgressEvent(ProgressCount()) (common/util/progress.h) at the end

@@ -113,12 +113,16 @@ class FakeCoordinator : public CoordinatorClient {
     return mu_.AwaitWithTimeout(absl::Condition(&claimed), absl::Seconds(20));
   }
 
-  static grpc::Status Away() { return grpc::Status(grpc::StatusCode::UNAVAILABLE, "away"); }
+  grpc::Status Away() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (first_refused_ == absl::InfiniteFuture()) first_refused_ = absl::Now();
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "away");
+  }
 
   absl::Mutex mu_;
   // The run's calls (events, uploads, completion) fail as UNAVAILABLE, as with a coordinator that
   // went away; heartbeats still work.
   bool away_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time first_refused_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();  // a call while away
   // The next Upload throws (as a defect in the daemon's handling of a run would).
   bool throw_on_upload_ ABSL_GUARDED_BY(mu_) = false;
   // Called with every ReportEvents request (the first of a run, with no events, says it started).
@@ -187,7 +191,7 @@ class DaemonTest : public ::testing::Test {
     o.name = "w1";
     o.engine = engine;
     o.threads = 1;
-    o.stop_grace_s = 1;
+    o.stop_grace_s = stop_grace_s_;
     o.stall_timeout_s = stall_timeout_s_;
     o.upload_every_s = 1;
     thread_ = std::thread(
@@ -215,6 +219,7 @@ class DaemonTest : public ::testing::Test {
   std::thread thread_;
   int rc_ = -1;
   int stall_timeout_s_ = 1800;  // the daemon's default
+  int stop_grace_s_ = 1;
 };
 
 constexpr char kEpoch[] =
@@ -364,6 +369,7 @@ sleep 60 & wait)");
 // says so and how to avoid it.
 TEST_F(DaemonTest, AStalledEngineThatMovesAfterTheSigtermIsCalledSlow) {
   stall_timeout_s_ = 1;
+  stop_grace_s_ = 10;  // its trap must run before the SIGKILL, on a loaded machine too
   Start(R"(trap 'echo "{\"point\":{\"epoch\":1,\"iteration\":6}}" >&3; exit 143' TERM
 echo '{"point":{"epoch":1,"iteration":5}}' >&3
 sleep 60 & wait)");
@@ -459,10 +465,16 @@ echo "{}" > "$OUT/metrics.json"
 while [ ! -e "$OUT/../go" ]; do echo '{"progress":{"units":1}}' >&3; sleep 0.2; done
 kill -9 $$)");
   fake_->Assign(26, 1);
-  // The epoch end's uploads give up after 10 s of the coordinator being away.
-  std::this_thread::sleep_for(milliseconds(12000));
+  // The epoch end's uploads give up 10 s after their first refused try.
   {
     absl::MutexLock lock(&fake_->mu_);
+    auto refused = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      return fake_->first_refused_ != absl::InfiniteFuture();
+    };
+    ASSERT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&refused), absl::Seconds(20)));
+    static const bool kNever = false;  // wait out the deadline, the lock released meanwhile
+    fake_->mu_.AwaitWithDeadline(absl::Condition(&kNever),
+                                 fake_->first_refused_ + absl::Seconds(12));
     ASSERT_FALSE(fake_->events_.empty());  // the epoch was reported before it went away
     EXPECT_THAT(fake_->uploads_, ::testing::Not(Contains("weights/epoch_002.csv")));
     fake_->away_ = false;
@@ -479,6 +491,19 @@ kill -9 $$)");
   absl::MutexLock lock(&fake_->mu_);
   ASSERT_EQ(fake_->failed_.size(), 1u);
   EXPECT_TRUE(fake_->failed_[0].retryable());
+}
+
+// A weights CSV whose epoch line never reached the daemon (it died in the engine's memory with a
+// crash) is still uploaded by the ending, before the next attempt starts from an empty out/.
+TEST_F(DaemonTest, ACrashStillUploadsEveryWeightsCsvTheEngineWrote) {
+  Start(R"(mkdir -p "$OUT/weights"; echo 'id,weight' > "$OUT/weights/epoch_003.csv"
+)" + std::string(kEpoch) +
+        "\nkill -9 $$");
+  fake_->Assign(28, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_THAT(fake_->uploads_, Contains("weights/epoch_003.csv"));
 }
 
 // An exception in one run's handling (here thrown by the coordinator client during the epoch's
