@@ -288,6 +288,33 @@ mal: {val_fraction: 0.1, val_batch: 8}
     EXPECT_TRUE(going) << DiagnosticLogs();
     return going ? id : "";
   }
+  // Runs a MAL spec past epoch 2 on worker w1 (started with `worker_args`), sends its engine
+  // child `signal`, and expects the run to resume on w1 as attempt 2 from its checkpoint, with
+  // the engine-alone result, the daemon alive and a state event whose message has `message`.
+  void ExpectTheRunResumesAfterTheEngineGets(int signal,
+                                             const std::vector<std::string>& worker_args,
+                                             const std::string& message) {
+    const std::string spec = WriteSpec(absl::StrCat("signal", signal), 8, 10, "cv: {only: [1]}\n");
+    StartCoordinator();
+    const std::string id = RunPastEpochTwoOnW1(spec, worker_args);
+    ASSERT_FALSE(id.empty()) << "the run did not get going";
+    const pid_t daemon = workers_["w1"]->pid();
+    const pid_t engine = ChildOf(daemon);
+    ASSERT_GT(engine, 0);
+    ASSERT_EQ(::kill(engine, signal), 0);
+    const auto info = WaitDone(id, std::chrono::seconds(180));
+    ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+    EXPECT_EQ(info.runs(0).attempt(), 1) << DiagnosticLogs();
+    EXPECT_EQ(info.runs(0).worker(), "w1");
+    EXPECT_EQ(::kill(daemon, 0), 0);  // the daemon is still there
+    EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+    bool reported = false;
+    for (const auto& e : Replay(id, 1)) {
+      reported =
+          reported || (e.has_state() && e.state().message().find(message) != std::string::npos);
+    }
+    EXPECT_TRUE(reported) << DiagnosticLogs();
+  }
   std::string DiagnosticLogs() {
     std::string s = "coordinator:\n" + (coordinator_ ? coordinator_->Log() : "");
     for (auto& [name, w] : workers_) s += "\n" + name + ":\n" + w->Log();
@@ -723,51 +750,14 @@ TEST_F(ServiceTest, StoppedWorkerHandsItsRunBackToResumeElsewhere) {
 // library or blocked on a dead file system): the daemon's watchdog stops it after
 // --stall-timeout-s, the run is retried from its checkpoint, and the result is exact.
 TEST_F(ServiceTest, StuckEngineIsStoppedByTheWatchdogAndItsRunResumes) {
-  const std::string spec = WriteSpec("stuck", 8, 10, "cv: {only: [1]}\n");
-  StartCoordinator();
-  const std::string id = RunPastEpochTwoOnW1(spec, {"--stall-timeout-s", "10"});
-  ASSERT_FALSE(id.empty()) << "the run did not get going";
-  const pid_t daemon = workers_["w1"]->pid();
-  const pid_t engine = ChildOf(daemon);
-  ASSERT_GT(engine, 0);
-  ASSERT_EQ(::kill(engine, SIGSTOP), 0);
-  const auto info = WaitDone(id, std::chrono::seconds(180));
-  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
-  EXPECT_EQ(info.runs(0).attempt(), 1) << DiagnosticLogs();
-  EXPECT_EQ(::kill(daemon, 0), 0);
-  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
-  bool reported = false;
-  for (const auto& e : Replay(id, 1)) {
-    reported = reported ||
-               (e.has_state() &&
-                e.state().message().find("engine made no progress for 10 s") != std::string::npos);
-  }
-  EXPECT_TRUE(reported) << DiagnosticLogs();
+  ExpectTheRunResumesAfterTheEngineGets(SIGSTOP, {"--stall-timeout-s", "10"},
+                                        "engine made no progress for 10 s");
 }
 
 // The engine child dies (as the kernel's OOM killer would do it): that run is retried, from its
 // checkpoint, and the daemon carries on.
 TEST_F(ServiceTest, CrashedEngineIsRetriedAndTheDaemonLives) {
-  const std::string spec = WriteSpec("crash", 8, 10, "cv: {only: [1]}\n");
-  StartCoordinator();
-  const std::string id = RunPastEpochTwoOnW1(spec);
-  ASSERT_FALSE(id.empty()) << "the run did not get going";
-  const pid_t daemon = workers_["w1"]->pid();
-  const pid_t engine = ChildOf(daemon);
-  ASSERT_GT(engine, 0);
-  ASSERT_EQ(::kill(engine, SIGKILL), 0);
-  const auto info = WaitDone(id, std::chrono::seconds(180));
-  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
-  EXPECT_EQ(info.runs(0).attempt(), 1);
-  EXPECT_EQ(info.runs(0).worker(), "w1");
-  EXPECT_EQ(::kill(daemon, 0), 0);  // the daemon is still there
-  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
-  bool reported = false;
-  for (const auto& e : Replay(id, 1)) {
-    reported = reported || (e.has_state() &&
-                            e.state().message().find("killed by signal 9") != std::string::npos);
-  }
-  EXPECT_TRUE(reported);
+  ExpectTheRunResumesAfterTheEngineGets(SIGKILL, {}, "killed by signal 9");
 }
 
 // A worker that stalls past its lease (SIGSTOP) comes back to find its run revoked, stops its old

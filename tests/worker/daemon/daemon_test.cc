@@ -213,6 +213,19 @@ class DaemonTest : public ::testing::Test {
     };
   }
 
+  // The coordinator goes away (the run's calls fail as UNAVAILABLE) right after it has taken the
+  // report with the run's first epoch.
+  void GoAwayAfterTheEpochReport() {
+    absl::MutexLock lock(&fake_->mu_);
+    // Called by the fake with its mutex held.
+    fake_->on_report_ = [this](const v1::ReportEventsRequest& r)
+                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+                              for (const auto& e : r.events()) {
+                                if (e.has_epoch()) fake_->away_ = true;
+                              }
+                            };
+  }
+
   testing::TempDir dir_;
   std::unique_ptr<FakeCoordinator> fake_ = std::make_unique<FakeCoordinator>();
   std::atomic<bool> stop_{false};
@@ -407,16 +420,7 @@ exit 0)");
 // reported once the coordinator is back. (Uploads used to retry for as long as it was away, and
 // the engine blocked on its full pipe.)
 TEST_F(DaemonTest, ACoordinatorAwayAtAnEpochEndDoesNotStopTheTraining) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    // Called by the fake with its mutex held.
-    fake_->on_report_ = [this](const v1::ReportEventsRequest& r)
-                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
-                              for (const auto& e : r.events()) {
-                                if (e.has_epoch()) fake_->away_ = true;  // after this report
-                              }
-                            };
-  }
+  GoAwayAfterTheEpochReport();
   // 10,000 points of about 41 bytes: 410 KB, far more than the pipe and the daemon's read buffer
   // (64 KiB each) hold.
   Start(std::string(kEpoch) + R"(
@@ -448,16 +452,7 @@ exit 0)");
 // the logs) goes at the next periodic tick once it is back, so a run that then ends without
 // success (here: a crash) has not lost it.
 TEST_F(DaemonTest, WhatAnEpochEndCouldNotSendIsSentWhenTheCoordinatorIsBack) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    // Called by the fake with its mutex held.
-    fake_->on_report_ = [this](const v1::ReportEventsRequest& r)
-                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
-                              for (const auto& e : r.events()) {
-                                if (e.has_epoch()) fake_->away_ = true;
-                              }
-                            };
-  }
+  GoAwayAfterTheEpochReport();
   Start(R"(mkdir -p "$OUT/weights"; echo 'id,weight' > "$OUT/weights/epoch_002.csv"
 echo "{}" > "$OUT/metrics.json"
 )" + std::string(kEpoch) +
