@@ -63,11 +63,7 @@ echo
 "$build_dir/server/mal-serve" --listen 127.0.0.1:0 --registry "$MAL_ADDRESS" --cache-dir "$out/serve-cache" \
   > "$out/serve.out" 2> "$out/serve.log" &
 serve=$!
-for _ in $(seq 100); do
-  grep -q 'listening on port' "$out/serve.out" 2>/dev/null && break
-  sleep 0.1
-done
-serve_port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$out/serve.out")
+serve_port=$(listening_port "$out/serve.out")
 [ -n "$serve_port" ] || { echo "mal-serve did not start; see $out/serve.log" >&2; exit 1; }
 subject=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["folds"][0]["test_subjects"][0])' \
   "$out/inspect.json")
