@@ -194,12 +194,7 @@ void Daemon::Launch(const v1::Assignment& a) {
     const std::string message =
         absl::StrCat("worker ", o_.name, ": cannot start a thread for the run: ", e.what());
     LOG(ERROR) << "run " << a.run_id() << ": " << message;
-    v1::FailRunRequest req;
-    req.set_run_id(a.run_id());
-    req.set_lease_epoch(a.lease_epoch());
-    req.set_message(message);
-    req.set_retryable(true);
-    (void)client_->FailRun(req, kCallTimeout);
+    (void)client_->FailRun(FailRunRequestFor(a, message, /*retryable=*/true), kCallTimeout);
   }
 }
 

@@ -43,6 +43,10 @@ constexpr milliseconds kProgressUploadPatience{10000};
 // network file system, FUSE): its run is given up (docs/service.md).
 constexpr milliseconds kUnkillableAfter{60000};
 
+// The FailRun request that reports `a`'s run failed (or, `released`, handed back).
+v1::FailRunRequest FailRunRequestFor(const v1::Assignment& a, const std::string& message,
+                                     bool retryable, bool released = false);
+
 struct RunTask {
   v1::Assignment a;
   std::string device;

@@ -13,7 +13,6 @@
 #include <deque>
 #include <filesystem>
 #include <optional>
-#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -159,30 +158,31 @@ bool Daemon::Flush(RunTask* t, Supervised& s) {
 }
 
 void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
-  const std::string out = t->dir + "/out";
-  std::vector<std::pair<std::string, std::string>> files;  // name, path
+  const std::string out = t->dir + "/out/";
+  struct File {
+    std::string name, path;
+    int weights_epoch = 0;  // a weights CSV's epoch; 0 for the other files
+  };
+  std::vector<File> files;
   // The checkpoint first: the logs are at least as new, and a resumed run trims them to it.
   for (const std::string name :
        {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
-    files.emplace_back(name, out + "/" + name);
+    files.push_back({name, out + name});
   }
   for (int epoch : s.owed_weights) {
-    files.emplace_back(run_files::WeightsCsv(epoch), out + "/" + run_files::WeightsCsv(epoch));
+    const std::string name = run_files::WeightsCsv(epoch);
+    files.push_back({name, out + name, epoch});
   }
   // The engine's log so far, for `malctl logs --follow`.
-  files.emplace_back(run_files::kLog, t->dir + "/" + run_files::kLog);
+  files.push_back({run_files::kLog, t->dir + "/" + run_files::kLog});
   s.upload_owed = false;
-  for (const auto& [name, path] : files) {
+  for (const File& f : files) {
     std::error_code ec;
-    if (!fs::exists(path, ec)) continue;
-    grpc::Status st = Upload(t, name, path, patience);
-    if (st.ok()) {
-      for (int epoch : s.owed_weights) {
-        if (name == run_files::WeightsCsv(epoch)) s.sent_weights.insert(epoch);
-      }
-    }
+    if (!fs::exists(f.path, ec)) continue;
+    grpc::Status st = Upload(t, f.name, f.path, patience);
+    if (st.ok() && f.weights_epoch > 0) s.sent_weights.insert(f.weights_epoch);
     if (!st.ok() && IsTransient(st)) {
-      LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << name << ": "
+      LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                                << st.error_message() << " (sent again later)";
       s.upload_owed = true;  // the coordinator is away: the rest would wait as long
       return;
@@ -228,15 +228,21 @@ bool Daemon::UploadAll(RunTask* t) {
   return all && !ec;
 }
 
-void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool released) {
-  LOG(WARNING) << "run " << t->a.run_id() << (released ? " handed back" : " failed")
-               << (retryable ? " (retryable)" : "") << ": " << message;
+v1::FailRunRequest FailRunRequestFor(const v1::Assignment& a, const std::string& message,
+                                     bool retryable, bool released) {
   v1::FailRunRequest req;
-  req.set_run_id(t->a.run_id());
-  req.set_lease_epoch(t->a.lease_epoch());
+  req.set_run_id(a.run_id());
+  req.set_lease_epoch(a.lease_epoch());
   req.set_message(message);
   req.set_retryable(retryable);
   req.set_released(released);
+  return req;
+}
+
+void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool released) {
+  LOG(WARNING) << "run " << t->a.run_id() << (released ? " handed back" : " failed")
+               << (retryable ? " (retryable)" : "") << ": " << message;
+  const v1::FailRunRequest req = FailRunRequestFor(t->a, message, retryable, released);
   (void)Deliver(t, [&]() { return client_->FailRun(req, kCallTimeout); });
 }
 

@@ -154,9 +154,6 @@ void PipeSink::StartProgressReports(std::chrono::milliseconds interval) {
           const auto stopped = [this]()
                                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_reports_; };
           if (mu_.AwaitWithTimeout(absl::Condition(&stopped), wait)) return;
-        }
-        {
-          absl::MutexLock lock(&mu_);
           Drain();  // what waits from the training thread's last write
         }
         const int64_t units = ProgressCount();
