@@ -126,7 +126,10 @@ class Coordinator {
   void Shutdown();
 
   // Expires the leases of silent workers: their runs become LOST and are re-queued (or FAILED
-  // past max_restarts). Called periodically.
+  // past max_restarts). Called periodically, every heartbeat_ms / 2 (CoordinatorServer). A gap of
+  // more than lease_ms / 2 since the last call means the coordinator itself did not run (stopped
+  // by SIGSTOP, a suspended VM, a stall): that time is not held against any worker, whose calls
+  // could not be answered, so its lease is extended by the gap (docs/service.md).
   void Tick();
 
  private:
@@ -202,6 +205,7 @@ class Coordinator {
   int64_t assignments_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t lease_expiries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t runs_lost_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_tick_ms_ ABSL_GUARDED_BY(mu_) = -1;  // -1: no Tick yet
   int64_t started_ms_ = 0;
 };
 

@@ -302,6 +302,16 @@ absl::StatusOr<std::string> Coordinator::ArtifactPath(int64_t run_id, const std:
 void Coordinator::Tick() {
   absl::MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
+  const int64_t gap = last_tick_ms_ < 0 ? 0 : now - last_tick_ms_;
+  last_tick_ms_ = now;
+  if (gap > options_.lease_ms / 2) {
+    // The coordinator was away, not the workers: their calls during the gap went unanswered.
+    LOG(WARNING) << "coordinator did not run for " << gap
+                 << " ms (stopped or suspended?): extending every lease by that";
+    for (auto& [name, w] : workers_) {
+      if (w.alive) w.last_ms = std::min(now, w.last_ms + gap);
+    }
+  }
   // Forget workers silent for an hour (their runs were re-queued long ago).
   for (auto it = workers_.begin(); it != workers_.end();) {
     it = !it->second.alive && now - it->second.last_ms > 3600 * 1000 ? workers_.erase(it)

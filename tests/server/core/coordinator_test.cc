@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -136,6 +137,14 @@ class CoordinatorTest : public ::testing::Test {
     return out;
   }
   v1::ExperimentInfo Info(const std::string& id) { return *core_->Get(id); }
+  // Time passing with the coordinator running: it ticks every 500 ms, as CoordinatorServer does
+  // with the default heartbeat (a single jump longer than half a lease is a coordinator pause).
+  void Elapse(int64_t ms) {
+    for (; ms > 0; ms -= 500) {
+      clock_.now += std::min<int64_t>(ms, 500);
+      core_->Tick();
+    }
+  }
 
   testing::TempDir dir_;
   FakeClock clock_;
@@ -354,11 +363,9 @@ TEST_F(CoordinatorTest, LapsedLeaseLosesTheRunAndFencesTheOldEpoch) {
   Register("w1", 1);
   const auto first = Beat("w1", 1).assignments(0);
   ASSERT_TRUE(Report(first, 1, 1).ok());
-  clock_.now += 5000;
-  core_->Tick();
+  Elapse(5000);
   EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_RUNNING);  // within the lease
-  clock_.now += 10001;
-  core_->Tick();
+  Elapse(5001);
   auto run = Info(id).runs(0);
   EXPECT_EQ(run.state(), v1::RUN_PENDING);
   EXPECT_EQ(run.attempt(), 1);
@@ -382,8 +389,7 @@ TEST_F(CoordinatorTest, LapsedLeaseLosesTheRunAndFencesTheOldEpoch) {
   EXPECT_TRUE(saw_lost);
 
   // Past max_restarts (1) the run fails, and with it the trial and the experiment.
-  clock_.now += 20000;
-  core_->Tick();
+  Elapse(20000);
   EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_FAILED);
   EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_FAILED);
   EXPECT_TRUE(Events(id).back().has_end());
@@ -543,8 +549,7 @@ TEST_F(CoordinatorTest, ASecondDaemonUnderALiveNameIsRefused) {
   other.set_slots(1);
   other.set_instance("another process");
   EXPECT_EQ(core_->Register(other).status().code(), absl::StatusCode::kAlreadyExists);
-  clock_.now += 10001;  // the first one's lease lapsed: the name is free again
-  core_->Tick();
+  Elapse(10001);  // the first one's lease lapsed: the name is free again
   EXPECT_TRUE(core_->Register(other).ok());
 }
 
@@ -574,13 +579,39 @@ TEST_F(CoordinatorTest, MetricsCountRunsWorkersAndLeaseExpiries) {
   EXPECT_THAT(text, HasSubstr("mal_worker_slots 2\n"));
   EXPECT_THAT(text, HasSubstr("mal_assignments_total 2\n"));
   EXPECT_THAT(text, HasSubstr("# TYPE mal_lease_expiries_total counter\n"));
-  clock_.now += 10001;
-  core_->Tick();
+  Elapse(10001);
   text = PrometheusText(core_->Counters(), hub_->stats());
   EXPECT_THAT(text, HasSubstr("mal_lease_expiries_total 1\n"));
   EXPECT_THAT(text, HasSubstr("mal_runs_lost_total 2\n"));
   EXPECT_THAT(text, HasSubstr("mal_queue_length 3\n"));
   EXPECT_THAT(text, HasSubstr("mal_workers_alive 0\n"));
+}
+
+// A coordinator stopped for longer than a lease (SIGSTOP, a suspended VM) does not take its own
+// absence for its workers': their leases run on from where they were when it stopped.
+TEST_F(CoordinatorTest, ACoordinatorPauseIsNotHeldAgainstItsWorkers) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  Elapse(4000);  // w1 silent for 4 s, then the coordinator is stopped for 60 s
+  clock_.now += 60000;
+  core_->Tick();
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_ASSIGNED);
+  EXPECT_FALSE(Beat("w1", 0, {a}).reregister());
+  // The lease itself still holds: a worker silent for a lease after the pause loses its run.
+  Elapse(10001);
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_PENDING);
+  // And silence before the pause counts: 4 s before it and 6.5 s after it lapse a 10 s lease.
+  Register("w2", 1);
+  const auto b = Beat("w2", 1).assignments(0);
+  EXPECT_EQ(b.run_id(), a.run_id());
+  Elapse(4000);
+  clock_.now += 60000;
+  core_->Tick();
+  Elapse(5500);
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_ASSIGNED);
+  Elapse(1000);
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_FAILED);  // past max_restarts (1)
 }
 
 TEST_F(CoordinatorTest, WorkersAreSharedByPriority) {
@@ -614,9 +645,9 @@ TEST_F(CoordinatorTest, RestartKeepsStateAndHonoursClaimsForOneLease) {
              return c;
            }()});
   ASSERT_TRUE(Report(a1, 3, 1).ok());
-  clock_.now += 10001;
+  Elapse(5000);
   Beat("w1", 0, {a1});
-  core_->Tick();
+  Elapse(5001);
   auto info = Info(id);
   EXPECT_EQ(info.runs(0).state(), v1::RUN_RUNNING);
   EXPECT_EQ(info.runs(1).state(), v1::RUN_PENDING);  // w2's run was lost
