@@ -43,6 +43,11 @@ constexpr milliseconds kProgressUploadPatience{10000};
 // network file system, FUSE): its run is given up (docs/service.md).
 constexpr milliseconds kUnkillableAfter{60000};
 
+// Drops the weight summaries from `pending` after its first `keep_head` events, which keep their
+// places: a ReportEvents request that timed out may have delivered them, and the coordinator
+// skips events by run-local index, so their indices must not change. Returns how many it dropped.
+size_t DropWeightSummaries(std::deque<v1::Event>& pending, size_t keep_head);
+
 // The FailRun request that reports `a`'s run failed (or, `released`, handed back).
 v1::FailRunRequest FailRunRequestFor(const v1::Assignment& a, const std::string& message,
                                      bool retryable, bool released = false);
@@ -62,7 +67,10 @@ struct RunTask {
 struct Supervised {
   std::deque<v1::Event> pending;  // not yet reported
   int64_t next_index = 1;         // run-local index of pending.front()
-  bool stale = false;             // the coordinator refused our lease: stop, report nothing
+  // Weight summaries are dropped when `pending` grows past this (kMaxPending, then higher while
+  // what stays after a purge is still long, so a long backlog is not copied on every loop).
+  size_t purge_above = kMaxPending;
+  bool stale = false;  // the coordinator refused our lease: stop, report nothing
   v1::EpochMetrics last_epoch;
   int64_t last_iteration = 0;  // of the last training point of this attempt
   // Epochs whose weights CSV has not reached the coordinator (an upload gave up while it was

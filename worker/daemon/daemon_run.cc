@@ -228,6 +228,16 @@ bool Daemon::UploadAll(RunTask* t) {
   return all && !ec;
 }
 
+size_t DropWeightSummaries(std::deque<v1::Event>& pending, size_t keep_head) {
+  const auto first =
+      pending.begin() + static_cast<std::ptrdiff_t>(std::min(keep_head, pending.size()));
+  const auto end =
+      std::remove_if(first, pending.end(), [](const v1::Event& e) { return e.has_weights(); });
+  const size_t dropped = static_cast<size_t>(pending.end() - end);
+  pending.erase(end, pending.end());
+  return dropped;
+}
+
 v1::FailRunRequest FailRunRequestFor(const v1::Assignment& a, const std::string& message,
                                      bool retryable, bool released) {
   v1::FailRunRequest req;
@@ -353,13 +363,15 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
         }
       }
     }
-    // Too much waiting for a coordinator that is away: weight summaries give way first.
-    if (s.pending.size() > kMaxPending) {
-      std::deque<v1::Event> kept;
-      for (auto& e : s.pending) {
-        if (!e.has_weights()) kept.push_back(std::move(e));
-      }
-      s.pending.swap(kept);
+    // Too much waiting for a coordinator that is away: weight summaries give way first, never
+    // those of the last request, which may have arrived.
+    if (s.pending.size() < kMaxPending) s.purge_above = kMaxPending;
+    if (s.pending.size() > s.purge_above) {
+      const size_t dropped = DropWeightSummaries(s.pending, kBatch);
+      LOG(WARNING) << "run " << t->a.run_id() << ": " << s.pending.size()
+                   << " events wait for the coordinator; dropped " << dropped
+                   << " weight summaries";
+      s.purge_above = std::max(kMaxPending, s.pending.size() + kMaxPending / 2);
     }
     if (!s.stale && !s.pending.empty() &&
         (s.pending.size() >= kBatch || Clock::now() - last_flush > milliseconds(200))) {

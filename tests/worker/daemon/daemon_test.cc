@@ -17,6 +17,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "tests/test_util.h"
+#include "worker/daemon/daemon_impl.h"
 
 namespace mal::worker {
 namespace {
@@ -558,6 +559,29 @@ TEST_F(DaemonTest, ShutdownHandsARunningRunBack) {
   ASSERT_EQ(fake_->failed_.size(), 1u);
   EXPECT_TRUE(fake_->failed_[0].released());
   EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("w1 shut down"));
+}
+
+// The backlog purge keeps the head a timed-out request may have delivered (its events keep their
+// run-local indices) and drops weight summaries only after it, in order.
+TEST(DropWeightSummariesTest, KeepsTheHeadAndTheOrderOfWhatStays) {
+  std::deque<v1::Event> pending;
+  for (int i = 0; i < 8; ++i) {
+    v1::Event e;
+    if (i % 2 == 0) {
+      e.mutable_point()->set_iteration(i);
+    } else {
+      e.mutable_weights()->set_iteration(i);
+    }
+    pending.push_back(e);
+  }
+  EXPECT_EQ(internal::DropWeightSummaries(pending, 4), 2u);  // events 5 and 7, not 1 and 3
+  std::vector<int64_t> left;
+  for (const auto& e : pending) {
+    left.push_back(e.has_point() ? e.point().iteration() : e.weights().iteration());
+  }
+  EXPECT_THAT(left, ::testing::ElementsAre(0, 1, 2, 3, 4, 6));
+  EXPECT_EQ(internal::DropWeightSummaries(pending, 100), 0u);  // a head longer than the queue
+  EXPECT_EQ(pending.size(), 6u);
 }
 
 }  // namespace
