@@ -476,6 +476,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!mal.has_task_bias()) mal.set_task_bias(true);
   if (!mal.has_center_features()) mal.set_center_features(true);
   if (!mal.has_label_aware()) mal.set_label_aware(false);
+  if (!mal.has_loss_input()) mal.set_loss_input(false);
   if (mal.val_pos_weight().empty()) mal.set_val_pos_weight("inverse_frequency");
 
   v1::SearchSpec& s = *spec.mutable_search();

@@ -52,7 +52,8 @@ Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor
 AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader& au_loader,
                              const data::DatasetIndex& au, BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],
-                             const torch::Device& device, bool au_task_weight) {
+                             const torch::Device& device, bool au_task_weight,
+                             const torch::Tensor& au_pos_weight) {
   torch::NoGradGuard no_grad;
   model.eval();
   struct Row {
@@ -67,12 +68,20 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     BatchLoader& loader = task == 0 ? au_loader : fe_loader;
     loader.StartEpoch(0);
     while (auto b = loader.Next()) {
-      torch::Tensor labels;
+      torch::Tensor labels, loss;
       if (task == 1)
         labels = torch::from_blob(b->expressions.data(), {b->size}, torch::kLong).to(device);
+      const torch::Tensor h = model.Features(Images(*b, device));
+      if (meta.reads_loss() && task == 0) {
+        loss = PerSampleAuLoss(model.au_head(h), AuTensor(b->au_labels, b->size, device),
+                               AuTensor(b->au_mask, b->size, device), au_pos_weight);
+      } else if (meta.reads_loss()) {
+        namespace F = torch::nn::functional;
+        loss = F::cross_entropy(model.fe_head(h), labels,
+                                F::CrossEntropyFuncOptions().reduction(torch::kNone));
+      }
       torch::Tensor w =
-          meta.forward(model.Features(Images(*b, device)),
-                       task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask, labels)
+          meta.forward(h, task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask, labels, loss)
               .to(torch::kCPU)
               .to(torch::kDouble);
       for (int i = 0; i < b->size; ++i) {

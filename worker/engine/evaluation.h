@@ -41,7 +41,8 @@ Evaluation Evaluate(BaseNetImpl& model, image::BatchLoader& loader, const torch:
 // Sum and count of a sample's gradient alignment over the meta updates of one epoch, by sample.
 using AlignmentSums = absl::flat_hash_map<int64_t, std::pair<double, int>>;
 
-// The weights the current meta net gives every training sample (eval-mode features).
+// The weights the current meta net gives every training sample (eval-mode features; for a
+// loss-input meta net, mal.loss_input, also eval-mode per-sample losses).
 struct AllWeights {
   // id,task,label,consistency,weight,normalized_weight,alignment,meta_weight: one row per
   // sample; weight is what training applies, the normalised weight divides it by mean AU weight +
@@ -55,10 +56,13 @@ struct AllWeights {
 // `alignment[0]` for AU samples, `[1]` for FE samples. With `au_task_weight`
 // (mal.au_weighting: task or task_in_base_step) every AU row's weight is the mean AU weight, which
 // is what the real step applies; its meta_weight keeps the per-frame value the meta net learned.
+// `au_pos_weight` ([C] or undefined): the AU training loss's positive weights
+// (train.au_pos_weight), for the AU losses a loss-input meta net reads.
 AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, image::BatchLoader& au_loader,
                              const data::DatasetIndex& au, image::BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],
-                             const torch::Device& device, bool au_task_weight = false);
+                             const torch::Device& device, bool au_task_weight = false,
+                             const torch::Tensor& au_pos_weight = {});
 
 }  // namespace mal::engine
 

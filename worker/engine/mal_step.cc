@@ -141,13 +141,13 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
 
 MalStep::Weights MalStep::ComputeWeights(const Forward& f, const StepOptions& o, bool base_step) {
   Weights w;
-  w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask);
+  w.w_au = meta_->forward(f.h_au, MetaNetImpl::kAuTask, {}, f.l_au);
   // mal.au_weighting: task (virtual and real step), task_in_base_step (real step only).
   if (o.au_weighting == AuWeighting::kTask ||
       (base_step && o.au_weighting == AuWeighting::kTaskInBaseStep)) {
     w.w_au = w.w_au.mean() * torch::ones_like(w.w_au);
   }
-  w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels);
+  w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels, f.l_fe);
   const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
   w.wn_au = w.w_au / s;
   w.wn_fe = w.w_fe / s;
@@ -323,9 +323,11 @@ absl::StatusOr<StepStats> MalStep::Run(const TrainBatch& batch, const ValBatch* 
   } else if (o.method == Method::kMtl) {
     loss = f.l_au.mean() + o.fe_lambda * f.l_fe.mean();
   } else {
-    // The meta net's running feature mean moves before this iteration's weights (a constant for
-    // the meta-gradient below).
+    // The meta net's running feature mean (and, with mal.loss_input, its loss statistics) move
+    // before this iteration's weights (constants for the meta-gradient below).
     meta_->UpdateFeatureMean(torch::cat({f.h_au.detach(), f.h_fe.detach()}));
+    meta_->UpdateLossStatistics(f.l_au, MetaNetImpl::kAuTask);
+    meta_->UpdateLossStatistics(f.l_fe, MetaNetImpl::kFeTask);
     if (o.update_meta) {
       if (val == nullptr || meta_optimizer == nullptr) {
         return absl::InternalError("MAL meta update without a validation batch or meta optimizer");

@@ -20,6 +20,9 @@ namespace nn = torch::nn;
 
 namespace {
 
+// The smallest loss variance the loss-input meta net divides by (a batch of equal losses).
+constexpr double kMinLossVariance = 1e-6;
+
 nn::Conv2d Conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
 }
@@ -147,7 +150,8 @@ std::vector<torch::Tensor> BaseNetImpl::HeadParameters() {
   return p;
 }
 
-MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, int64_t fe_classes)
+MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, int64_t fe_classes,
+                         bool loss_input)
     : center_(center) {
   linear = register_module("linear", nn::Linear(feature_dim, 1));
   if (fe_classes > 0) {
@@ -157,6 +161,12 @@ MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, 
     fe_label->bias.zero_();
   }
   if (with_task_bias) task_bias = register_parameter("task_bias", torch::zeros({2}));
+  if (loss_input) {
+    loss_weight = register_parameter("loss_weight", torch::zeros({2}));
+    loss_mean = register_buffer("loss_mean", torch::zeros({2}));
+    loss_var = register_buffer("loss_var", torch::ones({2}));
+    loss_updates = register_buffer("loss_updates", torch::zeros({2}, torch::kLong));
+  }
   feature_mean = register_buffer("feature_mean", torch::zeros({feature_dim}));
   mean_updates = register_buffer("mean_updates", torch::zeros({}, torch::kLong));
   torch::NoGradGuard no_grad;
@@ -164,7 +174,8 @@ MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, 
   linear->bias.zero_();
 }
 
-torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch::Tensor& fe_labels) {
+torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch::Tensor& fe_labels,
+                                   const torch::Tensor& loss) {
   // Centred in float32 (float64 for double features) even when h is bfloat16 under autocast
   // (train.precision): the centred values are small, and bf16 subtraction would cancel them.
   const torch::Tensor x = h.detach().to(WideFloat(h)) - feature_mean.to(WideFloat(h));
@@ -175,7 +186,30 @@ torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch
                 "a label-aware meta net needs one FE label per sample");
     z = z + fe_label(x).gather(1, fe_labels.to(torch::kLong).unsqueeze(1)).squeeze(1);
   }
+  if (loss_weight.defined()) {
+    TORCH_CHECK(loss.defined() && loss.dim() == 1 && loss.size(0) == h.size(0),
+                "a loss-input meta net needs one training loss per sample");
+    const at::ScalarType wide = WideFloat(h);
+    const torch::Tensor sd = loss_var[task].to(wide).clamp_min(kMinLossVariance).sqrt();
+    z = z + loss_weight[task].to(wide) * (loss.detach().to(wide) - loss_mean[task].to(wide)) / sd;
+  }
   return torch::sigmoid(z);
+}
+
+void MetaNetImpl::UpdateLossStatistics(const torch::Tensor& loss, int task, double momentum) {
+  if (!loss_weight.defined()) return;
+  torch::NoGradGuard no_grad;
+  const torch::Tensor l = loss.detach().to(loss_mean.dtype());
+  const torch::Tensor mean = l.mean();
+  const torch::Tensor var = l.numel() > 1 ? l.var(/*unbiased=*/false) : torch::zeros_like(mean);
+  if (loss_updates[task].item<int64_t>() == 0) {
+    loss_mean[task].copy_(mean);
+    loss_var[task].copy_(var);
+  } else {
+    loss_mean[task].mul_(1 - momentum).add_(mean, momentum);
+    loss_var[task].mul_(1 - momentum).add_(var, momentum);
+  }
+  loss_updates[task].add_(1);
 }
 
 void MetaNetImpl::UpdateFeatureMean(const torch::Tensor& h, double momentum) {

@@ -130,23 +130,39 @@ at::ScalarType WideFloat(const torch::Tensor& t);
 // With `task_bias` (mal.task_bias, an extension the paper does not have) it adds a learned bias per
 // task, w = sigmoid(v . (h - mu) + b + c_task), also zero-initialised: the balance between the AU
 // and FE tasks then has its own parameter instead of having to be read from the features.
+// With `loss_input` (mal.loss_input, an extension after Meta-Weight-Net, Shu et al., NeurIPS 2019,
+// which weighs noisy labels by their loss; the paper's meta net reads only the feature) it adds
+// q_task z_i, z_i = (l_i - m_task) / s_task: the sample's own training loss (detached, like h),
+// standardised by the running mean m and standard deviation s of its task's losses; q ([2]) is
+// zero-initialised. A sample whose label its face does not support tends to keep a high loss, which
+// no feature of the face alone shows.
 class MetaNetImpl : public torch::nn::Module {
  public:
   static constexpr int kAuTask = 0, kFeTask = 1;
   // `fe_classes` > 0 makes it label-aware (mal.label_aware): FE samples with label c add
   // u_c . (h - mu) + d_c, one zero-initialised row of `fe_label` (a Linear D -> fe_classes) per class.
   explicit MetaNetImpl(int64_t feature_dim, bool with_task_bias = false, bool center = false,
-                       int64_t fe_classes = 0);
+                       int64_t fe_classes = 0, bool loss_input = false);
   // Per-sample weights in (0, 1), shape [N], for features `h` (N x D) of samples of `task`
   // (kAuTask or kFeTask). Detaches `h` itself. `fe_labels` ([N] int64 in [0, fe_classes)) is used
-  // only by a label-aware meta net for kFeTask, where it is required.
-  torch::Tensor forward(const torch::Tensor& h, int task = kAuTask, const torch::Tensor& fe_labels = {});
+  // only by a label-aware meta net for kFeTask, where it is required. `loss` ([N], the samples'
+  // per-sample training losses, detached here) is required by a loss-input meta net and ignored
+  // by the others. A missing input throws c10::Error.
+  torch::Tensor forward(const torch::Tensor& h, int task = kAuTask, const torch::Tensor& fe_labels = {},
+                        const torch::Tensor& loss = {});
   // Moves mu towards the mean of `h` (N x D, detached): mu <- (1 - m) mu + m mean(h), with the
   // first call setting mu to mean(h). No-op without `center`.
   void UpdateFeatureMean(const torch::Tensor& h, double momentum = 0.05);
+  // Moves task `task`'s loss mean and variance towards those of `loss` ([N], detached; the
+  // variance over the batch, 0 for N = 1): m <- (1 - k) m + k mean(l), the same for the variance,
+  // the first call for the task setting them. No-op without `loss_input`.
+  void UpdateLossStatistics(const torch::Tensor& loss, int task, double momentum = 0.05);
+  bool reads_loss() const { return loss_weight.defined(); }
   torch::nn::Linear linear{nullptr};
   torch::nn::Linear fe_label{nullptr};  // label-aware only
   torch::Tensor task_bias;     // [2] (AU, FE), or undefined without task_bias
+  torch::Tensor loss_weight;   // [2] q (AU, FE), or undefined without loss_input
+  torch::Tensor loss_mean, loss_var, loss_updates;  // [2] buffers (AU, FE), loss_input only
   torch::Tensor feature_mean;  // [D] buffer
   torch::Tensor mean_updates;  // [] buffer: how often UpdateFeatureMean ran
 

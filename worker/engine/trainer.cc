@@ -218,7 +218,7 @@ absl::Status Training::SetUp() {
   model_ = BaseNet(config_);
   shadow_ = BaseNet(config_);
   meta_ = MetaNet(model_->feature_dim(), spec_.mal().task_bias(), spec_.mal().center_features(),
-                  spec_.mal().label_aware() ? data::kNumExpressions : 0);
+                  spec_.mal().label_aware() ? data::kNumExpressions : 0, spec_.mal().loss_input());
   if (!spec_.model().pretrained().empty()) {
     RETURN_IF_ERROR(LoadPretrainedBackbone(spec_.model().pretrained(), *model_));
   }
@@ -487,8 +487,9 @@ void Training::RecordWeights(const StepStats& stats, const Batch& au, const Batc
 absl::Status Training::FinishEpoch(Clock::time_point start) {
   EpochRecord e = Evaluate(static_cast<int>(pos_.epoch));
   if (method_ == Method::kMal) {
-    AllWeights w = ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe,
-                                     alignment_, device_, so_.au_weighting != AuWeighting::kSample);
+    AllWeights w =
+        ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe, alignment_,
+                          device_, so_.au_weighting != AuWeighting::kSample, so_.au_pos_weight);
     alignment_[0].clear();
     alignment_[1].clear();
     e.mean_au_weight = w.mean_au;

@@ -1,5 +1,6 @@
 #include "worker/engine/mal_step.h"
 
+#include <cmath>
 #include <map>
 #include <utility>
 
@@ -18,10 +19,10 @@ struct Fixture {
 };
 
 // A tiny model in double precision, its shadow, a meta net (random or zero-initialised; with a
-// per-task bias when `task_bias`), an AU batch of 5 frames, an FE batch of `n_fe` images and a
-// validation batch of 6 frames.
+// per-task bias when `task_bias`, label rows when `label_aware`, the loss input when `loss_input`),
+// an AU batch of 5 frames, an FE batch of `n_fe` images and a validation batch of 6 frames.
 Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, int n_fe = 4,
-             bool task_bias = false, bool label_aware = false) {
+             bool task_bias = false, bool label_aware = false, bool loss_input = false) {
   torch::manual_seed(seed);
   Fixture f;
   BaseNetImpl::Config c;
@@ -33,7 +34,8 @@ Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, i
   f.shadow = BaseNet(c);
   f.model->to(torch::kDouble);
   f.shadow->to(torch::kDouble);
-  f.meta = MetaNet(f.model->feature_dim(), task_bias, /*center=*/false, label_aware ? 7 : 0);
+  f.meta = MetaNet(f.model->feature_dim(), task_bias, /*center=*/false, label_aware ? 7 : 0,
+                   loss_input);
   f.meta->to(torch::kDouble);
   if (random_meta) {
     torch::NoGradGuard g;
@@ -43,6 +45,11 @@ Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, i
     if (label_aware) {
       f.meta->fe_label->weight.normal_(0, 0.5);
       f.meta->fe_label->bias.normal_(0, 0.5);
+    }
+    if (loss_input) {
+      f.meta->loss_weight.copy_(torch::tensor({-0.8, 1.1}, torch::kDouble));
+      f.meta->loss_mean.copy_(torch::tensor({0.6, 1.9}, torch::kDouble));
+      f.meta->loss_var.copy_(torch::tensor({0.04, 0.25}, torch::kDouble));
     }
   }
   auto opts = torch::TensorOptions().dtype(torch::kDouble);
@@ -70,9 +77,9 @@ double ValLossAfterVirtualStep(Fixture& f, bool au_task = false) {
   auto l_fe = torch::nn::functional::cross_entropy(
       f.model->fe_head(h_fe), f.batch.fe_labels,
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  auto w_au = f.meta->forward(h_au, MetaNetImpl::kAuTask);
+  auto w_au = f.meta->forward(h_au, MetaNetImpl::kAuTask, {}, l_au);
   if (au_task) w_au = w_au.mean().expand({w_au.size(0)});
-  auto w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask, f.batch.fe_labels);
+  auto w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask, f.batch.fe_labels, l_fe);
   auto s = w_au.mean() + w_fe.mean();
   auto loss = (w_au / s * l_au).mean() + (w_fe / s * l_fe).mean();
   auto params = f.model->parameters();
@@ -91,11 +98,13 @@ double ValLossAfterVirtualStep(Fixture& f, bool au_task = false) {
 class ExactTest : public ::testing::TestWithParam<bool> {};  // param: exact_jvp
 
 TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
-  // The paper's meta net, with the per-task bias, with the label-aware rows too, and with one
-  // weight for the AU task (mal.au_weighting: task).
-  for (int variant : {0, 1, 2, 3}) {
+  // The paper's meta net, with the per-task bias, with the label-aware rows too, with one
+  // weight for the AU task (mal.au_weighting: task), and reading each sample's loss
+  // (mal.loss_input: the loss is an input, held constant, as the feature is).
+  for (int variant : {0, 1, 2, 3, 4}) {
     const bool task_bias = variant >= 1, label_aware = variant == 2, au_task = variant == 3;
-    Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, task_bias, label_aware);
+    const bool loss_input = variant == 4;
+    Fixture f = Make("tiny", /*random_meta=*/true, 0, 4, task_bias, label_aware, loss_input);
     MalStep step(f.model, f.shadow, f.meta);
     StepOptions o;
     o.exact_jvp = GetParam();
@@ -105,7 +114,7 @@ TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
     // stay near 1e-11, far below the gradient's components (1e-5 .. 1e-2 here).
     const double delta = 1e-5;
     auto phi = f.meta->parameters();
-    ASSERT_EQ(phi.size(), 2u + task_bias + 2 * label_aware);
+    ASSERT_EQ(phi.size(), 2u + task_bias + 2 * label_aware + loss_input);
     double largest = 0;
     for (size_t p = 0; p < phi.size(); ++p) {
       auto flat = phi[p].view(-1);
@@ -393,6 +402,49 @@ TEST(MalStepTest, LabelAwareMetaNetStartsAtHalfAndLearnsOnlyTheRowsOfLabelsItSaw
       EXPECT_EQ(row_norms[c].item<double>(), 0.0) << "class " << c;
     }
   }
+}
+
+TEST(MalStepTest, LossInputMetaNetStandardisesEachTasksLossAndRunTracksTheirStatistics) {
+  MetaNet meta(4, /*with_task_bias=*/false, /*center=*/false, 0, /*loss_input=*/true);
+  meta->to(torch::kDouble);
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  const torch::Tensor h = torch::randn({3, 4}, opts);
+  const torch::Tensor loss = torch::tensor({0.5, 1.0, 3.0}, opts);
+  EXPECT_TRUE(torch::allclose(meta->forward(h, MetaNetImpl::kFeTask, {}, loss),
+                              torch::full({3}, 0.5, opts)));  // zero-initialised: 0.5 everywhere
+  EXPECT_THROW(meta->forward(h, MetaNetImpl::kFeTask), c10::Error);  // it needs the losses
+  // First update sets the task's statistics, later ones move them by the momentum; the other
+  // task's stay.
+  meta->UpdateLossStatistics(loss, MetaNetImpl::kFeTask);
+  EXPECT_NEAR(meta->loss_mean[1].item<double>(), 1.5, 1e-12);
+  EXPECT_NEAR(meta->loss_var[1].item<double>(), (1.0 + 0.25 + 2.25) / 3, 1e-12);
+  meta->UpdateLossStatistics(torch::tensor({2.5}, opts), MetaNetImpl::kFeTask, 0.5);
+  EXPECT_NEAR(meta->loss_mean[1].item<double>(), 2.0, 1e-12);
+  EXPECT_NEAR(meta->loss_var[1].item<double>(), (1.0 + 0.25 + 2.25) / 6, 1e-12);
+  EXPECT_EQ(meta->loss_updates[0].item<int64_t>(), 0);
+  EXPECT_EQ(meta->loss_mean[0].item<double>(), 0.0);
+  // w = sigmoid(q (l - m) / s): with q < 0 a higher loss gives a lower weight, the mean loss 0.5.
+  {
+    torch::NoGradGuard g;
+    meta->loss_weight[1].fill_(-2.0);
+  }
+  const torch::Tensor w = meta->forward(torch::zeros({3, 4}, opts), MetaNetImpl::kFeTask, {},
+                                        torch::tensor({2.0, 1.0, 3.0}, opts));
+  const double s = std::sqrt((1.0 + 0.25 + 2.25) / 6);
+  EXPECT_NEAR(w[0].item<double>(), 0.5, 1e-12);
+  EXPECT_NEAR(w[1].item<double>(), 1 / (1 + std::exp(-2.0 / s)), 1e-12);
+  EXPECT_NEAR(w[2].item<double>(), 1 / (1 + std::exp(2.0 / s)), 1e-12);
+  // A MAL iteration updates both tasks' statistics from its own per-sample losses, then learns q.
+  Fixture f = Make("tiny", /*random_meta=*/false, 8, 4, /*task_bias=*/true, false, true);
+  MalStep step(f.model, f.shadow, f.meta);
+  torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
+  torch::optim::SGD meta_opt(f.meta->parameters(), torch::optim::SGDOptions(1.0));
+  auto stats = step.Run(f.batch, &f.val, 0.1, StepOptions{}, base, &meta_opt);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_NEAR(f.meta->loss_mean[0].item<double>(), stats->loss_au, 1e-12);
+  EXPECT_NEAR(f.meta->loss_mean[1].item<double>(), stats->loss_fe, 1e-12);
+  EXPECT_EQ(f.meta->loss_updates[0].item<int64_t>(), 1);
+  EXPECT_GT(f.meta->loss_weight.abs().min().item<double>(), 0.0);  // each task's q moved
 }
 
 TEST(MalStepTest, StepChangesMetaAndAdvancesBatchNormOncePerForward) {
