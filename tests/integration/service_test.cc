@@ -871,6 +871,30 @@ TEST_F(ServiceTest, CoordinatorKilledMidRunRestartsAndTheLogHasNoGap) {
   EXPECT_THAT(coordinator_->Log(), HasSubstr("registered"));
 }
 
+// The coordinator stopped (SIGSTOP: a suspended VM, a debugger) for more than two leases while a
+// run trains: on resume it does not take its own absence for the worker's, the run keeps its first
+// attempt, and its result is the engine alone's.
+TEST_F(ServiceTest, APausedCoordinatorKeepsItsWorkersRuns) {
+  const std::string spec = WriteSpec("pause", 4, 10, "cv: {only: [1]}\n");
+  StartCoordinator(2000);
+  StartWorker("w1");
+  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
+      << DiagnosticLogs();
+  const std::string id = Submit(spec);
+  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 1; },
+                      std::chrono::seconds(120)))
+      << DiagnosticLogs();
+  coordinator_->Kill(SIGSTOP);
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  coordinator_->Kill(SIGCONT);
+  const auto info = WaitDone(id, std::chrono::seconds(180));
+  ASSERT_EQ(info.state(), v1::EXPERIMENT_SUCCEEDED) << DiagnosticLogs();
+  EXPECT_EQ(info.runs(0).attempt(), 0) << DiagnosticLogs();
+  EXPECT_THAT(coordinator_->Log(), HasSubstr("coordinator did not run for"));
+  EXPECT_THAT(coordinator_->Log(), Not(HasSubstr("lease lapsed")));
+  EXPECT_NEAR(info.runs(0).result().test_mean_f1(), EngineAlone(spec, 1), 1e-6);
+}
+
 // Processes killed at random moments (seeded): the coordinator and the workers, again and again
 // while three folds train. The experiment still completes, every fold's result equals the engine
 // alone (resumes are exact), and the event log has every seq once and one End.
