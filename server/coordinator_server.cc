@@ -137,7 +137,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   LOG(INFO) << "listening on " << o.listen << " (port " << p->port << "), data in " << o.data_dir;
   // The lease clock: silent workers lose their runs.
   Parts* raw = p.get();
-  const auto tick = std::chrono::milliseconds(std::max<int64_t>(50, o.heartbeat_ms / 2));
+  const auto tick = std::chrono::milliseconds(TickPeriodMs(co));
   p->ticker = std::thread([raw, tick] {
     while (!raw->stopping) {
       std::this_thread::sleep_for(tick);

@@ -61,6 +61,10 @@ struct CoordinatorOptions {
   std::vector<std::string> data_roots;
 };
 
+// How often the lease check (Coordinator::Tick) runs: heartbeat_ms / 2, at least every 50 ms
+// (CoordinatorServer's ticker).
+int64_t TickPeriodMs(const CoordinatorOptions& options);
+
 class Coordinator {
  public:
   // Loads the state; the pointers must outlive the coordinator.
@@ -126,10 +130,11 @@ class Coordinator {
   void Shutdown();
 
   // Expires the leases of silent workers: their runs become LOST and are re-queued (or FAILED
-  // past max_restarts). Called periodically, every heartbeat_ms / 2 (CoordinatorServer). A gap of
-  // more than lease_ms / 2 since the last call means the coordinator itself did not run (stopped
-  // by SIGSTOP, a suspended VM, a stall): that time is not held against any worker, whose calls
-  // could not be answered, so its lease is extended by the gap (docs/service.md).
+  // past max_restarts). Called every TickPeriodMs (CoordinatorServer). A gap since the last call
+  // (or since the start, for the first) of more than max(lease_ms / 2, 4 periods) means the
+  // coordinator itself did not run (stopped by SIGSTOP, a suspended VM, a slow start, a stall):
+  // that time, less one period, is not held against any worker, whose calls could not be
+  // answered, so each live worker's lease is extended by it (docs/service.md).
   void Tick();
 
  private:
@@ -205,7 +210,7 @@ class Coordinator {
   int64_t assignments_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t lease_expiries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t runs_lost_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t last_tick_ms_ ABSL_GUARDED_BY(mu_) = -1;  // -1: no Tick yet
+  int64_t last_tick_ms_ ABSL_GUARDED_BY(mu_) = 0;  // the last Tick's time; the start's before
   int64_t started_ms_ = 0;
 };
 

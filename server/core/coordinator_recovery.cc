@@ -31,6 +31,7 @@ absl::StatusOr<Trial> Coordinator::LoadTrial(const Experiment& e, const TrialRow
 absl::Status Coordinator::Load() {
   absl::MutexLock lock(&mu_);
   started_ms_ = clock_->NowMs();
+  last_tick_ms_ = started_ms_;  // a start slower than a lease is the coordinator's absence too
   ASSIGN_OR_RETURN(std::vector<ExperimentRow> rows, store_->Experiments());
   for (ExperimentRow& row : rows) {
     Experiment& e = experiments_[row.id];

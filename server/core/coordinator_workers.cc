@@ -299,17 +299,24 @@ absl::StatusOr<std::string> Coordinator::ArtifactPath(int64_t run_id, const std:
   return artifacts_->Find(e->row.id, run->trial, run->fold, name);
 }
 
+int64_t TickPeriodMs(const CoordinatorOptions& options) {
+  return std::max<int64_t>(50, options.heartbeat_ms / 2);
+}
+
 void Coordinator::Tick() {
   absl::MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
-  const int64_t gap = last_tick_ms_ < 0 ? 0 : now - last_tick_ms_;
+  const int64_t period = TickPeriodMs(options_);
+  const int64_t gap = now - last_tick_ms_;
   last_tick_ms_ = now;
-  if (gap > options_.lease_ms / 2) {
+  if (gap > std::max(options_.lease_ms / 2, 4 * period)) {
     // The coordinator was away, not the workers: their calls during the gap went unanswered.
+    const int64_t away = gap - period;
     LOG(WARNING) << "coordinator did not run for " << gap
-                 << " ms (stopped or suspended?): extending every lease by that";
+                 << " ms (stopped, suspended or slow to start?): extending every lease by " << away
+                 << " ms";
     for (auto& [name, w] : workers_) {
-      if (w.alive) w.last_ms = std::min(now, w.last_ms + gap);
+      if (w.alive) w.last_ms = std::min(now, w.last_ms + away);
     }
   }
   // Forget workers silent for an hour (their runs were re-queued long ago).

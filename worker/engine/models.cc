@@ -164,7 +164,7 @@ MetaNetImpl::MetaNetImpl(int64_t feature_dim, bool with_task_bias, bool center, 
   if (loss_input) {
     loss_weight = register_parameter("loss_weight", torch::zeros({2}));
     loss_mean = register_buffer("loss_mean", torch::zeros({2}));
-    loss_var = register_buffer("loss_var", torch::ones({2}));
+    loss_square_mean = register_buffer("loss_square_mean", torch::ones({2}));  // sd 1 until updated
     loss_updates = register_buffer("loss_updates", torch::zeros({2}, torch::kLong));
   }
   feature_mean = register_buffer("feature_mean", torch::zeros({feature_dim}));
@@ -190,8 +190,9 @@ torch::Tensor MetaNetImpl::forward(const torch::Tensor& h, int task, const torch
     TORCH_CHECK(loss.defined() && loss.dim() == 1 && loss.size(0) == h.size(0),
                 "a loss-input meta net needs one training loss per sample");
     const at::ScalarType wide = WideFloat(h);
-    const torch::Tensor sd = loss_var[task].to(wide).clamp_min(kMinLossVariance).sqrt();
-    z = z + loss_weight[task].to(wide) * (loss.detach().to(wide) - loss_mean[task].to(wide)) / sd;
+    const torch::Tensor m = loss_mean[task].to(wide);
+    const torch::Tensor sd = (loss_square_mean[task].to(wide) - m * m).clamp_min(kMinLossVariance).sqrt();
+    z = z + loss_weight[task].to(wide) * (loss.detach().to(wide) - m) / sd;
   }
   return torch::sigmoid(z);
 }
@@ -200,14 +201,13 @@ void MetaNetImpl::UpdateLossStatistics(const torch::Tensor& loss, int task, doub
   if (!loss_weight.defined()) return;
   torch::NoGradGuard no_grad;
   const torch::Tensor l = loss.detach().to(loss_mean.dtype());
-  const torch::Tensor mean = l.mean();
-  const torch::Tensor var = l.numel() > 1 ? l.var(/*unbiased=*/false) : torch::zeros_like(mean);
+  const torch::Tensor mean = l.mean(), square_mean = l.pow(2).mean();
   if (loss_updates[task].item<int64_t>() == 0) {
     loss_mean[task].copy_(mean);
-    loss_var[task].copy_(var);
+    loss_square_mean[task].copy_(square_mean);
   } else {
     loss_mean[task].mul_(1 - momentum).add_(mean, momentum);
-    loss_var[task].mul_(1 - momentum).add_(var, momentum);
+    loss_square_mean[task].mul_(1 - momentum).add_(square_mean, momentum);
   }
   loss_updates[task].add_(1);
 }

@@ -153,16 +153,17 @@ class MetaNetImpl : public torch::nn::Module {
   // Moves mu towards the mean of `h` (N x D, detached): mu <- (1 - m) mu + m mean(h), with the
   // first call setting mu to mean(h). No-op without `center`.
   void UpdateFeatureMean(const torch::Tensor& h, double momentum = 0.05);
-  // Moves task `task`'s loss mean and variance towards those of `loss` ([N], detached; the
-  // variance over the batch, 0 for N = 1): m <- (1 - k) m + k mean(l), the same for the variance,
-  // the first call for the task setting them. No-op without `loss_input`.
+  // Moves task `task`'s running loss mean m and mean square towards those of `loss` ([N],
+  // detached): m <- (1 - k) m + k mean(l), the same for mean(l^2), the first call for the task
+  // setting them. The standard deviation s = sqrt(mean square - m^2) so spans samples across
+  // batches (a batch of one sample has no spread of its own). No-op without `loss_input`.
   void UpdateLossStatistics(const torch::Tensor& loss, int task, double momentum = 0.05);
   bool reads_loss() const { return loss_weight.defined(); }
   torch::nn::Linear linear{nullptr};
   torch::nn::Linear fe_label{nullptr};  // label-aware only
   torch::Tensor task_bias;     // [2] (AU, FE), or undefined without task_bias
   torch::Tensor loss_weight;   // [2] q (AU, FE), or undefined without loss_input
-  torch::Tensor loss_mean, loss_var, loss_updates;  // [2] buffers (AU, FE), loss_input only
+  torch::Tensor loss_mean, loss_square_mean, loss_updates;  // [2] buffers (AU, FE), loss_input only
   torch::Tensor feature_mean;  // [D] buffer
   torch::Tensor mean_updates;  // [] buffer: how often UpdateFeatureMean ran
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <sstream>
 #include <utility>
 
 #include <gtest/gtest.h>
@@ -49,7 +50,7 @@ Fixture Make(const std::string& backbone, bool random_meta, uint64_t seed = 0, i
     if (loss_input) {
       f.meta->loss_weight.copy_(torch::tensor({-0.8, 1.1}, torch::kDouble));
       f.meta->loss_mean.copy_(torch::tensor({0.6, 1.9}, torch::kDouble));
-      f.meta->loss_var.copy_(torch::tensor({0.04, 0.25}, torch::kDouble));
+      f.meta->loss_square_mean.copy_(torch::tensor({0.40, 3.86}, torch::kDouble));  // sd 0.2, 0.5
     }
   }
   auto opts = torch::TensorOptions().dtype(torch::kDouble);
@@ -417,25 +418,50 @@ TEST(MalStepTest, LossInputMetaNetStandardisesEachTasksLossAndRunTracksTheirStat
   // task's stay.
   meta->UpdateLossStatistics(loss, MetaNetImpl::kFeTask);
   EXPECT_NEAR(meta->loss_mean[1].item<double>(), 1.5, 1e-12);
-  EXPECT_NEAR(meta->loss_var[1].item<double>(), (1.0 + 0.25 + 2.25) / 3, 1e-12);
+  EXPECT_NEAR(meta->loss_square_mean[1].item<double>(), (0.25 + 1.0 + 9.0) / 3, 1e-12);
   meta->UpdateLossStatistics(torch::tensor({2.5}, opts), MetaNetImpl::kFeTask, 0.5);
   EXPECT_NEAR(meta->loss_mean[1].item<double>(), 2.0, 1e-12);
-  EXPECT_NEAR(meta->loss_var[1].item<double>(), (1.0 + 0.25 + 2.25) / 6, 1e-12);
+  EXPECT_NEAR(meta->loss_square_mean[1].item<double>(), (0.25 + 1.0 + 9.0) / 6 + 6.25 / 2, 1e-12);
   EXPECT_EQ(meta->loss_updates[0].item<int64_t>(), 0);
   EXPECT_EQ(meta->loss_mean[0].item<double>(), 0.0);
-  // w = sigmoid(q (l - m) / s): with q < 0 a higher loss gives a lower weight, the mean loss 0.5.
+  // w = sigmoid(q (l - m) / s): with q < 0 a higher loss gives a lower weight; a loss at the
+  // running mean (2.0) gives 0.5.
   {
     torch::NoGradGuard g;
     meta->loss_weight[1].fill_(-2.0);
   }
   const torch::Tensor w = meta->forward(torch::zeros({3, 4}, opts), MetaNetImpl::kFeTask, {},
                                         torch::tensor({2.0, 1.0, 3.0}, opts));
-  const double s = std::sqrt((1.0 + 0.25 + 2.25) / 6);
+  const double s = std::sqrt((0.25 + 1.0 + 9.0) / 6 + 6.25 / 2 - 2.0 * 2.0);  // across batches: 5/6
   EXPECT_NEAR(w[0].item<double>(), 0.5, 1e-12);
   EXPECT_NEAR(w[1].item<double>(), 1 / (1 + std::exp(-2.0 / s)), 1e-12);
   EXPECT_NEAR(w[2].item<double>(), 1 / (1 + std::exp(2.0 / s)), 1e-12);
-  // A MAL iteration updates both tasks' statistics from its own per-sample losses, then learns q.
+  // The statistics and q are saved and loaded with the meta net (a checkpoint).
+  {
+    std::stringstream buffer;
+    torch::save(meta, buffer);
+    MetaNet loaded(4, false, false, 0, true);
+    loaded->to(torch::kDouble);
+    torch::load(loaded, buffer);
+    EXPECT_TRUE(torch::equal(loaded->loss_mean, meta->loss_mean));
+    EXPECT_TRUE(torch::equal(loaded->loss_square_mean, meta->loss_square_mean));
+    EXPECT_TRUE(torch::equal(loaded->loss_updates, meta->loss_updates));
+    EXPECT_TRUE(torch::equal(loaded->loss_weight, meta->loss_weight));
+  }
+  // A MAL iteration updates both tasks' statistics from its own per-sample losses, learns q, and
+  // its base step weighs with the updated statistics and q: the FE weights it applied equal the
+  // meta net's after the iteration on the iteration's FE features and losses.
   Fixture f = Make("tiny", /*random_meta=*/false, 8, 4, /*task_bias=*/true, false, true);
+  BaseNet before(f.model->config());
+  before->to(torch::kDouble);
+  CopyState(*f.model, *before);
+  before->train();
+  const torch::Tensor h_fe = before->Features(f.batch.fe_images).detach();
+  const torch::Tensor l_fe =
+      torch::nn::functional::cross_entropy(
+          before->fe_head(h_fe), f.batch.fe_labels,
+          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+          .detach();
   MalStep step(f.model, f.shadow, f.meta);
   torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(0.1));
   torch::optim::SGD meta_opt(f.meta->parameters(), torch::optim::SGDOptions(1.0));
@@ -445,6 +471,9 @@ TEST(MalStepTest, LossInputMetaNetStandardisesEachTasksLossAndRunTracksTheirStat
   EXPECT_NEAR(f.meta->loss_mean[1].item<double>(), stats->loss_fe, 1e-12);
   EXPECT_EQ(f.meta->loss_updates[0].item<int64_t>(), 1);
   EXPECT_GT(f.meta->loss_weight.abs().min().item<double>(), 0.0);  // each task's q moved
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::allclose(stats->w_fe, f.meta->forward(h_fe, MetaNetImpl::kFeTask, {}, l_fe),
+                              1e-12, 1e-12));
 }
 
 TEST(MalStepTest, StepChangesMetaAndAdvancesBatchNormOncePerForward) {
