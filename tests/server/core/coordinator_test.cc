@@ -52,7 +52,8 @@ class CoordinatorTest : public ::testing::Test {
     hub_ = std::make_unique<EventHub>(store_.get(), 1000);
     artifacts_ = std::make_unique<ArtifactStore>(dir_ / "artifacts");
     CoordinatorOptions o;
-    o.lease_ms = 10000;
+    o.lease_ms = lease_ms_;
+    o.heartbeat_ms = heartbeat_ms_;
     auto c = Coordinator::Create(store_.get(), hub_.get(), artifacts_.get(), &clock_, o);
     ASSERT_TRUE(c.ok()) << c.status();
     core_ = std::move(*c);
@@ -137,14 +138,20 @@ class CoordinatorTest : public ::testing::Test {
     return out;
   }
   v1::ExperimentInfo Info(const std::string& id) { return *core_->Get(id); }
-  // Time passing with the coordinator running: it ticks every 500 ms, as CoordinatorServer does
-  // with the default heartbeat (a single jump longer than half a lease is a coordinator pause).
+  // Time passing with the coordinator running: it ticks every TickPeriodMs (500 ms with the
+  // default heartbeat), as CoordinatorServer does (a single jump longer than half a lease is a
+  // coordinator pause).
   void Elapse(int64_t ms) {
-    for (; ms > 0; ms -= 500) {
-      clock_.now += std::min<int64_t>(ms, 500);
+    CoordinatorOptions o;
+    o.heartbeat_ms = heartbeat_ms_;
+    const int64_t period = TickPeriodMs(o);
+    for (; ms > 0; ms -= period) {
+      clock_.now += std::min<int64_t>(ms, period);
       core_->Tick();
     }
   }
+
+  int64_t lease_ms_ = 10000, heartbeat_ms_ = 1000;
 
   testing::TempDir dir_;
   FakeClock clock_;
@@ -612,6 +619,19 @@ TEST_F(CoordinatorTest, ACoordinatorPauseIsNotHeldAgainstItsWorkers) {
   EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_ASSIGNED);
   Elapse(1000);
   EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_FAILED);  // past max_restarts (1)
+}
+
+// The shortest lease the server accepts (twice a 10 ms heartbeat) is shorter than four tick
+// periods (ticks are at least 50 ms apart): regular ticks are not a pause, and the lease lapses.
+TEST_F(CoordinatorTest, ShortLeasesStillLapseBetweenRegularTicks) {
+  lease_ms_ = 20;
+  heartbeat_ms_ = 10;
+  Reopen();
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  Beat("w1", 1);
+  Elapse(50);
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_PENDING);
 }
 
 TEST_F(CoordinatorTest, WorkersAreSharedByPriority) {
