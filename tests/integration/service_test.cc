@@ -209,6 +209,18 @@ mal: {val_fraction: 0.1, val_batch: 8}
     if (rc) *rc = code;
     return out;
   }
+  // Once one worker is alive, submits a one-fold spec and waits until its run has finished
+  // `epoch` epochs; the experiment's id in *id.
+  void SubmitOneRunAndWaitForEpoch(const std::string& spec_path, int epoch, std::string* id) {
+    ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
+        << DiagnosticLogs();
+    *id = Submit(spec_path);
+    ASSERT_TRUE(
+        WaitFor([&] { return Get(*id).runs_size() == 1 && Get(*id).runs(0).epoch() >= epoch; },
+                std::chrono::seconds(120)))
+        << DiagnosticLogs();
+  }
+
   std::string Submit(const std::string& spec_path) {
     int rc = 0;
     const std::string out = Malctl("submit -f " + spec_path + " -o json", &rc);
@@ -768,12 +780,8 @@ TEST_F(ServiceTest, StalledWorkerGetsItsRevokedRunBackSafely) {
   const std::string spec = WriteSpec("stall", 8, 10, "cv: {only: [1]}\n");
   StartCoordinator(2000);
   Process* w1 = StartWorker("w1", 2);
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
-      << DiagnosticLogs();
-  const std::string id = Submit(spec);
-  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 2; },
-                      std::chrono::seconds(120)))
-      << DiagnosticLogs();
+  std::string id;
+  ASSERT_NO_FATAL_FAILURE(SubmitOneRunAndWaitForEpoch(spec, 2, &id));
   w1->Kill(SIGSTOP);
   const bool lost =
       WaitFor([&] { return Get(id).runs(0).state() == v1::RUN_PENDING; }, std::chrono::seconds(20));
@@ -878,12 +886,8 @@ TEST_F(ServiceTest, APausedCoordinatorKeepsItsWorkersRuns) {
   const std::string spec = WriteSpec("pause", 4, 10, "cv: {only: [1]}\n");
   StartCoordinator(2000);
   StartWorker("w1");
-  ASSERT_TRUE(WaitFor([&] { return WorkersAlive(1); }, std::chrono::seconds(20)))
-      << DiagnosticLogs();
-  const std::string id = Submit(spec);
-  ASSERT_TRUE(WaitFor([&] { return Get(id).runs_size() == 1 && Get(id).runs(0).epoch() >= 1; },
-                      std::chrono::seconds(120)))
-      << DiagnosticLogs();
+  std::string id;
+  ASSERT_NO_FATAL_FAILURE(SubmitOneRunAndWaitForEpoch(spec, 1, &id));
   coordinator_->Kill(SIGSTOP);
   std::this_thread::sleep_for(std::chrono::seconds(5));
   coordinator_->Kill(SIGCONT);
