@@ -20,7 +20,7 @@ namespace nn = torch::nn;
 
 namespace {
 
-// The smallest loss variance the loss-input meta net divides by (a batch of equal losses).
+// The smallest loss variance the loss-input meta net divides by (losses without spread yet).
 constexpr double kMinLossVariance = 1e-6;
 
 nn::Conv2d Conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
