@@ -72,13 +72,11 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
       if (task == 1)
         labels = torch::from_blob(b->expressions.data(), {b->size}, torch::kLong).to(device);
       const torch::Tensor h = model.Features(Images(*b, device));
-      if (meta.reads_loss() && task == 0) {
-        loss = PerSampleAuLoss(model.au_head(h), AuTensor(b->au_labels, b->size, device),
-                               AuTensor(b->au_mask, b->size, device), au_pos_weight);
-      } else if (meta.reads_loss()) {
-        namespace F = torch::nn::functional;
-        loss = F::cross_entropy(model.fe_head(h), labels,
-                                F::CrossEntropyFuncOptions().reduction(torch::kNone));
+      if (meta.reads_loss()) {
+        loss = task == 0
+                   ? PerSampleAuLoss(model.au_head(h), AuTensor(b->au_labels, b->size, device),
+                                     AuTensor(b->au_mask, b->size, device), au_pos_weight)
+                   : PerSampleFeLoss(model.fe_head(h), labels);
       }
       torch::Tensor w =
           meta.forward(h, task == 0 ? MetaNetImpl::kAuTask : MetaNetImpl::kFeTask, labels, loss)

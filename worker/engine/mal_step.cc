@@ -101,6 +101,11 @@ torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& 
   return (Bce(logits, labels, pos_weight) * mask).sum(1) / mask.sum(1).clamp_min(1);
 }
 
+torch::Tensor PerSampleFeLoss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  return torch::nn::functional::cross_entropy(
+      logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+}
+
 torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
                                const torch::Tensor& mask, const torch::Tensor& pos_weight) {
   return (Bce(logits, labels, pos_weight) * mask).sum() / mask.sum().clamp_min(1);
@@ -132,9 +137,7 @@ MalStep::Forward MalStep::ForwardTrain(BaseNetImpl& net, const TrainBatch& b,
   }
   f.l_au = PerSampleAuLoss(net.au_head(f.h_au), b.au_labels, b.au_mask, o.au_pos_weight);
   if (with_fe) {
-    f.l_fe = torch::nn::functional::cross_entropy(
-        net.fe_head(f.h_fe), b.fe_labels,
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    f.l_fe = PerSampleFeLoss(net.fe_head(f.h_fe), b.fe_labels);
   }
   return f;
 }
@@ -189,9 +192,7 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
     heads.fe_labels = f.fe_labels;
     heads.l_au = PerSampleAuLoss(model_->au_head(h_au), batch.au_labels, batch.au_mask,
                                  o.au_pos_weight);
-    heads.l_fe = torch::nn::functional::cross_entropy(
-        model_->fe_head(h_fe), batch.fe_labels,
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    heads.l_fe = PerSampleFeLoss(model_->fe_head(h_fe), batch.fe_labels);
     const torch::Tensor l = WeightedLoss(heads, ComputeWeights(heads, o));
     const torch::Tensor w = model_->au_head->weight, b = model_->au_head->bias;
     auto g = torch::autograd::grad({l}, {w, b}, {}, /*retain_graph=*/true, /*create_graph=*/true);

@@ -136,6 +136,10 @@ class MalStep {
 torch::Tensor PerSampleAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
                               const torch::Tensor& mask, const torch::Tensor& pos_weight = {});
 
+// Per-sample FE loss: softmax cross-entropy of `logits` (N x 7) against canonical expression
+// labels (N, int64). Returns [N].
+torch::Tensor PerSampleFeLoss(const torch::Tensor& logits, const torch::Tensor& labels);
+
 // The class-rebalanced AU loss of the meta-test stage (mal.md stage 2): masked mean over frames
 // and AUs of sigmoid BCE with per-AU positive weights `pos_weight` ([C]). A scalar.
 torch::Tensor RebalancedAuLoss(const torch::Tensor& logits, const torch::Tensor& labels,
