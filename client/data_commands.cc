@@ -40,7 +40,7 @@ absl::StatusOr<std::vector<int>> ParseAuList(const std::string& text) {
 }
 
 struct InspectOptions {
-  std::string format, output = "table", unknown_au = "mask", part = "au", aus;
+  std::string format, output = "table", unknown_au = "mask", part = "au", aus, val_split = "frames";
   data::ReaderOptions reader;
   data::FoldOptions folds;
 };
@@ -48,6 +48,8 @@ struct InspectOptions {
 int RunDataInspect(InspectOptions& o, bool folds_given) {
   if (!o.aus.empty()) o.reader.aus = *ParseAuList(o.aus);  // checked by the parser
   o.reader.drop_unknown_au = o.unknown_au == "drop";
+  o.folds.val_split = o.val_split == "subjects" ? data::FoldOptions::ValSplit::kSubjects
+                                                : data::FoldOptions::ValSplit::kFrames;
   if (folds_given && o.folds.protocol.empty()) o.folds.protocol = "kfold";
   auto index = data::LoadDataset(o.format, o.reader,
                                  o.part == "fe" ? data::DataRole::kFe : data::DataRole::kAu);
@@ -116,8 +118,13 @@ void AddInspect(CLI::App& data, int* exit_code) {
           ->check(CLI::Range(2, 1000));
   cmd->add_option("--seed", o->folds.seed, "seed of the kfold shuffle");
   cmd->add_option("--val-fraction", o->folds.val_fraction,
-                  "share of each training subject kept for the meta validation set")
+                  "share of each training subject kept for the meta validation set (with "
+                  "--val-split subjects: share of the training subjects, at least 2)")
       ->check(CLI::Range(0.0, 0.5));
+  cmd->add_option("--val-split", o->val_split,
+                  "frames (each training subject's, the paper) or subjects (whole training "
+                  "subjects): mal.val_split")
+      ->check(CLI::IsMember({"frames", "subjects"}));
   cmd->add_option("--images", o->reader.images, "image root (default: --root)");
   cmd->add_option("--distribution", o->reader.distribution,
                   "rafdb: the annotator distribution file");

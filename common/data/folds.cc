@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -113,12 +114,40 @@ std::map<std::string, std::vector<int64_t>> BySubject(const DatasetIndex& index)
   return by_subject;
 }
 
-// The samples of the test subjects, and of the training subjects minus each one's validation
-// reserve (drawn per subject from the seed, so the same subject reserves the same samples in every
-// fold it trains in).
-Fold BuildFold(int number, const std::vector<std::string>& train_subjects,
-               const std::vector<std::string>& test_subjects,
-               const std::map<std::string, std::vector<int64_t>>& by_subject, const FoldOptions& options) {
+// The training subjects the reserve takes whole (FoldOptions::ValSplit::kSubjects): those with
+// samples, ranked by a hash of (seed, subject), so that a subject chosen in one fold is chosen in
+// every fold where it ranks as high among the training subjects; val_fraction of them, at least 2
+// (one subject's frames would make the meta signal one person's), at most all but one.
+absl::StatusOr<std::set<std::string>> ReserveSubjects(
+    int number, const std::vector<std::string>& train_subjects,
+    const std::map<std::string, std::vector<int64_t>>& by_subject, const FoldOptions& options) {
+  std::vector<std::pair<uint64_t, std::string>> ranked;
+  for (const std::string& subject : train_subjects) {
+    auto it = by_subject.find(subject);
+    if (it == by_subject.end() || it->second.empty()) continue;
+    ranked.emplace_back(MixSeed(options.seed, StableHash(subject)), subject);
+  }
+  const size_t n = ranked.size();
+  if (n < 3) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "mal.val_split: subjects reserves at least 2 whole training subjects and trains on the rest, "
+        "but fold ", number, " has ", n, " training subject(s) with samples; use frames"));
+  }
+  const size_t k = std::min(
+      n - 1, std::max<size_t>(2, static_cast<size_t>(std::lround(options.val_fraction * n))));
+  std::sort(ranked.begin(), ranked.end());
+  std::set<std::string> chosen;
+  for (size_t i = 0; i < k; ++i) chosen.insert(ranked[i].second);
+  return chosen;
+}
+
+// The samples of the test subjects, and of the training subjects minus the validation reserve:
+// with kFrames drawn per subject from the seed (so the same subject reserves the same samples in
+// every fold it trains in), with kSubjects every sample of ReserveSubjects.
+absl::StatusOr<Fold> BuildFold(int number, const std::vector<std::string>& train_subjects,
+                               const std::vector<std::string>& test_subjects,
+                               const std::map<std::string, std::vector<int64_t>>& by_subject,
+                               const FoldOptions& options) {
   Fold fold;
   fold.number = number;
   fold.train_subjects = train_subjects;
@@ -132,8 +161,20 @@ Fold BuildFold(int number, const std::vector<std::string>& train_subjects,
     const auto& v = samples_of(subject);
     fold.test.insert(fold.test.end(), v.begin(), v.end());
   }
+  std::set<std::string> reserved;
+  if (options.val_split == FoldOptions::ValSplit::kSubjects && options.val_fraction > 0) {
+    auto chosen = ReserveSubjects(number, train_subjects, by_subject, options);
+    if (!chosen.ok()) return chosen.status();
+    reserved = std::move(*chosen);
+    fold.val_subjects.assign(reserved.begin(), reserved.end());
+  }
   for (const std::string& subject : fold.train_subjects) {
     const std::vector<int64_t>& v = samples_of(subject);
+    if (options.val_split == FoldOptions::ValSplit::kSubjects) {
+      auto& part = reserved.count(subject) ? fold.val : fold.train;
+      part.insert(part.end(), v.begin(), v.end());
+      continue;
+    }
     const size_t n_val =
         options.val_fraction > 0
             ? std::max<size_t>(1, static_cast<size_t>(std::lround(options.val_fraction * v.size())))
@@ -211,7 +252,10 @@ absl::StatusOr<std::vector<Fold>> MakeFolds(const DatasetIndex& index, const Fol
 
   std::vector<Fold> folds;
   for (size_t k = 0; k < splits.size(); ++k) {
-    folds.push_back(BuildFold(static_cast<int>(k + 1), splits[k].first, splits[k].second, by_subject, options));
+    auto fold = BuildFold(static_cast<int>(k + 1), splits[k].first, splits[k].second, by_subject,
+                          options);
+    if (!fold.ok()) return fold.status();
+    folds.push_back(std::move(*fold));
   }
   return folds;
 }

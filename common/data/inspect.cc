@@ -72,6 +72,7 @@ v1::DatasetInspection Inspect(const DatasetIndex& index, const std::string& prot
     fs->set_fold(f.number);
     for (const std::string& s : f.train_subjects) fs->add_train_subjects(s);
     for (const std::string& s : f.test_subjects) fs->add_test_subjects(s);
+    for (const std::string& s : f.val_subjects) fs->add_val_subjects(s);
     fs->set_train_samples(static_cast<int64_t>(f.train.size()));
     fs->set_val_samples(static_cast<int64_t>(f.val.size()));
     fs->set_test_samples(static_cast<int64_t>(f.test.size()));
@@ -138,6 +139,10 @@ std::string FormatInspection(const v1::DatasetInspection& in) {
                             absl::StrJoin(f.train_subjects(), " "));
       absl::StrAppendFormat(&out, "          test subjects:  %s\n",
                             absl::StrJoin(f.test_subjects(), " "));
+      if (f.val_subjects_size() > 0) {
+        absl::StrAppendFormat(&out, "          val subjects:   %s (the reserve, whole)\n",
+                              absl::StrJoin(f.val_subjects(), " "));
+      }
     }
   }
   if (in.notes_size() > 0) {

@@ -469,6 +469,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (mal.au_weighting().empty()) mal.set_au_weighting("sample");
   if (!mal.has_meta_interval()) mal.set_meta_interval(1);
   if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
+  if (mal.val_split().empty()) mal.set_val_split("frames");
   if (!mal.has_val_batch()) mal.set_val_batch(256);
   if (!mal.has_fd_epsilon()) mal.set_fd_epsilon(1e-3);
   if (mal.exact_method().empty()) mal.set_exact_method("jvp");
@@ -676,6 +677,8 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");
   MAL_CHECK_FIELD(mal.val_fraction() > 0 && mal.val_fraction() <= 0.5, "mal.val_fraction",
                   "must be in (0, 0.5]");
+  MAL_CHECK_FIELD(OneOf(mal.val_split(), {"frames", "subjects"}), "mal.val_split",
+                  absl::StrCat("'", mal.val_split(), "' is not one of frames, subjects"));
   MAL_CHECK_FIELD(mal.val_batch() >= 1 && mal.val_batch() <= 65536, "mal.val_batch",
                   "must be in 1..65536");
   MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");

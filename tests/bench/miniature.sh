@@ -9,7 +9,8 @@
 # METHODS ("stl mtl mal"; add mtl_clear for the reference row: MTL trained on the clear FE images
 # only, which no method may use, as it reads SynthFace's ground truth), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
 # (train.schedule for every method: cosine, or constant), VAL_BATCH (mal.val_batch, 64),
-# VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1), LR (train.lr,
+# VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1), VAL_SPLIT
+# (mal.val_split for every method, so all train on the same frames: frames, or subjects), LR (train.lr,
 # 0.01 for every method), WEIGHT_DECAY (train.weight_decay, 5e-4), META_LR (mal.meta_lr, 1e-3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -59,7 +60,7 @@ data:
 model: {backbone: small_cnn, input: 64, resize: 72}
 train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: ${LR:-0.01}, schedule: ${SCHEDULE:-cosine}, momentum: 0.9,
         weight_decay: ${WEIGHT_DECAY:-5e-4}, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
-mal: {mode: exact, meta_lr: ${META_LR:-1e-3}, meta_optimizer: adam, val_fraction: ${VAL_FRACTION:-0.05}, val_batch: ${VAL_BATCH:-64}${MAL_EXTRA:-}}
+mal: {mode: exact, meta_lr: ${META_LR:-1e-3}, meta_optimizer: adam, val_fraction: ${VAL_FRACTION:-0.05}, val_split: ${VAL_SPLIT:-frames}, val_batch: ${VAL_BATCH:-64}${MAL_EXTRA:-}}
 seed: $seed
 SPEC
     echo "== $method seed $seed ($(( $(date +%s) - start )) s so far)"

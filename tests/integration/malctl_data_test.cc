@@ -81,6 +81,12 @@ TEST(MalctlDataTest, SynthThenInspectAsJson) {
                         " --aus 1,2,4 --folds 3 --seed 7");
   ASSERT_EQ(kfold.exit_code, 0) << kfold.output;
   EXPECT_THAT(kfold.output, HasSubstr("folds (kfold)"));
+  // Whole subjects as the reserve: 3 subjects in 3 folds leave 2 to train, too few to reserve 2.
+  Result by_subject = Malctl("data inspect --format bp4d --root " + (dir / "sf/au") +
+                             " --folds 3 --val-split subjects");
+  ASSERT_EQ(by_subject.exit_code, 0) << by_subject.output;
+  EXPECT_THAT(by_subject.output, HasSubstr("no folds: mal.val_split: subjects"));
+  EXPECT_THAT(by_subject.output, HasSubstr("fold 1 has 2 training subject(s)"));
 }
 
 TEST(MalctlDataTest, InspectReportsBadLinesWithFileAndLine) {

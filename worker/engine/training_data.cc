@@ -62,6 +62,8 @@ absl::StatusOr<Data> LoadData(const v1::ExperimentSpec& spec, int fold_number) {
   fo.folds = spec.cv().folds();
   fo.seed = static_cast<uint64_t>(spec.cv().seed());
   fo.val_fraction = spec.mal().val_fraction();
+  fo.val_split = spec.mal().val_split() == "subjects" ? data::FoldOptions::ValSplit::kSubjects
+                                                      : data::FoldOptions::ValSplit::kFrames;
   if (fold_number == 0) {  // the final fit: every subject trains, nothing is held out for testing
     ASSIGN_OR_RETURN(d.fold, data::AllSubjectsFold(d.au, fo));
     if (d.fold.train.empty()) return absl::FailedPreconditionError("final fit: no training sample");

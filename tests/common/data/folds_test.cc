@@ -137,6 +137,67 @@ TEST(FoldsTest, SeededKFoldCoversEverySubjectOnce) {
   EXPECT_FALSE(MakeFolds(IndexOf(subjects, 5, "csv"), o).ok());
 }
 
+TEST(FoldsTest, SubjectSplitReservesWholeTrainingSubjects) {
+  const DatasetIndex index = IndexOf(AllOf("bp4d"), 30);
+  FoldOptions o;
+  o.val_split = FoldOptions::ValSplit::kSubjects;
+  o.val_fraction = 0.1;
+  auto folds = MakeFolds(index, o);
+  ASSERT_TRUE(folds.ok()) << folds.status();
+  for (const Fold& f : *folds) {
+    // 10% of 27 or 28 training subjects rounds to 3; every one of their samples is reserved.
+    ASSERT_EQ(f.val_subjects.size(), 3u) << "fold " << f.number;
+    const std::set<std::string> reserved(f.val_subjects.begin(), f.val_subjects.end());
+    const std::set<std::string> train(f.train_subjects.begin(), f.train_subjects.end());
+    for (const std::string& s : reserved) EXPECT_TRUE(train.count(s)) << s;
+    EXPECT_EQ(f.val.size(), 30 * reserved.size());
+    for (int64_t v : f.val) EXPECT_TRUE(reserved.count(index.samples[v].subject));
+    for (int64_t t : f.train) EXPECT_FALSE(reserved.count(index.samples[t].subject));
+    for (int64_t t : f.test) EXPECT_FALSE(reserved.count(index.samples[t].subject));
+    EXPECT_EQ(f.train.size() + f.val.size(), 30 * f.train_subjects.size());
+  }
+  // A pure function of the inputs; another seed reserves other subjects.
+  auto again = MakeFolds(index, o);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)[0].val_subjects, (*folds)[0].val_subjects);
+  o.seed = 2;
+  auto other = MakeFolds(index, o);
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE((*other)[0].val_subjects, (*folds)[0].val_subjects);
+  // The final fit reserves whole subjects too.
+  auto all = AllSubjectsFold(index, o);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->val_subjects.size(), 4u);  // 10% of 41
+  EXPECT_EQ(all->train.size() + all->val.size(), index.samples.size());
+}
+
+TEST(FoldsTest, SubjectSplitReservesAtLeastTwoAndKeepsOneToTrain) {
+  std::vector<std::string> subjects;
+  for (int i = 0; i < 6; ++i) subjects.push_back(absl::StrCat("s", i));
+  FoldOptions o;
+  o.protocol = "kfold";
+  o.folds = 2;
+  o.val_split = FoldOptions::ValSplit::kSubjects;
+  o.val_fraction = 0.02;  // 2% of 3 training subjects rounds to 0: at least 2 are reserved
+  auto folds = MakeFolds(IndexOf(subjects, 4, "csv"), o);
+  ASSERT_TRUE(folds.ok()) << folds.status();
+  for (const Fold& f : *folds) {
+    EXPECT_EQ(f.val_subjects.size(), 2u);
+    EXPECT_EQ(f.train.size(), 4u);  // the one training subject left
+  }
+  o.val_fraction = 0.5;  // 2 of 3 (at most all but one)
+  folds = MakeFolds(IndexOf(subjects, 4, "csv"), o);
+  ASSERT_TRUE(folds.ok()) << folds.status();
+  EXPECT_EQ((*folds)[0].val_subjects.size(), 2u);
+  // Four subjects in two folds leave two training subjects: too few to reserve two and train.
+  o.val_fraction = 0.05;
+  auto too_few = MakeFolds(IndexOf({"a", "b", "c", "d"}, 4, "csv"), o);
+  ASSERT_FALSE(too_few.ok());
+  EXPECT_EQ(too_few.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(too_few.status().message()), HasSubstr("mal.val_split"));
+  EXPECT_THAT(std::string(too_few.status().message()), HasSubstr("fold 1 has 2 training subject"));
+}
+
 TEST(FoldsTest, PositiveRatesIgnoreUnknownLabels) {
   const DatasetIndex index = IndexOf({"F001"}, 8);
   std::vector<int64_t> all = {0, 1, 2, 3, 4, 5, 6, 7};

@@ -116,6 +116,7 @@ TEST(SpecTest, DefaultsFillWhatIsUnset) {
   EXPECT_EQ(spec->mal().mode(), "exact");
   EXPECT_EQ(spec->mal().meta_schedule(), "follow");  // docs/benchmarks.md: the ranking holds
   EXPECT_EQ(spec->mal().au_weighting(), "sample");   // the paper's per-frame weights
+  EXPECT_EQ(spec->mal().val_split(), "frames");      // the paper's per-subject frames
   EXPECT_EQ(spec->max_restarts(), 3);
   EXPECT_EQ(spec->cv().seed(), spec->seed());
 }
@@ -245,6 +246,9 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "mal: {au_weighting: frame}\n"),
               HasSubstr("mal.au_weighting: 'frame' is not one of sample, task, task_in_base_step"));
   EXPECT_EQ(ErrorOf(base + "mal: {meta_schedule: constant, au_weighting: task}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "mal: {val_split: identities}\n"),
+              HasSubstr("mal.val_split: 'identities' is not one of frames, subjects"));
+  EXPECT_EQ(ErrorOf(base + "mal: {val_split: subjects}\n"), "OK");
 }
 
 TEST(SpecTest, YamlSyntaxErrorNamesLine) {
