@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -48,6 +49,11 @@ struct InspectOptions {
 int RunDataInspect(InspectOptions& o, bool folds_given) {
   if (!o.aus.empty()) o.reader.aus = *ParseAuList(o.aus);  // checked by the parser
   o.reader.drop_unknown_au = o.unknown_au == "drop";
+  // On the command line a relative path is the shell's: from the current directory, as --root and
+  // --images are (in a spec, data.*.manifest and .distribution are relative to the root).
+  for (std::string* path : {&o.reader.manifest, &o.reader.distribution}) {
+    if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
+  }
   o.folds.val_split = o.val_split == "subjects" ? data::FoldOptions::ValSplit::kSubjects
                                                 : data::FoldOptions::ValSplit::kFrames;
   if (folds_given && o.folds.protocol.empty()) o.folds.protocol = "kfold";
@@ -127,9 +133,12 @@ void AddInspect(CLI::App& data, int* exit_code) {
       ->check(CLI::IsMember({"frames", "subjects"}));
   cmd->add_option("--images", o->reader.images, "image root (default: --root)");
   cmd->add_option("--distribution", o->reader.distribution,
-                  "rafdb: the annotator distribution file");
-  cmd->add_option("--manifest", o->reader.manifest, "csv: the manifest file");
-  cmd->add_option("--split", o->reader.split, "train, test or all (default: the format's)")
+                  "rafdb: the annotator distribution file (a relative path is from the current "
+                  "directory)");
+  cmd->add_option("--manifest", o->reader.manifest,
+                  "csv: the manifest file (a relative path is from the current directory)");
+  cmd->add_option("--split", o->reader.split,
+                  "train, test or all (default: the format's; csv: the manifest's split column)")
       ->check(CLI::IsMember({"train", "test", "all"}));
   cmd->add_option("--unknown-au", o->unknown_au,
                   "a frame with an unknown AU label: mask the label or drop the frame")

@@ -41,7 +41,7 @@ absl::Status ReadList(const std::string& path, const std::string& part, const st
   const bool has_box = col.count("face_x") && col.count("face_y") && col.count("face_width") &&
                        col.count("face_height");
   for (size_t i = 1; i < lines.lines.size(); ++i) {
-    if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
+    if (IsBlankRecord(lines.lines[i])) continue;
     auto f = SplitCsvLine(lines.lines[i]);
     if (!f.ok() || f->size() != header.size()) {
       RETURN_IF_ERROR(report.Skip(
@@ -62,7 +62,7 @@ absl::Status ReadList(const std::string& path, const std::string& part, const st
     if (expression < 0) {
       static const char* kNonBasic[] = {"contempt", "none", "uncertain", "non-face"};
       // Not an error: these codes are simply outside the 7 basic expressions.
-      (void)report.Skip(*code == 7 ? "contempt_not_basic" : "no_basic_expression",
+      report.Exclude(*code == 7 ? "contempt_not_basic" : "no_basic_expression",
                         absl::StrCat(lines.Where(i), ": code ", *code, " (", kNonBasic[*code - 7],
                                      ")"));
       continue;

@@ -1,6 +1,7 @@
 #include "common/data/au_csv.h"
 
 #include <algorithm>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -123,8 +124,11 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     size_t line;
   };
   std::vector<Row> rows;
+  std::map<long, size_t> first_line;  // frame -> its first label line
+  size_t data_lines = 0;
   for (size_t i = 1; i < lines.lines.size(); ++i) {
-    if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
+    if (IsBlankRecord(lines.lines[i])) continue;
+    ++data_lines;
     auto fields_or = SplitCsvLine(lines.lines[i]);
     if (!fields_or.ok()) {
       RETURN_IF_ERROR(report.Skip(
@@ -136,10 +140,22 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
       RETURN_IF_ERROR(report.Skip("malformed_line", row.status().message()));
       continue;
     }
+    // A frame coded twice (a pasted block, a merge of two exports): the first line is kept.
+    if (auto [it, first] = first_line.emplace(row->second, i); !first) {
+      RETURN_IF_ERROR(report.Skip(
+          "duplicate_frame",
+          absl::StrCat(lines.Where(i), ": frame ", row->second, " is listed again (first at line ",
+                       it->second + 1, "); the first line is kept")));
+      continue;
+    }
     ASSIGN_OR_RETURN(bool keep, KeepAuSample(row->first, options, report));
     if (keep) rows.push_back(Row{std::move(row->first), row->second, i});
   }
 
+  if (data_lines == 0) {
+    return report.Skip("empty_label_file",
+                       absl::StrCat(video.label_file, ": a header and no frame rows"));
+  }
   // Image numbers equal the label frames in BP4D's and GFT's releases; frames re-extracted from
   // the videos are often numbered from 0 or from 1 instead: take what the directory holds.
   FrameNaming naming;

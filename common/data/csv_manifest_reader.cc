@@ -119,8 +119,18 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
   if (lines.lines.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
   ASSIGN_OR_RETURN(std::vector<std::string> header, SplitCsvLine(lines.lines[0]));
   ASSIGN_OR_RETURN(ManifestColumns cols, ParseManifestHeader(header, lines, options, index));
+  // A split asked for (data.split, --split) selects the rows whose 'split' column names it; none
+  // or "all" reads every row. Rows with an empty split are in no partition but "unassigned".
+  const std::string want = absl::AsciiStrToLower(options.split);
+  const bool filter = !want.empty() && want != "all";
+  if (filter && !cols.named.count("split")) {
+    return absl::InvalidArgumentError(absl::StrCat(lines.Where(0), ": split '", options.split,
+                                                   "' asked for, but the header has no 'split' "
+                                                   "column (set split: all or add the column)"));
+  }
+  const bool has_split = cols.named.count("split") > 0;
   for (size_t i = 1; i < lines.lines.size(); ++i) {
-    if (absl::StripAsciiWhitespace(lines.lines[i]).empty()) continue;
+    if (IsBlankRecord(lines.lines[i])) continue;
     auto f = SplitCsvLine(lines.lines[i]);
     absl::StatusOr<Sample> s =
         f.ok() ? ParseManifestRow(*f, cols, index.aus) : absl::StatusOr<Sample>(f.status());
@@ -128,6 +138,11 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
       RETURN_IF_ERROR(
           report.Skip("malformed_line", absl::StrCat(lines.Where(i), ": ", s.status().message())));
       continue;
+    }
+    if (has_split) {
+      const bool used = !filter || s->split == want;
+      index.CountPartition(s->split.empty() ? "unassigned" : s->split, 1, "rows", used);
+      if (!used) continue;
     }
     if (!index.aus.empty() && s->expression < 0) {
       ASSIGN_OR_RETURN(bool keep, KeepAuSample(*s, options, report));

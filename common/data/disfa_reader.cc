@@ -50,6 +50,10 @@ absl::StatusOr<std::map<long, int>> ReadIntensities(const std::string& path, Loa
         bad = absl::InvalidArgumentError(absl::StrCat("frame ", *frame, " (frames are 1-based)"));
       } else if (*intensity < 0 || *intensity > 5) {
         bad = absl::InvalidArgumentError(absl::StrCat("intensity ", *intensity, " not in 0..5"));
+      } else if (out.count(*frame)) {
+        bad = absl::InvalidArgumentError(absl::StrCat(
+            "frame ", *frame, " is listed again (intensity ", *intensity, ", first ", out[*frame],
+            "); the first line is kept"));
       } else {
         out[*frame] = static_cast<int>(*intensity);
       }

@@ -2,6 +2,7 @@
 // Image/aligned/<stem>_aligned.jpg or Image/original/<name>, and the annotator distribution file
 // ("<name.jpg> p1 ... p7"), from which consistency = share of the final label.
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <unordered_map>
@@ -69,7 +70,11 @@ absl::StatusOr<std::unordered_map<std::string, Distribution>> ReadDistribution(
       continue;
     }
     for (double& p : d) p /= sum;
-    out[DistributionKey(f[0])] = d;
+    if (!out.emplace(DistributionKey(f[0]), d).second) {
+      RETURN_IF_ERROR(report.Skip(
+          "duplicate_line", absl::StrCat(lines.Where(i), ": '", f[0],
+                                         "' has a distribution already; the first line is kept")));
+    }
   }
   return out;
 }
@@ -131,6 +136,21 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
                                     .string();
   const std::unordered_set<std::string> files = ListFiles(image_dir);
   if (files.empty()) report.Note(absl::StrCat(image_dir, ": no images there"));
+  // Images re-saved or copied by other tools: train_00001_aligned.JPG or .png answer too (the exact
+  // name first), as BP4D's and DISFA's frames do.
+  std::unordered_map<std::string, std::string> by_stem;
+  std::vector<std::string> names(files.begin(), files.end());
+  std::sort(names.begin(), names.end());  // the first of two spellings, the same on every machine
+  for (const std::string& name : names) {
+    if (IsImageFile(name)) {
+      by_stem.emplace(absl::AsciiStrToLower(fs::path(name).stem().string()), name);
+    }
+  }
+  auto find_image = [&](const std::string& file) -> std::string {
+    if (files.count(file)) return file;
+    auto it = by_stem.find(absl::AsciiStrToLower(fs::path(file).stem().string()));
+    return it == by_stem.end() ? std::string() : it->second;
+  };
   const std::string want = options.split.empty() ? "train" : options.split;
   int64_t without_distribution = 0;
   for (size_t i = 0; i < lines.lines.size(); ++i) {
@@ -167,9 +187,11 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
     } else {
       ++without_distribution;
     }
-    const std::string path = (fs::path(image_dir) / file).string();
+    const std::string found_name = find_image(file);
+    const std::string path =
+        (fs::path(image_dir) / (found_name.empty() ? file : found_name)).string();
     ASSIGN_OR_RETURN(bool found,
-                     CheckImage(files.count(file) ? path : "",
+                     CheckImage(found_name.empty() ? "" : path,
                                 absl::StrCat(lines.Where(i), ": ", path), options, report));
     if (!found) continue;
     s.image = path;

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -33,6 +36,32 @@ std::vector<int> DefaultAus(const std::string& format) {
   if (format == "gft") return {1, 2, 4, 6, 10, 12, 14, 15, 23, 24};
   return {};
 }
+
+namespace {
+
+// Sample ids are unique within an index (sample.h): a list that names an image twice (RAF-DB,
+// AffectNet, a csv manifest) keeps its first line; later ones are reported, an error when strict.
+absl::Status DropDuplicateIds(DatasetIndex& index) {
+  std::unordered_map<std::string, size_t> first;  // id -> position in the kept samples
+  std::vector<Sample> kept;
+  kept.reserve(index.samples.size());
+  for (Sample& s : index.samples) {
+    auto [it, inserted] = first.emplace(s.id, kept.size());
+    if (inserted) {
+      kept.push_back(std::move(s));
+      continue;
+    }
+    const Sample& was = kept[it->second];
+    const bool same = was.au == s.au && was.expression == s.expression;
+    RETURN_IF_ERROR(index.report.Skip(
+        "duplicate_sample", absl::StrCat(s.id, ": listed again", same ? "" : " with other labels",
+                                         " (", s.image, "); the first listing is kept")));
+  }
+  index.samples = std::move(kept);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<DatasetIndex> LoadDataset(const std::string& format, const ReaderOptions& options,
                                          DataRole role) {
@@ -71,6 +100,7 @@ absl::StatusOr<DatasetIndex> LoadDataset(const std::string& format, const Reader
         "' (bp4d, disfa, gft, rafdb, affectnet, csv, synthface)"));
   }
   if (!index.ok()) return index.status();
+  RETURN_IF_ERROR(DropDuplicateIds(*index));
   if (index->samples.empty()) {
     std::string why;
     for (const auto& [reason, e] : index->report.skips()) {

@@ -62,15 +62,26 @@ const std::string* FrameDirectory::Find(long frame) const {
 
 FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<long>& frames,
                               const std::vector<long>& offsets) {
-  FrameNaming best;
-  best.matched = -1;
-  for (long offset : offsets) {
-    int64_t matched = 0;
-    for (long f : frames) matched += images.Find(f + offset) != nullptr;
-    if (matched > best.matched) best = FrameNaming{offset, matched};
+  if (offsets.empty()) return FrameNaming{};
+  auto matched = [&](long offset) {
+    int64_t n = 0;
+    for (long f : frames) n += images.Find(f + offset) != nullptr;
+    return n;
+  };
+  const FrameNaming documented{offsets[0], matched(offsets[0])};
+  FrameNaming best = documented;
+  for (size_t k = 1; k < offsets.size(); ++k) {
+    const FrameNaming other{offsets[k], matched(offsets[k])};
+    if (other.matched > best.matched) best = other;
   }
-  if (best.matched < 0) best = FrameNaming{};
-  return best;
+  // Another naming must explain the directory, not just a frame more of it: frames renumbered
+  // from 1 match (nearly) all of the labels; in a folder holding every other frame each offset
+  // matches about half, and edge frames would decide by one.
+  const int64_t n = static_cast<int64_t>(frames.size());
+  const bool covers = best.matched * 10 >= n * 9;
+  const bool clearly_more =
+      best.matched >= documented.matched + 2 && best.matched * 10 >= documented.matched * 11;
+  return covers || clearly_more ? best : documented;
 }
 
 void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport& report) const {

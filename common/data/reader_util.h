@@ -39,7 +39,10 @@ struct FrameNaming {
 };
 
 // Picks among `offsets` (the format's documented convention first) the one under which most of
-// `frames` have an image in `images`; ties go to the earlier offset.
+// `frames` have an image in `images` (ties to the earlier offset), but leaves the documented one
+// only for an offset that has an image for at least 90% of the frames, or for 2 frames and 10%
+// more than the documented one: a folder of every other frame matches about half under each
+// offset, and must not be shifted by an edge frame.
 FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<long>& frames,
                               const std::vector<long>& offsets);
 

@@ -14,6 +14,12 @@ absl::Status LoadReport::Skip(absl::string_view reason, absl::string_view exampl
   return absl::OkStatus();
 }
 
+void LoadReport::Exclude(absl::string_view reason, absl::string_view example, int64_t count) {
+  Entry& e = skips_[std::string(reason)];
+  e.count += count;
+  if (e.examples.size() < kMaxExamples) e.examples.emplace_back(example);
+}
+
 int64_t LoadReport::total() const {
   int64_t n = 0;
   for (const auto& [reason, e] : skips_) n += e.count;

@@ -1,9 +1,13 @@
 #include "common/util/csv.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/util/files.h"
 
@@ -48,6 +52,11 @@ absl::StatusOr<TextLines> ReadLines(const std::string& path) {
   if (!contents.ok()) return contents.status();
   TextLines out;
   out.path = path;
+  if (contents->find('\r') != std::string::npos) {
+    // A lone CR ends a line too; CRLF stays one line end.
+    *contents = absl::StrReplaceAll(*contents, {{"\r\n", "\n"}});
+    std::replace(contents->begin(), contents->end(), '\r', '\n');
+  }
   out.lines = absl::StrSplit(*contents, '\n');
   if (!out.lines.empty() && out.lines.back().empty()) out.lines.pop_back();
   for (std::string& l : out.lines) {
@@ -73,7 +82,17 @@ absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view wha
   if (!absl::SimpleAtod(absl::StripAsciiWhitespace(text), &v)) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": '", text, "' is not a number"));
   }
+  if (!std::isfinite(v)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": '", text, "' is not a finite number"));
+  }
   return v;
+}
+
+bool IsBlankRecord(absl::string_view line, char sep) {
+  for (char c : line) {
+    if (c != sep && !absl::ascii_isspace(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
 }
 
 const std::string& CsvTable::At(size_t row, const std::string& name) const {

@@ -22,7 +22,13 @@ struct TextLines {
   std::string Where(size_t index) const;
 };
 
+// Lines end at "\n", "\r\n" or a lone "\r" (old Mac and Excel "CSV (Macintosh)" files); a UTF-8
+// byte-order mark is dropped. Errors: ReadFile's (NotFound, PermissionDenied ... naming the path).
 absl::StatusOr<TextLines> ReadLines(const std::string& path);
+
+// True when `line` holds no data: only whitespace and `sep` characters (a spreadsheet's row of
+// emptied cells, ",,,,"), or nothing. Readers skip such lines as they skip blank ones.
+bool IsBlankRecord(absl::string_view line, char sep = ',');
 
 // CSV text whose first line names the columns (records.csv, weights/epoch_NNN.csv): every other
 // non-empty line split with SplitCsvLine.
@@ -35,7 +41,7 @@ struct CsvTable {
 // Errors: SplitCsvLine's (an unterminated quote), naming the line number.
 absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text);
 
-// Parses an integer / float field; the error names `what`.
+// Parses an integer / float field; the error names `what`. ParseDouble refuses nan and inf.
 absl::StatusOr<long> ParseInt(absl::string_view text, absl::string_view what);
 absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view what);
 

@@ -46,6 +46,25 @@ TEST(AffectNetReaderTest, MapsCodesAndSkipsNonBasicWithReasons) {
   EXPECT_EQ(test->samples[0].expression, kNeutral);
 }
 
+// Every AffectNet list has contempt / none / uncertain / non-face rows: strict reading still
+// counts them (they are outside the 7 expressions by design, not a problem of the file).
+TEST(AffectNetReaderTest, StrictStillCountsTheNonBasicCodes) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "Manually_Annotated_file_lists/training.csv",
+                     "subDirectory_filePath,expression\n1/a.jpg,1\n1/b.jpg,7\n1/c.jpg,8\n");
+  for (const char* f : {"1/a.jpg", "1/b.jpg", "1/c.jpg"}) {
+    testing::WriteImage(dir / (std::string("Manually_Annotated_Images/") + f));
+  }
+  ReaderOptions o;
+  o.root = dir.path();
+  o.strict = true;
+  auto index = LoadDataset("affectnet", o, DataRole::kFe);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->samples.size(), 1u);
+  EXPECT_EQ(index->report.skips().at("contempt_not_basic").count, 1);
+  EXPECT_EQ(index->report.skips().at("no_basic_expression").count, 1);
+}
+
 TEST(AffectNetReaderTest, HeaderWithoutExpressionColumnIsAnError) {
   testing::TempDir dir;
   testing::WriteText(dir / "Manually_Annotated_file_lists/training.csv", "subDirectory_filePath,valence\n");

@@ -154,5 +154,48 @@ TEST(Bp4dNamingTest, ZeroBasedReExtractedFramesAreDetected) {
   EXPECT_THAT(index->report.notes().back(), HasSubstr("label frame N is image N-1 in 1"));
 }
 
+TEST(Bp4dLabelFileTest, RepeatedFramesCrOnlyFilesEmptyRowsAndHeaderOnlyFiles) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T1.csv", "0,1\n1,1\n1,0\n,,\n2,0\n");
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T2.csv", "0,1\r1,1\r2,0\r");  // Excel for Mac
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T3.csv", "0,1\n");
+  for (const char* t : {"T1", "T2", "T3"}) {
+    for (int f = 1; f <= 2; ++f) testing::WriteImage(dir / absl::StrCat("F001/", t, "/", f, ".jpg"));
+  }
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 4u);  // T1's 2 frames, T2's 2 frames
+  EXPECT_EQ(index->samples[0].id, "F001/T1/1");
+  EXPECT_EQ(index->samples[0].au[0], kAuPresent);  // the first line of frame 1
+  EXPECT_EQ(index->samples[3].id, "F001/T2/2");
+  const auto& skips = index->report.skips();
+  EXPECT_THAT(skips.at("duplicate_frame").examples[0],
+              HasSubstr("F001_T1.csv:3: frame 1 is listed again (first at line 2)"));
+  EXPECT_FALSE(skips.count("malformed_line"));  // ",," is an emptied row
+  EXPECT_THAT(skips.at("empty_label_file").examples[0], HasSubstr("F001_T3.csv: a header and no"));
+  o.strict = true;
+  EXPECT_FALSE(LoadDataset("bp4d", o, DataRole::kAu).ok());
+}
+
+// A folder of every other frame: each offset matches about half the labels, and an edge frame
+// must not shift them all by one (frames 644..648 with images 643, 645, 647 matched 3 of 5 at -1).
+TEST(Bp4dNamingTest, ASparseImageFolderKeepsTheDocumentedNaming) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "AUCoding/AU_OCC/F001_T1.csv", "0,1\n644,0\n645,1\n646,0\n647,1\n648,0\n");
+  for (int f : {643, 645, 647}) testing::WriteImage(dir / absl::StrCat("F001/T1/", f, ".jpg"));
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 2u);
+  EXPECT_EQ(index->samples[0].id, "F001/T1/645");
+  EXPECT_EQ(index->samples[0].au[0], kAuPresent);
+  EXPECT_THAT(index->samples[0].image, HasSubstr("F001/T1/645.jpg"));
+}
+
 }  // namespace
 }  // namespace mal::data

@@ -107,6 +107,21 @@ TEST(DisfaReaderTest, MalformedLineNamesFileAndLine) {
   EXPECT_THAT(skip.examples[1], HasSubstr("SN001_au1.txt:3: intensity 9 not in 0..5"));
 }
 
+TEST(DisfaReaderTest, AFrameListedTwiceKeepsTheFirstLine) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "ActionUnit_Labels/SN001/SN001_au1.txt", "1,5\n1,0\n2,0\n");
+  for (int f = 0; f < 2; ++f) testing::WriteImage(dir / absl::StrCat("SN001/", f, ".png"));
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 2u);
+  EXPECT_EQ(index->samples[0].au[0], kAuPresent);  // 5, not the repeated 0
+  EXPECT_THAT(index->report.skips().at("malformed_line").examples[0],
+              HasSubstr("SN001_au1.txt:2: frame 1 is listed again"));
+}
+
 TEST(DisfaReaderTest, MissingAuFileIsReportedAndMasked) {
   testing::TempDir dir;
   WriteAu(dir, "SN001", 1, {3});

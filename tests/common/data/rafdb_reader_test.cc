@@ -94,6 +94,31 @@ TEST_F(RafDbReaderTest, DistributionKeyedByAlignedNameOrStem) {
   EXPECT_FLOAT_EQ(index->samples[1].consistency, 1.0f);
 }
 
+TEST_F(RafDbReaderTest, ImagesInAnyCaseOrFormatAndRepeatedLinesAreReported) {
+  testing::WriteText(dir_ / "EmoLabel/list_patition_label.txt",
+                     "train_00001.jpg 5\ntrain_00005.jpg 4\ntrain_00006.jpg 1\ntrain_00001.jpg 4\n");
+  testing::WriteImage(dir_ / "Image/aligned/train_00005_aligned.JPG");
+  testing::WriteImage(dir_ / "Image/aligned/train_00006_aligned.png");
+  testing::WriteText(dir_ / "EmoLabel/distribution_basic.txt",
+                     "train_00001.jpg 0 0 0 0.1 0.75 0.1 0.05\n"
+                     "train_00001.jpg nan 0 0 0 1 0 0\n"
+                     "train_00005.jpg 0 0 0 1 0 0 0\n"
+                     "train_00005.jpg 0 0 0 0 1 0 0\n");
+  ReaderOptions o;
+  o.root = dir_.path();
+  auto index = LoadDataset("rafdb", o, DataRole::kFe);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 3u);
+  EXPECT_THAT(index->samples[1].image, HasSubstr("train_00005_aligned.JPG"));
+  EXPECT_THAT(index->samples[2].image, HasSubstr("train_00006_aligned.png"));
+  EXPECT_FLOAT_EQ(index->samples[0].consistency, 0.75f);  // the nan line did not replace it
+  EXPECT_FLOAT_EQ(index->samples[1].consistency, 1.0f);   // the first of two lines
+  const auto& skips = index->report.skips();
+  EXPECT_THAT(skips.at("malformed_line").examples[0], HasSubstr("distribution_basic.txt:2: p1"));
+  EXPECT_THAT(skips.at("duplicate_line").examples[0], HasSubstr("distribution_basic.txt:4"));
+  EXPECT_THAT(skips.at("duplicate_sample").examples[0], HasSubstr("train_00001: listed again"));
+}
+
 TEST_F(RafDbReaderTest, MissingListNamesExpectedFile) {
   testing::TempDir empty;
   ReaderOptions o;

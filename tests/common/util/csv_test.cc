@@ -29,6 +29,27 @@ TEST(ReadLinesTest, KeepsLineNumbersAndStripsCrAndBom) {
   EXPECT_EQ(lines->Where(1), dir / "f.txt:2");
 }
 
+// Old Excel for Mac ("CSV (Macintosh)") ends lines with a lone CR; mixed files read too.
+TEST(ReadLinesTest, LoneCarriageReturnsEndLines) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "mac.csv", "frame,1\r0,1\r1,0\r");
+  auto mac = ReadLines(dir / "mac.csv");
+  ASSERT_TRUE(mac.ok());
+  EXPECT_THAT(mac->lines, ElementsAre("frame,1", "0,1", "1,0"));
+  testing::WriteText(dir / "mixed.csv", "a\r\nb\rc\nd");
+  auto mixed = ReadLines(dir / "mixed.csv");
+  ASSERT_TRUE(mixed.ok());
+  EXPECT_THAT(mixed->lines, ElementsAre("a", "b", "c", "d"));
+}
+
+TEST(IsBlankRecordTest, EmptiedSpreadsheetRowsAreBlank) {
+  EXPECT_TRUE(IsBlankRecord(""));
+  EXPECT_TRUE(IsBlankRecord(" ,, ,\t,"));
+  EXPECT_FALSE(IsBlankRecord(",,1,"));
+  EXPECT_FALSE(IsBlankRecord("a"));
+  EXPECT_TRUE(IsBlankRecord(";;;", ';'));
+}
+
 TEST(ReadLinesTest, MissingFileNamesPath) {
   auto lines = ReadLines("/nonexistent/x.csv");
   ASSERT_FALSE(lines.ok());
@@ -41,6 +62,11 @@ TEST(ParseNumberTest, NamesFieldOnError) {
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr("frame"));
   EXPECT_DOUBLE_EQ(*ParseDouble("0.25", "p"), 0.25);
+  for (const char* not_finite : {"nan", "inf", "-inf", "NaN"}) {
+    auto v = ParseDouble(not_finite, "p3");
+    ASSERT_FALSE(v.ok()) << not_finite;
+    EXPECT_THAT(std::string(v.status().message()), ::testing::HasSubstr("p3: '"));
+  }
 }
 
 }  // namespace
