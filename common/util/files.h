@@ -9,7 +9,8 @@
 
 namespace mal {
 
-// Reads a whole file; NotFound names the path.
+// Reads a whole file. Errors name the path: NotFound, PermissionDenied, FailedPrecondition (a
+// directory, which an ifstream would read as an empty file), DataLoss (a read error).
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
 // Writes `contents` to `path` atomically: a temporary file in the same directory, fsync, rename.

@@ -23,6 +23,18 @@ TEST(WriteFileAtomicTest, WritesAndLeavesNoTempFile) {
   EXPECT_EQ(entries, 1);
 }
 
+// A label file that is a directory (split.txt/) was read as an empty file.
+TEST(ReadFileTest, ADirectoryIsNotAnEmptyFile) {
+  testing::TempDir dir;
+  std::filesystem::create_directories(dir / "split.txt");
+  auto text = ReadFile(dir / "split.txt");
+  ASSERT_FALSE(text.ok());
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(text.status().message()).find("split.txt: is a directory"),
+            std::string::npos);
+  EXPECT_EQ(ReadFile(dir / "missing").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(WriteFileAtomicTest, FailsIntoMissingDirectoryWithPath) {
   absl::Status s = WriteFileAtomic("/nonexistent-dir/out.txt", "x");
   ASSERT_FALSE(s.ok());
