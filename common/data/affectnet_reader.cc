@@ -26,6 +26,7 @@ absl::Status ReadList(const std::string& path, const std::string& part, const st
   ASSIGN_OR_RETURN(TextLines lines, ReadLines(path));
   if (lines.lines.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
   ASSIGN_OR_RETURN(std::vector<std::string> header, SplitCsvLine(lines.lines[0]));
+  DropTrailingEmptyFields(header);
   std::map<std::string, int> col;
   for (size_t c = 0; c < header.size(); ++c) {
     col[absl::AsciiStrToLower(absl::StripAsciiWhitespace(header[c]))] = static_cast<int>(c);
@@ -43,6 +44,7 @@ absl::Status ReadList(const std::string& path, const std::string& part, const st
   for (size_t i = 1; i < lines.lines.size(); ++i) {
     if (IsBlankRecord(lines.lines[i])) continue;
     auto f = SplitCsvLine(lines.lines[i]);
+    if (f.ok()) DropTrailingEmptyFields(*f, header.size());
     if (!f.ok() || f->size() != header.size()) {
       RETURN_IF_ERROR(report.Skip(
           "malformed_line",

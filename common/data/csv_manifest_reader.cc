@@ -118,6 +118,7 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
   ASSIGN_OR_RETURN(TextLines lines, ReadLines(path));
   if (lines.lines.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": empty file"));
   ASSIGN_OR_RETURN(std::vector<std::string> header, SplitCsvLine(lines.lines[0]));
+  DropTrailingEmptyFields(header);
   ASSIGN_OR_RETURN(ManifestColumns cols, ParseManifestHeader(header, lines, options, index));
   // A split asked for (data.split, --split) selects the rows whose 'split' column names it; none
   // or "all" reads every row. Rows with an empty split are in no partition but "unassigned".
@@ -132,6 +133,7 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
   for (size_t i = 1; i < lines.lines.size(); ++i) {
     if (IsBlankRecord(lines.lines[i])) continue;
     auto f = SplitCsvLine(lines.lines[i]);
+    if (f.ok()) DropTrailingEmptyFields(*f, header.size());
     absl::StatusOr<Sample> s =
         f.ok() ? ParseManifestRow(*f, cols, index.aus) : absl::StatusOr<Sample>(f.status());
     if (!s.ok()) {

@@ -121,6 +121,10 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
         ": no such file (expected RAF-DB basic layout EmoLabel/list_patition_label.txt)"));
   }
   ASSIGN_OR_RETURN(TextLines lines, ReadLines(list_path));
+  if (std::all_of(lines.lines.begin(), lines.lines.end(),
+                  [](const std::string& l) { return absl::StripAsciiWhitespace(l).empty(); })) {
+    RETURN_IF_ERROR(report.Skip("empty_label_file", absl::StrCat(list_path, ": no image listed")));
+  }
 
   ASSIGN_OR_RETURN(const std::string dist_path, FindDistributionFile(options));
   std::unordered_map<std::string, Distribution> distribution;

@@ -88,6 +88,12 @@ absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view wha
   return v;
 }
 
+void DropTrailingEmptyFields(std::vector<std::string>& fields, size_t keep) {
+  while (fields.size() > keep && absl::StripAsciiWhitespace(fields.back()).empty()) {
+    fields.pop_back();
+  }
+}
+
 bool IsBlankRecord(absl::string_view line, char sep) {
   for (char c : line) {
     if (c != sep && !absl::ascii_isspace(static_cast<unsigned char>(c))) return false;

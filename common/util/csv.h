@@ -26,6 +26,10 @@ struct TextLines {
 // byte-order mark is dropped. Errors: ReadFile's (NotFound, PermissionDenied ... naming the path).
 absl::StatusOr<TextLines> ReadLines(const std::string& path);
 
+// Spreadsheet exports differ in trailing separators between header and rows ("a,b," over "1,2"
+// or the reverse): drops empty fields from the end of `fields` while it has more than `keep`.
+void DropTrailingEmptyFields(std::vector<std::string>& fields, size_t keep = 0);
+
 // True when `line` holds no data: only whitespace and `sep` characters (a spreadsheet's row of
 // emptied cells, ",,,,"), or nothing. Readers skip such lines as they skip blank ones.
 bool IsBlankRecord(absl::string_view line, char sep = ',');

@@ -47,11 +47,12 @@ TEST(AffectNetReaderTest, MapsCodesAndSkipsNonBasicWithReasons) {
 }
 
 // Every AffectNet list has contempt / none / uncertain / non-face rows: strict reading still
-// counts them (they are outside the 7 expressions by design, not a problem of the file).
+// counts them (they are outside the 7 expressions by design, not a problem of the file). A row's
+// trailing separator is no problem either.
 TEST(AffectNetReaderTest, StrictStillCountsTheNonBasicCodes) {
   testing::TempDir dir;
   testing::WriteText(dir / "Manually_Annotated_file_lists/training.csv",
-                     "subDirectory_filePath,expression\n1/a.jpg,1\n1/b.jpg,7\n1/c.jpg,8\n");
+                     "subDirectory_filePath,expression\n1/a.jpg,1,\n1/b.jpg,7\n1/c.jpg,8\n");
   for (const char* f : {"1/a.jpg", "1/b.jpg", "1/c.jpg"}) {
     testing::WriteImage(dir / (std::string("Manually_Annotated_Images/") + f));
   }

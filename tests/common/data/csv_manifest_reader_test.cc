@@ -42,7 +42,7 @@ TEST(CsvManifestReaderTest, ReadsAuColumnsExpressionAndConsistency) {
 TEST(CsvManifestReaderTest, SplitColumnSelectsRowsAndDuplicatesAreReported) {
   testing::TempDir dir;
   testing::WriteText(dir / "manifest.csv",
-                     "image,subject,split,AU1\n"
+                     "image,subject,split,AU1,\n"  // a trailing separator on the header
                      "img/a.jpg,s1,train,1\n"
                      "img/b.jpg,s2,test,0\n"
                      "img/a.jpg,s1,train,0\n"

@@ -119,6 +119,16 @@ TEST_F(RafDbReaderTest, ImagesInAnyCaseOrFormatAndRepeatedLinesAreReported) {
   EXPECT_THAT(skips.at("duplicate_sample").examples[0], HasSubstr("train_00001: listed again"));
 }
 
+TEST_F(RafDbReaderTest, AnEmptyListSaysWhichFile) {
+  testing::WriteText(dir_ / "EmoLabel/list_patition_label.txt", "\n");
+  ReaderOptions o;
+  o.root = dir_.path();
+  auto index = LoadDataset("rafdb", o, DataRole::kFe);
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(std::string(index.status().message()),
+              HasSubstr("empty_label_file x1 (e.g. " + (dir_ / "EmoLabel/list_patition_label.txt")));
+}
+
 TEST_F(RafDbReaderTest, MissingListNamesExpectedFile) {
   testing::TempDir empty;
   ReaderOptions o;

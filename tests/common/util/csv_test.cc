@@ -42,6 +42,15 @@ TEST(ReadLinesTest, LoneCarriageReturnsEndLines) {
   EXPECT_THAT(mixed->lines, ElementsAre("a", "b", "c", "d"));
 }
 
+TEST(DropTrailingEmptyFieldsTest, KeepsTheHeadersWidth) {
+  std::vector<std::string> header = {"image", "AU1", "", " "};
+  DropTrailingEmptyFields(header);
+  EXPECT_THAT(header, ElementsAre("image", "AU1"));
+  std::vector<std::string> row = {"a.jpg", "", ""};
+  DropTrailingEmptyFields(row, 2);
+  EXPECT_THAT(row, ElementsAre("a.jpg", ""));  // an empty cell within the header's width stays
+}
+
 TEST(IsBlankRecordTest, EmptiedSpreadsheetRowsAreBlank) {
   EXPECT_TRUE(IsBlankRecord(""));
   EXPECT_TRUE(IsBlankRecord(" ,, ,\t,"));
