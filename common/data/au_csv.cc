@@ -148,8 +148,8 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
                        it->second + 1, "); the first line is kept")));
       continue;
     }
-    ASSIGN_OR_RETURN(bool keep, KeepAuSample(row->first, options, report));
-    if (keep) rows.push_back(Row{std::move(row->first), row->second, i});
+    if (KeepAuSample(row->first, lines.Where(i), options, report))
+      rows.push_back(Row{std::move(row->first), row->second, i});
   }
 
   if (data_lines == 0) {

@@ -147,8 +147,7 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
       if (!used) continue;
     }
     if (!index.aus.empty() && s->expression < 0) {
-      ASSIGN_OR_RETURN(bool keep, KeepAuSample(*s, options, report));
-      if (!keep) continue;
+      if (!KeepAuSample(*s, lines.Where(i), options, report)) continue;
     }
     const std::string image = ResolvePath(options.root, s->id);
     ASSIGN_OR_RETURN(bool found, CheckImage(image, lines.Where(i), options, report));

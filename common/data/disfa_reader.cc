@@ -123,8 +123,9 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
         s.au.push_back(it == m.end() ? kAuUnknown
                                      : (it->second >= kActiveIntensity ? kAuPresent : kAuAbsent));
       }
-      ASSIGN_OR_RETURN(bool keep, KeepAuSample(s, options, report));
-      if (!keep) continue;
+      if (!KeepAuSample(s, absl::StrCat(subject_dir.string(), " frame ", frame), options, report)) {
+        continue;
+      }
       const std::string* image = images.Find(image_number);
       ASSIGN_OR_RETURN(bool found,
                        CheckImage(image ? *image : "",

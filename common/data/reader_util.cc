@@ -129,19 +129,18 @@ int ParseAuColumn(absl::string_view name) {
   return au;
 }
 
-absl::StatusOr<bool> KeepAuSample(const Sample& sample, const ReaderOptions& options,
-                                  LoadReport& report) {
+bool KeepAuSample(const Sample& sample, absl::string_view where, const ReaderOptions& options,
+                  LoadReport& report) {
   int known = 0;
   for (int8_t v : sample.au) known += v != kAuUnknown;
   if (known == 0) {
-    absl::Status s =
-        report.Skip("no_known_au_label", absl::StrCat(sample.id, ": every used AU is 9"));
-    if (!s.ok()) return s;
+    report.Exclude("no_known_au_label",
+                   absl::StrCat(where, ": ", sample.id, ": every used AU is unknown (9)"));
     return false;
   }
   if (options.drop_unknown_au && known < static_cast<int>(sample.au.size())) {
-    absl::Status s = report.Skip("unknown_au_label", absl::StrCat(sample.id, ": an AU is 9"));
-    if (!s.ok()) return s;
+    report.Exclude("unknown_au_label", absl::StrCat(where, ": ", sample.id,
+                                                    ": an AU is unknown (9; unknown_au: drop)"));
     return false;
   }
   return true;

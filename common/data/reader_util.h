@@ -71,10 +71,12 @@ absl::StatusOr<int8_t> ParseAuCell(absl::string_view cell);
 // Parses an AU column name: "12", "AU12", "AU_12", "au12_c". Returns -1 if it is not one.
 int ParseAuColumn(absl::string_view name);
 
-// Applies the unknown-label policy to a filled-in sample. Returns false (after recording the
-// skip) when the sample must be dropped; a strict report turns the skip into the returned error.
-absl::StatusOr<bool> KeepAuSample(const Sample& sample, const ReaderOptions& options,
-                                  LoadReport& report);
+// Applies the unknown-label policy to a filled-in sample. Returns false (after counting it as
+// no_known_au_label or unknown_au_label, with `where`: "file:line" or the sample id) when the
+// sample must be dropped. Never an error, strict or not: a 9 is the datasets' own "not coded",
+// and dropping such frames is the policy asked for, not a problem of the file.
+bool KeepAuSample(const Sample& sample, absl::string_view where, const ReaderOptions& options,
+                  LoadReport& report);
 
 // Checks that the image exists (and decodes, with verify_images); records a skip otherwise.
 absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
@@ -87,7 +89,8 @@ absl::Status RequireDirectory(const std::string& path, absl::string_view expecte
 std::vector<std::string> ListDirectory(const std::string& dir, bool directories);
 
 // Counts per requested AU how many files lacked its column, as a note.
-void NoteMissingAuColumns(const std::map<int, std::vector<std::string>>& missing, LoadReport& report);
+void NoteMissingAuColumns(const std::map<int, std::vector<std::string>>& missing,
+                          LoadReport& report);
 
 }  // namespace mal::data
 

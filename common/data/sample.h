@@ -44,7 +44,8 @@ class LoadReport {
   // Returns an error carrying `example` in strict mode, OK otherwise.
   absl::Status Skip(absl::string_view reason, absl::string_view example, int64_t count = 1);
   // Records samples left out by design (AffectNet's contempt / none / uncertain / non-face codes,
-  // outside the 7 basic expressions): counted like a skip, never an error, strict or not.
+  // outside the 7 basic expressions; frames whose AUs are not coded): counted like a skip, never
+  // an error, strict or not.
   void Exclude(absl::string_view reason, absl::string_view example, int64_t count = 1);
   void Note(std::string note) { notes_.push_back(std::move(note)); }
 

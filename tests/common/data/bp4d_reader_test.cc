@@ -78,6 +78,14 @@ TEST_F(Bp4dReaderTest, DropPolicyDropsFramesWithUnknownLabels) {
   ASSERT_TRUE(index.ok());
   EXPECT_EQ(index->samples.size(), 2u);
   EXPECT_EQ(index->report.skips().at("unknown_au_label").count, 1);
+  EXPECT_THAT(index->report.skips().at("unknown_au_label").examples[0],
+              HasSubstr("F001_T1.csv:3: F001/T1/733: an AU is unknown"));
+  // Dropping them is the policy asked for, not a bad line: strict reading fails at line 4, the
+  // malformed one, not at line 3.
+  o.strict = true;
+  auto strict = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_FALSE(strict.ok());
+  EXPECT_THAT(std::string(strict.status().message()), HasSubstr("F001_T1.csv:4"));
 }
 
 TEST_F(Bp4dReaderTest, MissingAuColumnIsMaskedAndNoted) {
