@@ -100,6 +100,19 @@ void LiveView::Add(const v1::Event& e) {
         note(FormatEvent(e));
       }
       break;
+    case v1::Event::kRestart: {
+      // Halved batches (train.oom_retries): the epochs have another length from here on.
+      Run& r = runs_[key];
+      r.trial = e.trial();
+      r.fold = e.fold();
+      r.iteration = 0;
+      r.epoch = 0;
+      r.epoch_start = -1;
+      r.per_epoch = 0;
+      r.seconds_per_it = 0;
+      note(FormatEvent(e));
+      break;
+    }
     case v1::Event::kEpoch:
     case v1::Event::kTrialResult:
     case v1::Event::kEnd:

@@ -85,6 +85,16 @@ std::string FormatEvent(const v1::Event& e) {
                           params.empty() ? "" : absl::StrCat(" [", absl::StrJoin(params, " "), "]"),
                           t.message().empty() ? "" : absl::StrCat(": ", t.message()));
     }
+    case v1::Event::kRestart: {
+      const auto& r = e.restart();
+      return absl::StrCat(
+          head,
+          absl::StrFormat("starting over from iteration 1 with batch %d AU + %d FE", r.batch_au(),
+                          r.batch_fe()),
+          r.val_batch() > 0 ? absl::StrFormat(", validation batch %d", r.val_batch()) : "",
+          absl::StrFormat(" (train.oom_retries: halving %d)", r.halving()),
+          r.reason().empty() ? "" : absl::StrCat(": ", r.reason()));
+    }
     case v1::Event::kEnd:
       return absl::StrCat(
           head, "END ", Name(e.end().state()),
@@ -196,8 +206,9 @@ void AddWatchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("id", o->id, "the experiment id (exp-N)")->required();
   cmd->add_option("--from-seq", o->from_seq, "the first event to show (events are numbered from 1)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--kinds", o->kinds,
-                  "only these kinds: state,point,weights,epoch,fold_result,trial_result,end")
+  cmd->add_option(
+         "--kinds", o->kinds,
+         "only these kinds: state,point,weights,epoch,restart,fold_result,trial_result,end")
       ->delimiter(',');
   cmd->add_flag("--plain", o->plain,
                 "one line per event even on a terminal (the default when stdout is not one)");

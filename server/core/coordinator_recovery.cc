@@ -102,6 +102,9 @@ absl::Status Coordinator::Recover(Experiment& e) {
               parsed.epoch().val_mean_f1();
         }
       }
+      if (ev.kind == "restart" && parsed.ParseFromString(ev.payload)) {
+        e.last_epoch[parsed.run_id()] = 0;  // halved batches: epochs count from 1 again
+      }
       end_published = end_published || ev.kind == "end";
     }
     from = page.back().seq + 1;

@@ -21,7 +21,7 @@ namespace {
 // The event kinds a worker may report (the coordinator writes the others).
 bool WorkerMayReport(const v1::Event& e) {
   return e.body_case() == v1::Event::kPoint || e.body_case() == v1::Event::kWeights ||
-         e.body_case() == v1::Event::kEpoch;
+         e.body_case() == v1::Event::kEpoch || e.body_case() == v1::Event::kRestart;
 }
 
 }  // namespace
@@ -186,7 +186,7 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(
   for (const v1::Event& in : request.events()) {
     if (!WorkerMayReport(in)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("report: a worker may send point, weights and epoch events, not '",
+          absl::StrCat("report: a worker may send point, weights, epoch and restart events, not '",
                        (*EventKind(in) ? EventKind(in) : "empty"), "'"));
     }
   }
@@ -209,6 +209,7 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(
     ev.set_attempt(run->attempt);
     if (ev.time_ms() == 0) ev.set_time_ms(now);
     if (ev.has_epoch()) e->last_epoch[run->id] = ev.epoch().epoch();
+    if (ev.has_restart()) e->last_epoch[run->id] = 0;  // epochs count from 1 again
     const std::string kind = EventKind(ev);
     out.push_back(EventHub::Outgoing{kind, ev.SerializeAsString(), kind == "weights"});
   }

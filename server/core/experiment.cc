@@ -64,6 +64,8 @@ const char* EventKind(const v1::Event& e) {
       return "outcome";
     case v1::Event::kProgress:
       return "progress";
+    case v1::Event::kRestart:
+      return "restart";
     case v1::Event::BODY_NOT_SET:
       return "";
   }

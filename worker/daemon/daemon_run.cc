@@ -348,6 +348,12 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           s.outcome = ev->outcome();
         } else if (ev->has_progress()) {
           // Only the watchdog's business: not reported.
+        } else if (ev->has_restart()) {
+          // The engine starts over with halved batches: the last epoch and iteration were the
+          // larger batches' (the watchers learn why from the event).
+          s.last_epoch = v1::EpochMetrics();
+          s.last_iteration = 0;
+          s.pending.push_back(std::move(*ev));
         } else if (ev->has_epoch()) {
           s.last_epoch = ev->epoch();
           s.pending.push_back(std::move(*ev));

@@ -75,6 +75,17 @@ v1::Event ToEvent(const engine::EpochRecord& r) {
   return e;
 }
 
+v1::Event ToEvent(const engine::RestartRecord& r) {
+  v1::Event e;
+  v1::RunRestart* m = e.mutable_restart();
+  m->set_reason(r.reason);
+  m->set_batch_au(r.batch_au);
+  m->set_batch_fe(r.batch_fe);
+  m->set_val_batch(r.val_batch);
+  m->set_halving(r.halving);
+  return e;
+}
+
 std::string EncodeEventLine(const v1::Event& event) {
   std::string json;
   (void)google::protobuf::util::MessageToJsonString(event, &json);  // one line by default

@@ -19,6 +19,7 @@ namespace mal::worker {
 v1::Event ToEvent(const engine::IterationRecord& r);
 v1::Event ToEvent(const engine::WeightSummary& s);
 v1::Event ToEvent(const engine::EpochRecord& r);
+v1::Event ToEvent(const engine::RestartRecord& r);
 
 // One line (with its '\n').
 std::string EncodeEventLine(const v1::Event& event);
@@ -34,8 +35,8 @@ v1::Event ProgressEvent(int64_t units);
 // Training never waits for the daemon: the fd is made non-blocking, and what the pipe cannot take
 // now (the daemon busy with a coordinator that does not answer) waits in memory, sent by the next
 // write or the progress thread. Past `max_backlog` bytes, loss points, weight summaries and
-// progress events are dropped (counted, reported on stderr at the end); epochs and the outcome
-// never are (the daemon completes the run with the last epoch's metrics).
+// progress events are dropped (counted, reported on stderr at the end); epochs, restarts and the
+// outcome never are (the daemon completes the run with the last epoch's metrics).
 class PipeSink : public engine::RecordSink {
  public:
   static constexpr size_t kDefaultMaxBacklog = size_t{64} << 20;  // bytes
@@ -46,6 +47,7 @@ class PipeSink : public engine::RecordSink {
   void OnIteration(const engine::IterationRecord& r) override { Write(ToEvent(r), true); }
   void OnWeightSummary(const engine::WeightSummary& s) override { Write(ToEvent(s), true); }
   void OnEpoch(const engine::EpochRecord& r) override { Write(ToEvent(r), false); }
+  void OnRestart(const engine::RestartRecord& r) override { Write(ToEvent(r), false); }
   // The last line: how training ended (RunOutcome). Engine errors are not retryable (a bad spec, a
   // missing dataset, a non-finite loss or an out-of-memory fail the same way on another worker);
   // kCancelled (told to stop) is, as the run resumes from its checkpoint.

@@ -655,6 +655,10 @@ absl::StatusOr<TrainResult> TrainWithOomFallback(const TrainOptions& options,
     }
     o.resume = false;
     o.checkpoint_at_start = true;
+    if (o.sink != nullptr) {
+      o.sink->OnRestart(RestartRecord{message, static_cast<int>(next.au), static_cast<int>(next.fe),
+                                      static_cast<int>(next.val), halvings});
+    }
     LOG(WARNING) << message << "; starting over from the first iteration with "
                  << DescribeBatches(next) << " (train.oom_retries: halving " << halvings << " of "
                  << retries << ")";

@@ -57,6 +57,13 @@ struct EpochRecord {
   std::string weights_csv;      // per-sample weights of this epoch (MAL)
 };
 
+// The run starts over from its first iteration with smaller batches (train.oom_retries).
+struct RestartRecord {
+  std::string reason;  // the out-of-memory message of the attempt that ended
+  int batch_au = 0, batch_fe = 0, val_batch = 0;  // the batches it starts over with
+  int halving = 0;                                // 1 .. train.oom_retries
+};
+
 // Receives records as training produces them, on the training thread. Keep it fast.
 class RecordSink {
  public:
@@ -64,6 +71,8 @@ class RecordSink {
   virtual void OnIteration(const IterationRecord&) {}
   virtual void OnWeightSummary(const WeightSummary&) {}
   virtual void OnEpoch(const EpochRecord&) {}
+  // Before the new attempt's first record: what came before belongs to the larger batches.
+  virtual void OnRestart(const RestartRecord&) {}
 };
 
 struct TrainOptions {

@@ -696,6 +696,42 @@ TEST_F(CoordinatorTest, RestartFinishesWhatACrashInterrupted) {
   EXPECT_EQ(ends, 1);
 }
 
+// train.oom_retries: the engine starts the run over with halved batches. The worker forwards
+// the restart; it is logged between the larger batches' events and the new ones, and the run's
+// epoch counts from 0 again (also after a coordinator restart, from the log).
+TEST_F(CoordinatorTest, ARestartIsLoggedAndTheRunsEpochCountsAgain) {
+  const std::string id = Submit(Spec());
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  v1::ReportEventsRequest req;
+  req.set_run_id(a.run_id());
+  req.set_lease_epoch(a.lease_epoch());
+  req.set_first_index(1);
+  req.add_events()->mutable_epoch()->set_epoch(2);
+  v1::RunRestart* r = req.add_events()->mutable_restart();
+  r->set_batch_au(16);
+  r->set_halving(1);
+  r->set_reason("out of memory on cuda:0 with batch 32 AU");
+  ASSERT_TRUE(core_->ReportEvents(req).ok());
+  auto run_epoch = [&]() {
+    const v1::ExperimentInfo info = Info(id);
+    for (const auto& run : info.runs())
+      if (run.id() == a.run_id()) return run.epoch();
+    return -1;
+  };
+  EXPECT_EQ(run_epoch(), 0);
+  int restarts = 0;
+  for (const auto& e : Events(id)) {
+    if (!e.has_restart()) continue;
+    ++restarts;
+    EXPECT_EQ(e.restart().batch_au(), 16);
+    EXPECT_EQ(e.run_id(), a.run_id());
+  }
+  EXPECT_EQ(restarts, 1);
+  Reopen();  // the coordinator restarted: the epoch comes from the event log
+  EXPECT_EQ(run_epoch(), 0);
+}
+
 TEST_F(CoordinatorTest, WorkersCannotSendCoordinatorEvents) {
   Submit(Spec());
   Register("w1", 1);

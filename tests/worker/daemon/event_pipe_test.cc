@@ -64,6 +64,20 @@ TEST_F(EventPipeTest, ARecordIsOneDecodableLine) {
   EXPECT_DOUBLE_EQ(events[0].point().loss_au(), 0.25);
 }
 
+// train.oom_retries starting a run over: one line the daemon forwards, with the new batches.
+TEST_F(EventPipeTest, ARestartCarriesTheNewBatches) {
+  PipeSink sink(fds_[1]);
+  sink.OnRestart(engine::RestartRecord{"out of memory on cuda:0 with batch 64 AU", 32, 24, 128, 1});
+  auto events = Drain();
+  ASSERT_EQ(events.size(), 1u);
+  ASSERT_TRUE(events[0].has_restart());
+  EXPECT_EQ(events[0].restart().batch_au(), 32);
+  EXPECT_EQ(events[0].restart().batch_fe(), 24);
+  EXPECT_EQ(events[0].restart().val_batch(), 128);
+  EXPECT_EQ(events[0].restart().halving(), 1);
+  EXPECT_EQ(events[0].restart().reason(), "out of memory on cuda:0 with batch 64 AU");
+}
+
 // Progress events report the process's work count while it moves, say nothing while it stands
 // still, and stop before the outcome, which stays the last line.
 TEST_F(EventPipeTest, ProgressIsReportedWhileTheCountMovesAndTheOutcomeStaysLast) {

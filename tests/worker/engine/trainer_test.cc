@@ -652,12 +652,27 @@ TEST(OomFallbackTest, FailsAfterTheRetriesNamingTheLastBatches) {
     o.spec.mutable_model()->set_input(224);
     o.spec.mutable_model()->set_backbone("resnet34");
     o.out_dir = out.path();
+    struct RestartSink : RecordSink {
+      void OnRestart(const RestartRecord& r) override { restarts.push_back(r); }
+      std::vector<RestartRecord> restarts;
+    } sink;
+    o.sink = &sink;
     std::vector<int64_t> tried;
     auto result =
         TrainWithOomFallback(o, [&](const TrainOptions& a) -> absl::StatusOr<TrainResult> {
           tried.push_back(a.spec.train().batch_au());
           C10_THROW_ERROR(OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB");
         });
+    // Each start-over is announced with the batches it starts with and why the last one ended.
+    ASSERT_EQ(sink.restarts.size(), static_cast<size_t>(retries));
+    for (int k = 0; k < retries; ++k) {
+      EXPECT_EQ(sink.restarts[k].halving, k + 1);
+      EXPECT_EQ(sink.restarts[k].batch_au, 64 >> (k + 1));
+      EXPECT_EQ(sink.restarts[k].batch_fe, 48 >> (k + 1));
+      EXPECT_EQ(sink.restarts[k].val_batch, 256 >> (k + 1));
+      EXPECT_THAT(sink.restarts[k].reason,
+                  HasSubstr(absl::StrCat("with batch ", 64 >> k, " AU + ", 48 >> k, " FE")));
+    }
     ASSERT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
     const std::string message(result.status().message());
     if (retries == 0) {
