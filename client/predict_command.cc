@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/service_client.h"
 #include "common/predict/predict_command.h"
+#include "common/util/grpc_channel.h"
 #include "common/util/grpc_status.h"
 #include "mal/v1/inference.grpc.pb.h"
 
@@ -27,6 +28,8 @@ void AddPredictCommand(CLI::App& app, int* exit_code) {
                   "--registry NAME, NAME:VERSION or NAME@ALIAS")
       ->required();
   predict::AddPredictOptions(*cmd, &o->predict);
+  // One image must fit in one gRPC message with room for the request's other fields.
+  o->predict.predict.max_image_bytes = rpc::kMaxMessageBytes - (1 << 20);
   AddServiceOptions(*cmd, &o->service, "MAL_SERVE_ADDRESS", /*output=*/false);
   cmd->footer(
       "Example: malctl predict --model bp4d-mal@champion photo.jpg faces/ clip.mp4 --out aus.csv");

@@ -36,29 +36,8 @@ absl::Status TooLarge(absl::string_view format, uint64_t width, uint64_t height)
 // bytes the walk skips (the fuzzer found such a file); PNG: IHDR; BMP: the info header (16-bit
 // sizes in OS/2 1.x headers, 32-bit otherwise).
 absl::Status CheckDeclaredSize(absl::string_view b) {
-  if (absl::StartsWith(b, "\xFF\xD8")) {
-    for (size_t at = b.find('\xFF'); at != absl::string_view::npos && at + 9 <= b.size();
-         at = b.find('\xFF', at + 1)) {
-      const uint8_t m = static_cast<uint8_t>(b[at + 1]);
-      if (m < 0xC0 || m > 0xCF || m == 0xC4 || m == 0xC8 || m == 0xCC) continue;
-      const uint64_t height = Be16(b, at + 5), width = Be16(b, at + 7);
-      if (width * height > kMaxImagePixels) return TooLarge("JPEG", width, height);
-    }
-  } else if (b.size() >= 24 && absl::StartsWith(b, absl::string_view("\x89PNG", 4))) {
-    const uint64_t width = Be32(b, 16), height = Be32(b, 20);
-    if (width * height > kMaxImagePixels) return TooLarge("PNG", width, height);
-  } else if (b.size() >= 22 && absl::StartsWith(b, "BM")) {
-    const uint32_t header = Le32(b, 14);
-    uint64_t width = 0, height = 0;
-    if (header == 12) {
-      width = Le16(b, 18);
-      height = Le16(b, 20);
-    } else if (b.size() >= 26) {
-      width = static_cast<uint64_t>(std::llabs(static_cast<int32_t>(Le32(b, 18))));
-      height = static_cast<uint64_t>(std::llabs(static_cast<int32_t>(Le32(b, 22))));
-    }
-    if (width * height > kMaxImagePixels) return TooLarge("BMP", width, height);
-  }
+  const DeclaredSize d = DeclaredImageSize(b);
+  if (d.width * d.height > kMaxImagePixels) return TooLarge(d.format, d.width, d.height);
   return absl::OkStatus();
 }
 
@@ -150,6 +129,38 @@ absl::Status CheckBmp(absl::string_view b) {
 }
 
 }  // namespace
+
+DeclaredSize DeclaredImageSize(absl::string_view b) {
+  DeclaredSize d;
+  if (absl::StartsWith(b, "\xFF\xD8")) {
+    d.format = "JPEG";
+    for (size_t at = b.find('\xFF'); at != absl::string_view::npos && at + 9 <= b.size();
+         at = b.find('\xFF', at + 1)) {
+      const uint8_t m = static_cast<uint8_t>(b[at + 1]);
+      if (m < 0xC0 || m > 0xCF || m == 0xC4 || m == 0xC8 || m == 0xCC) continue;
+      const uint64_t height = Be16(b, at + 5), width = Be16(b, at + 7);
+      if (width * height > d.width * d.height) {
+        d.width = width;
+        d.height = height;
+      }
+    }
+  } else if (b.size() >= 24 && absl::StartsWith(b, absl::string_view("\x89PNG", 4))) {
+    d.format = "PNG";
+    d.width = Be32(b, 16);
+    d.height = Be32(b, 20);
+  } else if (b.size() >= 22 && absl::StartsWith(b, "BM")) {
+    d.format = "BMP";
+    const uint32_t header = Le32(b, 14);
+    if (header == 12) {
+      d.width = Le16(b, 18);
+      d.height = Le16(b, 20);
+    } else if (b.size() >= 26) {
+      d.width = static_cast<uint64_t>(std::llabs(static_cast<int32_t>(Le32(b, 18))));
+      d.height = static_cast<uint64_t>(std::llabs(static_cast<int32_t>(Le32(b, 22))));
+    }
+  }
+  return d;
+}
 
 absl::Status CheckImageComplete(absl::string_view bytes) {
   if (absl::Status size = CheckDeclaredSize(bytes); !size.ok()) return size;

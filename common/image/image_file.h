@@ -43,6 +43,15 @@ inline constexpr uint64_t kMaxImagePixels = uint64_t{1} << 26;
 // and PNG.
 bool IsSupportedImage(absl::string_view bytes);
 
+// The size (px) an encoded JPEG (its largest frame), PNG or BMP declares in its header, read
+// without decoding; 0 x 0 when it declares none that this reads. The checks of
+// CheckImageComplete and of a server's own pixel limit come before any decoding.
+struct DeclaredSize {
+  const char* format = "";
+  uint64_t width = 0, height = 0;
+};
+DeclaredSize DeclaredImageSize(absl::string_view bytes);
+
 // Decodes encoded bytes (JPEG, PNG, BMP) to 8-bit BGR, at half the width and height
 // when `half_size` (enough to tell a good file from a bad one, at a quarter of the cost). Errors
 // (InvalidArgument) start with `what`: empty bytes, another format (IsSupportedImage), an

@@ -50,6 +50,17 @@ class Batcher {
   }
 
   absl::Status Add(v1::ImageInput input, const std::string& name, int64_t frame, double timestamp) {
+    std::string local_error;
+    if (o_.max_image_bytes > 0 &&
+        static_cast<int64_t>(input.encoded().size()) > o_.max_image_bytes) {
+      // Sent as an empty slot, so its row keeps its place; the message is ours.
+      local_error = absl::StrFormat(
+          "%s: %.1f MB, more than the %.1f MB one image may have in a request to mal-serve "
+          "(re-encode it as JPEG, or use mal-worker predict, which reads it in-process)",
+          name, static_cast<double>(input.encoded().size()) / 1e6,
+          static_cast<double>(o_.max_image_bytes) / 1e6);
+      input.clear_encoded();
+    }
     const int64_t size = static_cast<int64_t>(input.ByteSizeLong());
     if (request_.images_size() > 0 &&
         (request_.images_size() >= o_.batch || bytes_ + size > o_.max_request_bytes)) {
@@ -57,7 +68,7 @@ class Batcher {
     }
     input.set_id(frame > 0 ? absl::StrCat(name, "#", frame) : name);
     *request_.add_images() = std::move(input);
-    where_.push_back({name, frame, timestamp});
+    where_.push_back({name, frame, timestamp, std::move(local_error)});
     bytes_ += size;
     return absl::OkStatus();
   }
@@ -73,6 +84,11 @@ class Batcher {
     }
     for (int i = 0; i < response.results_size() && i < static_cast<int>(where_.size()); ++i) {
       v1::ImageResult& r = *response.mutable_results(i);
+      if (!where_[i].local_error.empty()) {
+        r.clear_faces();
+        r.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+        r.set_message(where_[i].local_error);
+      }
       if (where_[i].frame > 0) TrackFaces(where_[i].name, r);
       ++summary_.images;
       if (r.code() != 0) {
@@ -143,6 +159,7 @@ class Batcher {
     std::string name;
     int64_t frame;
     double timestamp;
+    std::string local_error;  // set when the image was not sent (max_image_bytes)
   };
   const PredictOptions& o_;
   const Backend& backend_;

@@ -22,9 +22,12 @@ struct PredictOptions {
   int every = 1;       // videos and camera: every N-th frame
   int batch = 16;      // images per request
   int64_t max_request_bytes = 32 << 20;  // a request is sent before it grows past this
-  bool face_crop = false;                // the inputs are face crops: no detection
-  int min_face = 0;                      // px; 0: the server's default
-  std::string format = "csv";            // csv (OpenFace-style) | json (one line per image)
+  // An encoded image larger than this (bytes; 0: no limit) is not sent: its row is an error
+  // naming it (malctl: what one gRPC message to mal-serve may carry; mal-worker: none).
+  int64_t max_image_bytes = 0;
+  bool face_crop = false;      // the inputs are face crops: no detection
+  int min_face = 0;            // px; 0: the server's default
+  std::string format = "csv";  // csv (OpenFace-style) | json (one line per image)
   // A progress line on `log` after every request ("\r" rewritten: for a terminal): images done (of
   // how many, when there are no videos or camera to count), faces, images/s.
   bool progress = false;

@@ -36,6 +36,13 @@ absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& w
   }
   if (in.encoded().empty())
     return absl::InvalidArgumentError(absl::StrCat(what, ": no image bytes"));
+  // The server's limit before decoding, as the decoder's own (a 48 MP JPEG is not decoded only
+  // to be refused).
+  if (const image::DeclaredSize d = image::DeclaredImageSize(in.encoded());
+      d.width * d.height > static_cast<uint64_t>(limits.max_pixels)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", d.width, "x", d.height,
+                                                   " px is over the limit of ", limits.max_pixels));
+  }
   auto image = image::DecodeImageBytes(in.encoded(), what);
   if (!image.ok()) return image.status();
   if (static_cast<int64_t>(image->cols) * image->rows > limits.max_pixels) {
@@ -66,8 +73,9 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ModelMetadata& meta,
     const v1::ImageInput& in = request.images(i);
     v1::ImageResult* result = response.add_results();
     result->set_id(in.id());
-    const std::string what =
-        in.id().empty() ? absl::StrCat("image ", i) : absl::StrCat("image ", i, " (", in.id(), ")");
+    // The input's own name where it has one (its position in this request means nothing to a
+    // client that splits its inputs into requests, or streams them one by one).
+    const std::string what = in.id().empty() ? absl::StrCat("image ", i) : in.id();
     auto image = ReadInput(in, what, limits);
     if (!image.ok()) {
       result->set_code(static_cast<int>(absl::StatusCode::kInvalidArgument));

@@ -62,8 +62,12 @@ class InferenceService final : public v1::Inference::Service {
       const auto start = std::chrono::steady_clock::now();
       if (one.images_size() == 0) one.add_images();
       *one.mutable_images(0) = std::move(*message.mutable_frame());
+      // Messages name the frame by its number in the stream unless it has an id of its own.
+      const bool unnamed = one.images(0).id().empty();
+      if (unnamed) one.mutable_images(0)->set_id(absl::StrCat("frame ", n));
       auto result = Detect(**model, one);
       if (!result.ok()) return ToGrpcStatus(result.status());
+      if (unnamed) result->mutable_results(0)->clear_id();
       v1::StreamActionUnitsResponse out;
       out.set_frame(n++);
       *out.mutable_result() = std::move(*result->mutable_results(0));

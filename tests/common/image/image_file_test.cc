@@ -101,6 +101,11 @@ TEST(ImageFileTest, HeadersDeclaringHugeImagesAreRefusedBeforeDecoding) {
       testing::SourceDir() + "/tests/fuzz/corpus/image_decode/regression-jpeg-bomb-hidden-sof");
   EXPECT_THAT(std::string(CheckImageComplete(hidden).message()),
               HasSubstr("JPEG of 65347 x 65279 px is over the limit"));
+  // The sizes themselves, for a caller's own limit (mal-serve's max_pixels).
+  EXPECT_EQ(DeclaredImageSize(png).width, 65536u);
+  EXPECT_STREQ(DeclaredImageSize(bmp).format, "BMP");
+  EXPECT_EQ(DeclaredImageSize(jpeg).height, 65279u);
+  EXPECT_EQ(DeclaredImageSize("not an image").width, 0u);
   // 8192 x 8192 is allowed: the limit is exclusive of nothing a real dataset has.
   EXPECT_LE(uint64_t{8192} * 8192, kMaxImagePixels);
 }

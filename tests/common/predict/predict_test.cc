@@ -97,6 +97,32 @@ TEST(PredictTest, ImagesAndDirectoriesInBatchesToOpenFaceStyleCsv) {
   EXPECT_THAT(FormatSummary(*summary), HasSubstr("AU01    100.0%"));
 }
 
+// malctl: an image larger than one gRPC message may carry is not sent (it failed the whole run);
+// its row says so, in its place, and the other images are answered.
+TEST(PredictTest, AnImageOverTheRequestLimitGetsItsOwnErrorRow) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "a.jpg");
+  testing::WriteText(dir / "big.bmp", std::string(4000, 'x'));
+  testing::WriteImage(dir / "c.jpg");
+  FakeBackend backend;
+  PredictOptions o;
+  o.model = "m";
+  o.max_image_bytes = 3000;
+  o.inputs = {dir / "a.jpg", dir / "big.bmp", dir / "c.jpg"};
+  std::ostringstream out, log;
+  auto summary = RunPredict(o, backend.AsBackend(), out, log);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_EQ(backend.requests.size(), 1u);
+  EXPECT_TRUE(backend.requests[0].images(1).encoded().empty());  // not sent
+  const std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[2], dir / "big.bmp" + ",1,0,0.000,0,0,,,,,,,,");
+  EXPECT_THAT(lines[3], HasSubstr("c.jpg,1,0,0.000,0.900,1"));
+  EXPECT_THAT(log.str(), HasSubstr("big.bmp: 0.0 MB, more than the 0.0 MB one image may have"));
+  EXPECT_EQ(summary->unreadable, 1);
+  EXPECT_EQ(summary->faces, 2);
+}
+
 TEST(PredictTest, VideoFramesGoRawWithTimestampsAndEveryNth) {
   testing::TempDir dir;
   const std::string video = dir / "clip.avi";

@@ -78,7 +78,7 @@ TEST_F(AuDetectionTest, OneBadImageIsAnErrorInItsSlotOnly) {
     EXPECT_EQ(a.present(), a.probability() >= 0.5f);
   }
   EXPECT_EQ(res->results(1).code(), 3);
-  EXPECT_THAT(res->results(1).message(), HasSubstr("image 1"));
+  EXPECT_THAT(res->results(1).message(), HasSubstr("image 1"));  // no id: its place
   EXPECT_THAT(res->results(1).message(), HasSubstr("truncated JPEG"));
   EXPECT_EQ(res->results(2).code(), 3);
   EXPECT_EQ(res->results(3).code(), 0);  // a grey frame: read, no face
@@ -120,6 +120,14 @@ TEST_F(AuDetectionTest, BatchLimitsAndAMissingDetector) {
   ASSERT_TRUE(res.ok());
   EXPECT_EQ(res->results(0).code(), 3);
   EXPECT_THAT(res->results(0).message(), HasSubstr("over the limit"));
+  // The header is read first: half a JPEG whose header is over the limit is refused for its size,
+  // before the decoder would see it is truncated.
+  const std::string jpeg = FaceJpeg(64, 1);
+  big.mutable_images(0)->set_encoded(jpeg.substr(0, jpeg.size() / 2));
+  big.mutable_images(0)->set_id("half.jpg");
+  res = DetectActionUnits(*model_, detector_.get(), big, limits);
+  ASSERT_TRUE(res.ok());
+  EXPECT_THAT(res->results(0).message(), HasSubstr("half.jpg: 64x64 px is over the limit of 100"));
 }
 
 }  // namespace
