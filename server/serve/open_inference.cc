@@ -1,5 +1,7 @@
 #include "server/serve/open_inference.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -211,6 +213,13 @@ grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
         return Invalid(absl::StrCat(in.name(), ": ", data.size(), " values, shape ",
                                     Shape(in.shape()), " needs ", count));
       }
+    }
+    // NaN or infinity would come back as NaN probabilities with status OK.
+    if (auto bad =
+            std::find_if(data.begin(), data.end(), [](float v) { return !std::isfinite(v); });
+        bad != data.end()) {
+      return Invalid(absl::StrCat(in.name(), ": value ", bad - data.begin(), " is ", *bad,
+                                  ": normalised pixels must be finite"));
     }
     probabilities = n == 0 ? std::vector<float>() : batcher.model().PredictNormalized(data);
   } else {

@@ -316,6 +316,14 @@ TEST_F(ServeServerTest, OpenInferenceProtocolV2OnTheSamePort) {
     ASSERT_TRUE(oip->ModelInfer(&ctx, pixels, &out).ok());
     EXPECT_EQ(out.outputs(0).shape(0), 1);
   }
+  // A NaN among them came back as NaN probabilities with status OK.
+  p->mutable_contents()->set_fp32_contents(7, std::nanf(""));
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = oip->ModelInfer(&ctx, pixels, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("PIXELS: value 7 is nan"));
+  }
 }
 
 TEST_F(ServeServerTest, ASecondServerOnAPortInUseIsRefusedNotShared) {
