@@ -23,6 +23,14 @@ absl::StatusOr<DatasetIndex> ReadBp4d(const ReaderOptions& options) {
   std::map<int, std::vector<std::string>> missing_columns;
   FrameNamingTally naming;
   std::map<std::string, int64_t> per_subject;
+  // A directory named like a label file (an archive unpacked one level too deep) is said, not
+  // passed over.
+  for (const std::string& name : ListDirectory(label_dir, /*directories=*/true)) {
+    if (!absl::EndsWithIgnoreCase(name, ".csv")) continue;
+    RETURN_IF_ERROR(index.report.Skip(
+        "unreadable_label_file",
+        absl::StrCat((fs::path(label_dir) / name).string(), ": is a directory, not a file")));
+  }
   for (const std::string& name : ListDirectory(label_dir, /*directories=*/false)) {
     const std::string path = (fs::path(label_dir) / name).string();
     if (!absl::EndsWithIgnoreCase(name, ".csv")) continue;

@@ -1,4 +1,6 @@
 #include <gmock/gmock.h>
+
+#include <filesystem>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
@@ -184,6 +186,11 @@ TEST(Bp4dLabelFileTest, RepeatedFramesCrOnlyFilesEmptyRowsAndHeaderOnlyFiles) {
               HasSubstr("F001_T1.csv:3: frame 1 is listed again (first at line 2)"));
   EXPECT_FALSE(skips.count("malformed_line"));  // ",," is an emptied row
   EXPECT_THAT(skips.at("empty_label_file").examples[0], HasSubstr("F001_T3.csv: a header and no"));
+  std::filesystem::create_directories(dir / "AUCoding/AU_OCC/F002_T1.csv");  // unpacked too deep
+  auto again = LoadDataset("bp4d", o, DataRole::kAu);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_THAT(again->report.skips().at("unreadable_label_file").examples[0],
+              HasSubstr("F002_T1.csv: is a directory"));
   o.strict = true;
   EXPECT_FALSE(LoadDataset("bp4d", o, DataRole::kAu).ok());
 }
