@@ -62,10 +62,7 @@ void LiveView::Add(const v1::Event& e) {
         // out of device memory: train.oom_retries): its epochs may have another length now.
         note(absl::StrCat(RunLabel(e.trial(), e.fold()), " started over at iteration ",
                           p.iteration(), " (attempt ", e.attempt(), ")"));
-        r.epoch = 0;
-        r.epoch_start = -1;
-        r.per_epoch = 0;
-        r.seconds_per_it = 0;
+        r.StartOver();
       }
       if (p.epoch() != r.epoch) {
         if (r.epoch_start >= 0 && p.epoch() == r.epoch + 1)
@@ -101,15 +98,11 @@ void LiveView::Add(const v1::Event& e) {
       }
       break;
     case v1::Event::kRestart: {
-      // Halved batches (train.oom_retries): the epochs have another length from here on.
+      // Halved batches (train.oom_retries): announced, so the next point is no surprise.
       Run& r = runs_[key];
       r.trial = e.trial();
       r.fold = e.fold();
-      r.iteration = 0;
-      r.epoch = 0;
-      r.epoch_start = -1;
-      r.per_epoch = 0;
-      r.seconds_per_it = 0;
+      r.StartOver();
       note(FormatEvent(e));
       break;
     }

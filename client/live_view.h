@@ -46,6 +46,15 @@ class LiveView {
     v1::TrainingPoint last;
     std::string state = "PENDING";
     bool done = false;
+    // The run started over from iteration 1: its epochs may have another length now, and its
+    // speed is learned again.
+    void StartOver() {
+      iteration = 0;
+      epoch = 0;
+      epoch_start = -1;
+      per_epoch = 0;
+      seconds_per_it = 0;
+    }
   };
   std::ostream& out_;
   const std::string title_;

@@ -124,12 +124,12 @@ absl::StatusOr<DatasetIndex> ReadCsvManifest(const ReaderOptions& options) {
   // or "all" reads every row. Rows with an empty split are in no partition but "unassigned".
   const std::string want = absl::AsciiStrToLower(options.split);
   const bool filter = !want.empty() && want != "all";
-  if (filter && !cols.named.count("split")) {
+  const bool has_split = cols.named.count("split") > 0;
+  if (filter && !has_split) {
     return absl::InvalidArgumentError(absl::StrCat(lines.Where(0), ": split '", options.split,
                                                    "' asked for, but the header has no 'split' "
                                                    "column (set split: all or add the column)"));
   }
-  const bool has_split = cols.named.count("split") > 0;
   for (size_t i = 1; i < lines.lines.size(); ++i) {
     if (IsBlankRecord(lines.lines[i])) continue;
     auto f = SplitCsvLine(lines.lines[i]);

@@ -10,6 +10,15 @@ namespace mal::serve {
 
 namespace {
 
+// limits.max_pixels for an image of width x height px (a raw frame's, an encoded image's header's
+// or its decoded size).
+absl::Status CheckPixels(const std::string& what, uint64_t width, uint64_t height,
+                         const DetectLimits& limits) {
+  if (width * height <= static_cast<uint64_t>(limits.max_pixels)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, ": ", width, "x", height, " px is over the limit of ", limits.max_pixels));
+}
+
 // The image of one input, or why it cannot be read.
 absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& what,
                                   const DetectLimits& limits) {
@@ -20,10 +29,8 @@ absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& w
           absl::StrCat(what, ": raw frame of ", r.width(), "x", r.height(), "x", r.channels(),
                        ": needs width, height > 0 and 1 or 3 channels"));
     }
-    if (static_cast<int64_t>(r.width()) * r.height() > limits.max_pixels) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": ", r.width(), "x", r.height(), " px is over the limit of ", limits.max_pixels));
-    }
+    RETURN_IF_ERROR(CheckPixels(what, static_cast<uint64_t>(r.width()),
+                                static_cast<uint64_t>(r.height()), limits));
     const size_t expected = static_cast<size_t>(r.width()) * r.height() * r.channels();
     if (r.pixels().size() != expected) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": raw frame has ", r.pixels().size(),
@@ -38,17 +45,12 @@ absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& w
     return absl::InvalidArgumentError(absl::StrCat(what, ": no image bytes"));
   // The server's limit before decoding, as the decoder's own (a 48 MP JPEG is not decoded only
   // to be refused).
-  if (const image::DeclaredSize d = image::DeclaredImageSize(in.encoded());
-      d.width * d.height > static_cast<uint64_t>(limits.max_pixels)) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": ", d.width, "x", d.height,
-                                                   " px is over the limit of ", limits.max_pixels));
-  }
+  const image::DeclaredSize declared = image::DeclaredImageSize(in.encoded());
+  RETURN_IF_ERROR(CheckPixels(what, declared.width, declared.height, limits));
   auto image = image::DecodeImageBytes(in.encoded(), what);
   if (!image.ok()) return image.status();
-  if (static_cast<int64_t>(image->cols) * image->rows > limits.max_pixels) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": ", image->cols, "x", image->rows,
-                                                   " px is over the limit of ", limits.max_pixels));
-  }
+  RETURN_IF_ERROR(CheckPixels(what, static_cast<uint64_t>(image->cols),
+                              static_cast<uint64_t>(image->rows), limits));
   return image;
 }
 

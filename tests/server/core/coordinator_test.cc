@@ -95,11 +95,16 @@ class CoordinatorTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     return *r;
   }
-  absl::Status Report(const v1::Assignment& a, int64_t first_index, int points) {
+  // A report for `a`'s run under its lease, its events to be added.
+  static v1::ReportEventsRequest ReportFor(const v1::Assignment& a, int64_t first_index) {
     v1::ReportEventsRequest req;
     req.set_run_id(a.run_id());
     req.set_lease_epoch(a.lease_epoch());
     req.set_first_index(first_index);
+    return req;
+  }
+  absl::Status Report(const v1::Assignment& a, int64_t first_index, int points) {
+    v1::ReportEventsRequest req = ReportFor(a, first_index);
     for (int i = 0; i < points; ++i)
       req.add_events()->mutable_point()->set_iteration(first_index + i);
     return core_->ReportEvents(req).status();
@@ -478,10 +483,7 @@ TEST_F(CoordinatorTest, EarlyStoppingStopsTrialsBelowTheTopThirdAtARung) {
   const auto hb = Beat("w1", 3);
   ASSERT_EQ(hb.assignments_size(), 3);
   auto epoch = [&](const v1::Assignment& a, int epoch, double val_f1) {
-    v1::ReportEventsRequest req;
-    req.set_run_id(a.run_id());
-    req.set_lease_epoch(a.lease_epoch());
-    req.set_first_index(epoch);
+    v1::ReportEventsRequest req = ReportFor(a, epoch);
     req.add_events()->mutable_epoch()->set_epoch(epoch);
     req.mutable_events(0)->mutable_epoch()->set_val_mean_f1(val_f1);
     return core_->ReportEvents(req);
@@ -703,10 +705,7 @@ TEST_F(CoordinatorTest, ARestartIsLoggedAndTheRunsEpochCountsAgain) {
   const std::string id = Submit(Spec());
   Register("w1", 1);
   const auto a = Beat("w1", 1).assignments(0);
-  v1::ReportEventsRequest req;
-  req.set_run_id(a.run_id());
-  req.set_lease_epoch(a.lease_epoch());
-  req.set_first_index(1);
+  v1::ReportEventsRequest req = ReportFor(a, 1);
   req.add_events()->mutable_epoch()->set_epoch(2);
   v1::RunRestart* r = req.add_events()->mutable_restart();
   r->set_batch_au(16);
@@ -736,10 +735,7 @@ TEST_F(CoordinatorTest, WorkersCannotSendCoordinatorEvents) {
   Submit(Spec());
   Register("w1", 1);
   const auto a = Beat("w1", 1).assignments(0);
-  v1::ReportEventsRequest req;
-  req.set_run_id(a.run_id());
-  req.set_lease_epoch(a.lease_epoch());
-  req.set_first_index(1);
+  v1::ReportEventsRequest req = ReportFor(a, 1);
   req.add_events()->mutable_end();
   EXPECT_EQ(core_->ReportEvents(req).status().code(), absl::StatusCode::kInvalidArgument);
 }
