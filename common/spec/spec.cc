@@ -470,6 +470,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (!mal.has_meta_interval()) mal.set_meta_interval(1);
   if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
   if (mal.val_split().empty()) mal.set_val_split("frames");
+  if (!mal.has_lookahead_steps()) mal.set_lookahead_steps(1);
   if (!mal.has_val_batch()) mal.set_val_batch(256);
   if (!mal.has_fd_epsilon()) mal.set_fd_epsilon(1e-3);
   if (mal.exact_method().empty()) mal.set_exact_method("jvp");
@@ -684,6 +685,14 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(mal.fd_epsilon() > 0, "mal.fd_epsilon", "must be > 0");
   MAL_CHECK_FIELD(OneOf(mal.exact_method(), {"jvp", "vjp"}), "mal.exact_method",
                   "must be jvp or vjp");
+  MAL_CHECK_FIELD(mal.lookahead_steps() >= 1 && mal.lookahead_steps() <= 16, "mal.lookahead_steps",
+                  "must be in 1..16");
+  MAL_CHECK_FIELD(mal.lookahead_steps() == 1 || mal.mode() == "finite_difference" ||
+                      (mal.mode() == "exact" && mal.exact_method() == "jvp"),
+                  "mal.lookahead_steps",
+                  absl::StrCat("more than 1 step needs mal.mode exact with exact_method jvp, or "
+                               "finite_difference (mode ",
+                               mal.mode(), ", exact_method ", mal.exact_method(), ")"));
   MAL_CHECK_FIELD(
       OneOf(mal.val_pos_weight(), {"inverse_frequency", "sqrt", "none"}), "mal.val_pos_weight",
       absl::StrCat("'", mal.val_pos_weight(), "' is not one of inverse_frequency, sqrt, none"));

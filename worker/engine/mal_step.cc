@@ -225,6 +225,16 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
   timer.Mark(vjp ? "meta: backward with create_graph" : "meta: backward");
   // Virtual step into the shadow: theta' = theta - alpha g, as plain tensors.
   Assign(shadow_params_, params_, g, -alpha);
+  // mal.lookahead_steps: theta_1 .. theta_{K-1} and the losses there, for the derivatives below.
+  std::vector<std::vector<torch::Tensor>> points;
+  std::vector<Forward> point_losses;
+  for (int k = 1; k < o.lookahead_steps; ++k) {
+    std::vector<torch::Tensor> point;
+    for (const auto& p : shadow_params_) point.push_back(p.detach().clone());
+    points.push_back(std::move(point));
+    point_losses.push_back(LookaheadStep(batch, weights, alpha, o));
+  }
+  if (!points.empty()) timer.Mark("meta: further virtual steps (lookahead)");
   const std::vector<torch::Tensor> r = ValidationGradient(val, val_loss);
   timer.Mark("meta: virtual step + validation forward/backward");
 
@@ -248,7 +258,13 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
   // Since g = sum_i (wn_i / n) grad l_i, the same product is
   //   dL_v/dphi = -alpha d/dphi [mean(wn_au d_au) + mean(wn_fe d_fe)],  d_i = grad l_i . r held
   // constant; d comes exactly from forward-mode AD, or approximately from finite differences.
-  const auto [d_au, d_fe] = DirectionalDerivatives(f, batch, r, o);
+  // Looking K steps ahead, the weights enter every step: d_i = sum_k grad l_i(theta_k) . r.
+  auto [d_au, d_fe] = DirectionalDerivatives(f, batch, params_, r, o);
+  for (size_t k = 0; k < points.size(); ++k) {
+    const auto [dk_au, dk_fe] = DirectionalDerivatives(point_losses[k], batch, points[k], r, o);
+    d_au = d_au + dk_au;
+    d_fe = d_fe + dk_fe;
+  }
   if (stats != nullptr) {
     stats->alignment_au = d_au.detach().to(torch::kCPU);
     stats->alignment_fe = d_fe.detach().to(torch::kCPU);
@@ -262,13 +278,32 @@ std::vector<torch::Tensor> MalStep::MetaGradientFromForward(const Forward& f,
   return meta_grad;
 }
 
+MalStep::Forward MalStep::LookaheadStep(const TrainBatch& batch, const Weights& w, double alpha,
+                                        const StepOptions& o) {
+  shadow_->train();
+  Forward at = ForwardTrain(*shadow_, batch, o);
+  Weights held;
+  held.wn_au = w.wn_au.detach();
+  held.wn_fe = w.wn_fe.detach();
+  const std::vector<torch::Tensor> g = ZerosForUndefined(
+      torch::autograd::grad({WeightedLoss(at, held)}, shadow_params_, {}, /*retain_graph=*/false,
+                            /*create_graph=*/false, /*allow_unused=*/true),
+      shadow_params_);
+  Assign(shadow_params_, shadow_params_, g, -alpha);
+  at.h_au = at.h_au.detach();
+  at.l_au = at.l_au.detach();
+  if (at.h_fe.defined()) at.h_fe = at.h_fe.detach();
+  if (at.l_fe.defined()) at.l_fe = at.l_fe.detach();
+  return at;
+}
+
 std::pair<torch::Tensor, torch::Tensor> MalStep::DirectionalDerivatives(
-    const Forward& base, const TrainBatch& batch, const std::vector<torch::Tensor>& r,
-    const StepOptions& o) {
+    const Forward& base, const TrainBatch& batch, const std::vector<torch::Tensor>& point,
+    const std::vector<torch::Tensor>& r, const StepOptions& o) {
   torch::NoGradGuard no_grad;  // forward-mode AD is not affected by grad mode
   shadow_->train();
   if (o.mode == MetaMode::kExact) {
-    Assign(shadow_params_, params_, r, 0.0);
+    Assign(shadow_params_, point, r, 0.0);
     const uint64_t level = torch::autograd::forward_ad::enter_dual_level();
     torch::Tensor d_au, d_fe;
     try {
@@ -285,12 +320,12 @@ std::pair<torch::Tensor, torch::Tensor> MalStep::DirectionalDerivatives(
     torch::autograd::forward_ad::exit_dual_level(level);
     return {d_au, d_fe};
   }
-  // Forward difference from the losses at theta, which the meta-train forward already has:
+  // Forward difference from the losses at the point, which a forward there already has:
   // one extra forward instead of two (the bench reports its cosine to the exact gradient).
   double norm_sq = 0;
   for (const auto& t : r) norm_sq += t.pow(2).sum().item<double>();
   const double eps = o.fd_epsilon / std::max(std::sqrt(norm_sq), 1e-12);
-  Assign(shadow_params_, params_, r, eps);
+  Assign(shadow_params_, point, r, eps);
   const Forward plus = ForwardTrain(*shadow_, batch, o);
   return {(plus.l_au - base.l_au.detach()) / eps, (plus.l_fe - base.l_fe.detach()) / eps};
 }

@@ -53,6 +53,10 @@ struct StepOptions {
   // exact: the directional derivatives grad l_i . r by forward-mode AD (one dual forward, true)
   // or the double-backward VJP of mal.md (false). Both are exact; the tests hold them equal.
   bool exact_jvp = true;
+  // mal.lookahead_steps, K >= 1: the meta-gradient looks K virtual steps ahead (K - 1 more on the
+  // same batch with the weights held, Hessian terms dropped; docs/engine.md). K > 1 needs exact
+  // with exact_jvp, or finite_difference (the spec validation refuses the others).
+  int lookahead_steps = 1;
   bool profile = false;        // fill StepStats::phases (CPU timing; adds no synchronisation)
 };
 
@@ -63,8 +67,9 @@ struct StepStats {
   double mean_wn_au = 0, mean_wn_fe = 0;  // normalised
   torch::Tensor w_au, w_fe;               // raw, detached, on CPU ([n], [m]); undefined for STL/MTL
   // MAL meta updates in exact (JVP) and finite_difference modes: the gradient alignment of every
-  // training sample, grad_theta l_i(theta) . grad_theta' L_v(theta') (detached, CPU, [n], [m]).
-  // Positive: a larger weight on the sample lowers L_v after the virtual step, since
+  // training sample, grad_theta l_i(theta) . grad_theta' L_v(theta') (detached, CPU, [n], [m]);
+  // with lookahead_steps K, sum_k grad l_i(theta_k) . grad L_v(theta_K) over k = 0 .. K - 1.
+  // Positive: a larger weight on the sample lowers L_v after the virtual step(s), since
   // dL_v/dwn_i = -(alpha / n) alignment_i. Undefined in the other modes and without a meta update.
   torch::Tensor alignment_au, alignment_fe;
   std::vector<std::pair<std::string, double>> phases;  // seconds per phase, with options.profile
@@ -115,11 +120,17 @@ class MalStep {
   // AU weights there only), not of the virtual step.
   Weights ComputeWeights(const Forward& f, const StepOptions& options, bool base_step = false);
   static torch::Tensor WeightedLoss(const Forward& f, const Weights& w);
-  // d_i = grad_theta l_i(theta) . r for every training sample of `base` (the meta-train
-  // forward): forward-mode AD, or a forward difference through the shadow at theta + eps r.
+  // d_i = grad_theta l_i(point) . r for every training sample of `batch`, whose losses at `point`
+  // (parameter tensors like the model's) are `base`: forward-mode AD, or a forward difference
+  // through the shadow at point + eps r.
   std::pair<torch::Tensor, torch::Tensor> DirectionalDerivatives(
-      const Forward& base, const TrainBatch& batch, const std::vector<torch::Tensor>& r,
-      const StepOptions& options);
+      const Forward& base, const TrainBatch& batch, const std::vector<torch::Tensor>& point,
+      const std::vector<torch::Tensor>& r, const StepOptions& options);
+  // One more virtual step in the shadow (mal.lookahead_steps): theta_{k+1} = theta_k - alpha g_k,
+  // g_k the gradient at the shadow's parameters of the batch's loss weighted by `w` (held, no
+  // graph to phi). Returns the per-sample losses at theta_k (detached).
+  Forward LookaheadStep(const TrainBatch& batch, const Weights& w, double alpha,
+                        const StepOptions& options);
   // r = grad of the validation loss at the shadow parameters (zeros where unused).
   std::vector<torch::Tensor> ValidationGradient(const ValBatch& val, double* loss);
   std::vector<torch::Tensor> MetaGradientFromForward(const Forward& f, const TrainBatch& batch,

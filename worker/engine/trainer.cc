@@ -284,6 +284,7 @@ void Training::MakeStepOptions() {
   so_.joint_forward = spec_.mal().joint_forward();
   so_.fd_epsilon = spec_.mal().fd_epsilon();
   so_.exact_jvp = spec_.mal().exact_method() != "vjp";
+  so_.lookahead_steps = spec_.mal().lookahead_steps();
   so_.bn_stats_au_only = t_.bn_stats() != "all";
   so_.au_weighting = ToAuWeighting(spec_.mal().au_weighting());
   if (t_.au_pos_weight() == "inverse_frequency") {

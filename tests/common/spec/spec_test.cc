@@ -117,6 +117,7 @@ TEST(SpecTest, DefaultsFillWhatIsUnset) {
   EXPECT_EQ(spec->mal().meta_schedule(), "follow");  // docs/benchmarks.md: the ranking holds
   EXPECT_EQ(spec->mal().au_weighting(), "sample");   // the paper's per-frame weights
   EXPECT_EQ(spec->mal().val_split(), "frames");      // the paper's per-subject frames
+  EXPECT_EQ(spec->mal().lookahead_steps(), 1);       // the paper's one virtual step
   EXPECT_EQ(spec->max_restarts(), 3);
   EXPECT_EQ(spec->cv().seed(), spec->seed());
 }
@@ -249,6 +250,15 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "mal: {val_split: identities}\n"),
               HasSubstr("mal.val_split: 'identities' is not one of frames, subjects"));
   EXPECT_EQ(ErrorOf(base + "mal: {val_split: subjects}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "mal: {lookahead_steps: 0}\n"),
+              HasSubstr("mal.lookahead_steps: must be in 1..16"));
+  EXPECT_THAT(ErrorOf(base + "mal: {lookahead_steps: 3, exact_method: vjp}\n"),
+              HasSubstr("mal.lookahead_steps: more than 1 step needs mal.mode exact with "
+                        "exact_method jvp, or finite_difference (mode exact, exact_method vjp)"));
+  EXPECT_THAT(ErrorOf(base + "mal: {lookahead_steps: 2, mode: heads_only}\n"),
+              HasSubstr("mal.lookahead_steps"));
+  EXPECT_EQ(ErrorOf(base + "mal: {lookahead_steps: 4}\n"), "OK");
+  EXPECT_EQ(ErrorOf(base + "mal: {lookahead_steps: 4, mode: finite_difference}\n"), "OK");
 }
 
 TEST(SpecTest, YamlSyntaxErrorNamesLine) {

@@ -154,7 +154,11 @@ TEST_P(ExactTest, MetaGradientMatchesCentralFiniteDifferences) {
 
 // The meta-gradient written out as a function of explicit parameter tensors (a "MetaModule"
 // formulation) on the MLP backbone, with the virtual step on all parameters or on the heads only.
-std::vector<torch::Tensor> FunctionalMetaGradient(Fixture& f, bool heads_only) {
+// `lookahead_steps` K > 1 (all parameters): K - 1 more virtual steps on the same batch, each
+// gradient taken at a detached copy of theta_k (no Hessian term) with the weights' graph to phi
+// kept, and L_v at theta_K (mal.lookahead_steps' first-order meta-gradient, docs/engine.md).
+std::vector<torch::Tensor> FunctionalMetaGradient(Fixture& f, bool heads_only,
+                                                  int lookahead_steps = 1) {
   auto W1 = f.model->backbone.ptr()->named_parameters()["fc.weight"].detach().clone().requires_grad_(!heads_only);
   auto b1 = f.model->backbone.ptr()->named_parameters()["fc.bias"].detach().clone().requires_grad_(!heads_only);
   auto Wa = f.model->au_head->weight.detach().clone().requires_grad_(true);
@@ -180,9 +184,22 @@ std::vector<torch::Tensor> FunctionalMetaGradient(Fixture& f, bool heads_only) {
     auto g = torch::autograd::grad({loss}, {Wa, ba}, {}, true, true);
     z_v = F::linear(features(f.val.images, W1, b1), Wa - kAlpha * g[0], ba - kAlpha * g[1]);
   } else {
-    auto g = torch::autograd::grad({loss}, {W1, b1, Wa, ba}, {}, true, true);
-    z_v = F::linear(features(f.val.images, W1 - kAlpha * g[0], b1 - kAlpha * g[1]),
-                    Wa - kAlpha * g[2], ba - kAlpha * g[3]);
+    auto g = torch::autograd::grad({loss}, {W1, b1, Wa, ba, Wf, bf}, {}, true, true);
+    std::vector<torch::Tensor> theta = {W1, b1, Wa, ba, Wf, bf};
+    for (size_t i = 0; i < theta.size(); ++i) theta[i] = theta[i] - kAlpha * g[i];
+    for (int k = 1; k < lookahead_steps; ++k) {
+      std::vector<torch::Tensor> at;
+      for (const auto& t : theta) at.push_back(t.detach().clone().requires_grad_(true));
+      auto hk_au = features(f.batch.au_images, at[0], at[1]);
+      auto hk_fe = features(f.batch.fe_images, at[0], at[1]);
+      auto lk_au = PerSampleAuLoss(F::linear(hk_au, at[2], at[3]), f.batch.au_labels, f.batch.au_mask);
+      auto lk_fe = F::cross_entropy(F::linear(hk_fe, at[4], at[5]), f.batch.fe_labels,
+                                    F::CrossEntropyFuncOptions().reduction(torch::kNone));
+      auto loss_k = (w_au / s * lk_au).mean() + (w_fe / s * lk_fe).mean();
+      auto g_k = torch::autograd::grad({loss_k}, at, {}, true, true);
+      for (size_t i = 0; i < theta.size(); ++i) theta[i] = theta[i] - kAlpha * g_k[i];
+    }
+    z_v = F::linear(features(f.val.images, theta[0], theta[1]), theta[2], theta[3]);
   }
   auto lv = RebalancedAuLoss(z_v, f.val.labels, f.val.mask, f.val.pos_weight);
   return torch::autograd::grad({lv}, {v, c});
@@ -303,6 +320,28 @@ TEST(MalStepTest, FiniteDifferenceIsCloseToExact) {
   o.fd_epsilon = 1e-4;
   const auto fd = step.MetaGradient(f.batch, f.val, kAlpha, o);
   EXPECT_GT(Cosine(exact, fd), 0.9999);
+}
+
+TEST(MalStepTest, LookaheadEqualsFunctionalFirstOrderComputation) {
+  Fixture f = Make("mlp", /*random_meta=*/true, 7);
+  const auto one_step = FunctionalMetaGradient(f, /*heads_only=*/false);
+  const auto functional = FunctionalMetaGradient(f, /*heads_only=*/false, /*lookahead_steps=*/3);
+  MalStep step(f.model, f.shadow, f.meta);
+  StepOptions o;
+  o.lookahead_steps = 3;
+  const auto shadow = step.MetaGradient(f.batch, f.val, kAlpha, o);
+  for (size_t p = 0; p < 2; ++p) {
+    EXPECT_TRUE(torch::allclose(shadow[p], functional[p], 1e-10, 1e-14)) << p;
+    // Three steps ahead is not one step ahead (the option is not ignored).
+    EXPECT_FALSE(torch::allclose(functional[p], one_step[p], 1e-3, 0)) << p;
+  }
+  o.mode = MetaMode::kFiniteDifference;
+  o.fd_epsilon = 1e-4;
+  EXPECT_GT(Cosine(shadow, step.MetaGradient(f.batch, f.val, kAlpha, o)), 0.9999);
+  // The model's parameters are untouched: the lookahead happens in the shadow.
+  o.mode = MetaMode::kExact;
+  EXPECT_TRUE(torch::allclose(step.MetaGradient(f.batch, f.val, kAlpha, o)[0], shadow[0], 1e-12,
+                              1e-14));
 }
 
 TEST(MalStepTest, ZeroInitGivesHalfWeightsAndZeroBiasGradient) {
