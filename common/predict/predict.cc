@@ -63,7 +63,7 @@ class Batcher {
     }
     const int64_t size = static_cast<int64_t>(input.ByteSizeLong());
     if (request_.images_size() > 0 &&
-        (request_.images_size() >= o_.batch || bytes_ + size > o_.max_request_bytes)) {
+        (request_.images_size() >= batch_ || bytes_ + size > o_.max_request_bytes)) {
       RETURN_IF_ERROR(Flush());
     }
     input.set_id(frame > 0 ? absl::StrCat(name, "#", frame) : name);
@@ -75,7 +75,7 @@ class Batcher {
 
   absl::Status Flush() {
     if (request_.images_size() == 0) return absl::OkStatus();
-    ASSIGN_OR_RETURN(v1::DetectActionUnitsResponse response, backend_(request_));
+    ASSIGN_OR_RETURN(v1::DetectActionUnitsResponse response, Send(request_));
     if (summary_.aus.empty()) {
       summary_.aus.assign(response.aus().begin(), response.aus().end());
       summary_.present.assign(summary_.aus.size(), 0);
@@ -133,6 +133,36 @@ class Batcher {
     return absl::OkStatus();
   }
 
+  // The backend's answer to `request`. A request of several images refused with
+  // ResourceExhausted (more images than mal-serve's --max-images, or the model out of memory) is
+  // sent again in requests of half its size (recursively, if those are refused too), and so are the
+  // requests after it: a --batch above the server's limit costs one refused request, not the run.
+  absl::StatusOr<v1::DetectActionUnitsResponse> Send(const v1::DetectActionUnitsRequest& request) {
+    absl::StatusOr<v1::DetectActionUnitsResponse> response = backend_(request);
+    const int n = request.images_size();
+    if (response.ok() || !absl::IsResourceExhausted(response.status()) || n < 2) return response;
+    if (n / 2 < batch_) {
+      batch_ = n / 2;
+      log_ << "predict: " << response.status().message() << "; sending at most " << batch_
+           << " images per request\n";
+    }
+    v1::DetectActionUnitsResponse answer;
+    for (int start = 0; start < n;) {
+      v1::DetectActionUnitsRequest part = request;
+      part.clear_images();
+      const int end = std::min(n, start + std::min(batch_, n / 2));
+      for (int i = start; i < end; ++i) *part.add_images() = request.images(i);
+      ASSIGN_OR_RETURN(v1::DetectActionUnitsResponse some, Send(part));
+      if (start == 0) {
+        answer = std::move(some);
+      } else {
+        for (v1::ImageResult& r : *some.mutable_results()) *answer.add_results() = std::move(r);
+      }
+      start = end;
+    }
+    return answer;
+  }
+
   // Video and camera frames: face_id becomes the face's track id within its input (frames arrive
   // here in order), as in the streaming RPC.
   void TrackFaces(const std::string& input, v1::ImageResult& r) {
@@ -168,6 +198,7 @@ class Batcher {
   v1::DetectActionUnitsRequest request_;
   std::vector<Where> where_;
   int64_t bytes_ = 0;
+  int batch_ = std::max(o_.batch, 1);  // images per request; halved when the server refuses more
   PredictSummary summary_;
   image::FaceTracker tracker_;
   std::string tracked_input_;

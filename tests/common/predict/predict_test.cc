@@ -7,6 +7,7 @@
 #include <opencv2/videoio.hpp>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/predict/predict_command.h"
 #include "common/util/files.h"
@@ -23,12 +24,17 @@ namespace fs = std::filesystem;
 struct FakeBackend {
   std::vector<v1::DetectActionUnitsRequest> requests;
   absl::Status fail;
+  int max_images = 0;  // > 0: more images in a request are refused, as mal-serve's --max-images
 
   Backend AsBackend() {
     return [this](const v1::DetectActionUnitsRequest& r)
                -> absl::StatusOr<v1::DetectActionUnitsResponse> {
       requests.push_back(r);
       if (!fail.ok()) return fail;
+      if (max_images > 0 && r.images_size() > max_images) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(r.images_size(), " images in one request: at most ", max_images));
+      }
       v1::DetectActionUnitsResponse out;
       out.add_aus(1);
       out.add_aus(2);
@@ -95,6 +101,44 @@ TEST(PredictTest, ImagesAndDirectoriesInBatchesToOpenFaceStyleCsv) {
   EXPECT_EQ(summary->present, (std::vector<int64_t>{3, 0}));
   EXPECT_NEAR(summary->mean_probability[0], 0.8, 1e-6);
   EXPECT_THAT(FormatSummary(*summary), HasSubstr("AU01    100.0%"));
+}
+
+// A --batch above the server's --max-images: the refused request goes again in halves, and the
+// requests after it are no larger; every image answered once, in order.
+TEST(PredictTest, ABatchOverTheServersLimitIsSentInHalves) {
+  testing::TempDir dir;
+  std::vector<std::string> inputs;
+  for (int i = 0; i < 7; ++i) {
+    testing::WriteImage(dir / absl::StrCat("f", i, ".jpg"));
+    inputs.push_back(dir / absl::StrCat("f", i, ".jpg"));
+  }
+  FakeBackend backend;
+  backend.max_images = 2;
+  PredictOptions o;
+  o.model = "m";
+  o.batch = 5;
+  o.inputs = inputs;
+  std::ostringstream out, log;
+  auto summary = RunPredict(o, backend.AsBackend(), out, log);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  std::vector<int> sizes;
+  for (const auto& r : backend.requests) sizes.push_back(r.images_size());
+  // 5 refused, then 2, 2 and 1; the last two images in a request of 2.
+  EXPECT_EQ(sizes, (std::vector<int>{5, 2, 2, 1, 2}));
+  const std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 8u);
+  for (int i = 0; i < 7; ++i)
+    EXPECT_THAT(lines[i + 1], HasSubstr(absl::StrCat("f", i, ".jpg,1,0")));
+  EXPECT_EQ(summary->faces, 7);
+  EXPECT_THAT(
+      log.str(),
+      HasSubstr("5 images in one request: at most 2; sending at most 2 images per request"));
+  // Other errors are not retried.
+  FakeBackend down;
+  down.fail = absl::UnavailableError("mal-serve at x: connection refused");
+  EXPECT_EQ(RunPredict(o, down.AsBackend(), out, log).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(down.requests.size(), 1u);
 }
 
 // malctl: an image larger than one gRPC message may carry is not sent (it failed the whole run);
