@@ -138,6 +138,10 @@ class Coordinator {
   void Tick();
 
  private:
+  // Tick's pause rule, also applied by Register before it judges whether a name's daemon is live:
+  // a gap since the last call longer than half a lease (or four tick periods) extends every live
+  // worker's lease by the gap less one period. Records `now` (ms) as the last call.
+  void ExtendLeasesAfterAbsence(int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Coordinator(StateStore* store, EventHub* hub, ArtifactStore* artifacts, Clock* clock,
               CoordinatorOptions options)
       : store_(store),

@@ -110,6 +110,9 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   if (request.name().empty()) return absl::InvalidArgumentError("register: name is empty");
   if (request.slots() < 1) return absl::InvalidArgumentError("register: slots must be >= 1");
   absl::MutexLock lock(&mu_);
+  // A Register served before the first Tick after a pause would see every lease lapsed, and let a
+  // second daemon take a live daemon's name: the pause is caught up with first, as Tick does.
+  ExtendLeasesAfterAbsence(clock_->NowMs());
   auto live = workers_.find(request.name());
   if (live != workers_.end() && live->second.registered && live->second.alive &&
       !live->second.info.instance().empty() && live->second.info.instance() != request.instance() &&
@@ -304,22 +307,25 @@ int64_t TickPeriodMs(const CoordinatorOptions& options) {
   return std::max<int64_t>(50, options.heartbeat_ms / 2);
 }
 
-void Coordinator::Tick() {
-  absl::MutexLock lock(&mu_);
-  const int64_t now = clock_->NowMs();
+void Coordinator::ExtendLeasesAfterAbsence(int64_t now) {
   const int64_t period = TickPeriodMs(options_);
   const int64_t gap = now - last_tick_ms_;
   last_tick_ms_ = now;
-  if (gap > std::max(options_.lease_ms / 2, 4 * period)) {
-    // The coordinator was away, not the workers: their calls during the gap went unanswered.
-    const int64_t away = gap - period;
-    LOG(WARNING) << "coordinator did not run for " << gap
-                 << " ms (stopped, suspended or slow to start?): extending every lease by " << away
-                 << " ms";
-    for (auto& [name, w] : workers_) {
-      if (w.alive) w.last_ms = std::min(now, w.last_ms + away);
-    }
+  if (gap <= std::max(options_.lease_ms / 2, 4 * period)) return;
+  // The coordinator was away, not the workers: their calls during the gap went unanswered.
+  const int64_t away = gap - period;
+  LOG(WARNING) << "coordinator did not run for " << gap
+               << " ms (stopped, suspended or slow to start?): extending every lease by " << away
+               << " ms";
+  for (auto& [name, w] : workers_) {
+    if (w.alive) w.last_ms = std::min(now, w.last_ms + away);
   }
+}
+
+void Coordinator::Tick() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->NowMs();
+  ExtendLeasesAfterAbsence(now);
   // Forget workers silent for an hour (their runs were re-queued long ago).
   for (auto it = workers_.begin(); it != workers_.end();) {
     it = !it->second.alive && now - it->second.last_ms > 3600 * 1000 ? workers_.erase(it)

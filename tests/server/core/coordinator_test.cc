@@ -562,6 +562,23 @@ TEST_F(CoordinatorTest, ASecondDaemonUnderALiveNameIsRefused) {
   EXPECT_TRUE(core_->Register(other).ok());
 }
 
+// A coordinator paused for longer than a lease, whose first call afterwards is a Register (before
+// any Tick), does not hand a live daemon's name to another: the pause is not the daemon's silence.
+TEST_F(CoordinatorTest, ARegisterRightAfterAPauseStillSeesTheLiveDaemon) {
+  Register("w1", 1);
+  Elapse(2000);
+  clock_.now += 60000;  // stopped for 60 s, no Tick yet
+  v1::RegisterRequest other;
+  other.set_name("w1");
+  other.set_slots(1);
+  other.set_instance("another process");
+  EXPECT_EQ(core_->Register(other).status().code(), absl::StatusCode::kAlreadyExists);
+  core_->Tick();  // the pause is not counted twice
+  EXPECT_FALSE(Beat("w1", 1).reregister());
+  Elapse(10001);
+  EXPECT_TRUE(core_->Register(other).ok());
+}
+
 TEST_F(CoordinatorTest, ARunHandedBackAtShutdownKeepsItsAttempt) {
   const std::string id = Submit(Spec("cv: {only: [1]}\n"));
   Register("w1", 1);
