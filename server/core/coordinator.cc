@@ -97,7 +97,7 @@ absl::StatusOr<FoldRun*> Coordinator::HeldRun(int64_t run_id, int64_t epoch, Exp
   return run;
 }
 
-void Coordinator::Emit(Experiment& e, const FoldRun* run, v1::Event event) {
+EventHub::Outgoing Coordinator::Stamp(const FoldRun* run, v1::Event event) {
   if (run != nullptr) {
     event.set_run_id(run->id);
     event.set_trial(run->trial);
@@ -108,12 +108,18 @@ void Coordinator::Emit(Experiment& e, const FoldRun* run, v1::Event event) {
   }
   event.set_time_ms(clock_->NowMs());
   const std::string kind = EventKind(event);
-  auto seq = hub_->Publish(e.row.id, kind, event.SerializeAsString(), kind == "weights");
-  if (!seq.ok())
-    LOG(ERROR) << e.row.id << ": could not append a " << kind << " event: " << seq.status();
+  return EventHub::Outgoing{kind, event.SerializeAsString(), kind == "weights"};
 }
 
-void Coordinator::EmitRunState(Experiment& e, const FoldRun& run) {
+void Coordinator::Emit(Experiment& e, const FoldRun* run, v1::Event event) {
+  EventHub::Outgoing out = Stamp(run, std::move(event));
+  auto seq = hub_->Publish(e.row.id, out.kind, out.payload, out.coalescable);
+  if (!seq.ok())
+    LOG(ERROR) << e.row.id << ": could not append a " << out.kind << " event: " << seq.status();
+}
+
+namespace {
+v1::Event RunStateEvent(const FoldRun& run) {
   v1::Event ev;
   v1::StateChange* s = ev.mutable_state();
   s->set_scope("run");
@@ -121,7 +127,12 @@ void Coordinator::EmitRunState(Experiment& e, const FoldRun& run) {
   s->set_message(run.message);
   s->set_attempt(run.attempt);
   s->set_worker(run.worker);
-  Emit(e, &run, std::move(ev));
+  return ev;
+}
+}  // namespace
+
+void Coordinator::EmitRunState(Experiment& e, const FoldRun& run) {
+  Emit(e, &run, RunStateEvent(run));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -288,13 +299,6 @@ bool Coordinator::KnownRequestId(const std::string& request_id) {
 
 namespace {
 
-// N of "exp-N" (ids are issued in that order and never reused); 0 for anything else.
-int64_t ExperimentNumber(absl::string_view id) {
-  int64_t n = 0;
-  if (!absl::ConsumePrefix(&id, "exp-") || !absl::SimpleAtoi(id, &n) || n <= 0) return 0;
-  return n;
-}
-
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 constexpr size_t kMaxPageBytes = 4 << 20;
@@ -380,13 +384,24 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
   if (e->row.state != v1::EXPERIMENT_RUNNING) return Info(*e, true);
-  RETURN_IF_ERROR(CancelRuns(*e, /*trial=*/-1, kCancelledByUser));
+  // One transaction for every run and trial (a search may have thousands: one commit each held
+  // the coordinator for minutes, and a crash midway left part of it cancelled), one for the events.
+  std::vector<FoldRun> cancelled;
+  RETURN_IF_ERROR(store_->CancelExperiment(experiment_id, kCancelledByUser,
+                                           TrialStateName(TrialState::kCancelled), &cancelled));
+  std::vector<EventHub::Outgoing> events;
+  for (FoldRun& r : cancelled) {
+    events.push_back(Stamp(&r, RunStateEvent(r)));
+    e->runs[r.id] = std::move(r);
+  }
   for (Trial& t : e->trials) {
     if (t.state != TrialState::kOpen) continue;
     t.state = TrialState::kCancelled;
     t.message = kCancelledByUser;
-    RETURN_IF_ERROR(
-        store_->SetTrialState(experiment_id, t.trial, TrialStateName(t.state), t.message));
+  }
+  if (auto seq = hub_->PublishBatch(experiment_id, events); !seq.ok()) {
+    LOG(ERROR) << experiment_id
+               << ": could not append the cancelled runs' events: " << seq.status();
   }
   FinishExperiment(*e);
   return Info(*e, true);

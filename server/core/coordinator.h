@@ -166,6 +166,8 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ExperimentInfo Info(const Experiment& e, bool with_runs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Publishes one experiment-level or run-level event.
+  // `event` with the run's ids (or trial -1) and the time, as the hub takes it.
+  EventHub::Outgoing Stamp(const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Emit(Experiment& e, const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EmitRunState(Experiment& e, const FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

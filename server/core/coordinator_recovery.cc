@@ -118,11 +118,11 @@ absl::Status Coordinator::Recover(Experiment& e) {
     RETURN_IF_ERROR(store_->SetTrialState(e.row.id, t.trial, TrialStateName(t.state), t.message));
   }
   if (end_published) {
-    // The End event went out; only the state write was lost.
-    bool any_succeeded = false;
-    for (const Trial& t : e.trials)
-      any_succeeded = any_succeeded || t.state == TrialState::kSucceeded;
-    e.row.state = any_succeeded ? v1::EXPERIMENT_SUCCEEDED : v1::EXPERIMENT_FAILED;
+    // The End event went out; only the state write was lost. The same decision as then (a
+    // cancelled experiment stays CANCELLED, a failed final fit FAILED).
+    const Outcome outcome = DecideOutcome(e);
+    e.row.state = outcome.state;
+    e.row.message = outcome.message;
     return store_->SetExperimentState(e.row.id, e.row.state, e.row.message);
   }
   for (Trial& t : e.trials) Settle(e, t.trial);

@@ -1,6 +1,9 @@
 #include "server/core/experiment.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 
 namespace mal::server {
 
@@ -88,6 +91,12 @@ const FoldRun* Experiment::FinalRun() const {
     if (r.fold == 0) return &r;
   }
   return nullptr;
+}
+
+int64_t ExperimentNumber(absl::string_view id) {
+  int64_t n = 0;
+  if (!absl::ConsumePrefix(&id, "exp-") || !absl::SimpleAtoi(id, &n) || n <= 0) return 0;
+  return n;
 }
 
 }  // namespace mal::server

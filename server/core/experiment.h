@@ -59,6 +59,10 @@ struct Experiment {
   const FoldRun* FinalRun() const;
 };
 
+// N of "exp-N" (ids are issued in that order and never reused, so N orders experiments by age);
+// 0 for anything else.
+int64_t ExperimentNumber(absl::string_view id);
+
 struct Worker {
   v1::RegisterRequest info;
   int64_t last_ms = 0;     // clock time of its last call (ms)

@@ -115,7 +115,8 @@ Outcome DecideOutcome(const Experiment& e) {
     cancelled = cancelled || t.state == TrialState::kCancelled;
   }
   const FoldRun* final_run = e.FinalRun();
-  if (cancelled) {
+  // Cancelled during the final fit: every trial had settled, only the final run was cancelled.
+  if (cancelled || (final_run != nullptr && final_run->state == RunState::kCancelled)) {
     out.state = v1::EXPERIMENT_CANCELLED;
     out.message = kCancelledByUser;
   } else if (final_run != nullptr && final_run->state != RunState::kSucceeded) {

@@ -50,7 +50,9 @@ std::optional<RunChoice> PickNextRun(const std::map<std::string, Experiment>& ex
     int held = 0;
     for (const auto& [rid, r] : e.runs) held += IsHeld(r.state);
     const double load = held / PriorityWeight(e.row.priority);
-    if (!chosen || load < chosen_load) {
+    // Ties to the oldest: by N of exp-N (the map's text order put exp-10 before exp-2).
+    if (!chosen || load < chosen_load ||
+        (load == chosen_load && ExperimentNumber(id) < ExperimentNumber(chosen->experiment_id))) {
       chosen = RunChoice{id, candidate};
       chosen_load = load;
     }

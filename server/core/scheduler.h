@@ -20,7 +20,7 @@ struct RunChoice {
 
 // Weighted fair share across RUNNING experiments: the one with the fewest held (ASSIGNED or
 // RUNNING) runs per unit of weight goes first, weight 1 + priority for priority >= 0 and
-// 1 / (1 - priority) below (ties: the smallest experiment id). Within an experiment: a PENDING run
+// 1 / (1 - priority) below (ties: the oldest, by N of exp-N). Within an experiment: a PENDING run
 // of an open trial, runs of trials already under way first (a trial counts as under way once any
 // of its runs left PENDING or was retried), at most search.concurrent trials under way (at least
 // 1), then by run id; the final fit (fold 0) may always start. nullopt when nothing may start.

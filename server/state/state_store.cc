@@ -659,6 +659,38 @@ absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, Fold
   return absl::OkStatus();
 }
 
+absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
+                                          const std::string& message,
+                                          const std::string& trial_state,
+                                          std::vector<FoldRun>* updated) {
+  absl::MutexLock lock(&mu_);
+  std::vector<FoldRun> cancelled;
+  RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+    Statement runs(
+        db_,
+        absl::StrCat("SELECT ", kRunColumns, " FROM fold_runs WHERE experiment_id = ?").c_str());
+    runs.Bind(1, experiment_id);
+    int rc;
+    while ((rc = runs.Step()) == SQLITE_ROW) {
+      FoldRun r = ReadRun(runs);
+      if (IsFinished(r.state)) continue;
+      r.state = RunState::kCancelled;
+      r.message = message;
+      ++r.lease_epoch;  // whoever ran it can no longer report
+      cancelled.push_back(std::move(r));
+    }
+    if (rc != SQLITE_DONE) return SqlError(db_, "listing runs to cancel");
+    for (const FoldRun& r : cancelled) RETURN_IF_ERROR(SetRun(r));
+    Statement trials(
+        db_, "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND state = ''");
+    trials.Bind(1, trial_state).Bind(2, message).Bind(3, experiment_id);
+    if (trials.Step() != SQLITE_DONE) return SqlError(db_, "cancelling trials");
+    return absl::OkStatus();
+  }));
+  if (updated != nullptr) *updated = std::move(cancelled);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts,
                                               const std::string& reason, FoldRun* updated) {
   absl::MutexLock lock(&mu_);

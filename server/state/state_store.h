@@ -168,6 +168,13 @@ class StateStore {
   absl::Status SetHasCheckpoint(int64_t run_id, int64_t epoch);
   // Cancels a run that has not finished, whoever holds it (a finished run stays as it is).
   absl::Status Cancel(int64_t run_id, const std::string& message, FoldRun* updated = nullptr);
+  // Cancels every run of the experiment that has not finished (as Cancel) and sets every open
+  // trial (state "") to `trial_state`, all in one transaction: a crash leaves all of it or none,
+  // and a search of thousands of trials costs one commit. The cancelled runs' rows as they now are
+  // go to `updated` when given.
+  absl::Status CancelExperiment(const std::string& experiment_id, const std::string& message,
+                                const std::string& trial_state,
+                                std::vector<FoldRun>* updated = nullptr);
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
   // attempt while attempts < max_restarts, else FAILED. Old epochs stay fenced off.
   // `reason` says why (default: the holder's lease lapsed).

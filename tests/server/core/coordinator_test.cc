@@ -453,6 +453,37 @@ TEST_F(CoordinatorTest, CancelStopsRunsAndTellsTheirWorkers) {
   EXPECT_TRUE(core_->Cancel(id).ok());  // again: no change
 }
 
+// Cancelled while only the final fit runs (every trial settled): CANCELLED, not "final fit
+// failed"; and a search's trials all cancelled with its runs.
+TEST_F(CoordinatorTest, CancelDuringTheFinalFitCancelsTheExperiment) {
+  const std::string id = Submit(Spec("final_fit: true\ncv: {only: [1]}\n"));
+  Register("w1", 1);
+  ASSERT_TRUE(Complete(Beat("w1", 1).assignments(0), 0.5).ok());
+  ASSERT_EQ(Beat("w1", 1).assignments(0).fold(), 0);
+  auto info = core_->Cancel(id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_EQ(Events(id).back().end().state(), v1::EXPERIMENT_CANCELLED);
+
+  const std::string search = Submit(
+      Spec("cv: {only: [1, 2]}\nsearch: {algorithm: grid, space: {train.lr: {choice: ['0.1', "
+           "'0.01', '0.001']}}}\n"));
+  info = core_->Cancel(search);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state(), v1::EXPERIMENT_CANCELLED);
+  ASSERT_EQ(info->runs_size(), 6);
+  for (const auto& r : info->runs()) EXPECT_EQ(r.state(), v1::RUN_CANCELLED);
+  int run_events = 0;
+  for (const v1::Event& ev : Events(search)) {
+    run_events +=
+        ev.has_state() && ev.state().scope() == "run" && ev.state().state() == "CANCELLED";
+  }
+  EXPECT_EQ(run_events, 6);
+  auto results = core_->Results(search);
+  ASSERT_TRUE(results.ok());
+  for (const auto& t : results->trials()) EXPECT_EQ(t.state(), "CANCELLED");
+}
+
 TEST_F(CoordinatorTest, ConcurrentTrialsAreLimited) {
   const std::string id =
       Submit(Spec("cv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 1, space: {train.lr: "

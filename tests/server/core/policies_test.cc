@@ -60,6 +60,16 @@ TEST(SchedulerTest, StartedTrialsFirstAndAtMostConcurrentTrialsUnderWay) {
   EXPECT_EQ(PickNextRun(view)->run_id, 3);
 }
 
+// Equal shares go to the oldest experiment: exp-2 before exp-10, although "exp-10" < "exp-2".
+TEST(SchedulerTest, TiesGoToTheOldestExperimentByNumberNotByText) {
+  std::map<std::string, Experiment> view{{"exp-10", MakeExperiment("exp-10", 1, 1)},
+                                         {"exp-2", MakeExperiment("exp-2", 1, 1)},
+                                         {"exp-3", MakeExperiment("exp-3", 1, 1)}};
+  EXPECT_EQ(PickNextRun(view)->experiment_id, "exp-2");
+  view["exp-2"].row.state = v1::EXPERIMENT_SUCCEEDED;
+  EXPECT_EQ(PickNextRun(view)->experiment_id, "exp-3");
+}
+
 TEST(SchedulerTest, FairShareByPriorityAndTheFinalFitAlwaysMayStart) {
   std::map<std::string, Experiment> view{{"a", MakeExperiment("a", 1, 3)},
                                          {"b", MakeExperiment("b", 1, 3, 2)}};

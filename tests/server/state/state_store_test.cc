@@ -108,6 +108,33 @@ TEST(StateStoreTest, CancelFencesWhoeverHoldsTheRun) {
   EXPECT_TRUE(store->Cancel(run, "again").ok());
 }
 
+// One transaction for a whole experiment: unfinished runs cancelled and fenced, finished ones and
+// other experiments left alone, open trials cancelled, settled ones kept.
+TEST(StateStoreTest, CancelExperimentCancelsEveryUnfinishedRunAndOpenTrialAtOnce) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  const std::string id = *store->CreateExperiment("", "x", "s", /*trials=*/3, /*folds=*/2);
+  const std::string other = *store->CreateExperiment("", "y", "s", 1, 1);
+  std::vector<FoldRun> runs = *store->Runs(id);
+  ASSERT_EQ(runs.size(), 6u);
+  const int64_t epoch = *store->Assign(runs[0].id, "w");
+  ASSERT_TRUE(store->Complete(runs[1].id, *store->Assign(runs[1].id, "w"), "r").ok());
+  ASSERT_TRUE(store->SetTrialState(id, 2, "FAILED", "by hand").ok());
+  std::vector<FoldRun> cancelled;
+  ASSERT_TRUE(store->CancelExperiment(id, "cancelled by the user", "CANCELLED", &cancelled).ok());
+  EXPECT_EQ(cancelled.size(), 5u);  // all but the one that succeeded
+  for (const FoldRun& r : *store->Runs(id)) {
+    EXPECT_EQ(r.state, r.id == runs[1].id ? RunState::kSucceeded : RunState::kCancelled) << r.id;
+  }
+  EXPECT_FALSE(store->Transition(runs[0].id, epoch, RunState::kRunning, "").ok());  // fenced
+  const std::vector<TrialRow> trials = *store->Trials(id);
+  EXPECT_EQ(trials[0].state, "CANCELLED");
+  EXPECT_EQ(trials[0].message, "cancelled by the user");
+  EXPECT_EQ(trials[2].state, "FAILED");
+  EXPECT_EQ((*store->Runs(other))[0].state, RunState::kPending);
+  EXPECT_EQ((*store->Trials(other))[0].state, "");
+}
+
 TEST(StateStoreTest, EventsArePerExperimentContiguousAndReadFromASeq) {
   testing::TempDir dir;
   auto store = *StateStore::Open(dir / "state.db");
