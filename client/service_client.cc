@@ -10,6 +10,12 @@
 
 namespace mal::cli {
 
+const std::vector<std::string>& EventKinds() {
+  static const std::vector<std::string> kinds = {"state",   "point",       "weights",      "epoch",
+                                                 "restart", "fold_result", "trial_result", "end"};
+  return kinds;
+}
+
 void AddServiceOptions(CLI::App& command, ServiceOptions* o, const char* address_env, bool output) {
   command.add_option("--address", o->address, "the server, HOST:PORT")->envname(address_env);
   if (output) {

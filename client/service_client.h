@@ -20,6 +20,10 @@ class App;
 
 namespace mal::cli {
 
+// The event kinds a watch can ask for (docs/service.md), for --kinds: state, point, weights,
+// epoch, restart, fold_result, trial_result, end.
+const std::vector<std::string>& EventKinds();
+
 // malctl's exit codes (docs/service.md): 0 success; 1 failed, or the followed or awaited experiment
 // failed or was cancelled; 2 usage or invalid spec; 3 interrupted (SIGINT, SIGTERM); 4 server
 // unreachable or the call unauthenticated; 5 (wait) still running at --timeout.

@@ -1,5 +1,6 @@
 #include "client/service_commands.h"
 
+#include <google/protobuf/stubs/common.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -64,7 +65,16 @@ int Submit(const SubmitOptions& o) {
   // Relative dataset and model paths mean "from where malctl runs": absolute before the spec
   // leaves this machine.
   ResolveSpecPaths(*spec, fs::current_path().string());
-  if (o.priority) spec->set_priority(*o.priority);
+  if (o.priority) {
+    spec->set_priority(*o.priority);
+    if (absl::Status s = ValidateSpec(*spec); !s.ok()) {
+      return Fail(kUsage, absl::StrCat("--priority: ", s.message()));
+    }
+  }
+  if (!google::protobuf::internal::IsStructurallyValidUTF8(o.request_id.data(),
+                                                           static_cast<int>(o.request_id.size()))) {
+    return Fail(kUsage, "--request-id: not valid UTF-8");
+  }
   v1::SubmitExperimentRequest req;
   *req.mutable_spec() = *spec;
   // One id for every retry of this submission, so a lost answer never creates two experiments.
@@ -268,7 +278,8 @@ void AddServiceCommands(CLI::App& app, int* exit_code) {
   cmd->add_flag("--plain", submit->plain, "with --follow: one line per event even on a terminal");
   cmd->add_option("--kinds", submit->kinds,
                   "with --follow: only these event kinds (see watch --help)")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(CLI::IsMember(EventKinds()));
   cmd->add_option("--request-id", submit->request_id,
                   "idempotency key: resubmitting with it returns the same experiment");
   cmd->add_option("--priority", submit->priority,

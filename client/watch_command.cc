@@ -209,7 +209,8 @@ void AddWatchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option(
          "--kinds", o->kinds,
          "only these kinds: state,point,weights,epoch,restart,fold_result,trial_result,end")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(CLI::IsMember(EventKinds()));
   cmd->add_flag("--plain", o->plain,
                 "one line per event even on a terminal (the default when stdout is not one)");
   AddServiceOptions(*cmd, &o->service);

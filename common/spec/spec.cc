@@ -7,6 +7,7 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/reflection.h>
+#include <google/protobuf/stubs/common.h>
 #include <google/protobuf/util/json_util.h>
 #include <yaml-cpp/yaml.h>
 
@@ -244,6 +245,14 @@ absl::Status ValidateDataset(const v1::DatasetSpec& d, const std::string& path, 
 absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& key,
                             const v1::ParamDomain& d, const std::string& algorithm) {
   const std::string path = absl::StrCat("search.space.", key);
+  // What differs between trials is how a model is trained; the data, the folds, the search and the
+  // experiment's own fields are one for all its trials (each trial's seed comes from the
+  // experiment's: a searched seed was overwritten, and a searched final_fit never ran).
+  MAL_CHECK_FIELD(key == "method" || absl::StartsWith(key, "model.") ||
+                      absl::StartsWith(key, "train.") || absl::StartsWith(key, "mal."),
+                  path,
+                  "not searchable: the same for every trial of an experiment (search method, "
+                  "model.*, train.* or mal.*; repeat the experiment for other seeds or data)");
   auto field = ResolveFieldPath(spec, key);
   if (!field.ok()) return FieldError(path, field.status().message());
   const pb::FieldDescriptor* f = *field;
@@ -352,7 +361,14 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
                                                  const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
-    root = YAML::Load(std::string(yaml));
+    // yaml-cpp's Load reads the first document and ignores the rest: a spec is exactly one.
+    std::vector<YAML::Node> documents = YAML::LoadAll(std::string(yaml));
+    if (documents.size() > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ":", documents[1].Mark().line + 1,
+                       ": a second YAML document (after '---'): a spec file holds one experiment"));
+    }
+    if (!documents.empty()) root = documents[0];
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
@@ -373,7 +389,10 @@ absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path) {
 
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path,
                                                 const std::vector<std::string>& overrides) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  // Far above any real spec (the parsed spec may have 1 MiB); /dev/zero or a huge file is refused
+  // before it is read into memory.
+  constexpr int64_t kMaxSpecFileBytes = 16 << 20;
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path, kMaxSpecFileBytes));
   v1::ExperimentSpec spec;
   if (!overrides.empty() && absl::EndsWith(path, kSpecProtoSuffix)) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": --set applies to YAML specs only"));
@@ -531,6 +550,11 @@ absl::Status CheckEveryField(const pb::Message& m, const std::string& prefix) {
             MAL_CHECK_FIELD(static_cast<unsigned char>(c) >= 0x20 && c != 0x7f, at,
                             "contains a control character (NUL, newline, tab ...)");
           }
+          // Protobuf's own check: a string field that is not UTF-8 cannot be sent (it failed
+          // later as a bare serialisation error).
+          MAL_CHECK_FIELD(
+              pb::internal::IsStructurallyValidUTF8(v.data(), static_cast<int>(v.size())), at,
+              "is not valid UTF-8 (save the file as UTF-8)");
           break;
         }
         case pb::FieldDescriptor::CPPTYPE_MESSAGE: {
@@ -573,6 +597,10 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
     MAL_CHECK_FIELD(absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.', "name",
                     "use letters, digits, '-', '_' and '.' only");
   }
+  // It names the registered model (NAME:VERSION), whose references refuse a leading '.' (and a
+  // name like '..' would be a path outside the registry's directories).
+  MAL_CHECK_FIELD(spec.name()[0] != '.', "name",
+                  absl::StrCat("'", spec.name(), "' cannot start with '.'"));
   MAL_CHECK_FIELD(spec.has_data() && spec.data().has_au(), "data.au", "required");
   RETURN_IF_ERROR(ValidateDataset(spec.data().au(), "data.au", /*au=*/true));
   if (spec.method() != v1::STL) {

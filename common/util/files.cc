@@ -30,6 +30,29 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+absl::StatusOr<std::string> ReadFile(const std::string& path, int64_t max_bytes) {
+  std::error_code ec;
+  const auto too_large = [&] {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": larger than ", max_bytes, " bytes, the most this file may have"));
+  };
+  if (std::filesystem::is_regular_file(path, ec)) {
+    const auto size = std::filesystem::file_size(path, ec);
+    if (!ec && size > static_cast<uintmax_t>(max_bytes)) return too_large();
+  }
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": is a directory, not a file"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ReadFile(path);  // its errors (no such file, permission)
+  std::string out(static_cast<size_t>(max_bytes) + 1, '\0');
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
+  if (in.gcount() > max_bytes) return too_large();
+  out.resize(static_cast<size_t>(in.gcount()));
+  return out;
+}
+
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view contents) {
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -229,6 +229,14 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "search: {space: {train.nope: {choice: [1]}}}\n"),
               HasSubstr("search.space.train.nope"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
+  EXPECT_EQ(ErrorOf(base + "search: {space: {method: {choice: [mtl, mal]}}}\n"), "OK");
+  // One for every trial: a searched seed was overwritten by the trial's, final_fit never ran.
+  for (const char* key :
+       {"seed", "final_fit", "priority", "name", "data.au.root", "cv.folds", "search.trials"}) {
+    EXPECT_THAT(ErrorOf(base + "search: {space: {" + key + ": {choice: ['1']}}}\n"),
+                HasSubstr(absl::StrCat("search.space.", key, ": not searchable")))
+        << key;
+  }
   EXPECT_THAT(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, bogus]}}}\n"),
               HasSubstr("search.space.mal.mode.choice[1]: mal.mode: 'bogus' is not one of"));
   EXPECT_THAT(ErrorOf(base + "search: {space: {train.momentum: {uniform: [0.5, 1.5]}}}\n"),
@@ -265,6 +273,17 @@ TEST(SpecTest, YamlSyntaxErrorNamesLine) {
   auto spec = ParseSpecYaml("name: x\ndata: {au: [\n", "bad.yaml");
   ASSERT_FALSE(spec.ok());
   EXPECT_THAT(std::string(spec.status().message()), HasSubstr("bad.yaml:"));
+}
+
+// yaml-cpp's Load ignored everything after a '---': a second document is an error naming its line.
+TEST(SpecTest, ASecondYamlDocumentIsAnError) {
+  auto spec = ParseSpecYaml("name: x\n---\nname: other\n", "two.yaml");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()),
+              HasSubstr("two.yaml:3: a second YAML document (after '---')"));
+  auto leading = ParseSpecYaml("---\nname: x\n", "one.yaml");
+  ASSERT_TRUE(leading.ok()) << leading.status();
+  EXPECT_EQ(leading->name(), "x");
 }
 
 TEST(SpecTest, LoadSpecFileNamesFile) {
@@ -424,6 +443,10 @@ TEST(SpecTest, ProtoAndYamlPathsRefuseTheSameValues) {
        },
        "data.au.root"},
       {"", [](v1::ExperimentSpec& s) { s.set_name(std::string(200, 'n')); }, "name"},
+      {"name=..", [](v1::ExperimentSpec& s) { s.set_name(".."); }, "name"},
+      {"data.au.root=\"/d\xff\"",
+       [](v1::ExperimentSpec& s) { s.mutable_data()->mutable_au()->set_root("/d\xff"); },
+       "data.au.root"},
       {"mal.val_batch=0", [](v1::ExperimentSpec& s) { s.mutable_mal()->set_val_batch(0); },
        "mal.val_batch"},
   };

@@ -35,6 +35,22 @@ TEST(ReadFileTest, ADirectoryIsNotAnEmptyFile) {
   EXPECT_EQ(ReadFile(dir / "missing").status().code(), absl::StatusCode::kNotFound);
 }
 
+// A limit refuses a large regular file by its size and an endless device after max + 1 bytes.
+TEST(ReadFileTest, AMaximumSizeRefusesLargeFilesAndEndlessDevicesWithoutReadingThemWhole) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "spec.yaml", "name: x\n");
+  EXPECT_EQ(*ReadFile(dir / "spec.yaml", 8), "name: x\n");
+  auto large = ReadFile(dir / "spec.yaml", 7);
+  ASSERT_EQ(large.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(large.status().message()).find("spec.yaml: larger than 7 bytes"),
+            std::string::npos);
+  EXPECT_EQ(ReadFile("/dev/zero", 1 << 20).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*ReadFile("/dev/null", 10), "");
+  EXPECT_EQ(ReadFile(dir / "missing", 10).status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::create_directories(dir / "d");
+  EXPECT_EQ(ReadFile(dir / "d", 10).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(WriteFileAtomicTest, FailsIntoMissingDirectoryWithPath) {
   absl::Status s = WriteFileAtomic("/nonexistent-dir/out.txt", "x");
   ASSERT_FALSE(s.ok());
