@@ -665,7 +665,7 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
                                           std::vector<FoldRun>* updated) {
   absl::MutexLock lock(&mu_);
   std::vector<FoldRun> cancelled;
-  RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+  RETURN_IF_ERROR(InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     Statement runs(
         db_,
         absl::StrCat("SELECT ", kRunColumns, " FROM fold_runs WHERE experiment_id = ?").c_str());

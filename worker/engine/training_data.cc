@@ -1,5 +1,6 @@
 #include "worker/engine/training_data.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -40,6 +41,19 @@ absl::StatusOr<Data> LoadData(const v1::ExperimentSpec& spec, int fold_number) {
   if (!au.ok())
     return absl::Status(au.status().code(), absl::StrCat("data.au: ", au.status().message()));
   d.au = std::move(*au);
+  // An AU the dataset does not code (SynthFace has no AU99) would train on nothing and enter the
+  // mean F1 as 0: refused, naming it.
+  for (size_t c = 0; c < d.au.aus.size(); ++c) {
+    const bool coded =
+        std::any_of(d.au.samples.begin(), d.au.samples.end(),
+                    [c](const data::Sample& s) { return s.au[c] != data::kAuUnknown; });
+    if (!coded) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("data.aus: AU", d.au.aus[c], " is not coded in any of the ",
+                       d.au.samples.size(), " frames of ", spec.data().au().root(), " (format ",
+                       spec.data().au().format(), "): leave it out of data.aus"));
+    }
+  }
   if (spec.method() != v1::STL) {
     RETURN_IF_ERROR(EnsureSynthFace(spec.data().fe()));
     auto fe = data::LoadDataset(spec.data().fe(), {}, data::DataRole::kFe);

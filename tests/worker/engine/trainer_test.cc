@@ -472,6 +472,22 @@ TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("/nonexistent/BP4D"));
 }
 
+// An AU the dataset does not code trained on nothing and counted 0 in the mean F1.
+TEST_F(TrainerTest, AnAuTheDatasetDoesNotCodeIsRefusedNamingIt) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("stl");
+  o.spec.mutable_data()->clear_aus();
+  o.spec.mutable_data()->add_aus(1);
+  o.spec.mutable_data()->add_aus(99);
+  o.out_dir = out.path();
+  auto result = Train(o);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("data.aus: AU99 is not coded in any of the"));
+}
+
 TEST_F(TrainerTest, NonFiniteLossFailsAndKeepsTheLastCheckpoint) {
   testing::TempDir out;
   TrainOptions o;
