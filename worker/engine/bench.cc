@@ -61,6 +61,7 @@ struct Variant {
   Method method;
   MetaMode mode;
   bool exact_jvp = true;
+  int lookahead_steps = 1;  // mal.lookahead_steps
 };
 
 struct Setup {
@@ -138,6 +139,7 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
   so.method = v.method;
   so.mode = v.mode;
   so.exact_jvp = v.exact_jvp;
+  so.lookahead_steps = v.lookahead_steps;
   so.profile = true;
   MaybeAutocast autocast(o, device);
   for (int i = 0; i < o.warmup; ++i) {
@@ -244,6 +246,9 @@ absl::StatusOr<std::vector<Variant>> SelectVariants(const std::vector<std::strin
       {"mal_exact_vjp", Method::kMal, MetaMode::kExact, /*exact_jvp=*/false},
       {"mal_finite_difference", Method::kMal, MetaMode::kFiniteDifference},
       {"mal_heads_only", Method::kMal, MetaMode::kHeadsOnly},
+      // Four virtual steps ahead (a different meta-gradient: no cosine to the one-step exact).
+      {"mal_exact_lookahead4", Method::kMal, MetaMode::kExact, /*exact_jvp=*/true,
+       /*lookahead_steps=*/4},
   };
   for (const std::string& name : methods) {
     if (std::none_of(all.begin(), all.end(), [&](const Variant& v) { return v.name == name; })) {
