@@ -280,10 +280,18 @@ TEST(SpecTest, ASecondYamlDocumentIsAnError) {
   auto spec = ParseSpecYaml("name: x\n---\nname: other\n", "two.yaml");
   ASSERT_FALSE(spec.ok());
   EXPECT_THAT(std::string(spec.status().message()),
-              HasSubstr("two.yaml:3: a second YAML document (after '---')"));
-  auto leading = ParseSpecYaml("---\nname: x\n", "one.yaml");
+              HasSubstr("two.yaml:2: a second YAML document"));
+  EXPECT_THAT(std::string(ParseSpecYaml("name: x\n...\nname: y\n", "e.yaml").status().message()),
+              HasSubstr("e.yaml:3: a second YAML document"));
+  auto leading = ParseSpecYaml("# a comment\n---\nname: x\n...\n# the end\n", "one.yaml");
   ASSERT_TRUE(leading.ok()) << leading.status();
   EXPECT_EQ(leading->name(), "x");
+  // '---' inside a value is not a marker; a lone ',' parses as an empty spec instead of hanging
+  // (yaml-cpp's LoadAll never returned on it; the validation then says what is missing).
+  EXPECT_TRUE(ParseSpecYaml("name: a---b\n", "v.yaml").ok());
+  auto comma = ParseSpecYaml(",\n", "comma.yaml");
+  ASSERT_TRUE(comma.ok()) << comma.status();
+  EXPECT_TRUE(comma->name().empty());
 }
 
 TEST(SpecTest, LoadSpecFileNamesFile) {
