@@ -646,13 +646,21 @@ absl::Status StateStore::SetHasCheckpoint(int64_t run_id, int64_t epoch) {
   return SetRun(r);
 }
 
+namespace {
+// The row of a run cancelled with `message`: its lease epoch moves on, so whoever ran it can no
+// longer report.
+void MarkCancelled(FoldRun& r, const std::string& message) {
+  r.state = RunState::kCancelled;
+  r.message = message;
+  ++r.lease_epoch;
+}
+}  // namespace
+
 absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, FoldRun* updated) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
   if (!IsFinished(r.state)) {
-    r.state = RunState::kCancelled;
-    r.message = message;
-    ++r.lease_epoch;  // whoever ran it can no longer report
+    MarkCancelled(r, message);
     RETURN_IF_ERROR(SetRun(r));
   }
   if (updated != nullptr) *updated = r;
@@ -674,9 +682,7 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
     while ((rc = runs.Step()) == SQLITE_ROW) {
       FoldRun r = ReadRun(runs);
       if (IsFinished(r.state)) continue;
-      r.state = RunState::kCancelled;
-      r.message = message;
-      ++r.lease_epoch;  // whoever ran it can no longer report
+      MarkCancelled(r, message);
       cancelled.push_back(std::move(r));
     }
     if (rc != SQLITE_DONE) return SqlError(db_, "listing runs to cancel");
