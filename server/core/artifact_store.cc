@@ -158,7 +158,9 @@ ArtifactStore::Upload::~Upload() {
 
 absl::Status ArtifactStore::Upload::Append(absl::string_view data) {
   if (size_ + static_cast<int64_t>(data.size()) > limits_.max_upload_bytes) {
-    return absl::ResourceExhaustedError(
+    // INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: the same file is refused again on every try, so
+    // a worker must not retry it (a full disk, below, may clear).
+    return absl::InvalidArgumentError(
         absl::StrCat(fs::path(path_).filename().string(), ": over the upload limit of ",
                      limits_.max_upload_bytes >> 20, " MiB (mal-coordinator --max-upload-mb)"));
   }

@@ -76,8 +76,10 @@ class ArtifactStore {
   int RemovePartialUploads();
 
   // ResourceExhausted when the disk holding the store has less than limits.min_free_bytes free
-  // (naming both figures); Append refuses an upload past limits.max_upload_bytes, and a write that
-  // would leave less than min_free_bytes, the same way (the partial file is removed).
+  // (naming both figures; a worker retries it); Append refuses a write that would leave less than
+  // min_free_bytes the same way, and an upload past limits.max_upload_bytes with InvalidArgument
+  // (naming the file and the limit; the same file would be refused again). The partial file is
+  // removed either way.
   absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& experiment, int trial,
                                                       int fold, const std::string& name);
 

@@ -110,11 +110,19 @@ class Coordinator {
   absl::StatusOr<v1::ReportEventsResponse> ReportEvents(const v1::ReportEventsRequest& request);
   absl::Status Complete(const v1::CompleteRunRequest& request);
   absl::Status Fail(const v1::FailRunRequest& request);
-  // An upload for the holder of (run, epoch); checked again by FinishUpload.
+  // An upload for the holder of (run, epoch); checked again by FinishUpload. A refusal for the
+  // disk's free-space floor (RESOURCE_EXHAUSTED, which the worker retries) becomes the run's
+  // message, "waiting to upload NAME: ...", and a run state event, so `malctl status` says why a
+  // run that trained is not finishing; the next upload that commits clears it.
   absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> BeginUpload(int64_t run_id, int64_t epoch,
                                                                      const std::string& name);
   absl::StatusOr<int64_t> FinishUpload(int64_t run_id, int64_t epoch, const std::string& name,
                                        ArtifactStore::Upload& upload, const std::string& sha256);
+  // An upload refused while its chunks were written (ArtifactStore::Upload::Append): the same
+  // message as BeginUpload's refusals when `refusal` is RESOURCE_EXHAUSTED; nothing otherwise, or
+  // when (run, epoch) is no longer held.
+  void UploadRefused(int64_t run_id, int64_t epoch, const std::string& name,
+                     const absl::Status& refusal);
   // The path of a run's artifact (checkpoints for a resumed attempt on another host).
   absl::StatusOr<std::string> ArtifactPath(int64_t run_id, const std::string& name);
 
@@ -170,6 +178,11 @@ class Coordinator {
   EventHub::Outgoing Stamp(const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Emit(Experiment& e, const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EmitRunState(Experiment& e, const FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets (`refusal` RESOURCE_EXHAUSTED) or clears (`refusal` OK) the run's "waiting to upload"
+  // message, with a run state event when it changes. In memory only: the next refusal after a
+  // restart sets it again.
+  void NoteUploadWaiting(Experiment& e, FoldRun& run, const std::string& name,
+                         const absl::Status& refusal) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Lifecycle (coordinator_lifecycle.cc), applying lifecycle.h and early_stopping.h.
   // After a run reached a final state: settles its trial, then the experiment.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/util/logging.h"
 #include "common/util/run_files.h"
@@ -277,7 +278,34 @@ absl::StatusOr<std::unique_ptr<ArtifactStore::Upload>> Coordinator::BeginUpload(
   absl::MutexLock lock(&mu_);
   Experiment* e = nullptr;
   ASSIGN_OR_RETURN(FoldRun * run, HeldRun(run_id, epoch, &e));
-  return artifacts_->BeginUpload(e->row.id, run->trial, run->fold, name);
+  auto upload = artifacts_->BeginUpload(e->row.id, run->trial, run->fold, name);
+  if (!upload.ok()) NoteUploadWaiting(*e, *run, name, upload.status());
+  return upload;
+}
+
+void Coordinator::UploadRefused(int64_t run_id, int64_t epoch, const std::string& name,
+                                const absl::Status& refusal) {
+  absl::MutexLock lock(&mu_);
+  Experiment* e = nullptr;
+  auto run = HeldRun(run_id, epoch, &e);
+  if (run.ok()) NoteUploadWaiting(*e, **run, name, refusal);
+}
+
+namespace {
+constexpr absl::string_view kWaitingToUpload = "waiting to upload ";
+}  // namespace
+
+void Coordinator::NoteUploadWaiting(Experiment& e, FoldRun& run, const std::string& name,
+                                    const absl::Status& refusal) {
+  std::string message;
+  if (refusal.code() == absl::StatusCode::kResourceExhausted) {
+    message = absl::StrCat(kWaitingToUpload, name, ": ", refusal.message());
+  } else if (!refusal.ok() || !absl::StartsWith(run.message, kWaitingToUpload)) {
+    return;  // another refusal, or nothing to clear
+  }
+  if (message == run.message) return;
+  run.message = std::move(message);
+  EmitRunState(e, run);
 }
 
 absl::StatusOr<int64_t> Coordinator::FinishUpload(int64_t run_id, int64_t epoch,
@@ -289,6 +317,7 @@ absl::StatusOr<int64_t> Coordinator::FinishUpload(int64_t run_id, int64_t epoch,
   Experiment* e = nullptr;
   ASSIGN_OR_RETURN(FoldRun * run, HeldRun(run_id, epoch, &e));
   ASSIGN_OR_RETURN(int64_t size, upload.Commit(sha256));
+  NoteUploadWaiting(*e, *run, name, absl::OkStatus());
   if (name == run_files::kCheckpoint && !run->has_checkpoint) {
     RETURN_IF_ERROR(store_->SetHasCheckpoint(run_id, epoch));
     run->has_checkpoint = true;

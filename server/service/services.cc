@@ -263,7 +263,10 @@ grpc::Status WorkerGatewayService::UploadArtifact(grpc::ServerContext* context,
   if (!upload.ok()) return ToGrpcStatus(upload.status());
   std::string sha256;
   do {
-    if (absl::Status s = (*upload)->Append(chunk.data()); !s.ok()) return ToGrpcStatus(s);
+    if (absl::Status s = (*upload)->Append(chunk.data()); !s.ok()) {
+      core_->UploadRefused(run_id, epoch, name, s);
+      return ToGrpcStatus(s);
+    }
     if (!chunk.sha256().empty()) sha256 = chunk.sha256();
   } while (reader->Read(&chunk));
   if (sha256.empty()) {

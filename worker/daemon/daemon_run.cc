@@ -205,7 +205,7 @@ void Daemon::OweEveryWeightsCsv(const RunTask* t, Supervised& s) {
   }
 }
 
-bool Daemon::UploadAll(RunTask* t) {
+bool Daemon::UploadAll(RunTask* t, std::string* failure) {
   const fs::path out = t->dir + "/out";
   std::error_code ec;
   bool all = true;
@@ -221,9 +221,13 @@ bool Daemon::UploadAll(RunTask* t) {
     grpc::Status s = Upload(t, rel, entry.path().string());
     if (!s.ok()) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
+      if (all && failure != nullptr)
+        *failure = absl::StrCat("uploading ", rel, ": ", s.error_message());
       all = false;
     }
   }
+  if (ec && all && failure != nullptr)
+    *failure = absl::StrCat("reading ", out.string(), ": ", ec.message());
   (void)Upload(t, run_files::kLog, t->dir + "/" + run_files::kLog);
   return all && !ec;
 }
@@ -490,8 +494,19 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   if (succeeded) {
     // While stopping, uploads give up after a few retries: complete the run only with every
     // file delivered, else hand it back (it resumes from its checkpoint elsewhere).
-    if (!UploadAll(t) && Stopping(t)) {
-      Release(t, " before the run's files were uploaded");
+    std::string failure;
+    if (!UploadAll(t, &failure)) {
+      if (Stopping(t)) {
+        Release(t, " before the run's files were uploaded");
+      } else if (!t->dropped) {
+        // Refused for good (a file over mal-coordinator --max-upload-mb, the lease gone): the
+        // run trained, but completing it would leave the coordinator without its files, and
+        // training again would produce the same ones.
+        Fail(
+            t,
+            absl::StrCat("the run trained, but its files did not reach the coordinator: ", failure),
+            /*retryable=*/false);
+      }
       return;
     }
     v1::CompleteRunRequest req;

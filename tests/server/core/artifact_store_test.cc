@@ -88,8 +88,9 @@ TEST(ArtifactStoreTest, NamesMayNotEscape) {
 namespace mal::server {
 namespace {
 
-// Issue 14: uploads have a size limit and a free-disk floor; either refusal is RESOURCE_EXHAUSTED
-// naming the figures, and leaves no file behind.
+// Issue 14: uploads have a size limit and a free-disk floor; either refusal names the figures and
+// leaves no file behind. Over the limit is INVALID_ARGUMENT (the same file is refused on every
+// try: a worker does not retry it), a full disk RESOURCE_EXHAUSTED (retried: it may clear).
 TEST(ArtifactStoreTest, OversizedUploadsAndAFullDiskAreRefused) {
   testing::TempDir dir;
   ArtifactStore small(dir / "a", ArtifactStore::Limits{/*max_upload_bytes=*/10, /*min_free=*/0});
@@ -97,7 +98,7 @@ TEST(ArtifactStoreTest, OversizedUploadsAndAFullDiskAreRefused) {
   ASSERT_TRUE(up.ok());
   ASSERT_TRUE((*up)->Append("12345").ok());
   const absl::Status over = (*up)->Append("678901");
-  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(over.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(over.message()), ::testing::HasSubstr("model.pt: over the upload limit"));
   up->reset();
   // No disk has an exabyte free: the floor refuses the upload before anything is written.

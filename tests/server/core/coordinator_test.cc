@@ -10,7 +10,9 @@
 #include <chrono>
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "common/spec/spec.h"
+#include "common/util/sha256.h"
 #include "server/core/model_registry.h"
 #include "server/service/prometheus_text.h"
 #include "tests/test_util.h"
@@ -50,7 +52,7 @@ class CoordinatorTest : public ::testing::Test {
     hub_.reset();
     store_ = *StateStore::Open(dir_ / "state.db");
     hub_ = std::make_unique<EventHub>(store_.get(), 1000);
-    artifacts_ = std::make_unique<ArtifactStore>(dir_ / "artifacts");
+    artifacts_ = std::make_unique<ArtifactStore>(dir_ / "artifacts", artifact_limits_);
     CoordinatorOptions o;
     o.lease_ms = lease_ms_;
     o.heartbeat_ms = heartbeat_ms_;
@@ -163,6 +165,7 @@ class CoordinatorTest : public ::testing::Test {
   std::unique_ptr<StateStore> store_;
   std::unique_ptr<EventHub> hub_;
   std::unique_ptr<ArtifactStore> artifacts_;
+  ArtifactStore::Limits artifact_limits_;  // Open's
   std::unique_ptr<Coordinator> core_;
 };
 
@@ -405,6 +408,58 @@ TEST_F(CoordinatorTest, LapsedLeaseLosesTheRunAndFencesTheOldEpoch) {
   EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_FAILED);
   EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_FAILED);
   EXPECT_TRUE(Events(id).back().has_end());
+}
+
+// An upload refused for the coordinator's free-disk floor (the worker retries it) becomes the run's
+// message and a run state event, so a run that trained and cannot finish says why.
+TEST_F(CoordinatorTest, UploadRefusedForDiskSpaceBecomesTheRunsMessage) {
+  artifact_limits_.min_free_bytes = int64_t{1} << 60;  // no disk has an exabyte free
+  Reopen();
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  ASSERT_TRUE(Report(a, 1, 1).ok());
+  const auto refused = core_->BeginUpload(a.run_id(), a.lease_epoch(), "model.pt");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  const auto run = Info(id).runs(0);
+  EXPECT_EQ(run.state(), v1::RUN_RUNNING);
+  EXPECT_THAT(run.message(), HasSubstr("waiting to upload model.pt: the coordinator's disk is "
+                                       "nearly full"));
+  EXPECT_THAT(run.message(), HasSubstr("--min-free-mb"));
+  // The worker's retries repeat the same refusal: one event, not one per try.
+  (void)core_->BeginUpload(a.run_id(), a.lease_epoch(), "model.pt");
+  int waiting_events = 0;
+  for (const auto& e : Events(id)) {
+    waiting_events += e.has_state() && e.state().scope() == "run" &&
+                      absl::StrContains(e.state().message(), "waiting to upload model.pt");
+  }
+  EXPECT_EQ(waiting_events, 1);
+}
+
+// The message of a refusal while the chunks were written (UploadRefused) is cleared by the next
+// upload that commits; other refusals (a bad name, a file over the size limit) and calls from a
+// lapsed lease leave it alone.
+TEST_F(CoordinatorTest, AnUploadThatCommitsClearsTheWaitingMessage) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  ASSERT_TRUE(Report(a, 1, 1).ok());
+  core_->UploadRefused(a.run_id(), a.lease_epoch(), "weights/epoch_001.csv",
+                       absl::ResourceExhaustedError("the coordinator's disk is nearly full"));
+  EXPECT_EQ(Info(id).runs(0).message(),
+            "waiting to upload weights/epoch_001.csv: the coordinator's disk is nearly full");
+  core_->UploadRefused(a.run_id(), a.lease_epoch(), "x", absl::InvalidArgumentError("too big"));
+  core_->UploadRefused(a.run_id(), a.lease_epoch() + 1, "y", absl::ResourceExhaustedError("full"));
+  EXPECT_THAT(Info(id).runs(0).message(), HasSubstr("weights/epoch_001.csv"));
+  auto up = core_->BeginUpload(a.run_id(), a.lease_epoch(), "model.pt");
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_TRUE((*up)->Append("weights").ok());
+  Sha256 sha;
+  sha.Update("weights");
+  ASSERT_TRUE(
+      core_->FinishUpload(a.run_id(), a.lease_epoch(), "model.pt", **up, sha.HexDigest()).ok());
+  EXPECT_EQ(Info(id).runs(0).message(), "");
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_RUNNING);
 }
 
 TEST_F(CoordinatorTest, UnclaimedAssignmentIsLostAtTheNextHeartbeat) {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <stdexcept>
 #include <thread>
 
@@ -93,6 +94,10 @@ class FakeCoordinator : public CoordinatorClient {
       throw_on_upload_ = false;
       throw std::runtime_error("an unforeseen error while uploading " + name);
     }
+    if (auto it = refuse_upload_.find(name); it != refuse_upload_.end() && it->second.second != 0) {
+      if (it->second.second > 0) --it->second.second;
+      return it->second.first;
+    }
     uploads_.push_back(name);
     return grpc::Status::OK;
   }
@@ -126,6 +131,8 @@ class FakeCoordinator : public CoordinatorClient {
   absl::Time first_refused_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();  // a call while away
   // The next Upload throws (as a defect in the daemon's handling of a run would).
   bool throw_on_upload_ ABSL_GUARDED_BY(mu_) = false;
+  // Uploads of a file refused with a status, so many times (-1: always).
+  std::map<std::string, std::pair<grpc::Status, int>> refuse_upload_ ABSL_GUARDED_BY(mu_);
   // Called with every ReportEvents request (the first of a run, with no events, says it started).
   std::function<void(const v1::ReportEventsRequest&)> on_report_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Assignment> queued_ ABSL_GUARDED_BY(mu_);
@@ -259,6 +266,48 @@ TEST_F(DaemonTest, ASucceededEngineCompletesTheRunWithItsLastEpochAndUploadsItsF
   ASSERT_EQ(fake_->events_.size(), 1u);  // the epoch; the outcome stays with the daemon
   EXPECT_TRUE(fake_->events_[0].has_epoch());
   EXPECT_TRUE(fake_->failed_.empty());
+}
+
+// A file the coordinator refuses for good (over mal-coordinator --max-upload-mb): completing the
+// run would leave the coordinator without it, and training again would make the same file, so the
+// run fails for good naming the file and the refusal.
+TEST_F(DaemonTest, AFileRefusedForGoodFailsATrainedRunNamingIt) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->refuse_upload_["model.pt"] = {
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     "model.pt: over the upload limit of 1 MiB (mal-coordinator --max-upload-mb)"),
+        -1};
+  }
+  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_FALSE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(),
+              HasSubstr("the run trained, but its files did not reach the coordinator: uploading "
+                        "model.pt: model.pt: over the upload limit of 1 MiB"));
+}
+
+// A transient refusal (a full disk on the coordinator) is retried until it passes; the run then
+// completes with every file delivered.
+TEST_F(DaemonTest, AFullDiskOnTheCoordinatorIsWaitedOut) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->refuse_upload_["model.pt"] = {
+        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the coordinator's disk is nearly full"),
+        3};
+  }
+  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->failed_.empty());
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  EXPECT_THAT(fake_->uploads_, Contains("model.pt"));
+  EXPECT_EQ(fake_->refuse_upload_["model.pt"].second, 0);
 }
 
 TEST_F(DaemonTest, TheEnginesOwnErrorFailsTheRunForGoodWithItsMessage) {
