@@ -511,6 +511,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (mal.meta_optimizer().empty()) mal.set_meta_optimizer("adam");
   if (mal.meta_schedule().empty()) mal.set_meta_schedule("follow");
   if (mal.au_weighting().empty()) mal.set_au_weighting("sample");
+  if (mal.task_balance().empty()) mal.set_task_balance("meta");
   if (!mal.has_meta_interval()) mal.set_meta_interval(1);
   if (!mal.has_val_fraction()) mal.set_val_fraction(0.02);
   if (mal.val_split().empty()) mal.set_val_split("frames");
@@ -726,6 +727,9 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
   MAL_CHECK_FIELD(
       OneOf(mal.au_weighting(), {"sample", "task", "task_in_base_step"}), "mal.au_weighting",
       absl::StrCat("'", mal.au_weighting(), "' is not one of sample, task, task_in_base_step"));
+  MAL_CHECK_FIELD(
+      OneOf(mal.task_balance(), {"meta", "fixed_in_base_step"}), "mal.task_balance",
+      absl::StrCat("'", mal.task_balance(), "' is not one of meta, fixed_in_base_step"));
   MAL_CHECK_FIELD(OneOf(mal.meta_optimizer(), {"adam", "sgd"}), "mal.meta_optimizer",
                   "must be adam or sgd");
   MAL_CHECK_FIELD(mal.meta_interval() >= 1, "mal.meta_interval", "must be at least 1");

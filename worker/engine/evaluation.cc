@@ -53,7 +53,7 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
                              const data::DatasetIndex& au, BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],
                              const torch::Device& device, bool au_task_weight,
-                             const torch::Tensor& au_pos_weight) {
+                             const torch::Tensor& au_pos_weight, bool task_balance_fixed) {
   torch::NoGradGuard no_grad;
   model.eval();
   struct Row {
@@ -95,7 +95,13 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
   out.mean_fe = count[1] ? sum[1] / count[1] : 0;
   // What training applies: with au_task_weight every AU frame gets the task's (batch) mean.
   auto applied = [&](const Row& r) { return au_task_weight && !r.is_fe ? out.mean_au : r.w; };
+  // The normalisation of the real step: one s for both tasks (the paper), or each task's own mean
+  // (mal.task_balance: fixed_in_base_step).
   const double s = std::max(out.mean_au + out.mean_fe, 1e-6);
+  auto normaliser = [&](const Row& r) {
+    if (!task_balance_fixed) return s;
+    return std::max(r.is_fe ? out.mean_fe : out.mean_au, 1e-6);
+  };
   out.csv = "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight\n";
   std::vector<double> fe_w, fe_c;
   for (const Row& r : rows) {
@@ -107,7 +113,8 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, BatchLoader&
     const double w = applied(r);
     absl::StrAppendFormat(&out.csv, "%s,%s,%s,%.4f,%.6f,%.6f,%s,%.6f\n", x.id,
                           r.is_fe ? "fe" : "au", r.is_fe ? data::ExpressionName(x.expression) : "",
-                          r.is_fe ? x.consistency : -1.0, w, w / s, mean_alignment, r.w);
+                          r.is_fe ? x.consistency : -1.0, w, w / normaliser(r), mean_alignment,
+                          r.w);
     if (r.is_fe && x.consistency >= 0) {
       fe_w.push_back(r.w);
       fe_c.push_back(x.consistency);

@@ -46,9 +46,10 @@ using AlignmentSums = absl::flat_hash_map<int64_t, std::pair<double, int>>;
 struct AllWeights {
   // id,task,label,consistency,weight,normalized_weight,alignment,meta_weight: one row per
   // sample; weight is what training applies, the normalised weight divides it by mean AU weight +
-  // mean FE weight over all samples; alignment is the epoch's mean (empty for a sample in no meta
-  // update); meta_weight is the meta net's own output for the sample, which differs from weight
-  // only for AU frames under `au_task_weight`.
+  // mean FE weight over all samples (with `task_balance_fixed`, mal.task_balance:
+  // fixed_in_base_step, by its own task's mean weight); alignment is the epoch's mean (empty for a
+  // sample in no meta update); meta_weight is the meta net's own output for the sample, which
+  // differs from weight only for AU frames under `au_task_weight`.
   std::string csv;
   double mean_au = 0, mean_fe = 0;
   double spearman = 0;  // Spearman(FE weight, annotator consistency) over FE samples with one
@@ -62,7 +63,8 @@ AllWeights ComputeAllWeights(BaseNetImpl& model, MetaNetImpl& meta, image::Batch
                              const data::DatasetIndex& au, image::BatchLoader& fe_loader,
                              const data::DatasetIndex& fe, const AlignmentSums alignment[2],
                              const torch::Device& device, bool au_task_weight = false,
-                             const torch::Tensor& au_pos_weight = {});
+                             const torch::Tensor& au_pos_weight = {},
+                             bool task_balance_fixed = false);
 
 }  // namespace mal::engine
 

@@ -151,6 +151,13 @@ MalStep::Weights MalStep::ComputeWeights(const Forward& f, const StepOptions& o,
     w.w_au = w.w_au.mean() * torch::ones_like(w.w_au);
   }
   w.w_fe = meta_->forward(f.h_fe, MetaNetImpl::kFeTask, f.fe_labels, f.l_fe);
+  if (base_step && o.task_balance == TaskBalance::kFixedInBaseStep) {
+    // mal.task_balance: fixed_in_base_step. Each task's weights by their own batch mean: the
+    // tasks count as in MTL (lambda 1), the meta net ranks samples within each task.
+    w.wn_au = w.w_au / w.w_au.mean().clamp_min(kMinWeightSum);
+    w.wn_fe = w.w_fe / w.w_fe.mean().clamp_min(kMinWeightSum);
+    return w;
+  }
   const torch::Tensor s = (w.w_au.mean() + w.w_fe.mean()).clamp_min(kMinWeightSum);
   w.wn_au = w.w_au / s;
   w.wn_fe = w.w_fe / s;

@@ -22,6 +22,11 @@ enum class MetaMode { kExact, kFiniteDifference, kHeadsOnly };
 // images, not AU frames among themselves). kTaskInBaseStep: the meta net learns from per-frame AU
 // weights (its virtual step is the paper's), and the base step gives every AU frame their mean.
 enum class AuWeighting { kSample, kTask, kTaskInBaseStep };
+// mal.task_balance. kMeta: the paper (section 4.1.2), one normalisation s = mean w_au + mean w_fe
+// for both tasks, so the meta net sets the balance between them. kFixedInBaseStep: the virtual step
+// is the paper's; the real step divides each task's weights by their batch mean, so the tasks count
+// as in MTL with lambda 1 and the weights rank samples only within each task.
+enum class TaskBalance { kMeta, kFixedInBaseStep };
 
 // A training batch: AU images with labels and mask (0 = unknown), FE images with canonical labels.
 struct TrainBatch {
@@ -47,6 +52,7 @@ struct StepOptions {
   // images uses AU statistics. False: both forwards move them, the FE batch last.
   bool bn_stats_au_only = true;
   AuWeighting au_weighting = AuWeighting::kSample;
+  TaskBalance task_balance = TaskBalance::kMeta;
   // Per-AU positive weights of the AU training loss ([C]); undefined = plain BCE (train.au_pos_weight).
   torch::Tensor au_pos_weight;
   double fd_epsilon = 1e-3;    // finite_difference: step along r, relative to |r|
@@ -64,7 +70,7 @@ struct StepOptions {
 struct StepStats {
   double loss_au = 0, loss_fe = 0, loss_val = -1, loss_total = 0;
   double mean_w_au = 0, mean_w_fe = 0;    // raw meta-net outputs
-  double mean_wn_au = 0, mean_wn_fe = 0;  // normalised
+  double mean_wn_au = 0, mean_wn_fe = 0;  // normalised (both 1 under kFixedInBaseStep)
   torch::Tensor w_au, w_fe;               // raw, detached, on CPU ([n], [m]); undefined for STL/MTL
   // MAL meta updates in exact (JVP) and finite_difference modes: the gradient alignment of every
   // training sample, grad_theta l_i(theta) . grad_theta' L_v(theta') (detached, CPU, [n], [m]);
@@ -117,7 +123,8 @@ class MalStep {
   };
   Forward ForwardTrain(BaseNetImpl& net, const TrainBatch& batch, const StepOptions& options);
   // `base_step`: the weights of the real step (mal.au_weighting: task_in_base_step flattens the
-  // AU weights there only), not of the virtual step.
+  // AU weights there only, mal.task_balance: fixed_in_base_step normalises each task by its own
+  // mean there only), not of the virtual step.
   Weights ComputeWeights(const Forward& f, const StepOptions& options, bool base_step = false);
   static torch::Tensor WeightedLoss(const Forward& f, const Weights& w);
   // d_i = grad_theta l_i(point) . r for every training sample of `batch`, whose losses at `point`

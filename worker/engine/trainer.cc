@@ -287,6 +287,9 @@ void Training::MakeStepOptions() {
   so_.lookahead_steps = spec_.mal().lookahead_steps();
   so_.bn_stats_au_only = t_.bn_stats() != "all";
   so_.au_weighting = ToAuWeighting(spec_.mal().au_weighting());
+  so_.task_balance = spec_.mal().task_balance() == "fixed_in_base_step"
+                         ? TaskBalance::kFixedInBaseStep
+                         : TaskBalance::kMeta;
   if (t_.au_pos_weight() == "inverse_frequency") {
     so_.au_pos_weight =
         PositiveWeights(data::PositiveRates(data_.au, data_.fold.train)).to(device_);
@@ -490,7 +493,8 @@ absl::Status Training::FinishEpoch(Clock::time_point start) {
   if (method_ == Method::kMal) {
     AllWeights w =
         ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe, alignment_,
-                          device_, so_.au_weighting != AuWeighting::kSample, so_.au_pos_weight);
+                          device_, so_.au_weighting != AuWeighting::kSample, so_.au_pos_weight,
+                          so_.task_balance == TaskBalance::kFixedInBaseStep);
     alignment_[0].clear();
     alignment_[1].clear();
     e.mean_au_weight = w.mean_au;

@@ -118,6 +118,7 @@ TEST(SpecTest, DefaultsFillWhatIsUnset) {
   EXPECT_EQ(spec->mal().au_weighting(), "sample");   // the paper's per-frame weights
   EXPECT_EQ(spec->mal().val_split(), "frames");      // the paper's per-subject frames
   EXPECT_EQ(spec->mal().lookahead_steps(), 1);       // the paper's one virtual step
+  EXPECT_EQ(spec->mal().task_balance(), "meta");     // the paper's one normalisation
   EXPECT_EQ(spec->max_restarts(), 3);
   EXPECT_EQ(spec->cv().seed(), spec->seed());
 }
@@ -252,6 +253,9 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_EQ(ErrorOf(base + "mal: {val_pos_weight: sqrt}\n"), "OK");
   EXPECT_THAT(ErrorOf(base + "mal: {meta_schedule: cosine}\n"),
               HasSubstr("mal.meta_schedule: 'cosine' is not one of constant, follow"));
+  EXPECT_THAT(ErrorOf(base + "mal: {task_balance: fixed}\n"),
+              HasSubstr("mal.task_balance: 'fixed' is not one of meta, fixed_in_base_step"));
+  EXPECT_EQ(ErrorOf(base + "mal: {task_balance: fixed_in_base_step}\n"), "OK");
   EXPECT_THAT(ErrorOf(base + "mal: {au_weighting: frame}\n"),
               HasSubstr("mal.au_weighting: 'frame' is not one of sample, task, task_in_base_step"));
   EXPECT_EQ(ErrorOf(base + "mal: {meta_schedule: constant, au_weighting: task}\n"), "OK");

@@ -422,6 +422,77 @@ TEST(MalStepTest, TaskInBaseStepLearnsFromThePerFrameVirtualStep) {
   }
 }
 
+// mal.task_balance: fixed_in_base_step. The real step divides each task's weights by their own batch
+// mean: theta moves by exactly -alpha grad[mean(w_au / mean w_au * l_au) + mean(w_fe / mean w_fe *
+// l_fe)] (a functional reference on a network without BatchNorm), not by the paper's one
+// normalisation; the meta net learns from the paper's virtual step (its meta-gradient is kMeta's to
+// the last bit, every mode).
+TEST(MalStepTest, FixedTaskBalanceNormalisesEachTaskInTheBaseStepOnly) {
+  for (AuWeighting weighting : {AuWeighting::kSample, AuWeighting::kTaskInBaseStep}) {
+    SCOPED_TRACE(static_cast<int>(weighting));
+    Fixture f = Make("mlp", /*random_meta=*/true, 11, 4, /*task_bias=*/true);  // no BatchNorm
+    std::vector<torch::Tensor> expected, before;
+    torch::Tensor w_au, w_fe;
+    {
+      auto params = f.model->parameters();
+      auto h_au = f.model->Features(f.batch.au_images);
+      auto h_fe = f.model->Features(f.batch.fe_images);
+      auto l_au = PerSampleAuLoss(f.model->au_head(h_au), f.batch.au_labels, f.batch.au_mask);
+      auto l_fe = PerSampleFeLoss(f.model->fe_head(h_fe), f.batch.fe_labels);
+      {
+        torch::NoGradGuard g;
+        w_au = f.meta->forward(h_au, MetaNetImpl::kAuTask);
+        w_fe = f.meta->forward(h_fe, MetaNetImpl::kFeTask, f.batch.fe_labels);
+      }
+      torch::Tensor applied_au = w_au;
+      if (weighting == AuWeighting::kTaskInBaseStep) applied_au = w_au.mean().expand({5});
+      auto loss =
+          (applied_au / applied_au.mean() * l_au).mean() + (w_fe / w_fe.mean() * l_fe).mean();
+      auto g = torch::autograd::grad({loss}, params, {}, false, false, true);
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < params.size(); ++i) {
+        before.push_back(params[i].clone());
+        expected.push_back(g[i].defined() ? params[i] - kAlpha * g[i] : params[i].clone());
+      }
+    }
+    MalStep step(f.model, f.shadow, f.meta);
+    StepOptions meta_balance;
+    meta_balance.au_weighting = weighting;
+    StepOptions fixed = meta_balance;
+    fixed.task_balance = TaskBalance::kFixedInBaseStep;
+    const std::pair<MetaMode, bool> modes[] = {{MetaMode::kExact, true},  // (mode, exact_jvp)
+                                               {MetaMode::kExact, false},
+                                               {MetaMode::kFiniteDifference, false},
+                                               {MetaMode::kHeadsOnly, false}};
+    for (const auto& [mode, jvp] : modes) {
+      meta_balance.mode = fixed.mode = mode;
+      meta_balance.exact_jvp = fixed.exact_jvp = jvp;
+      const auto g_meta = step.MetaGradient(f.batch, f.val, kAlpha, meta_balance);
+      const auto g_fixed = step.MetaGradient(f.batch, f.val, kAlpha, fixed);
+      ASSERT_EQ(g_fixed.size(), g_meta.size());
+      for (size_t p = 0; p < g_meta.size(); ++p) EXPECT_TRUE(torch::equal(g_fixed[p], g_meta[p]));
+    }
+    fixed.mode = MetaMode::kExact;
+    fixed.exact_jvp = true;
+    fixed.update_meta = false;  // the step applies the weights computed above
+    torch::optim::SGD base(f.model->parameters(), torch::optim::SGDOptions(kAlpha));
+    auto stats = step.Run(f.batch, &f.val, kAlpha, fixed, base, nullptr);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_NEAR(stats->mean_wn_au, 1.0, 1e-12);
+    EXPECT_NEAR(stats->mean_wn_fe, 1.0, 1e-12);
+    EXPECT_TRUE(torch::allclose(stats->w_fe, w_fe, 0, 1e-12));
+    const auto after = f.model->parameters();
+    double moved = 0;
+    for (size_t i = 0; i < after.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(after[i], expected[i], 0, 1e-12)) << "param " << i;
+      moved = std::max(moved, (after[i] - before[i]).abs().max().item<double>());
+    }
+    EXPECT_GT(moved, 1e-4);
+    // The paper's normalisation would have moved theta elsewhere: the weights' task means differ.
+    EXPECT_GT(std::abs(w_au.mean().item<double>() - w_fe.mean().item<double>()), 0.05);
+  }
+}
+
 TEST(MalStepTest, LabelAwareMetaNetStartsAtHalfAndLearnsOnlyTheRowsOfLabelsItSaw) {
   Fixture f = Make("tiny", /*random_meta=*/false, 6, 4, /*task_bias=*/true, /*label_aware=*/true);
   f.batch.fe_labels = torch::tensor({1, 1, 4, 4}, torch::kLong);

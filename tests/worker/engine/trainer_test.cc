@@ -382,6 +382,45 @@ TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
   EXPECT_NE(fe_weights["sample"], fe_weights["task_in_base_step"]);
 }
 
+// mal.task_balance: fixed_in_base_step. The weights CSV's normalized_weight divides each sample's
+// weight by its own task's mean (mean 1 per task), where the paper's one normalisation gives the
+// two tasks shares that sum to 1; and the real steps differ, so the same seed ends elsewhere.
+TEST_F(TrainerTest, FixedTaskBalanceNormalisesEachTaskByItsOwnMean) {
+  std::map<std::string, std::vector<std::string>> fe_weights;  // per balance, in CSV order
+  for (const std::string balance : {"meta", "fixed_in_base_step"}) {
+    SCOPED_TRACE(balance);
+    testing::TempDir out;
+    TrainOptions o;
+    o.spec = Spec("mal");
+    o.spec.mutable_mal()->set_task_balance(balance);
+    o.out_dir = out.path();
+    ASSERT_TRUE(Train(o).ok());
+    std::vector<std::string> rows =
+        absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
+    ASSERT_GT(rows.size(), 2u);
+    double sum[2] = {0, 0};
+    int count[2] = {0, 0};
+    for (size_t i = 1; i < rows.size(); ++i) {
+      std::vector<std::string> f = absl::StrSplit(rows[i], ',');
+      ASSERT_EQ(f.size(), 8u) << rows[i];
+      const int task = f[1] == "fe";
+      sum[task] += std::stod(f[5]);
+      ++count[task];
+      if (task == 1) fe_weights[balance].push_back(f[4]);
+    }
+    ASSERT_GT(count[0], 0);
+    ASSERT_GT(count[1], 0);
+    const double au = sum[0] / count[0], fe = sum[1] / count[1];
+    if (balance == "meta") {
+      EXPECT_NEAR(au + fe, 1.0, 1e-5);
+    } else {
+      EXPECT_NEAR(au, 1.0, 1e-5);
+      EXPECT_NEAR(fe, 1.0, 1e-5);
+    }
+  }
+  EXPECT_NE(fe_weights["meta"], fe_weights["fixed_in_base_step"]);
+}
+
 // train.channels_last trains the same model as NCHW (the same values in another memory layout,
 // up to float rounding), and its model.pt loads into a plain model. MAL with an SGD meta
 // optimiser: Adam's first steps are about lr x sign(gradient), which turns rounding in a
