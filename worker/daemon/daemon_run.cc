@@ -104,6 +104,15 @@ grpc::Status Daemon::Upload(RunTask* t, const std::string& name, const std::stri
 bool Daemon::Prepare(RunTask* t, std::string* error) {
   const std::string out = t->dir + "/out";
   std::error_code ec;
+  // A first attempt starts from nothing: a directory already there belongs to a run of another
+  // coordinator (a fresh state directory numbers its experiments from exp-1 again), whose log
+  // the new run would otherwise append to.
+  if (t->a.attempt() == 0 && !t->a.has_checkpoint() && fs::exists(t->dir, ec)) {
+    LOG(WARNING) << "run " << t->a.run_id() << ": removing " << t->dir
+                 << ", left by an earlier run of the same experiment id";
+    fs::remove_all(t->dir, ec);
+    ec.clear();
+  }
   // A fresh directory each time: a resumed run takes the coordinator's latest checkpoint, which
   // may come from another host.
   fs::remove_all(out, ec);
@@ -522,6 +531,14 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     grpc::Status st = Deliver(t, [&]() { return client_->CompleteRun(req, kCallTimeout); });
     LOG(INFO) << "run " << run_id << " succeeded: test mean F1 " << s.last_epoch.test_mean_f1()
               << (st.ok() ? "" : " (not acknowledged: " + st.error_message() + ")");
+    if (st.ok()) {
+      // Every file is on the coordinator: the local copy would only fill the worker's disk (a
+      // ResNet-34's model and checkpoint are about 260 MB a run). Kept after a failure, for
+      // inspection.
+      std::error_code ec;
+      fs::remove_all(t->dir, ec);
+      if (ec) LOG(WARNING) << "run " << run_id << ": removing " << t->dir << ": " << ec.message();
+    }
     return;
   }
   if (s.outcome && s.outcome->code() != 0) {

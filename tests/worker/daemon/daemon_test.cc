@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
+#include "common/util/files.h"
 #include "tests/test_util.h"
 #include "worker/daemon/daemon_impl.h"
 
@@ -308,6 +309,41 @@ TEST_F(DaemonTest, AFullDiskOnTheCoordinatorIsWaitedOut) {
   ASSERT_EQ(fake_->completed_.size(), 1u);
   EXPECT_THAT(fake_->uploads_, Contains("model.pt"));
   EXPECT_EQ(fake_->refuse_upload_["model.pt"].second, 0);
+}
+
+// A completed run's directory goes once the coordinator acknowledged it (its files are there); a
+// failed one stays for inspection. A first attempt starts from an empty directory: one left by a
+// run of another coordinator under the same experiment id is removed, not appended to.
+TEST_F(DaemonTest, RunDirectoriesOfCompletedRunsGoAndFirstAttemptsStartEmpty) {
+  const std::string failed_dir = dir_ / "work/runs/e-1/trial-0-fold-2";
+  std::filesystem::create_directories(failed_dir + "/out");
+  testing::WriteText(failed_dir + "/log.txt", "a line of another coordinator's run\n");
+  testing::WriteText(failed_dir + "/out/model.pt", "stale");
+  Start(std::string(kEpoch) + R"sh(
+[ -f $OUT/../log.txt ] && grep -q "another coordinator" $OUT/../log.txt && echo STALE >&2
+echo model > $OUT/model.pt
+case "$OUT" in
+  */trial-0-fold-2/out) echo '{"outcome":{"code":3,"message":"a failure that stays"}}' >&3; exit 1;;
+esac
+echo '{"outcome":{}}' >&3
+exit 0)sh");
+  fake_->Assign(11, 1);
+  fake_->Assign(12, 2);
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    auto both = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      return fake_->completed_.size() + fake_->failed_.size() == 2;
+    };
+    ASSERT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&both), absl::Seconds(20)));
+  }
+  stop_ = true;
+  thread_.join();
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-1/trial-0-fold-1"));
+  ASSERT_TRUE(std::filesystem::exists(failed_dir + "/log.txt"));
+  const std::string log = *ReadFile(failed_dir + "/log.txt");
+  EXPECT_EQ(log.find("another coordinator"), std::string::npos) << log;
+  EXPECT_EQ(log.find("STALE"), std::string::npos) << log;
+  EXPECT_EQ(*ReadFile(failed_dir + "/out/model.pt"), "model\n");
 }
 
 TEST_F(DaemonTest, TheEnginesOwnErrorFailsTheRunForGoodWithItsMessage) {
