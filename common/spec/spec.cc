@@ -15,7 +15,9 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "absl/algorithm/container.h"
@@ -39,12 +41,26 @@ std::string Join(absl::string_view path, absl::string_view key) {
   return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
 }
 
-// "where" for YAML errors: "exp.yaml:12:3".
-std::string Where(absl::string_view source, const YAML::Node& node) {
-  const YAML::Mark m = node.Mark();
-  if (m.line < 0) return std::string(source);
-  return absl::StrCat(source, ":", m.line + 1, ":", m.column + 1);
-}
+// Where the YAML being read came from: a file, and the `--set` overrides applied to its tree.
+struct Source {
+  absl::string_view file;
+  std::vector<std::pair<std::string, std::string>> overrides;  // field path, "--set PATH=VALUE"
+
+  // "where" for an error at field `path`, read from `node`: the override that set the path (or a
+  // field above it), else "exp.yaml:12:3" (the file alone when the node has no position).
+  std::string Where(absl::string_view path, const YAML::Node& node) const {
+    for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {  // the last one wins
+      const std::string& p = it->first;
+      if (path == p ||
+          (absl::StartsWith(path, p) && (path[p.size()] == '.' || path[p.size()] == '['))) {
+        return it->second;
+      }
+    }
+    const YAML::Mark m = node.Mark();
+    if (m.line < 0) return std::string(file);
+    return absl::StrCat(file, ":", m.line + 1, ":", m.column + 1);
+  }
+};
 
 absl::Status FieldError(absl::string_view path, absl::string_view reason) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", reason));
@@ -124,15 +140,15 @@ absl::Status SetScalar(pb::Message& msg, const pb::FieldDescriptor* f, absl::str
 }
 
 absl::Status YamlToMessage(const YAML::Node& node, pb::Message& msg, absl::string_view path,
-                           absl::string_view source);
+                           const Source& source);
 
 absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::FieldDescriptor* f,
-                         absl::string_view path, absl::string_view source) {
+                         absl::string_view path, const Source& source) {
   const pb::Reflection* r = msg.GetReflection();
   if (value.IsNull()) return absl::OkStatus();  // `key:` with nothing: leave the default
   if (f->is_map()) {
     if (!value.IsMap())
-      return FieldError(path, absl::StrCat("expected a mapping (", Where(source, value), ")"));
+      return FieldError(path, absl::StrCat("expected a mapping (", source.Where(path, value), ")"));
     const pb::FieldDescriptor* key_f = f->message_type()->map_key();
     const pb::FieldDescriptor* val_f = f->message_type()->map_value();
     for (const auto& kv : value) {
@@ -156,16 +172,18 @@ absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::Fi
     } else if (value.IsScalar()) {
       items.push_back(value);  // `aus: 12` is a list of one
     } else {
-      return FieldError(path, absl::StrCat("expected a list (", Where(source, value), ")"));
+      return FieldError(path, absl::StrCat("expected a list (", source.Where(path, value), ")"));
     }
     for (size_t i = 0; i < items.size(); ++i) {
       const std::string sub = absl::StrCat(path, "[", i, "]");
       if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
         RETURN_IF_ERROR(YamlToMessage(items[i], *r->AddMessage(&msg, f), sub, source));
       } else if (!items[i].IsScalar()) {
-        return FieldError(sub, absl::StrCat("expected a scalar (", Where(source, items[i]), ")"));
-      } else {
-        RETURN_IF_ERROR(SetScalar(msg, f, items[i].Scalar(), sub));
+        return FieldError(sub,
+                          absl::StrCat("expected a scalar (", source.Where(sub, items[i]), ")"));
+      } else if (absl::Status s = SetScalar(msg, f, items[i].Scalar(), sub); !s.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(s.message(), " (", source.Where(sub, items[i]), ")"));
       }
     }
     return absl::OkStatus();
@@ -174,20 +192,21 @@ absl::Status YamlToField(const YAML::Node& value, pb::Message& msg, const pb::Fi
     return YamlToMessage(value, *r->MutableMessage(&msg, f), path, source);
   }
   if (!value.IsScalar()) {
-    return FieldError(path, absl::StrCat("expected a scalar (", Where(source, value), ")"));
+    return FieldError(path, absl::StrCat("expected a scalar (", source.Where(path, value), ")"));
   }
   absl::Status s = SetScalar(msg, f, value.Scalar(), path);
   if (!s.ok())
-    return absl::InvalidArgumentError(absl::StrCat(s.message(), " (", Where(source, value), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(s.message(), " (", source.Where(path, value), ")"));
   return s;
 }
 
 absl::Status YamlToMessage(const YAML::Node& node, pb::Message& msg, absl::string_view path,
-                           absl::string_view source) {
+                           const Source& source) {
   if (node.IsNull()) return absl::OkStatus();
   if (!node.IsMap()) {
     return FieldError(path.empty() ? "spec" : path,
-                      absl::StrCat("expected a mapping (", Where(source, node), ")"));
+                      absl::StrCat("expected a mapping (", source.Where(path, node), ")"));
   }
   const pb::Descriptor* d = msg.GetDescriptor();
   std::set<std::string> seen;
@@ -198,11 +217,11 @@ absl::Status YamlToMessage(const YAML::Node& node, pb::Message& msg, absl::strin
     if (f == nullptr) {
       std::vector<std::string> known;
       for (int i = 0; i < d->field_count(); ++i) known.push_back(d->field(i)->name());
-      return FieldError(sub, absl::StrCat("unknown field (", Where(source, kv.first),
+      return FieldError(sub, absl::StrCat("unknown field (", source.Where(sub, kv.first),
                                           "); known: ", absl::StrJoin(known, ", ")));
     }
     if (!seen.insert(key).second) {
-      return FieldError(sub, absl::StrCat("given twice (", Where(source, kv.first), ")"));
+      return FieldError(sub, absl::StrCat("given twice (", source.Where(sub, kv.first), ")"));
     }
     RETURN_IF_ERROR(YamlToField(kv.second, msg, f, sub, source));
   }
@@ -327,8 +346,8 @@ void SetYamlPath(YAML::Node node, const std::vector<std::string>& parts, size_t 
   SetYamlPath(node[parts[i]], parts, i + 1, value);
 }
 
-// Applies one "a.b.c=VALUE" to the YAML tree `root`.
-absl::Status ApplyOverride(YAML::Node& root, const std::string& override) {
+// Applies one "a.b.c=VALUE" to the YAML tree `root`, and notes it in `source`.
+absl::Status ApplyOverride(YAML::Node& root, const std::string& override, Source& source) {
   const size_t eq = override.find('=');
   if (eq == std::string::npos || eq == 0) {
     return absl::InvalidArgumentError(
@@ -348,8 +367,46 @@ absl::Status ApplyOverride(YAML::Node& root, const std::string& override) {
   if (!root.IsMap()) root = YAML::Node(YAML::NodeType::Map);
   const std::vector<std::string> parts = absl::StrSplit(path, '.');
   SetYamlPath(root, parts, 0, value);
+  source.overrides.emplace_back(path, absl::StrCat("--set ", override));
   return absl::OkStatus();
 }
+
+// The node a field path of an error names ("train.lr", "cv.only[1]", "search.space.train.lr.choice
+// [2]"; map keys may hold dots), or the deepest node on the way; nullopt when not even the first
+// field is in the tree (a default, not written).
+std::optional<YAML::Node> FindNode(const YAML::Node& node, const std::vector<std::string>& parts,
+                                   size_t i) {
+  if (i == parts.size()) return node;
+  if (!node.IsMap()) return std::nullopt;
+  for (size_t j = parts.size(); j > i; --j) {  // the longest key first
+    std::string key = absl::StrJoin(parts.begin() + i, parts.begin() + j, ".");
+    std::optional<size_t> index;
+    if (const size_t open = key.find('['); open != std::string::npos && key.back() == ']') {
+      size_t k = 0;
+      if (absl::SimpleAtoi(key.substr(open + 1, key.size() - open - 2), &k)) index = k;
+      key.resize(open);
+    }
+    const YAML::Node child = node[key];
+    if (!child.IsDefined()) continue;
+    YAML::Node at = child;
+    if (index && child.IsSequence() && *index < child.size()) at = child[*index];
+    if (auto deeper = FindNode(at, parts, j)) return deeper;
+    return at;
+  }
+  return std::nullopt;
+}
+
+// "exp.yaml:12:3", "--set train.lr=-1" or "exp.yaml" for the field `path` of a validation error.
+std::string Locate(const YAML::Node& root, const Source& source, absl::string_view path) {
+  const std::optional<YAML::Node> node = FindNode(root, absl::StrSplit(path, '.'), 0);
+  return source.Where(path, node ? *node : YAML::Node());
+}
+
+// Reads `yaml` (one document) with `overrides` applied onto a spec; `root` and `source` keep the
+// tree and where its parts came from, to place later errors.
+absl::StatusOr<v1::ExperimentSpec> ParseTree(absl::string_view yaml,
+                                             const std::vector<std::string>& overrides,
+                                             Source& source, YAML::Node& root);
 
 }  // namespace
 
@@ -386,27 +443,39 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
 
 absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::string_view source,
                                                  const std::vector<std::string>& overrides) {
+  Source where{source, {}};
+  YAML::Node root;
+  return ParseTree(yaml, overrides, where, root);
+}
+
+namespace {
+
+absl::StatusOr<v1::ExperimentSpec> ParseTree(absl::string_view yaml,
+                                             const std::vector<std::string>& overrides,
+                                             Source& where, YAML::Node& root) {
+  const absl::string_view source = where.file;
   // yaml-cpp's Load reads the first document and ignores the rest, and its LoadAll never returns
   // on some inputs (a lone ',' line; found by the spec_yaml fuzzer): a second document is found by
   // its marker instead, a '---' (or content after '...') at the start of a line, which YAML allows
   // nowhere else (it ends any scalar).
   RETURN_IF_ERROR(CheckOneYamlDocument(yaml, source));
-  YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml));
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
-  for (const std::string& o : overrides) RETURN_IF_ERROR(ApplyOverride(root, o));
+  for (const std::string& o : overrides) RETURN_IF_ERROR(ApplyOverride(root, o, where));
   v1::ExperimentSpec spec;
   try {
-    RETURN_IF_ERROR(YamlToMessage(root, spec, "", source));
+    RETURN_IF_ERROR(YamlToMessage(root, spec, "", where));
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
   }
   return spec;
 }
+
+}  // namespace
 
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path) {
   return LoadSpecFile(path, {});
@@ -419,21 +488,32 @@ absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path,
   constexpr int64_t kMaxSpecFileBytes = 16 << 20;
   ASSIGN_OR_RETURN(std::string text, ReadFile(path, kMaxSpecFileBytes));
   v1::ExperimentSpec spec;
-  if (!overrides.empty() && absl::EndsWith(path, kSpecProtoSuffix)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": --set applies to YAML specs only"));
-  }
+  Source where{path, {}};
+  YAML::Node root;  // stays empty for the proto form
   if (absl::EndsWith(path, kSpecProtoSuffix)) {
+    if (!overrides.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": --set applies to YAML specs only"));
+    }
     // The coordinator's own form (written by the worker daemon): no YAML in between.
     if (!spec.ParseFromString(text)) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": not a serialized mal.v1.ExperimentSpec"));
     }
   } else {
-    ASSIGN_OR_RETURN(spec, ParseSpecYaml(text, path, overrides));
+    ASSIGN_OR_RETURN(spec, ParseTree(text, overrides, where, root));
   }
   ApplyDefaults(spec);
   absl::Status s = ValidateSpec(spec);
-  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+  if (!s.ok()) {
+    // "FIELD: reason": placed at the field's line, or at the --set that gave it.
+    const absl::string_view message = s.message();
+    const size_t colon = message.find(": ");
+    const absl::string_view field = message.substr(0, colon);
+    const std::string at = colon == absl::string_view::npos || absl::StrContains(field, ' ')
+                               ? std::string(path)
+                               : Locate(root, where, field);
+    return absl::InvalidArgumentError(absl::StrCat(at, ": ", message));
+  }
   return spec;
 }
 

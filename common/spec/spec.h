@@ -31,7 +31,9 @@ absl::StatusOr<v1::ExperimentSpec> ParseSpecYaml(absl::string_view yaml, absl::s
 // current directory, as a user typing them expects. A path ending in kSpecProtoSuffix holds a
 // serialized mal.v1.ExperimentSpec (what the worker daemon hands its engine child: the spec in the
 // one form it has from submission to training); anything else is YAML (JSON is YAML too).
-// Errors: the file unreadable, unparsable or invalid, each naming `path` (and the field).
+// Errors: the file unreadable, unparsable or invalid, each naming `path` (and the field); an
+// invalid value is placed at its line and column ("exp.yaml:4:7: train.lr: must be > 0"), or at
+// the override that gave it ("--set train.lr=-1: train.lr: must be > 0").
 absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path);
 // The same with `overrides` applied to the YAML before it is read, each "FIELD.PATH=VALUE" (malctl
 // submit --set): VALUE is YAML ("1e-3", "adam", "[1, 2]", "{mode: exact}") and replaces the

@@ -305,8 +305,46 @@ TEST(SpecTest, LoadSpecFileNamesFile) {
       "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /d}}\ntrain: {epochs: 0}\n");
   auto spec = LoadSpecFile(dir / "e.yaml");
   ASSERT_FALSE(spec.ok());
-  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("e.yaml: train.epochs"));
+  EXPECT_THAT(std::string(spec.status().message()), HasSubstr("e.yaml:4:17: train.epochs"));
   EXPECT_FALSE(LoadSpecFile(dir / "missing.yaml").ok());
+}
+
+// A validation error is placed where its field was written: the file's line and column (a list
+// element, a map key that holds dots), or the --set that gave the value (also for ill-typed
+// values, which were placed at the file's 1:1 before); the file alone for the proto form.
+TEST(SpecTest, ErrorsArePlacedAtTheLineOrTheOverrideThatGaveTheValue) {
+  testing::TempDir dir;
+  testing::WriteText(dir / "e.yaml",
+                     "name: x\n"  // 1
+                     "data: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n"
+                     "train:\n"                                      // 3
+                     "  lr: 0.1\n"                                   // 4
+                     "cv:\n"                                         // 5
+                     "  only: [1, 2,\n"                              // 6
+                     "         2]\n"                                 // 7
+                     "search:\n"                                     // 8
+                     "  space:\n"                                    // 9
+                     "    train.lr: {log_uniform: [0.1, 0.01]}\n");  // 10
+  auto message = [&](const std::vector<std::string>& overrides) {
+    auto spec = LoadSpecFile(dir / "e.yaml", overrides);
+    return spec.ok() ? std::string("OK") : std::string(spec.status().message());
+  };
+  const std::string file = dir / "e.yaml";
+  EXPECT_EQ(message({}), file + ":7:10: cv.only[2]: fold 2 listed twice");
+  EXPECT_EQ(message({"cv.only=[1]"}),
+            file + ":10:15: search.space.train.lr: log_uniform needs 0 < low < high");
+  EXPECT_EQ(message({"cv.only=[1]", "search.space={}", "train.lr=-1"}),
+            "--set train.lr=-1: train.lr: must be > 0");
+  EXPECT_EQ(message({"cv.only=[1]", "search.space={}", "train={lr: 0.1, momentum: 7}"}),
+            "--set train={lr: 0.1, momentum: 7}: train.momentum: must be in [0, 1)");
+  EXPECT_EQ(message({"cv.only=[1]", "search.space={}", "train.lr=abc"}),
+            "train.lr: 'abc' is not a finite number (--set train.lr=abc)");
+  EXPECT_EQ(message({"cv.only=[1, x]"}),
+            "cv.only[1]: 'x' is not an integer (--set cv.only=[1, x])");
+  testing::WriteText(dir / "list.yaml", "name: x\ncv: {only: [1, x]}\n");
+  auto list = LoadSpecFile(dir / "list.yaml");
+  EXPECT_EQ(std::string(list.status().message()),
+            "cv.only[1]: 'x' is not an integer (" + (dir / "list.yaml") + ":2:16)");
 }
 
 // The field report: malctl's path rewriting used to create an empty data.fe, which the server
