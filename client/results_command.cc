@@ -63,10 +63,22 @@ void PrintOne(const v1::ResultsResponse& r) {
   int rank = 0;
   for (const v1::TrialResult* t : ranked) {
     const std::string params = Params(*t);
-    std::cout << absl::StrFormat("#%d trial %d%s %s: mean F1 %.4f +- %.4f", ++rank, t->trial(),
+    int folds_done = 0;
+    for (const auto& run : r.runs()) {
+      folds_done +=
+          run.trial() == t->trial() && run.state() == v1::RUN_SUCCEEDED && run.fold() != 0;
+    }
+    // A trial that did not succeed: its mean over the folds that finished, if any (not a 0.0000
+    // that reads like a result).
+    std::string f1 = absl::StrFormat("mean F1 %.4f +- %.4f", t->mean_f1(), t->std_f1());
+    if (t->state() != "SUCCEEDED") {
+      f1 = folds_done == 0
+               ? "no fold finished"
+               : absl::StrFormat("%s over the %d fold(s) that finished", f1, folds_done);
+    }
+    std::cout << absl::StrFormat("#%d trial %d%s %s: %s", ++rank, t->trial(),
                                  t->trial() == r.best_trial() ? " (best)" : "",
-                                 t->state().empty() ? "RUNNING" : t->state(), t->mean_f1(),
-                                 t->std_f1())
+                                 t->state().empty() ? "RUNNING" : t->state(), f1)
               << (params.empty() ? "" : "  [" + params + "]")
               << (t->message().empty() ? "" : "  " + t->message()) << "\n";
     if (t->aus_size() == 0) continue;

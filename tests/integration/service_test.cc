@@ -1041,6 +1041,11 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   EXPECT_EQ(info.runs(0).attempt(), 0);
   EXPECT_THAT(info.runs(0).message(), HasSubstr("/nonexistent/BP4D"));
   EXPECT_THAT(info.message(), HasSubstr("/nonexistent/BP4D"));
+  // No fold finished: `malctl results` says so, not a mean F1 of 0.0000.
+  const std::string results = Malctl("results " + id, &rc);
+  EXPECT_EQ(rc, 0) << results;
+  EXPECT_THAT(results, HasSubstr("trial 0 FAILED: no fold finished"));
+  EXPECT_THAT(results, Not(HasSubstr("0.0000")));
 
   // A worker with data roots refuses a run whose dataset lies outside them (links resolved),
   // before opening anything, without retries (issue 14).
