@@ -15,6 +15,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <optional>
 #include <set>
 #include <utility>
@@ -316,12 +317,21 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
     probes.emplace_back(absl::StrCat(path, ".int_uniform[", i, "]"),
                         absl::StrCat(d.int_uniform(i)));
   }
-  for (const auto& [probe_path, value] : probes) {
+  std::map<std::string, int> choices;  // a trial spec's bytes -> the choice that gives it
+  for (size_t i = 0; i < probes.size(); ++i) {
+    const auto& [probe_path, value] = probes[i];
     v1::ExperimentSpec probe = spec;
     probe.mutable_search()->clear_space();
     absl::Status s = SetFieldByPath(probe, key, value);
     if (s.ok()) s = ValidateSpec(probe);
     if (!s.ok()) return FieldError(probe_path, s.message());
+    // The same value twice ("0.1" and "1e-1", "adam" twice) would train the same trial twice.
+    if (static_cast<int>(i) < d.choice_size()) {
+      const auto [at, added] = choices.emplace(probe.SerializeAsString(), static_cast<int>(i));
+      MAL_CHECK_FIELD(added, probe_path,
+                      absl::StrCat("'", value, "' is the value of choice[", at->second,
+                                   "] again: each trial would run twice"));
+    }
   }
   if (algorithm == "grid") {
     MAL_CHECK_FIELD(d.choice_size() > 0 || d.int_uniform_size() > 0, path,

@@ -253,6 +253,12 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_EQ(ErrorOf(base + "mal: {val_pos_weight: sqrt}\n"), "OK");
   EXPECT_THAT(ErrorOf(base + "mal: {meta_schedule: cosine}\n"),
               HasSubstr("mal.meta_schedule: 'cosine' is not one of constant, follow"));
+  EXPECT_THAT(
+      ErrorOf(base + "search: {algorithm: grid, space: {train.lr: {choice: [0.1, 1e-1]}}}\n"),
+      HasSubstr("search.space.train.lr.choice[1]: '1e-1' is the value of choice[0] again"));
+  EXPECT_THAT(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only, exact]}}}\n"),
+              HasSubstr("search.space.mal.mode.choice[2]: 'exact' is the value of choice[0]"));
+  EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
   EXPECT_THAT(ErrorOf(base + "mal: {task_balance: fixed}\n"),
               HasSubstr("mal.task_balance: 'fixed' is not one of meta, fixed_in_base_step"));
   EXPECT_EQ(ErrorOf(base + "mal: {task_balance: fixed_in_base_step}\n"), "OK");
