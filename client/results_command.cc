@@ -20,7 +20,7 @@ namespace {
 
 const v1::TrialResult* BestTrial(const v1::ResultsResponse& r) {
   for (const auto& t : r.trials()) {
-    if (t.trial() == r.best_trial()) return &t;
+    if (t.trial() == r.best_trial() && t.state() == "SUCCEEDED") return &t;
   }
   return nullptr;
 }
@@ -123,9 +123,11 @@ void PrintComparison(const std::vector<v1::ResultsResponse>& all,
   std::vector<int> aus;
   std::vector<std::map<int, double>> f1(all.size());
   std::vector<double> mean(all.size(), 0), std(all.size(), 0);
+  std::vector<bool> has(all.size(), false);  // a best trial (none: no trial succeeded)
   for (size_t i = 0; i < all.size(); ++i) {
     const v1::TrialResult* t = BestTrial(all[i]);
     if (t == nullptr) continue;
+    has[i] = true;
     for (int k = 0; k < t->aus_size(); ++k) {
       f1[i][t->aus(k)] = t->au_mean_f1(k);
       if (std::find(aus.begin(), aus.end(), t->aus(k)) == aus.end()) aus.push_back(t->aus(k));
@@ -159,18 +161,24 @@ void PrintComparison(const std::vector<v1::ResultsResponse>& all,
     std::cout << "\n";
   }
   double best = -1;
-  for (double m : mean) best = std::max(best, m);
+  for (size_t i = 0; i < all.size(); ++i) best = has[i] ? std::max(best, mean[i]) : best;
   std::cout << absl::StrFormat("%-6s", "mean");
-  for (size_t i = 0; i < all.size(); ++i)
-    std::cout << absl::StrFormat(" %7.3f+-%.3f%s", mean[i], std[i], mean[i] == best ? "*" : " ");
-  for (size_t i = 1; i < all.size(); ++i)
-    std::cout << absl::StrFormat(" %+14.3f", mean[i] - mean[0]);
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::cout << (has[i] ? absl::StrFormat(" %7.3f+-%.3f%s", mean[i], std[i],
+                                           mean[i] == best ? "*" : " ")
+                         : absl::StrFormat(" %14s", "-"));
+  }
+  for (size_t i = 1; i < all.size(); ++i) {
+    std::cout << (has[i] && has[0] ? absl::StrFormat(" %+14.3f", mean[i] - mean[0])
+                                   : absl::StrFormat(" %14s", "-"));
+  }
   std::cout << "\n(each experiment's best trial: per-AU test F1, mean over folds; * the best; "
-               "d() the difference to the first)\n";
+               "d() the difference to the first; - no trial succeeded)\n";
 }
 
-// experiment,name,method,trial,fold,AU..,mean: one row per finished fold run, then per trial
-// "mean" and "std" rows.
+// experiment,name,method,trial,fold,AU..,mean: one row per finished fold run, then "mean" and "std"
+// rows for each trial that succeeded (a failed or unfinished trial has only its folds' rows: a
+// mean over the folds that happened to finish is not the trial's result).
 void PrintCsv(const std::vector<v1::ResultsResponse>& all,
               const std::vector<v1::ExperimentInfo>& infos) {
   std::vector<int> aus;
@@ -203,7 +211,7 @@ void PrintCsv(const std::vector<v1::ResultsResponse>& all,
           row(infos[i], t.trial(), absl::StrCat(run.fold()), run.result().aus(),
               run.result().test_f1(), run.result().test_mean_f1());
       }
-      if (t.aus_size() == 0) continue;
+      if (t.aus_size() == 0 || t.state() != "SUCCEEDED") continue;
       row(infos[i], t.trial(), "mean", t.aus(), t.au_mean_f1(), t.mean_f1());
       row(infos[i], t.trial(), "std", t.aus(), t.au_std_f1(), t.std_f1());
     }

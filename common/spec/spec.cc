@@ -346,14 +346,27 @@ namespace {
 
 // node[parts[i]][parts[i + 1]]... = value, making maps on the way. By recursion: a yaml-cpp Node
 // variable assigned again would overwrite the node it refers to, not move to another.
+// Sets `value` at `parts` below the map `node`, replacing nodes rather than assigning through them:
+// yaml-cpp's `node[key] = value` writes into the node, which an alias (`lr: *m`) may share with
+// its anchor, so an override of one field would change the other. Maps on the way are copied
+// shallowly (their other entries, and their positions for errors, stay shared).
 void SetYamlPath(YAML::Node node, const std::vector<std::string>& parts, size_t i,
                  const YAML::Node& value) {
+  // (Assigning one yaml-cpp Node to another writes through too: every node here is fresh.)
+  const std::string& key = parts[i];
   if (i + 1 == parts.size()) {
-    node[parts[i]] = value;
+    node.remove(key);
+    node[key] = value;
     return;
   }
-  if (!node[parts[i]].IsMap()) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
-  SetYamlPath(node[parts[i]], parts, i + 1, value);
+  YAML::Node copy(YAML::NodeType::Map);
+  const YAML::Node old = node[key];
+  if (old.IsMap()) {
+    for (const auto& kv : old) copy[kv.first] = kv.second;
+  }
+  SetYamlPath(copy, parts, i + 1, value);
+  node.remove(key);
+  node[key] = copy;
 }
 
 // Applies one "a.b.c=VALUE" to the YAML tree `root`, and notes it in `source`.
@@ -382,8 +395,8 @@ absl::Status ApplyOverride(YAML::Node& root, const std::string& override, Source
 }
 
 // The node a field path of an error names ("train.lr", "cv.only[1]", "search.space.train.lr.choice
-// [2]"; map keys may hold dots), or the deepest node on the way; nullopt when not even the first
-// field is in the tree (a default, not written).
+// [2]"; map keys may hold dots); nullopt when the field was not written (a default, or a field
+// that another one requires: "data.fe" for method mal).
 std::optional<YAML::Node> FindNode(const YAML::Node& node, const std::vector<std::string>& parts,
                                    size_t i) {
   if (i == parts.size()) return node;
@@ -399,11 +412,13 @@ std::optional<YAML::Node> FindNode(const YAML::Node& node, const std::vector<std
     const YAML::Node child = node[key];
     if (!child.IsDefined()) continue;
     YAML::Node at = child;
-    if (index && child.IsSequence() && *index < child.size()) at = child[*index];
+    if (index && child.IsSequence()) {
+      if (*index >= child.size()) return std::nullopt;
+      at = child[*index];
+    }
     if (auto deeper = FindNode(at, parts, j)) return deeper;
-    return at;
   }
-  return std::nullopt;
+  return std::nullopt;  // not written (a default, or a field another one requires)
 }
 
 // "exp.yaml:12:3", "--set train.lr=-1" or "exp.yaml" for the field `path` of a validation error.
@@ -871,8 +886,17 @@ absl::StatusOr<const pb::FieldDescriptor*> ResolveFieldPath(const pb::Message& m
   const pb::FieldDescriptor* f = nullptr;
   std::vector<std::string> parts = absl::StrSplit(path, '.');
   for (size_t i = 0; i < parts.size(); ++i) {
-    if (d == nullptr)
-      return absl::InvalidArgumentError(absl::StrCat("'", path, "' goes below a scalar"));
+    if (d == nullptr) {
+      const std::string above = absl::StrJoin(parts.begin(), parts.begin() + i, ".");
+      if (f != nullptr && f->is_map()) {
+        return absl::InvalidArgumentError(absl::StrCat("'", above,
+                                                       "' is a map: set it whole, e.g. ", above,
+                                                       "={train.lr: {log_uniform: [1e-4, 1e-2]}}"));
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "' goes below '", above, "', which is ",
+                       f != nullptr && f->is_repeated() ? "a list" : "a scalar"));
+    }
     f = d->FindFieldByName(parts[i]);
     if (f == nullptr) {
       return absl::InvalidArgumentError(

@@ -1060,6 +1060,15 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   EXPECT_EQ(refused.runs(0).attempt(), 0);
   EXPECT_THAT(refused.runs(0).message(), HasSubstr("data.au.root: " + (dir_ / "allowed/sf-link")));
   EXPECT_THAT(refused.runs(0).message(), HasSubstr("outside the data roots"));
+  // Two experiments without a finished trial side by side: '-', not a mean of 0.000; and their
+  // CSV has no mean or std rows (only finished folds', and there are none).
+  const std::string compared = Malctl("results " + id + " " + outside, &rc);
+  EXPECT_EQ(rc, 0) << compared;
+  EXPECT_THAT(compared, Not(HasSubstr("0.000"))) << compared;
+  EXPECT_THAT(compared, HasSubstr("- no trial succeeded")) << compared;
+  const std::string csv = Malctl("results " + id + " " + outside + " -o csv", &rc);
+  EXPECT_EQ(rc, 0) << csv;
+  EXPECT_EQ(csv.find(",mean,"), std::string::npos) << csv;
 }
 
 TEST_F(ServiceTest, StaleEpochsAndBadChecksumsAreRejected) {

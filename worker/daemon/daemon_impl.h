@@ -87,6 +87,9 @@ struct Supervised {
   // failed for a retry elsewhere; the slot stays taken until the process ends.
   bool abandoned = false;
   std::optional<v1::RunOutcome> outcome;  // the child's last word, when it sent one
+  // The coordinator refused one of the run's files for good ("uploading NAME: why"): the child is
+  // stopped and the run fails, not retried (every attempt would make the same file).
+  std::optional<std::string> refused;
 };
 
 class Daemon {
@@ -158,6 +161,9 @@ class Daemon {
   // Assignments of a run whose previous task (revoked, being stopped) has not ended yet: they
   // start when it has, so two tasks never share a run directory.
   std::vector<v1::Assignment> waiting_ ABSL_GUARDED_BY(mu_);
+  // Held while a run directory is created or removed, with the experiment's directory above it
+  // once empty, so one run's cleanup never removes the parent another run is creating.
+  absl::Mutex run_dirs_mu_;
 };
 
 }  // namespace mal::worker::internal

@@ -63,6 +63,19 @@ bool Readable(int fd) {
   return ::poll(&p, 1, 0) > 0;
 }
 
+// A refusal that no retry would change: the coordinator will not take the file (over its
+// --max-upload-mb, a name it refuses). Not a stale lease or a coordinator away.
+bool RefusedForGood(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT;
+}
+
+// "uploading NAME: why", without naming the file twice when the refusal names it already.
+std::string UploadFailure(const std::string& name, const grpc::Status& s) {
+  const std::string why = s.error_message();
+  return absl::StartsWith(why, name + ":") ? absl::StrCat("uploading ", why)
+                                           : absl::StrCat("uploading ", name, ": ", why);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
@@ -104,15 +117,6 @@ grpc::Status Daemon::Upload(RunTask* t, const std::string& name, const std::stri
 bool Daemon::Prepare(RunTask* t, std::string* error) {
   const std::string out = t->dir + "/out";
   std::error_code ec;
-  // A first attempt starts from nothing: a directory already there belongs to a run of another
-  // coordinator (a fresh state directory numbers its experiments from exp-1 again), whose log
-  // the new run would otherwise append to.
-  if (t->a.attempt() == 0 && !t->a.has_checkpoint() && fs::exists(t->dir, ec)) {
-    LOG(WARNING) << "run " << t->a.run_id() << ": removing " << t->dir
-                 << ", left by an earlier run of the same experiment id";
-    fs::remove_all(t->dir, ec);
-    ec.clear();
-  }
   // A fresh directory each time: a resumed run takes the coordinator's latest checkpoint, which
   // may come from another host.
   fs::remove_all(out, ec);
@@ -190,6 +194,11 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
     if (!fs::exists(f.path, ec)) continue;
     grpc::Status st = Upload(t, f.name, f.path, patience);
     if (st.ok() && f.weights_epoch > 0) s.sent_weights.insert(f.weights_epoch);
+    if (RefusedForGood(st) && !s.refused) {
+      LOG(WARNING) << "run " << t->a.run_id() << ": " << UploadFailure(f.name, st)
+                   << "; stopping it";
+      s.refused = UploadFailure(f.name, st);
+    }
     if (!st.ok() && IsTransient(st)) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                                << st.error_message() << " (sent again later)";
@@ -230,8 +239,7 @@ bool Daemon::UploadAll(RunTask* t, std::string* failure) {
     grpc::Status s = Upload(t, rel, entry.path().string());
     if (!s.ok()) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
-      if (all && failure != nullptr)
-        *failure = absl::StrCat("uploading ", rel, ": ", s.error_message());
+      if (all && failure != nullptr) *failure = UploadFailure(rel, s);
       all = false;
     }
   }
@@ -275,7 +283,18 @@ void Daemon::Release(RunTask* t, absl::string_view detail) {
 
 void Daemon::Execute(RunTask* t) {
   std::error_code ec;
-  fs::create_directories(t->dir, ec);
+  {
+    absl::MutexLock lock(&run_dirs_mu_);
+    // A first attempt starts from nothing: a directory already there belongs to a run of another
+    // coordinator (a fresh state directory numbers its experiments from exp-1 again), whose log
+    // the new run would otherwise append to.
+    if (t->a.attempt() == 0 && !t->a.has_checkpoint() && fs::exists(t->dir, ec)) {
+      LOG(WARNING) << "run " << t->a.run_id() << ": removing " << t->dir
+                   << ", left by an earlier run of the same experiment id";
+      fs::remove_all(t->dir, ec);
+    }
+    fs::create_directories(t->dir, ec);
+  }
   // Containment with links resolved: this host has the files (the coordinator checked lexically).
   if (absl::Status s = CheckSpecPaths(t->a.spec(), o_.data_roots, /*resolve_links=*/true);
       !s.ok()) {
@@ -408,6 +427,11 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
       } else if (mtime != checkpoint_mtime) {
         grpc::Status up = Upload(t, run_files::kCheckpoint, ckpt, kProgressUploadPatience);
         if (up.ok() || !IsTransient(up)) checkpoint_mtime = mtime;  // else: again next tick
+        if (RefusedForGood(up) && !s.refused) {
+          LOG(WARNING) << "run " << t->a.run_id() << ": "
+                       << UploadFailure(run_files::kCheckpoint, up) << "; stopping it";
+          s.refused = UploadFailure(run_files::kCheckpoint, up);
+        }
       }
       last_upload = Clock::now();
     }
@@ -424,7 +448,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
       SignalChild(child.pid, SIGTERM);
       term_sent = Clock::now();
     }
-    if ((s.stale || t->dropped || t->stopping) && term_sent == Clock::time_point()) {
+    if ((s.stale || t->dropped || t->stopping || s.refused) && term_sent == Clock::time_point()) {
       SignalChild(child.pid, SIGTERM);
       term_sent = Clock::now();
     }
@@ -468,6 +492,14 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     Sleep(milliseconds(500));
   }
   if (s.stale || t->dropped) return;
+  if (s.refused) {
+    // Stopped as soon as the coordinator refused a file for good (a checkpoint over its
+    // --max-upload-mb at the first epoch): training on would only make files it also refuses.
+    (void)UploadAll(t);
+    Fail(t, absl::StrCat("the coordinator refuses the run's files: ", *s.refused),
+         /*retryable=*/false);
+    return;
+  }
   const bool succeeded = s.outcome && s.outcome->code() == 0 && !exit.signaled && exit.status == 0;
   // A run the engine failed for good (bad spec, missing data, non-finite loss, out of memory)
   // fails as it would without a stop or a stall, below.
@@ -535,9 +567,11 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
       // Every file is on the coordinator: the local copy would only fill the worker's disk (a
       // ResNet-34's model and checkpoint are about 260 MB a run). Kept after a failure, for
       // inspection.
+      absl::MutexLock lock(&run_dirs_mu_);  // not while another run creates the parent
       std::error_code ec;
       fs::remove_all(t->dir, ec);
       if (ec) LOG(WARNING) << "run " << run_id << ": removing " << t->dir << ": " << ec.message();
+      fs::remove(fs::path(t->dir).parent_path(), ec);  // the experiment's, once empty
     }
     return;
   }

@@ -347,6 +347,28 @@ TEST(SpecTest, ErrorsArePlacedAtTheLineOrTheOverrideThatGaveTheValue) {
             "train.lr: 'abc' is not a finite number (--set train.lr=abc)");
   EXPECT_EQ(message({"cv.only=[1, x]"}),
             "cv.only[1]: 'x' is not an integer (--set cv.only=[1, x])");
+  // Not written (a field another requires): the file alone, not the line of a neighbour; under a
+  // --set that replaced its parent, that --set.
+  testing::WriteText(dir / "no_fe.yaml",
+                     "name: x\nmethod: mal\ndata:\n  au: {format: bp4d, root: /d}\n");
+  auto no_fe = LoadSpecFile(dir / "no_fe.yaml");
+  EXPECT_THAT(std::string(no_fe.status().message()),
+              ::testing::StartsWith((dir / "no_fe.yaml") + ": data.fe: required"));
+  EXPECT_THAT(
+      message({"cv.only=[1]", "search.space={}", "data={au: {format: bp4d, root: /d}}"}),
+      ::testing::StartsWith("--set data={au: {format: bp4d, root: /d}}: data.fe: required"));
+  // An override replaces the value, never writes through an alias to its anchor (or back).
+  testing::WriteText(dir / "alias.yaml",
+                     "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: "
+                     "/r}}\ntrain: {momentum: &m 0.5, lr: *m}\n");
+  auto aliased = LoadSpecFile(dir / "alias.yaml", {"train.momentum=0"});
+  ASSERT_TRUE(aliased.ok()) << aliased.status();
+  EXPECT_DOUBLE_EQ(aliased->train().momentum(), 0);
+  EXPECT_DOUBLE_EQ(aliased->train().lr(), 0.5);
+  auto anchored = LoadSpecFile(dir / "alias.yaml", {"train.lr=0.01"});
+  ASSERT_TRUE(anchored.ok()) << anchored.status();
+  EXPECT_DOUBLE_EQ(anchored->train().momentum(), 0.5);
+  EXPECT_DOUBLE_EQ(anchored->train().lr(), 0.01);
   testing::WriteText(dir / "list.yaml", "name: x\ncv: {only: [1, x]}\n");
   auto list = LoadSpecFile(dir / "list.yaml");
   EXPECT_EQ(std::string(list.status().message()),
@@ -428,6 +450,8 @@ TEST(SpecTest, OverridesReplaceFieldsAndAreValidatedLikeTheFile) {
   for (const auto& [override, message] : std::vector<std::pair<std::string, std::string>>{
            {"train.lrr=0.1", "--set train.lrr=0.1: "},
            {"train.lr", "--set train.lr: write FIELD.PATH=VALUE"},
+           {"search.space.train.lr={choice: [0.1]}", "'search.space' is a map: set it whole"},
+           {"cv.only.x=1", "'cv.only.x' goes below 'cv.only', which is a list"},
            {"train.lr=[", "--set train.lr=[: "},
            {"train.epochs=-3", "train.epochs"},
            {"method=sometimes", "method"}}) {

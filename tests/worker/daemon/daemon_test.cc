@@ -289,7 +289,33 @@ TEST_F(DaemonTest, AFileRefusedForGoodFailsATrainedRunNamingIt) {
   EXPECT_FALSE(fake_->failed_[0].retryable());
   EXPECT_THAT(fake_->failed_[0].message(),
               HasSubstr("the run trained, but its files did not reach the coordinator: uploading "
-                        "model.pt: model.pt: over the upload limit of 1 MiB"));
+                        "model.pt: over the upload limit of 1 MiB"));
+}
+
+// A checkpoint refused for good at an epoch's end stops the training at once (every later file
+// would be refused as well) and fails the run for good, naming the file.
+TEST_F(DaemonTest, AFileRefusedForGoodDuringTrainingStopsIt) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->refuse_upload_["checkpoint.pt"] = {
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     "checkpoint.pt: over the upload limit of 1 MiB (mal-coordinator "
+                     "--max-upload-mb)"),
+        -1};
+  }
+  const auto start = std::chrono::steady_clock::now();
+  Start("echo ckpt > $OUT/checkpoint.pt\n" + std::string(kEpoch) +
+        "\nsleep 60\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));  // not the sleep
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_FALSE(fake_->failed_[0].retryable());
+  EXPECT_EQ(fake_->failed_[0].message(),
+            "the coordinator refuses the run's files: uploading checkpoint.pt: over the upload "
+            "limit of 1 MiB (mal-coordinator --max-upload-mb)");
 }
 
 // A transient refusal (a full disk on the coordinator) is retried until it passes; the run then
