@@ -107,11 +107,13 @@ Outcome DecideOutcome(const Experiment& e) {
   out.best_trial = best;
   out.best_mean_f1 = best >= 0 ? best_f1 : 0;
   std::string first_failure;
+  int failed = 0;
   bool cancelled = false;
   for (const Trial& t : e.trials) {
     if (t.state == TrialState::kFailed && first_failure.empty()) {
       first_failure = absl::StrCat("trial ", t.trial, ": ", t.message);
     }
+    failed += t.state == TrialState::kFailed;
     cancelled = cancelled || t.state == TrialState::kCancelled;
   }
   const FoldRun* final_run = e.FinalRun();
@@ -126,7 +128,13 @@ Outcome DecideOutcome(const Experiment& e) {
         final_run->message.empty() ? RunStateName(final_run->state) : final_run->message);
   } else if (best >= 0) {
     out.state = v1::EXPERIMENT_SUCCEEDED;
-    out.message = first_failure;
+    // Succeeded with failed trials (a search where some settings fail): say how many, so the
+    // first failure does not read as the experiment's.
+    if (failed > 0) {
+      out.message =
+          absl::StrCat(failed, " of ", e.trials.size(), " trials failed (the best of the ",
+                       "others is trial ", best, "); the first: ", first_failure);
+    }
     for (const auto& [id, r] : e.runs) {
       if (r.trial != best || r.state != RunState::kSucceeded || r.fold == 0) continue;
       v1::FoldResult fr;

@@ -141,6 +141,22 @@ TEST(LifecycleTest, AFailedFoldFailsItsTrialAndTheFinalFitDecidesTheEnd) {
   EXPECT_EQ(AfterTrials(e), NextStep::kFinish);
   EXPECT_EQ(DecideOutcome(e).state, v1::EXPERIMENT_FAILED);
   EXPECT_THAT(DecideOutcome(e).message, HasSubstr("trial 0: fold 1: out of memory"));
+  {
+    // A search where one of two trials failed still succeeds, and says how many failed.
+    Experiment g = MakeExperiment("a", 2, 1);
+    g.runs[1].state = RunState::kFailed;
+    g.runs[1].message = "out of memory";
+    g.trials[0].state = TrialState::kFailed;
+    g.trials[0].message = "fold 1: out of memory";
+    g.runs[2].state = RunState::kSucceeded;
+    g.runs[2].result = Result(0.6);
+    g.trials[1].state = TrialState::kSucceeded;
+    const Outcome o = DecideOutcome(g);
+    EXPECT_EQ(o.state, v1::EXPERIMENT_SUCCEEDED);
+    EXPECT_EQ(o.message,
+              "1 of 2 trials failed (the best of the others is trial 1); the first: trial 0: fold "
+              "1: out of memory");
+  }
 
   Experiment f = MakeExperiment("a", 1, 1);
   f.spec.set_final_fit(true);
