@@ -138,10 +138,10 @@ class Daemon {
   void UploadProgress(RunTask* t, Supervised& s, milliseconds patience = kForever);
   // Adds every weights CSV in the run's output not yet sent to `s.owed_weights`.
   void OweEveryWeightsCsv(const RunTask* t, Supervised& s);
-  // Every file of the run's output and its log; false when an output file did not arrive, with
-  // `*failure` (when given) naming the first such file and why. Transient refusals (a full disk
-  // on the coordinator) are retried until they pass, or a few times while stopping.
-  bool UploadAll(RunTask* t, std::string* failure = nullptr);
+  // Every file of the run's output and its log. Transient refusals (a full disk on the
+  // coordinator) are retried until they pass, or a few times while stopping. The first output
+  // file that did not arrive comes back with its code and "uploading NAME: why"; OK when all did.
+  grpc::Status UploadAll(RunTask* t);
   // Retries a call while IsTransient, until it lands, the run is revoked, the daemon stops, or
   // `patience` has passed since the first try.
   template <typename Call>

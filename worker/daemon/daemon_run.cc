@@ -223,10 +223,10 @@ void Daemon::OweEveryWeightsCsv(const RunTask* t, Supervised& s) {
   }
 }
 
-bool Daemon::UploadAll(RunTask* t, std::string* failure) {
+grpc::Status Daemon::UploadAll(RunTask* t) {
   const fs::path out = t->dir + "/out";
   std::error_code ec;
-  bool all = true;
+  grpc::Status first;
   // Non-throwing forms throughout: a file vanishing or unreadable mid-walk is a file not sent,
   // never an exception on the run's thread.
   fs::recursive_directory_iterator it(out, ec), end;
@@ -239,14 +239,15 @@ bool Daemon::UploadAll(RunTask* t, std::string* failure) {
     grpc::Status s = Upload(t, rel, entry.path().string());
     if (!s.ok()) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
-      if (all && failure != nullptr) *failure = UploadFailure(rel, s);
-      all = false;
+      if (first.ok()) first = grpc::Status(s.error_code(), UploadFailure(rel, s));
     }
   }
-  if (ec && all && failure != nullptr)
-    *failure = absl::StrCat("reading ", out.string(), ": ", ec.message());
+  if (ec && first.ok()) {
+    first = grpc::Status(grpc::StatusCode::INTERNAL,
+                         absl::StrCat("reading ", out.string(), ": ", ec.message()));
+  }
   (void)Upload(t, run_files::kLog, t->dir + "/" + run_files::kLog);
-  return all && !ec;
+  return first;
 }
 
 size_t DropWeightSummaries(std::deque<v1::Event>& pending, size_t keep_head) {
@@ -535,18 +536,17 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   if (succeeded) {
     // While stopping, uploads give up after a few retries: complete the run only with every
     // file delivered, else hand it back (it resumes from its checkpoint elsewhere).
-    std::string failure;
-    if (!UploadAll(t, &failure)) {
+    if (const grpc::Status up = UploadAll(t); !up.ok()) {
       if (Stopping(t)) {
         Release(t, " before the run's files were uploaded");
       } else if (!t->dropped) {
-        // Refused for good (a file over mal-coordinator --max-upload-mb, the lease gone): the
-        // run trained, but completing it would leave the coordinator without its files, and
-        // training again would produce the same ones.
-        Fail(
-            t,
-            absl::StrCat("the run trained, but its files did not reach the coordinator: ", failure),
-            /*retryable=*/false);
+        // Completing the run would leave the coordinator without its files. Refused for good
+        // (a file over mal-coordinator --max-upload-mb): training again would make the same
+        // file, so not retried; anything else (a checksum broken on the way) is.
+        Fail(t,
+             absl::StrCat("the run trained, but its files did not reach the coordinator: ",
+                          up.error_message()),
+             /*retryable=*/!RefusedForGood(up));
       }
       return;
     }

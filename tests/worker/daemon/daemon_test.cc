@@ -292,6 +292,25 @@ TEST_F(DaemonTest, AFileRefusedForGoodFailsATrainedRunNamingIt) {
                         "model.pt: over the upload limit of 1 MiB"));
 }
 
+// A file broken on the way (checksum mismatch, DATA_LOSS, not retried by the call itself): the
+// run fails, but retryably, as another attempt would send an intact file.
+TEST_F(DaemonTest, AFileBrokenOnTheWayFailsATrainedRunForARetry) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->refuse_upload_["model.pt"] = {
+        grpc::Status(grpc::StatusCode::DATA_LOSS, "artifact model.pt: checksum mismatch"), -1};
+  }
+  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_[0].retryable());
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("uploading model.pt: artifact model.pt: "
+                                                     "checksum mismatch"));
+}
+
 // A checkpoint refused for good at an epoch's end stops the training at once (every later file
 // would be refused as well) and fails the run for good, naming the file.
 TEST_F(DaemonTest, AFileRefusedForGoodDuringTrainingStopsIt) {
