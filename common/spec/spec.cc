@@ -643,8 +643,25 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
 // and free of control characters (NUL, newline ...), lists short. `prefix` is the field path so
 // far.
 namespace {
+constexpr size_t kMaxString = 4096;
+
+// A string field (or a map key, `what` "key '...' "): bounded, printable, UTF-8.
+absl::Status CheckString(const std::string& v, const std::string& at, const std::string& what) {
+  MAL_CHECK_FIELD(v.size() <= kMaxString, at,
+                  absl::StrCat(what, v.size(), " characters, at most ", kMaxString));
+  for (char c : v) {
+    MAL_CHECK_FIELD(static_cast<unsigned char>(c) >= 0x20 && c != 0x7f, at,
+                    absl::StrCat(what, "contains a control character (NUL, newline, tab ...)"));
+  }
+  // Protobuf's own check: a string field that is not UTF-8 cannot be sent (it failed later as a
+  // bare serialisation error).
+  MAL_CHECK_FIELD(pb::internal::IsStructurallyValidUTF8(v.data(), static_cast<int>(v.size())), at,
+                  absl::StrCat(what, "is not valid UTF-8 (save the file as UTF-8)"));
+  return absl::OkStatus();
+}
+
 absl::Status CheckEveryField(const pb::Message& m, const std::string& prefix) {
-  constexpr size_t kMaxString = 4096, kMaxList = 1000;
+  constexpr size_t kMaxList = 1000;
   const pb::Reflection* r = m.GetReflection();
   std::vector<const pb::FieldDescriptor*> fields;
   r->ListFields(m, &fields);
@@ -675,17 +692,7 @@ absl::Status CheckEveryField(const pb::Message& m, const std::string& prefix) {
         case pb::FieldDescriptor::CPPTYPE_STRING: {
           const std::string v =
               f->is_repeated() ? r->GetRepeatedString(m, f, i) : r->GetString(m, f);
-          MAL_CHECK_FIELD(v.size() <= kMaxString, at,
-                          absl::StrCat(v.size(), " characters, at most ", kMaxString));
-          for (char c : v) {
-            MAL_CHECK_FIELD(static_cast<unsigned char>(c) >= 0x20 && c != 0x7f, at,
-                            "contains a control character (NUL, newline, tab ...)");
-          }
-          // Protobuf's own check: a string field that is not UTF-8 cannot be sent (it failed
-          // later as a bare serialisation error).
-          MAL_CHECK_FIELD(
-              pb::internal::IsStructurallyValidUTF8(v.data(), static_cast<int>(v.size())), at,
-              "is not valid UTF-8 (save the file as UTF-8)");
+          RETURN_IF_ERROR(CheckString(v, at, ""));
           break;
         }
         case pb::FieldDescriptor::CPPTYPE_MESSAGE: {
@@ -695,8 +702,14 @@ absl::Status CheckEveryField(const pb::Message& m, const std::string& prefix) {
           std::string sub_path = at;
           if (f->is_map()) {
             const pb::FieldDescriptor* key = sub.GetDescriptor()->FindFieldByName("key");
-            sub_path = absl::StrCat(path, ".", sub.GetReflection()->GetString(sub, key));
-            RETURN_IF_ERROR(CheckEveryField(sub, ""));  // the key itself
+            const std::string key_text = sub.GetReflection()->GetString(sub, key);
+            // The key itself, named by the map (a key too long to print is not printed).
+            const bool printable = key_text.size() <= 64 && absl::c_all_of(key_text, [](char c) {
+                                     return c >= 0x20 && c < 0x7f;
+                                   });
+            RETURN_IF_ERROR(CheckString(
+                key_text, path, printable ? absl::StrCat("key '", key_text, "': ") : "a key: "));
+            sub_path = absl::StrCat(path, ".", key_text);
             const pb::FieldDescriptor* value = sub.GetDescriptor()->FindFieldByName("value");
             if (value->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
               RETURN_IF_ERROR(

@@ -231,6 +231,15 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
               HasSubstr("search.space.train.nope"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
   EXPECT_EQ(ErrorOf(base + "search: {space: {method: {choice: [mtl, mal]}}}\n"), "OK");
+  {
+    // The limits inside a map entry are named by the map and its key (was "value.choice").
+    std::string many;
+    for (int i = 0; i < 1001; ++i) absl::StrAppend(&many, i == 0 ? "" : ", ", 1e-4 * (i + 1));
+    EXPECT_THAT(ErrorOf(base + "search: {space: {train.lr: {choice: [" + many + "]}}}\n"),
+                HasSubstr("search.space.train.lr.choice: 1001 entries, at most 1000"));
+    EXPECT_THAT(ErrorOf(base + "search: {space: {\"train.\\tlr\": {choice: [0.1]}}}\n"),
+                HasSubstr("search.space: a key: contains a control character"));
+  }
   // One for every trial: a searched seed was overwritten by the trial's, final_fit never ran.
   for (const char* key :
        {"seed", "final_fit", "priority", "name", "data.au.root", "cv.folds", "search.trials"}) {
