@@ -20,6 +20,7 @@
 #include "common/spec/spec.h"
 #include "common/util/grpc_status.h"
 #include "common/util/random.h"
+#include "server/core/searcher.h"
 
 namespace mal::cli {
 
@@ -62,6 +63,11 @@ int Submit(const SubmitOptions& o) {
   if (!c.ok()) return Fail(kUsage, std::string(c.status().message()));
   auto spec = LoadSpecFile(o.file, o.overrides);
   if (!spec.ok()) return Fail(kUsage, std::string(spec.status().message()));
+  // The coordinator's check of the search as a whole, here, so a grid too large or a trial whose
+  // combination of values is invalid is a usage error before anything is sent.
+  if (auto trials = server::CheckExperimentSize(*spec); !trials.ok()) {
+    return Fail(kUsage, absl::StrCat(o.file, ": ", trials.status().message()));
+  }
   // Relative dataset and model paths mean "from where malctl runs": absolute before the spec
   // leaves this machine.
   ResolveSpecPaths(*spec, fs::current_path().string());

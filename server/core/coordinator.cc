@@ -51,8 +51,7 @@ v1::RunState ToProto(RunState s) {
   return v1::RUN_STATE_UNSPECIFIED;
 }
 
-// One submission may not flood the store (a typo in a grid or cv.folds).
-constexpr size_t kMaxRunsPerExperiment = 100000;
+// A request id is a key, not a payload (the search's size: CheckExperimentSize).
 constexpr size_t kMaxRequestId = 256;
 
 }  // namespace
@@ -149,14 +148,9 @@ absl::StatusOr<v1::SubmitExperimentResponse> Coordinator::Submit(
   // The same validation as a YAML file gets (common/spec/spec.h), before anything is stored.
   if (absl::Status s = ValidateSpec(spec); !s.ok()) return absl::InvalidArgumentError(s.message());
   const std::vector<int> folds = FoldNumbers(spec);
-  if (const int64_t trials = TrialCount(spec);
-      trials * static_cast<int64_t>(folds.size()) > static_cast<int64_t>(kMaxRunsPerExperiment)) {
-    return absl::InvalidArgumentError(absl::StrCat("search, cv: ", trials, " trials x ",
-                                                   folds.size(), " folds is over ",
-                                                   kMaxRunsPerExperiment, " fold runs"));
-  }
+  // Before the paths: a search too large is refused in microseconds, whatever else is wrong.
+  ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, CheckExperimentSize(spec));
   RETURN_IF_ERROR(CheckSpecPaths(spec, options_.data_roots, /*resolve_links=*/false));
-  ASSIGN_OR_RETURN(std::vector<TrialPlan> plans, ExpandTrials(spec));
   if (!options_.data_roots.empty() && plans.size() > 1) {  // a search may set a path
     for (const TrialPlan& plan : plans) {
       ASSIGN_OR_RETURN(v1::ExperimentSpec trial, TrialSpec(spec, plan));

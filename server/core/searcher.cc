@@ -119,6 +119,16 @@ absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec,
   return out;
 }
 
+absl::StatusOr<std::vector<TrialPlan>> CheckExperimentSize(const v1::ExperimentSpec& spec) {
+  const int64_t folds = static_cast<int64_t>(FoldNumbers(spec).size());
+  if (const int64_t trials = TrialCount(spec); trials * folds > kMaxRunsPerExperiment) {
+    return absl::InvalidArgumentError(absl::StrCat("search, cv: ", trials, " trials x ", folds,
+                                                   " folds is over ", kMaxRunsPerExperiment,
+                                                   " fold runs"));
+  }
+  return ExpandTrials(spec);
+}
+
 std::vector<int> FoldNumbers(const v1::ExperimentSpec& spec) {
   if (spec.cv().only_size() > 0) return {spec.cv().only().begin(), spec.cv().only().end()};
   std::string protocol = spec.cv().protocol();

@@ -38,6 +38,13 @@ absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec, con
 // The fold numbers the spec's protocol runs (cv.only when given).
 std::vector<int> FoldNumbers(const v1::ExperimentSpec& spec);
 
+// What a validated spec asks for as a whole (the coordinator's check at submission, and malctl's
+// before it connects): at most kMaxRunsPerExperiment fold runs (trials x folds, counted
+// arithmetically: "search, cv: 2000 trials x 100 folds is over 100000 fold runs"), and every
+// trial's combination of values valid ("trial 3: mal.lookahead_steps: ..."). InvalidArgument.
+inline constexpr int64_t kMaxRunsPerExperiment = 100000;
+absl::StatusOr<std::vector<TrialPlan>> CheckExperimentSize(const v1::ExperimentSpec& spec);
+
 // JSON object of string values (the params column).
 std::string ParamsToJson(const std::map<std::string, std::string>& params);
 absl::StatusOr<std::map<std::string, std::string>> ParamsFromJson(const std::string& json);
