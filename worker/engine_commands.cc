@@ -32,7 +32,7 @@ int Fail(int code, const std::string& message) {
 
 struct TrainArgs {
   std::string file, out, device;
-  int fold = 1;
+  int fold = 1, trial = 0;
   std::optional<int> threads, events_fd;
   bool resume = false, quiet = false;
 };
@@ -46,6 +46,7 @@ int Train(const TrainArgs& a) {
   engine::TrainOptions options;
   options.spec = *spec;
   options.fold = a.fold;
+  options.trial = a.trial;
   options.out_dir = a.out;
   options.resume = a.resume;
   options.progress = !a.quiet;
@@ -104,6 +105,9 @@ void AddTrainCommand(CLI::App& app, int* exit_code) {
       ->required();
   cmd->add_option("--fold", a->fold, "the fold to train, 1..K; 0: the final fit on all subjects")
       ->check(CLI::Range(0, 1000));
+  cmd->add_option("--trial", a->trial,
+                  "the trial of the experiment this run belongs to (recorded in model.json)")
+      ->check(CLI::Range(0, 1000000));
   cmd->add_option("--out", a->out, "the run directory")->required();
   cmd->add_flag("--resume", a->resume, "continue from --out's checkpoint.pt");
   cmd->add_option("--threads", a->threads,

@@ -273,6 +273,9 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
                   path,
                   "not searchable: the same for every trial of an experiment (search method, "
                   "model.*, train.* or mal.*; repeat the experiment for other seeds or data)");
+  MAL_CHECK_FIELD(key != "train.device" && key != "train.threads", path,
+                  "not searchable: the worker that runs a trial sets it (mal-worker --devices, "
+                  "--threads)");
   auto field = ResolveFieldPath(spec, key);
   if (!field.ok()) return FieldError(path, field.status().message());
   const pb::FieldDescriptor* f = *field;
@@ -427,6 +430,32 @@ std::string Locate(const YAML::Node& root, const Source& source, absl::string_vi
   return source.Where(path, node ? *node : YAML::Node());
 }
 
+// "given twice" for a key repeated in a map of the file, with its position, before overrides
+// are applied: an override rebuilds the maps on its path, which would merge the repetition away
+// (and with it a value of the file). Only as deep as a spec goes.
+absl::Status CheckNoRepeatedKeys(const YAML::Node& node, const Source& source,
+                                 const std::string& path, int depth = 0) {
+  if (depth > 8) return absl::OkStatus();
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      RETURN_IF_ERROR(
+          CheckNoRepeatedKeys(node[i], source, absl::StrCat(path, "[", i, "]"), depth + 1));
+    }
+    return absl::OkStatus();
+  }
+  if (!node.IsMap()) return absl::OkStatus();
+  std::set<std::string> seen;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar()) continue;  // refused by the reading itself, naming the field
+    const std::string sub = Join(path, kv.first.Scalar());
+    if (!seen.insert(kv.first.Scalar()).second) {
+      return FieldError(sub, absl::StrCat("given twice (", source.Where(sub, kv.first), ")"));
+    }
+    RETURN_IF_ERROR(CheckNoRepeatedKeys(kv.second, source, sub, depth + 1));
+  }
+  return absl::OkStatus();
+}
+
 // Reads `yaml` (one document) with `overrides` applied onto a spec; `root` and `source` keep the
 // tree and where its parts came from, to place later errors.
 absl::StatusOr<v1::ExperimentSpec> ParseTree(absl::string_view yaml,
@@ -490,6 +519,7 @@ absl::StatusOr<v1::ExperimentSpec> ParseTree(absl::string_view yaml,
     return absl::InvalidArgumentError(
         absl::StrCat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
+  if (!overrides.empty()) RETURN_IF_ERROR(CheckNoRepeatedKeys(root, where, ""));
   for (const std::string& o : overrides) RETURN_IF_ERROR(ApplyOverride(root, o, where));
   v1::ExperimentSpec spec;
   try {

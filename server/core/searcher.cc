@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/data/folds.h"
 #include "common/spec/spec.h"
 #include "common/util/random.h"
@@ -15,10 +17,15 @@ namespace mal::server {
 
 namespace {
 
-// Four significant digits: what a person reports, and exactly what the trial trains with.
-std::string Format(double v) {
+// Four significant digits, what a person reports and exactly what the trial trains with; more
+// where four would round the draw out of [lo, hi] (0.99995 of [0.9999, 0.99999] is not 1).
+std::string Format(double v, double lo, double hi) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.4g", v);
+  for (int digits = 4; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    const double back = std::strtod(buf, nullptr);
+    if (back >= lo && back <= hi) break;
+  }
   return buf;
 }
 
@@ -34,9 +41,10 @@ std::string Draw(const v1::ParamDomain& d, Rng& rng) {
   if (d.choice_size() > 0) return d.choice(static_cast<int>(rng.Below(d.choice_size())));
   if (d.int_uniform_size() == 2) return absl::StrCat(rng.IntIn(d.int_uniform(0), d.int_uniform(1)));
   if (d.log_uniform_size() == 2) {
-    return Format(std::exp(rng.Uniform(std::log(d.log_uniform(0)), std::log(d.log_uniform(1)))));
+    return Format(std::exp(rng.Uniform(std::log(d.log_uniform(0)), std::log(d.log_uniform(1)))),
+                  d.log_uniform(0), d.log_uniform(1));
   }
-  return Format(rng.Uniform(d.uniform(0), d.uniform(1)));
+  return Format(rng.Uniform(d.uniform(0), d.uniform(1)), d.uniform(0), d.uniform(1));
 }
 
 }  // namespace
@@ -53,7 +61,9 @@ int64_t TrialCount(const v1::ExperimentSpec& spec) {
       const long double span = static_cast<long double>(d.int_uniform(1)) - d.int_uniform(0) + 1;
       n += span <= 0 ? 0 : span > 1e15L ? int64_t{1} << 50 : static_cast<int64_t>(span);
     }
-    total = n == 0 ? 0 : std::min<int64_t>(total, (int64_t{1} << 50) / n) * n;
+    // Saturating at 2^50, which reads "over 10^15" (a product just under it would be a number).
+    constexpr int64_t kCap = int64_t{1} << 50;
+    total = n == 0 ? 0 : total > kCap / n ? kCap : total * n;
   }
   return total;
 }
@@ -101,8 +111,11 @@ absl::StatusOr<std::vector<TrialPlan>> ExpandTrials(const v1::ExperimentSpec& sp
   for (const TrialPlan& p : plans) {
     auto trial_spec = TrialSpec(spec, p);
     if (!trial_spec.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("trial ", p.trial, ": ", trial_spec.status().message()));
+      std::vector<std::string> values;  // the combination that fails, as the trial got it
+      for (const auto& [key, value] : p.params) values.push_back(absl::StrCat(key, "=", value));
+      return absl::InvalidArgumentError(absl::StrCat("trial ", p.trial, " (",
+                                                     absl::StrJoin(values, ", "),
+                                                     "): ", trial_spec.status().message()));
     }
   }
   return plans;
@@ -121,7 +134,9 @@ absl::StatusOr<v1::ExperimentSpec> TrialSpec(const v1::ExperimentSpec& spec,
 
 absl::StatusOr<std::vector<TrialPlan>> CheckExperimentSize(const v1::ExperimentSpec& spec) {
   const int64_t folds = static_cast<int64_t>(FoldNumbers(spec).size());
-  if (const int64_t trials = TrialCount(spec); trials * folds > kMaxRunsPerExperiment) {
+  // Over kMaxTrials, ExpandTrials says so (in those terms, without building anything).
+  if (const int64_t trials = TrialCount(spec);
+      trials <= kMaxTrials && trials * folds > kMaxRunsPerExperiment) {
     return absl::InvalidArgumentError(absl::StrCat("search, cv: ", trials, " trials x ", folds,
                                                    " folds is over ", kMaxRunsPerExperiment,
                                                    " fold runs"));

@@ -322,6 +322,7 @@ void Daemon::Execute(RunTask* t) {
   std::vector<std::string> args = {o_.engine, "train",
                                    "-f",      t->dir + "/" + run_files::kSpec,
                                    "--fold",  absl::StrCat(t->a.fold()),
+                                   "--trial", absl::StrCat(t->a.trial()),
                                    "--out",   t->dir + "/out",
                                    "--quiet", "--events-fd",
                                    "3",       "--device",

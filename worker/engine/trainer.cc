@@ -570,6 +570,7 @@ absl::StatusOr<TrainResult> Training::Export() {
               << " at the tuned thresholds";
   }
   m.set_experiment(spec_.name());
+  m.set_trial(options_.trial);
   m.set_fold(options_.fold);
   m.set_method(absl::AsciiStrToLower(v1::Method_Name(spec_.method())));
   *m.mutable_spec() = spec_;

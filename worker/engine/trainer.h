@@ -78,6 +78,7 @@ class RecordSink {
 struct TrainOptions {
   v1::ExperimentSpec spec;  // defaults applied and validated
   int fold = 1;             // 1-based; 0: the final fit on every subject (no test part)
+  int trial = 0;            // the experiment's trial this run belongs to (model.json)
   std::string out_dir;
   bool resume = false;      // continue from out_dir/checkpoint.pt when it exists
   bool progress = false;    // progress to stderr (a bar on a terminal, plain lines otherwise)

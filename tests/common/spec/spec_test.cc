@@ -231,6 +231,8 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
               HasSubstr("search.space.train.nope"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
   EXPECT_EQ(ErrorOf(base + "search: {space: {method: {choice: [mtl, mal]}}}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "search: {space: {train.device: {choice: [cpu, cuda:7]}}}\n"),
+              HasSubstr("search.space.train.device: not searchable: the worker"));
   {
     // The limits inside a map entry are named by the map and its key (was "value.choice").
     std::string many;
@@ -378,6 +380,16 @@ TEST(SpecTest, ErrorsArePlacedAtTheLineOrTheOverrideThatGaveTheValue) {
   ASSERT_TRUE(anchored.ok()) << anchored.status();
   EXPECT_DOUBLE_EQ(anchored->train().momentum(), 0.5);
   EXPECT_DOUBLE_EQ(anchored->train().lr(), 0.01);
+  // A key the file repeats stays an error under --set (which rebuilds the maps on its path).
+  testing::WriteText(dir / "twice.yaml",
+                     "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: "
+                     "/r}}\ntrain: {lr: 0.2}\ntrain: {momentum: 0.5}\n");
+  for (const std::vector<std::string>& overrides :
+       {std::vector<std::string>{}, std::vector<std::string>{"train.lr=0.3"}}) {
+    auto twice = LoadSpecFile(dir / "twice.yaml", overrides);
+    EXPECT_EQ(std::string(twice.status().message()),
+              "train: given twice (" + (dir / "twice.yaml") + ":4:1)");
+  }
   testing::WriteText(dir / "list.yaml", "name: x\ncv: {only: [1, x]}\n");
   auto list = LoadSpecFile(dir / "list.yaml");
   EXPECT_EQ(std::string(list.status().message()),

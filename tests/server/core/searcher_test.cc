@@ -69,6 +69,50 @@ TEST(SearcherTest, RandomIsSeededAndInsideItsBounds) {
   EXPECT_GT(distinct.size(), 15u);
 }
 
+// A draw keeps four significant digits unless they would round it out of its bounds: 0.99995 of
+// [0.9999, 0.99999] is not "1" (an invalid momentum, refused as if the user had asked for it).
+TEST(SearcherTest, ADrawIsNeverRoundedOutOfItsBounds) {
+  const auto spec = Spec(
+      "search: {algorithm: random, trials: 50, space: {train.momentum: {uniform: [0.9999, "
+      "0.99999]}, train.lr: {log_uniform: [0.0999999, 0.1]}}}\n");
+  auto plans = ExpandTrials(spec);
+  ASSERT_TRUE(plans.ok()) << plans.status();
+  int longer = 0;  // draws that needed more than four digits
+  for (const TrialPlan& p : *plans) {
+    longer += p.params.at("train.momentum").size() > 6;
+    const double m = std::stod(p.params.at("train.momentum"));
+    const double lr = std::stod(p.params.at("train.lr"));
+    EXPECT_GE(m, 0.9999);
+    EXPECT_LE(m, 0.99999);
+    EXPECT_GE(lr, 0.0999999);
+    EXPECT_LE(lr, 0.1);
+  }
+  EXPECT_GT(longer, 0);
+}
+
+// The size of a submission: the fold-run limit in its own terms below kMaxTrials, the trial limit
+// in its terms above it (never a capped count of fold runs), and an invalid combination naming
+// the trial's values.
+TEST(SearcherTest, ExperimentSizeAndCombinationsAreCheckedWithTheirNumbers) {
+  auto runs = CheckExperimentSize(Spec(
+      "cv: {folds: 100}\nsearch: {algorithm: grid, space: {train.epochs: {int_uniform: [1, "
+      "2000]}}}\n"));
+  EXPECT_THAT(runs.status().message(),
+              ::testing::HasSubstr("2000 trials x 100 folds is over 100000 fold runs"));
+  auto trials = CheckExperimentSize(Spec(
+      "search: {algorithm: grid, space: {train.max_iterations: {int_uniform: [0, 2147483647]}, "
+      "train.log_every: {int_uniform: [1, 2147483647]}}}\n"));
+  EXPECT_THAT(trials.status().message(),
+              ::testing::HasSubstr("search.space: the grid has over 10^15 trials, over the limit"));
+  auto combination = CheckExperimentSize(Spec(
+      "method: mal\nsearch: {algorithm: grid, space: {mal.lookahead_steps: {choice: ['1', '4']}, "
+      "mal.exact_method: {choice: [jvp, vjp]}}}\n"));
+  EXPECT_THAT(combination.status().message(),
+              ::testing::HasSubstr("trial 3 (mal.exact_method=vjp, mal.lookahead_steps=4): "
+                                   "mal.lookahead_steps: more than 1 step"));
+  EXPECT_TRUE(CheckExperimentSize(Spec("cv: {only: [1]}\n")).ok());
+}
+
 TEST(SearcherTest, FoldNumbersFollowTheProtocol) {
   EXPECT_EQ(FoldNumbers(Spec("")), (std::vector<int>{1, 2, 3}));
   EXPECT_EQ(FoldNumbers(Spec("cv: {folds: 5}\n")).size(), 5u);

@@ -129,6 +129,7 @@ TEST_F(TrainerTest, TrainsEachMethodAndWritesItsFiles) {
     TrainOptions o;
     o.spec = Spec(method, mode);
     o.out_dir = out.path();
+    o.trial = 3;
     auto result = Train(o);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(result->iterations, 6);
@@ -145,6 +146,8 @@ TEST_F(TrainerTest, TrainsEachMethodAndWritesItsFiles) {
               (std::vector<int>{1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24}));
     EXPECT_EQ(metadata->thresholds_size(), 12);
     EXPECT_EQ(metadata->method(), method);
+    EXPECT_EQ(metadata->trial(), 3);  // the run's trial (mal-worker train --trial, the daemon's)
+    EXPECT_EQ(metadata->fold(), 1);
     EXPECT_EQ(metadata->spec().name(), o.spec.name());
     EXPECT_NEAR(metadata->metrics().fields().at("test_mean_f1").number_value(),
                 result->final_epoch.test_mean_f1, 1e-5);
