@@ -347,15 +347,14 @@ absl::Status ValidateDomain(const v1::ExperimentSpec& spec, const std::string& k
 
 namespace {
 
-// node[parts[i]][parts[i + 1]]... = value, making maps on the way. By recursion: a yaml-cpp Node
-// variable assigned again would overwrite the node it refers to, not move to another.
-// Sets `value` at `parts` below the map `node`, replacing nodes rather than assigning through them:
-// yaml-cpp's `node[key] = value` writes into the node, which an alias (`lr: *m`) may share with
-// its anchor, so an override of one field would change the other. Maps on the way are copied
-// shallowly (their other entries, and their positions for errors, stay shared).
+// node[parts[i]][parts[i + 1]]... = value below the map `node`, making maps on the way and
+// replacing nodes rather than assigning through them: yaml-cpp's `node[key] = value`, like any
+// assignment of one Node variable to another, writes into the node it refers to, which an alias
+// (`lr: *m`) may share with its anchor, so an override of one field would change the other. Maps
+// on the way are copied shallowly (their other entries, and their positions for errors, stay
+// shared); every node assigned here is fresh.
 void SetYamlPath(YAML::Node node, const std::vector<std::string>& parts, size_t i,
                  const YAML::Node& value) {
-  // (Assigning one yaml-cpp Node to another writes through too: every node here is fresh.)
   const std::string& key = parts[i];
   if (i + 1 == parts.size()) {
     node.remove(key);
