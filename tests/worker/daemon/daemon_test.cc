@@ -235,6 +235,10 @@ class DaemonTest : public ::testing::Test {
                             };
   }
 
+  // Trains (an epoch, model.pt, success) while the coordinator refuses model.pt with `refusal` on
+  // every try: the run must fail, not complete; its failure.
+  v1::FailRunRequest FailureWhenModelRefused(const grpc::Status& refusal);
+
   testing::TempDir dir_;
   std::unique_ptr<FakeCoordinator> fake_ = std::make_unique<FakeCoordinator>();
   std::atomic<bool> stop_{false};
@@ -246,6 +250,20 @@ class DaemonTest : public ::testing::Test {
 
 constexpr char kEpoch[] =
     R"(echo '{"epoch":{"epoch":2,"iteration":40,"aus":[1,2],"testF1":[0.5,0.7],"testMeanF1":0.6}}' >&3)";
+
+v1::FailRunRequest DaemonTest::FailureWhenModelRefused(const grpc::Status& refusal) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->refuse_upload_["model.pt"] = {refusal, -1};
+  }
+  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  EXPECT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  EXPECT_EQ(fake_->failed_.size(), 1u);
+  return fake_->failed_.empty() ? v1::FailRunRequest() : fake_->failed_[0];
+}
 
 TEST_F(DaemonTest, ASucceededEngineCompletesTheRunWithItsLastEpochAndUploadsItsFiles) {
   Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
@@ -273,21 +291,11 @@ TEST_F(DaemonTest, ASucceededEngineCompletesTheRunWithItsLastEpochAndUploadsItsF
 // run would leave the coordinator without it, and training again would make the same file, so the
 // run fails for good naming the file and the refusal.
 TEST_F(DaemonTest, AFileRefusedForGoodFailsATrainedRunNamingIt) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    fake_->refuse_upload_["model.pt"] = {
-        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                     "model.pt: over the upload limit of 1 MiB (mal-coordinator --max-upload-mb)"),
-        -1};
-  }
-  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
-  fake_->Assign(11, 1);
-  ASSERT_TRUE(fake_->WaitForOutcome());
-  absl::MutexLock lock(&fake_->mu_);
-  EXPECT_TRUE(fake_->completed_.empty());
-  ASSERT_EQ(fake_->failed_.size(), 1u);
-  EXPECT_FALSE(fake_->failed_[0].retryable());
-  EXPECT_THAT(fake_->failed_[0].message(),
+  const v1::FailRunRequest failed = FailureWhenModelRefused(
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                   "model.pt: over the upload limit of 1 MiB (mal-coordinator --max-upload-mb)"));
+  EXPECT_FALSE(failed.retryable());
+  EXPECT_THAT(failed.message(),
               HasSubstr("the run trained, but its files did not reach the coordinator: uploading "
                         "model.pt: over the upload limit of 1 MiB"));
 }
@@ -295,20 +303,11 @@ TEST_F(DaemonTest, AFileRefusedForGoodFailsATrainedRunNamingIt) {
 // A file broken on the way (checksum mismatch, DATA_LOSS, not retried by the call itself): the
 // run fails, but retryably, as another attempt would send an intact file.
 TEST_F(DaemonTest, AFileBrokenOnTheWayFailsATrainedRunForARetry) {
-  {
-    absl::MutexLock lock(&fake_->mu_);
-    fake_->refuse_upload_["model.pt"] = {
-        grpc::Status(grpc::StatusCode::DATA_LOSS, "artifact model.pt: checksum mismatch"), -1};
-  }
-  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
-  fake_->Assign(11, 1);
-  ASSERT_TRUE(fake_->WaitForOutcome());
-  absl::MutexLock lock(&fake_->mu_);
-  EXPECT_TRUE(fake_->completed_.empty());
-  ASSERT_EQ(fake_->failed_.size(), 1u);
-  EXPECT_TRUE(fake_->failed_[0].retryable());
-  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("uploading model.pt: artifact model.pt: "
-                                                     "checksum mismatch"));
+  const v1::FailRunRequest failed = FailureWhenModelRefused(
+      grpc::Status(grpc::StatusCode::DATA_LOSS, "artifact model.pt: checksum mismatch"));
+  EXPECT_TRUE(failed.retryable());
+  EXPECT_THAT(failed.message(), HasSubstr("uploading model.pt: artifact model.pt: "
+                                          "checksum mismatch"));
 }
 
 // A checkpoint refused for good at an epoch's end stops the training at once (every later file
