@@ -206,9 +206,8 @@ void AddWatchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("id", o->id, "the experiment id (exp-N)")->required();
   cmd->add_option("--from-seq", o->from_seq, "the first event to show (events are numbered from 1)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option(
-         "--kinds", o->kinds,
-         "only these kinds: state,point,weights,epoch,restart,fold_result,trial_result,end")
+  cmd->add_option("--kinds", o->kinds,
+                  absl::StrCat("only these kinds: ", absl::StrJoin(EventKinds(), ",")))
       ->delimiter(',')
       ->check(CLI::IsMember(EventKinds()));
   cmd->add_flag("--plain", o->plain,

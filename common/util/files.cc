@@ -45,11 +45,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, int64_t max_bytes)
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) return ReadFile(path);  // its errors (no such file, permission)
-  std::string out(static_cast<size_t>(max_bytes) + 1, '\0');
-  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  // In chunks, as far as max_bytes + 1: a small file does not cost a buffer of the limit's size.
+  std::string out;
+  char chunk[1 << 16];
+  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) {
+    out.append(chunk, static_cast<size_t>(in.gcount()));
+    if (static_cast<int64_t>(out.size()) > max_bytes) return too_large();
+  }
   if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  if (in.gcount() > max_bytes) return too_large();
-  out.resize(static_cast<size_t>(in.gcount()));
   return out;
 }
 

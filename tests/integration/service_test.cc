@@ -984,28 +984,30 @@ TEST_F(ServiceTest, BadSpecsAndMissingDatasetsFailClearly) {
   int rc = 0;
   std::string out = Malctl("submit -f " + WriteSpec("bad", 1, 1, "", "") + ".missing", &rc);
   EXPECT_EQ(rc, 2);
-  testing::WriteText(
-      dir_ / "lr.yaml",
-      "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\ntrain: {lr: -1}\n");
-  out = Malctl("submit -f " + (dir_ / "lr.yaml"), &rc);
+  // Writes a spec file and submits it; malctl's output (its exit code in rc).
+  auto submit_spec = [&](const std::string& name, const std::string& yaml) {
+    testing::WriteText(dir_ / name, yaml);
+    return Malctl("submit -f " + (dir_ / name), &rc);
+  };
+  out = submit_spec("lr.yaml",
+                    "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\ntrain: {lr: "
+                    "-1}\n");
   EXPECT_EQ(rc, 2);
   EXPECT_THAT(out, HasSubstr("train.lr"));
   // The search as a whole too, before anything is sent: a grid of 2000 trials over 100 folds, and
   // a trial whose combination is invalid although each value alone is valid (lookahead needs
   // exact with jvp: exact_method vjp in one trial).
-  testing::WriteText(dir_ / "grid.yaml",
-                     "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\n"
-                     "cv: {folds: 100}\nsearch: {algorithm: grid, space: {train.epochs: "
-                     "{int_uniform: [1, 2000]}}}\n");
-  out = Malctl("submit -f " + (dir_ / "grid.yaml"), &rc);
+  out = submit_spec("grid.yaml",
+                    "name: x\nmethod: stl\ndata: {au: {format: synthface, root: /x}}\n"
+                    "cv: {folds: 100}\nsearch: {algorithm: grid, space: {train.epochs: "
+                    "{int_uniform: [1, 2000]}}}\n");
   EXPECT_EQ(rc, 2) << out;
   EXPECT_THAT(out, HasSubstr("2000 trials x 100 folds is over 100000 fold runs"));
-  testing::WriteText(dir_ / "combo.yaml",
-                     "name: x\nmethod: mal\ndata: {au: {format: synthface, root: /x}, fe: {format: "
-                     "synthface, root: /x}}\nsearch: {algorithm: grid, space: "
-                     "{mal.lookahead_steps: {choice: ['1', '4']}, mal.exact_method: {choice: [jvp, "
-                     "vjp]}}}\n");
-  out = Malctl("submit -f " + (dir_ / "combo.yaml"), &rc);
+  out = submit_spec("combo.yaml",
+                    "name: x\nmethod: mal\ndata: {au: {format: synthface, root: /x}, fe: {format: "
+                    "synthface, root: /x}}\nsearch: {algorithm: grid, space: "
+                    "{mal.lookahead_steps: {choice: ['1', '4']}, mal.exact_method: {choice: [jvp, "
+                    "vjp]}}}\n");
   EXPECT_EQ(rc, 2) << out;
   EXPECT_THAT(out, HasSubstr("mal.lookahead_steps"));
   EXPECT_THAT(out, HasSubstr("trial 3"));

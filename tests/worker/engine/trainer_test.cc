@@ -91,6 +91,25 @@ seed: 3
     return true;
   }
 
+  // The rows of a run's last weights CSV (epoch 2 of Spec's two), the header checked and left
+  // out: id, task, label, consistency, weight, normalized_weight, alignment, meta_weight.
+  static std::vector<std::vector<std::string>> WeightsRows(const std::string& out_dir) {
+    const absl::StatusOr<std::string> text = ReadFile(out_dir + "/weights/epoch_002.csv");
+    EXPECT_TRUE(text.ok()) << text.status();
+    if (!text.ok()) return {};
+    std::vector<std::string> lines = absl::StrSplit(*text, '\n', absl::SkipEmpty());
+    EXPECT_FALSE(lines.empty());
+    if (lines.empty()) return {};
+    EXPECT_EQ(lines[0], "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight");
+    std::vector<std::vector<std::string>> rows;
+    for (size_t i = 1; i < lines.size(); ++i) {
+      std::vector<std::string> f = absl::StrSplit(lines[i], ',');
+      EXPECT_EQ(f.size(), 8u) << lines[i];
+      if (f.size() == 8u) rows.push_back(std::move(f));
+    }
+    return rows;
+  }
+
   static int CountLines(const std::string& path) {
     std::ifstream in(path);
     std::string line;
@@ -303,16 +322,12 @@ TEST_F(TrainerTest, SampleWeightsLeaveOneHalf) {
   o.spec = Spec("mal");
   o.out_dir = out.path();
   ASSERT_TRUE(Train(o).ok());
-  std::vector<std::string> rows =
-      absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
-  ASSERT_GT(rows.size(), 2u);
-  EXPECT_EQ(rows[0], "id,task,label,consistency,weight,normalized_weight,alignment,meta_weight");
+  const auto rows = WeightsRows(out.path());
+  ASSERT_GT(rows.size(), 1u);
   double spread[2] = {0, 0};  // largest |w - 0.5| per task
   int aligned[2] = {0, 0};    // samples with a gradient alignment from this epoch's meta updates
   double alignment_abs = 0;
-  for (size_t i = 1; i < rows.size(); ++i) {
-    std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-    ASSERT_EQ(f.size(), 8u) << rows[i];
+  for (const auto& f : rows) {
     const int task = f[1] == "fe" ? 1 : 0;
     spread[task] = std::max(spread[task], std::abs(std::stod(f[4]) - 0.5));
     if (!f[6].empty()) {
@@ -343,22 +358,19 @@ TEST_F(TrainerTest, TaskAuWeightingWritesOneWeightForEveryAuFrame) {
     o.spec.mutable_mal()->set_au_weighting(weighting);
     o.out_dir = out.path();
     ASSERT_TRUE(Train(o).ok());
-    std::vector<std::string> rows =
-        absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
-    ASSERT_GT(rows.size(), 2u);
+    const auto rows = WeightsRows(out.path());
+    ASSERT_GT(rows.size(), 1u);
     std::set<std::string> au_weights, au_meta_weights;
     double fe_min = 1, fe_max = 0, au_meta_sum = 0;
     int au_rows = 0;
-    for (size_t i = 1; i < rows.size(); ++i) {
-      std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-      ASSERT_EQ(f.size(), 8u) << rows[i];
+    for (const auto& f : rows) {
       if (f[1] == "au") {
         au_weights.insert(f[4]);
         au_meta_weights.insert(f[7]);
         au_meta_sum += std::stod(f[7]);
         ++au_rows;
       } else {
-        EXPECT_EQ(f[7], f[4]) << rows[i];  // an FE image's weight is the meta net's output
+        EXPECT_EQ(f[7], f[4]) << f[0];  // an FE image's weight is the meta net's output
         fe_weights[weighting].push_back(f[4]);
         fe_min = std::min(fe_min, std::stod(f[4]));
         fe_max = std::max(fe_max, std::stod(f[4]));
@@ -398,14 +410,11 @@ TEST_F(TrainerTest, FixedTaskBalanceNormalisesEachTaskByItsOwnMean) {
     o.spec.mutable_mal()->set_task_balance(balance);
     o.out_dir = out.path();
     ASSERT_TRUE(Train(o).ok());
-    std::vector<std::string> rows =
-        absl::StrSplit(*ReadFile(out / "weights/epoch_002.csv"), '\n', absl::SkipEmpty());
-    ASSERT_GT(rows.size(), 2u);
+    const auto rows = WeightsRows(out.path());
+    ASSERT_GT(rows.size(), 1u);
     double sum[2] = {0, 0};
     int count[2] = {0, 0};
-    for (size_t i = 1; i < rows.size(); ++i) {
-      std::vector<std::string> f = absl::StrSplit(rows[i], ',');
-      ASSERT_EQ(f.size(), 8u) << rows[i];
+    for (const auto& f : rows) {
       const int task = f[1] == "fe";
       sum[task] += std::stod(f[5]);
       ++count[task];
