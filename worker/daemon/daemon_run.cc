@@ -76,6 +76,14 @@ std::string UploadFailure(const std::string& name, const grpc::Status& s) {
                                            : absl::StrCat("uploading ", name, ": ", why);
 }
 
+// A progress upload of `name` refused for good: the first such refusal is the run's (the
+// supervision stops the child, Conclude fails the run).
+void NoteRefusal(int64_t run_id, const std::string& name, const grpc::Status& st, Supervised& s) {
+  if (!RefusedForGood(st) || s.refused) return;
+  s.refused = UploadFailure(name, st);
+  LOG(WARNING) << "run " << run_id << ": " << *s.refused << "; stopping it";
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
@@ -194,11 +202,7 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
     if (!fs::exists(f.path, ec)) continue;
     grpc::Status st = Upload(t, f.name, f.path, patience);
     if (st.ok() && f.weights_epoch > 0) s.sent_weights.insert(f.weights_epoch);
-    if (RefusedForGood(st) && !s.refused) {
-      LOG(WARNING) << "run " << t->a.run_id() << ": " << UploadFailure(f.name, st)
-                   << "; stopping it";
-      s.refused = UploadFailure(f.name, st);
-    }
+    NoteRefusal(t->a.run_id(), f.name, st, s);
     if (!st.ok() && IsTransient(st)) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                                << st.error_message() << " (sent again later)";
@@ -429,11 +433,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
       } else if (mtime != checkpoint_mtime) {
         grpc::Status up = Upload(t, run_files::kCheckpoint, ckpt, kProgressUploadPatience);
         if (up.ok() || !IsTransient(up)) checkpoint_mtime = mtime;  // else: again next tick
-        if (RefusedForGood(up) && !s.refused) {
-          LOG(WARNING) << "run " << t->a.run_id() << ": "
-                       << UploadFailure(run_files::kCheckpoint, up) << "; stopping it";
-          s.refused = UploadFailure(run_files::kCheckpoint, up);
-        }
+        NoteRefusal(t->a.run_id(), run_files::kCheckpoint, up, s);
       }
       last_upload = Clock::now();
     }
