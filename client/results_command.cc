@@ -63,15 +63,15 @@ void PrintOne(const v1::ResultsResponse& r) {
   int rank = 0;
   for (const v1::TrialResult* t : ranked) {
     const std::string params = Params(*t);
-    int folds_done = 0;
-    for (const auto& run : r.runs()) {
-      folds_done +=
-          run.trial() == t->trial() && run.state() == v1::RUN_SUCCEEDED && run.fold() != 0;
-    }
     // A trial that did not succeed: its mean over the folds that finished, if any (not a 0.0000
     // that reads like a result).
     std::string f1 = absl::StrFormat("mean F1 %.4f +- %.4f", t->mean_f1(), t->std_f1());
     if (t->state() != "SUCCEEDED") {
+      int folds_done = 0;
+      for (const auto& run : r.runs()) {
+        folds_done +=
+            run.trial() == t->trial() && run.state() == v1::RUN_SUCCEEDED && run.fold() != 0;
+      }
       f1 = folds_done == 0
                ? "no fold finished"
                : absl::StrFormat("%s over the %d fold(s) that finished", f1, folds_done);
