@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <opencv2/core/persistence.hpp>
 #include <opencv2/imgproc.hpp>
 #include <opencv2/objdetect.hpp>
 
@@ -10,8 +11,34 @@
 
 namespace mal::image {
 
-FaceDetector::FaceDetector(std::unique_ptr<cv::CascadeClassifier> cascade)
-    : cascade_(std::move(cascade)) {}
+namespace {
+
+// The threshold of the cascade's last stage, which a window's weight (detectMultiScale's level
+// weight) must reach: OpenCV's current format (cascade/stages/*/stageThreshold) and the old one
+// (NAME/stages/*/stage_threshold). 0 where the file names none (the weight is then the margin).
+double LastStageThreshold(const std::string& path) {
+  try {
+    cv::FileStorage fs(path, cv::FileStorage::READ);
+    if (!fs.isOpened()) return 0;
+    cv::FileNode stages = fs["cascade"]["stages"];
+    const char* key = "stageThreshold";
+    if (stages.empty() || !stages.isSeq()) {
+      stages = fs.getFirstTopLevelNode()["stages"];
+      key = "stage_threshold";
+    }
+    if (stages.empty() || !stages.isSeq() || stages.size() == 0) return 0;
+    const cv::FileNode threshold = stages[static_cast<int>(stages.size()) - 1][key];
+    return threshold.isReal() || threshold.isInt() ? static_cast<double>(threshold) : 0;
+  } catch (const cv::Exception&) {
+    return 0;
+  }
+}
+
+}  // namespace
+
+FaceDetector::FaceDetector(std::unique_ptr<cv::CascadeClassifier> cascade,
+                           double last_stage_threshold)
+    : last_stage_threshold_(last_stage_threshold), cascade_(std::move(cascade)) {}
 FaceDetector::~FaceDetector() = default;
 
 absl::StatusOr<std::unique_ptr<FaceDetector>> FaceDetector::Load(const std::string& cascade) {
@@ -28,7 +55,8 @@ absl::StatusOr<std::unique_ptr<FaceDetector>> FaceDetector::Load(const std::stri
   } catch (const cv::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not an OpenCV cascade: ", e.what()));
   }
-  return std::unique_ptr<FaceDetector>(new FaceDetector(std::move(classifier)));
+  return std::unique_ptr<FaceDetector>(
+      new FaceDetector(std::move(classifier), LastStageThreshold(path)));
 }
 
 std::vector<DetectedFace> FaceDetector::Detect(const cv::Mat& image, int min_face) const {
@@ -57,7 +85,8 @@ std::vector<DetectedFace> FaceDetector::Detect(const cv::Mat& image, int min_fac
   std::vector<DetectedFace> faces;
   for (size_t i = 0; i < boxes.size(); ++i) {
     const double w = i < weights.size() ? weights[i] : 0;
-    faces.push_back({boxes[i], static_cast<float>(1 - std::exp(-std::max(w, 0.0) / 4))});
+    const double margin = std::max(w - last_stage_threshold_, 0.0);
+    faces.push_back({boxes[i], static_cast<float>(1 - std::exp(-margin))});
   }
   std::sort(faces.begin(), faces.end(), [](const DetectedFace& a, const DetectedFace& b) {
     return a.box.area() != b.box.area() ? a.box.area() > b.box.area() : a.box.x < b.box.x;

@@ -44,7 +44,7 @@ TEST(FaceDetectorTest, OneFaceTwoFacesAndNone) {
 
   // Two faces of different sizes on one canvas: both, the larger first.
   cv::Mat two(240, 420, CV_8UC3, cv::Scalar(90, 90, 90));
-  Face(200, 2).copyTo(two(cv::Rect(10, 20, 200, 200)));
+  Face(200, 5).copyTo(two(cv::Rect(10, 20, 200, 200)));
   Face(140, 3).copyTo(two(cv::Rect(260, 50, 140, 140)));
   faces = (*detector)->Detect(two);
   ASSERT_EQ(faces.size(), 2u);
@@ -63,6 +63,59 @@ TEST(FaceDetectorTest, OneFaceTwoFacesAndNone) {
   cv::Mat gray;
   cv::cvtColor(one, gray, cv::COLOR_BGR2GRAY);
   EXPECT_EQ((*detector)->Detect(gray).size(), 1u);
+}
+
+// A tray of shaded, speckled discs (coins, buttons, pebbles), 400 x 300 px grey: textures that
+// OpenCV's "default" frontal face cascade boxes as faces (7 boxes on these 12 trays).
+cv::Mat Discs(uint64_t seed) {
+  cv::RNG rng(seed);
+  cv::Mat image(300, 400, CV_8UC1, cv::Scalar(60));
+  for (int k = 0; k < 14; ++k) {
+    const cv::Point c(rng.uniform(30, 370), rng.uniform(30, 270));
+    const int r = rng.uniform(18, 34);
+    cv::circle(image, c, r, cv::Scalar(rng.uniform(150, 220)), -1, cv::LINE_AA);
+    cv::circle(image, c, r, cv::Scalar(230), 2, cv::LINE_AA);
+    for (int q = 0; q < 6; ++q) {
+      const cv::Point p = c + cv::Point(rng.uniform(-r / 2, r / 2), rng.uniform(-r / 2, r / 2));
+      cv::circle(image, p, rng.uniform(2, 6), cv::Scalar(rng.uniform(80, 140)), -1, cv::LINE_AA);
+    }
+  }
+  cv::Mat noise(image.size(), CV_8UC1);
+  cv::randn(noise, 0, 12);
+  image += noise;
+  cv::GaussianBlur(image, image, cv::Size(0, 0), 1.0);
+  return image;
+}
+
+TEST(FaceDetectorTest, TexturedDiscsAreNotFaces) {
+  auto detector = FaceDetector::Load();
+  ASSERT_TRUE(detector.ok()) << detector.status();
+  int boxes = 0;
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    boxes += static_cast<int>((*detector)->Detect(Discs(seed), /*min_face=*/30).size());
+  }
+  EXPECT_LE(boxes, 2) << "false faces on 12 trays of discs";
+}
+
+TEST(FaceDetectorTest, ConfidenceIsTheMarginOverTheLastStage) {
+  auto detector = FaceDetector::Load();
+  ASSERT_TRUE(detector.ok()) << detector.status();
+  // alt's last (22nd) stage threshold, as the file states it.
+  EXPECT_NEAR((*detector)->last_stage_threshold(), 105.7611, 1e-3);
+  // An old-format cascade (stage_threshold) still reads.
+  auto old_format = FaceDetector::Load(
+      "/usr/share/opencv4/haarcascades/haarcascade_licence_plate_rus_16stages.xml");
+  ASSERT_TRUE(old_format.ok()) << old_format.status();
+  EXPECT_NE((*old_format)->last_stage_threshold(), 0);
+  // The previous default ("default", 25 stages) has a negative last threshold.
+  auto other =
+      FaceDetector::Load("/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml");
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_NEAR((*other)->last_stage_threshold(), -2.9928, 1e-3);
+  for (const auto& face : (*detector)->Detect(Face(160, 4))) {
+    EXPECT_GT(face.confidence, 0.0f);
+    EXPECT_LT(face.confidence, 1.0f);
+  }
 }
 
 TEST(FaceDetectorTest, CropBoxAddsTheMarginSquaresAndStaysInside) {
