@@ -94,6 +94,7 @@ absl::Status SetScalar(pb::Message& msg, const pb::FieldDescriptor* f, absl::str
       if (!absl::SimpleAtod(t, &v) || !std::isfinite(v)) {
         return FieldError(path, absl::StrCat("'", t, "' is not a finite number"));
       }
+      if (v == 0) v = 0;  // -0 is 0: one zero in the spec, so choices 0 and -0 are one value
       if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE) {
         rep ? r->AddDouble(&msg, f, v) : r->SetDouble(&msg, f, v);
       } else {
@@ -215,6 +216,11 @@ absl::Status YamlToMessage(const YAML::Node& node, pb::Message& msg, absl::strin
     const std::string key = kv.first.as<std::string>();
     const std::string sub = Join(path, key);
     const pb::FieldDescriptor* f = d->FindFieldByName(key);
+    if (f == nullptr && key == "<<") {
+      return FieldError(
+          sub, absl::StrCat("YAML merge keys (<<) are not supported (", source.Where(sub, kv.first),
+                            "): write the fields out, or alias a whole value"));
+    }
     if (f == nullptr) {
       std::vector<std::string> known;
       for (int i = 0; i < d->field_count(); ++i) known.push_back(d->field(i)->name());

@@ -230,6 +230,10 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "search: {space: {train.nope: {choice: [1]}}}\n"),
               HasSubstr("search.space.train.nope"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "model: &m {input: 64}\ntrain: {<<: *m, epochs: 2}\n"),
+              HasSubstr("train.<<: YAML merge keys (<<) are not supported"));
+  EXPECT_THAT(ErrorOf(base + "search: {space: {train.weight_decay: {choice: [0, -0.0]}}}\n"),
+              HasSubstr("choice[1]: '-0.0' is the value of choice[0] again"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {method: {choice: [mtl, mal]}}}\n"), "OK");
   EXPECT_THAT(ErrorOf(base + "search: {space: {train.device: {choice: [cpu, cuda:7]}}}\n"),
               HasSubstr("search.space.train.device: not searchable: the worker"));
@@ -270,6 +274,10 @@ TEST(SpecTest, ErrorsNameFieldPathAndReason) {
   EXPECT_THAT(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only, exact]}}}\n"),
               HasSubstr("search.space.mal.mode.choice[2]: 'exact' is the value of choice[0]"));
   EXPECT_EQ(ErrorOf(base + "search: {space: {mal.mode: {choice: [exact, heads_only]}}}\n"), "OK");
+  EXPECT_THAT(ErrorOf(base + "model: &m {input: 64}\ntrain: {<<: *m, epochs: 2}\n"),
+              HasSubstr("train.<<: YAML merge keys (<<) are not supported"));
+  EXPECT_THAT(ErrorOf(base + "search: {space: {train.weight_decay: {choice: [0, -0.0]}}}\n"),
+              HasSubstr("choice[1]: '-0.0' is the value of choice[0] again"));
   EXPECT_THAT(ErrorOf(base + "mal: {task_balance: fixed}\n"),
               HasSubstr("mal.task_balance: 'fixed' is not one of meta, fixed_in_base_step"));
   EXPECT_EQ(ErrorOf(base + "mal: {task_balance: fixed_in_base_step}\n"), "OK");
