@@ -225,6 +225,10 @@ int main(int argc, char** argv) {
     (photos[name].faces.empty() ? without : with_faces).push_back(photos[name]);
   std::vector<Photo> cases = Variants(with_faces, without);
   for (Photo& p : SynthFaces(synthface)) cases.push_back(std::move(p));
+  if (cases.empty()) {
+    std::fprintf(stderr, "nothing to try: give --truth FILE.csv or --synthface N\n");
+    return 1;
+  }
   int true_faces = 0;
   for (const Photo& c : cases) true_faces += static_cast<int>(c.faces.size());
   std::printf(
