@@ -2,6 +2,9 @@
 // event log: trials settling or stopping early, the final fit, the experiment's end and its
 // model registration.
 
+#include <set>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "common/util/files.h"
 #include "common/util/logging.h"
@@ -95,10 +98,17 @@ void Coordinator::MaybeFinish(Experiment& e) {
 }
 
 void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
-  // Once: a recovery may come through here again.
+  // Each model once: a crash between two registrations leaves the rest to the recovery, which
+  // comes through here again. One registered before (deleted since, too) is not registered again.
   auto existing = store_->Models(e.row.id, /*include_deleted=*/true);
-  if (!existing.ok() || !existing->empty()) return;
+  if (!existing.ok()) {
+    LOG(ERROR) << e.row.id << ": reading its registered models: " << existing.status();
+    return;
+  }
+  std::set<std::pair<int, int>> registered;  // (trial, fold)
+  for (const ModelRow& m : *existing) registered.emplace(m.trial, m.fold);
   for (const auto& [run, f1] : outcome.models) {
+    if (registered.count({run->trial, run->fold})) continue;
     auto model = artifacts_->Find(e.row.id, run->trial, run->fold, run_files::kModel);
     if (!model.ok()) continue;
     ModelRow m;

@@ -801,6 +801,39 @@ TEST_F(CoordinatorTest, RestartFinishesWhatACrashInterrupted) {
   EXPECT_EQ(ends, 1);
 }
 
+// A crash after the fold model was registered and before the final fit's: the restart registers
+// the final fit (version 2), not nothing (it used to see "models exist" and skip them all), and a
+// second restart registers nothing more.
+TEST_F(CoordinatorTest, ARestartRegistersTheModelsACrashLeftUnregistered) {
+  const std::string id = Submit(Spec("final_fit: true\ncv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto fold = Beat("w1", 1).assignments(0);
+  testing::WriteText(artifacts_->RunDir(id, 0, 1) + "/model.pt", "fold weights");
+  ASSERT_TRUE(Complete(fold, 0.8).ok());
+  const auto fit = Beat("w1", 1).assignments(0);
+  ASSERT_EQ(fit.fold(), 0);
+  testing::WriteText(artifacts_->RunDir(id, 0, 0) + "/model.pt", "final weights");
+  v1::FoldResult no_test;
+  no_test.set_test_mean_f1(-1);
+  ASSERT_TRUE(store_->Complete(fit.run_id(), fit.lease_epoch(), no_test.SerializeAsString()).ok());
+  ModelRow first;
+  first.name = "unit";
+  first.experiment_id = id;
+  first.fold = 1;
+  first.test_mean_f1 = 0.6;
+  first.artifact = *artifacts_->Find(id, 0, 1, "model.pt");
+  ASSERT_TRUE(store_->RegisterModel(first).ok());
+  Reopen();
+  auto results = *core_->Results(id);
+  EXPECT_EQ(results.state(), v1::EXPERIMENT_SUCCEEDED);
+  ASSERT_EQ(results.models_size(), 2);
+  EXPECT_EQ(results.models(0).fold(), 1);
+  EXPECT_EQ(results.models(1).fold(), 0);
+  EXPECT_EQ(results.models(1).version(), 2);
+  Reopen();
+  EXPECT_EQ(core_->Results(id)->models_size(), 2);
+}
+
 // train.oom_retries: the engine starts the run over with halved batches. The worker forwards
 // the restart; it is logged between the larger batches' events and the new ones, and the run's
 // epoch counts from 0 again (also after a coordinator restart, from the log).
