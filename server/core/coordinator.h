@@ -102,12 +102,18 @@ class Coordinator {
   // UNAUTHENTICATED: no or a wrong session; UNAVAILABLE: the worker is not registered (the
   // coordinator restarted: the daemon registers again), unless `allow_unknown` (Heartbeat, whose
   // answer tells it to); FAILED_PRECONDITION: the run is not (or no longer) leased to this worker
-  // (the daemon stops it, as for a stale epoch); NOT_FOUND: no such run.
+  // (the daemon stops it, as for a stale epoch); NOT_FOUND: no such run. With `completion`
+  // (CompleteRun), a run this worker already completed passes: Complete answers the retry of a
+  // completion whose reply a coordinator restart lost.
   // Nothing changes on a refusal.
-  absl::Status Authenticate(const WorkerCaller& caller, int64_t run_id, bool allow_unknown = false);
+  absl::Status Authenticate(const WorkerCaller& caller, int64_t run_id, bool allow_unknown = false,
+                            bool completion = false);
   absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& request);
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
   absl::StatusOr<v1::ReportEventsResponse> ReportEvents(const v1::ReportEventsRequest& request);
+  // Records the run's result and settles its trial. A retry (the run already SUCCEEDED under
+  // the same lease epoch: the reply to the first call was lost) is answered OK and changes
+  // nothing, so the daemon can drop the run's files.
   absl::Status Complete(const v1::CompleteRunRequest& request);
   absl::Status Fail(const v1::FailRunRequest& request);
   // An upload for the holder of (run, epoch); checked again by FinishUpload. A refusal for the

@@ -76,7 +76,7 @@ absl::StatusOr<std::string> NewSession() {
 }  // namespace
 
 absl::Status Coordinator::Authenticate(const WorkerCaller& caller, int64_t run_id,
-                                       bool allow_unknown) {
+                                       bool allow_unknown, bool completion) {
   if (caller.name.empty() || caller.session.empty()) {
     return absl::UnauthenticatedError(
         "worker calls carry mal-worker and mal-worker-session metadata (the session comes from "
@@ -98,6 +98,9 @@ absl::Status Coordinator::Authenticate(const WorkerCaller& caller, int64_t run_i
   if (run_id == 0) return absl::OkStatus();
   Experiment* e = nullptr;
   ASSIGN_OR_RETURN(FoldRun * run, FindRun(run_id, &e));
+  if (completion && run->worker == caller.name && run->state == RunState::kSucceeded) {
+    return absl::OkStatus();  // a retried completion: Complete answers it
+  }
   if (run->worker != caller.name || !IsHeld(run->state)) {
     // To a registered worker, a run that is not (or no longer) its own is stale, as a lapsed
     // lease is: the daemon stops it (FAILED_PRECONDITION, like a stale epoch).
@@ -238,6 +241,11 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(
 absl::Status Coordinator::Complete(const v1::CompleteRunRequest& request) {
   absl::MutexLock lock(&mu_);
   Experiment* e = nullptr;
+  const auto found = FindRun(request.run_id(), &e);
+  if (found.ok() && (*found)->state == RunState::kSucceeded &&
+      (*found)->lease_epoch == request.lease_epoch()) {
+    return absl::OkStatus();  // completed already; the reply to the first call was lost
+  }
   ASSIGN_OR_RETURN(FoldRun * run, HeldRun(request.run_id(), request.lease_epoch(), &e));
   FoldRun updated;
   RETURN_IF_ERROR(

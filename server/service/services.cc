@@ -296,7 +296,9 @@ grpc::Status WorkerGatewayService::CompleteRun(grpc::ServerContext* context,
                                                const v1::CompleteRunRequest* request, v1::Ack*) {
   if (grpc::Status denied = rpc::CheckToken(*context, tokens_, rpc::Role::kWorker); !denied.ok())
     return denied;
-  if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id()); !s.ok())
+  if (absl::Status s = core_->Authenticate(Caller(*context), request->run_id(),
+                                           /*allow_unknown=*/false, /*completion=*/true);
+      !s.ok())
     return ToGrpcStatus(s);
   return ToGrpcStatus(core_->Complete(*request));
 }

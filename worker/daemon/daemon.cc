@@ -255,6 +255,7 @@ int Daemon::Run() {
               << ": another mal-worker is using this work directory\n";
     return 2;
   }
+  RemoveLeftovers();
   std::unique_ptr<grpc::Server> health;
   if (!o_.listen.empty() && (health = StartHealth()) == nullptr) {
     LOG(ERROR) << "cannot listen on " << o_.listen;

@@ -129,6 +129,13 @@ class Daemon {
   // Gives a run back to the coordinator for a retry elsewhere, released (not a failed attempt),
   // with "worker NAME shut down" and `detail`.
   void Release(RunTask* t, absl::string_view detail = "");
+  // Removes a completed run's directory: renamed to DIR.removing first, so a daemon killed while
+  // deleting leaves a name that the next start sweeps (RemoveLeftovers), not a partial run
+  // directory that looks kept after a failure. The experiment's directory goes once empty.
+  void RemoveRunDir(const std::string& dir) ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
+  // At start: every runs/EXPERIMENT/*.removing a killed daemon left, and then-empty experiment
+  // directories.
+  void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);
   // The checkpoint, the logs, and the weights CSVs of `s.owed_weights`; clears what was sent

@@ -562,18 +562,18 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     r->set_iterations(s.last_epoch.iteration());
     r->set_epochs(s.last_epoch.epoch());
     grpc::Status st = Deliver(t, [&]() { return client_->CompleteRun(req, kCallTimeout); });
+    if (!st.ok() && t->dropped) {
+      // Dropped while the completion was retried: a coordinator that restarted after recording
+      // it (the reply was lost) no longer holds the run for this worker. Asked once more, it
+      // answers a completion it has as done.
+      st = client_->CompleteRun(req, kCallTimeout);
+    }
     LOG(INFO) << "run " << run_id << " succeeded: test mean F1 " << s.last_epoch.test_mean_f1()
               << (st.ok() ? "" : " (not acknowledged: " + st.error_message() + ")");
-    if (st.ok()) {
-      // Every file is on the coordinator: the local copy would only fill the worker's disk (a
-      // ResNet-34's model and checkpoint are about 260 MB a run). Kept after a failure, for
-      // inspection.
-      absl::MutexLock lock(&run_dirs_mu_);  // not while another run creates the parent
-      std::error_code ec;
-      fs::remove_all(t->dir, ec);
-      if (ec) LOG(WARNING) << "run " << run_id << ": removing " << t->dir << ": " << ec.message();
-      fs::remove(fs::path(t->dir).parent_path(), ec);  // the experiment's, once empty
-    }
+    // Every file is on the coordinator: the local copy would only fill the worker's disk (a
+    // ResNet-34's model and checkpoint are about 260 MB a run). Kept after a failure, for
+    // inspection.
+    if (st.ok()) RemoveRunDir(t->dir);
     return;
   }
   if (s.outcome && s.outcome->code() != 0) {
@@ -595,6 +595,36 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
        absl::StrCat("engine process ", exit.Describe(), s.outcome ? " after reporting success" : "",
                     last.empty() ? "" : ": ", last),
        true);
+}
+
+void Daemon::RemoveRunDir(const std::string& dir) {
+  absl::MutexLock lock(&run_dirs_mu_);  // not while another run creates the parent
+  const std::string removing = dir + ".removing";
+  std::error_code ec;
+  fs::remove_all(removing, ec);  // an older one a killed daemon left under this name
+  fs::rename(dir, removing, ec);
+  if (ec) LOG(WARNING) << "renaming " << dir << ": " << ec.message();
+  fs::remove_all(ec ? dir : removing, ec);
+  if (ec) LOG(WARNING) << "removing " << dir << ": " << ec.message();
+  fs::remove(fs::path(dir).parent_path(), ec);  // the experiment's, once empty
+}
+
+void Daemon::RemoveLeftovers() {
+  absl::MutexLock lock(&run_dirs_mu_);
+  std::error_code ec;
+  const fs::path root = fs::path(o_.work_dir) / "runs";
+  for (const auto& experiment : fs::directory_iterator(root, ec)) {
+    if (!experiment.is_directory(ec)) continue;
+    std::vector<fs::path> leftovers;
+    for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
+      if (run.path().extension() == ".removing") leftovers.push_back(run.path());
+    }
+    for (const auto& path : leftovers) {
+      LOG(INFO) << "removing " << path.string() << " (a completed run's, left by a stop)";
+      fs::remove_all(path, ec);
+    }
+    if (!leftovers.empty()) fs::remove(experiment.path(), ec);  // once empty
+  }
 }
 
 }  // namespace internal

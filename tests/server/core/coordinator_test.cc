@@ -801,6 +801,41 @@ TEST_F(CoordinatorTest, RestartFinishesWhatACrashInterrupted) {
   EXPECT_EQ(ends, 1);
 }
 
+// The worker's completion was recorded, then the coordinator died before replying: the retry,
+// after the restart and the worker's new registration, passes Authenticate as a completion only
+// and is answered OK without a second result; any other call for the run is still refused.
+TEST_F(CoordinatorTest, ARetriedCompletionAfterARestartIsAnsweredAsDone) {
+  const std::string id = Submit(Spec("cv: {only: [1, 2]}\n"));
+  Register("w1", 2);
+  const auto hb = Beat("w1", 2);
+  ASSERT_EQ(hb.assignments_size(), 2);
+  const auto a = hb.assignments(0);
+  ASSERT_TRUE(Complete(a, 0.8).ok());
+  Reopen();
+  v1::RegisterRequest req;
+  req.set_name("w1");
+  req.set_slots(2);
+  req.set_instance("i-w1-again");
+  v1::RunClaim* claim = req.add_running();
+  claim->set_run_id(a.run_id());
+  claim->set_lease_epoch(a.lease_epoch());
+  auto registered = core_->Register(req);
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  ASSERT_EQ(registered->drop_size(), 1);  // the claim on a finished run is not honoured
+  const Coordinator::WorkerCaller caller{"w1", registered->session()};
+  EXPECT_EQ(core_->Authenticate(caller, a.run_id()).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(core_->Authenticate(caller, a.run_id(), false, /*completion=*/true).ok());
+  EXPECT_FALSE(core_->Authenticate({"w2", registered->session()}, a.run_id(), false, true).ok());
+  EXPECT_TRUE(Complete(a, 0.8).ok());
+  v1::CompleteRunRequest stale;
+  stale.set_run_id(a.run_id());
+  stale.set_lease_epoch(a.lease_epoch() + 1);
+  EXPECT_FALSE(core_->Complete(stale).ok());
+  int results = 0;
+  for (const auto& e : Events(id)) results += e.has_fold_result();
+  EXPECT_EQ(results, 1);
+}
+
 // A crash after the fold model was registered and before the final fit's: the restart registers
 // the final fit (version 2), not nothing (it used to see "models exist" and skip them all), and a
 // second restart registers nothing more.

@@ -79,7 +79,20 @@ class FakeCoordinator : public CoordinatorClient {
   grpc::Status CompleteRun(const v1::CompleteRunRequest& request, milliseconds) override {
     absl::MutexLock lock(&mu_);
     if (away_) return Away();
-    completed_.push_back(request);
+    ++completion_calls_;
+    if (lost_completion_replies_ > 0) {
+      // The completion is recorded, but its reply is lost (the coordinator died before
+      // answering); the restarted coordinator no longer holds the run for this worker.
+      --lost_completion_replies_;
+      if (completed_.empty()) completed_.push_back(request);
+      v1::RunClaim c;
+      c.set_run_id(request.run_id());
+      c.set_lease_epoch(request.lease_epoch());
+      drops_.push_back(c);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the reply was lost");
+    }
+    if (completed_.empty() || completed_.back().run_id() != request.run_id())
+      completed_.push_back(request);
     return grpc::Status::OK;
   }
   grpc::Status FailRun(const v1::FailRunRequest& request, milliseconds) override {
@@ -143,6 +156,9 @@ class FakeCoordinator : public CoordinatorClient {
   int running_claims_ ABSL_GUARDED_BY(mu_) = -1;
   std::vector<v1::Event> events_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::CompleteRunRequest> completed_ ABSL_GUARDED_BY(mu_);
+  // CompleteRun records the run but answers UNAVAILABLE and drops it, so many times.
+  int lost_completion_replies_ ABSL_GUARDED_BY(mu_) = 0;
+  int completion_calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<v1::FailRunRequest> failed_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> uploads_ ABSL_GUARDED_BY(mu_);
 };
@@ -388,6 +404,58 @@ exit 0)sh");
   EXPECT_EQ(log.find("another coordinator"), std::string::npos) << log;
   EXPECT_EQ(log.find("STALE"), std::string::npos) << log;
   EXPECT_EQ(*ReadFile(failed_dir + "/out/model.pt"), "model\n");
+}
+
+// A coordinator that restarted after recording the completion (the reply lost) drops the run
+// at the daemon's next heartbeat; the daemon asks once more, is told it is done, and removes the
+// run's directory (it used to keep it for good, "not acknowledged").
+TEST_F(DaemonTest, ACompletionWhoseReplyWasLostIsAskedAgainAfterTheDrop) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->lost_completion_replies_ = 2;  // Deliver's first try, and its retry after the drop
+  }
+  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    auto answered = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      return fake_->completion_calls_ >= 3;
+    };
+    ASSERT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&answered), absl::Seconds(20)));
+  }
+  ASSERT_TRUE(fake_->WaitForClaims(0));
+  stop_ = true;
+  thread_.join();
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_EQ(fake_->completion_calls_, 3);
+  EXPECT_EQ(fake_->completed_.size(), 1u);
+  EXPECT_TRUE(fake_->failed_.empty());
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-1/trial-0-fold-1"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-1"));
+}
+
+// A daemon killed while deleting a completed run's directory leaves DIR.removing; the next start
+// removes it, and keeps a failed run's directory.
+TEST_F(DaemonTest, AStartSweepsWhatAKilledDeletionLeft) {
+  const std::string half = dir_ / "work/runs/e-3/trial-0-fold-1.removing";
+  const std::string kept = dir_ / "work/runs/e-4/trial-0-fold-2";
+  std::filesystem::create_directories(half + "/out");
+  testing::WriteText(half + "/out/checkpoint.pt", "half deleted");
+  std::filesystem::create_directories(kept);
+  testing::WriteText(kept + "/log.txt", "a failed run's log\n");
+  Start("exit 0");
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    auto registered = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      return fake_->registered_ > 0;
+    };
+    ASSERT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&registered), absl::Seconds(20)));
+  }
+  stop_ = true;
+  thread_.join();
+  EXPECT_FALSE(std::filesystem::exists(half));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-3"));
+  EXPECT_TRUE(std::filesystem::exists(kept + "/log.txt"));
 }
 
 TEST_F(DaemonTest, TheEnginesOwnErrorFailsTheRunForGoodWithItsMessage) {
