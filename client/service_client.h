@@ -32,6 +32,9 @@ inline constexpr int kOk = 0, kFailed = 1, kUsage = 2, kInterrupted = 3, kUnavai
 inline constexpr std::chrono::milliseconds kRpcTimeout{15000};
 // watch and wait ride out coordinator restarts this long, s.
 inline constexpr int kReconnectSeconds = 120;
+// How long `malctl submit` resends a submission the coordinator did not answer (unreachable or
+// restarting), s.
+inline constexpr int kSubmitRetrySeconds = 30;
 
 // The options every service command takes: where the coordinator is, how to reach it, how to
 // print. Flags override the environment (MAL_ADDRESS, MAL_TLS_CA, MAL_TLS_CERT, MAL_TLS_KEY,

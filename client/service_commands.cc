@@ -93,12 +93,18 @@ int Submit(const SubmitOptions& o) {
                                  ::getpid())));
   v1::SubmitExperimentResponse resp;
   grpc::Status s;
-  for (int attempt = 0; attempt < 4; ++attempt) {
+  // Resent while the coordinator is unreachable or restarting, for up to kSubmitRetrySeconds (one
+  // with 180,000 fold runs takes about 9 s to start): safe, the request id makes Submit
+  // idempotent. No wait after the last try.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(kSubmitRetrySeconds);
+  for (int backoff_ms = 500;; backoff_ms = std::min(backoff_ms * 2, 4000)) {
     grpc::ClientContext ctx;
     rpc::SetDeadline(ctx, kRpcTimeout);
     s = c->stub->SubmitExperiment(&ctx, req, &resp);
-    if (!IsTransient(s)) break;  // safe to resend: the request id makes Submit idempotent
-    std::this_thread::sleep_for(milliseconds(500 << attempt));
+    if (!IsTransient(s) || std::chrono::steady_clock::now() + milliseconds(backoff_ms) > give_up) {
+      break;
+    }
+    std::this_thread::sleep_for(milliseconds(backoff_ms));
   }
   if (!s.ok()) return RpcFail(s);
   if (c->structured()) {

@@ -283,6 +283,9 @@ int Daemon::Run() {
       backoff_ms = 100;
     }
     in_contact = Heartbeat();
+    // Told to register again (the coordinator restarted): at once, not a heartbeat later; its
+    // claims on the runs held here count against one lease.
+    if (!registered_) continue;
     // Wake early when a run ends, so its slot is offered at once; look at *stop_ (set by a signal
     // handler, which cannot signal wake_) every 100 ms.
     absl::MutexLock lock(&mu_);
