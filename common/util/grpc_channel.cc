@@ -35,12 +35,13 @@ grpc::ChannelArguments ChannelArgs() {
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   // Reconnect quickly after a coordinator restart (the default backoff grows to 120 s): tries
   // 0.1 s apart at first, at most 2 s. GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is also how long one
-  // connection attempt may take (gRPC's subchannel: deadline = max(backoff, min)); at 100 ms a
-  // worker on a loaded host gave up attempts that needed about 1 s and took up to 7 s to
-  // register again. A refused connection still fails at once.
+  // connection attempt may take (gRPC's subchannel: deadline = max(backoff, min)). 5 s was
+  // measured worse on a loaded 2-core host (a worker re-registered 5-21 s after a coordinator
+  // restart, against 2-6 s at 100 ms: attempts stuck in the handshake waited out the longer
+  // deadline instead of being retried).
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   return args;
 }
 

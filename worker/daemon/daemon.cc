@@ -103,7 +103,13 @@ void Daemon::Drop(const v1::RunClaim& d) {
                  waiting_.end());
   auto it = runs_.find(d.run_id());
   if (it == runs_.end() || it->second->a.lease_epoch() != d.lease_epoch()) return;
-  LOG(INFO) << "run " << d.run_id() << " revoked by the coordinator: stopping it";
+  if (it->second->child.load() > 0) {
+    LOG(INFO) << "run " << d.run_id() << " revoked by the coordinator: stopping it";
+  } else {
+    // No engine running: not started yet (it is stopped as it starts), or ended (a completion
+    // being delivered, or a coordinator restart that found the run finished).
+    LOG(INFO) << "run " << d.run_id() << " revoked by the coordinator (its engine is not running)";
+  }
   it->second->dropped = true;
   SignalChild(it->second->child, SIGTERM);
 }

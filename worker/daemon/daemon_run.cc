@@ -568,7 +568,10 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
       // answers a completion it has as done.
       st = client_->CompleteRun(req, kCallTimeout);
     }
-    LOG(INFO) << "run " << run_id << " succeeded: test mean F1 " << s.last_epoch.test_mean_f1()
+    LOG(INFO) << "run " << run_id << " succeeded: "
+              << (s.last_epoch.test_mean_f1() < 0
+                      ? std::string("no test part (a final fit)")
+                      : absl::StrCat("test mean F1 ", s.last_epoch.test_mean_f1()))
               << (st.ok() ? "" : " (not acknowledged: " + st.error_message() + ")");
     // Every file is on the coordinator: the local copy would only fill the worker's disk (a
     // ResNet-34's model and checkpoint are about 260 MB a run). Kept after a failure, for
