@@ -614,8 +614,16 @@ void Daemon::RemoveRunDir(const std::string& dir) {
 
 void Daemon::RemoveLeftovers() {
   absl::MutexLock lock(&run_dirs_mu_);
-  std::error_code ec;
   const fs::path root = fs::path(o_.work_dir) / "runs";
+  try {  // an iterator's increment throws on an error: the daemon starts all the same
+    RemoveLeftoversUnder(root);
+  } catch (const fs::filesystem_error& e) {
+    LOG(WARNING) << "sweeping " << root.string() << ": " << e.what();
+  }
+}
+
+void Daemon::RemoveLeftoversUnder(const fs::path& root) {
+  std::error_code ec;
   for (const auto& experiment : fs::directory_iterator(root, ec)) {
     if (!experiment.is_directory(ec)) continue;
     std::vector<fs::path> leftovers;
