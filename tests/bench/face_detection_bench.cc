@@ -178,31 +178,30 @@ int main(int argc, char** argv) {
   app.add_option("cascades", cascades, "OpenCV cascade files")->required();
   CLI11_PARSE(app, argc, argv);
 
-  mal::TextLines truth;
+  mal::TextLines truth;  // none without --truth
   if (!truth_path.empty()) {
-    auto lines = mal::ReadLines(truth_path);
-    if (!lines.ok()) {
-      std::fprintf(stderr, "%s\n", lines.status().ToString().c_str());
+    auto read = mal::ReadLines(truth_path);
+    if (!read.ok()) {
+      std::fprintf(stderr, "%s\n", read.status().ToString().c_str());
       return 1;
     }
-    truth = std::move(*lines);
+    truth = std::move(*read);
   }
-  const mal::TextLines* lines = &truth;
   const std::filesystem::path dir = std::filesystem::path(truth_path).parent_path();
   std::map<std::string, Photo> photos;
   std::vector<std::string> order;
-  for (size_t i = 1; i < lines->lines.size(); ++i) {  // line 1: the header
-    if (mal::IsBlankRecord(lines->lines[i])) continue;
-    auto fields = mal::SplitCsvLine(lines->lines[i]);
+  for (size_t i = 1; i < truth.lines.size(); ++i) {  // line 1: the header
+    if (mal::IsBlankRecord(truth.lines[i])) continue;
+    auto fields = mal::SplitCsvLine(truth.lines[i]);
     if (!fields.ok() || fields->size() != 5) {
-      std::fprintf(stderr, "%s: expected image,x,y,width,height\n", lines->Where(i).c_str());
+      std::fprintf(stderr, "%s: expected image,x,y,width,height\n", truth.Where(i).c_str());
       return 1;
     }
     const std::string& name = (*fields)[0];
     if (!photos.count(name)) {
       Photo p{name, cv::imread((dir / name).string(), cv::IMREAD_COLOR), {}};
       if (p.image.empty()) {
-        std::fprintf(stderr, "%s: cannot read %s\n", lines->Where(i).c_str(), (dir / name).c_str());
+        std::fprintf(stderr, "%s: cannot read %s\n", truth.Where(i).c_str(), (dir / name).c_str());
         return 1;
       }
       photos[name] = p;
@@ -211,7 +210,7 @@ int main(int argc, char** argv) {
     if ((*fields)[1].empty()) continue;
     int box[4];
     for (int k = 0; k < 4; ++k) {
-      auto v = mal::ParseInt((*fields)[k + 1], absl::StrCat(lines->Where(i), ": box"));
+      auto v = mal::ParseInt((*fields)[k + 1], absl::StrCat(truth.Where(i), ": box"));
       if (!v.ok()) {
         std::fprintf(stderr, "%s\n", v.status().ToString().c_str());
         return 1;

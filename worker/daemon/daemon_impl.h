@@ -12,7 +12,6 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -137,8 +136,6 @@ class Daemon {
   // At start: every runs/EXPERIMENT/*.removing a killed daemon left, and then-empty experiment
   // directories.
   void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
-  void RemoveLeftoversUnder(const std::filesystem::path& root)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);
   // The checkpoint, the logs, and the weights CSVs of `s.owed_weights`; clears what was sent

@@ -615,26 +615,22 @@ void Daemon::RemoveRunDir(const std::string& dir) {
 void Daemon::RemoveLeftovers() {
   absl::MutexLock lock(&run_dirs_mu_);
   const fs::path root = fs::path(o_.work_dir) / "runs";
+  std::error_code ec;
   try {  // an iterator's increment throws on an error: the daemon starts all the same
-    RemoveLeftoversUnder(root);
+    for (const auto& experiment : fs::directory_iterator(root, ec)) {
+      if (!experiment.is_directory(ec)) continue;
+      std::vector<fs::path> leftovers;
+      for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
+        if (run.path().extension() == ".removing") leftovers.push_back(run.path());
+      }
+      for (const auto& path : leftovers) {
+        LOG(INFO) << "removing " << path.string() << " (a completed run's, left by a stop)";
+        fs::remove_all(path, ec);
+      }
+      if (!leftovers.empty()) fs::remove(experiment.path(), ec);  // once empty
+    }
   } catch (const fs::filesystem_error& e) {
     LOG(WARNING) << "sweeping " << root.string() << ": " << e.what();
-  }
-}
-
-void Daemon::RemoveLeftoversUnder(const fs::path& root) {
-  std::error_code ec;
-  for (const auto& experiment : fs::directory_iterator(root, ec)) {
-    if (!experiment.is_directory(ec)) continue;
-    std::vector<fs::path> leftovers;
-    for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
-      if (run.path().extension() == ".removing") leftovers.push_back(run.path());
-    }
-    for (const auto& path : leftovers) {
-      LOG(INFO) << "removing " << path.string() << " (a completed run's, left by a stop)";
-      fs::remove_all(path, ec);
-    }
-    if (!leftovers.empty()) fs::remove(experiment.path(), ec);  // once empty
   }
 }
 
