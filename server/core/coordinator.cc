@@ -118,6 +118,8 @@ void Coordinator::Emit(Experiment& e, const FoldRun* run, v1::Event event) {
 }
 
 namespace {
+EventIn ToStored(const EventHub::Outgoing& event) { return EventIn{event.kind, event.payload}; }
+
 v1::Event RunStateEvent(const FoldRun& run) {
   v1::Event ev;
   v1::StateChange* s = ev.mutable_state();
@@ -132,6 +134,19 @@ v1::Event RunStateEvent(const FoldRun& run) {
 
 void Coordinator::EmitRunState(Experiment& e, const FoldRun& run) {
   Emit(e, &run, RunStateEvent(run));
+}
+
+RunEvents Coordinator::MoveEvents(std::optional<v1::Event> first) {
+  RunEvents events;
+  // Called by the store inside the move, while this thread holds mu_.
+  events.make = [this, first = std::move(first)](const FoldRun&, const FoldRun& after)
+                    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                      std::vector<EventIn> out;
+                      if (first) out.push_back(ToStored(Stamp(&after, *first)));
+                      out.push_back(ToStored(Stamp(&after, RunStateEvent(after))));
+                      return out;
+                    };
+  return events;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -378,24 +393,20 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
   if (e->row.state != v1::EXPERIMENT_RUNNING) return Info(*e, true);
-  // One transaction for every run and trial (a search may have thousands: one commit each held
-  // the coordinator for minutes, and a crash midway left part of it cancelled), one for the events.
+  // One transaction for every run, trial and the runs' state events (a search may have thousands:
+  // one commit each held the coordinator for minutes, and a crash midway left part of it
+  // cancelled, or the events out of the log).
   std::vector<FoldRun> cancelled;
-  RETURN_IF_ERROR(store_->CancelExperiment(experiment_id, kCancelledByUser,
-                                           TrialStateName(TrialState::kCancelled), &cancelled));
-  std::vector<EventHub::Outgoing> events;
-  for (FoldRun& r : cancelled) {
-    events.push_back(Stamp(&r, RunStateEvent(r)));
-    e->runs[r.id] = std::move(r);
-  }
+  RunEvents events = MoveEvents();
+  RETURN_IF_ERROR(hub_->Commit(experiment_id, events, [&] {
+    return store_->CancelExperiment(experiment_id, kCancelledByUser,
+                                    TrialStateName(TrialState::kCancelled), &cancelled, &events);
+  }));
+  for (FoldRun& r : cancelled) e->runs[r.id] = std::move(r);
   for (Trial& t : e->trials) {
     if (t.state != TrialState::kOpen) continue;
     t.state = TrialState::kCancelled;
     t.message = kCancelledByUser;
-  }
-  if (auto seq = hub_->PublishBatch(experiment_id, events); !seq.ok()) {
-    LOG(ERROR) << experiment_id
-               << ": could not append the cancelled runs' events: " << seq.status();
   }
   FinishExperiment(*e);
   return Info(*e, true);

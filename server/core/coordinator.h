@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -184,6 +185,10 @@ class Coordinator {
   EventHub::Outgoing Stamp(const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Emit(Experiment& e, const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EmitRunState(Experiment& e, const FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The events a run's move commits with it (StateStore::RunEvents, through EventHub::Commit):
+  // `first` when given, then the run's new state, both stamped with the run as the move left it.
+  RunEvents MoveEvents(std::optional<v1::Event> first = std::nullopt)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets (`refusal` RESOURCE_EXHAUSTED) or clears (`refusal` OK) the run's "waiting to upload"
   // message, with a run state event when it changes. In memory only: the next refusal after a
   // restart sets it again.

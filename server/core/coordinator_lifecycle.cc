@@ -20,13 +20,16 @@ absl::Status Coordinator::CancelRuns(Experiment& e, int trial, const std::string
   for (auto& [id, r] : e.runs) {
     if ((trial >= 0 && r.trial != trial) || IsFinished(r.state)) continue;
     FoldRun updated;
-    if (absl::Status s = store_->Cancel(id, message, &updated); !s.ok()) {
+    RunEvents events = MoveEvents();
+    const int64_t run_id = id;
+    if (absl::Status s = hub_->Commit(
+            e.row.id, events, [&] { return store_->Cancel(run_id, message, &updated, &events); });
+        !s.ok()) {
       LOG(ERROR) << e.row.id << " fold run " << id << ": cancelling: " << s;
       first.Update(s);
       continue;
     }
     r = std::move(updated);
-    EmitRunState(e, r);
   }
   return first;
 }
@@ -82,19 +85,24 @@ void Coordinator::MaybeFinish(Experiment& e) {
   }
   // Every trial is done: train the best one on every subject, then finish.
   const int best = BestTrial(e);
+  v1::Event ev;
+  ev.mutable_state()->set_scope("experiment");
+  ev.mutable_state()->set_state("RUNNING");
+  ev.mutable_state()->set_message(absl::StrCat("final fit of trial ", best, " on all subjects"));
+  RunEvents events;  // the run and its announcement in one transaction
+  events.make = [this, &ev](const FoldRun&, const FoldRun&) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const EventHub::Outgoing out = Stamp(nullptr, ev);
+    return std::vector<EventIn>{EventIn{out.kind, out.payload}};
+  };
   FoldRun added;
-  auto id = store_->AddRun(e.row.id, best, 0, &added);
+  auto id = hub_->Commit(e.row.id, events,
+                         [&] { return store_->AddRun(e.row.id, best, 0, &added, &events); });
   if (!id.ok()) {
     LOG(ERROR) << e.row.id << ": adding the final fit: " << id.status();
     return;
   }
   e.runs[*id] = std::move(added);
   run_experiment_[*id] = e.row.id;
-  v1::Event ev;
-  ev.mutable_state()->set_scope("experiment");
-  ev.mutable_state()->set_state("RUNNING");
-  ev.mutable_state()->set_message(absl::StrCat("final fit of trial ", best, " on all subjects"));
-  Emit(e, nullptr, std::move(ev));
 }
 
 void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
@@ -155,16 +163,25 @@ void Coordinator::LoseRun(Experiment& e, FoldRun& run, const std::string& reason
   lost.mutable_state()->set_message(reason);
   lost.mutable_state()->set_attempt(run.attempt);
   lost.mutable_state()->set_worker(run.worker);
+  // LOST, stamped with the run as its holder had it, then where it goes (PENDING or FAILED).
+  RunEvents events = MoveEvents();
+  events.make = [this, &lost, then = std::move(events.make)](
+                    const FoldRun& before, const FoldRun& after) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const EventHub::Outgoing out = Stamp(&before, lost);
+    std::vector<EventIn> all{EventIn{out.kind, out.payload}};
+    for (EventIn& next : then(before, after)) all.push_back(std::move(next));
+    return all;
+  };
   FoldRun updated;
-  auto state = store_->MarkLost(run.id, e.spec.max_restarts(), reason, &updated);
+  auto state = hub_->Commit(e.row.id, events, [&] {
+    return store_->MarkLost(run.id, e.spec.max_restarts(), reason, &updated, &events);
+  });
   if (!state.ok()) {
     LOG(ERROR) << "fold run " << run.id << ": " << state.status();
     return;
   }
   ++runs_lost_;
-  Emit(e, &run, std::move(lost));
   run = std::move(updated);
-  EmitRunState(e, run);
   LOG(WARNING) << e.row.id << " fold run " << run.id << " LOST, now " << RunStateName(*state);
   if (*state == RunState::kFailed) Settle(e, run.trial);
 }

@@ -147,14 +147,15 @@ bool Coordinator::AssignNext(const std::string& worker, v1::Assignment* out) {
   if (!choice) return false;
   Experiment& e = experiments_.at(choice->experiment_id);
   FoldRun updated;
-  auto epoch = store_->Assign(choice->run_id, worker, &updated);
+  RunEvents events = MoveEvents();
+  auto epoch = hub_->Commit(
+      e.row.id, events, [&] { return store_->Assign(choice->run_id, worker, &updated, &events); });
   if (!epoch.ok()) {
     LOG(ERROR) << "assigning fold run " << choice->run_id << ": " << epoch.status();
     return false;
   }
   ++assignments_;
   FoldRun& run = e.runs[choice->run_id] = std::move(updated);
-  EmitRunState(e, run);
   out->set_run_id(run.id);
   out->set_lease_epoch(run.lease_epoch);
   out->set_experiment_id(e.row.id);
@@ -199,10 +200,12 @@ absl::StatusOr<v1::ReportEventsResponse> Coordinator::ReportEvents(
   }
   if (run->state == RunState::kAssigned) {
     FoldRun updated;
-    RETURN_IF_ERROR(
-        store_->Transition(run->id, run->lease_epoch, RunState::kRunning, "", &updated));
+    RunEvents events = MoveEvents();
+    RETURN_IF_ERROR(hub_->Commit(e->row.id, events, [&] {
+      return store_->Transition(run->id, run->lease_epoch, RunState::kRunning, "", &updated,
+                                &events);
+    }));
     *run = std::move(updated);
-    EmitRunState(*e, *run);
   }
   std::vector<EventHub::Outgoing> out;
   out.reserve(request.events_size());
@@ -247,14 +250,16 @@ absl::Status Coordinator::Complete(const v1::CompleteRunRequest& request) {
     return absl::OkStatus();  // completed already; the reply to the first call was lost
   }
   ASSIGN_OR_RETURN(FoldRun * run, HeldRun(request.run_id(), request.lease_epoch(), &e));
-  FoldRun updated;
-  RETURN_IF_ERROR(
-      store_->Complete(run->id, run->lease_epoch, request.result().SerializeAsString(), &updated));
-  *run = std::move(updated);
+  // The result, its fold_result and SUCCEEDED events in one transaction: a crash keeps all or none.
   v1::Event result;
   *result.mutable_fold_result() = request.result();
-  Emit(*e, run, std::move(result));
-  EmitRunState(*e, *run);
+  RunEvents events = MoveEvents(std::move(result));
+  FoldRun updated;
+  RETURN_IF_ERROR(hub_->Commit(e->row.id, events, [&] {
+    return store_->Complete(run->id, run->lease_epoch, request.result().SerializeAsString(),
+                            &updated, &events);
+  }));
+  *run = std::move(updated);
   Settle(*e, run->trial);
   return absl::OkStatus();
 }
@@ -266,17 +271,22 @@ absl::Status Coordinator::Fail(const v1::FailRunRequest& request) {
   const std::string message =
       request.message().empty() ? "failed without a message" : request.message();
   FoldRun updated;
+  RunEvents events = MoveEvents();
   if (request.retryable() || request.released()) {
-    RETURN_IF_ERROR(store_
-                        ->Retry(run->id, run->lease_epoch, message, e->spec.max_restarts(),
-                                /*count_attempt=*/!request.released(), &updated)
+    RETURN_IF_ERROR(hub_->Commit(e->row.id, events,
+                                 [&] {
+                                   return store_->Retry(
+                                       run->id, run->lease_epoch, message, e->spec.max_restarts(),
+                                       /*count_attempt=*/!request.released(), &updated, &events);
+                                 })
                         .status());
   } else {
-    RETURN_IF_ERROR(
-        store_->Transition(run->id, run->lease_epoch, RunState::kFailed, message, &updated));
+    RETURN_IF_ERROR(hub_->Commit(e->row.id, events, [&] {
+      return store_->Transition(run->id, run->lease_epoch, RunState::kFailed, message, &updated,
+                                &events);
+    }));
   }
   *run = std::move(updated);
-  EmitRunState(*e, *run);
   if (run->state == RunState::kFailed) Settle(*e, run->trial);
   return absl::OkStatus();
 }

@@ -151,6 +151,14 @@ absl::StatusOr<int64_t> EventHub::PublishBatch(const std::string& experiment,
   return first;
 }
 
+void EventHub::OfferCommitted(const std::string& experiment, const RunEvents& events) {
+  if (events.appended.empty()) return;
+  std::vector<Outgoing> out;
+  out.reserve(events.appended.size());
+  for (const EventIn& e : events.appended) out.push_back(Outgoing{e.kind, e.payload, false});
+  FanOut(experiment, events.first_seq, out, 0);
+}
+
 absl::StatusOr<StateStore::Appended> EventHub::PublishRunEvents(
     const std::string& experiment, int64_t run_id, int64_t epoch, int64_t first_index,
     const std::vector<Outgoing>& events) {

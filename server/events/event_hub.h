@@ -93,6 +93,17 @@ class EventHub {
                                                         int64_t run_id, int64_t epoch,
                                                         int64_t first_index,
                                                         const std::vector<Outgoing>& events);
+  // Runs `move`, a StateStore run move given `events` (StateStore::RunEvents: the move and its
+  // events are one transaction), under the publish lock, then offers the events it appended to the
+  // experiment's watchers (never coalescable: state changes and fold results), so that they see
+  // them in seq order. Returns what `move` returns; nothing is offered when it fails.
+  template <typename Move>
+  auto Commit(const std::string& experiment, RunEvents& events, Move move) -> decltype(move()) {
+    absl::MutexLock lock(&mu_);
+    auto result = move();
+    if (result.ok()) OfferCommitted(experiment, events);
+    return result;
+  }
   // Watches `experiment` from `from_seq` (1 = from the beginning).
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(const std::string& experiment,
                                                           int64_t from_seq);
@@ -109,6 +120,8 @@ class EventHub {
  private:
   friend class Subscription;
   void Remove(Subscription* s);
+  void OfferCommitted(const std::string& experiment, const RunEvents& events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FanOut(const std::string& experiment, int64_t first_seq, const std::vector<Outgoing>& events,
               size_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<int64_t> LastSeqLocked(const std::string& experiment)

@@ -503,26 +503,31 @@ absl::StatusOr<std::vector<FoldRun>> StateStore::Runs(const std::string& experim
 }
 
 absl::StatusOr<int64_t> StateStore::AddRun(const std::string& experiment_id, int trial, int fold,
-                                           FoldRun* added) {
+                                           FoldRun* added, RunEvents* events) {
   absl::MutexLock lock(&mu_);
-  Statement run(db_,
-                "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, "
-                "?, ?, ?, ?)");
-  run.Bind(1, experiment_id)
-      .Bind(2, trial)
-      .Bind(3, fold)
-      .Bind(4, static_cast<int64_t>(RunState::kPending));
-  run.Bind(5, NowMs());
-  if (run.Step() != SQLITE_DONE) return SqlError(db_, "adding a run");
-  const int64_t id = static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
-  if (added != nullptr) {
-    *added = FoldRun{};
-    added->id = id;
-    added->experiment_id = experiment_id;
-    added->trial = trial;
-    added->fold = fold;
-  }
-  return id;
+  FoldRun r;
+  RETURN_IF_ERROR(InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    Statement run(
+        db_,
+        "INSERT INTO fold_runs (experiment_id, trial, fold, state, updated_ms) VALUES (?, "
+        "?, ?, ?, ?)");
+    run.Bind(1, experiment_id)
+        .Bind(2, trial)
+        .Bind(3, fold)
+        .Bind(4, static_cast<int64_t>(RunState::kPending));
+    run.Bind(5, NowMs());
+    if (run.Step() != SQLITE_DONE) return SqlError(db_, "adding a run");
+    r.id = static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+    r.experiment_id = experiment_id;
+    r.trial = trial;
+    r.fold = fold;
+    FoldRun none;
+    none.id = r.id;
+    none.experiment_id = experiment_id;
+    return AppendMoved(events, {{&none, &r}});
+  }));
+  if (added != nullptr) *added = r;
+  return r.id;
 }
 
 absl::StatusOr<FoldRun> StateStore::RunLocked(int64_t run_id) {
@@ -561,79 +566,120 @@ absl::StatusOr<std::optional<FoldRun>> StateStore::NextPending() {
   return std::optional<FoldRun>(ReadRun(s));
 }
 
-absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& worker,
-                                           FoldRun* updated) {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (r.state != RunState::kPending) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ", not PENDING"));
+template <typename Move>
+absl::Status StateStore::MoveRun(int64_t run_id, FoldRun* updated, RunEvents* events, Move move) {
+  if (events != nullptr) {
+    events->appended.clear();
+    events->first_seq = 0;
   }
-  r.state = RunState::kAssigned;
-  r.worker = worker;
-  r.reported = 0;
-  ++r.lease_epoch;
-  RETURN_IF_ERROR(SetRun(r));
+  FoldRun r;
+  RETURN_IF_ERROR(InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    ASSIGN_OR_RETURN(r, RunLocked(run_id));
+    const FoldRun before = r;
+    ASSIGN_OR_RETURN(bool moved, move(r));
+    if (!moved) return absl::OkStatus();
+    RETURN_IF_ERROR(SetRun(r));
+    return AppendMoved(events, {{&before, &r}});
+  }));
+  if (updated != nullptr) *updated = std::move(r);
+  return absl::OkStatus();
+}
+
+absl::Status StateStore::AppendMoved(
+    RunEvents* events, const std::vector<std::pair<const FoldRun*, const FoldRun*>>& moves) {
+  if (events == nullptr) return absl::OkStatus();
+  events->appended.clear();
+  events->first_seq = 0;
+  if (!events->make || moves.empty()) return absl::OkStatus();
+  std::vector<EventIn> all;
+  for (const auto& [before, after] : moves) {
+    std::vector<EventIn> some = events->make(*before, *after);
+    for (EventIn& e : some) all.push_back(std::move(e));
+  }
+  if (all.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(events->first_seq, AppendLocked(moves.front().second->experiment_id, all));
+  events->appended = std::move(all);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> StateStore::Assign(int64_t run_id, const std::string& worker,
+                                           FoldRun* updated, RunEvents* events) {
+  absl::MutexLock lock(&mu_);
+  FoldRun r;
+  RETURN_IF_ERROR(MoveRun(run_id, &r, events, [&](FoldRun& r) -> absl::StatusOr<bool> {
+    if (r.state != RunState::kPending) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ", not PENDING"));
+    }
+    r.state = RunState::kAssigned;
+    r.worker = worker;
+    r.reported = 0;
+    ++r.lease_epoch;
+    return true;
+  }));
   if (updated != nullptr) *updated = r;
   return r.lease_epoch;
 }
 
 absl::Status StateStore::Transition(int64_t run_id, int64_t epoch, RunState to,
-                                    const std::string& message, FoldRun* updated) {
+                                    const std::string& message, FoldRun* updated,
+                                    RunEvents* events) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
-  if (!Allowed(r.state, to)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "fold run ", run_id, ": cannot go from ", RunStateName(r.state), " to ", RunStateName(to)));
-  }
-  r.state = to;
-  r.message = message;
-  RETURN_IF_ERROR(SetRun(r));
-  if (updated != nullptr) *updated = r;
-  return absl::OkStatus();
+  return MoveRun(run_id, updated, events, [&](FoldRun& r) -> absl::StatusOr<bool> {
+    RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
+    if (!Allowed(r.state, to)) {
+      return absl::FailedPreconditionError(absl::StrCat("fold run ", run_id, ": cannot go from ",
+                                                        RunStateName(r.state), " to ",
+                                                        RunStateName(to)));
+    }
+    r.state = to;
+    r.message = message;
+    return true;
+  });
 }
 
 absl::Status StateStore::Complete(int64_t run_id, int64_t epoch, const std::string& result,
-                                  FoldRun* updated) {
+                                  FoldRun* updated, RunEvents* events) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
-  if (!Allowed(r.state, RunState::kSucceeded)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": cannot complete"));
-  }
-  r.state = RunState::kSucceeded;
-  r.result = result;
-  r.message.clear();
-  RETURN_IF_ERROR(SetRun(r));
-  if (updated != nullptr) *updated = r;
-  return absl::OkStatus();
+  return MoveRun(run_id, updated, events, [&](FoldRun& r) -> absl::StatusOr<bool> {
+    RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
+    if (!Allowed(r.state, RunState::kSucceeded)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": cannot complete"));
+    }
+    r.state = RunState::kSucceeded;
+    r.result = result;
+    r.message.clear();
+    return true;
+  });
 }
 
 absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch,
                                            const std::string& message, int max_restarts,
-                                           bool count_attempt, FoldRun* updated) {
+                                           bool count_attempt, FoldRun* updated,
+                                           RunEvents* events) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
-  if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": nothing to retry"));
-  }
-  ++r.lease_epoch;
-  r.worker.clear();
-  r.message = message;
-  if (!count_attempt) {
-    r.state = RunState::kPending;
-  } else if (r.attempt < max_restarts) {
-    ++r.attempt;
-    r.state = RunState::kPending;
-  } else {
-    r.state = RunState::kFailed;
-    r.message = absl::StrCat(message, "; gave up after ", r.attempt + 1, " attempts");
-  }
-  RETURN_IF_ERROR(SetRun(r));
+  FoldRun r;
+  RETURN_IF_ERROR(MoveRun(run_id, &r, events, [&](FoldRun& r) -> absl::StatusOr<bool> {
+    RETURN_IF_ERROR(CheckLeaseEpoch(r, epoch));
+    if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": nothing to retry"));
+    }
+    ++r.lease_epoch;
+    r.worker.clear();
+    r.message = message;
+    if (!count_attempt) {
+      r.state = RunState::kPending;
+    } else if (r.attempt < max_restarts) {
+      ++r.attempt;
+      r.state = RunState::kPending;
+    } else {
+      r.state = RunState::kFailed;
+      r.message = absl::StrCat(message, "; gave up after ", r.attempt + 1, " attempts");
+    }
+    return true;
+  }));
   if (updated != nullptr) *updated = r;
   return r.state;
 }
@@ -656,24 +702,24 @@ void MarkCancelled(FoldRun& r, const std::string& message) {
 }
 }  // namespace
 
-absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, FoldRun* updated) {
+absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, FoldRun* updated,
+                                RunEvents* events) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (!IsFinished(r.state)) {
+  return MoveRun(run_id, updated, events, [&](FoldRun& r) -> absl::StatusOr<bool> {
+    if (IsFinished(r.state)) return false;  // stays as it is, without events
     MarkCancelled(r, message);
-    RETURN_IF_ERROR(SetRun(r));
-  }
-  if (updated != nullptr) *updated = r;
-  return absl::OkStatus();
+    return true;
+  });
 }
 
 absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
                                           const std::string& message,
                                           const std::string& trial_state,
-                                          std::vector<FoldRun>* updated) {
+                                          std::vector<FoldRun>* updated, RunEvents* events) {
   absl::MutexLock lock(&mu_);
   std::vector<FoldRun> cancelled;
   RETURN_IF_ERROR(InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    std::vector<FoldRun> before;
     Statement runs(
         db_,
         absl::StrCat("SELECT ", kRunColumns, " FROM fold_runs WHERE experiment_id = ?").c_str());
@@ -682,6 +728,7 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
     while ((rc = runs.Step()) == SQLITE_ROW) {
       FoldRun r = ReadRun(runs);
       if (IsFinished(r.state)) continue;
+      before.push_back(r);
       MarkCancelled(r, message);
       cancelled.push_back(std::move(r));
     }
@@ -691,41 +738,41 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
         db_, "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND state = ''");
     trials.Bind(1, trial_state).Bind(2, message).Bind(3, experiment_id);
     if (trials.Step() != SQLITE_DONE) return SqlError(db_, "cancelling trials");
-    return absl::OkStatus();
+    std::vector<std::pair<const FoldRun*, const FoldRun*>> moves;
+    for (size_t i = 0; i < cancelled.size(); ++i) moves.emplace_back(&before[i], &cancelled[i]);
+    return AppendMoved(events, moves);
   }));
   if (updated != nullptr) *updated = std::move(cancelled);
   return absl::OkStatus();
 }
 
 absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts,
-                                              const std::string& reason, FoldRun* updated) {
+                                              const std::string& reason, FoldRun* updated,
+                                              RunEvents* events) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(FoldRun r, RunLocked(run_id));
-  if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("fold run ", run_id, " is ", RunStateName(r.state), ": no lease to lose"));
-  }
-  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE"));
-  r.state = RunState::kLost;
-  r.message = reason.empty() ? absl::StrCat("lease of ", r.worker, " lapsed") : reason;
-  ++r.lease_epoch;
-  absl::Status s = SetRun(r);
-  if (s.ok()) {
-    if (r.attempt < max_restarts) {
-      ++r.attempt;
-      r.state = RunState::kPending;
-    } else {
-      r.state = RunState::kFailed;
-      r.message = absl::StrCat(r.message, "; gave up after ", r.attempt + 1, " attempts");
-    }
-    r.worker.clear();
-    s = SetRun(r);
-  }
-  if (!s.ok()) {
-    (void)Exec("ROLLBACK");
-    return s;
-  }
-  RETURN_IF_ERROR(Exec("COMMIT"));
+  FoldRun r;
+  // The LOST row is written too (its updated_ms), then the next one; `make` sees the row as it
+  // was before (the holder) and as it ends (PENDING or FAILED).
+  RETURN_IF_ERROR(MoveRun(
+      run_id, &r, events, [&](FoldRun& r) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<bool> {
+        if (r.state != RunState::kAssigned && r.state != RunState::kRunning) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "fold run ", run_id, " is ", RunStateName(r.state), ": no lease to lose"));
+        }
+        r.state = RunState::kLost;
+        r.message = reason.empty() ? absl::StrCat("lease of ", r.worker, " lapsed") : reason;
+        ++r.lease_epoch;
+        RETURN_IF_ERROR(SetRun(r));
+        if (r.attempt < max_restarts) {
+          ++r.attempt;
+          r.state = RunState::kPending;
+        } else {
+          r.state = RunState::kFailed;
+          r.message = absl::StrCat(r.message, "; gave up after ", r.attempt + 1, " attempts");
+        }
+        r.worker.clear();
+        return true;
+      }));
   if (updated != nullptr) *updated = r;
   return r.state;
 }

@@ -6,6 +6,7 @@
 // synchronous FULL), so that whatever a call acknowledged survives kill -9. No gRPC here.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,6 +84,18 @@ struct EventIn {
   std::string payload;
 };
 
+// The events a run's move appends to its experiment's log in the move's own transaction, so that
+// a crash keeps the move and its events together or neither (docs/service.md, "Durability and
+// failures"). `make` is called inside the transaction once per run moved, with the run's row
+// before and after the move (before: an empty row with the new id for AddRun); what it returns
+// is appended, in order, after the events of the runs moved before it. When the move succeeded,
+// `appended` holds every event appended and `first_seq` the first one's seq (0: none).
+struct RunEvents {
+  std::function<std::vector<EventIn>(const FoldRun& before, const FoldRun& after)> make;
+  std::vector<EventIn> appended;
+  int64_t first_seq = 0;
+};
+
 struct Event {
   int64_t seq = 0;  // per experiment, from 1, without gaps
   std::string kind;
@@ -139,47 +152,52 @@ class StateStore {
   // Adds a PENDING run to an experiment (the final fit: fold 0); returns its id, and the new row in
   // `added` when given.
   absl::StatusOr<int64_t> AddRun(const std::string& experiment_id, int trial, int fold,
-                                 FoldRun* added = nullptr);
+                                 FoldRun* added = nullptr, RunEvents* events = nullptr);
   absl::StatusOr<FoldRun> Run(int64_t run_id);
   // The longest-waiting PENDING run, if any.
   absl::StatusOr<std::optional<FoldRun>> NextPending();
 
   // Every move below, when `updated` is given and the move succeeded, writes the run's row as it
-  // now is into it, so the caller's view follows the store without reading the row back.
+  // now is into it, so the caller's view follows the store without reading the row back. When
+  // `events` is given, its events are appended in the move's transaction (RunEvents); a failed
+  // append fails the move, which then leaves nothing changed.
 
   // PENDING -> ASSIGNED to `worker`; returns the new lease epoch.
   absl::StatusOr<int64_t> Assign(int64_t run_id, const std::string& worker,
-                                 FoldRun* updated = nullptr);
+                                 FoldRun* updated = nullptr, RunEvents* events = nullptr);
   // Moves a run on behalf of the worker holding lease `epoch`. A stale epoch is
   // FailedPrecondition (the report of a worker that came back late); so is an illegal move.
   absl::Status Transition(int64_t run_id, int64_t epoch, RunState to, const std::string& message,
-                          FoldRun* updated = nullptr);
+                          FoldRun* updated = nullptr, RunEvents* events = nullptr);
   // ASSIGNED|RUNNING -> SUCCEEDED with its serialized FoldResult, for the holder of `epoch`.
   absl::Status Complete(int64_t run_id, int64_t epoch, const std::string& result,
-                        FoldRun* updated = nullptr);
+                        FoldRun* updated = nullptr, RunEvents* events = nullptr);
   // The holder of `epoch` gave the run back (its child crashed): PENDING with the next attempt
   // while attempts < max_restarts, else FAILED. Returns the new state.
   // `count_attempt` false (the worker was shut down, the run did nothing wrong): PENDING again
   // with the same attempt number.
   absl::StatusOr<RunState> Retry(int64_t run_id, int64_t epoch, const std::string& message,
                                  int max_restarts, bool count_attempt = true,
-                                 FoldRun* updated = nullptr);
+                                 FoldRun* updated = nullptr, RunEvents* events = nullptr);
   // Records that the holder of `epoch` uploaded a checkpoint.
   absl::Status SetHasCheckpoint(int64_t run_id, int64_t epoch);
   // Cancels a run that has not finished, whoever holds it (a finished run stays as it is).
-  absl::Status Cancel(int64_t run_id, const std::string& message, FoldRun* updated = nullptr);
+  absl::Status Cancel(int64_t run_id, const std::string& message, FoldRun* updated = nullptr,
+                      RunEvents* events = nullptr);
   // Cancels every run of the experiment that has not finished (as Cancel) and sets every open
   // trial (state "") to `trial_state`, all in one transaction: a crash leaves all of it or none,
   // and a search of thousands of trials costs one commit. The cancelled runs' rows as they now are
   // go to `updated` when given.
   absl::Status CancelExperiment(const std::string& experiment_id, const std::string& message,
                                 const std::string& trial_state,
-                                std::vector<FoldRun>* updated = nullptr);
+                                std::vector<FoldRun>* updated = nullptr,
+                                RunEvents* events = nullptr);
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
   // attempt while attempts < max_restarts, else FAILED. Old epochs stay fenced off.
   // `reason` says why (default: the holder's lease lapsed).
   absl::StatusOr<RunState> MarkLost(int64_t run_id, int max_restarts,
-                                    const std::string& reason = "", FoldRun* updated = nullptr);
+                                    const std::string& reason = "", FoldRun* updated = nullptr,
+                                    RunEvents* events = nullptr);
 
   // Appends to the experiment's event log; returns the event's sequence number.
   absl::StatusOr<int64_t> AppendEvent(const std::string& experiment_id, const std::string& kind,
@@ -230,11 +248,22 @@ class StateStore {
   absl::StatusOr<int64_t> AppendLocked(const std::string& experiment_id,
                                        const std::vector<EventIn>& events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends `events`' events for the moves (before, after) of one experiment's runs; within a
+  // transaction. Nothing when `events` is null.
+  absl::Status AppendMoved(RunEvents* events,
+                           const std::vector<std::pair<const FoldRun*, const FoldRun*>>& moves)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   explicit StateStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<FoldRun> RunLocked(int64_t run_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SetRun(const FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // In one transaction: reads run `run_id`, lets `move` (absl::StatusOr<bool>(FoldRun&)) change
+  // it, and when it says it moved, writes it and appends `events`' events (AppendMoved). An error
+  // from `move` rolls everything back. The row as it ends goes to `updated` when given.
+  template <typename Move>
+  absl::Status MoveRun(int64_t run_id, FoldRun* updated, RunEvents* events, Move move)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   sqlite3* const db_ ABSL_PT_GUARDED_BY(mu_);

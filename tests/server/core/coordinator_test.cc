@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <chrono>
@@ -834,6 +835,55 @@ TEST_F(CoordinatorTest, ARetriedCompletionAfterARestartIsAnsweredAsDone) {
   int results = 0;
   for (const auto& e : Events(id)) results += e.has_fold_result();
   EXPECT_EQ(results, 1);
+}
+
+// A run's result and its fold_result and SUCCEEDED events commit together: when the events cannot
+// be written, the completion is refused and nothing changed (the run is still held, the worker
+// retries); a coordinator killed between the two used to keep the result without its events.
+TEST_F(CoordinatorTest, ACompletionWhoseEventsCannotBeWrittenIsRefusedAndChangesNothing) {
+  const std::string id = Submit(Spec("cv: {only: [1, 2]}\n"));
+  Register("w1", 2);
+  const auto hb = Beat("w1", 2);
+  ASSERT_EQ(hb.assignments_size(), 2);
+  const auto a = hb.assignments(0);
+  auto watch = hub_->Subscribe(id, *hub_->LastSeq(id) + 1);
+  ASSERT_TRUE(watch.ok());
+  auto exec = [this](const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  };
+  exec(
+      "CREATE TRIGGER refuse_events BEFORE INSERT ON events BEGIN "
+      "SELECT RAISE(ABORT, 'disk full'); END");
+  const int64_t before = *store_->LastEventSeq(id);
+  EXPECT_FALSE(Complete(a, 0.8).ok());
+  EXPECT_EQ(store_->Run(a.run_id())->state, RunState::kAssigned);
+  EXPECT_EQ(store_->Run(a.run_id())->result, "");
+  EXPECT_EQ(*store_->LastEventSeq(id), before);
+  EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_ASSIGNED);
+  EXPECT_FALSE(FailRun(hb.assignments(1), "crashed", /*retryable=*/true).ok());
+  EXPECT_EQ(store_->Run(hb.assignments(1).run_id())->state, RunState::kAssigned);
+  exec("DROP TRIGGER refuse_events");
+
+  ASSERT_TRUE(Complete(a, 0.8).ok());
+  // The watcher saw them live, in order, once.
+  auto first = (*watch)->Next(absl::Seconds(1));
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_EQ((*first)->kind, "fold_result");
+  EXPECT_EQ((*first)->seq, before + 1);
+  auto second = (*watch)->Next(absl::Seconds(1));
+  ASSERT_TRUE(second.ok() && second->has_value());
+  EXPECT_EQ((*second)->seq, before + 2);
+  watch->reset();
+  Reopen();
+  std::vector<std::string> kinds;
+  for (const auto& e : Events(id)) {
+    if (e.run_id() != a.run_id()) continue;
+    kinds.push_back(e.has_fold_result() ? "fold_result" : e.state().state());
+  }
+  EXPECT_THAT(kinds, ::testing::ElementsAre("ASSIGNED", "fold_result", "SUCCEEDED"));
 }
 
 // A crash after the fold model was registered and before the final fit's: the restart registers

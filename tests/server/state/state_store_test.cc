@@ -11,6 +11,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "tests/test_util.h"
 
 namespace mal::server {
@@ -239,6 +241,87 @@ PRAGMA user_version=1;
   m.experiment_id = "exp-1";
   EXPECT_EQ(*(*store)->RegisterModel(m), 1);
   EXPECT_EQ(*(*store)->RegisterModel(m), 2);
+}
+
+// Runs `sql` on the database through a second connection (as another process would).
+void ExecOn(const std::string& path, const char* sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+}
+
+constexpr char kRefuseEvents[] =
+    "CREATE TRIGGER refuse_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); "
+    "END";
+
+// RunEvents: a run's move and the events it makes commit in one transaction. `make` sees the row
+// before and after; an append that fails fails the move and leaves the row as it was (a crash
+// between the two used to keep the move without its events).
+TEST(StateStoreTest, AMoveAndItsEventsCommitTogetherOrNotAtAll) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  const std::string id = *store->CreateExperiment("", "x", "s", 1, 2);
+  const std::vector<FoldRun> runs = *store->Runs(id);
+  std::vector<std::string> seen;
+  RunEvents events;
+  events.make = [&](const FoldRun& before, const FoldRun& after) {
+    seen.push_back(absl::StrCat(before.id, ":", RunStateName(before.state), "->",
+                                RunStateName(after.state), ":", after.attempt));
+    return std::vector<EventIn>{{"state", RunStateName(after.state)}};
+  };
+  FoldRun updated;
+  const int64_t epoch = *store->Assign(runs[0].id, "w", &updated, &events);
+  EXPECT_EQ(updated.state, RunState::kAssigned);
+  ASSERT_EQ(events.appended.size(), 1u);
+  EXPECT_EQ(events.first_seq, 1);
+  ASSERT_TRUE(store->Transition(runs[0].id, epoch, RunState::kRunning, "", nullptr, &events).ok());
+  EXPECT_EQ(events.first_seq, 2);
+
+  ExecOn(dir / "state.db", kRefuseEvents);
+  absl::Status refused = store->Complete(runs[0].id, epoch, "result", &updated, &events);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("disk full"));
+  EXPECT_TRUE(events.appended.empty());
+  EXPECT_EQ(events.first_seq, 0);
+  EXPECT_EQ(store->Run(runs[0].id)->state, RunState::kRunning);  // rolled back
+  EXPECT_EQ(store->Run(runs[0].id)->result, "");
+  EXPECT_FALSE(store->MarkLost(runs[0].id, 1, "gone", nullptr, &events).ok());
+  EXPECT_EQ(store->Run(runs[0].id)->state, RunState::kRunning);
+  EXPECT_EQ(*store->LastEventSeq(id), 2);
+  ExecOn(dir / "state.db", "DROP TRIGGER refuse_events");
+
+  // A move refused for its own reasons appends nothing; one that moves nothing (a finished run
+  // cancelled) neither.
+  EXPECT_FALSE(store->Complete(runs[0].id, epoch - 1, "result", nullptr, &events).ok());
+  EXPECT_TRUE(events.appended.empty());
+  ASSERT_TRUE(store->MarkLost(runs[0].id, 1, "gone", &updated, &events).ok());
+  EXPECT_EQ(updated.state, RunState::kPending);
+  EXPECT_EQ(events.first_seq, 3);
+  const int64_t again = *store->Assign(runs[0].id, "w2");
+  ASSERT_TRUE(store->Complete(runs[0].id, again, "result").ok());  // without events
+  ASSERT_TRUE(store->Cancel(runs[0].id, "late", nullptr, &events).ok());
+  EXPECT_TRUE(events.appended.empty());
+  std::vector<FoldRun> cancelled;
+  ASSERT_TRUE(store->CancelExperiment(id, "by user", "CANCELLED", &cancelled, &events).ok());
+  ASSERT_EQ(events.appended.size(), 1u);
+  EXPECT_EQ(events.appended[0].payload, "CANCELLED");
+  FoldRun added;
+  ASSERT_TRUE(store->AddRun(id, 0, 0, &added, &events).ok());
+  EXPECT_EQ(added.fold, 0);
+
+  const std::string a = absl::StrCat(runs[0].id), b = absl::StrCat(runs[1].id);
+  EXPECT_THAT(seen, ::testing::ElementsAre(
+                        a + ":PENDING->ASSIGNED:0", a + ":ASSIGNED->RUNNING:0",
+                        a + ":RUNNING->SUCCEEDED:0",  // refused by the trigger
+                        a + ":RUNNING->PENDING:1",    // refused by the trigger
+                        a + ":RUNNING->PENDING:1", b + ":PENDING->CANCELLED:0",
+                        absl::StrCat(added.id, ":PENDING->PENDING:0")));
+  // Every event that was appended is in the log, in order, once.
+  std::vector<std::string> log;
+  for (const Event& e : *store->ReadEvents(id, 1, 100)) log.push_back(e.payload);
+  EXPECT_THAT(log, ::testing::ElementsAre("ASSIGNED", "RUNNING", "PENDING", "CANCELLED",
+                                          "PENDING"));
 }
 
 }  // namespace
