@@ -133,8 +133,10 @@ class Daemon {
   // deleting leaves a name that the next start sweeps (RemoveLeftovers), not a partial run
   // directory that looks kept after a failure. The experiment's directory goes once empty.
   void RemoveRunDir(const std::string& dir) ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
-  // At start: every runs/EXPERIMENT/*.removing a killed daemon left, and then-empty experiment
-  // directories.
+  // At start: every runs/EXPERIMENT/*.removing a killed daemon left, every run directory holding
+  // the kSent marker (its output files all reached the coordinator and its completion was sent: a
+  // daemon killed between the acknowledgement and the rename left it), and then-empty experiment
+  // directories. Other run directories (failed runs') are kept.
   void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);

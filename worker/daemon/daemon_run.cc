@@ -36,6 +36,10 @@ namespace internal {
 
 namespace {
 
+// Written into a run's directory once every file of the run reached the coordinator, just before
+// its completion is sent: the local copy is no longer needed, whatever the answer.
+constexpr char kSent[] = ".sent";
+
 // The last non-empty line of the engine's log (context for a crash, which sends no outcome).
 std::string LastLogLine(const std::string& path) {
   auto text = ReadFile(path);
@@ -299,6 +303,7 @@ void Daemon::Execute(RunTask* t) {
       fs::remove_all(t->dir, ec);
     }
     fs::create_directories(t->dir, ec);
+    fs::remove(fs::path(t->dir) / kSent, ec);  // a retry here trains in it again
   }
   // Containment with links resolved: this host has the files (the coordinator checked lexically).
   if (absl::Status s = CheckSpecPaths(t->a.spec(), o_.data_roots, /*resolve_links=*/true);
@@ -551,6 +556,10 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
       }
       return;
     }
+    // Every file is on the coordinator: a daemon killed from here on leaves the directory to the
+    // next start's sweep (it was kept for good when killed before the rename below).
+    if (!WriteFileAtomic(t->dir + "/" + kSent, "").ok())
+      LOG(WARNING) << "run " << run_id << ": could not mark " << t->dir << " as sent";
     v1::CompleteRunRequest req;
     req.set_run_id(run_id);
     req.set_lease_epoch(t->a.lease_epoch());
@@ -621,10 +630,12 @@ void Daemon::RemoveLeftovers() {
       if (!experiment.is_directory(ec)) continue;
       std::vector<fs::path> leftovers;
       for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
-        if (run.path().extension() == ".removing") leftovers.push_back(run.path());
+        if (run.path().extension() == ".removing" || fs::exists(run.path() / kSent, ec))
+          leftovers.push_back(run.path());
       }
       for (const auto& path : leftovers) {
-        LOG(INFO) << "removing " << path.string() << " (a completed run's, left by a stop)";
+        LOG(INFO) << "removing " << path.string()
+                  << " (a completed run's, its files on the coordinator, left by a stop)";
         fs::remove_all(path, ec);
       }
       if (!leftovers.empty()) fs::remove(experiment.path(), ec);  // once empty

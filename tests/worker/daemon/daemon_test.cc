@@ -443,6 +443,11 @@ TEST_F(DaemonTest, AStartSweepsWhatAKilledDeletionLeft) {
   testing::WriteText(half + "/out/checkpoint.pt", "half deleted");
   std::filesystem::create_directories(kept);
   testing::WriteText(kept + "/log.txt", "a failed run's log\n");
+  // Killed after its completion was sent, before the rename: every file is on the coordinator.
+  const std::string sent = dir_ / "work/runs/e-5/trial-0-fold-1";
+  std::filesystem::create_directories(sent + "/out");
+  testing::WriteText(sent + "/out/model.pt", "weights the coordinator has");
+  testing::WriteText(sent + "/.sent", "");
   Start("exit 0");
   {
     absl::MutexLock lock(&fake_->mu_);
@@ -455,6 +460,7 @@ TEST_F(DaemonTest, AStartSweepsWhatAKilledDeletionLeft) {
   thread_.join();
   EXPECT_FALSE(std::filesystem::exists(half));
   EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-3"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-5"));
   EXPECT_TRUE(std::filesystem::exists(kept + "/log.txt"));
 }
 
