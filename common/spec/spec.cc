@@ -403,28 +403,33 @@ absl::Status ApplyOverride(YAML::Node& root, const std::string& override, Source
 }
 
 // The node a field path of an error names ("train.lr", "cv.only[1]", "search.space.train.lr.choice
-// [2]"; map keys may hold dots); nullopt when the field was not written (a default, or a field
-// that another one requires: "data.fe" for method mal).
+// [2]"; map keys may hold dots, spaces and brackets: "search.space.train lr", a search key
+// "train.lr[0]"); nullopt when the field was not written (a default, or a field that another one
+// requires: "data.fe" for method mal).
 std::optional<YAML::Node> FindNode(const YAML::Node& node, const std::vector<std::string>& parts,
                                    size_t i) {
   if (i == parts.size()) return node;
   if (!node.IsMap()) return std::nullopt;
   for (size_t j = parts.size(); j > i; --j) {  // the longest key first
-    std::string key = absl::StrJoin(parts.begin() + i, parts.begin() + j, ".");
-    std::optional<size_t> index;
-    if (const size_t open = key.find('['); open != std::string::npos && key.back() == ']') {
+    const std::string whole = absl::StrJoin(parts.begin() + i, parts.begin() + j, ".");
+    // "key[k]": element k of the sequence under "key"; failing that, a map key with brackets.
+    std::vector<std::pair<std::string, std::optional<size_t>>> readings;
+    if (const size_t open = whole.find('['); open != std::string::npos && whole.back() == ']') {
       size_t k = 0;
-      if (absl::SimpleAtoi(key.substr(open + 1, key.size() - open - 2), &k)) index = k;
-      key.resize(open);
+      if (absl::SimpleAtoi(whole.substr(open + 1, whole.size() - open - 2), &k))
+        readings.emplace_back(whole.substr(0, open), k);
     }
-    const YAML::Node child = node[key];
-    if (!child.IsDefined()) continue;
-    YAML::Node at = child;
-    if (index && child.IsSequence()) {
-      if (*index >= child.size()) return std::nullopt;
-      at = child[*index];
+    readings.emplace_back(whole, std::nullopt);
+    for (const auto& [key, index] : readings) {
+      const YAML::Node child = node[key];
+      if (!child.IsDefined()) continue;
+      YAML::Node at = child;
+      if (index) {
+        if (!child.IsSequence() || *index >= child.size()) continue;
+        at = child[*index];
+      }
+      if (auto deeper = FindNode(at, parts, j)) return deeper;
     }
-    if (auto deeper = FindNode(at, parts, j)) return deeper;
   }
   return std::nullopt;  // not written (a default, or a field another one requires)
 }
@@ -569,9 +574,10 @@ absl::StatusOr<v1::ExperimentSpec> LoadSpecFile(const std::string& path,
     const absl::string_view message = s.message();
     const size_t colon = message.find(": ");
     const absl::string_view field = message.substr(0, colon);
-    const std::string at = colon == absl::string_view::npos || absl::StrContains(field, ' ')
-                               ? std::string(path)
-                               : Locate(root, where, field);
+    // A message without a field (or whose text before ": " is none) is placed at the file
+    // alone: Locate finds no node for it.
+    const std::string at =
+        colon == absl::string_view::npos ? std::string(path) : Locate(root, where, field);
     return absl::InvalidArgumentError(absl::StrCat(at, ": ", message));
   }
   return spec;

@@ -354,6 +354,28 @@ TEST(SpecTest, ErrorsArePlacedAtTheLineOrTheOverrideThatGaveTheValue) {
   EXPECT_EQ(message({}), file + ":7:10: cv.only[2]: fold 2 listed twice");
   EXPECT_EQ(message({"cv.only=[1]"}),
             file + ":10:15: search.space.train.lr: log_uniform needs 0 < low < high");
+  // Search keys that are no field, with a space or brackets in them: at their line too.
+  EXPECT_EQ(message({"cv.only=[1]", "search.space={\"train lr\": {choice: [1, 2]}}"}),
+            "--set search.space={\"train lr\": {choice: [1, 2]}}: search.space.train lr: not "
+            "searchable: the same for every trial of an experiment (search method, model.*, "
+            "train.* or mal.*; repeat the experiment for other seeds or data)");
+  testing::WriteText(dir / "keys.yaml",
+                     "name: x\n"
+                     "data: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n"
+                     "search:\n"
+                     "  space:\n"
+                     "    train lr: {choice: [1, 2]}\n");  // 5
+  EXPECT_THAT(std::string(LoadSpecFile(dir / "keys.yaml").status().message()),
+              ::testing::StartsWith((dir / "keys.yaml") + ":5:15: search.space.train lr: "));
+  testing::WriteText(dir / "keys.yaml",
+                     "name: x\n"
+                     "data: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n"
+                     "search:\n"
+                     "  space:\n"
+                     "    train.lr: {choice: [0.1, 0.2]}\n"
+                     "    train.lr[0]: {choice: [1, 2]}\n");  // 6
+  EXPECT_THAT(std::string(LoadSpecFile(dir / "keys.yaml").status().message()),
+              ::testing::StartsWith((dir / "keys.yaml") + ":6:18: search.space.train.lr[0]: "));
   EXPECT_EQ(message({"cv.only=[1]", "search.space={}", "train.lr=-1"}),
             "--set train.lr=-1: train.lr: must be > 0");
   EXPECT_EQ(message({"cv.only=[1]", "search.space={}", "train={lr: 0.1, momentum: 7}"}),
