@@ -62,7 +62,7 @@ int Train(const TrainArgs& a) {
     sink->StartProgressReports(std::chrono::seconds(1));
   }
   auto result = engine::Train(options);
-  if (sink) sink->Finish(result.status());
+  if (sink) sink->Finish(result.status(), result.ok() ? &result->final_epoch : nullptr);
   if (!result.ok()) {
     const bool stopped = result.status().code() == absl::StatusCode::kCancelled;
     std::cerr << "mal-worker: " << (stopped ? "" : "training failed: ") << result.status().message()

@@ -540,6 +540,18 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     return;
   }
   if (succeeded) {
+    // The result: the engine's own final metrics (a run resumed from a checkpoint written after
+    // its last epoch trains no epoch and sends no epoch event; its result was an empty one,
+    // recorded as F1 0), else the last epoch event (an engine that does not send them).
+    const v1::EpochMetrics final_epoch =
+        s.outcome->has_final_epoch() ? s.outcome->final_epoch() : s.last_epoch;
+    if (final_epoch.epoch() == 0) {
+      (void)UploadAll(t);
+      if (!t->dropped) {
+        Fail(t, "the engine ended successfully without the metrics of any epoch", false);
+      }
+      return;
+    }
     // While stopping, uploads give up after a few retries: complete the run only with every
     // file delivered, else hand it back (it resumes from its checkpoint elsewhere).
     if (const grpc::Status up = UploadAll(t); !up.ok()) {
@@ -564,12 +576,12 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     req.set_run_id(run_id);
     req.set_lease_epoch(t->a.lease_epoch());
     v1::FoldResult* r = req.mutable_result();
-    *r->mutable_aus() = s.last_epoch.aus();
-    *r->mutable_test_f1() = s.last_epoch.test_f1();
-    r->set_test_mean_f1(s.last_epoch.test_mean_f1());
-    r->set_val_mean_f1(s.last_epoch.val_mean_f1());
-    r->set_iterations(s.last_epoch.iteration());
-    r->set_epochs(s.last_epoch.epoch());
+    *r->mutable_aus() = final_epoch.aus();
+    *r->mutable_test_f1() = final_epoch.test_f1();
+    r->set_test_mean_f1(final_epoch.test_mean_f1());
+    r->set_val_mean_f1(final_epoch.val_mean_f1());
+    r->set_iterations(final_epoch.iteration());
+    r->set_epochs(final_epoch.epoch());
     grpc::Status st = Deliver(t, [&]() { return client_->CompleteRun(req, kCallTimeout); });
     if (!st.ok() && t->dropped) {
       // Dropped while the completion was retried: a coordinator that restarted after recording
@@ -578,9 +590,9 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
       st = client_->CompleteRun(req, kCallTimeout);
     }
     LOG(INFO) << "run " << run_id << " succeeded: "
-              << (s.last_epoch.test_mean_f1() < 0
+              << (final_epoch.test_mean_f1() < 0
                       ? std::string("no test part (a final fit)")
-                      : absl::StrCat("test mean F1 ", s.last_epoch.test_mean_f1()))
+                      : absl::StrCat("test mean F1 ", final_epoch.test_mean_f1()))
               << (st.ok() ? "" : " (not acknowledged: " + st.error_message() + ")");
     // Every file is on the coordinator: the local copy would only fill the worker's disk (a
     // ResNet-34's model and checkpoint are about 260 MB a run). Kept after a failure, for

@@ -188,13 +188,15 @@ void PipeSink::StopProgressReports() {
   if (reporter_.joinable()) reporter_.join();
 }
 
-void PipeSink::Finish(const absl::Status& status) {
+void PipeSink::Finish(const absl::Status& status, const engine::EpochRecord* final_epoch) {
   StopProgressReports();
   v1::Event e;
   v1::RunOutcome* o = e.mutable_outcome();
   o->set_code(static_cast<int>(status.code()));
   o->set_message(std::string(status.message()));
   o->set_retryable(status.code() == absl::StatusCode::kCancelled);
+  if (status.ok() && final_epoch != nullptr)
+    *o->mutable_final_epoch() = ToEvent(*final_epoch).epoch();
   Write(e, /*droppable=*/false);
   // Every line out before the process ends: the daemon reads it once it is free again. No time
   // limit: a daemon that dies takes this process with it (PR_SET_PDEATHSIG), one that stops the

@@ -53,7 +53,8 @@ class PipeSink : public engine::RecordSink {
   // kCancelled (told to stop) is, as the run resumes from its checkpoint.
   // Stops the progress reports first, so the outcome is the last line, and waits until the
   // daemon has taken every line waiting in memory (or is gone).
-  void Finish(const absl::Status& status);
+  // `final_epoch` (with an OK status): the run's result (RunOutcome.final_epoch).
+  void Finish(const absl::Status& status, const engine::EpochRecord* final_epoch = nullptr);
 
   // Starts a thread that writes ProgressEvent(ProgressCount()) (common/util/progress.h) at the end
   // of every `interval` (ms) in which the count moved: the daemon's evidence that a run that sends

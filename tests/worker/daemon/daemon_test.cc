@@ -303,6 +303,40 @@ TEST_F(DaemonTest, ASucceededEngineCompletesTheRunWithItsLastEpochAndUploadsItsF
   EXPECT_TRUE(fake_->failed_.empty());
 }
 
+// A run resumed from a checkpoint written after its last epoch trains no epoch and sends no epoch
+// event: its result is the outcome's final_epoch (it was an empty result, recorded as F1 0), which
+// also wins over the last epoch event; success with neither is a failure, not a result of 0.
+TEST_F(DaemonTest, TheResultIsTheOutcomesFinalEpochAndNeverAnEmptyOne) {
+  Start(R"(echo model > $OUT/model.pt
+echo '{"outcome":{"finalEpoch":{"epoch":3,"iteration":60,"aus":[1,2],"testF1":[0.4,0.8],"testMeanF1":0.6}}}' >&3
+exit 0)");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    ASSERT_EQ(fake_->completed_.size(), 1u);
+    const v1::FoldResult& r = fake_->completed_[0].result();
+    EXPECT_DOUBLE_EQ(r.test_mean_f1(), 0.6);
+    EXPECT_EQ(r.epochs(), 3);
+    EXPECT_EQ(r.iterations(), 60);
+    EXPECT_THAT(r.test_f1(), ::testing::ElementsAre(0.4, 0.8));
+    EXPECT_THAT(r.aus(), ::testing::ElementsAre(1, 2));
+  }
+  stop_ = true;
+  thread_.join();
+}
+
+TEST_F(DaemonTest, SuccessWithoutTheMetricsOfAnyEpochFailsTheRun) {
+  Start("echo model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  ASSERT_EQ(fake_->failed_.size(), 1u);
+  EXPECT_THAT(fake_->failed_[0].message(), HasSubstr("without the metrics of any epoch"));
+  EXPECT_FALSE(fake_->failed_[0].retryable());
+}
+
 // A file the coordinator refuses for good (over mal-coordinator --max-upload-mb): completing the
 // run would leave the coordinator without it, and training again would make the same file, so the
 // run fails for good naming the file and the refusal.

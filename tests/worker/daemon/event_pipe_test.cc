@@ -4,6 +4,7 @@
 #include "worker/daemon/event_pipe.h"
 
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -62,6 +63,33 @@ TEST_F(EventPipeTest, ARecordIsOneDecodableLine) {
   EXPECT_EQ(events[0].point().iteration(), 17);
   EXPECT_EQ(events[0].point().epoch(), 2);
   EXPECT_DOUBLE_EQ(events[0].point().loss_au(), 0.25);
+}
+
+// A successful outcome carries the run's final metrics (its result); a failed one none.
+TEST_F(EventPipeTest, ASuccessfulOutcomeCarriesTheFinalEpoch) {
+  engine::EpochRecord e;
+  e.epoch = 4;
+  e.iteration = 80;
+  e.aus = {1, 2};
+  e.test_f1 = {0.5, 0.75};
+  e.test_mean_f1 = 0.625;
+  {
+    PipeSink sink(fds_[1]);
+    sink.Finish(absl::OkStatus(), &e);
+  }
+  {
+    PipeSink sink(fds_[1]);
+    sink.Finish(absl::InternalError("non-finite loss"), &e);
+  }
+  auto events = Drain();
+  ASSERT_EQ(events.size(), 2u);
+  ASSERT_TRUE(events[0].outcome().has_final_epoch());
+  EXPECT_EQ(events[0].outcome().final_epoch().epoch(), 4);
+  EXPECT_EQ(events[0].outcome().final_epoch().iteration(), 80);
+  EXPECT_DOUBLE_EQ(events[0].outcome().final_epoch().test_mean_f1(), 0.625);
+  EXPECT_THAT(events[0].outcome().final_epoch().test_f1(), ::testing::ElementsAre(0.5, 0.75));
+  EXPECT_FALSE(events[1].outcome().has_final_epoch());
+  EXPECT_EQ(events[1].outcome().message(), "non-finite loss");
 }
 
 // train.oom_retries starting a run over: one line the daemon forwards, with the new batches.

@@ -256,6 +256,29 @@ TEST_F(TrainerTest, ResumeFromCheckpointEqualsUninterruptedRun) {
   }
 }
 
+// A run resumed from the checkpoint written after its last epoch (its worker died before the
+// completion reached the coordinator) trains nothing and still returns the final metrics, which
+// the daemon reports as the run's result (RunOutcome.final_epoch; it reported an empty one).
+TEST_F(TrainerTest, AResumeAfterTheLastEpochReturnsTheFinalMetrics) {
+  testing::TempDir out;
+  TrainOptions o;
+  o.spec = Spec("mtl");
+  o.out_dir = out.path();
+  auto first = Train(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  o.resume = true;
+  auto again = Train(o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->iterations, first->iterations);
+  EXPECT_EQ(again->final_epoch.epoch, first->final_epoch.epoch);
+  EXPECT_EQ(again->final_epoch.iteration, first->iterations);
+  EXPECT_GT(again->final_epoch.epoch, 0);
+  EXPECT_DOUBLE_EQ(again->final_epoch.test_mean_f1, first->final_epoch.test_mean_f1);
+  EXPECT_EQ(again->final_epoch.test_f1, first->final_epoch.test_f1);
+  EXPECT_EQ(again->final_epoch.aus, first->final_epoch.aus);
+  EXPECT_EQ(CountLines(out / "metrics.json"), 4);  // its 2 epochs once
+}
+
 // The meta net's linear weights after a run, read from its checkpoint.
 torch::Tensor MetaWeights(const fs::path& checkpoint) {
   torch::serialize::InputArchive archive, meta_archive;
