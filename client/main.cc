@@ -14,6 +14,7 @@
 #include "client/service_client.h"
 #include "client/service_commands.h"
 #include "common/util/cli.h"
+#include "common/util/grpc_channel.h"
 #include "common/util/logging.h"
 
 namespace {
@@ -31,6 +32,7 @@ void OnInterrupt(int) {
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
+  mal::rpc::InitClientPolling();  // before any gRPC use
   std::signal(SIGINT, OnInterrupt);
   std::signal(SIGTERM, OnInterrupt);
   CLI::App app(

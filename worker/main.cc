@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/util/cli.h"
+#include "common/util/grpc_channel.h"
 #include "common/util/logging.h"
 #include "worker/commands.h"
 
@@ -46,6 +47,7 @@ void TuneMalloc() {
 int main(int argc, char** argv) {
   TuneMalloc();
   mal::InitLogging(argv[0]);
+  mal::rpc::InitClientPolling();  // before any gRPC use
   CLI::App app(
       "mal-worker: with --coordinator, the worker daemon, which takes fold runs from the "
       "coordinator and runs each as a child `mal-worker train`; `train` trains one fold run "

@@ -45,6 +45,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeSecureChannel(const std::stri
 // A plaintext channel (loopback, tests).
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
 
+// Called first in main, before any gRPC use. gRPC learns how a connection attempt ended only while
+// a call polls the channel or when its backup poller runs
+// (GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS, 5000 ms by default): a worker daemon between
+// heartbeats, whose fail-fast calls do not wait on a reconnecting channel, learnt of a restarted
+// coordinator up to 5 s late (docs/service.md, "Durability and failures"). Sets it to 100 ms unless
+// the environment sets it already.
+void InitClientPolling();
+
 // How a server listens: TLS with `cert_file` + `key_file`, requiring client certificates signed by
 // `client_ca_file` when set (mutual TLS); bearer tokens from `token_file` (one per line) required
 // on every call of the mal services when set. Without TLS, only loopback addresses are accepted

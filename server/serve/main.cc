@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/util/cli.h"
+#include "common/util/grpc_channel.h"
 #include "common/util/logging.h"
 #include "common/util/server_cli.h"
 #include "common/util/systemd_notify.h"
@@ -30,6 +31,7 @@ std::string DefaultCacheDir() {
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
+  mal::rpc::InitClientPolling();  // before any gRPC use (its registry client)
   mal::serve::ServeServer::Options o;
   o.registry.cache_dir = DefaultCacheDir();
   int64_t budget_mb = o.memory_budget >> 20;

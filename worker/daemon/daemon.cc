@@ -281,8 +281,8 @@ int Daemon::Run() {
       registered_ = in_contact = Register();
       if (!registered_) {
         Sleep(milliseconds(backoff_ms));
-        // 0.1-2 s as the channels' reconnect backoff (docs/service.md): a restarted coordinator
-        // holds its workers' runs for one lease, and up to 5 s here took most of a short one.
+        // 0.1-2 s (docs/service.md): a restarted coordinator holds its workers' runs for one
+        // lease, and up to 5 s here took most of a short one.
         backoff_ms = std::min(backoff_ms * 2, 2000);
         continue;
       }
