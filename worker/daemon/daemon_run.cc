@@ -153,6 +153,17 @@ bool Daemon::Prepare(RunTask* t, std::string* error) {
     *error = absl::StrCat("fetching ", name, ": ", s.error_message());
     return false;
   }
+  // The engine's log of the earlier attempts, which the resumed engine appends to: without it the
+  // upload of the new one replaced them on the coordinator. A log already here (the retry runs in
+  // its old directory) is at least as long as the uploaded copy.
+  const std::string log = t->dir + "/" + run_files::kLog;
+  std::error_code exists_ec;
+  if (!fs::exists(log, exists_ec)) {
+    grpc::Status s = Deliver(
+        t, [&]() { return client_->Fetch(t->a.run_id(), run_files::kLog, log, kTransferTimeout); });
+    if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND)
+      LOG(WARNING) << "run " << t->a.run_id() << ": fetching its log: " << s.error_message();
+  }
   return true;
 }
 

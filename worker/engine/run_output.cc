@@ -168,6 +168,11 @@ void RunLog::Summary(const WeightSummary& s) {
   summaries_.flush();
 }
 
+const std::string& RunLog::LastEpochJson() const {
+  static const std::string kNone;
+  return epochs_.empty() ? kNone : epochs_.back();
+}
+
 absl::Status RunLog::Epoch(const EpochRecord& e) {
   epochs_.push_back(EpochJson(e));
   if (tensorboard_) {

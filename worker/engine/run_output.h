@@ -35,6 +35,9 @@ class RunLog {
   void Summary(const WeightSummary& s);
   // Adds the epoch and rewrites metrics.json ({"epochs": [...]}, one epoch per line) atomically.
   absl::Status Epoch(const EpochRecord& e);
+  // The last epoch's line of metrics.json (kept from before a resume, or added since); "" when
+  // none.
+  const std::string& LastEpochJson() const;
 
  private:
   RunLog() = default;

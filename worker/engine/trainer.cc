@@ -4,6 +4,7 @@
 
 #include "worker/engine/trainer.h"
 
+#include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -48,6 +49,27 @@ using image::BatchLoader;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The weights' statistics and time of epoch `e.epoch` from its metrics.json line (`json`, as
+// EpochJson writes it) into `e`: a run resumed after its last epoch evaluates the model again,
+// which gives its F1 but not these. Nothing when the line is missing, unreadable or of another
+// epoch.
+void RestoreEpochStatistics(const std::string& json, EpochRecord& e) {
+  google::protobuf::Struct line;
+  if (json.empty() || !google::protobuf::util::JsonStringToMessage(json, &line).ok()) return;
+  const auto& fields = line.fields();
+  auto number = [&fields](const char* key) -> std::optional<double> {
+    auto it = fields.find(key);
+    if (it == fields.end() || !it->second.has_number_value()) return std::nullopt;
+    return it->second.number_value();
+  };
+  if (number("epoch") != std::optional<double>(e.epoch)) return;
+  e.mean_au_weight = number("mean_au_weight").value_or(e.mean_au_weight);
+  e.mean_fe_weight = number("mean_fe_weight").value_or(e.mean_fe_weight);
+  e.fe_weight_consistency_spearman =
+      number("fe_weight_consistency_spearman").value_or(e.fe_weight_consistency_spearman);
+  e.seconds = number("seconds").value_or(e.seconds);
+}
 
 // The batch sizes `spec`'s method trains with (checkpoint.h).
 Batches SpecBatches(const v1::ExperimentSpec& spec) {
@@ -133,8 +155,12 @@ class Training {
     RETURN_IF_ERROR(Resume());
     if (options_.checkpoint_at_start && pos_.global_iter == 0) RETURN_IF_ERROR(Save());
     while (pos_.epoch <= t_.epochs()) RETURN_IF_ERROR(TrainEpoch());
-    // Resumed after the last epoch had finished: the final metrics again, for the metadata.
-    if (last_.epoch == 0) last_ = Evaluate(t_.epochs());
+    // Resumed after the last epoch had finished: the final metrics again, for the metadata and
+    // the result; the weights' statistics and time of that epoch from its line in metrics.json.
+    if (last_.epoch == 0) {
+      last_ = Evaluate(t_.epochs());
+      RestoreEpochStatistics(log_->LastEpochJson(), last_);
+    }
     return Export();
   }
 

@@ -31,13 +31,14 @@ using ::testing::HasSubstr;
 // Hands out queued assignments on heartbeats and records every call.
 class FakeCoordinator : public CoordinatorClient {
  public:
-  void Assign(int64_t run_id, int fold) {
+  void Assign(int64_t run_id, int fold, bool has_checkpoint = false) {
     absl::MutexLock lock(&mu_);
     v1::Assignment a;
     a.set_run_id(run_id);
     a.set_lease_epoch(7);
     a.set_experiment_id("e-1");
     a.set_fold(fold);
+    a.set_has_checkpoint(has_checkpoint);
     a.mutable_spec()->set_name("fake");
     queued_.push_back(a);
   }
@@ -113,10 +114,17 @@ class FakeCoordinator : public CoordinatorClient {
       return it->second.first;
     }
     uploads_.push_back(name);
+    if (name == "log.txt") uploaded_log_ = ReadFile(path).value_or("");
     return grpc::Status::OK;
   }
-  grpc::Status Fetch(int64_t, const std::string& name, const std::string&, milliseconds) override {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, name);
+  grpc::Status Fetch(int64_t, const std::string& name, const std::string& path,
+                     milliseconds) override {
+    absl::MutexLock lock(&mu_);
+    fetched_.push_back(name);
+    auto it = stored_.find(name);
+    if (it == stored_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, name);
+    testing::WriteText(path, it->second);
+    return grpc::Status::OK;
   }
 
   // Waits (up to 20 s) until a run completed or failed.
@@ -161,6 +169,9 @@ class FakeCoordinator : public CoordinatorClient {
   int completion_calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<v1::FailRunRequest> failed_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> uploads_ ABSL_GUARDED_BY(mu_);
+  std::string uploaded_log_ ABSL_GUARDED_BY(mu_);                   // the last upload of log.txt
+  std::map<std::string, std::string> stored_ ABSL_GUARDED_BY(mu_);  // what Fetch finds, by name
+  std::vector<std::string> fetched_ ABSL_GUARDED_BY(mu_);
 };
 
 // Lends the test's fake to a daemon, which owns its client.
@@ -324,6 +335,26 @@ exit 0)");
   }
   stop_ = true;
   thread_.join();
+}
+
+// A resumed run (its checkpoint on the coordinator) appends to the engine's log of the earlier
+// attempts, fetched with the checkpoint: the upload of the new log replaced them.
+TEST_F(DaemonTest, AResumedRunKeepsTheLogOfItsEarlierAttempts) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->stored_["checkpoint.pt"] = "weights at epoch 2";
+    fake_->stored_["log.txt"] = "epoch 1 of the first attempt\nepoch 2 of the first attempt\n";
+  }
+  Start(std::string("echo 'the retry resumes' >&2\n") + kEpoch +
+        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1, /*has_checkpoint=*/true);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  EXPECT_THAT(fake_->fetched_, Contains("log.txt"));
+  EXPECT_THAT(fake_->uploaded_log_, HasSubstr("epoch 1 of the first attempt\nepoch 2 of the first "
+                                              "attempt\n"));
+  EXPECT_THAT(fake_->uploaded_log_, HasSubstr("the retry resumes"));
 }
 
 TEST_F(DaemonTest, SuccessWithoutTheMetricsOfAnyEpochFailsTheRun) {

@@ -1,6 +1,9 @@
 #include "worker/engine/trainer.h"
 
 #include <gmock/gmock.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/torch.h>
@@ -262,10 +265,11 @@ TEST_F(TrainerTest, ResumeFromCheckpointEqualsUninterruptedRun) {
 TEST_F(TrainerTest, AResumeAfterTheLastEpochReturnsTheFinalMetrics) {
   testing::TempDir out;
   TrainOptions o;
-  o.spec = Spec("mtl");
+  o.spec = Spec("mal");
   o.out_dir = out.path();
   auto first = Train(o);
   ASSERT_TRUE(first.ok()) << first.status();
+  const std::string metadata = *ReadFile(out / "model.json");
   o.resume = true;
   auto again = Train(o);
   ASSERT_TRUE(again.ok()) << again.status();
@@ -277,6 +281,18 @@ TEST_F(TrainerTest, AResumeAfterTheLastEpochReturnsTheFinalMetrics) {
   EXPECT_EQ(again->final_epoch.test_f1, first->final_epoch.test_f1);
   EXPECT_EQ(again->final_epoch.aus, first->final_epoch.aus);
   EXPECT_EQ(CountLines(out / "metrics.json"), 4);  // its 2 epochs once
+  // The weights' statistics of the last epoch too (from metrics.json; evaluating gives only F1),
+  // so the model's metadata reads as before.
+  EXPECT_GT(first->final_epoch.mean_fe_weight, 0);
+  EXPECT_NEAR(again->final_epoch.mean_au_weight, first->final_epoch.mean_au_weight, 1e-6);
+  EXPECT_NEAR(again->final_epoch.mean_fe_weight, first->final_epoch.mean_fe_weight, 1e-6);
+  EXPECT_NEAR(again->final_epoch.fe_weight_consistency_spearman,
+              first->final_epoch.fe_weight_consistency_spearman, 1e-6);
+  google::protobuf::Struct before, after;  // the same fields and values (maps have no order)
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(metadata, &before).ok());
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(*ReadFile(out / "model.json"), &after).ok());
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(before, after));
 }
 
 // The meta net's linear weights after a run, read from its checkpoint.
