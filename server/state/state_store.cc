@@ -566,6 +566,20 @@ absl::StatusOr<std::optional<FoldRun>> StateStore::NextPending() {
   return std::optional<FoldRun>(ReadRun(s));
 }
 
+namespace {
+// After an attempt that failed or whose lease lapsed: PENDING with the next attempt while
+// attempts < max_restarts, else FAILED, its message saying so.
+void NextAttemptOrGiveUp(FoldRun& r, int max_restarts) {
+  if (r.attempt < max_restarts) {
+    ++r.attempt;
+    r.state = RunState::kPending;
+  } else {
+    r.state = RunState::kFailed;
+    r.message = absl::StrCat(r.message, "; gave up after ", r.attempt + 1, " attempts");
+  }
+}
+}  // namespace
+
 template <typename Move>
 absl::Status StateStore::MoveRun(int64_t run_id, FoldRun* updated, RunEvents* events, Move move) {
   if (events != nullptr) {
@@ -669,14 +683,10 @@ absl::StatusOr<RunState> StateStore::Retry(int64_t run_id, int64_t epoch,
     ++r.lease_epoch;
     r.worker.clear();
     r.message = message;
-    if (!count_attempt) {
-      r.state = RunState::kPending;
-    } else if (r.attempt < max_restarts) {
-      ++r.attempt;
-      r.state = RunState::kPending;
+    if (count_attempt) {
+      NextAttemptOrGiveUp(r, max_restarts);
     } else {
-      r.state = RunState::kFailed;
-      r.message = absl::StrCat(message, "; gave up after ", r.attempt + 1, " attempts");
+      r.state = RunState::kPending;
     }
     return true;
   }));
@@ -763,13 +773,7 @@ absl::StatusOr<RunState> StateStore::MarkLost(int64_t run_id, int max_restarts,
         r.message = reason.empty() ? absl::StrCat("lease of ", r.worker, " lapsed") : reason;
         ++r.lease_epoch;
         RETURN_IF_ERROR(SetRun(r));
-        if (r.attempt < max_restarts) {
-          ++r.attempt;
-          r.state = RunState::kPending;
-        } else {
-          r.state = RunState::kFailed;
-          r.message = absl::StrCat(r.message, "; gave up after ", r.attempt + 1, " attempts");
-        }
+        NextAttemptOrGiveUp(r, max_restarts);
         r.worker.clear();
         return true;
       }));
