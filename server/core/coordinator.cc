@@ -117,9 +117,12 @@ void Coordinator::Emit(Experiment& e, const FoldRun* run, v1::Event event) {
     LOG(ERROR) << e.row.id << ": could not append a " << out.kind << " event: " << seq.status();
 }
 
-namespace {
-EventIn ToStored(const EventHub::Outgoing& event) { return EventIn{event.kind, event.payload}; }
+EventIn Coordinator::StampForStore(const FoldRun* run, v1::Event event) {
+  EventHub::Outgoing out = Stamp(run, std::move(event));
+  return EventIn{std::move(out.kind), std::move(out.payload)};
+}
 
+namespace {
 v1::Event RunStateEvent(const FoldRun& run) {
   v1::Event ev;
   v1::StateChange* s = ev.mutable_state();
@@ -142,8 +145,8 @@ RunEvents Coordinator::MoveEvents(std::optional<v1::Event> first) {
   events.make = [this, first = std::move(first)](const FoldRun&, const FoldRun& after)
                     ABSL_NO_THREAD_SAFETY_ANALYSIS {
                       std::vector<EventIn> out;
-                      if (first) out.push_back(ToStored(Stamp(&after, *first)));
-                      out.push_back(ToStored(Stamp(&after, RunStateEvent(after))));
+                      if (first) out.push_back(StampForStore(&after, *first));
+                      out.push_back(StampForStore(&after, RunStateEvent(after)));
                       return out;
                     };
   return events;

@@ -185,6 +185,8 @@ class Coordinator {
   EventHub::Outgoing Stamp(const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Emit(Experiment& e, const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EmitRunState(Experiment& e, const FoldRun& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stamp's event in the form the store appends inside a move (RunEvents::make).
+  EventIn StampForStore(const FoldRun* run, v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The events a run's move commits with it (StateStore::RunEvents, through EventHub::Commit):
   // `first` when given, then the run's new state, both stamped with the run as the move left it.
   RunEvents MoveEvents(std::optional<v1::Event> first = std::nullopt)

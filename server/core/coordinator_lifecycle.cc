@@ -91,8 +91,7 @@ void Coordinator::MaybeFinish(Experiment& e) {
   ev.mutable_state()->set_message(absl::StrCat("final fit of trial ", best, " on all subjects"));
   RunEvents events;  // the run and its announcement in one transaction
   events.make = [this, &ev](const FoldRun&, const FoldRun&) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    const EventHub::Outgoing out = Stamp(nullptr, ev);
-    return std::vector<EventIn>{EventIn{out.kind, out.payload}};
+    return std::vector<EventIn>{StampForStore(nullptr, ev)};
   };
   FoldRun added;
   auto id = hub_->Commit(e.row.id, events,
@@ -167,8 +166,7 @@ void Coordinator::LoseRun(Experiment& e, FoldRun& run, const std::string& reason
   RunEvents events = MoveEvents();
   events.make = [this, &lost, then = std::move(events.make)](
                     const FoldRun& before, const FoldRun& after) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    const EventHub::Outgoing out = Stamp(&before, lost);
-    std::vector<EventIn> all{EventIn{out.kind, out.payload}};
+    std::vector<EventIn> all{StampForStore(&before, lost)};
     for (EventIn& next : then(before, after)) all.push_back(std::move(next));
     return all;
   };
