@@ -359,22 +359,20 @@ TEST(SpecTest, ErrorsArePlacedAtTheLineOrTheOverrideThatGaveTheValue) {
             "--set search.space={\"train lr\": {choice: [1, 2]}}: search.space.train lr: not "
             "searchable: the same for every trial of an experiment (search method, model.*, "
             "train.* or mal.*; repeat the experiment for other seeds or data)");
-  testing::WriteText(dir / "keys.yaml",
-                     "name: x\n"
-                     "data: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n"
-                     "search:\n"
-                     "  space:\n"
-                     "    train lr: {choice: [1, 2]}\n");  // 5
-  EXPECT_THAT(std::string(LoadSpecFile(dir / "keys.yaml").status().message()),
+  // The error of a spec whose search.space (from line 5) holds `space_lines`.
+  auto with_space = [&dir](const std::string& space_lines) {
+    testing::WriteText(dir / "keys.yaml",
+                       "name: x\n"
+                       "data: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n"
+                       "search:\n"
+                       "  space:\n" +
+                           space_lines);
+    return std::string(LoadSpecFile(dir / "keys.yaml").status().message());
+  };
+  EXPECT_THAT(with_space("    train lr: {choice: [1, 2]}\n"),
               ::testing::StartsWith((dir / "keys.yaml") + ":5:15: search.space.train lr: "));
-  testing::WriteText(dir / "keys.yaml",
-                     "name: x\n"
-                     "data: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /r}}\n"
-                     "search:\n"
-                     "  space:\n"
-                     "    train.lr: {choice: [0.1, 0.2]}\n"
-                     "    train.lr[0]: {choice: [1, 2]}\n");  // 6
-  EXPECT_THAT(std::string(LoadSpecFile(dir / "keys.yaml").status().message()),
+  EXPECT_THAT(with_space("    train.lr: {choice: [0.1, 0.2]}\n"
+                         "    train.lr[0]: {choice: [1, 2]}\n"),
               ::testing::StartsWith((dir / "keys.yaml") + ":6:18: search.space.train.lr[0]: "));
   EXPECT_EQ(message({"cv.only=[1]", "search.space={}", "train.lr=-1"}),
             "--set train.lr=-1: train.lr: must be > 0");
