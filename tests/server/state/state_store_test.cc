@@ -125,7 +125,8 @@ TEST(StateStoreTest, CancelExperimentCancelsEveryUnfinishedRunAndOpenTrialAtOnce
   std::vector<FoldRun> cancelled;
   ASSERT_TRUE(store->CancelExperiment(id, "cancelled by the user", "CANCELLED", &cancelled).ok());
   EXPECT_EQ(cancelled.size(), 5u);  // all but the one that succeeded
-  for (const FoldRun& r : *store->Runs(id)) {
+  const std::vector<FoldRun> after = *store->Runs(id);
+  for (const FoldRun& r : after) {
     EXPECT_EQ(r.state, r.id == runs[1].id ? RunState::kSucceeded : RunState::kCancelled) << r.id;
   }
   EXPECT_FALSE(store->Transition(runs[0].id, epoch, RunState::kRunning, "").ok());  // fenced
@@ -319,7 +320,8 @@ TEST(StateStoreTest, AMoveAndItsEventsCommitTogetherOrNotAtAll) {
                         absl::StrCat(added.id, ":PENDING->PENDING:0")));
   // Every event that was appended is in the log, in order, once.
   std::vector<std::string> log;
-  for (const Event& e : *store->ReadEvents(id, 1, 100)) log.push_back(e.payload);
+  const std::vector<Event> written = *store->ReadEvents(id, 1, 100);
+  for (const Event& e : written) log.push_back(e.payload);
   EXPECT_THAT(log, ::testing::ElementsAre("ASSIGNED", "RUNNING", "PENDING", "CANCELLED",
                                           "PENDING"));
 }
