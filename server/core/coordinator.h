@@ -149,7 +149,8 @@ class Coordinator {
   // (or since the start, for the first) of more than max(lease_ms / 2, 4 periods) means the
   // coordinator itself did not run (stopped by SIGSTOP, a suspended VM, a slow start, a stall):
   // that time, less one period, is not held against any worker, whose calls could not be
-  // answered, so each live worker's lease is extended by it (docs/service.md).
+  // answered, so each live worker's lease is extended by it (docs/service.md). Then settles again
+  // the experiments whose trial settlement, final fit or end could not be written (a full disk).
   void Tick();
 
  private:
@@ -204,12 +205,17 @@ class Coordinator {
   // error is logged and the rest are still cancelled; returns the first error.
   absl::Status CancelRuns(Experiment& e, int trial, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sets, publishes (trial_result) and persists a trial's final state.
+  // Sets, persists and publishes (trial_result) a trial's final state, in one transaction. When
+  // that fails, the trial stays open and the experiment is settled again at the next Tick.
   void SetTrialState(Experiment& e, Trial& t, TrialState state, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Once every trial settled: adds the final fit when asked (and not yet run), else finishes.
   void MaybeFinish(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Registers the models, then persists and publishes (state, End) the experiment's end in one
+  // transaction; when that fails, it stays RUNNING and is settled again at the next Tick.
   void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Settles every trial of `e` and then `e` (Settle), as a start does.
+  void SettleAll(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RegisterModels(const Experiment& e, const Outcome& outcome)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch)
@@ -242,7 +248,11 @@ class Coordinator {
   int64_t assignments_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t lease_expiries_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t runs_lost_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t last_tick_ms_ ABSL_GUARDED_BY(mu_) = 0;  // the last Tick's time; the start's before
+  // Experiments whose trial settlement, final fit or end could not be written: Tick settles them.
+  std::set<std::string> unsettled_ ABSL_GUARDED_BY(mu_);
+  static constexpr int64_t kSettleRetryMs = 5000;
+  int64_t next_settle_ms_ ABSL_GUARDED_BY(mu_) = 0;  // Tick's next try of unsettled_
+  int64_t last_tick_ms_ ABSL_GUARDED_BY(mu_) = 0;    // the last Tick's time; the start's before
   int64_t started_ms_ = 0;
 };
 

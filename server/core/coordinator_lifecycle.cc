@@ -36,14 +36,27 @@ absl::Status Coordinator::CancelRuns(Experiment& e, int trial, const std::string
 
 void Coordinator::SetTrialState(Experiment& e, Trial& t, TrialState state,
                                 const std::string& message) {
+  const TrialState was = t.state;
+  const std::string was_message = t.message;
   t.state = state;
   t.message = message;
   v1::Event ev;
   *ev.mutable_trial_result() = AggregateTrial(e, t.trial);
-  Emit(e, nullptr, std::move(ev));
-  if (absl::Status s = store_->SetTrialState(e.row.id, t.trial, TrialStateName(state), message);
+  // The state and its trial_result in one transaction. Should it fail (a full disk), the trial
+  // stays open, so that the experiment cannot end over it, and Tick settles it again.
+  StateEvents events;
+  events.events.push_back(StampForStore(nullptr, std::move(ev)));
+  if (absl::Status s = hub_->Commit(e.row.id, events,
+                                    [&] {
+                                      return store_->SetTrialState(e.row.id, t.trial,
+                                                                   TrialStateName(state), message,
+                                                                   &events);
+                                    });
       !s.ok()) {
-    LOG(ERROR) << e.row.id << ": " << s;
+    LOG(ERROR) << e.row.id << " trial " << t.trial << ": " << s << " (settled again later)";
+    t.state = was;
+    t.message = was_message;
+    unsettled_.insert(e.row.id);
   }
 }
 
@@ -55,6 +68,10 @@ void Coordinator::Settle(Experiment& e, int trial) {
     SetTrialState(e, *e.FindTrial(trial), settled->state, settled->message);
   }
   MaybeFinish(e);
+}
+
+void Coordinator::SettleAll(Experiment& e) {
+  for (const Trial& t : e.trials) Settle(e, t.trial);  // each then MaybeFinish
 }
 
 void Coordinator::CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch) {
@@ -97,7 +114,8 @@ void Coordinator::MaybeFinish(Experiment& e) {
   auto id = hub_->Commit(e.row.id, events,
                          [&] { return store_->AddRun(e.row.id, best, 0, &added, &events); });
   if (!id.ok()) {
-    LOG(ERROR) << e.row.id << ": adding the final fit: " << id.status();
+    LOG(ERROR) << e.row.id << ": adding the final fit: " << id.status() << " (tried again later)";
+    unsettled_.insert(e.row.id);
     return;
   }
   e.runs[*id] = std::move(added);
@@ -134,23 +152,32 @@ void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
 
 void Coordinator::FinishExperiment(Experiment& e) {
   const Outcome outcome = DecideOutcome(e);
-  e.row.message = outcome.message;
   if (outcome.state == v1::EXPERIMENT_SUCCEEDED) RegisterModels(e, outcome);
   v1::Event change;
   change.mutable_state()->set_scope("experiment");
   change.mutable_state()->set_state(ExperimentStateName(outcome.state));
-  change.mutable_state()->set_message(e.row.message);
-  Emit(e, nullptr, std::move(change));
+  change.mutable_state()->set_message(outcome.message);
   v1::Event end;
   end.mutable_end()->set_state(outcome.state);
-  end.mutable_end()->set_message(e.row.message);
+  end.mutable_end()->set_message(outcome.message);
   end.mutable_end()->set_best_trial(outcome.best_trial);
   end.mutable_end()->set_best_mean_f1(outcome.best_mean_f1);
-  Emit(e, nullptr, std::move(end));
-  e.row.state = outcome.state;
-  if (absl::Status s = store_->SetExperimentState(e.row.id, e.row.state, e.row.message); !s.ok()) {
-    LOG(ERROR) << e.row.id << ": " << s;
+  // The state, its change event and End in one transaction (as a trial's, SetTrialState).
+  StateEvents events;
+  events.events.push_back(StampForStore(nullptr, std::move(change)));
+  events.events.push_back(StampForStore(nullptr, std::move(end)));
+  if (absl::Status s = hub_->Commit(e.row.id, events,
+                                    [&] {
+                                      return store_->SetExperimentState(e.row.id, outcome.state,
+                                                                        outcome.message, &events);
+                                    });
+      !s.ok()) {
+    LOG(ERROR) << e.row.id << ": ending it: " << s << " (tried again later)";
+    unsettled_.insert(e.row.id);
+    return;
   }
+  e.row.state = outcome.state;
+  e.row.message = outcome.message;
   LOG(INFO) << e.row.id << " " << ExperimentStateName(e.row.state)
             << (e.row.message.empty() ? "" : ": ") << e.row.message;
 }

@@ -111,21 +111,23 @@ absl::Status Coordinator::Recover(Experiment& e) {
   }
   for (Trial& t : e.trials) {
     if (t.state != TrialState::kOpen || !published.count(t.trial)) continue;
-    // Its trial_result went out; only the state write was lost.
+    // Its trial_result went out; only the state write was lost (a log written before the two
+    // were one transaction, SetTrialState).
     const TrialSettlement s = RecoveredTrialState(e, t.trial);
     t.state = s.state;
     t.message = s.message;
     RETURN_IF_ERROR(store_->SetTrialState(e.row.id, t.trial, TrialStateName(t.state), t.message));
   }
   if (end_published) {
-    // The End event went out; only the state write was lost. The same decision as then (a
-    // cancelled experiment stays CANCELLED, a failed final fit FAILED).
+    // The End event went out; only the state write was lost (a log written before the two were
+    // one transaction, FinishExperiment). The same decision as then (a cancelled experiment
+    // stays CANCELLED, a failed final fit FAILED).
     const Outcome outcome = DecideOutcome(e);
     e.row.state = outcome.state;
     e.row.message = outcome.message;
     return store_->SetExperimentState(e.row.id, e.row.state, e.row.message);
   }
-  for (Trial& t : e.trials) Settle(e, t.trial);
+  SettleAll(e);
   return absl::OkStatus();
 }
 

@@ -392,6 +392,18 @@ void Coordinator::Tick() {
       for (int64_t rid : held) LoseRun(e, e.runs[rid], absl::StrCat("lease of ", name, " lapsed"));
     }
   }
+  // Settlements that could not be written (a full disk), tried again every few seconds as a start
+  // would try them; a failure puts the experiment back in unsettled_.
+  if (!unsettled_.empty() && now >= next_settle_ms_) {
+    next_settle_ms_ = now + kSettleRetryMs;
+    std::set<std::string> unsettled;
+    unsettled.swap(unsettled_);
+    for (const std::string& id : unsettled) {
+      auto it = experiments_.find(id);
+      if (it != experiments_.end() && it->second.row.state == v1::EXPERIMENT_RUNNING)
+        SettleAll(it->second);
+    }
+  }
 }
 
 }  // namespace mal::server

@@ -62,16 +62,21 @@ std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial) {
   const Trial* t = e.FindTrial(trial);
   if (t == nullptr || t->state != TrialState::kOpen) return std::nullopt;
   const FoldRun* failed = nullptr;
-  bool all_succeeded = true;
+  const FoldRun* cancelled = nullptr;
+  bool all_succeeded = true, all_finished = true;
   for (const auto& [id, r] : e.runs) {
     if (r.trial != trial || r.fold == 0) continue;
     if (r.state == RunState::kFailed && failed == nullptr) failed = &r;
+    if (r.state == RunState::kCancelled && cancelled == nullptr) cancelled = &r;
     all_succeeded = all_succeeded && r.state == RunState::kSucceeded;
+    all_finished = all_finished && IsFinished(r.state);
   }
   if (failed != nullptr)
     return TrialSettlement{TrialState::kFailed,
                            absl::StrCat("fold ", failed->fold, ": ", failed->message)};
   if (all_succeeded) return TrialSettlement{TrialState::kSucceeded, ""};
+  if (all_finished && cancelled != nullptr)
+    return TrialSettlement{TrialState::kStopped, cancelled->message};
   return std::nullopt;
 }
 
@@ -89,9 +94,14 @@ TrialSettlement RecoveredTrialState(const Experiment& e, int trial) {
 }
 
 NextStep AfterTrials(const Experiment& e) {
+  bool cancelled = false;
   for (const Trial& t : e.trials) {
     if (t.state == TrialState::kOpen) return NextStep::kWait;
+    cancelled = cancelled || t.state == TrialState::kCancelled;
   }
+  // Cancelled by the user (only that cancels a trial): no final fit, even when a trial succeeded
+  // and the end is settled again after a crash or a failed write.
+  if (cancelled) return NextStep::kFinish;
   if (e.spec.final_fit() && BestTrial(e) >= 0) {
     const FoldRun* final_run = e.FinalRun();
     if (final_run == nullptr) return NextStep::kAddFinalFit;

@@ -31,8 +31,10 @@ struct TrialSettlement {
 
 // Whether an open trial has settled once a fold run of it finished: FAILED as soon as any fold
 // run failed (the first by run id; its other runs must then be cancelled, as the trial's metric
-// is undefined without every fold), SUCCEEDED when every fold run succeeded, nullopt while it
-// must wait (or when the trial is not open).
+// is undefined without every fold), SUCCEEDED when every fold run succeeded, STOPPED (the
+// message of its first cancelled run: early stopping's reason) when every fold run finished and
+// some were cancelled (a trial stopped whose state could not be written, or a crash between the
+// cancellations and the state write), nullopt while it must wait (or when the trial is not open).
 std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial);
 
 // Recovery: the state of a trial whose trial_result event was published before the coordinator
@@ -41,7 +43,8 @@ std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial);
 TrialSettlement RecoveredTrialState(const Experiment& e, int trial);
 
 // What follows once no trial is open (kWait while one is): with final_fit and a best trial, add
-// its final fit (fold 0) and wait for it; then, or without it, finish.
+// its final fit (fold 0) and wait for it; then, or without it, finish. A cancelled experiment (a
+// trial CANCELLED) finishes without a final fit.
 enum class NextStep { kWait, kAddFinalFit, kFinish };
 NextStep AfterTrials(const Experiment& e);
 

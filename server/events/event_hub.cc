@@ -151,7 +151,7 @@ absl::StatusOr<int64_t> EventHub::PublishBatch(const std::string& experiment,
   return first;
 }
 
-void EventHub::OfferCommitted(const std::string& experiment, const RunEvents& events) {
+void EventHub::OfferCommitted(const std::string& experiment, const CommittedEvents& events) {
   if (events.appended.empty()) return;
   std::vector<Outgoing> out;
   out.reserve(events.appended.size());

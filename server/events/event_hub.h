@@ -93,12 +93,14 @@ class EventHub {
                                                         int64_t run_id, int64_t epoch,
                                                         int64_t first_index,
                                                         const std::vector<Outgoing>& events);
-  // Runs `move`, a StateStore run move given `events` (StateStore::RunEvents: the move and its
-  // events are one transaction), under the publish lock, then offers the events it appended to the
-  // experiment's watchers (never coalescable: state changes and fold results), so that they see
-  // them in seq order. Returns what `move` returns; nothing is offered when it fails.
+  // Runs `move`, a StateStore write given `events` (RunEvents for a run's move, StateEvents for
+  // a trial's or an experiment's state: the write and its events are one transaction), under the
+  // publish lock, then offers the events it appended to the experiment's watchers (never
+  // coalescable: state changes, fold and trial results), so that they see them in seq order.
+  // Returns what `move` returns; nothing is offered when it fails.
   template <typename Move>
-  auto Commit(const std::string& experiment, RunEvents& events, Move move) -> decltype(move()) {
+  auto Commit(const std::string& experiment, CommittedEvents& events, Move move)
+      -> decltype(move()) {
     absl::MutexLock lock(&mu_);
     auto result = move();
     if (result.ok()) OfferCommitted(experiment, events);
@@ -120,7 +122,7 @@ class EventHub {
  private:
   friend class Subscription;
   void Remove(Subscription* s);
-  void OfferCommitted(const std::string& experiment, const RunEvents& events)
+  void OfferCommitted(const std::string& experiment, const CommittedEvents& events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FanOut(const std::string& experiment, int64_t first_seq, const std::vector<Outgoing>& events,
               size_t from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

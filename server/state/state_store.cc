@@ -444,15 +444,27 @@ absl::StatusOr<std::vector<std::string>> StateStore::DeletedExperiments() {
   return out;
 }
 
-absl::Status StateStore::SetExperimentState(const std::string& experiment_id, int state,
-                                            const std::string& message) {
-  absl::MutexLock lock(&mu_);
-  Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
-  s.Bind(1, state).Bind(2, message).Bind(3, experiment_id);
-  if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating an experiment");
-  if (sqlite3_changes(db_) == 0)
-    return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+absl::Status StateStore::AppendState(const std::string& experiment_id, StateEvents* events) {
+  if (events == nullptr) return absl::OkStatus();
+  events->appended.clear();
+  events->first_seq = 0;
+  if (events->events.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(events->first_seq, AppendLocked(experiment_id, events->events));
+  events->appended = events->events;
   return absl::OkStatus();
+}
+
+absl::Status StateStore::SetExperimentState(const std::string& experiment_id, int state,
+                                            const std::string& message, StateEvents* events) {
+  absl::MutexLock lock(&mu_);
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
+    s.Bind(1, state).Bind(2, message).Bind(3, experiment_id);
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating an experiment");
+    if (sqlite3_changes(db_) == 0)
+      return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+    return AppendState(experiment_id, events);
+  });
 }
 
 absl::StatusOr<std::vector<TrialRow>> StateStore::Trials(const std::string& experiment_id) {
@@ -471,13 +483,18 @@ absl::StatusOr<std::vector<TrialRow>> StateStore::Trials(const std::string& expe
 }
 
 absl::Status StateStore::SetTrialState(const std::string& experiment_id, int trial,
-                                       const std::string& state, const std::string& message) {
+                                       const std::string& state, const std::string& message,
+                                       StateEvents* events) {
   absl::MutexLock lock(&mu_);
-  Statement s(db_,
-              "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND trial = ?");
-  s.Bind(1, state).Bind(2, message).Bind(3, experiment_id).Bind(4, trial);
-  if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating a trial");
-  return absl::OkStatus();
+  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    Statement s(db_,
+                "UPDATE trials SET state = ?, message = ? WHERE experiment_id = ? AND trial = ?");
+    s.Bind(1, state).Bind(2, message).Bind(3, experiment_id).Bind(4, trial);
+    // No row for an experiment written by schema 1 (its trials are a function of the spec, not
+    // stored): the events are appended all the same.
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating a trial");
+    return AppendState(experiment_id, events);
+  });
 }
 
 absl::StatusOr<std::string> StateStore::ExperimentSpec(const std::string& experiment_id) {

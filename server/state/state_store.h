@@ -84,16 +84,26 @@ struct EventIn {
   std::string payload;
 };
 
+// What a state write appended to its experiment's log in its own transaction: every event
+// appended, in order, and the first one's seq (0: none). Set when the write succeeded.
+struct CommittedEvents {
+  std::vector<EventIn> appended;
+  int64_t first_seq = 0;
+};
+
 // The events a run's move appends to its experiment's log in the move's own transaction, so that
 // a crash keeps the move and its events together or neither (docs/service.md, "Durability and
 // failures"). `make` is called inside the transaction once per run moved, with the run's row
 // before and after the move (before: an empty row with the new id for AddRun); what it returns
-// is appended, in order, after the events of the runs moved before it. When the move succeeded,
-// `appended` holds every event appended and `first_seq` the first one's seq (0: none).
-struct RunEvents {
+// is appended, in order, after the events of the runs moved before it.
+struct RunEvents : CommittedEvents {
   std::function<std::vector<EventIn>(const FoldRun& before, const FoldRun& after)> make;
-  std::vector<EventIn> appended;
-  int64_t first_seq = 0;
+};
+
+// The events a trial's or an experiment's state write appends in its own transaction (a trial's
+// trial_result, an experiment's state change and End), for the same reason as RunEvents.
+struct StateEvents : CommittedEvents {
+  std::vector<EventIn> events;
 };
 
 struct Event {
@@ -142,11 +152,16 @@ class StateStore {
   absl::StatusOr<std::string> ExperimentByRequestId(const std::string& request_id);
   // Ids of deleted experiments (to remove artifacts a crash left behind).
   absl::StatusOr<std::vector<std::string>> DeletedExperiments();
+  // Sets an experiment's state (v1::ExperimentState) and message; `events`, when given, are
+  // appended in the same transaction (StateEvents). Errors: NotFound (no such experiment), a
+  // failed write or append (Internal: nothing is changed then).
   absl::Status SetExperimentState(const std::string& experiment_id, int state,
-                                  const std::string& message);
+                                  const std::string& message, StateEvents* events = nullptr);
   absl::StatusOr<std::vector<TrialRow>> Trials(const std::string& experiment_id);
+  // Sets a trial's state (OPEN, SUCCEEDED, FAILED, STOPPED, CANCELLED) and message, with `events`
+  // as SetExperimentState. Errors: a failed write or append (nothing is changed then).
   absl::Status SetTrialState(const std::string& experiment_id, int trial, const std::string& state,
-                             const std::string& message);
+                             const std::string& message, StateEvents* events = nullptr);
 
   absl::StatusOr<std::vector<FoldRun>> Runs(const std::string& experiment_id);
   // Adds a PENDING run to an experiment (the final fit: fold 0); returns its id, and the new row in
@@ -250,6 +265,9 @@ class StateStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends `events`' events for the moves (before, after) of one experiment's runs; within a
   // transaction. Nothing when `events` is null.
+  // Appends `events`' events (StateEvents) within a transaction. Nothing when `events` is null.
+  absl::Status AppendState(const std::string& experiment_id, StateEvents* events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status AppendMoved(RunEvents* events,
                            const std::vector<std::pair<const FoldRun*, const FoldRun*>>& moves)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

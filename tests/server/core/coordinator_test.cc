@@ -146,6 +146,13 @@ class CoordinatorTest : public ::testing::Test {
     return out;
   }
   v1::ExperimentInfo Info(const std::string& id) { return *core_->Get(id); }
+  // Runs `sql` on the state database through a second connection (triggers that refuse writes).
+  void ExecSql(const char* sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "state.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
   // Time passing with the coordinator running: it ticks every TickPeriodMs (500 ms with the
   // default heartbeat), as CoordinatorServer does (a single jump longer than half a lease is a
   // coordinator pause).
@@ -848,13 +855,7 @@ TEST_F(CoordinatorTest, ACompletionWhoseEventsCannotBeWrittenIsRefusedAndChanges
   const auto a = hb.assignments(0);
   auto watch = hub_->Subscribe(id, *hub_->LastSeq(id) + 1);
   ASSERT_TRUE(watch.ok());
-  auto exec = [this](const char* sql) {
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((dir_ / "state.db").c_str(), &db), SQLITE_OK);
-    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
-    sqlite3_close(db);
-  };
-  exec(
+  ExecSql(
       "CREATE TRIGGER refuse_events BEFORE INSERT ON events BEGIN "
       "SELECT RAISE(ABORT, 'disk full'); END");
   const int64_t before = *store_->LastEventSeq(id);
@@ -865,7 +866,7 @@ TEST_F(CoordinatorTest, ACompletionWhoseEventsCannotBeWrittenIsRefusedAndChanges
   EXPECT_EQ(Info(id).runs(0).state(), v1::RUN_ASSIGNED);
   EXPECT_FALSE(FailRun(hb.assignments(1), "crashed", /*retryable=*/true).ok());
   EXPECT_EQ(store_->Run(hb.assignments(1).run_id())->state, RunState::kAssigned);
-  exec("DROP TRIGGER refuse_events");
+  ExecSql("DROP TRIGGER refuse_events");
 
   ASSERT_TRUE(Complete(a, 0.8).ok());
   // The watcher saw them live, in order, once.
@@ -884,6 +885,103 @@ TEST_F(CoordinatorTest, ACompletionWhoseEventsCannotBeWrittenIsRefusedAndChanges
     kinds.push_back(e.has_fold_result() ? "fold_result" : e.state().state());
   }
   EXPECT_THAT(kinds, ::testing::ElementsAre("ASSIGNED", "fold_result", "SUCCEEDED"));
+}
+
+// A trial's state and its trial_result, and the experiment's end with its state event and End,
+// are one transaction each. When they cannot be written (a full disk), none of them is, the
+// experiment does not end over the unwritten trial, and Tick settles both once they can be.
+TEST_F(CoordinatorTest, ASettlementThatCannotBeWrittenIsNeverHalfDoneAndIsTriedAgain) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  auto stored_state = [&] {
+    const std::vector<ExperimentRow> rows = *store_->Experiments();
+    for (const ExperimentRow& row : rows)
+      if (row.id == id) return row.state;
+    return -1;
+  };
+  ExecSql(
+      "CREATE TRIGGER refuse_settlement BEFORE INSERT ON events WHEN NEW.kind IN ('trial_result', "
+      "'end') BEGIN SELECT RAISE(ABORT, 'disk full'); END");
+  ASSERT_TRUE(Complete(a, 0.8).ok());  // the run's own events are written
+  EXPECT_EQ(store_->Run(a.run_id())->state, RunState::kSucceeded);
+  EXPECT_EQ((*store_->Trials(id))[0].state, "");
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
+  Elapse(6000);  // tried again, refused again
+  EXPECT_EQ((*store_->Trials(id))[0].state, "");
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
+  ExecSql("DROP TRIGGER refuse_settlement");
+  ExecSql(
+      "CREATE TRIGGER refuse_end BEFORE INSERT ON events WHEN NEW.kind = 'end' BEGIN "
+      "SELECT RAISE(ABORT, 'disk full'); END");
+  Elapse(6000);  // the trial settles; the end is refused with its state event
+  EXPECT_EQ((*store_->Trials(id))[0].state, "SUCCEEDED");
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
+  EXPECT_EQ(stored_state(), v1::EXPERIMENT_RUNNING);
+  ExecSql("DROP TRIGGER refuse_end");
+  Elapse(6000);
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_SUCCEEDED);
+  EXPECT_EQ(stored_state(), v1::EXPERIMENT_SUCCEEDED);
+  Reopen();
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_SUCCEEDED);
+  std::vector<std::string> settled;  // the experiment-level events, once each, in order
+  for (const auto& e : Events(id)) {
+    if (e.has_trial_result()) settled.push_back("trial_result");
+    if (e.has_state() && e.state().scope() == "experiment") settled.push_back(e.state().state());
+    if (e.has_end()) settled.push_back("end");
+  }
+  EXPECT_THAT(settled, ::testing::ElementsAre("RUNNING", "trial_result", "SUCCEEDED", "end"));
+}
+
+// A cancel whose end cannot be written: the runs and trials are cancelled (their own
+// transaction), the experiment ends CANCELLED once it can, and the final fit is never started.
+TEST_F(CoordinatorTest, ACancelWhoseEndCannotBeWrittenEndsLaterWithoutAFinalFit) {
+  const std::string id =
+      Submit(Spec("final_fit: true\ncv: {only: [1]}\nsearch: {algorithm: grid, space: {train.lr: "
+                  "{choice: ['0.1', '0.01']}}}\n"));
+  Register("w1", 1);
+  ASSERT_TRUE(Complete(Beat("w1", 1).assignments(0), 0.5).ok());  // trial 0 succeeded
+  ExecSql(
+      "CREATE TRIGGER refuse_end BEFORE INSERT ON events WHEN NEW.kind = 'end' BEGIN "
+      "SELECT RAISE(ABORT, 'disk full'); END");
+  auto info = core_->Cancel(id);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state(), v1::EXPERIMENT_RUNNING);
+  for (const auto& r : info->runs())
+    EXPECT_EQ(r.state(), r.fold() == 1 && r.trial() == 0 ? v1::RUN_SUCCEEDED : v1::RUN_CANCELLED);
+  Elapse(6000);
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
+  ExecSql("DROP TRIGGER refuse_end");
+  Elapse(6000);
+  info = core_->Get(id);
+  EXPECT_EQ(info->state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_EQ(info->runs_size(), 2);  // no final fit added
+  EXPECT_EQ(Beat("w1", 1).assignments_size(), 0);
+  Reopen();
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_EQ(Events(id).back().end().state(), v1::EXPERIMENT_CANCELLED);
+}
+
+// A trial stopped early whose STOPPED state was lost to a crash after its runs were cancelled:
+// the restart settles it as STOPPED and the experiment ends (it used to wait for ever).
+TEST_F(CoordinatorTest, ARestartSettlesATrialStoppedBeforeItsStateWasWritten) {
+  const std::string id =
+      Submit(Spec("cv: {only: [1]}\nsearch: {algorithm: grid, concurrent: 2, "
+                  "space: {train.lr: {choice: ['0.1', '0.01']}}}\n"));
+  Register("w1", 2);
+  const auto hb = Beat("w1", 2);
+  ASSERT_EQ(hb.assignments_size(), 2);
+  ASSERT_TRUE(Complete(hb.assignments(0), 0.6).ok());
+  // What StopTrial's cancellation wrote before the crash, without the trial's state.
+  ASSERT_TRUE(
+      store_->Cancel(hb.assignments(1).run_id(), "stopped early at epoch 1 of fold 1").ok());
+  Reopen();
+  auto results = *core_->Results(id);
+  EXPECT_EQ(results.state(), v1::EXPERIMENT_SUCCEEDED);
+  ASSERT_EQ(results.trials_size(), 2);
+  EXPECT_EQ(results.trials(1).state(), "STOPPED");
+  EXPECT_EQ(results.trials(1).message(), "stopped early at epoch 1 of fold 1");
+  EXPECT_EQ(results.best_trial(), 0);
 }
 
 // A crash after the fold model was registered and before the final fit's: the restart registers

@@ -127,6 +127,42 @@ TEST(LifecycleTest, AggregatesFoldsWithPopulationStdAndPicksTheBestTrial) {
   EXPECT_EQ(o.models[0].first->id, 3);
 }
 
+// A trial whose runs were cancelled (early stopping) and whose STOPPED state was never written
+// (a crash between the two, or a full disk) settles as STOPPED with the stop's reason; it used to
+// wait for ever, and its experiment with it.
+TEST(LifecycleTest, ATrialWhoseFoldsEndedCancelledSettlesAsStopped) {
+  Experiment e = MakeExperiment("a", 1, 3);
+  e.runs[1].state = RunState::kSucceeded;
+  e.runs[1].result = Result(0.4);
+  e.runs[2].state = RunState::kCancelled;
+  e.runs[2].message = "stopped early at epoch 1 of fold 2";
+  EXPECT_FALSE(SettleTrial(e, 0).has_value());  // fold 3 still running
+  e.runs[3].state = RunState::kCancelled;
+  e.runs[3].message = "stopped early at epoch 1 of fold 2";
+  ASSERT_TRUE(SettleTrial(e, 0).has_value());
+  EXPECT_EQ(SettleTrial(e, 0)->state, TrialState::kStopped);
+  EXPECT_EQ(SettleTrial(e, 0)->message, "stopped early at epoch 1 of fold 2");
+  e.runs[3].state = RunState::kFailed;  // a failure still wins
+  EXPECT_EQ(SettleTrial(e, 0)->state, TrialState::kFailed);
+}
+
+// A cancelled search with a succeeded trial is settled again (its end could not be written):
+// it finishes, CANCELLED, without starting the final fit it asked for.
+TEST(LifecycleTest, ACancelledExperimentFinishesWithoutItsFinalFit) {
+  Experiment e = MakeExperiment("a", 2, 1);
+  e.spec.set_final_fit(true);
+  e.runs[1].state = RunState::kSucceeded;
+  e.runs[1].result = Result(0.6);
+  e.trials[0].state = TrialState::kSucceeded;
+  EXPECT_EQ(AfterTrials(e), NextStep::kWait);
+  e.trials[1].state = TrialState::kStopped;
+  EXPECT_EQ(AfterTrials(e), NextStep::kAddFinalFit);
+  e.trials[1].state = TrialState::kCancelled;
+  e.runs[2].state = RunState::kCancelled;
+  EXPECT_EQ(AfterTrials(e), NextStep::kFinish);
+  EXPECT_EQ(DecideOutcome(e).state, v1::EXPERIMENT_CANCELLED);
+}
+
 TEST(LifecycleTest, AFailedFoldFailsItsTrialAndTheFinalFitDecidesTheEnd) {
   Experiment e = MakeExperiment("a", 1, 2);
   EXPECT_FALSE(SettleTrial(e, 0).has_value());  // still running

@@ -326,5 +326,55 @@ TEST(StateStoreTest, AMoveAndItsEventsCommitTogetherOrNotAtAll) {
                                           "PENDING"));
 }
 
+// StateEvents: a trial's or an experiment's state and its events (trial_result; the state change
+// and End) commit in one transaction. They used to be published before the state was written.
+TEST(StateStoreTest, ATrialOrExperimentStateAndItsEventsCommitTogetherOrNotAtAll) {
+  testing::TempDir dir;
+  auto store = *StateStore::Open(dir / "state.db");
+  const std::string id = *store->CreateExperiment("", "x", "s", 2, 1);
+  auto experiment_state = [&] {
+    const std::vector<ExperimentRow> rows = *store->Experiments();
+    for (const ExperimentRow& row : rows)
+      if (row.id == id) return absl::StrCat(row.state, " ", row.message);
+    return std::string("missing");
+  };
+  const std::string running = experiment_state();
+  StateEvents trial;
+  trial.events = {{"trial_result", "trial 0"}};
+  ASSERT_TRUE(store->SetTrialState(id, 0, "SUCCEEDED", "done", &trial).ok());
+  EXPECT_EQ(trial.first_seq, 1);
+  ASSERT_EQ(trial.appended.size(), 1u);
+  EXPECT_EQ(trial.appended[0].payload, "trial 0");
+
+  ExecOn(dir / "state.db", kRefuseEvents);
+  StateEvents other;
+  other.events = {{"trial_result", "trial 1"}};
+  absl::Status refused = store->SetTrialState(id, 1, "FAILED", "a fold failed", &other);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("disk full"));
+  EXPECT_TRUE(other.appended.empty());
+  EXPECT_EQ(other.first_seq, 0);
+  EXPECT_EQ((*store->Trials(id))[1].state, "");  // rolled back
+  StateEvents end;
+  end.events = {{"state", "SUCCEEDED"}, {"end", "the end"}};
+  refused = store->SetExperimentState(id, 2, "all done", &end);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("disk full"));
+  EXPECT_TRUE(end.appended.empty());
+  EXPECT_EQ(experiment_state(), running);
+  EXPECT_EQ(*store->LastEventSeq(id), 1);
+  ExecOn(dir / "state.db", "DROP TRIGGER refuse_events");
+
+  ASSERT_TRUE(store->SetTrialState(id, 1, "FAILED", "a fold failed", &other).ok());
+  ASSERT_TRUE(store->SetExperimentState(id, 2, "all done", &end).ok());
+  EXPECT_EQ(end.first_seq, 3);
+  EXPECT_EQ(end.appended.size(), 2u);
+  EXPECT_EQ(experiment_state(), "2 all done");
+  EXPECT_EQ(store->SetExperimentState("no-such", 2, "", &end).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store->LastEventSeq(id), 4);
+  std::vector<std::string> log;
+  const std::vector<Event> written = *store->ReadEvents(id, 1, 100);
+  for (const Event& e : written) log.push_back(e.payload);
+  EXPECT_THAT(log, ::testing::ElementsAre("trial 0", "trial 1", "SUCCEEDED", "the end"));
+}
+
 }  // namespace
 }  // namespace mal::server
