@@ -396,14 +396,22 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(Experiment * e, Find(experiment_id));
   if (e->row.state != v1::EXPERIMENT_RUNNING) return Info(*e, true);
-  // One transaction for every run, trial and the runs' state events (a search may have thousands:
-  // one commit each held the coordinator for minutes, and a crash midway left part of it
-  // cancelled, or the events out of the log).
+  // One transaction for every run, trial, the experiment's end and all their events (a search
+  // may have thousands: one commit each held the coordinator for minutes, and a crash midway left
+  // part of it cancelled, or the events out of the log). The end is written here, not decided
+  // later from what was cancelled: a cancel after every trial settled and before the final fit
+  // was added cancels nothing else, and used to be lost (the experiment then SUCCEEDED, or
+  // started its final fit after the cancel). No model is registered.
+  Outcome outcome = DecideOutcome(*e);  // its best trial: a cancel settles no trial
+  outcome.state = v1::EXPERIMENT_CANCELLED;
+  outcome.message = kCancelledByUser;
+  const ExperimentEnd end{outcome.state, EndEvents(outcome)};
   std::vector<FoldRun> cancelled;
   RunEvents events = MoveEvents();
   RETURN_IF_ERROR(hub_->Commit(experiment_id, events, [&] {
     return store_->CancelExperiment(experiment_id, kCancelledByUser,
-                                    TrialStateName(TrialState::kCancelled), &cancelled, &events);
+                                    TrialStateName(TrialState::kCancelled), &cancelled, &events,
+                                    &end);
   }));
   for (FoldRun& r : cancelled) e->runs[r.id] = std::move(r);
   for (Trial& t : e->trials) {
@@ -411,7 +419,9 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
     t.state = TrialState::kCancelled;
     t.message = kCancelledByUser;
   }
-  FinishExperiment(*e);
+  e->row.state = outcome.state;
+  e->row.message = outcome.message;
+  LOG(INFO) << e->row.id << " CANCELLED: " << e->row.message;
   return Info(*e, true);
 }
 

@@ -214,6 +214,8 @@ class Coordinator {
   // Registers the models, then persists and publishes (state, End) the experiment's end in one
   // transaction; when that fails, it stays RUNNING and is settled again at the next Tick.
   void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The events that announce an experiment's end: its state change and End.
+  std::vector<EventIn> EndEvents(const Outcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Settles every trial of `e` and then `e` (Settle), as a start does.
   void SettleAll(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RegisterModels(const Experiment& e, const Outcome& outcome)

@@ -150,9 +150,7 @@ void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
   }
 }
 
-void Coordinator::FinishExperiment(Experiment& e) {
-  const Outcome outcome = DecideOutcome(e);
-  if (outcome.state == v1::EXPERIMENT_SUCCEEDED) RegisterModels(e, outcome);
+std::vector<EventIn> Coordinator::EndEvents(const Outcome& outcome) {
   v1::Event change;
   change.mutable_state()->set_scope("experiment");
   change.mutable_state()->set_state(ExperimentStateName(outcome.state));
@@ -162,10 +160,15 @@ void Coordinator::FinishExperiment(Experiment& e) {
   end.mutable_end()->set_message(outcome.message);
   end.mutable_end()->set_best_trial(outcome.best_trial);
   end.mutable_end()->set_best_mean_f1(outcome.best_mean_f1);
+  return {StampForStore(nullptr, std::move(change)), StampForStore(nullptr, std::move(end))};
+}
+
+void Coordinator::FinishExperiment(Experiment& e) {
+  const Outcome outcome = DecideOutcome(e);
+  if (outcome.state == v1::EXPERIMENT_SUCCEEDED) RegisterModels(e, outcome);
   // The state, its change event and End in one transaction (as a trial's, SetTrialState).
   StateEvents events;
-  events.events.push_back(StampForStore(nullptr, std::move(change)));
-  events.events.push_back(StampForStore(nullptr, std::move(end)));
+  events.events = EndEvents(outcome);
   if (absl::Status s = hub_->Commit(e.row.id, events,
                                     [&] {
                                       return store_->SetExperimentState(e.row.id, outcome.state,

@@ -742,10 +742,11 @@ absl::Status StateStore::Cancel(int64_t run_id, const std::string& message, Fold
 absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
                                           const std::string& message,
                                           const std::string& trial_state,
-                                          std::vector<FoldRun>* updated, RunEvents* events) {
+                                          std::vector<FoldRun>* updated, RunEvents* events,
+                                          const ExperimentEnd* end) {
   absl::MutexLock lock(&mu_);
   std::vector<FoldRun> cancelled;
-  RETURN_IF_ERROR(InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+  absl::Status written = InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     std::vector<FoldRun> before;
     Statement runs(
         db_,
@@ -767,8 +768,26 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
     if (trials.Step() != SQLITE_DONE) return SqlError(db_, "cancelling trials");
     std::vector<std::pair<const FoldRun*, const FoldRun*>> moves;
     for (size_t i = 0; i < cancelled.size(); ++i) moves.emplace_back(&before[i], &cancelled[i]);
-    return AppendMoved(events, moves);
-  }));
+    RETURN_IF_ERROR(AppendMoved(events, moves));
+    if (end == nullptr) return absl::OkStatus();
+    Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
+    s.Bind(1, end->state).Bind(2, message).Bind(3, experiment_id);
+    if (s.Step() != SQLITE_DONE) return SqlError(db_, "ending an experiment");
+    if (sqlite3_changes(db_) == 0)
+      return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+    if (end->events.empty()) return absl::OkStatus();
+    ASSIGN_OR_RETURN(const int64_t first, AppendLocked(experiment_id, end->events));
+    if (events != nullptr) {
+      if (events->first_seq == 0) events->first_seq = first;
+      events->appended.insert(events->appended.end(), end->events.begin(), end->events.end());
+    }
+    return absl::OkStatus();
+  });
+  if (!written.ok()) {
+    if (events != nullptr)
+      *static_cast<CommittedEvents*>(events) = CommittedEvents{};  // rolled back
+    return written;
+  }
   if (updated != nullptr) *updated = std::move(cancelled);
   return absl::OkStatus();
 }

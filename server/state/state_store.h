@@ -106,6 +106,13 @@ struct StateEvents : CommittedEvents {
   std::vector<EventIn> events;
 };
 
+// An experiment's end written with the cancellation of its runs and trials (CancelExperiment):
+// its state (v1::ExperimentState) and the events that announce it (state change, End).
+struct ExperimentEnd {
+  int state = 0;
+  std::vector<EventIn> events;
+};
+
 struct Event {
   int64_t seq = 0;  // per experiment, from 1, without gaps
   std::string kind;
@@ -202,11 +209,14 @@ class StateStore {
   // Cancels every run of the experiment that has not finished (as Cancel) and sets every open
   // trial (state "") to `trial_state`, all in one transaction: a crash leaves all of it or none,
   // and a search of thousands of trials costs one commit. The cancelled runs' rows as they now are
-  // go to `updated` when given.
+  // go to `updated` when given. With `end`, the experiment's state becomes end->state with
+  // `message`, and end->events are appended after the runs' events, in the same transaction (and
+  // added to `events->appended` when `events` is given). Errors: NotFound (with `end`: no such
+  // experiment), a failed write or append (nothing is changed then).
   absl::Status CancelExperiment(const std::string& experiment_id, const std::string& message,
                                 const std::string& trial_state,
                                 std::vector<FoldRun>* updated = nullptr,
-                                RunEvents* events = nullptr);
+                                RunEvents* events = nullptr, const ExperimentEnd* end = nullptr);
   // The lease of an ASSIGNED or RUNNING run lapsed: it is LOST, then PENDING again with the next
   // attempt while attempts < max_restarts, else FAILED. Old epochs stay fenced off.
   // `reason` says why (default: the holder's lease lapsed).

@@ -933,9 +933,10 @@ TEST_F(CoordinatorTest, ASettlementThatCannotBeWrittenIsNeverHalfDoneAndIsTriedA
   EXPECT_THAT(settled, ::testing::ElementsAre("RUNNING", "trial_result", "SUCCEEDED", "end"));
 }
 
-// A cancel whose end cannot be written: the runs and trials are cancelled (their own
-// transaction), the experiment ends CANCELLED once it can, and the final fit is never started.
-TEST_F(CoordinatorTest, ACancelWhoseEndCannotBeWrittenEndsLaterWithoutAFinalFit) {
+// A cancel is one transaction with the experiment's end: when the end cannot be written (a full
+// disk) the cancel is refused and nothing changes; once it can, the experiment is CANCELLED at
+// once, without its final fit.
+TEST_F(CoordinatorTest, ACancelIsWrittenWithTheEndOrNotAtAll) {
   const std::string id =
       Submit(Spec("final_fit: true\ncv: {only: [1]}\nsearch: {algorithm: grid, space: {train.lr: "
                   "{choice: ['0.1', '0.01']}}}\n"));
@@ -944,22 +945,56 @@ TEST_F(CoordinatorTest, ACancelWhoseEndCannotBeWrittenEndsLaterWithoutAFinalFit)
   ExecSql(
       "CREATE TRIGGER refuse_end BEFORE INSERT ON events WHEN NEW.kind = 'end' BEGIN "
       "SELECT RAISE(ABORT, 'disk full'); END");
+  const int64_t before = *store_->LastEventSeq(id);
   auto info = core_->Cancel(id);
-  ASSERT_TRUE(info.ok());
+  ASSERT_FALSE(info.ok());
+  EXPECT_THAT(std::string(info.status().message()), HasSubstr("disk full"));
+  info = core_->Get(id);
   EXPECT_EQ(info->state(), v1::EXPERIMENT_RUNNING);
+  for (const auto& r : info->runs()) EXPECT_NE(r.state(), v1::RUN_CANCELLED);
+  EXPECT_EQ(*store_->LastEventSeq(id), before);
+  ExecSql("DROP TRIGGER refuse_end");
+  info = core_->Cancel(id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), v1::EXPERIMENT_CANCELLED);
   for (const auto& r : info->runs())
     EXPECT_EQ(r.state(), r.fold() == 1 && r.trial() == 0 ? v1::RUN_SUCCEEDED : v1::RUN_CANCELLED);
   Elapse(6000);
-  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
-  ExecSql("DROP TRIGGER refuse_end");
-  Elapse(6000);
   info = core_->Get(id);
-  EXPECT_EQ(info->state(), v1::EXPERIMENT_CANCELLED);
   EXPECT_EQ(info->runs_size(), 2);  // no final fit added
   EXPECT_EQ(Beat("w1", 1).assignments_size(), 0);
   Reopen();
   EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_CANCELLED);
   EXPECT_EQ(Events(id).back().end().state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_EQ(Events(id).back().end().best_trial(), 0);
+}
+
+// A cancel after every trial settled and before the final fit was added (its run could not be
+// written: a full disk) cancels no run or trial; it used to be lost: the experiment then
+// SUCCEEDED with a model, or started the final fit after the cancel (found by a kill probe).
+TEST_F(CoordinatorTest, ACancelBeforeTheFinalFitWasAddedEndsTheExperimentCancelled) {
+  const std::string id = Submit(Spec("final_fit: true\ncv: {only: [1]}\n"));
+  Register("w1", 1);
+  ExecSql(
+      "CREATE TRIGGER refuse_final_fit BEFORE INSERT ON fold_runs WHEN NEW.fold = 0 BEGIN "
+      "SELECT RAISE(ABORT, 'disk full'); END");
+  testing::WriteText(artifacts_->RunDir(id, 0, 1) + "/model.pt", "fold weights");
+  ASSERT_TRUE(Complete(Beat("w1", 1).assignments(0), 0.5).ok());
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);  // waiting to add the final fit
+  auto info = core_->Cancel(id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state(), v1::EXPERIMENT_CANCELLED);
+  ExecSql("DROP TRIGGER refuse_final_fit");
+  Elapse(6000);
+  EXPECT_EQ(Info(id).runs_size(), 1);
+  EXPECT_EQ(Beat("w1", 1).assignments_size(), 0);
+  Reopen();
+  auto results = *core_->Results(id);
+  EXPECT_EQ(results.state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_EQ(results.models_size(), 0);
+  int ends = 0;
+  for (const auto& e : Events(id)) ends += e.has_end();
+  EXPECT_EQ(ends, 1);
 }
 
 // A trial stopped early whose STOPPED state was lost to a crash after its runs were cancelled:
