@@ -454,15 +454,21 @@ absl::Status StateStore::AppendState(const std::string& experiment_id, StateEven
   return absl::OkStatus();
 }
 
+absl::Status StateStore::WriteExperimentState(const std::string& experiment_id, int state,
+                                              const std::string& message) {
+  Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
+  s.Bind(1, state).Bind(2, message).Bind(3, experiment_id);
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating an experiment");
+  if (sqlite3_changes(db_) == 0)
+    return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+  return absl::OkStatus();
+}
+
 absl::Status StateStore::SetExperimentState(const std::string& experiment_id, int state,
                                             const std::string& message, StateEvents* events) {
   absl::MutexLock lock(&mu_);
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-    Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
-    s.Bind(1, state).Bind(2, message).Bind(3, experiment_id);
-    if (s.Step() != SQLITE_DONE) return SqlError(db_, "updating an experiment");
-    if (sqlite3_changes(db_) == 0)
-      return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+    RETURN_IF_ERROR(WriteExperimentState(experiment_id, state, message));
     return AppendState(experiment_id, events);
   });
 }
@@ -770,11 +776,7 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
     for (size_t i = 0; i < cancelled.size(); ++i) moves.emplace_back(&before[i], &cancelled[i]);
     RETURN_IF_ERROR(AppendMoved(events, moves));
     if (end == nullptr) return absl::OkStatus();
-    Statement s(db_, "UPDATE experiments SET state = ?, message = ? WHERE id = ?");
-    s.Bind(1, end->state).Bind(2, message).Bind(3, experiment_id);
-    if (s.Step() != SQLITE_DONE) return SqlError(db_, "ending an experiment");
-    if (sqlite3_changes(db_) == 0)
-      return absl::NotFoundError(absl::StrCat("experiment ", experiment_id));
+    RETURN_IF_ERROR(WriteExperimentState(experiment_id, end->state, message));
     if (end->events.empty()) return absl::OkStatus();
     ASSIGN_OR_RETURN(const int64_t first, AppendLocked(experiment_id, end->events));
     if (events != nullptr) {

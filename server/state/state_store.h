@@ -275,6 +275,9 @@ class StateStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends `events`' events for the moves (before, after) of one experiment's runs; within a
   // transaction. Nothing when `events` is null.
+  // Sets an experiment's state and message, within a transaction. NotFound: no such experiment.
+  absl::Status WriteExperimentState(const std::string& experiment_id, int state,
+                                    const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends `events`' events (StateEvents) within a transaction. Nothing when `events` is null.
   absl::Status AppendState(const std::string& experiment_id, StateEvents* events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
