@@ -408,11 +408,18 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   const ExperimentEnd end{outcome.state, EndEvents(outcome)};
   std::vector<FoldRun> cancelled;
   RunEvents events = MoveEvents();
-  RETURN_IF_ERROR(hub_->Commit(experiment_id, events, [&] {
-    return store_->CancelExperiment(experiment_id, kCancelledByUser,
-                                    TrialStateName(TrialState::kCancelled), &cancelled, &events,
-                                    &end);
-  }));
+  if (absl::Status s = hub_->Commit(experiment_id, events,
+                                    [&] {
+                                      return store_->CancelExperiment(
+                                          experiment_id, kCancelledByUser,
+                                          TrialStateName(TrialState::kCancelled), &cancelled,
+                                          &events, &end);
+                                    });
+      !s.ok()) {
+    LOG(ERROR) << experiment_id << ": cancel refused, nothing changed: " << s;
+    return absl::Status(s.code(), absl::StrCat("cancelling ", experiment_id,
+                                               ": refused, nothing changed: ", s.message()));
+  }
   for (FoldRun& r : cancelled) e->runs[r.id] = std::move(r);
   for (Trial& t : e->trials) {
     if (t.state != TrialState::kOpen) continue;

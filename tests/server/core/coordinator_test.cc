@@ -948,7 +948,9 @@ TEST_F(CoordinatorTest, ACancelIsWrittenWithTheEndOrNotAtAll) {
   const int64_t before = *store_->LastEventSeq(id);
   auto info = core_->Cancel(id);
   ASSERT_FALSE(info.ok());
-  EXPECT_THAT(std::string(info.status().message()), HasSubstr("disk full"));
+  EXPECT_THAT(std::string(info.status().message()),
+              HasSubstr(id + ": refused, nothing changed: state store: appending an event: "
+                             "disk full"));
   info = core_->Get(id);
   EXPECT_EQ(info->state(), v1::EXPERIMENT_RUNNING);
   for (const auto& r : info->runs()) EXPECT_NE(r.state(), v1::RUN_CANCELLED);
