@@ -1,6 +1,8 @@
 // Runs the real mal-worker: trains on a tiny SynthFace, is stopped by SIGTERM and killed with
 // SIGKILL mid-run, and resumes to the end.
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,9 +12,6 @@
 #include <fstream>
 #include <string>
 #include <thread>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -74,23 +73,27 @@ class MalWorkerTrainTest : public ::testing::Test {
 name: it
 method: mal
 data:
-  au: {format: synthface, root: )" + (dir_ / "sf") + R"(}
-  fe: {format: synthface, root: )" + (dir_ / "sf") + R"(}
+  au: {format: synthface, root: )" + (dir_ / "sf") +
+                                               R"(}
+  fe: {format: synthface, root: )" + (dir_ / "sf") +
+                                               R"(}
 model: {backbone: small_cnn, input: 32, resize: 36}
 train: {epochs: 3, batch_au: 8, batch_fe: 8, lr: 0.01, threads: 1, data_threads: 1,
         checkpoint_every: 2, log_every: 5, max_iterations: 6}
 mal: {val_fraction: 0.1, val_batch: 8}
 )");
-    const std::string synth = testing::BinaryDir() + "/client/malctl data synth --out " + (dir_ / "sf") +
-                              " --au-subjects 3 --frames 40 --fe-images 60 --fe-subjects 10 --size 40 > /dev/null";
+    const std::string synth =
+        testing::BinaryDir() + "/client/malctl data synth --out " + (dir_ / "sf") +
+        " --au-subjects 3 --frames 40 --fe-images 60 --fe-subjects 10 --size 40 > /dev/null";
     ASSERT_EQ(std::system(synth.c_str()), 0);
   }
   testing::TempDir dir_;
 };
 
 TEST_F(MalWorkerTrainTest, FinalFitTrainsOnEverySubject) {
-  const int code = Wait(Start({"train", "-f", dir_ / "spec.yaml", "--fold", "0", "--out", dir_ / "all", "--quiet"},
-                              dir_ / "log"));
+  const int code = Wait(
+      Start({"train", "-f", dir_ / "spec.yaml", "--fold", "0", "--out", dir_ / "all", "--quiet"},
+            dir_ / "log"));
   const std::string text = ReadFile(dir_ / "log").value_or("");
   ASSERT_EQ(code, 0) << text;
   EXPECT_THAT(text, HasSubstr("final fit on all subjects: validation mean F1"));
@@ -99,7 +102,8 @@ TEST_F(MalWorkerTrainTest, FinalFitTrainsOnEverySubject) {
 }
 
 TEST_F(MalWorkerTrainTest, TrainsToTheEnd) {
-  const int code = Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log"));
+  const int code = Wait(
+      Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log"));
   const std::string text = ReadFile(dir_ / "log").value_or("");
   ASSERT_EQ(code, 0) << text;
   EXPECT_THAT(text, HasSubstr("test mean F1"));
@@ -109,40 +113,50 @@ TEST_F(MalWorkerTrainTest, TrainsToTheEnd) {
 }
 
 TEST_F(MalWorkerTrainTest, SigtermCheckpointsAndResumeFinishes) {
-  const pid_t pid = Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log");
+  const pid_t pid =
+      Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log");
   ASSERT_TRUE(WaitForRows(dir_ / "run/records.csv", 4, std::chrono::seconds(120)));
   ::kill(pid, SIGTERM);
   EXPECT_EQ(Wait(pid), 130);
   EXPECT_TRUE(fs::exists(dir_ / "run/checkpoint.pt"));
   EXPECT_FALSE(fs::exists(dir_ / "run/model.pt"));
-  EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--resume", "--quiet"},
-                       dir_ / "log2")),
-            0);
+  EXPECT_EQ(
+      Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--resume", "--quiet"},
+                 dir_ / "log2")),
+      0);
   EXPECT_EQ(RecordRows(dir_ / "run/records.csv"), 18);
   EXPECT_TRUE(fs::exists(dir_ / "run/model.pt"));
 }
 
 TEST_F(MalWorkerTrainTest, KillNineThenResumeFromLastCheckpoint) {
-  const pid_t pid = Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log");
+  const pid_t pid =
+      Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--quiet"}, dir_ / "log");
   ASSERT_TRUE(WaitForRows(dir_ / "run/records.csv", 9, std::chrono::seconds(120)));
   ::kill(pid, SIGKILL);
   Wait(pid);
   // No temporary file is left where a reader would take it for the checkpoint.
   ASSERT_TRUE(fs::exists(dir_ / "run/checkpoint.pt"));
-  EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--resume", "--quiet"},
-                       dir_ / "log2")),
-            0);
+  EXPECT_EQ(
+      Wait(Start({"train", "-f", dir_ / "spec.yaml", "--out", dir_ / "run", "--resume", "--quiet"},
+                 dir_ / "log2")),
+      0);
   // Iterations after the last checkpoint were redone, none is recorded twice.
   EXPECT_EQ(RecordRows(dir_ / "run/records.csv"), 18);
   EXPECT_TRUE(fs::exists(dir_ / "run/model.pt"));
 }
 
 TEST_F(MalWorkerTrainTest, BadSpecAndMissingDataExitWithTheirMessage) {
-  testing::WriteText(dir_ / "bad.yaml", "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}, fe: {format: rafdb, root: /r}}\ntrain: {lr: -1}\n");
-  EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "bad.yaml", "--out", dir_ / "bad"}, dir_ / "log")), 2);
+  testing::WriteText(dir_ / "bad.yaml",
+                     "name: x\nmethod: mal\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}, "
+                     "fe: {format: rafdb, root: /r}}\ntrain: {lr: -1}\n");
+  EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "bad.yaml", "--out", dir_ / "bad"}, dir_ / "log")),
+            2);
   EXPECT_THAT(ReadFile(dir_ / "log").value_or(""), HasSubstr("train.lr: must be > 0"));
-  testing::WriteText(dir_ / "missing.yaml", "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}}\n");
-  EXPECT_EQ(Wait(Start({"train", "-f", dir_ / "missing.yaml", "--out", dir_ / "missing"}, dir_ / "log3")), 1);
+  testing::WriteText(dir_ / "missing.yaml",
+                     "name: x\nmethod: stl\ndata: {au: {format: bp4d, root: /nonexistent/BP4D}}\n");
+  EXPECT_EQ(
+      Wait(Start({"train", "-f", dir_ / "missing.yaml", "--out", dir_ / "missing"}, dir_ / "log3")),
+      1);
   EXPECT_THAT(ReadFile(dir_ / "log3").value_or(""), HasSubstr("/nonexistent/BP4D"));
 }
 
@@ -155,11 +169,14 @@ TEST_F(MalWorkerTrainTest, DaemonRefusesBadDevicesAndMoreSlotsThanGpus) {
     return args;
   };
   EXPECT_EQ(Wait(Start(with({"--devices", "cuda0"}), dir_ / "d1")), 2);
-  EXPECT_THAT(ReadFile(dir_ / "d1").value_or(""), HasSubstr("\"cuda0\" is not cpu, cuda or cuda:N"));
+  EXPECT_THAT(ReadFile(dir_ / "d1").value_or(""),
+              HasSubstr("\"cuda0\" is not cpu, cuda or cuda:N"));
   EXPECT_EQ(Wait(Start(with({"--devices", "cuda:0,cuda:1", "--slots", "3"}), dir_ / "d2")), 2);
-  EXPECT_THAT(ReadFile(dir_ / "d2").value_or(""), HasSubstr("--slots 3 is more than the 2 devices"));
+  EXPECT_THAT(ReadFile(dir_ / "d2").value_or(""),
+              HasSubstr("--slots 3 is more than the 2 devices"));
   EXPECT_EQ(Wait(Start(with({"--devices", "cpu,cuda:x"}), dir_ / "d3")), 2);
-  EXPECT_THAT(ReadFile(dir_ / "d3").value_or(""), HasSubstr("\"cuda:x\" is not cpu, cuda or cuda:N"));
+  EXPECT_THAT(ReadFile(dir_ / "d3").value_or(""),
+              HasSubstr("\"cuda:x\" is not cpu, cuda or cuda:N"));
 }
 
 }  // namespace

@@ -16,12 +16,12 @@ namespace mal::engine {
 
 struct BenchOptions {
   std::string backbone = "resnet18";
-  int input = 112;      // image side, pixels
-  int batch = 16;       // AU and FE batch each
+  int input = 112;  // image side, pixels
+  int batch = 16;   // AU and FE batch each
   int val_batch = 16;
   int iterations = 5;
   int warmup = 2;
-  int threads = 0;      // 0 = all cores
+  int threads = 0;             // 0 = all cores
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   // bf16 autocast around every iteration (convolutions and matrix products in bfloat16, losses
   // in float32; torch_compat.h AutocastGuard), and the meta-gradients' cosine to float32 ones.
