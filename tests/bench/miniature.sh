@@ -7,7 +7,9 @@
 # Environment: DATA_SEED (SynthFace seed, 11), SEEDS ("1 2 3"), FOLD (1), EPOCHS (12),
 # AU_SUBJECTS (24), FRAMES (80 per subject), FE_SUBJECTS (300), FE_IMAGES (3000), AMBIGUOUS (0.3),
 # METHODS ("stl mtl mal"; add mtl_clear for the reference row: MTL trained on the clear FE images
-# only, which no method may use, as it reads SynthFace's ground truth), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
+# only, which no method may use, as it reads SynthFace's ground truth; mtl_clear_xN, e.g.
+# mtl_clear_x3: MTL with every clear FE image listed N times, the ambiguous ones drawn at 1/N of
+# their rate), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
 # (train.schedule for every method: cosine, or constant), VAL_BATCH (mal.val_batch, 64),
 # VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1), VAL_SPLIT
 # (mal.val_split for every method, so all train on the same frames: frames, or subjects), LR (train.lr,
@@ -44,6 +46,35 @@ open(path, "w").write("".join(l + "\n" for l in lines if kind[l.split()[0]] == "
 PY
   mv "$out/synthface-clear.partial" "$out/synthface-clear"
 fi
+for method in $methods; do
+  # mtl_clear_xN: the same data with every clear FE training image listed N times (copies under new
+  # names), so MTL draws the ambiguous ones at 1/N of the clear ones' rate: a fixed down-weighting
+  # by ground truth, the reference for how far MAL's graded weights must go (no method may use it).
+  [[ "$method" =~ ^mtl_clear_x([0-9]+)$ ]] || continue
+  times="${BASH_REMATCH[1]}" dir="$out/synthface-clear-x${BASH_REMATCH[1]}"
+  [ -f "$dir/synthface.txt" ] && continue
+  rm -rf "$dir.partial"
+  cp -rL "$data" "$dir.partial"
+  python3 - "$dir.partial/fe" "$times" <<'PY'
+import csv, os, sys
+fe, times = sys.argv[1], int(sys.argv[2])
+kind = {r["name"]: r["kind"] for r in csv.DictReader(open(f"{fe}/synth_truth.csv"))}
+for name in ("list_patition_label.txt", "distribution_basic.txt"):
+    path = f"{fe}/EmoLabel/{name}"
+    lines = [l for l in open(path).read().splitlines() if l.strip()]
+    extra = []
+    for l in lines:
+        image, rest = l.split(None, 1)
+        if image.startswith("train_") and kind[image] == "clear":
+            stem = image.rsplit(".", 1)[0]
+            for k in range(1, times):
+                extra.append(f"{stem}d{k}.jpg {rest}")
+                if name == "distribution_basic.txt":
+                    os.link(f"{fe}/Image/aligned/{stem}_aligned.jpg", f"{fe}/Image/aligned/{stem}d{k}_aligned.jpg")
+    open(path, "w").write("".join(l + "\n" for l in lines + extra))
+PY
+  mv "$dir.partial" "$dir"
+done
 start=$(date +%s)
 for seed in $seeds; do
   for method in $methods; do
@@ -51,6 +82,7 @@ for seed in $seeds; do
     [ -f "$run/model.json" ] && continue
     fe_root="$data" spec_method="$method"
     if [ "$method" = mtl_clear ]; then fe_root="$out/synthface-clear" spec_method=mtl; fi
+    if [[ "$method" =~ ^mtl_clear_x([0-9]+)$ ]]; then fe_root="$out/synthface-clear-x${BASH_REMATCH[1]}" spec_method=mtl; fi
     cat > "$out/$method-seed$seed.yaml" <<SPEC
 name: miniature-$method
 method: $spec_method
@@ -90,7 +122,9 @@ for method in methods:
                        "per_au": dict(zip(map(str, aus), per_au))}
     print(f"{method:8} {statistics.mean(last):14.4f} +- {sd(last):.4f} {statistics.mean(best):11.4f} "
           f"{statistics.mean(secs):7.0f}   " + " ".join(f"{a}:{f:.2f}" for a, f in zip(aus, per_au)))
-for a, b in [("mal", "mtl"), ("mal", "stl"), ("mtl", "stl"), ("mtl_clear", "mtl"), ("mal", "mtl_clear")]:
+pairs = [("mal", "mtl"), ("mal", "stl"), ("mtl", "stl"), ("mtl_clear", "mtl"), ("mal", "mtl_clear")]
+pairs += [(m, "mtl") for m in methods if m.startswith("mtl_clear_x")]
+for a, b in pairs:
     if a in summary and b in summary:
         d = [x - y for x, y in zip(summary[a]["per_seed"], summary[b]["per_seed"])]
         summary[f"{a}_minus_{b}"] = {"mean": statistics.mean(d), "std": sd(d), "per_seed": d}

@@ -1,7 +1,9 @@
 // Runs the real mal-worker: trains on a tiny SynthFace, is stopped by SIGTERM and killed with
-// SIGKILL mid-run, and resumes to the end.
+// SIGKILL mid-run, and resumes to the end; times its methods with `bench`.
 
 #include <gmock/gmock.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,6 +14,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -177,6 +180,31 @@ TEST_F(MalWorkerTrainTest, DaemonRefusesBadDevicesAndMoreSlotsThanGpus) {
   EXPECT_EQ(Wait(Start(with({"--devices", "cpu,cuda:x"}), dir_ / "d3")), 2);
   EXPECT_THAT(ReadFile(dir_ / "d3").value_or(""),
               HasSubstr("\"cuda:x\" is not cpu, cuda or cuda:N"));
+}
+
+// `mal-worker bench` times every method on a tiny network, each in its own process, the meta
+// update every fourth iteration (mal_exact_lookahead4_interval4: no validation batch between) too.
+TEST_F(MalWorkerTrainTest, BenchTimesEveryMethodWithoutAnError) {
+  ASSERT_EQ(Wait(Start(
+                {"bench", "--backbone", "small_cnn", "--input", "32", "--batch", "2", "--val-batch",
+                 "2", "--iterations", "4", "--warmup", "1", "--threads", "1", "-o", "json"},
+                dir_ / "bench.json")),
+            0)
+      << ReadFile(dir_ / "bench.json").value_or("");
+  const std::string text = ReadFile(dir_ / "bench.json").value_or("");
+  google::protobuf::Struct report;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(text, &report).ok()) << text;
+  std::vector<std::string> names;
+  for (const auto& row : report.fields().at("results").list_value().values()) {
+    const auto& f = row.struct_value().fields();
+    names.push_back(f.at("name").string_value());
+    EXPECT_GT(f.at("seconds_per_iteration").number_value(), 0) << names.back();
+    EXPECT_TRUE(f.at("error").has_null_value()) << names.back() << ": " << text;
+  }
+  EXPECT_THAT(names,
+              ::testing::ElementsAre("stl", "mtl", "mal_exact", "mal_exact_vjp",
+                                     "mal_finite_difference", "mal_heads_only",
+                                     "mal_exact_lookahead4", "mal_exact_lookahead4_interval4"));
 }
 
 }  // namespace

@@ -62,6 +62,7 @@ struct Variant {
   MetaMode mode;
   bool exact_jvp = true;
   int lookahead_steps = 1;  // mal.lookahead_steps
+  int meta_interval = 1;    // mal.meta_interval: a meta update every k-th iteration, as the trainer
 };
 
 struct Setup {
@@ -142,8 +143,14 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
   so.lookahead_steps = v.lookahead_steps;
   so.profile = true;
   MaybeAutocast autocast(o, device);
+  // The trainer's rule (global iteration % meta_interval == 0), so the timed mean is the amortised
+  // cost per iteration; the iteration count should be a multiple of meta_interval.
+  auto run = [&](int i) {
+    so.update_meta = v.method != Method::kMal || i % v.meta_interval == 0;
+    return step.Run(s.batch, so.update_meta ? &s.val : nullptr, 1e-3, so, base, &meta);
+  };
   for (int i = 0; i < o.warmup; ++i) {
-    auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
+    auto r = run(i);
     if (!r.ok()) return r.status();
   }
   if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
@@ -154,7 +161,7 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
   std::vector<std::string> order;
   const auto start = Clock::now();
   for (int i = 0; i < o.iterations; ++i) {
-    auto r = step.Run(s.batch, &s.val, 1e-3, so, base, &meta);
+    auto r = run(i);
     if (!r.ok()) return r.status();
     for (const auto& [name, sec] : r->phases) {
       if (!phases.count(name)) order.push_back(name);
@@ -249,6 +256,10 @@ absl::StatusOr<std::vector<Variant>> SelectVariants(const std::vector<std::strin
       // Four virtual steps ahead (a different meta-gradient: no cosine to the one-step exact).
       {"mal_exact_lookahead4", Method::kMal, MetaMode::kExact, /*exact_jvp=*/true,
        /*lookahead_steps=*/4},
+      // The same with a meta update every fourth iteration (mal.meta_interval: 4): the amortised
+      // cost of a four-step lookahead at about one step's (measured in docs/benchmarks.md).
+      {"mal_exact_lookahead4_interval4", Method::kMal, MetaMode::kExact, /*exact_jvp=*/true,
+       /*lookahead_steps=*/4, /*meta_interval=*/4},
   };
   for (const std::string& name : methods) {
     if (std::none_of(all.begin(), all.end(), [&](const Variant& v) { return v.name == name; })) {

@@ -49,8 +49,8 @@ struct BenchResult {
 
 struct BenchReport {
   BenchOptions options;
-  // stl, mtl, mal_exact (JVP), mal_exact_vjp, mal_finite_difference, mal_heads_only (those of
-  // options.methods, in this order)
+  // stl, mtl, mal_exact (JVP), mal_exact_vjp, mal_finite_difference, mal_heads_only,
+  // mal_exact_lookahead4, mal_exact_lookahead4_interval4 (those of options.methods, in this order)
   std::vector<BenchResult> results;
 };
 
