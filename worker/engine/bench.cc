@@ -412,13 +412,13 @@ std::string FormatBench(const BenchReport& r, bool json) {
       "%s%s%s\n\n",
       o.backbone, o.input, o.batch, o.batch, o.val_batch, o.iterations, at::get_num_threads(),
       o.device, o.bf16 ? ", bf16 autocast" : "", o.channels_last ? ", channels_last" : "");
-  absl::StrAppendFormat(&out, "%-24s %10s %10s %14s %16s", "method", "ms/iter", "x MTL",
+  absl::StrAppendFormat(&out, "%-30s %10s %10s %14s %16s", "method", "ms/iter", "x MTL",
                         "peak RSS MiB", "cosine to exact");
   if (device_memory) absl::StrAppendFormat(&out, " %14s", "peak GPU MiB");
   if (o.bf16) absl::StrAppendFormat(&out, " %16s", "cosine bf16/fp32");
   absl::StrAppend(&out, "\n");
   for (const auto& x : r.results) {
-    absl::StrAppendFormat(&out, "%-24s %10.1f %10.2f %14.0f %16s", x.name,
+    absl::StrAppendFormat(&out, "%-30s %10.1f %10.2f %14.0f %16s", x.name,
                           1000 * x.seconds_per_iteration, x.ratio_to_mtl, x.peak_memory_mib,
                           x.cosine_to_exact ? absl::StrFormat("%.4f", *x.cosine_to_exact) : "-");
     if (device_memory) absl::StrAppendFormat(&out, " %14.0f", x.peak_device_memory_mib);
