@@ -752,7 +752,7 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
                                           const ExperimentEnd* end) {
   absl::MutexLock lock(&mu_);
   std::vector<FoldRun> cancelled;
-  absl::Status written = InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+  RETURN_IF_ERROR(InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     std::vector<FoldRun> before;
     Statement runs(
         db_,
@@ -784,12 +784,7 @@ absl::Status StateStore::CancelExperiment(const std::string& experiment_id,
       events->appended.insert(events->appended.end(), end->events.begin(), end->events.end());
     }
     return absl::OkStatus();
-  });
-  if (!written.ok()) {
-    if (events != nullptr)
-      *static_cast<CommittedEvents*>(events) = CommittedEvents{};  // rolled back
-    return written;
-  }
+  }));
   if (updated != nullptr) *updated = std::move(cancelled);
   return absl::OkStatus();
 }

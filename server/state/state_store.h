@@ -273,14 +273,14 @@ class StateStore {
   absl::StatusOr<int64_t> AppendLocked(const std::string& experiment_id,
                                        const std::vector<EventIn>& events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Appends `events`' events for the moves (before, after) of one experiment's runs; within a
-  // transaction. Nothing when `events` is null.
   // Sets an experiment's state and message, within a transaction. NotFound: no such experiment.
   absl::Status WriteExperimentState(const std::string& experiment_id, int state,
                                     const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends `events`' events (StateEvents) within a transaction. Nothing when `events` is null.
   absl::Status AppendState(const std::string& experiment_id, StateEvents* events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends `events`' events for the moves (before, after) of one experiment's runs; within a
+  // transaction. Nothing when `events` is null.
   absl::Status AppendMoved(RunEvents* events,
                            const std::vector<std::pair<const FoldRun*, const FoldRun*>>& moves)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
