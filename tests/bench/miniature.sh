@@ -29,49 +29,37 @@ if [ ! -f "$data/synthface.txt" ]; then
     --au-subjects "${AU_SUBJECTS:-24}" --frames "${FRAMES:-80}" --fe-subjects "${FE_SUBJECTS:-300}" \
     --fe-images "${FE_IMAGES:-3000}" --ambiguous "${AMBIGUOUS:-0.3}" --size 80
 fi
-if [[ " $methods " == *" mtl_clear "* && ! -f "$out/synthface-clear/synthface.txt" ]]; then
-  # The same data with every ambiguous FE image left out of the label list (fe/synth_truth.csv).
-  rm -rf "$out/synthface-clear.partial"
-  cp -rL "$data" "$out/synthface-clear.partial"  # -L: $data may be a link to shared data
-  python3 - "$out/synthface-clear.partial/fe" <<'PY'
-import csv, sys
-fe = sys.argv[1]
-kind = {r["name"]: r["kind"] for r in csv.DictReader(open(f"{fe}/synth_truth.csv"))}
-path = f"{fe}/EmoLabel/list_patition_label.txt"
-lines = [l for l in open(path).read().splitlines() if l.strip()]
-missing = [l.split()[0] for l in lines if l.split()[0] not in kind]
-if missing:
-    sys.exit(f"{path}: {len(missing)} image(s) not in synth_truth.csv, e.g. {missing[0]}")
-open(path, "w").write("".join(l + "\n" for l in lines if kind[l.split()[0]] == "clear"))
-PY
-  mv "$out/synthface-clear.partial" "$out/synthface-clear"
-fi
 for method in $methods; do
-  # mtl_clear_xN: the same data with every clear FE training image listed N times (copies under new
-  # names), so MTL draws the ambiguous ones at 1/N of the clear ones' rate: a fixed down-weighting
-  # by ground truth, the reference for how far MAL's graded weights must go (no method may use it).
-  [[ "$method" =~ ^mtl_clear_x([0-9]+)$ ]] || continue
-  times="${BASH_REMATCH[1]}" dir="$out/synthface-clear-x${BASH_REMATCH[1]}"
+  # The reference rows' data (fe/synth_truth.csv, the ground truth no method may use): mtl_clear
+  # leaves every ambiguous FE image out of the label list; mtl_clear_xN lists every clear training
+  # image N times (hard-linked copies under new names), so MTL draws the ambiguous ones at 1/N of
+  # the clear ones' rate: a fixed down-weighting, how far MAL's graded weights must go.
+  [[ "$method" =~ ^mtl_clear(_x([0-9]+))?$ ]] || continue
+  times="${BASH_REMATCH[2]}" dir="$out/synthface-clear${BASH_REMATCH[2]:+-x${BASH_REMATCH[2]}}"
   [ -f "$dir/synthface.txt" ] && continue
   rm -rf "$dir.partial"
-  cp -rL "$data" "$dir.partial"
+  cp -rL "$data" "$dir.partial"  # -L: $data may be a link to shared data
   python3 - "$dir.partial/fe" "$times" <<'PY'
 import csv, os, sys
-fe, times = sys.argv[1], int(sys.argv[2])
+fe, times = sys.argv[1], int(sys.argv[2] or 0)
 kind = {r["name"]: r["kind"] for r in csv.DictReader(open(f"{fe}/synth_truth.csv"))}
-for name in ("list_patition_label.txt", "distribution_basic.txt"):
+for name in ("list_patition_label.txt",) if times == 0 else ("list_patition_label.txt", "distribution_basic.txt"):
     path = f"{fe}/EmoLabel/{name}"
     lines = [l for l in open(path).read().splitlines() if l.strip()]
-    extra = []
-    for l in lines:
+    missing = [l.split()[0] for l in lines if l.split()[0] not in kind]
+    if missing:
+        sys.exit(f"{path}: {len(missing)} image(s) not in synth_truth.csv, e.g. {missing[0]}")
+    if times == 0:
+        lines = [l for l in lines if kind[l.split()[0]] == "clear"]
+    for l in list(lines) if times else []:
         image, rest = l.split(None, 1)
         if image.startswith("train_") and kind[image] == "clear":
             stem = image.rsplit(".", 1)[0]
             for k in range(1, times):
-                extra.append(f"{stem}d{k}.jpg {rest}")
+                lines.append(f"{stem}d{k}.jpg {rest}")
                 if name == "distribution_basic.txt":
                     os.link(f"{fe}/Image/aligned/{stem}_aligned.jpg", f"{fe}/Image/aligned/{stem}d{k}_aligned.jpg")
-    open(path, "w").write("".join(l + "\n" for l in lines + extra))
+    open(path, "w").write("".join(l + "\n" for l in lines))
 PY
   mv "$dir.partial" "$dir"
 done
@@ -81,8 +69,9 @@ for seed in $seeds; do
     run="$out/$method-seed$seed"
     [ -f "$run/model.json" ] && continue
     fe_root="$data" spec_method="$method"
-    if [ "$method" = mtl_clear ]; then fe_root="$out/synthface-clear" spec_method=mtl; fi
-    if [[ "$method" =~ ^mtl_clear_x([0-9]+)$ ]]; then fe_root="$out/synthface-clear-x${BASH_REMATCH[1]}" spec_method=mtl; fi
+    if [[ "$method" =~ ^mtl_clear(_x([0-9]+))?$ ]]; then
+      fe_root="$out/synthface-clear${BASH_REMATCH[2]:+-x${BASH_REMATCH[2]}}" spec_method=mtl
+    fi
     cat > "$out/$method-seed$seed.yaml" <<SPEC
 name: miniature-$method
 method: $spec_method

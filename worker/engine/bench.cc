@@ -146,7 +146,7 @@ absl::StatusOr<BenchResult> RunVariant(const BenchOptions& o, const Variant& v,
   // The trainer's rule (global iteration % meta_interval == 0), so the timed mean is the amortised
   // cost per iteration; the iteration count should be a multiple of meta_interval.
   auto run = [&](int i) {
-    so.update_meta = v.method != Method::kMal || i % v.meta_interval == 0;
+    so.update_meta = i % v.meta_interval == 0;  // read by MAL only
     return step.Run(s.batch, so.update_meta ? &s.val : nullptr, 1e-3, so, base, &meta);
   };
   for (int i = 0; i < o.warmup; ++i) {
