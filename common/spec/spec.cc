@@ -650,6 +650,7 @@ void ApplyDefaults(v1::ExperimentSpec& spec) {
   if (t.precision().empty()) t.set_precision("fp32");
   if (!t.has_channels_last()) t.set_channels_last(false);
   if (!t.has_oom_retries()) t.set_oom_retries(0);
+  if (!t.has_fe_weight_levels()) t.set_fe_weight_levels(3);
 
   v1::MalSpec& mal = *spec.mutable_mal();
   if (mal.mode().empty()) mal.set_mode("exact");
@@ -864,6 +865,10 @@ absl::Status ValidateSpec(const v1::ExperimentSpec& spec) {
                   absl::StrCat("'", t.bn_stats(), "' is not one of au, all"));
   MAL_CHECK_FIELD(t.oom_retries() >= 0 && t.oom_retries() <= 16, "train.oom_retries",
                   "must be in 0..16 (each retry halves the batches)");
+  MAL_CHECK_FIELD(t.fe_weights().empty() || spec.method() != v1::STL, "train.fe_weights",
+                  "STL trains no FE task: set it with method mtl or mal");
+  MAL_CHECK_FIELD(t.fe_weight_levels() >= 2 && t.fe_weight_levels() <= 20, "train.fe_weight_levels",
+                  "must be in 2..20");
   MAL_CHECK_FIELD(OneOf(t.precision(), {"fp32", "bf16-mixed"}), "train.precision",
                   absl::StrCat("'", t.precision(), "' is not one of fp32, bf16-mixed"));
   // Its step (fd_epsilon of |r| on the parameters) is near bf16's resolution of about 4e-3: in

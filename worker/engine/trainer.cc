@@ -281,7 +281,7 @@ absl::Status Training::MakeLoaders() {
   ASSIGN_OR_RETURN(au_train_, MakeLoader(data_.au, data_.fold.train, t_.batch_au(),
                                          LoaderKind::kTrain, spec_, seed_));
   if (method_ != Method::kStl) {
-    ASSIGN_OR_RETURN(auto fe, MakeLoader(data_.fe, AllOf(data_.fe), t_.batch_fe(),
+    ASSIGN_OR_RETURN(auto fe, MakeLoader(data_.fe, data_.fe_train, t_.batch_fe(),
                                          LoaderKind::kTrain, spec_, seed_ + 1));
     fe_train_ = std::make_unique<CyclingLoader>(std::move(fe));
   }

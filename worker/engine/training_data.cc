@@ -3,9 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <numeric>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/synth/synth_dataset.h"
+#include "common/util/csv.h"
+#include "common/util/logging.h"
 #include "common/util/status_macros.h"
 
 namespace mal::engine {
@@ -70,6 +75,12 @@ absl::StatusOr<Data> LoadData(const v1::ExperimentSpec& spec, int fold_number) {
       return absl::FailedPreconditionError(absl::StrCat("data.fe: ", spec.data().fe().root(),
                                                         ": no sample with an expression label"));
     }
+    if (spec.train().fe_weights().empty()) {
+      d.fe_train = AllOf(d.fe);
+    } else {
+      ASSIGN_OR_RETURN(d.fe_train, WeightedFeDraw(d.fe, spec.train().fe_weights(),
+                                                  spec.train().fe_weight_levels()));
+    }
   }
   data::FoldOptions fo;
   fo.protocol = spec.cv().protocol();
@@ -121,6 +132,96 @@ std::vector<int64_t> AllOf(const data::DatasetIndex& index) {
   std::vector<int64_t> v(index.samples.size());
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(i);
   return v;
+}
+
+absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe,
+                                                    const std::string& path, int levels) {
+  auto error = [](absl::StatusCode code, auto&&... parts) {
+    return absl::Status(code, absl::StrCat("train.fe_weights: ", parts...));
+  };
+  if (levels < 2) return error(absl::StatusCode::kInvalidArgument, "levels ", levels, " < 2");
+  auto lines = ReadLines(path);
+  if (!lines.ok()) return error(lines.status().code(), lines.status().message());
+  size_t first = 0;  // the header: the first line with data
+  while (first < lines->lines.size() && IsBlankRecord(lines->lines[first])) ++first;
+  if (first == lines->lines.size()) {
+    return error(absl::StatusCode::kInvalidArgument, path,
+                 ": empty (a weights CSV has a header with id and weight, then a row per sample)");
+  }
+  auto header = SplitCsvLine(lines->lines[first]);
+  if (!header.ok()) {
+    return error(absl::StatusCode::kInvalidArgument, lines->Where(first), ": ",
+                 header.status().message());
+  }
+  std::map<std::string, size_t> column;
+  for (size_t i = 0; i < header->size(); ++i) column.emplace((*header)[i], i);
+  for (const char* name : {"id", "weight"}) {
+    if (!column.count(name)) {
+      return error(absl::StatusCode::kInvalidArgument, lines->Where(first), ": no '", name,
+                   "' column (a weights CSV of a MAL run: weights/epoch_NNN.csv)");
+    }
+  }
+  const size_t id_col = column.at("id"), weight_col = column.at("weight");
+  const auto task_col = column.find("task");
+  absl::flat_hash_map<std::string, std::pair<double, size_t>> weight;  // id -> weight, line
+  for (size_t i = first + 1; i < lines->lines.size(); ++i) {
+    if (IsBlankRecord(lines->lines[i])) continue;
+    auto fields = SplitCsvLine(lines->lines[i]);
+    if (!fields.ok()) {
+      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": ",
+                   fields.status().message());
+    }
+    if (fields->size() <= std::max(id_col, weight_col)) {
+      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": ", fields->size(),
+                   " fields, the header has ", header->size());
+    }
+    if (task_col != column.end() &&
+        (task_col->second >= fields->size() || (*fields)[task_col->second] != "fe")) {
+      continue;  // an AU frame's row
+    }
+    auto w = ParseDouble((*fields)[weight_col], "weight");
+    if (!w.ok() || *w < 0) {
+      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": weight '",
+                   (*fields)[weight_col], "' is not a finite number >= 0");
+    }
+    auto [at, added] = weight.emplace((*fields)[id_col], std::make_pair(*w, i));
+    if (!added) {
+      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": id '", (*fields)[id_col],
+                   "' is listed twice (first on line ", at->second.second + 1, ")");
+    }
+  }
+  const size_t n = fe.samples.size();
+  std::vector<double> w(n);
+  size_t missing = 0;
+  std::string first_missing;
+  for (size_t i = 0; i < n; ++i) {
+    auto it = weight.find(fe.samples[i].id);
+    if (it == weight.end()) {
+      if (missing++ == 0) first_missing = fe.samples[i].id;
+      continue;
+    }
+    w[i] = it->second.first;
+  }
+  if (missing > 0) {
+    return error(absl::StatusCode::kFailedPrecondition, path, " has no row for FE image '",
+                 first_missing, "' (", missing, " of the ", n,
+                 " FE training images have none): use the weights of a run on the same FE data");
+  }
+  if (weight.size() > n) {
+    LOG(INFO) << "train.fe_weights: " << path << ": " << weight.size() - n
+              << " row(s) name no FE training image of this data; ignored";
+  }
+  std::vector<size_t> rank(n);  // sample indexes, lowest weight first
+  std::iota(rank.begin(), rank.end(), 0);
+  std::stable_sort(rank.begin(), rank.end(), [&w](size_t a, size_t b) { return w[a] < w[b]; });
+  std::vector<int> times(n);
+  for (size_t r = 0; r < n; ++r) times[rank[r]] = static_cast<int>(r * levels / n) + 1;
+  std::vector<int64_t> draw;
+  for (size_t i = 0; i < n; ++i) draw.insert(draw.end(), times[i], static_cast<int64_t>(i));
+  LOG(INFO) << "train.fe_weights: " << n << " FE training images in " << levels
+            << " levels by the weights of " << path << "; a pass over the FE data draws "
+            << draw.size();
+  return draw;
 }
 
 double LearningRate(const v1::TrainSpec& t, int epoch) {

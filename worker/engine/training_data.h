@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,13 +21,17 @@ namespace mal::engine {
 
 struct Data {
   data::DatasetIndex au, fe;  // fe: only samples with an expression label; empty for STL
-  data::Fold fold;            // train, val (the meta-validation reserve) and test sample indexes
+  // The FE training draw, indexes into fe.samples: each sample once, or train.fe_weights' repeats
+  // (WeightedFeDraw). Empty for STL.
+  std::vector<int64_t> fe_train;
+  data::Fold fold;  // train, val (the meta-validation reserve) and test sample indexes
   std::vector<double> val_rates;  // per-AU positive rate in the reserve (L_v's positive weights)
 };
 
-// Loads the spec's datasets (generating SynthFace on first use) and the fold's parts: fold K of
-// cv (1-based), or 0 for the final fit (every subject trains; the reserve still comes out).
-// Errors name the field (data.au, data.fe, --fold) and the reason.
+// Loads the spec's datasets (generating SynthFace on first use), the FE training draw and the
+// fold's parts: fold K of cv (1-based), or 0 for the final fit (every subject trains; the reserve
+// still comes out). Errors name the field (data.au, data.fe, train.fe_weights, --fold) and the
+// reason.
 absl::StatusOr<Data> LoadData(const v1::ExperimentSpec& spec, int fold_number);
 
 // How a loader visits its samples: training batches are shuffled and augmented, the meta
@@ -44,6 +49,22 @@ absl::StatusOr<std::unique_ptr<image::BatchLoader>> MakeLoader(const data::Datas
 
 // 0 .. n-1 for the n samples of `index`.
 std::vector<int64_t> AllOf(const data::DatasetIndex& index);
+
+// train.fe_weights (an extension, docs/engine.md "A second run on MAL's FE weights"): the FE
+// training draw graded by an earlier run's per-sample FE weights. `path` is a weights CSV
+// (weights/epoch_NNN.csv: columns id and weight; where it has a task column, only its "fe" rows
+// count). The samples of `fe` are ranked by weight (ties by their order in `fe`) and split into
+// `levels` (>= 2) groups of equal size (n x k / levels boundaries); the k-th group from the lowest
+// weights is listed k times, so the highest group is drawn `levels` times as often as the lowest.
+// Returns indexes into fe.samples, each sample's repeats together, in fe's order (the loader
+// shuffles). Rows for ids not in `fe` are ignored (counted in a log line). Errors, prefixed
+// "train.fe_weights: ": the file's (NotFound, PermissionDenied ... naming it); InvalidArgument for
+// an empty file, a header without an id or weight column, a malformed line or a weight that is not
+// a finite number >= 0 (path:line), an id listed twice (path:line and the first line);
+// FailedPrecondition when a sample of `fe` has no row (the first such id and how many: the weights
+// are from a run on other FE data).
+absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe,
+                                                    const std::string& path, int levels);
 
 // A loader that starts the next epoch by itself when one ends; tracks its position.
 class CyclingLoader {

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/data/folds.h"
@@ -187,6 +189,32 @@ TEST(SpecTest, OomRetries) {
     auto s = LoadValid(head + bad);
     ASSERT_FALSE(s.ok()) << bad;
     EXPECT_THAT(std::string(s.status().message()), HasSubstr("train.oom_retries")) << bad;
+  }
+}
+
+// train.fe_weights is empty by default (every FE image once); fe_weight_levels defaults to 3 and
+// is bounded; STL, which trains no FE task, refuses fe_weights.
+TEST(SpecTest, FeWeights) {
+  const std::string head =
+      "name: x\ndata: {au: {format: bp4d, root: /d}, fe: {format: rafdb, root: /f}}\n";
+  auto plain = LoadValid(head + "method: mtl\n");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->train().fe_weights(), "");
+  EXPECT_EQ(plain->train().fe_weight_levels(), 3);
+  auto set = LoadValid(head +
+                       "method: mtl\ntrain: {fe_weights: /r/weights/epoch_012.csv, "
+                       "fe_weight_levels: 4}\n");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->train().fe_weights(), "/r/weights/epoch_012.csv");
+  EXPECT_EQ(set->train().fe_weight_levels(), 4);
+  EXPECT_TRUE(LoadValid(head + "method: mal\ntrain: {fe_weights: w.csv}\n").ok());
+  for (const auto& [bad, field] : std::vector<std::pair<std::string, std::string>>{
+           {"method: stl\ntrain: {fe_weights: w.csv}\n", "train.fe_weights: STL trains no FE"},
+           {"method: mtl\ntrain: {fe_weight_levels: 1}\n", "train.fe_weight_levels"},
+           {"method: mtl\ntrain: {fe_weight_levels: 21}\n", "train.fe_weight_levels"}}) {
+    auto s = LoadValid(head + bad);
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(field)) << bad;
   }
 }
 

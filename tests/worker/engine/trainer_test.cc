@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -548,6 +549,128 @@ TEST_F(TrainerTest, Bf16MixedPrecisionTrainsEveryMethod) {
     }
     EXPECT_TRUE(differs) << "bf16-mixed trained exactly the float32 model: autocast was off";
   }
+}
+
+// train.fe_weights: an MTL run on a MAL run's final FE weights draws its highest-weighted third
+// three times, its lowest third once, and trains a model of its own.
+TEST_F(TrainerTest, MtlOnAMalRunsFeWeightsDrawsTheHighestWeightedImagesMoreOften) {
+  testing::TempDir mal_out, mtl_out, weighted_out;
+  TrainOptions o;
+  o.spec = Spec("mal");
+  o.out_dir = mal_out.path();
+  ASSERT_TRUE(Train(o).ok());
+  std::map<std::string, double> weight;  // FE image id -> its final weight
+  for (const auto& row : WeightsRows(mal_out.path())) {
+    if (row[1] == "fe") weight[row[0]] = std::stod(row[4]);
+  }
+  ASSERT_GT(weight.size(), 10u);
+
+  o.spec = Spec("mtl");
+  o.spec.mutable_train()->set_fe_weights(mal_out / "weights/epoch_002.csv");
+  ASSERT_TRUE(ValidateSpec(o.spec).ok());
+  auto data = LoadData(o.spec, 1);
+  ASSERT_TRUE(data.ok()) << data.status();
+  ASSERT_EQ(data->fe.samples.size(), weight.size());
+  std::map<std::string, int> times;
+  for (int64_t i : data->fe_train) ++times[data->fe.samples[i].id];
+  const size_t n = weight.size();
+  size_t drawn = 0;
+  for (size_t r = 0; r < n; ++r) drawn += r * 3 / n + 1;
+  EXPECT_EQ(data->fe_train.size(), drawn);
+  const auto [lowest, highest] =
+      std::minmax_element(weight.begin(), weight.end(),
+                          [](const auto& a, const auto& b) { return a.second < b.second; });
+  EXPECT_EQ(times[lowest->first], 1) << lowest->first;
+  EXPECT_EQ(times[highest->first], 3) << highest->first;
+  for (const auto& [id, w] : weight) {  // the draw never favours a lower weight
+    for (const auto& [other, v] : weight) {
+      if (w < v) {
+        EXPECT_LE(times[id], times[other]) << id << " " << other;
+      }
+    }
+  }
+
+  o.out_dir = weighted_out.path();
+  ASSERT_TRUE(Train(o).ok());
+  o.spec.mutable_train()->clear_fe_weights();
+  o.out_dir = mtl_out.path();
+  ASSERT_TRUE(Train(o).ok());
+  EXPECT_FALSE(Same(Parameters(weighted_out / "model.pt"), Parameters(mtl_out / "model.pt")));
+  auto metadata = ReadModelMetadata(weighted_out / "model.json");
+  ASSERT_TRUE(metadata.ok()) << metadata.status();
+  EXPECT_EQ(metadata->spec().train().fe_weights(), mal_out / "weights/epoch_002.csv");
+
+  // Weights of other FE data: refused before training, naming the field and an image without a
+  // row; nothing of the run is written.
+  testing::WriteText(mal_out / "other.csv", "id,task,weight\nsomeone_else,fe,0.5\n");
+  o.spec.mutable_train()->set_fe_weights(mal_out / "other.csv");
+  testing::TempDir refused;
+  o.out_dir = refused.path();
+  auto result = Train(o);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(
+      std::string(result.status().message()),
+      HasSubstr("train.fe_weights: " + (mal_out / "other.csv") + " has no row for FE image"));
+  EXPECT_FALSE(fs::exists(refused / "checkpoint.pt"));
+}
+
+// WeightedFeDraw on a hand-made index: the levels by rank, ties by order, AU rows and unknown ids
+// ignored, and every malformed input refused naming the file and line.
+TEST(WeightedFeDrawTest, GroupsByRankAndNamesTheLineOfEveryBadInput) {
+  data::DatasetIndex fe;
+  for (const char* id : {"a", "b", "c", "d", "e", "f"}) {
+    data::Sample s;
+    s.id = id;
+    s.expression = 1;
+    fe.samples.push_back(s);
+  }
+  testing::TempDir dir;
+  const std::string path = dir / "w.csv";
+  auto counts = [&](const std::string& csv, int levels) {
+    testing::WriteText(path, csv);
+    auto draw = WeightedFeDraw(fe, path, levels);
+    EXPECT_TRUE(draw.ok()) << draw.status();
+    std::string out;
+    for (size_t i = 0; i < fe.samples.size() && draw.ok(); ++i)
+      out += std::to_string(std::count(draw->begin(), draw->end(), static_cast<int64_t>(i)));
+    return out;
+  };
+  // Ranked e < a = c < f < b < d; a before c (the index's order) on the tie.
+  const std::string csv =
+      "id,task,label,weight\nx/1,au,,0.99\na,fe,happy,0.2\nb,fe,sad,0.7\nc,fe,sad,0.2\n"
+      "d,fe,fear,0.9\ne,fe,anger,0.1\nf,fe,anger,0.4\nunknown,fe,sad,0.5\n";
+  EXPECT_EQ(counts(csv, 3), "132312");
+  EXPECT_EQ(counts(csv, 2), "121212");
+  EXPECT_EQ(counts(csv, 6), "253614");
+  // No task column: every row is an FE image's; CRLF line ends and blank lines are fine.
+  EXPECT_EQ(counts("id,weight\r\na,1\r\nb,2\r\n\r\nc,3\r\nd,4\r\ne,5\r\nf,6\r\n", 3), "112233");
+
+  auto error = [&](const std::string& text) {
+    testing::WriteText(path, text);
+    auto draw = WeightedFeDraw(fe, path, 3);
+    EXPECT_FALSE(draw.ok());
+    return std::string(draw.status().message());
+  };
+  const std::string rows = "a,1\nb,1\nc,1\nd,1\ne,1\nf,1\n";
+  EXPECT_THAT(error(""), HasSubstr("train.fe_weights: " + path + ": empty"));
+  EXPECT_THAT(error("id,score\n" + rows), HasSubstr(path + ":1: no 'weight' column"));
+  EXPECT_THAT(error("name,weight\n" + rows), HasSubstr(path + ":1: no 'id' column"));
+  EXPECT_THAT(error("id,weight\na,1\nb,heavy\n"),
+              HasSubstr(path + ":3: weight 'heavy' is not a finite number >= 0"));
+  EXPECT_THAT(error("id,weight\na,-0.5\n"), HasSubstr(path + ":2: weight '-0.5'"));
+  EXPECT_THAT(error("id,weight\na,nan\n"), HasSubstr(path + ":2: weight 'nan'"));
+  EXPECT_THAT(error("id,weight\na,1\nb\n"), HasSubstr(path + ":3: 1 fields, the header has 2"));
+  EXPECT_THAT(error("id,weight\n\"a,1\n"), HasSubstr(path + ":2: unterminated quoted field"));
+  EXPECT_THAT(error("id,weight\n" + rows + "c,2\n"),
+              HasSubstr(path + ":8: id 'c' is listed twice (first on line 4)"));
+  EXPECT_THAT(error("id,weight\na,1\nb,1\nd,1\n"),
+              HasSubstr("has no row for FE image 'c' (3 of the 6 FE training images have none)"));
+  auto missing = WeightedFeDraw(fe, dir / "nope.csv", 3);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()),
+              HasSubstr("train.fe_weights: " + (dir / "nope.csv")));
 }
 
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
