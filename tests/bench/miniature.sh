@@ -9,8 +9,10 @@
 # METHODS ("stl mtl mal"; add mtl_clear for the reference row: MTL trained on the clear FE images
 # only, which no method may use, as it reads SynthFace's ground truth; mtl_clear_xN, e.g.
 # mtl_clear_x3: MTL with every clear FE image listed N times, the ambiguous ones drawn at 1/N of
-# their rate), MAL_EXTRA (more mal: fields, e.g. ", task_bias: false"), SCHEDULE
-# (train.schedule for every method: cosine, or constant), VAL_BATCH (mal.val_batch, 64),
+# their rate; mal_mtl, after mal: MTL drawing the FE images by that seed's MAL run's final
+# weights, train.fe_weights, with FE_WEIGHT_LEVELS levels, 3 by default), MAL_EXTRA (more mal:
+# fields, e.g. ", task_bias: false"), SCHEDULE (train.schedule for every method: cosine, or
+# constant), VAL_BATCH (mal.val_batch, 64),
 # VAL_FRACTION (mal.val_fraction, 0.05: 64 of the 1,280 training frames of fold 1), VAL_SPLIT
 # (mal.val_split for every method, so all train on the same frames: frames, or subjects), LR (train.lr,
 # 0.01 for every method), WEIGHT_DECAY (train.weight_decay, 5e-4), META_LR (mal.meta_lr, 1e-3).
@@ -68,9 +70,16 @@ for seed in $seeds; do
   for method in $methods; do
     run="$out/$method-seed$seed"
     [ -f "$run/model.json" ] && continue
-    fe_root="$data" spec_method="$method"
+    fe_root="$data" spec_method="$method" train_extra=""
     if [[ "$method" =~ ^mtl_clear(_x([0-9]+))?$ ]]; then
       fe_root="$out/synthface-clear${BASH_REMATCH[2]:+-x${BASH_REMATCH[2]}}" spec_method=mtl
+    elif [ "$method" = mal_mtl ]; then  # MTL on the same seed's MAL run's final FE weights
+      weights="$out/mal-seed$seed/weights/epoch_$(printf %03d "$epochs").csv"
+      if [ ! -f "$out/mal-seed$seed/model.json" ] || [ ! -f "$weights" ]; then
+        echo "mal_mtl seed $seed: needs the finished MAL run $out/mal-seed$seed (put mal before mal_mtl in METHODS)" >&2
+        exit 1
+      fi
+      spec_method=mtl train_extra=", fe_weights: $weights, fe_weight_levels: ${FE_WEIGHT_LEVELS:-3}"
     fi
     cat > "$out/$method-seed$seed.yaml" <<SPEC
 name: miniature-$method
@@ -80,7 +89,7 @@ data:
   fe: {format: synthface, root: $fe_root}
 model: {backbone: small_cnn, input: 64, resize: 72}
 train: {epochs: $epochs, batch_au: 32, batch_fe: 32, lr: ${LR:-0.01}, schedule: ${SCHEDULE:-cosine}, momentum: 0.9,
-        weight_decay: ${WEIGHT_DECAY:-5e-4}, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000}
+        weight_decay: ${WEIGHT_DECAY:-5e-4}, fe_lambda: 1.0, threads: 2, log_every: 50, checkpoint_every: 100000$train_extra}
 mal: {mode: exact, meta_lr: ${META_LR:-1e-3}, meta_optimizer: adam, val_fraction: ${VAL_FRACTION:-0.05}, val_split: ${VAL_SPLIT:-frames}, val_batch: ${VAL_BATCH:-64}${MAL_EXTRA:-}}
 seed: $seed
 SPEC
@@ -113,6 +122,7 @@ for method in methods:
           f"{statistics.mean(secs):7.0f}   " + " ".join(f"{a}:{f:.2f}" for a, f in zip(aus, per_au)))
 pairs = [("mal", "mtl"), ("mal", "stl"), ("mtl", "stl"), ("mtl_clear", "mtl"), ("mal", "mtl_clear")]
 pairs += [(m, "mtl") for m in methods if m.startswith("mtl_clear_x")]
+pairs += [("mal_mtl", "mtl"), ("mal_mtl", "stl"), ("mal_mtl", "mal")]
 for a, b in pairs:
     if a in summary and b in summary:
         d = [x - y for x, y in zip(summary[a]["per_seed"], summary[b]["per_seed"])]
