@@ -97,6 +97,9 @@ absl::Status CheckSpecPaths(const v1::ExperimentSpec& spec, const std::vector<st
   if (!spec.model().pretrained().empty()) {
     if (absl::Status s = absolute("model.pretrained", spec.model().pretrained()); !s.ok()) return s;
   }
+  if (!spec.train().fe_weights().empty()) {
+    if (absl::Status s = absolute("train.fe_weights", spec.train().fe_weights()); !s.ok()) return s;
+  }
   return absl::OkStatus();
 }
 

@@ -22,7 +22,8 @@ absl::StatusOr<std::vector<std::string>> NormalizeDataRoots(const std::vector<st
 
 // OK when `roots` is empty, or every path of the spec lies under one of `roots` (as returned by
 // NormalizeDataRoots): data.au / data.fe `root` (absolute), their `images`, `manifest` and
-// `distribution` (absolute, or relative to the dataset's root), and model.pretrained (absolute).
+// `distribution` (absolute, or relative to the dataset's root), model.pretrained and
+// train.fe_weights (absolute).
 // A path is compared after lexical normalisation, so `..` cannot climb out; with
 // `resolve_links` symbolic links are resolved as well (a link under a root pointing elsewhere is
 // outside). INVALID_ARGUMENT naming the field path and the roots otherwise.

@@ -57,6 +57,15 @@ TEST(SpecPathsTest, PathsMustLieUnderARootLexically) {
   EXPECT_THAT(Refusal(inside, roots), HasSubstr("model.pretrained"));
   inside.mutable_model()->set_pretrained("/data/weights/resnet34.pt");
   EXPECT_TRUE(CheckSpecPaths(inside, roots, false).ok());
+  inside.mutable_train()->set_fe_weights("/home/someone/mal-run/weights/epoch_012.csv");
+  EXPECT_THAT(
+      Refusal(inside, roots),
+      HasSubstr("train.fe_weights: /home/someone/mal-run/weights/epoch_012.csv is outside"));
+  inside.mutable_train()->set_fe_weights("weights/epoch_012.csv");
+  EXPECT_THAT(Refusal(inside, roots), HasSubstr("train.fe_weights: 'weights/epoch_012.csv' must be "
+                                                "an absolute path"));
+  inside.mutable_train()->set_fe_weights("/scratch/mal/run-7/weights/epoch_012.csv");
+  EXPECT_TRUE(CheckSpecPaths(inside, roots, false).ok());
 
   EXPECT_FALSE(NormalizeDataRoots({"data"}, false).ok());
   EXPECT_THAT(std::string(NormalizeDataRoots({"/no/such/dir"}, true).status().message()),
