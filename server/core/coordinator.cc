@@ -401,11 +401,22 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   // part of it cancelled, or the events out of the log). The end is written here, not decided
   // later from what was cancelled: a cancel after every trial settled and before the final fit
   // was added cancels nothing else, and used to be lost (the experiment then SUCCEEDED, or
-  // started its final fit after the cancel). No model is registered.
+  // started its final fit after the cancel). No model is registered. Every trial it cancels
+  // gets its trial_result (CANCELLED, with the folds that had finished), as a trial that settles
+  // does, before the experiment's state event and End.
   Outcome outcome = DecideOutcome(*e);  // its best trial: a cancel settles no trial
   outcome.state = v1::EXPERIMENT_CANCELLED;
   outcome.message = kCancelledByUser;
-  const ExperimentEnd end{outcome.state, EndEvents(outcome)};
+  ExperimentEnd end{outcome.state, {}};
+  for (const Trial& t : e->trials) {
+    if (t.state != TrialState::kOpen) continue;
+    v1::Event ev;
+    *ev.mutable_trial_result() = AggregateTrial(*e, t.trial);
+    ev.mutable_trial_result()->set_state(TrialStateName(TrialState::kCancelled));
+    ev.mutable_trial_result()->set_message(kCancelledByUser);
+    end.events.push_back(StampForStore(nullptr, std::move(ev)));
+  }
+  for (EventIn& ev : EndEvents(outcome)) end.events.push_back(std::move(ev));
   std::vector<FoldRun> cancelled;
   RunEvents events = MoveEvents();
   if (absl::Status s = hub_->Commit(experiment_id, events,

@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/spec/spec.h"
 #include "common/util/sha256.h"
 #include "server/core/model_registry.h"
@@ -545,6 +547,51 @@ TEST_F(CoordinatorTest, CancelDuringTheFinalFitCancelsTheExperiment) {
   auto results = core_->Results(search);
   ASSERT_TRUE(results.ok());
   for (const auto& t : results->trials()) EXPECT_EQ(t.state(), "CANCELLED");
+}
+
+// Every trial a cancel ends gets its trial_result (CANCELLED, with the folds that had finished),
+// as a settled trial does, before the experiment's state event and End; a trial settled before
+// the cancel keeps its one trial_result.
+TEST_F(CoordinatorTest, ACancelAnnouncesEveryTrialItEnds) {
+  const std::string id =
+      Submit(Spec("cv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 3, space: {train.lr: "
+                  "{choice: ['0.1', '0.01', '0.001']}}}\n"));
+  Register("w1", 6);
+  const auto hb = Beat("w1", 6);
+  ASSERT_EQ(hb.assignments_size(), 6);
+  for (const auto& a : hb.assignments()) {
+    if (a.trial() == 0) {
+      ASSERT_TRUE(Complete(a, 0.6).ok());  // trial 0 settles SUCCEEDED
+    } else if (a.trial() == 1 && a.fold() == 1) {
+      ASSERT_TRUE(Complete(a, 0.4).ok());
+    }
+  }
+  ASSERT_TRUE(core_->Cancel(id).ok());
+  std::vector<std::string> tail;  // the experiment-level events, in order
+  std::map<int, v1::TrialResult> last;
+  int results = 0;
+  for (const v1::Event& e : Events(id)) {
+    if (e.has_trial_result()) {
+      tail.push_back(
+          absl::StrCat("trial ", e.trial_result().trial(), " ", e.trial_result().state()));
+      last[e.trial_result().trial()] = e.trial_result();
+      ++results;
+    }
+    if (e.has_state() && e.state().scope() == "experiment") tail.push_back(e.state().state());
+    if (e.has_end()) tail.push_back("end");
+  }
+  EXPECT_THAT(tail, ::testing::ElementsAre("RUNNING", "trial 0 SUCCEEDED", "trial 1 CANCELLED",
+                                           "trial 2 CANCELLED", "CANCELLED", "end"));
+  EXPECT_EQ(results, 3);
+  EXPECT_DOUBLE_EQ(last[0].mean_f1(), 0.6 * 0.75);  // Complete: test mean F1 = 0.75 x f1
+  EXPECT_DOUBLE_EQ(last[1].mean_f1(), 0.4 * 0.75);  // its one finished fold
+  EXPECT_EQ(last[1].message(), kCancelledByUser);
+  EXPECT_EQ(last[2].mean_f1(), 0.0);
+  EXPECT_EQ(last[2].params().at("train.lr"), "0.001");
+  auto stored = core_->Results(id);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->trials(1).state(), "CANCELLED");
+  EXPECT_DOUBLE_EQ(stored->trials(1).mean_f1(), last[1].mean_f1());
 }
 
 TEST_F(CoordinatorTest, ConcurrentTrialsAreLimited) {
