@@ -218,7 +218,11 @@ class Coordinator {
   std::vector<EventIn> EndEvents(const Outcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Settles every trial of `e` and then `e` (Settle), as a start does.
   void SettleAll(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RegisterModels(const Experiment& e, const Outcome& outcome)
+  // The models a SUCCEEDED outcome registers (its best trial's fold runs and final fit with a
+  // model file), less any registered before (deleted since, too): FinishExperiment registers them
+  // with the end, in its transaction. Errors: reading the registered models failed.
+  absl::StatusOr<std::vector<ModelRow>> ModelsToRegister(const Experiment& e,
+                                                         const Outcome& outcome)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckRung(Experiment& e, const FoldRun& run, const v1::EpochMetrics& epoch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -9,6 +9,7 @@
 #include "common/util/files.h"
 #include "common/util/logging.h"
 #include "common/util/run_files.h"
+#include "common/util/status_macros.h"
 #include "server/core/coordinator.h"
 #include "server/core/early_stopping.h"
 #include "server/core/lifecycle.h"
@@ -122,16 +123,17 @@ void Coordinator::MaybeFinish(Experiment& e) {
   run_experiment_[*id] = e.row.id;
 }
 
-void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
-  // Each model once: a crash between two registrations leaves the rest to the recovery, which
-  // comes through here again. One registered before (deleted since, too) is not registered again.
-  auto existing = store_->Models(e.row.id, /*include_deleted=*/true);
-  if (!existing.ok()) {
-    LOG(ERROR) << e.row.id << ": reading its registered models: " << existing.status();
-    return;
-  }
+absl::StatusOr<std::vector<ModelRow>> Coordinator::ModelsToRegister(const Experiment& e,
+                                                                    const Outcome& outcome) {
+  // Each model once: one registered before (deleted since, too) is not registered again. Since
+  // 2026-12-07 models are registered in the end's own transaction, so an experiment ended before
+  // that date by a coordinator that crashed halfway through its registrations has the rest
+  // registered when its end is written again.
+  ASSIGN_OR_RETURN(std::vector<ModelRow> existing,
+                   store_->Models(e.row.id, /*include_deleted=*/true));
   std::set<std::pair<int, int>> registered;  // (trial, fold)
-  for (const ModelRow& m : *existing) registered.emplace(m.trial, m.fold);
+  for (const ModelRow& m : existing) registered.emplace(m.trial, m.fold);
+  std::vector<ModelRow> out;
   for (const auto& [run, f1] : outcome.models) {
     if (registered.count({run->trial, run->fold})) continue;
     auto model = artifacts_->Find(e.row.id, run->trial, run->fold, run_files::kModel);
@@ -145,9 +147,9 @@ void Coordinator::RegisterModels(const Experiment& e, const Outcome& outcome) {
     m.artifact = *model;
     auto meta = artifacts_->Find(e.row.id, run->trial, run->fold, run_files::kModelMetadata);
     if (meta.ok()) m.metadata = ReadFile(*meta).value_or("");
-    auto version = store_->RegisterModel(m);
-    if (!version.ok()) LOG(ERROR) << e.row.id << ": registering a model: " << version.status();
+    out.push_back(std::move(m));
   }
+  return out;
 }
 
 std::vector<EventIn> Coordinator::EndEvents(const Outcome& outcome) {
@@ -165,14 +167,27 @@ std::vector<EventIn> Coordinator::EndEvents(const Outcome& outcome) {
 
 void Coordinator::FinishExperiment(Experiment& e) {
   const Outcome outcome = DecideOutcome(e);
-  if (outcome.state == v1::EXPERIMENT_SUCCEEDED) RegisterModels(e, outcome);
-  // The state, its change event and End in one transaction (as a trial's, SetTrialState).
+  std::vector<ModelRow> models;
+  if (outcome.state == v1::EXPERIMENT_SUCCEEDED) {
+    auto to_register = ModelsToRegister(e, outcome);
+    if (!to_register.ok()) {
+      LOG(ERROR) << e.row.id << ": reading its registered models: " << to_register.status()
+                 << " (ended later)";
+      unsettled_.insert(e.row.id);
+      return;
+    }
+    models = std::move(*to_register);
+  }
+  // The state, its change event and End, and its models, in one transaction (as a trial's,
+  // SetTrialState): no model of an experiment that has not ended (a cancel after a failed end
+  // write used to leave the experiment CANCELLED with its models registered).
   StateEvents events;
   events.events = EndEvents(outcome);
   if (absl::Status s = hub_->Commit(e.row.id, events,
                                     [&] {
                                       return store_->SetExperimentState(e.row.id, outcome.state,
-                                                                        outcome.message, &events);
+                                                                        outcome.message, &events,
+                                                                        models);
                                     });
       !s.ok()) {
     LOG(ERROR) << e.row.id << ": ending it: " << s << " (tried again later)";

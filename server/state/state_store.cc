@@ -465,9 +465,11 @@ absl::Status StateStore::WriteExperimentState(const std::string& experiment_id, 
 }
 
 absl::Status StateStore::SetExperimentState(const std::string& experiment_id, int state,
-                                            const std::string& message, StateEvents* events) {
+                                            const std::string& message, StateEvents* events,
+                                            const std::vector<ModelRow>& models) {
   absl::MutexLock lock(&mu_);
   return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+    for (const ModelRow& m : models) RETURN_IF_ERROR(InsertModel(m).status());
     RETURN_IF_ERROR(WriteExperimentState(experiment_id, state, message));
     return AppendState(experiment_id, events);
   });
@@ -899,20 +901,23 @@ absl::StatusOr<std::vector<Event>> StateStore::ReadEvents(const std::string& exp
 
 absl::StatusOr<int> StateStore::RegisterModel(const ModelRow& m) {
   absl::MutexLock lock(&mu_);
-  return InTransaction([&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<int> {
-    Statement last(db_, "SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?");
-    last.Bind(1, m.name);
-    if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading model versions");
-    const int version = static_cast<int>(last.Int(0)) + 1;
-    Statement s(
-        db_,
-        "INSERT INTO models (name, version, experiment_id, trial, fold, test_mean_f1, artifact, "
-        "metadata, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    s.Bind(1, m.name).Bind(2, version).Bind(3, m.experiment_id).Bind(4, m.trial).Bind(5, m.fold);
-    s.BindReal(6, m.test_mean_f1).Bind(7, m.artifact).Bind(8, m.metadata).Bind(9, NowMs());
-    if (s.Step() != SQLITE_DONE) return SqlError(db_, "registering a model");
-    return version;
-  });
+  return InTransaction(
+      [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::StatusOr<int> { return InsertModel(m); });
+}
+
+absl::StatusOr<int> StateStore::InsertModel(const ModelRow& m) {
+  Statement last(db_, "SELECT COALESCE(MAX(version), 0) FROM models WHERE name = ?");
+  last.Bind(1, m.name);
+  if (last.Step() != SQLITE_ROW) return SqlError(db_, "reading model versions");
+  const int version = static_cast<int>(last.Int(0)) + 1;
+  Statement s(
+      db_,
+      "INSERT INTO models (name, version, experiment_id, trial, fold, test_mean_f1, artifact, "
+      "metadata, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  s.Bind(1, m.name).Bind(2, version).Bind(3, m.experiment_id).Bind(4, m.trial).Bind(5, m.fold);
+  s.BindReal(6, m.test_mean_f1).Bind(7, m.artifact).Bind(8, m.metadata).Bind(9, NowMs());
+  if (s.Step() != SQLITE_DONE) return SqlError(db_, "registering a model");
+  return version;
 }
 
 namespace {

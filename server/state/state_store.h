@@ -160,10 +160,13 @@ class StateStore {
   // Ids of deleted experiments (to remove artifacts a crash left behind).
   absl::StatusOr<std::vector<std::string>> DeletedExperiments();
   // Sets an experiment's state (v1::ExperimentState) and message; `events`, when given, are
-  // appended in the same transaction (StateEvents). Errors: NotFound (no such experiment), a
-  // failed write or append (Internal: nothing is changed then).
+  // appended and `models` registered (as RegisterModel, in order) in the same transaction
+  // (StateEvents), so that no model is registered from an experiment that has not ended and an
+  // ended SUCCEEDED experiment has its models. Errors: NotFound (no such experiment), a failed
+  // write, registration or append (Internal: nothing is changed then).
   absl::Status SetExperimentState(const std::string& experiment_id, int state,
-                                  const std::string& message, StateEvents* events = nullptr);
+                                  const std::string& message, StateEvents* events = nullptr,
+                                  const std::vector<ModelRow>& models = {});
   absl::StatusOr<std::vector<TrialRow>> Trials(const std::string& experiment_id);
   // Sets a trial's state (OPEN, SUCCEEDED, FAILED, STOPPED, CANCELLED) and message, with `events`
   // as SetExperimentState. Errors: a failed write or append (nothing is changed then).
@@ -276,6 +279,8 @@ class StateStore {
   // Sets an experiment's state and message, within a transaction. NotFound: no such experiment.
   absl::Status WriteExperimentState(const std::string& experiment_id, int state,
                                     const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Registers `model` with the next version of its name, within a transaction (RegisterModel).
+  absl::StatusOr<int> InsertModel(const ModelRow& model) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends `events`' events (StateEvents) within a transaction. Nothing when `events` is null.
   absl::Status AppendState(const std::string& experiment_id, StateEvents* events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1046,6 +1046,51 @@ TEST_F(CoordinatorTest, ACancelBeforeTheFinalFitWasAddedEndsTheExperimentCancell
   EXPECT_EQ(ends, 1);
 }
 
+// An experiment's models are registered in its end's transaction: none while the end cannot be
+// written (a full disk), so a cancel meanwhile leaves it CANCELLED with no model (they used to be
+// registered first, and stayed); a registration that fails leaves it RUNNING, ended with its
+// model at a later Tick.
+TEST_F(CoordinatorTest, ModelsAreRegisteredWithTheEndOrNotAtAll) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  testing::WriteText(artifacts_->RunDir(id, 0, 1) + "/model.pt", "fold weights");
+  ExecSql(
+      "CREATE TRIGGER refuse_end BEFORE INSERT ON events WHEN NEW.kind = 'end' BEGIN "
+      "SELECT RAISE(ABORT, 'disk full'); END");
+  ASSERT_TRUE(Complete(Beat("w1", 1).assignments(0), 0.5).ok());
+  Elapse(6000);
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_RUNNING);
+  EXPECT_TRUE(store_->Models(id)->empty());
+  ExecSql("DROP TRIGGER refuse_end");
+  ASSERT_TRUE(core_->Cancel(id).ok());
+  Elapse(6000);
+  Reopen();
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_CANCELLED);
+  EXPECT_TRUE(store_->Models(id, /*include_deleted=*/true)->empty());
+
+  const std::string second = Submit(Spec("cv: {only: [1]}\n"));
+  testing::WriteText(artifacts_->RunDir(second, 0, 1) + "/model.pt", "fold weights");
+  Register("w2", 1);  // w1's lease lapsed meanwhile
+  ExecSql(
+      "CREATE TRIGGER refuse_model BEFORE INSERT ON models BEGIN SELECT RAISE(ABORT, 'disk "
+      "full'); END");
+  const auto hb = Beat("w2", 1);
+  ASSERT_EQ(hb.assignments_size(), 1);
+  ASSERT_TRUE(Complete(hb.assignments(0), 0.5).ok());
+  EXPECT_EQ(Info(second).state(), v1::EXPERIMENT_RUNNING);
+  EXPECT_FALSE(Events(second).back().has_end());
+  ExecSql("DROP TRIGGER refuse_model");
+  Elapse(6000);
+  EXPECT_EQ(Info(second).state(), v1::EXPERIMENT_SUCCEEDED);
+  ASSERT_EQ(store_->Models(second)->size(), 1u);
+  EXPECT_EQ((*store_->Models(second))[0].fold, 1);
+  Reopen();
+  EXPECT_EQ(store_->Models(second)->size(), 1u);
+  int ends = 0;
+  for (const auto& e : Events(second)) ends += e.has_end();
+  EXPECT_EQ(ends, 1);
+}
+
 // A trial stopped early whose STOPPED state was lost to a crash after its runs were cancelled:
 // the restart settles it as STOPPED and the experiment ends (it used to wait for ever).
 TEST_F(CoordinatorTest, ARestartSettlesATrialStoppedBeforeItsStateWasWritten) {
