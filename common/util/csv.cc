@@ -10,6 +10,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/util/files.h"
+#include "common/util/status_macros.h"
 
 namespace mal {
 
@@ -47,25 +48,30 @@ absl::StatusOr<std::vector<std::string>> SplitCsvLine(absl::string_view line, ch
 
 std::string TextLines::Where(size_t index) const { return absl::StrCat(path, ":", index + 1); }
 
+namespace {
+
+// `contents` split into lines as ReadLines documents it.
+std::vector<std::string> SplitTextLines(std::string contents) {
+  if (contents.find('\r') != std::string::npos) {
+    // A lone CR ends a line too; CRLF stays one line end.
+    contents = absl::StrReplaceAll(contents, {{"\r\n", "\n"}});
+    std::replace(contents.begin(), contents.end(), '\r', '\n');
+  }
+  std::vector<std::string> lines = absl::StrSplit(contents, '\n');
+  if (!lines.empty() && lines.back().empty()) lines.pop_back();
+  // A UTF-8 byte-order mark before the first line is not data.
+  if (!lines.empty() && absl::StartsWith(lines[0], "\xEF\xBB\xBF")) lines[0].erase(0, 3);
+  return lines;
+}
+
+}  // namespace
+
 absl::StatusOr<TextLines> ReadLines(const std::string& path) {
   auto contents = ReadFile(path);
   if (!contents.ok()) return contents.status();
   TextLines out;
   out.path = path;
-  if (contents->find('\r') != std::string::npos) {
-    // A lone CR ends a line too; CRLF stays one line end.
-    *contents = absl::StrReplaceAll(*contents, {{"\r\n", "\n"}});
-    std::replace(contents->begin(), contents->end(), '\r', '\n');
-  }
-  out.lines = absl::StrSplit(*contents, '\n');
-  if (!out.lines.empty() && out.lines.back().empty()) out.lines.pop_back();
-  for (std::string& l : out.lines) {
-    if (!l.empty() && l.back() == '\r') l.pop_back();
-  }
-  // A UTF-8 byte-order mark before the first line is not data.
-  if (!out.lines.empty() && absl::StartsWith(out.lines[0], "\xEF\xBB\xBF")) {
-    out.lines[0].erase(0, 3);
-  }
+  out.lines = SplitTextLines(std::move(*contents));
   return out;
 }
 
@@ -107,26 +113,40 @@ const std::string& CsvTable::At(size_t row, const std::string& name) const {
   return it == column.end() || it->second >= rows[row].size() ? empty : rows[row][it->second];
 }
 
-absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text) {
+std::string CsvTable::Where(size_t row) const {
+  return path.empty() ? absl::StrCat("line ", line[row]) : absl::StrCat(path, ":", line[row]);
+}
+
+std::string CsvTable::WhereHeader() const {
+  return path.empty() ? absl::StrCat("line ", header_line) : absl::StrCat(path, ":", header_line);
+}
+
+absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text, absl::string_view path) {
   CsvTable t;
-  bool header = true;
-  int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    ++line_number;
-    if (line.empty()) continue;
-    auto cells = SplitCsvLine(line);
+  t.path = std::string(path);
+  const std::vector<std::string> lines = SplitTextLines(std::string(text));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (IsBlankRecord(lines[i])) continue;
+    auto cells = SplitCsvLine(lines[i]);
     if (!cells.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("line ", line_number, ": ", cells.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path.empty() ? "line " : absl::StrCat(path, ":"), i + 1, ": ", cells.status().message()));
     }
-    if (header) {
-      for (size_t i = 0; i < cells->size(); ++i) t.column[(*cells)[i]] = i;
-      header = false;
+    if (t.header_line == 0) {
+      t.header_line = i + 1;
+      t.header = std::move(*cells);
+      for (size_t c = 0; c < t.header.size(); ++c) t.column.emplace(t.header[c], c);
     } else {
       t.rows.push_back(std::move(*cells));
+      t.line.push_back(i + 1);
     }
   }
   return t;
+}
+
+absl::StatusOr<CsvTable> ReadCsvTable(const std::string& path) {
+  ASSIGN_OR_RETURN(const std::string contents, ReadFile(path));
+  return ParseCsvTable(contents, path);
 }
 
 }  // namespace mal

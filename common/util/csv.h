@@ -34,16 +34,30 @@ void DropTrailingEmptyFields(std::vector<std::string>& fields, size_t keep = 0);
 // emptied cells, ",,,,"), or nothing. Readers skip such lines as they skip blank ones.
 bool IsBlankRecord(absl::string_view line, char sep = ',');
 
-// CSV text whose first line names the columns (records.csv, weights/epoch_NNN.csv): every other
-// non-empty line split with SplitCsvLine.
+// CSV text whose first line with data names the columns (records.csv, weights/epoch_NNN.csv),
+// then one row per record, each with its line number. Lines end as in ReadLines ("\n", "\r\n" or
+// a lone "\r"), a UTF-8 byte-order mark is dropped, and blank records (IsBlankRecord: nothing, or
+// only separators and whitespace) are skipped. A column named twice is found at its first place.
 struct CsvTable {
+  std::string path;  // where the text came from ("" for text parsed without one); for Where
+  std::vector<std::string> header;       // the column names, in order
   std::map<std::string, size_t> column;  // name -> index
+  size_t header_line = 0;                // 1-based; 0: no header (no line with data)
   std::vector<std::vector<std::string>> rows;
+  std::vector<size_t> line;  // rows[i]'s 1-based line number
   // The cell of `row` in column `name`; empty when there is no such column or cell.
   const std::string& At(size_t row, const std::string& name) const;
+  // "path:N" (or "line N" without a path) for row `row`'s line, for messages.
+  std::string Where(size_t row) const;
+  // The same for the header's line.
+  std::string WhereHeader() const;
 };
-// Errors: SplitCsvLine's (an unterminated quote), naming the line number.
-absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text);
+// Errors: SplitCsvLine's (an unterminated quote), InvalidArgument naming the path and line.
+// `path` only names the text in messages.
+absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text, absl::string_view path = "");
+// ParseCsvTable of the file at `path`. Errors: ReadFile's (NotFound, PermissionDenied ... naming
+// the path), then ParseCsvTable's.
+absl::StatusOr<CsvTable> ReadCsvTable(const std::string& path);
 
 // Parses an integer / float field; the error names `what`. ParseDouble refuses nan and inf.
 absl::StatusOr<long> ParseInt(absl::string_view text, absl::string_view what);

@@ -140,54 +140,38 @@ absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe
     return absl::Status(code, absl::StrCat("train.fe_weights: ", parts...));
   };
   if (levels < 2) return error(absl::StatusCode::kInvalidArgument, "levels ", levels, " < 2");
-  auto lines = ReadLines(path);
-  if (!lines.ok()) return error(lines.status().code(), lines.status().message());
-  size_t first = 0;  // the header: the first line with data
-  while (first < lines->lines.size() && IsBlankRecord(lines->lines[first])) ++first;
-  if (first == lines->lines.size()) {
+  auto table = ReadCsvTable(path);
+  if (!table.ok()) return error(table.status().code(), table.status().message());
+  const CsvTable& t = *table;
+  if (t.header_line == 0) {
     return error(absl::StatusCode::kInvalidArgument, path,
                  ": empty (a weights CSV has a header with id and weight, then a row per sample)");
   }
-  auto header = SplitCsvLine(lines->lines[first]);
-  if (!header.ok()) {
-    return error(absl::StatusCode::kInvalidArgument, lines->Where(first), ": ",
-                 header.status().message());
-  }
-  std::map<std::string, size_t> column;
-  for (size_t i = 0; i < header->size(); ++i) column.emplace((*header)[i], i);
   for (const char* name : {"id", "weight"}) {
-    if (!column.count(name)) {
-      return error(absl::StatusCode::kInvalidArgument, lines->Where(first), ": no '", name,
+    if (!t.column.count(name)) {
+      return error(absl::StatusCode::kInvalidArgument, t.WhereHeader(), ": no '", name,
                    "' column (a weights CSV of a MAL run: weights/epoch_NNN.csv)");
     }
   }
-  const size_t id_col = column.at("id"), weight_col = column.at("weight");
-  const auto task_col = column.find("task");
+  const size_t id_col = t.column.at("id"), weight_col = t.column.at("weight");
+  const bool has_task = t.column.count("task") > 0;
   absl::flat_hash_map<std::string, std::pair<double, size_t>> weight;  // id -> weight, line
-  for (size_t i = first + 1; i < lines->lines.size(); ++i) {
-    if (IsBlankRecord(lines->lines[i])) continue;
-    auto fields = SplitCsvLine(lines->lines[i]);
-    if (!fields.ok()) {
-      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": ",
-                   fields.status().message());
+  for (size_t r = 0; r < t.rows.size(); ++r) {
+    const std::vector<std::string>& fields = t.rows[r];
+    if (fields.size() <= std::max(id_col, weight_col)) {
+      return error(absl::StatusCode::kInvalidArgument, t.Where(r), ": ", fields.size(),
+                   " fields, the header has ", t.header.size());
     }
-    if (fields->size() <= std::max(id_col, weight_col)) {
-      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": ", fields->size(),
-                   " fields, the header has ", header->size());
-    }
-    if (task_col != column.end() &&
-        (task_col->second >= fields->size() || (*fields)[task_col->second] != "fe")) {
-      continue;  // an AU frame's row
-    }
-    auto w = ParseDouble((*fields)[weight_col], "weight");
+    if (has_task && t.At(r, "task") != "fe") continue;  // an AU frame's row
+    auto w = ParseDouble(fields[weight_col], "weight");
     if (!w.ok() || *w < 0) {
-      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": weight '",
-                   (*fields)[weight_col], "' is not a finite number >= 0");
+      return error(absl::StatusCode::kInvalidArgument, t.Where(r), ": weight '", fields[weight_col],
+                   "' is not a finite number >= 0");
     }
-    auto [at, added] = weight.emplace((*fields)[id_col], std::make_pair(*w, i));
+    auto [at, added] = weight.emplace(fields[id_col], std::make_pair(*w, t.line[r]));
     if (!added) {
-      return error(absl::StatusCode::kInvalidArgument, lines->Where(i), ": id '", (*fields)[id_col],
-                   "' is listed twice (first on line ", at->second.second + 1, ")");
+      return error(absl::StatusCode::kInvalidArgument, t.Where(r), ": id '", fields[id_col],
+                   "' is listed twice (first on line ", at->second.second, ")");
     }
   }
   const size_t n = fe.samples.size();

@@ -78,5 +78,46 @@ TEST(ParseNumberTest, NamesFieldOnError) {
   }
 }
 
+// CsvTable: the header is the first line with data; rows keep their line numbers across blank
+// records, CRLF and lone-CR line ends; a BOM is not part of the first column's name; a column
+// named twice is found at its first place; errors and Where name the path and line.
+TEST(CsvTableTest, KeepsLineNumbersAndNamesThePathInErrors) {
+  auto t = ParseCsvTable("\xEF\xBB\xBF\n,,\nid,weight,id\r\na,1,x\r\n\r\n , ,\rb,\"2,5\",y\n",
+                         "w.csv");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->header_line, 3u);
+  EXPECT_EQ(t->WhereHeader(), "w.csv:3");
+  EXPECT_THAT(t->header, ElementsAre("id", "weight", "id"));
+  EXPECT_EQ(t->column.at("id"), 0u);
+  ASSERT_EQ(t->rows.size(), 2u);
+  EXPECT_THAT(t->line, ElementsAre(4u, 7u));
+  EXPECT_EQ(t->Where(1), "w.csv:7");
+  EXPECT_EQ(t->At(0, "id"), "a");
+  EXPECT_EQ(t->At(1, "weight"), "2,5");
+  EXPECT_EQ(t->At(1, "nothing"), "");
+
+  auto no_path = ParseCsvTable("a,b\n1,2\n");
+  ASSERT_TRUE(no_path.ok());
+  EXPECT_EQ(no_path->Where(0), "line 2");
+  auto empty = ParseCsvTable(" \n,,\n");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->header_line, 0u);
+  EXPECT_TRUE(empty->rows.empty());
+
+  auto bad = ParseCsvTable("a,b\n1,2\n\"3,4\n", "w.csv");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(), "w.csv:3: unterminated quoted field");
+
+  testing::TempDir dir;
+  testing::WriteText(dir.path() + "/w.csv", "id,weight\r1,2\r");
+  auto read = ReadCsvTable(dir.path() + "/w.csv");
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->Where(0), dir.path() + "/w.csv:2");
+  auto missing = ReadCsvTable(dir.path() + "/none.csv");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), ::testing::HasSubstr("none.csv"));
+}
+
 }  // namespace
 }  // namespace mal
