@@ -28,6 +28,10 @@ absl::Status SaveCheckpoint(const std::string& path, BaseNetImpl& model, MetaNet
     archive.write("position", torch::tensor({p.epoch, p.iter_in_epoch, p.global_iter, p.au_next,
                                              p.fe_epoch, p.fe_next, p.val_epoch, p.val_next}));
     archive.write("batches", torch::tensor({p.batches.au, p.batches.fe, p.batches.val}));
+    if (!p.fe_draw.empty()) {
+      archive.write("fe_draw",
+                    torch::tensor(std::vector<int64_t>(p.fe_draw.begin(), p.fe_draw.end())));
+    }
     archive.write("rng", at::detail::getDefaultCPUGenerator().get_state());
     archive.save_to(tmp);
   } catch (const c10::Error& e) {
@@ -67,12 +71,18 @@ absl::StatusOr<Position> LoadCheckpoint(const std::string& path, BaseNetImpl& mo
     generator.set_state(rng.to(torch::kCPU));
     pos = pos.to(torch::kCPU);
     const int64_t* v = pos.data_ptr<int64_t>();
-    p = Position{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], {}};
+    p = Position{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], {}, {}};
     torch::Tensor batches;
     if (archive.try_read("batches", batches) && batches.numel() == 3) {
       batches = batches.to(torch::kCPU, torch::kLong);
       const int64_t* b = batches.data_ptr<int64_t>();
       p.batches = Batches{b[0], b[1], b[2]};
+    }
+    torch::Tensor fe_draw;
+    if (archive.try_read("fe_draw", fe_draw)) {
+      fe_draw = fe_draw.to(torch::kCPU, torch::kLong);
+      const int64_t* c = fe_draw.data_ptr<int64_t>();
+      p.fe_draw.assign(c, c + fe_draw.numel());
     }
   } catch (const c10::OutOfMemoryError&) {
     throw;  // the device is full, the checkpoint is fine: Train's out-of-memory handling

@@ -202,6 +202,7 @@ class Training {
   int64_t per_epoch_ = 0;
   std::string checkpoint_;
   Position pos_;
+  std::string fe_draw_;  // FeDrawDigest of this run's FE draw ("" without train.fe_weights)
   std::unique_ptr<RunLog> log_;
   std::unique_ptr<Progress> progress_;
   std::unique_ptr<MalStep> step_;
@@ -231,6 +232,7 @@ absl::Status Training::SetUp() {
       fs::remove(entry.path(), ec);
   }
   ASSIGN_OR_RETURN(data_, LoadData(spec_, options_.fold));
+  fe_draw_ = FeDrawDigest(data_.fe_train, !t_.fe_weights().empty());
   num_aus_ = static_cast<int>(data_.au.aus.size());
   seed_ = MixSeed(static_cast<uint64_t>(spec_.seed()), static_cast<uint64_t>(options_.fold));
 
@@ -334,6 +336,16 @@ absl::Status Training::Resume() {
                    << "; the resumed run continues with the spec's "
                    << DescribeBatches(SpecBatches(spec_));
     }
+    // train.fe_weights is read again at the resume: a CSV rewritten in between (or the field
+    // edited) would change the FE draw under the loader's saved position. Refused, the
+    // checkpoint kept; a checkpoint written before draws were recorded goes on.
+    if (!pos_.fe_draw.empty() && pos_.fe_draw != fe_draw_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          checkpoint_, " was written training on another FE draw than train.fe_weights",
+          t_.fe_weights().empty() ? " (now unset)" : absl::StrCat(" (", t_.fe_weights(), ")"),
+          " gives now: the weights file changed since the run started. Put back the file it "
+          "started with to resume, or start the run over without resuming"));
+    }
   }
   ASSIGN_OR_RETURN(log_, RunLog::Open(options_.out_dir, resuming ? pos_.global_iter : -1,
                                       pos_.epoch, t_.tensorboard()));
@@ -345,6 +357,7 @@ absl::Status Training::Resume() {
 
 absl::Status Training::Save() {
   pos_.batches = SpecBatches(spec_);
+  pos_.fe_draw = fe_draw_;
   if (fe_train_) {
     pos_.fe_epoch = fe_train_->epoch();
     pos_.fe_next = fe_train_->next();

@@ -11,6 +11,7 @@
 #include "common/synth/synth_dataset.h"
 #include "common/util/csv.h"
 #include "common/util/logging.h"
+#include "common/util/sha256.h"
 #include "common/util/status_macros.h"
 
 namespace mal::engine {
@@ -132,6 +133,18 @@ std::vector<int64_t> AllOf(const data::DatasetIndex& index) {
   std::vector<int64_t> v(index.samples.size());
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(i);
   return v;
+}
+
+std::string FeDrawDigest(const std::vector<int64_t>& fe_train, bool weighted) {
+  if (!weighted) return "";
+  Sha256 hash;
+  for (int64_t i : fe_train) {
+    char bytes[8];
+    for (int b = 0; b < 8; ++b)
+      bytes[b] = static_cast<char>((static_cast<uint64_t>(i) >> (8 * b)) & 0xff);
+    hash.Update(absl::string_view(bytes, sizeof(bytes)));
+  }
+  return hash.HexDigest();
 }
 
 absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe,

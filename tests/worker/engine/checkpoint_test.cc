@@ -34,13 +34,13 @@ struct Nets {
   std::unique_ptr<torch::optim::Adam> meta_opt;
 };
 
-// The position, batch sizes included, comes back as written; ReadCheckpointBatches reads the
-// batch sizes alone.
+// The position, batch sizes and FE draw included, comes back as written (no FE draw: none);
+// ReadCheckpointBatches reads the batch sizes alone.
 TEST(CheckpointTest, PositionAndBatchesRoundTrip) {
   testing::TempDir dir;
   const std::string path = dir / "checkpoint.pt";
   Nets a;
-  Position p{3, 4, 25, 5, 2, 7, 9, 1, Batches{32, 16, 64}};
+  Position p{3, 4, 25, 5, 2, 7, 9, 1, Batches{32, 16, 64}, "9f86d081884c7d65"};
   ASSERT_TRUE(SaveCheckpoint(path, *a.model, *a.meta, *a.base, *a.meta_opt, p).ok());
   Nets b;
   auto loaded = LoadCheckpoint(path, *b.model, *b.meta, *b.base, *b.meta_opt, torch::kCPU);
@@ -48,6 +48,12 @@ TEST(CheckpointTest, PositionAndBatchesRoundTrip) {
   EXPECT_EQ(loaded->global_iter, 25);
   EXPECT_EQ(loaded->val_next, 1);
   EXPECT_EQ(loaded->batches, (Batches{32, 16, 64}));
+  EXPECT_EQ(loaded->fe_draw, "9f86d081884c7d65");
+  p.fe_draw.clear();
+  ASSERT_TRUE(SaveCheckpoint(path, *a.model, *a.meta, *a.base, *a.meta_opt, p).ok());
+  loaded = LoadCheckpoint(path, *b.model, *b.meta, *b.base, *b.meta_opt, torch::kCPU);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->fe_draw, "");
   auto batches = ReadCheckpointBatches(path);
   ASSERT_TRUE(batches.ok()) << batches.status();
   EXPECT_EQ(*batches, (Batches{32, 16, 64}));

@@ -14,6 +14,7 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/spec/model_metadata.h"
 #include "common/spec/spec.h"
@@ -613,6 +614,45 @@ TEST_F(TrainerTest, MtlOnAMalRunsFeWeightsDrawsTheHighestWeightedImagesMoreOften
       std::string(result.status().message()),
       HasSubstr("train.fe_weights: " + (mal_out / "other.csv") + " has no row for FE image"));
   EXPECT_FALSE(fs::exists(refused / "checkpoint.pt"));
+}
+
+// train.fe_weights is read again when a run resumes: a checkpoint records the FE draw it was
+// training on, and a resume whose weights file now gives another draw is refused (the checkpoint
+// kept); with the file put back, the run resumes.
+TEST_F(TrainerTest, AResumeRefusesAnFeDrawThatChangedSinceItsCheckpoint) {
+  testing::TempDir dir;
+  TrainOptions o;
+  o.spec = Spec("mtl");
+  auto data = LoadData(o.spec, 1);
+  ASSERT_TRUE(data.ok()) << data.status();
+  std::string rising = "id,weight\n", falling = "id,weight\n";
+  const size_t n = data->fe.samples.size();
+  for (size_t i = 0; i < n; ++i) {
+    absl::StrAppend(&rising, data->fe.samples[i].id, ",", i, "\n");
+    absl::StrAppend(&falling, data->fe.samples[i].id, ",", n - i, "\n");
+  }
+  testing::WriteText(dir / "w.csv", rising);
+  o.spec.mutable_train()->set_fe_weights(dir / "w.csv");
+  o.out_dir = dir / "run";
+  int polls = 0;
+  o.should_stop = [&] { return ++polls == 5; };
+  ASSERT_EQ(Train(o).status().code(), absl::StatusCode::kCancelled);
+  o.should_stop = nullptr;
+  o.resume = true;
+  testing::WriteText(dir / "w.csv", falling);
+  auto refused = Train(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("another FE draw than train.fe_weights (" + (dir / "w.csv") + ")"));
+  EXPECT_TRUE(fs::exists(dir / "run/checkpoint.pt"));
+  o.spec.mutable_train()->clear_fe_weights();
+  EXPECT_THAT(std::string(Train(o).status().message()), HasSubstr("(now unset)"));
+  o.spec.mutable_train()->set_fe_weights(dir / "w.csv");
+  testing::WriteText(dir / "w.csv", rising);
+  auto resumed = Train(o);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->iterations, 6);
 }
 
 // WeightedFeDraw on a hand-made index: the levels by rank, ties by order, AU rows and unknown ids
