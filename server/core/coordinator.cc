@@ -401,19 +401,32 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   // part of it cancelled, or the events out of the log). The end is written here, not decided
   // later from what was cancelled: a cancel after every trial settled and before the final fit
   // was added cancels nothing else, and used to be lost (the experiment then SUCCEEDED, or
-  // started its final fit after the cancel). No model is registered. Every trial it cancels
-  // gets its trial_result (CANCELLED, with the folds that had finished), as a trial that settles
-  // does, before the experiment's state event and End.
+  // started its final fit after the cancel). No model is registered. Every trial it cancels that
+  // had begun (a run past PENDING) gets its trial_result (CANCELLED, with the folds that had
+  // finished), as a trial that settles does, before the experiment's state event and End; a
+  // search's trials that never began end without one (a 10,000-trial search would otherwise
+  // write as many events; GetExperiment and results show them CANCELLED).
   Outcome outcome = DecideOutcome(*e);  // its best trial: a cancel settles no trial
   outcome.state = v1::EXPERIMENT_CANCELLED;
   outcome.message = kCancelledByUser;
   ExperimentEnd end{outcome.state, {}};
+  std::set<int> begun, finished_folds;  // trials with a run past PENDING; with a fold succeeded
+  for (const auto& [id, r] : e->runs) {
+    if (r.state != RunState::kPending) begun.insert(r.trial);
+    if (r.state == RunState::kSucceeded && r.fold != 0) finished_folds.insert(r.trial);
+  }
   for (const Trial& t : e->trials) {
-    if (t.state != TrialState::kOpen) continue;
+    if (t.state != TrialState::kOpen || !begun.count(t.trial)) continue;
     v1::Event ev;
-    *ev.mutable_trial_result() = AggregateTrial(*e, t.trial);
-    ev.mutable_trial_result()->set_state(TrialStateName(TrialState::kCancelled));
-    ev.mutable_trial_result()->set_message(kCancelledByUser);
+    v1::TrialResult& result = *ev.mutable_trial_result();
+    if (finished_folds.count(t.trial)) {
+      result = AggregateTrial(*e, t.trial);  // walks the runs: only for the few with a result
+    } else {
+      result.set_trial(t.trial);
+      for (const auto& [k, v] : t.params) (*result.mutable_params())[k] = v;
+    }
+    result.set_state(TrialStateName(TrialState::kCancelled));
+    result.set_message(kCancelledByUser);
     end.events.push_back(StampForStore(nullptr, std::move(ev)));
   }
   for (EventIn& ev : EndEvents(outcome)) end.events.push_back(std::move(ev));

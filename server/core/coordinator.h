@@ -211,8 +211,9 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Once every trial settled: adds the final fit when asked (and not yet run), else finishes.
   void MaybeFinish(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Registers the models, then persists and publishes (state, End) the experiment's end in one
-  // transaction; when that fails, it stays RUNNING and is settled again at the next Tick.
+  // Persists and publishes (state, End) the experiment's end and registers its models
+  // (ModelsToRegister) in one transaction; when that fails, it stays RUNNING and is settled again
+  // at the next Tick.
   void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The events that announce an experiment's end: its state change and End.
   std::vector<EventIn> EndEvents(const Outcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

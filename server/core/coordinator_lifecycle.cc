@@ -126,9 +126,9 @@ void Coordinator::MaybeFinish(Experiment& e) {
 absl::StatusOr<std::vector<ModelRow>> Coordinator::ModelsToRegister(const Experiment& e,
                                                                     const Outcome& outcome) {
   // Each model once: one registered before (deleted since, too) is not registered again. Since
-  // 2026-12-07 models are registered in the end's own transaction, so an experiment ended before
-  // that date by a coordinator that crashed halfway through its registrations has the rest
-  // registered when its end is written again.
+  // 2026-12-07 models are registered in the end's own transaction; an experiment whose end a crash
+  // cut between two registrations before that date (they were registered one by one, then the end
+  // written) has the rest registered with its end at the start.
   ASSIGN_OR_RETURN(std::vector<ModelRow> existing,
                    store_->Models(e.row.id, /*include_deleted=*/true));
   std::set<std::pair<int, int>> registered;  // (trial, fold)

@@ -549,16 +549,16 @@ TEST_F(CoordinatorTest, CancelDuringTheFinalFitCancelsTheExperiment) {
   for (const auto& t : results->trials()) EXPECT_EQ(t.state(), "CANCELLED");
 }
 
-// Every trial a cancel ends gets its trial_result (CANCELLED, with the folds that had finished),
-// as a settled trial does, before the experiment's state event and End; a trial settled before
-// the cancel keeps its one trial_result.
+// Every trial a cancel ends that had begun gets its trial_result (CANCELLED, with the folds that
+// had finished), as a settled trial does, before the experiment's state event and End; a trial
+// settled before the cancel keeps its one trial_result; one that never began gets none.
 TEST_F(CoordinatorTest, ACancelAnnouncesEveryTrialItEnds) {
   const std::string id =
       Submit(Spec("cv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 3, space: {train.lr: "
-                  "{choice: ['0.1', '0.01', '0.001']}}}\n"));
+                  "{choice: ['0.1', '0.01', '0.001', '0.0001']}}}\n"));
   Register("w1", 6);
   const auto hb = Beat("w1", 6);
-  ASSERT_EQ(hb.assignments_size(), 6);
+  ASSERT_EQ(hb.assignments_size(), 6);  // trials 0-2; trial 3 waits
   for (const auto& a : hb.assignments()) {
     if (a.trial() == 0) {
       ASSERT_TRUE(Complete(a, 0.6).ok());  // trial 0 settles SUCCEEDED
@@ -588,10 +588,13 @@ TEST_F(CoordinatorTest, ACancelAnnouncesEveryTrialItEnds) {
   EXPECT_EQ(last[1].message(), kCancelledByUser);
   EXPECT_EQ(last[2].mean_f1(), 0.0);
   EXPECT_EQ(last[2].params().at("train.lr"), "0.001");
+  EXPECT_EQ(last[2].message(), kCancelledByUser);
   auto stored = core_->Results(id);
   ASSERT_TRUE(stored.ok());
+  ASSERT_EQ(stored->trials_size(), 4);
   EXPECT_EQ(stored->trials(1).state(), "CANCELLED");
   EXPECT_DOUBLE_EQ(stored->trials(1).mean_f1(), last[1].mean_f1());
+  EXPECT_EQ(stored->trials(3).state(), "CANCELLED");  // never began: no event, still CANCELLED
 }
 
 TEST_F(CoordinatorTest, ConcurrentTrialsAreLimited) {
