@@ -26,8 +26,8 @@ struct Batches {
 // Where training stands: the epoch (from 1) and iteration in it, the global iteration, the
 // next batch of each loader (the FE and meta-validation loaders cycle through their own epochs),
 // and the batch sizes the run was training with (all 0 in a checkpoint written before they were
-// recorded); with train.fe_weights, the hex SHA-256 of the FE draw the run trains on (Training's
-// FeDrawDigest; "" without train.fe_weights or in a checkpoint written before 2026-12-07).
+// recorded); the FE draw the run trains on (FeDrawDigest: the hex SHA-256 of the train.fe_weights
+// draw, or "none"; "" in a checkpoint written before 2026-12-07, and not written when "").
 struct Position {
   int64_t epoch = 1, iter_in_epoch = 0, global_iter = 0;
   int64_t au_next = 0, fe_epoch = 0, fe_next = 0, val_epoch = 0, val_next = 0;

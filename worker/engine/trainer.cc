@@ -337,14 +337,20 @@ absl::Status Training::Resume() {
                    << DescribeBatches(SpecBatches(spec_));
     }
     // train.fe_weights is read again at the resume: a CSV rewritten in between (or the field
-    // edited) would change the FE draw under the loader's saved position. Refused, the
+    // set or unset) would change the FE draw under the loader's saved position. Refused, the
     // checkpoint kept; a checkpoint written before draws were recorded goes on.
     if (!pos_.fe_draw.empty() && pos_.fe_draw != fe_draw_) {
+      if (pos_.fe_draw == "none" || t_.fe_weights().empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            checkpoint_, " was written ", t_.fe_weights().empty() ? "with" : "without",
+            " train.fe_weights, and the spec now ", t_.fe_weights().empty() ? "unsets" : "sets",
+            " it: resume with the spec the run started with, or start the run over"));
+      }
       return absl::FailedPreconditionError(absl::StrCat(
-          checkpoint_, " was written training on another FE draw than train.fe_weights",
-          t_.fe_weights().empty() ? " (now unset)" : absl::StrCat(" (", t_.fe_weights(), ")"),
-          " gives now: the weights file changed since the run started. Put back the file it "
-          "started with to resume, or start the run over without resuming"));
+          checkpoint_, " was written training on another FE draw than train.fe_weights (",
+          t_.fe_weights(),
+          ") gives now: the weights file changed since the run started. Put "
+          "back the file it started with to resume, or start the run over without resuming"));
     }
   }
   ASSIGN_OR_RETURN(log_, RunLog::Open(options_.out_dir, resuming ? pos_.global_iter : -1,

@@ -136,7 +136,7 @@ std::vector<int64_t> AllOf(const data::DatasetIndex& index) {
 }
 
 std::string FeDrawDigest(const std::vector<int64_t>& fe_train, bool weighted) {
-  if (!weighted) return "";
+  if (!weighted) return "none";
   Sha256 hash;
   for (int64_t i : fe_train) {
     char bytes[8];

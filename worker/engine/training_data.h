@@ -68,7 +68,8 @@ absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe
 
 // The hex SHA-256 of a train.fe_weights draw (WeightedFeDraw's indexes, as little-endian int64),
 // which a checkpoint records so that a resumed run refuses to go on with another draw (the CSV
-// changed in between); "" for an `fe_train` without train.fe_weights (`weighted` false).
+// changed in between, or the field set or unset); "none" without train.fe_weights (`weighted`
+// false).
 std::string FeDrawDigest(const std::vector<int64_t>& fe_train, bool weighted);
 
 // A loader that starts the next epoch by itself when one ends; tracks its position.

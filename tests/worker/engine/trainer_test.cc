@@ -647,12 +647,29 @@ TEST_F(TrainerTest, AResumeRefusesAnFeDrawThatChangedSinceItsCheckpoint) {
               HasSubstr("another FE draw than train.fe_weights (" + (dir / "w.csv") + ")"));
   EXPECT_TRUE(fs::exists(dir / "run/checkpoint.pt"));
   o.spec.mutable_train()->clear_fe_weights();
-  EXPECT_THAT(std::string(Train(o).status().message()), HasSubstr("(now unset)"));
+  EXPECT_THAT(std::string(Train(o).status().message()),
+              HasSubstr("was written with train.fe_weights, and the spec now unsets it"));
   o.spec.mutable_train()->set_fe_weights(dir / "w.csv");
   testing::WriteText(dir / "w.csv", rising);
   auto resumed = Train(o);
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->iterations, 6);
+
+  // Started without the field, resumed with it: refused too (the saved position is in the plain
+  // draw).
+  o.spec.mutable_train()->clear_fe_weights();
+  o.out_dir = dir / "plain";
+  o.resume = false;
+  polls = 0;
+  o.should_stop = [&] { return ++polls == 5; };
+  ASSERT_EQ(Train(o).status().code(), absl::StatusCode::kCancelled);
+  o.should_stop = nullptr;
+  o.resume = true;
+  o.spec.mutable_train()->set_fe_weights(dir / "w.csv");
+  auto set_later = Train(o);
+  EXPECT_EQ(set_later.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(set_later.status().message()),
+              HasSubstr("was written without train.fe_weights, and the spec now sets it"));
 }
 
 // WeightedFeDraw on a hand-made index: the levels by rank, ties by order, AU rows and unknown ids
