@@ -1,6 +1,7 @@
 // Coordinator start: the in-memory view rebuilt from the state store, and what a crash
 // interrupted finished (coordinator.h, "Durability").
 
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -85,7 +86,7 @@ absl::Status Coordinator::LoadRuns(Experiment& e) {
 absl::Status Coordinator::Recover(Experiment& e) {
   // What the event log says went out: trial results, the last epoch of each run (and the
   // early-stopping rungs), and whether the End event was published.
-  std::set<int> published;
+  std::map<int, v1::TrialResult> published;  // the last trial_result of each trial
   bool end_published = false;
   for (int64_t from = 1;;) {
     ASSIGN_OR_RETURN(std::vector<Event> page, store_->ReadEvents(e.row.id, from, 1000));
@@ -93,7 +94,7 @@ absl::Status Coordinator::Recover(Experiment& e) {
     for (const Event& ev : page) {
       v1::Event parsed;
       if (ev.kind == "trial_result" && parsed.ParseFromString(ev.payload)) {
-        published.insert(parsed.trial_result().trial());
+        published[parsed.trial_result().trial()] = parsed.trial_result();
       }
       if (ev.kind == "epoch" && parsed.ParseFromString(ev.payload)) {
         e.last_epoch[parsed.run_id()] = parsed.epoch().epoch();
@@ -110,12 +111,19 @@ absl::Status Coordinator::Recover(Experiment& e) {
     from = page.back().seq + 1;
   }
   for (Trial& t : e.trials) {
-    if (t.state != TrialState::kOpen || !published.count(t.trial)) continue;
+    auto result = published.find(t.trial);
+    if (t.state != TrialState::kOpen || result == published.end()) continue;
     // Its trial_result went out; only the state write was lost (a log written before the two
-    // were one transaction, SetTrialState).
-    const TrialSettlement s = RecoveredTrialState(e, t.trial);
-    t.state = s.state;
-    t.message = s.message;
+    // were one transaction, SetTrialState): the state and message it announced.
+    absl::StatusOr<TrialState> announced = ParseTrialState(result->second.state());
+    if (!announced.ok() || *announced == TrialState::kOpen) {
+      LOG(WARNING) << e.row.id << " trial " << t.trial
+                   << ": its trial_result in the log has state '" << result->second.state()
+                   << "'; settled from its runs instead";
+      continue;
+    }
+    t.state = *announced;
+    t.message = result->second.message();
     RETURN_IF_ERROR(store_->SetTrialState(e.row.id, t.trial, TrialStateName(t.state), t.message));
   }
   if (end_published) {

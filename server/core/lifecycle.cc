@@ -80,19 +80,6 @@ std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial) {
   return std::nullopt;
 }
 
-TrialSettlement RecoveredTrialState(const Experiment& e, int trial) {
-  TrialSettlement out{TrialState::kSucceeded, ""};
-  for (const auto& [rid, r] : e.runs) {
-    if (r.trial == trial && r.state == RunState::kCancelled) out.state = TrialState::kStopped;
-  }
-  for (const auto& [rid, r] : e.runs) {
-    if (r.trial == trial && r.state == RunState::kFailed) {
-      return TrialSettlement{TrialState::kFailed, absl::StrCat("fold ", r.fold, ": ", r.message)};
-    }
-  }
-  return out;
-}
-
 NextStep AfterTrials(const Experiment& e) {
   bool cancelled = false;
   for (const Trial& t : e.trials) {

@@ -37,11 +37,6 @@ struct TrialSettlement {
 // cancellations and the state write), nullopt while it must wait (or when the trial is not open).
 std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial);
 
-// Recovery: the state of a trial whose trial_result event was published before the coordinator
-// stopped but whose state write was lost: FAILED (the first failed fold run), else STOPPED when a
-// run of it was cancelled, else SUCCEEDED.
-TrialSettlement RecoveredTrialState(const Experiment& e, int trial);
-
 // What follows once no trial is open (kWait while one is): with final_fit and a best trial, add
 // its final fit (fold 0) and wait for it; then, or without it, finish. A cancelled experiment (a
 // trial CANCELLED) finishes without a final fit.

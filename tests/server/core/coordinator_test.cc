@@ -1116,6 +1116,33 @@ TEST_F(CoordinatorTest, ARestartSettlesATrialStoppedBeforeItsStateWasWritten) {
   EXPECT_EQ(results.best_trial(), 0);
 }
 
+// A log written before a trial's state and its trial_result were one transaction: the
+// trial_result went out, the state write was lost. The restart settles the trial as the event
+// announced (state and message), publishes no second trial_result, and ends the experiment.
+TEST_F(CoordinatorTest, ARestartSettlesATrialAsItsPublishedTrialResultSaid) {
+  const std::string id = Submit(Spec("cv: {only: [1]}\n"));
+  Register("w1", 1);
+  const auto a = Beat("w1", 1).assignments(0);
+  v1::FoldResult result;
+  result.set_test_mean_f1(0.7);
+  ASSERT_TRUE(store_->Complete(a.run_id(), a.lease_epoch(), result.SerializeAsString()).ok());
+  v1::Event announced;
+  announced.mutable_trial_result()->set_trial(0);
+  announced.mutable_trial_result()->set_state("SUCCEEDED");
+  announced.mutable_trial_result()->set_message("as announced");
+  announced.mutable_trial_result()->set_mean_f1(0.7);
+  ASSERT_TRUE(store_->AppendEvent(id, "trial_result", announced.SerializeAsString()).ok());
+  Reopen();
+  const std::vector<TrialRow> trials = *store_->Trials(id);
+  ASSERT_EQ(trials.size(), 1u);
+  EXPECT_EQ(trials[0].state, "SUCCEEDED");
+  EXPECT_EQ(trials[0].message, "as announced");
+  EXPECT_EQ(Info(id).state(), v1::EXPERIMENT_SUCCEEDED);
+  int results = 0;
+  for (const auto& e : Events(id)) results += e.has_trial_result();
+  EXPECT_EQ(results, 1);
+}
+
 // A crash after the fold model was registered and before the final fit's: the restart registers
 // the final fit (version 2), not nothing (it used to see "models exist" and skip them all), and a
 // second restart registers nothing more.
