@@ -113,13 +113,18 @@ const std::string& CsvTable::At(size_t row, const std::string& name) const {
   return it == column.end() || it->second >= rows[row].size() ? empty : rows[row][it->second];
 }
 
-std::string CsvTable::Where(size_t row) const {
-  return path.empty() ? absl::StrCat("line ", line[row]) : absl::StrCat(path, ":", line[row]);
+namespace {
+
+// "path:N", or "line N" for text without a path.
+std::string WhereLine(absl::string_view path, size_t line) {
+  return path.empty() ? absl::StrCat("line ", line) : absl::StrCat(path, ":", line);
 }
 
-std::string CsvTable::WhereHeader() const {
-  return path.empty() ? absl::StrCat("line ", header_line) : absl::StrCat(path, ":", header_line);
-}
+}  // namespace
+
+std::string CsvTable::Where(size_t row) const { return WhereLine(path, line[row]); }
+
+std::string CsvTable::WhereHeader() const { return WhereLine(path, header_line); }
 
 absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text, absl::string_view path) {
   CsvTable t;
@@ -129,8 +134,8 @@ absl::StatusOr<CsvTable> ParseCsvTable(absl::string_view text, absl::string_view
     if (IsBlankRecord(lines[i])) continue;
     auto cells = SplitCsvLine(lines[i]);
     if (!cells.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path.empty() ? "line " : absl::StrCat(path, ":"), i + 1, ": ", cells.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(WhereLine(path, i + 1), ": ", cells.status().message()));
     }
     if (t.header_line == 0) {
       t.header_line = i + 1;
