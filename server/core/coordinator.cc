@@ -419,12 +419,8 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
     if (t.state != TrialState::kOpen || !begun.count(t.trial)) continue;
     v1::Event ev;
     v1::TrialResult& result = *ev.mutable_trial_result();
-    if (finished_folds.count(t.trial)) {
-      result = AggregateTrial(*e, t.trial);  // walks the runs: only for the few with a result
-    } else {
-      result.set_trial(t.trial);
-      for (const auto& [k, v] : t.params) (*result.mutable_params())[k] = v;
-    }
+    // AggregateTrial walks every run: only for the few trials with a result.
+    result = finished_folds.count(t.trial) ? AggregateTrial(*e, t.trial) : TrialResultHead(t);
     result.set_state(TrialStateName(TrialState::kCancelled));
     result.set_message(kCancelledByUser);
     end.events.push_back(StampForStore(nullptr, std::move(ev)));

@@ -2,7 +2,6 @@
 // interrupted finished (coordinator.h, "Durability").
 
 #include <map>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/util/logging.h"

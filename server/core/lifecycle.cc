@@ -7,14 +7,19 @@
 
 namespace mal::server {
 
+v1::TrialResult TrialResultHead(const Trial& t) {
+  v1::TrialResult out;
+  out.set_trial(t.trial);
+  for (const auto& [k, v] : t.params) (*out.mutable_params())[k] = v;
+  out.set_state(TrialStateName(t.state));
+  out.set_message(t.message);
+  return out;
+}
+
 v1::TrialResult AggregateTrial(const Experiment& e, int trial) {
   v1::TrialResult out;
   out.set_trial(trial);
-  if (const Trial* t = e.FindTrial(trial)) {
-    for (const auto& [k, v] : t->params) (*out.mutable_params())[k] = v;
-    out.set_state(TrialStateName(t->state));
-    out.set_message(t->message);
-  }
+  if (const Trial* t = e.FindTrial(trial)) out = TrialResultHead(*t);
   std::vector<v1::FoldResult> results;
   for (const auto& [id, r] : e.runs) {
     if (r.trial != trial || r.fold == 0 || r.state != RunState::kSucceeded) continue;

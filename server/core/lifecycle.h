@@ -19,6 +19,9 @@ namespace mal::server {
 // a fold): per-AU and overall test mean F1 (in [0, 1]) with the population std over folds
 // (numpy's ddof=0), its params, state name and message. No succeeded fold: params and state only.
 v1::TrialResult AggregateTrial(const Experiment& e, int trial);
+// The part of AggregateTrial that needs no fold run: the trial's number, params, state name and
+// message.
+v1::TrialResult TrialResultHead(const Trial& t);
 
 // The SUCCEEDED trial with the highest mean F1 over folds (the first on ties), or -1; its F1 in
 // `best_f1` when given (-1 without one).
