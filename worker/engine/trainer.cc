@@ -202,7 +202,7 @@ class Training {
   int64_t per_epoch_ = 0;
   std::string checkpoint_;
   Position pos_;
-  std::string fe_draw_;  // FeDrawDigest of this run's FE draw ("" without train.fe_weights)
+  std::string fe_draw_;  // FeDrawDigest of this run's FE draw ("none" without train.fe_weights)
   std::unique_ptr<RunLog> log_;
   std::unique_ptr<Progress> progress_;
   std::unique_ptr<MalStep> step_;
