@@ -406,21 +406,23 @@ absl::StatusOr<v1::ExperimentInfo> Coordinator::Cancel(const std::string& experi
   // finished), as a trial that settles does, before the experiment's state event and End; a
   // search's trials that never began end without one (a 10,000-trial search would otherwise
   // write as many events; GetExperiment and results show them CANCELLED).
-  Outcome outcome = DecideOutcome(*e);  // its best trial: a cancel settles no trial
+  // The End names the best trial so far (a cancel settles no trial and registers no model).
+  Outcome outcome;
+  outcome.best_trial = BestTrial(*e, &outcome.best_mean_f1);
+  if (outcome.best_trial < 0) outcome.best_mean_f1 = 0;
   outcome.state = v1::EXPERIMENT_CANCELLED;
   outcome.message = kCancelledByUser;
   ExperimentEnd end{outcome.state, {}};
-  std::set<int> begun, finished_folds;  // trials with a run past PENDING; with a fold succeeded
+  std::set<int> begun;  // trials with a run past PENDING
   for (const auto& [id, r] : e->runs) {
     if (r.state != RunState::kPending) begun.insert(r.trial);
-    if (r.state == RunState::kSucceeded && r.fold != 0) finished_folds.insert(r.trial);
   }
+  const auto trial_runs = FoldRunsByTrial(*e);
   for (const Trial& t : e->trials) {
     if (t.state != TrialState::kOpen || !begun.count(t.trial)) continue;
     v1::Event ev;
     v1::TrialResult& result = *ev.mutable_trial_result();
-    // AggregateTrial walks every run: only for the few trials with a result.
-    result = finished_folds.count(t.trial) ? AggregateTrial(*e, t.trial) : TrialResultHead(t);
+    result = AggregateTrial(t, RunsOf(trial_runs, t.trial));
     result.set_state(TrialStateName(TrialState::kCancelled));
     result.set_message(kCancelledByUser);
     end.events.push_back(StampForStore(nullptr, std::move(ev)));
@@ -469,7 +471,7 @@ absl::StatusOr<v1::ResultsResponse> Coordinator::Results(const std::string& expe
   v1::ResultsResponse out;
   out.set_experiment_id(experiment_id);
   out.set_state(static_cast<v1::ExperimentState>(e->row.state));
-  for (const Trial& t : e->trials) *out.add_trials() = AggregateTrial(*e, t.trial);
+  for (v1::TrialResult& t : AggregateTrials(*e)) *out.add_trials() = std::move(t);
   out.set_best_trial(BestTrial(*e));
   *out.mutable_runs() = Info(*e, true).runs();
   ASSIGN_OR_RETURN(std::vector<ModelRow> models, store_->Models(experiment_id));

@@ -201,6 +201,10 @@ class Coordinator {
   // Lifecycle (coordinator_lifecycle.cc), applying lifecycle.h and early_stopping.h.
   // After a run reached a final state: settles its trial, then the experiment.
   void Settle(Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies SettleTrial's answer for `t`: nothing for nullopt; else its state (SetTrialState),
+  // cancelling its other runs first when it FAILED.
+  void ApplySettlement(Experiment& e, Trial& t, const std::optional<TrialSettlement>& settled)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cancels the unfinished runs of `trial` (every trial when < 0), publishing each change. A store
   // error is logged and the rest are still cancelled; returns the first error.
   absl::Status CancelRuns(Experiment& e, int trial, const std::string& message)
@@ -217,7 +221,7 @@ class Coordinator {
   void FinishExperiment(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The events that announce an experiment's end: its state change and End.
   std::vector<EventIn> EndEvents(const Outcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Settles every trial of `e` and then `e` (Settle), as a start does.
+  // Settles every trial of `e` and then `e` (as Settle does for one), as a start does.
   void SettleAll(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The models a SUCCEEDED outcome registers (its best trial's fold runs and final fit with a
   // model file), less any registered before (deleted since, too): FinishExperiment registers them

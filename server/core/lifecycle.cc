@@ -1,7 +1,9 @@
 #include "server/core/lifecycle.h"
 
 #include <cmath>
+#include <map>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -16,15 +18,31 @@ v1::TrialResult TrialResultHead(const Trial& t) {
   return out;
 }
 
-v1::TrialResult AggregateTrial(const Experiment& e, int trial) {
-  v1::TrialResult out;
-  out.set_trial(trial);
-  if (const Trial* t = e.FindTrial(trial)) out = TrialResultHead(*t);
-  std::vector<v1::FoldResult> results;
+std::map<int, std::vector<const FoldRun*>> FoldRunsByTrial(const Experiment& e) {
+  std::map<int, std::vector<const FoldRun*>> out;
   for (const auto& [id, r] : e.runs) {
-    if (r.trial != trial || r.fold == 0 || r.state != RunState::kSucceeded) continue;
+    if (r.fold != 0) out[r.trial].push_back(&r);
+  }
+  return out;
+}
+
+const std::vector<const FoldRun*>& RunsOf(const std::map<int, std::vector<const FoldRun*>>& runs,
+                                          int trial) {
+  static const std::vector<const FoldRun*> kNone;
+  auto it = runs.find(trial);
+  return it == runs.end() ? kNone : it->second;
+}
+
+namespace {
+
+// `out` (a trial's head) with the mean and std over the succeeded ones of `folds` (fold runs; an
+// unreadable result is skipped, as a fold without one).
+v1::TrialResult WithFoldResults(v1::TrialResult out, const std::vector<const FoldRun*>& folds) {
+  std::vector<v1::FoldResult> results;
+  for (const FoldRun* r : folds) {
+    if (r->fold == 0 || r->state != RunState::kSucceeded) continue;
     v1::FoldResult fr;
-    if (fr.ParseFromString(r.result)) results.push_back(std::move(fr));
+    if (fr.ParseFromString(r->result)) results.push_back(std::move(fr));
   }
   if (results.empty()) return out;
   *out.mutable_aus() = results[0].aus();
@@ -48,12 +66,38 @@ v1::TrialResult AggregateTrial(const Experiment& e, int trial) {
   return out;
 }
 
+}  // namespace
+
+v1::TrialResult AggregateTrial(const Trial& t, const std::vector<const FoldRun*>& folds) {
+  return WithFoldResults(TrialResultHead(t), folds);
+}
+
+v1::TrialResult AggregateTrial(const Experiment& e, int trial) {
+  v1::TrialResult head;
+  head.set_trial(trial);
+  if (const Trial* t = e.FindTrial(trial)) head = TrialResultHead(*t);
+  std::vector<const FoldRun*> folds;
+  for (const auto& [id, r] : e.runs) {
+    if (r.trial == trial) folds.push_back(&r);
+  }
+  return WithFoldResults(std::move(head), folds);
+}
+
+std::vector<v1::TrialResult> AggregateTrials(const Experiment& e) {
+  const auto runs = FoldRunsByTrial(e);
+  std::vector<v1::TrialResult> out;
+  out.reserve(e.trials.size());
+  for (const Trial& t : e.trials) out.push_back(AggregateTrial(t, RunsOf(runs, t.trial)));
+  return out;
+}
+
 int BestTrial(const Experiment& e, double* best_f1) {
+  const auto runs = FoldRunsByTrial(e);
   int best = -1;
   double f1_best = -1;
   for (const Trial& t : e.trials) {
     if (t.state != TrialState::kSucceeded) continue;
-    const double f1 = AggregateTrial(e, t.trial).mean_f1();
+    const double f1 = AggregateTrial(t, RunsOf(runs, t.trial)).mean_f1();
     if (f1 > f1_best) {
       f1_best = f1;
       best = t.trial;
@@ -63,18 +107,18 @@ int BestTrial(const Experiment& e, double* best_f1) {
   return best;
 }
 
-std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial) {
-  const Trial* t = e.FindTrial(trial);
-  if (t == nullptr || t->state != TrialState::kOpen) return std::nullopt;
+std::optional<TrialSettlement> SettleTrial(const Trial& t,
+                                           const std::vector<const FoldRun*>& runs) {
+  if (t.state != TrialState::kOpen) return std::nullopt;
   const FoldRun* failed = nullptr;
   const FoldRun* cancelled = nullptr;
   bool all_succeeded = true, all_finished = true;
-  for (const auto& [id, r] : e.runs) {
-    if (r.trial != trial || r.fold == 0) continue;
-    if (r.state == RunState::kFailed && failed == nullptr) failed = &r;
-    if (r.state == RunState::kCancelled && cancelled == nullptr) cancelled = &r;
-    all_succeeded = all_succeeded && r.state == RunState::kSucceeded;
-    all_finished = all_finished && IsFinished(r.state);
+  for (const FoldRun* r : runs) {
+    if (r->fold == 0) continue;
+    if (r->state == RunState::kFailed && failed == nullptr) failed = r;
+    if (r->state == RunState::kCancelled && cancelled == nullptr) cancelled = r;
+    all_succeeded = all_succeeded && r->state == RunState::kSucceeded;
+    all_finished = all_finished && IsFinished(r->state);
   }
   if (failed != nullptr)
     return TrialSettlement{TrialState::kFailed,
@@ -83,6 +127,16 @@ std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial) {
   if (all_finished && cancelled != nullptr)
     return TrialSettlement{TrialState::kStopped, cancelled->message};
   return std::nullopt;
+}
+
+std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial) {
+  const Trial* t = e.FindTrial(trial);
+  if (t == nullptr) return std::nullopt;
+  std::vector<const FoldRun*> runs;
+  for (const auto& [id, r] : e.runs) {
+    if (r.trial == trial) runs.push_back(&r);
+  }
+  return SettleTrial(*t, runs);
 }
 
 NextStep AfterTrials(const Experiment& e) {

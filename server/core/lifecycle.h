@@ -6,6 +6,7 @@
 // and the state an experiment ends in with the models to register. No store, clock or locks: the
 // coordinator persists and publishes what these return.
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,13 +19,27 @@ namespace mal::server {
 // The trial's result over its succeeded cross-validation fold runs (the final fit, fold 0, is not
 // a fold): per-AU and overall test mean F1 (in [0, 1]) with the population std over folds
 // (numpy's ddof=0), its params, state name and message. No succeeded fold: params and state only.
+// Walks every run: for many trials use AggregateTrials, or FoldRunsByTrial once.
 v1::TrialResult AggregateTrial(const Experiment& e, int trial);
+// AggregateTrial for every trial, in e.trials' order, from one pass over the runs: O(runs log
+// trials), where AggregateTrial per trial is O(trials x runs), seconds under the coordinator's
+// lock for a 10,000-trial search (tests/bench/lifecycle_bench.cc, docs/benchmarks.md).
+std::vector<v1::TrialResult> AggregateTrials(const Experiment& e);
+// The cross-validation fold runs (fold > 0, any state) of each trial that has one, in run-id
+// order, from one pass over the runs. Pointers into e.runs: they stay valid while runs are
+// changed or added (std::map), not once one is erased.
+std::map<int, std::vector<const FoldRun*>> FoldRunsByTrial(const Experiment& e);
+// The entry of `trial` in `runs` (FoldRunsByTrial), or an empty list.
+const std::vector<const FoldRun*>& RunsOf(const std::map<int, std::vector<const FoldRun*>>& runs,
+                                          int trial);
+// AggregateTrial for `t` over `runs`, its entry in FoldRunsByTrial (empty: none).
+v1::TrialResult AggregateTrial(const Trial& t, const std::vector<const FoldRun*>& runs);
 // The part of AggregateTrial that needs no fold run: the trial's number, params, state name and
 // message.
 v1::TrialResult TrialResultHead(const Trial& t);
 
 // The SUCCEEDED trial with the highest mean F1 over folds (the first on ties), or -1; its F1 in
-// `best_f1` when given (-1 without one).
+// `best_f1` when given (-1 without one). One pass over the runs.
 int BestTrial(const Experiment& e, double* best_f1 = nullptr);
 
 struct TrialSettlement {
@@ -39,6 +54,9 @@ struct TrialSettlement {
 // some were cancelled (a trial stopped whose state could not be written, or a crash between the
 // cancellations and the state write), nullopt while it must wait (or when the trial is not open).
 std::optional<TrialSettlement> SettleTrial(const Experiment& e, int trial);
+// The same for `t` over `runs`, its entry in FoldRunsByTrial (what a restart uses for every
+// trial: one pass over the runs instead of one per trial).
+std::optional<TrialSettlement> SettleTrial(const Trial& t, const std::vector<const FoldRun*>& runs);
 
 // What follows once no trial is open (kWait while one is): with final_fit and a best trial, add
 // its final fit (fold 0) and wait for it; then, or without it, finish. A cancelled experiment (a

@@ -213,6 +213,62 @@ TEST(LifecycleTest, AFailedFoldFailsItsTrialAndTheFinalFitDecidesTheEnd) {
   EXPECT_DOUBLE_EQ(o.models[1].second, 0.5);  // the final fit carries the trial's CV F1
 }
 
+// The grouped forms a restart, Results and an experiment's end use (one pass over the runs)
+// answer as the per-trial forms do, trial by trial, on a search with every kind of trial: the
+// final fit (fold 0) and unfinished or failed folds count in neither.
+TEST(LifecycleTest, TheOnePassFormsAnswerAsThePerTrialForms) {
+  Experiment e = MakeExperiment("a", 5, 3);
+  e.spec.set_final_fit(true);
+  // Trial 0: all folds succeeded; 1: one failed; 2: one cancelled, the rest succeeded; 3: one
+  // still running; 4: nothing began. Fold results differ per fold so means and stds differ.
+  for (int64_t id = 1; id <= 9; ++id) {
+    e.runs[id].state = RunState::kSucceeded;
+    e.runs[id].result = Result(0.1 * static_cast<double>(id % 7) + 0.05);
+  }
+  e.runs[5].state = RunState::kFailed;
+  e.runs[5].message = "out of memory";
+  e.runs[8].state = RunState::kCancelled;
+  e.runs[8].message = "stopped early at epoch 2 of fold 2";
+  e.runs[11].state = RunState::kRunning;
+  e.runs[10].state = RunState::kSucceeded;
+  e.runs[10].result = Result(0.9);
+  e.runs[99] = MakeRun(99, 0, 0, RunState::kSucceeded);  // trial 0's final fit: not a fold
+  e.runs[99].result = Result(0.99);
+  e.trials[0].state = TrialState::kSucceeded;
+
+  const auto runs = FoldRunsByTrial(e);
+  EXPECT_EQ(RunsOf(runs, 0).size(), 3u);  // fold 0 left out
+  EXPECT_TRUE(RunsOf(runs, 7).empty());
+  const std::vector<v1::TrialResult> all = AggregateTrials(e);
+  ASSERT_EQ(all.size(), e.trials.size());
+  for (const Trial& t : e.trials) {
+    SCOPED_TRACE(t.trial);
+    const v1::TrialResult one = AggregateTrial(e, t.trial);
+    EXPECT_EQ(all[t.trial].SerializeAsString(), one.SerializeAsString());
+    EXPECT_EQ(AggregateTrial(t, RunsOf(runs, t.trial)).SerializeAsString(),
+              one.SerializeAsString());
+    const auto grouped = SettleTrial(t, RunsOf(runs, t.trial));
+    const auto single = SettleTrial(e, t.trial);
+    ASSERT_EQ(grouped.has_value(), single.has_value());
+    if (grouped) {
+      EXPECT_EQ(grouped->state, single->state);
+      EXPECT_EQ(grouped->message, single->message);
+    }
+  }
+  EXPECT_DOUBLE_EQ(all[0].mean_f1(), (0.15 + 0.25 + 0.35) / 3);  // not the final fit's 0.99
+  EXPECT_DOUBLE_EQ(all[3].mean_f1(), 0.9);                       // the one finished fold
+  EXPECT_EQ(all[4].mean_f1(), 0);
+  EXPECT_FALSE(SettleTrial(e, 0).has_value());  // settled already
+  EXPECT_EQ(SettleTrial(e, 1)->state, TrialState::kFailed);
+  EXPECT_EQ(SettleTrial(e, 1)->message, "fold 2: out of memory");
+  EXPECT_EQ(SettleTrial(e, 2)->state, TrialState::kStopped);  // a stopped fold, the rest done
+  EXPECT_FALSE(SettleTrial(e, 3).has_value());                // fold 2 running
+  e.trials[2].state = TrialState::kSucceeded;  // BestTrial reads SUCCEEDED trials only
+  double f1 = 0;
+  EXPECT_EQ(BestTrial(e, &f1), 0);
+  EXPECT_DOUBLE_EQ(f1, all[0].mean_f1());
+}
+
 TEST(LifecycleTest, TrialStatesRoundTripByName) {
   for (TrialState s : {TrialState::kOpen, TrialState::kSucceeded, TrialState::kFailed,
                        TrialState::kStopped, TrialState::kCancelled}) {
