@@ -31,7 +31,7 @@ struct ExportOptions {
 int Export(const ServiceClient& c, const ExportOptions& o) {
   v1::ExperimentInfo info;
   if (grpc::Status s = GetExperiment(c, o.id, &info); !s.ok()) return RpcFail(s);
-  int written = 0;
+  int written = 0, failed = 0;
   for (const auto& run : info.runs()) {
     if (o.trial && run.trial() != *o.trial) continue;
     RunOptions ro;
@@ -71,13 +71,27 @@ int Export(const ServiceClient& c, const ExportOptions& o) {
       s = tensorboard::AddWeightsCsv(**writer, csv, step);
     }
     if (s.ok()) s = (*writer)->Close();
-    if (!s.ok()) return Fail(kFailed, absl::StrCat(Where(ro), ": ", s.message()));
+    if (!s.ok()) {
+      // One run's unreadable files do not cost the others their export: it is named and left
+      // out (no half-written event file), the rest are written, and the exit says it failed.
+      const std::string path = (*writer)->path();
+      writer->reset();
+      fs::remove(path, ec);
+      std::cerr << "malctl: " << Where(ro) << ": " << s.message() << "; not exported\n";
+      ++failed;
+      continue;
+    }
     std::cout << (*writer)->path() << "\n";
     ++written;
   }
-  if (written == 0)
+  if (written == 0 && failed == 0)
     return Fail(kFailed, absl::StrCat(o.id, ": no fold run has uploaded anything yet"));
-  std::cerr << "view with: tensorboard --logdir " << o.dir << "\n";
+  if (written > 0) std::cerr << "view with: tensorboard --logdir " << o.dir << "\n";
+  if (failed > 0) {
+    return Fail(kFailed,
+                absl::StrCat(o.id, ": ", failed, " fold run(s) not exported (named above), ",
+                             written, " exported"));
+  }
   return kOk;
 }
 

@@ -39,6 +39,9 @@ constexpr size_t kMaxPending = 50000;
 constexpr milliseconds kForever = milliseconds::max();
 // How long an upload made while the child trains (epoch ends, checkpoints) keeps retrying.
 constexpr milliseconds kProgressUploadPatience{10000};
+// In a run's directory (beside out/, so no output walk sends it): the checkpoint set aside while
+// UploadProgress sends the files it covers before it.
+constexpr char kCheckpointSnapshot[] = "checkpoint.upload";
 // A child still there this long after its SIGKILL is in uninterruptible sleep (a hard-mounted
 // network file system, FUSE): its run is given up (docs/service.md).
 constexpr milliseconds kUnkillableAfter{60000};
@@ -140,16 +143,19 @@ class Daemon {
   void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);
-  // The checkpoint, the logs, and the weights CSVs of `s.owed_weights`; clears what was sent
-  // and sets `s.upload_owed` when a transient failure outlasted `patience`. While the child
+  // The logs, the weights CSVs of `s.owed_weights` (every one in the output not yet sent), and
+  // last the checkpoint as it was before them (set aside as kCheckpointSnapshot in the run
+  // directory), so that the coordinator's checkpoint is never ahead of its logs; clears what was
+  // sent and sets `s.upload_owed` when a transient failure outlasted `patience`. While the child
   // trains, `patience` bounds the retries, so a coordinator that is away does not stop the relay
   // (and, through a full pipe, the training): the next periodic tick sends them again.
   void UploadProgress(RunTask* t, Supervised& s, milliseconds patience = kForever);
   // Adds every weights CSV in the run's output not yet sent to `s.owed_weights`.
   void OweEveryWeightsCsv(const RunTask* t, Supervised& s);
-  // Every file of the run's output and its log. Transient refusals (a full disk on the
-  // coordinator) are retried until they pass, or a few times while stopping. The first output
-  // file that did not arrive comes back with its code and "uploading NAME: why"; OK when all did.
+  // Every file of the run's output (the checkpoint last) and its log. Transient refusals (a full
+  // disk on the coordinator) are retried until they pass, or a few times while stopping. The first
+  // output file that did not arrive comes back with its code and "uploading NAME: why"; OK when all
+  // did.
   grpc::Status UploadAll(RunTask* t);
   // Retries a call while IsTransient, until it lands, the run is revoked, the daemon stops, or
   // `patience` has passed since the first try.

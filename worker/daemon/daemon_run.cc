@@ -195,14 +195,30 @@ bool Daemon::Flush(RunTask* t, Supervised& s) {
 
 void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
   const std::string out = t->dir + "/out/";
+  // The coordinator's copy must never hold a checkpoint newer than its logs and weights CSVs: a
+  // run resumed from it (here or on another worker) would lack the iterations and epochs between
+  // them, for good. So the checkpoint as it is now is set aside first (a hard link: the engine
+  // replaces checkpoint.pt by a rename, never in place; a copy where links fail), then what it
+  // covers goes up, which the engine wrote before it (records and summaries every iteration, an
+  // epoch's weights CSV and metrics before its checkpoint), and the set-aside checkpoint last.
+  // The checkpoint alone went first until 2026-12-07 (found by a kill-at-random probe).
+  const std::string snapshot = t->dir + "/" + kCheckpointSnapshot;
+  std::error_code ec;
+  fs::remove(snapshot, ec);
+  ec.clear();
+  fs::create_hard_link(out + run_files::kCheckpoint, snapshot, ec);
+  if (ec) {
+    ec.clear();
+    fs::copy_file(out + run_files::kCheckpoint, snapshot, fs::copy_options::overwrite_existing, ec);
+  }
+  const bool checkpoint = !ec;
+  OweEveryWeightsCsv(t, s);  // written before the checkpoint set aside, its epoch read or not
   struct File {
     std::string name, path;
     int weights_epoch = 0;  // a weights CSV's epoch; 0 for the other files
   };
   std::vector<File> files;
-  // The checkpoint first: the logs are at least as new, and a resumed run trims them to it.
-  for (const std::string name :
-       {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
+  for (const std::string name : {run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
     files.push_back({name, out + name});
   }
   for (int epoch : s.owed_weights) {
@@ -211,9 +227,9 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
   }
   // The engine's log so far, for `malctl logs --follow`.
   files.push_back({run_files::kLog, t->dir + "/" + run_files::kLog});
+  if (checkpoint) files.push_back({run_files::kCheckpoint, snapshot});
   s.upload_owed = false;
   for (const File& f : files) {
-    std::error_code ec;
     if (!fs::exists(f.path, ec)) continue;
     grpc::Status st = Upload(t, f.name, f.path, patience);
     if (st.ok() && f.weights_epoch > 0) s.sent_weights.insert(f.weights_epoch);
@@ -222,9 +238,11 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                                << st.error_message() << " (sent again later)";
       s.upload_owed = true;  // the coordinator is away: the rest would wait as long
+      fs::remove(snapshot, ec);
       return;
     }
   }
+  fs::remove(snapshot, ec);
   s.owed_weights.clear();
 }
 
@@ -255,6 +273,7 @@ grpc::Status Daemon::UploadAll(RunTask* t) {
     if (!entry.is_regular_file(entry_ec)) continue;
     const std::string rel = entry.path().lexically_relative(out).string();
     if (rel.find(".tmp") != std::string::npos || rel.find(".fetch") != std::string::npos) continue;
+    if (rel == run_files::kCheckpoint) continue;  // last, below
     grpc::Status s = Upload(t, rel, entry.path().string());
     if (!s.ok()) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
@@ -264,6 +283,19 @@ grpc::Status Daemon::UploadAll(RunTask* t) {
   if (ec && first.ok()) {
     first = grpc::Status(grpc::StatusCode::INTERNAL,
                          absl::StrCat("reading ", out.string(), ": ", ec.message()));
+  }
+  // The checkpoint after the files it covers, as UploadProgress sends it (a daemon killed
+  // midway leaves the coordinator's checkpoint behind its logs, never ahead of them).
+  const std::string checkpoint = (out / run_files::kCheckpoint).string();
+  std::error_code exists_ec;
+  if (fs::exists(checkpoint, exists_ec)) {
+    grpc::Status s = Upload(t, run_files::kCheckpoint, checkpoint);
+    if (!s.ok()) {
+      LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << run_files::kCheckpoint << ": "
+                   << s.error_message();
+      if (first.ok())
+        first = grpc::Status(s.error_code(), UploadFailure(run_files::kCheckpoint, s));
+    }
   }
   (void)Upload(t, run_files::kLog, t->dir + "/" + run_files::kLog);
   return first;
@@ -440,16 +472,12 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
     }
     if (!s.stale && !t->dropped &&
         Clock::now() - last_upload > std::chrono::seconds(std::max(1, o_.upload_every_s))) {
-      const std::string ckpt = t->dir + "/out/" + run_files::kCheckpoint;
       const int64_t mtime = CheckpointMtime(t, checkpoint_mtime);
-      if (s.upload_owed || !s.owed_weights.empty()) {
-        // What an epoch end could not send while the coordinator was away, the checkpoint first.
+      if (s.upload_owed || !s.owed_weights.empty() || mtime != checkpoint_mtime) {
+        // A new checkpoint goes up with the logs it covers (after them), and what an epoch end
+        // could not send while the coordinator was away with it.
         UploadProgress(t, s, kProgressUploadPatience);
-        if (!s.upload_owed) checkpoint_mtime = mtime;
-      } else if (mtime != checkpoint_mtime) {
-        grpc::Status up = Upload(t, run_files::kCheckpoint, ckpt, kProgressUploadPatience);
-        if (up.ok() || !IsTransient(up)) checkpoint_mtime = mtime;  // else: again next tick
-        NoteRefusal(t->a.run_id(), run_files::kCheckpoint, up, s);
+        if (!s.upload_owed) checkpoint_mtime = mtime;  // else: again next tick
       }
       last_upload = Clock::now();
     }

@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,6 +17,7 @@
 #include "common/data/expression.h"
 #include "common/tensorboard/run_summaries.h"
 #include "common/util/files.h"
+#include "common/util/logging.h"
 #include "common/util/run_files.h"
 #include "common/util/status_macros.h"
 #include "google/protobuf/struct.pb.h"
@@ -53,6 +56,37 @@ int64_t JsonNumber(absl::string_view line, const std::string& key) {
 std::string RecordsHeader() {
   return "epoch,iteration,loss_au,loss_fe,loss_val,mean_w_au,mean_w_fe,mean_wn_au,mean_wn_fe,lr,"
          "meta_lr,seconds\n";
+}
+
+// Keeps the header and the rows of records.csv up to `resume_iteration` (rows with the header's
+// number of fields: a row torn by a kill goes). A file without its header (its first rows lost
+// with an earlier attempt's upload) gets it back; a missing file is created. Logs a warning when
+// the rows end before the checkpoint's iteration: those records were lost, and a plot or export
+// shows the gap rather than failing.
+absl::Status TrimRecords(const std::string& path, int64_t resume_iteration) {
+  std::string text;
+  if (fs::exists(path)) {
+    ASSIGN_OR_RETURN(text, ReadFile(path));
+  }
+  std::vector<absl::string_view> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  const bool has_header = !lines.empty() && absl::StartsWith(lines[0], "epoch,");
+  std::string kept = has_header ? absl::StrCat(lines[0], "\n") : RecordsHeader();
+  const size_t fields = std::vector<absl::string_view>(absl::StrSplit(kept, ',')).size();
+  int64_t last = 0;
+  for (size_t i = has_header ? 1 : 0; i < lines.size(); ++i) {
+    const std::vector<absl::string_view> f = absl::StrSplit(lines[i], ',');
+    int64_t it = 0;
+    if (f.size() != fields || !absl::SimpleAtoi(f[1], &it) || it > resume_iteration) continue;
+    absl::StrAppend(&kept, lines[i], "\n");
+    last = std::max(last, it);
+  }
+  if (last < resume_iteration) {
+    LOG(WARNING) << path << ": the records end at iteration " << last
+                 << " and the checkpoint resumed from is at iteration " << resume_iteration
+                 << ": the records of iterations " << last + 1 << " to " << resume_iteration
+                 << " were lost with an earlier attempt";
+  }
+  return WriteFileAtomic(path, kept);
 }
 
 std::string RecordsRow(const IterationRecord& r) {
@@ -105,11 +139,7 @@ absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& out_dir,
   const std::string summaries_path = (fs::path(out_dir) / run_files::kSummaries).string();
   log->metrics_path_ = (fs::path(out_dir) / run_files::kMetrics).string();
   if (resume_iteration >= 0) {
-    RETURN_IF_ERROR(FilterLines(records_path, [&](absl::string_view line, bool first) {
-      const std::vector<absl::string_view> f = absl::StrSplit(line, ',');
-      int64_t it = 0;
-      return first || (f.size() > 1 && absl::SimpleAtoi(f[1], &it) && it <= resume_iteration);
-    }));
+    RETURN_IF_ERROR(TrimRecords(records_path, resume_iteration));
     RETURN_IF_ERROR(FilterLines(summaries_path, [&](absl::string_view line, bool) {
       // A line torn by a kill is not JSON (-1) and goes too.
       const int64_t it = JsonNumber(line, "iteration");

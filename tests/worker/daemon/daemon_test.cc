@@ -13,9 +13,13 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/util/files.h"
 #include "tests/test_util.h"
@@ -114,7 +118,8 @@ class FakeCoordinator : public CoordinatorClient {
       return it->second.first;
     }
     uploads_.push_back(name);
-    if (name == "log.txt") uploaded_log_ = ReadFile(path).value_or("");
+    uploaded_.emplace_back(name, ReadFile(path).value_or(""));
+    if (name == "log.txt") uploaded_log_ = uploaded_.back().second;
     return grpc::Status::OK;
   }
   grpc::Status Fetch(int64_t, const std::string& name, const std::string& path,
@@ -169,6 +174,7 @@ class FakeCoordinator : public CoordinatorClient {
   int completion_calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<v1::FailRunRequest> failed_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> uploads_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, std::string>> uploaded_ ABSL_GUARDED_BY(mu_);  // name, bytes
   std::string uploaded_log_ ABSL_GUARDED_BY(mu_);                   // the last upload of log.txt
   std::map<std::string, std::string> stored_ ABSL_GUARDED_BY(mu_);  // what Fetch finds, by name
   std::vector<std::string> fetched_ ABSL_GUARDED_BY(mu_);
@@ -759,6 +765,63 @@ kill -9 $$)");
 
 // A weights CSV whose epoch line never reached the daemon (it died in the engine's memory with a
 // crash) is still uploaded by the ending, before the next attempt starts from an empty out/.
+// The coordinator's checkpoint is never ahead of its logs and weights CSVs: each checkpoint goes
+// up after the records that reach its iteration and every weights CSV written before it, in the
+// periodic uploads while the engine trains (with no epoch event read yet) and at the end. A run
+// resumed from a checkpoint that went up alone (a daemon killed before the epoch end's upload)
+// lost the iterations between, for good (found by a kill-at-random probe).
+TEST_F(DaemonTest, ACheckpointGoesUpOnlyAfterTheLogsAndWeightsItCovers) {
+  Start(R"(printf 'epoch,iteration\n1,1\n' > $OUT/records.csv
+echo 'checkpoint 1' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+sleep 2
+echo '1,2' >> $OUT/records.csv
+mkdir -p $OUT/weights && echo 'id,weight' > $OUT/weights/epoch_001.csv
+echo 'checkpoint 2' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+sleep 2
+echo '2,3' >> $OUT/records.csv
+echo 'checkpoint 3' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+)" + std::string(kEpoch) +
+        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  stop_ = true;
+  thread_.join();
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  // The records' last iteration and whether epoch 1's weights went up, as the coordinator held
+  // them at each checkpoint's arrival.
+  int64_t records_iteration = 0;
+  bool weights = false;
+  std::set<std::string> checkpoints;
+  for (const auto& [name, bytes] : fake_->uploaded_) {
+    if (name == "records.csv") {
+      const std::vector<std::string> lines = absl::StrSplit(bytes, '\n', absl::SkipEmpty());
+      const std::vector<std::string> last = absl::StrSplit(lines.back(), ',');
+      records_iteration = 0;
+      (void)absl::SimpleAtoi(last.back(), &records_iteration);
+    }
+    weights = weights || name == "weights/epoch_001.csv";
+    if (name != "checkpoint.pt") continue;
+    checkpoints.insert(bytes);
+    int64_t iteration = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(bytes.substr(11)), &iteration))
+        << bytes;
+    EXPECT_GE(records_iteration, iteration)
+        << "checkpoint " << iteration << " went up before its records";
+    if (iteration >= 2) {
+      EXPECT_TRUE(weights) << "checkpoint " << iteration << " before epoch 1's weights";
+    }
+  }
+  EXPECT_THAT(checkpoints, Contains("checkpoint 3\n"));  // the last one, at the end
+  EXPECT_GE(checkpoints.size(), 2u);  // and at least one while the engine trained
+  // Nothing set aside is left behind.
+  std::error_code ec;
+  for (std::filesystem::recursive_directory_iterator it(dir_ / "work", ec), end; !ec && it != end;
+       it.increment(ec)) {
+    EXPECT_NE(it->path().filename(), internal::kCheckpointSnapshot) << it->path();
+  }
+}
+
 TEST_F(DaemonTest, ACrashStillUploadsEveryWeightsCsvTheEngineWrote) {
   Start(R"(mkdir -p "$OUT/weights"; echo 'id,weight' > "$OUT/weights/epoch_003.csv"
 )" + std::string(kEpoch) +

@@ -70,5 +70,29 @@ TEST(RunLogTest, ALineTornByAKillIsDroppedNotFatal) {
   EXPECT_EQ(*ReadFile(dir / "summaries.jsonl"), "{\"epoch\": 1, \"iteration\": 1}\n");
 }
 
+// Records that reached the coordinator without their first rows (an earlier attempt's upload cut
+// short by a kill) get their header back on resume, keep only whole rows up to the checkpoint,
+// and a missing file is created with its header, so plots and exports can read them.
+TEST(RunLogTest, ResumedRecordsAlwaysStartWithTheirHeader) {
+  testing::TempDir dir;
+  const std::string header =
+      "epoch,iteration,loss_au,loss_fe,loss_val,mean_w_au,mean_w_fe,"
+      "mean_wn_au,mean_wn_fe,lr,meta_lr,seconds\n";
+  testing::WriteText(dir / "records.csv",
+                     "1,6,1,1,1,1,1,1,1,1,1,1\n1,7,1,1,1,1,1,1,1,1,1,1\n2,11,1,1,1,1,1,1,1,1,1,1\n"
+                     "2,12,1,1\n");
+  ASSERT_TRUE(RunLog::Open(dir.path(), 11, 2).ok());
+  EXPECT_EQ(*ReadFile(dir / "records.csv"), header +
+                                                "1,6,1,1,1,1,1,1,1,1,1,1\n1,7,1,1,1,1,1,1,1,1,1,1\n"
+                                                "2,11,1,1,1,1,1,1,1,1,1,1\n");
+  testing::TempDir empty;
+  auto log = RunLog::Open(empty.path(), 20, 3);
+  ASSERT_TRUE(log.ok()) << log.status();
+  (*log)->Iteration(Iteration(3, 21));
+  const std::string records = *ReadFile(empty / "records.csv");
+  EXPECT_EQ(records.substr(0, header.size()), header);
+  EXPECT_THAT(records, HasSubstr("\n3,21,"));
+}
+
 }  // namespace
 }  // namespace mal::engine
