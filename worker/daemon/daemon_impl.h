@@ -138,8 +138,10 @@ class Daemon {
   void RemoveRunDir(const std::string& dir) ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
   // At start: every runs/EXPERIMENT/*.removing a killed daemon left, every run directory holding
   // the kSent marker (its output files all reached the coordinator and its completion was sent: a
-  // daemon killed between the acknowledgement and the rename left it), and then-empty experiment
-  // directories. Other run directories (failed runs') are kept.
+  // daemon killed between the acknowledgement and the rename left it), every run directory without
+  // the marker of a run this daemon failed (a run it held when it was killed or stopped, or one
+  // revoked: it resumes from the coordinator's copy), and then-empty experiment directories.
+  // Failed runs' directories are kept for inspection.
   void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);

@@ -39,6 +39,10 @@ namespace {
 // Written into a run's directory once every file of the run reached the coordinator, just before
 // its completion is sent: the local copy is no longer needed, whatever the answer.
 constexpr char kSent[] = ".sent";
+// Written into a run's directory when this daemon fails the run (not a hand-back): the directory
+// is kept for inspection. A start removes every run directory without kSent's or this marker's
+// reason to exist (RemoveLeftovers).
+constexpr char kFailedMarker[] = ".failed";
 
 // The last non-empty line of the engine's log (context for a crash, which sends no outcome).
 std::string LastLogLine(const std::string& path) {
@@ -325,6 +329,11 @@ v1::FailRunRequest FailRunRequestFor(const v1::Assignment& a, const std::string&
 void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool released) {
   LOG(WARNING) << "run " << t->a.run_id() << (released ? " handed back" : " failed")
                << (retryable ? " (retryable)" : "") << ": " << message;
+  if (!released) {
+    // Kept for inspection, and marked so that a start keeps it (RemoveLeftovers).
+    std::error_code ec;
+    if (fs::is_directory(t->dir, ec)) (void)WriteFileAtomic(t->dir + "/" + kFailedMarker, message);
+  }
   const v1::FailRunRequest req = FailRunRequestFor(t->a, message, retryable, released);
   (void)Deliver(t, [&]() { return client_->FailRun(req, kCallTimeout); });
 }
@@ -347,6 +356,7 @@ void Daemon::Execute(RunTask* t) {
     }
     fs::create_directories(t->dir, ec);
     fs::remove(fs::path(t->dir) / kSent, ec);  // a retry here trains in it again
+    fs::remove(fs::path(t->dir) / kFailedMarker, ec);
   }
   // Containment with links resolved: this host has the files (the coordinator checked lexically).
   if (absl::Status s = CheckSpecPaths(t->a.spec(), o_.data_roots, /*resolve_links=*/true);
@@ -679,14 +689,23 @@ void Daemon::RemoveLeftovers() {
   try {  // an iterator's increment throws on an error: the daemon starts all the same
     for (const auto& experiment : fs::directory_iterator(root, ec)) {
       if (!experiment.is_directory(ec)) continue;
-      std::vector<fs::path> leftovers;
+      std::vector<std::pair<fs::path, const char*>> leftovers;  // with why it goes
       for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
-        if (run.path().extension() == ".removing" || fs::exists(run.path() / kSent, ec))
-          leftovers.push_back(run.path());
+        if (run.path().extension() == ".removing" || fs::exists(run.path() / kSent, ec)) {
+          leftovers.emplace_back(run.path(),
+                                 "a completed run's, its files on the coordinator, left by a stop");
+        } else if (run.is_directory(ec) && !fs::exists(run.path() / kFailedMarker, ec)) {
+          // Neither completed nor failed here: the run this daemon had when it was killed or
+          // stopped, or one the coordinator revoked. It resumes from the coordinator's copy
+          // wherever it runs next (this host too), so the local one only filled the disk (it was
+          // kept for good until 2026-12-07; found by a kill-at-random probe).
+          leftovers.emplace_back(run.path(),
+                                 "a run this daemon no longer holds, left by a kill, a stop or a "
+                                 "revocation; it resumes from the coordinator's checkpoint");
+        }
       }
-      for (const auto& path : leftovers) {
-        LOG(INFO) << "removing " << path.string()
-                  << " (a completed run's, its files on the coordinator, left by a stop)";
+      for (const auto& [path, why] : leftovers) {
+        LOG(INFO) << "removing " << path.string() << " (" << why << ")";
         fs::remove_all(path, ec);
       }
       if (!leftovers.empty()) fs::remove(experiment.path(), ec);  // once empty

@@ -514,6 +514,12 @@ TEST_F(DaemonTest, AStartSweepsWhatAKilledDeletionLeft) {
   testing::WriteText(half + "/out/checkpoint.pt", "half deleted");
   std::filesystem::create_directories(kept);
   testing::WriteText(kept + "/log.txt", "a failed run's log\n");
+  testing::WriteText(kept + "/.failed", "fold 2: out of memory");
+  // The run a killed daemon was training: neither sent nor failed; it resumes from the
+  // coordinator's checkpoint wherever it goes (it was kept for good until 2026-12-07).
+  const std::string orphan = dir_ / "work/runs/e-4/trial-0-fold-3";
+  std::filesystem::create_directories(orphan + "/out");
+  testing::WriteText(orphan + "/out/checkpoint.pt", "the coordinator has one too");
   // Killed after its completion was sent, before the rename: every file is on the coordinator.
   const std::string sent = dir_ / "work/runs/e-5/trial-0-fold-1";
   std::filesystem::create_directories(sent + "/out");
@@ -533,6 +539,7 @@ TEST_F(DaemonTest, AStartSweepsWhatAKilledDeletionLeft) {
   EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-3"));
   EXPECT_FALSE(std::filesystem::exists(dir_ / "work/runs/e-5"));
   EXPECT_TRUE(std::filesystem::exists(kept + "/log.txt"));
+  EXPECT_FALSE(std::filesystem::exists(orphan));
 }
 
 TEST_F(DaemonTest, TheEnginesOwnErrorFailsTheRunForGoodWithItsMessage) {
@@ -546,6 +553,9 @@ exit 1)");
   EXPECT_EQ(fake_->failed_[0].message(), "data.au.root: /nope: no such directory");
   EXPECT_FALSE(fake_->failed_[0].retryable());
   EXPECT_TRUE(fake_->completed_.empty());
+  // Its directory is kept for inspection, marked so that the next start keeps it too.
+  EXPECT_EQ(ReadFile(dir_ / "work/runs/e-1/trial-0-fold-2/.failed").value_or(""),
+            "data.au.root: /nope: no such directory");
 }
 
 TEST_F(DaemonTest, AnEngineThatEndsWithoutAnOutcomeCrashedAndIsRetried) {
