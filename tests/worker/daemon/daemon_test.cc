@@ -773,8 +773,6 @@ kill -9 $$)");
   EXPECT_TRUE(fake_->failed_[0].retryable());
 }
 
-// A weights CSV whose epoch line never reached the daemon (it died in the engine's memory with a
-// crash) is still uploaded by the ending, before the next attempt starts from an empty out/.
 // The coordinator's checkpoint is never ahead of its logs and weights CSVs: each checkpoint goes
 // up after the records that reach its iteration and every weights CSV written before it, in the
 // periodic uploads while the engine trains (with no epoch event read yet) and at the end. A run
@@ -832,6 +830,8 @@ echo 'checkpoint 3' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
   }
 }
 
+// A weights CSV whose epoch line never reached the daemon (it died in the engine's memory with a
+// crash) is still uploaded by the ending, before the next attempt starts from an empty out/.
 TEST_F(DaemonTest, ACrashStillUploadsEveryWeightsCsvTheEngineWrote) {
   Start(R"(mkdir -p "$OUT/weights"; echo 'id,weight' > "$OUT/weights/epoch_003.csv"
 )" + std::string(kEpoch) +
