@@ -40,8 +40,10 @@ constexpr milliseconds kForever = milliseconds::max();
 // How long an upload made while the child trains (epoch ends, checkpoints) keeps retrying.
 constexpr milliseconds kProgressUploadPatience{10000};
 // In a run's directory (beside out/, so no output walk sends it): the checkpoint set aside while
-// UploadProgress sends the files it covers before it.
+// UploadProgress sends the files it covers before it, and the empty file it sends in place of
+// the logs after a restart (Supervised::restart_pending).
 constexpr char kCheckpointSnapshot[] = "checkpoint.upload";
+constexpr char kEmptyUpload[] = "empty.upload";
 // A child still there this long after its SIGKILL is in uninterruptible sleep (a hard-mounted
 // network file system, FUSE): its run is given up (docs/service.md).
 constexpr milliseconds kUnkillableAfter{60000};
@@ -82,6 +84,11 @@ struct Supervised {
   std::set<int> owed_weights;
   std::set<int> sent_weights;  // epochs whose weights CSV the coordinator has
   bool upload_owed = false;
+  // The engine started over with halved batches (a `restart` event) and the coordinator still
+  // holds the larger batches' checkpoint: until the new run's checkpoint is there, the new logs
+  // must not be (a retry would resume the old run with them). UploadProgress then sends empty
+  // logs, the new checkpoint, and the new logs, in that order.
+  bool restart_pending = false;
   // Set when the child was stopped for reporting no progress (DaemonOptions::stall_timeout_s):
   // what happened, for the run's failure message.
   std::optional<std::string> stalled;
@@ -147,8 +154,10 @@ class Daemon {
                       milliseconds patience = kForever);
   // The logs, the weights CSVs of `s.owed_weights` (every one in the output not yet sent), and
   // last the checkpoint as it was before them (set aside as kCheckpointSnapshot in the run
-  // directory), so that the coordinator's checkpoint is never ahead of its logs; clears what was
-  // sent and sets `s.upload_owed` when a transient failure outlasted `patience`. While the child
+  // directory), so that the coordinator's checkpoint is never ahead of its logs: it is held back
+  // (and owed) when the records are missing or a file it covers did not arrive. After a restart
+  // (s.restart_pending): empty logs, the checkpoint, then the logs. Clears what was sent and sets
+  // `s.upload_owed` when a transient failure outlasted `patience`. While the child
   // trains, `patience` bounds the retries, so a coordinator that is away does not stop the relay
   // (and, through a full pipe, the training): the next periodic tick sends them again.
   void UploadProgress(RunTask* t, Supervised& s, milliseconds patience = kForever);

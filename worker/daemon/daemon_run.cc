@@ -220,34 +220,64 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
   struct File {
     std::string name, path;
     int weights_epoch = 0;  // a weights CSV's epoch; 0 for the other files
+    bool covered = true;    // the checkpoint after it waits until it arrived (or is absent)
   };
   std::vector<File> files;
-  for (const std::string name : {run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
-    files.push_back({name, out + name});
+  const std::string empty = t->dir + "/" + kEmptyUpload;
+  const bool restart = s.restart_pending;
+  if (restart) {
+    // After a restart the coordinator holds the old run's checkpoint: its logs go first (a retry
+    // from it then resumes with none, not with the new run's), then the new checkpoint once the
+    // engine wrote one, and only then the new logs.
+    (void)WriteFileAtomic(empty, "");
+    for (const char* name : {run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
+      files.push_back({name, empty});
+    }
+    if (checkpoint) files.push_back({run_files::kCheckpoint, snapshot});
   }
-  for (int epoch : s.owed_weights) {
-    const std::string name = run_files::WeightsCsv(epoch);
-    files.push_back({name, out + name, epoch});
+  if (!restart || checkpoint) {
+    for (const std::string name :
+         {run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
+      files.push_back({name, out + name});
+    }
+    for (int epoch : s.owed_weights) {
+      const std::string name = run_files::WeightsCsv(epoch);
+      files.push_back({name, out + name, epoch});
+    }
   }
   // The engine's log so far, for `malctl logs --follow`.
-  files.push_back({run_files::kLog, t->dir + "/" + run_files::kLog});
-  if (checkpoint) files.push_back({run_files::kCheckpoint, snapshot});
+  files.push_back({run_files::kLog, t->dir + "/" + run_files::kLog, 0, /*covered=*/false});
+  // No checkpoint without its records (the engine removes every file when it starts over with
+  // halved batches, possibly between the link above and now).
+  const bool records = fs::exists(out + run_files::kRecords, ec);
+  if (checkpoint && !restart && records) files.push_back({run_files::kCheckpoint, snapshot});
   s.upload_owed = false;
+  bool covered = true;  // every file the checkpoint covers arrived
   for (const File& f : files) {
+    if (f.name == run_files::kCheckpoint && !covered) {
+      LOG(WARNING) << "run " << t->a.run_id() << ": " << run_files::kCheckpoint
+                   << " held back: a file it covers did not arrive (sent again later)";
+      s.upload_owed = true;
+      break;
+    }
     if (!fs::exists(f.path, ec)) continue;
     grpc::Status st = Upload(t, f.name, f.path, patience);
     if (st.ok() && f.weights_epoch > 0) s.sent_weights.insert(f.weights_epoch);
+    if (st.ok() && f.name == run_files::kCheckpoint) s.restart_pending = false;
     NoteRefusal(t->a.run_id(), f.name, st, s);
+    covered = covered && (st.ok() || !f.covered);
     if (!st.ok() && IsTransient(st)) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                                << st.error_message() << " (sent again later)";
       s.upload_owed = true;  // the coordinator is away: the rest would wait as long
       fs::remove(snapshot, ec);
+      fs::remove(empty, ec);
       return;
     }
   }
   fs::remove(snapshot, ec);
-  s.owed_weights.clear();
+  fs::remove(empty, ec);
+  if (!s.upload_owed) s.owed_weights.clear();
 }
 
 void Daemon::OweEveryWeightsCsv(const RunTask* t, Supervised& s) {
@@ -288,11 +318,12 @@ grpc::Status Daemon::UploadAll(RunTask* t) {
     first = grpc::Status(grpc::StatusCode::INTERNAL,
                          absl::StrCat("reading ", out.string(), ": ", ec.message()));
   }
-  // The checkpoint after the files it covers, as UploadProgress sends it (a daemon killed
-  // midway leaves the coordinator's checkpoint behind its logs, never ahead of them).
+  // The checkpoint after the files it covers, as UploadProgress sends it, and only when they all
+  // arrived (a daemon killed midway, or a file that failed, leaves the coordinator's checkpoint
+  // behind its logs, never ahead of them).
   const std::string checkpoint = (out / run_files::kCheckpoint).string();
   std::error_code exists_ec;
-  if (fs::exists(checkpoint, exists_ec)) {
+  if (first.ok() && fs::exists(checkpoint, exists_ec)) {
     grpc::Status s = Upload(t, run_files::kCheckpoint, checkpoint);
     if (!s.ok()) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << run_files::kCheckpoint << ": "
@@ -449,6 +480,7 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           // larger batches' (the watchers learn why from the event).
           s.last_epoch = v1::EpochMetrics();
           s.last_iteration = 0;
+          s.restart_pending = true;
           s.pending.push_back(std::move(*ev));
         } else if (ev->has_epoch()) {
           s.last_epoch = ev->epoch();

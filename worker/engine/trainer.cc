@@ -697,10 +697,8 @@ absl::StatusOr<TrainResult> TrainWithOomFallback(const TrainOptions& options,
       }
     }
     // Every file of the larger batch's run goes: the new run writes its own, and a checkpoint of
-    // the smaller batches before its first iteration. (The worker daemon used to upload that
-    // before any of the new logs; since it sends every checkpoint after its logs, a daemon killed
-    // between the new logs and the new checkpoint leaves the coordinator the old checkpoint with
-    // the new logs: a known gap, docs/engine.md "train.oom_retries".)
+    // the smaller batches before its first iteration; the worker daemon, told by the restart
+    // event, sends that before any of the new logs (a retry elsewhere then resumes the new run).
     for (const char* name :
          {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics,
           run_files::kModel, run_files::kModelMetadata, run_files::kWeightsDir, "tensorboard"}) {

@@ -409,8 +409,9 @@ TEST_F(DaemonTest, AFileRefusedForGoodDuringTrainingStopsIt) {
         -1};
   }
   const auto start = std::chrono::steady_clock::now();
-  Start("echo ckpt > $OUT/checkpoint.pt\n" + std::string(kEpoch) +
-        "\nsleep 60\necho '{\"outcome\":{}}' >&3\nexit 0");
+  // As the engine does, records.csv before any checkpoint (no checkpoint goes up without it).
+  Start("echo epoch,iteration > $OUT/records.csv\necho ckpt > $OUT/checkpoint.pt\n" +
+        std::string(kEpoch) + "\nsleep 60\necho '{\"outcome\":{}}' >&3\nexit 0");
   fake_->Assign(11, 1);
   ASSERT_TRUE(fake_->WaitForOutcome());
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));  // not the sleep
@@ -828,6 +829,48 @@ echo 'checkpoint 3' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
        it.increment(ec)) {
     EXPECT_NE(it->path().filename(), internal::kCheckpointSnapshot) << it->path();
   }
+}
+
+// After an out-of-memory restart (train.oom_retries) the coordinator holds the larger batches'
+// checkpoint: the new run's logs must never sit beside it (a retry would resume the old run with
+// them). At every upload, while the old checkpoint is the coordinator's, its records are the old
+// run's or empty; the new run's go up only after its first checkpoint.
+TEST_F(DaemonTest, AfterARestartTheNewLogsGoUpOnlyAfterTheNewCheckpoint) {
+  Start(R"(printf 'epoch,iteration\n1,1\n1,2\n' > $OUT/records.csv
+echo 'checkpoint old' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+sleep 2
+rm -f $OUT/checkpoint.pt $OUT/records.csv
+echo '{"restart":{"batchAu":8,"batchFe":8,"valBatch":16,"halving":1,"reason":"out of memory"}}' >&3
+printf 'epoch,iteration\n' > $OUT/records.csv
+echo 'checkpoint new' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+echo '1,1' >> $OUT/records.csv
+sleep 2
+echo '1,2' >> $OUT/records.csv
+)" + std::string(kEpoch) +
+        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  stop_ = true;
+  thread_.join();
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  const std::string old_records = "epoch,iteration\n1,1\n1,2\n";
+  std::string checkpoint, records;
+  bool old_sent = false, new_sent = false;
+  for (const auto& [name, bytes] : fake_->uploaded_) {
+    if (name == "checkpoint.pt") checkpoint = bytes;
+    if (name == "records.csv") records = bytes;
+    old_sent = old_sent || checkpoint == "checkpoint old\n";
+    new_sent = new_sent || checkpoint == "checkpoint new\n";
+    if (checkpoint == "checkpoint old\n") {
+      EXPECT_TRUE(records == old_records || records.empty())
+          << "the old checkpoint beside the new run's records:\n"
+          << records;
+    }
+  }
+  EXPECT_TRUE(old_sent);  // the periodic upload before the restart
+  EXPECT_TRUE(new_sent);
+  EXPECT_EQ(records, "epoch,iteration\n1,1\n1,2\n");  // the new run's, in the end
 }
 
 // A weights CSV whose epoch line never reached the daemon (it died in the engine's memory with a
