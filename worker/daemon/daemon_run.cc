@@ -298,6 +298,13 @@ grpc::Status Daemon::UploadAll(RunTask* t) {
   const fs::path out = t->dir + "/out";
   std::error_code ec;
   grpc::Status first;
+  // Sends one output file; a failure is logged and the first one kept.
+  auto send = [&](const std::string& rel, const std::string& path) {
+    grpc::Status s = Upload(t, rel, path);
+    if (s.ok()) return;
+    LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
+    if (first.ok()) first = grpc::Status(s.error_code(), UploadFailure(rel, s));
+  };
   // Non-throwing forms throughout: a file vanishing or unreadable mid-walk is a file not sent,
   // never an exception on the run's thread.
   fs::recursive_directory_iterator it(out, ec), end;
@@ -308,11 +315,7 @@ grpc::Status Daemon::UploadAll(RunTask* t) {
     const std::string rel = entry.path().lexically_relative(out).string();
     if (rel.find(".tmp") != std::string::npos || rel.find(".fetch") != std::string::npos) continue;
     if (rel == run_files::kCheckpoint) continue;  // last, below
-    grpc::Status s = Upload(t, rel, entry.path().string());
-    if (!s.ok()) {
-      LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << rel << ": " << s.error_message();
-      if (first.ok()) first = grpc::Status(s.error_code(), UploadFailure(rel, s));
-    }
+    send(rel, entry.path().string());
   }
   if (ec && first.ok()) {
     first = grpc::Status(grpc::StatusCode::INTERNAL,
@@ -323,15 +326,7 @@ grpc::Status Daemon::UploadAll(RunTask* t) {
   // behind its logs, never ahead of them).
   const std::string checkpoint = (out / run_files::kCheckpoint).string();
   std::error_code exists_ec;
-  if (first.ok() && fs::exists(checkpoint, exists_ec)) {
-    grpc::Status s = Upload(t, run_files::kCheckpoint, checkpoint);
-    if (!s.ok()) {
-      LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << run_files::kCheckpoint << ": "
-                   << s.error_message();
-      if (first.ok())
-        first = grpc::Status(s.error_code(), UploadFailure(run_files::kCheckpoint, s));
-    }
-  }
+  if (first.ok() && fs::exists(checkpoint, exists_ec)) send(run_files::kCheckpoint, checkpoint);
   (void)Upload(t, run_files::kLog, t->dir + "/" + run_files::kLog);
   return first;
 }

@@ -15,7 +15,10 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -271,6 +274,11 @@ class DaemonTest : public ::testing::Test {
   // Trains (an epoch, model.pt, success) while the coordinator refuses model.pt with `refusal` on
   // every try: the run must fail, not complete; its failure.
   v1::FailRunRequest FailureWhenModelRefused(const grpc::Status& refusal);
+  // Runs run 11 with an engine that runs the shell lines `training` and then succeeds (an epoch,
+  // model.pt, its outcome), stops the daemon, and returns every upload in order (name, bytes);
+  // empty unless the run completed once.
+  std::vector<std::pair<std::string, std::string>> UploadsOfASucceededRun(
+      const std::string& training);
 
   testing::TempDir dir_;
   std::unique_ptr<FakeCoordinator> fake_ = std::make_unique<FakeCoordinator>();
@@ -283,6 +291,18 @@ class DaemonTest : public ::testing::Test {
 
 constexpr char kEpoch[] =
     R"(echo '{"epoch":{"epoch":2,"iteration":40,"aus":[1,2],"testF1":[0.5,0.7],"testMeanF1":0.6}}' >&3)";
+
+std::vector<std::pair<std::string, std::string>> DaemonTest::UploadsOfASucceededRun(
+    const std::string& training) {
+  Start(training + kEpoch + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1);
+  if (!fake_->WaitForOutcome()) return {};
+  stop_ = true;
+  thread_.join();
+  absl::MutexLock lock(&fake_->mu_);
+  if (fake_->completed_.size() != 1u) return {};
+  return fake_->uploaded_;
+}
 
 v1::FailRunRequest DaemonTest::FailureWhenModelRefused(const grpc::Status& refusal) {
   {
@@ -780,7 +800,7 @@ kill -9 $$)");
 // resumed from a checkpoint that went up alone (a daemon killed before the epoch end's upload)
 // lost the iterations between, for good (found by a kill-at-random probe).
 TEST_F(DaemonTest, ACheckpointGoesUpOnlyAfterTheLogsAndWeightsItCovers) {
-  Start(R"(printf 'epoch,iteration\n1,1\n' > $OUT/records.csv
+  const auto uploads = UploadsOfASucceededRun(R"(printf 'epoch,iteration\n1,1\n' > $OUT/records.csv
 echo 'checkpoint 1' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
 sleep 2
 echo '1,2' >> $OUT/records.csv
@@ -789,20 +809,14 @@ echo 'checkpoint 2' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
 sleep 2
 echo '2,3' >> $OUT/records.csv
 echo 'checkpoint 3' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
-)" + std::string(kEpoch) +
-        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
-  fake_->Assign(11, 1);
-  ASSERT_TRUE(fake_->WaitForOutcome());
-  stop_ = true;
-  thread_.join();
-  absl::MutexLock lock(&fake_->mu_);
-  ASSERT_EQ(fake_->completed_.size(), 1u);
+)");
+  ASSERT_FALSE(uploads.empty()) << "the run did not complete";
   // The records' last iteration and whether epoch 1's weights went up, as the coordinator held
   // them at each checkpoint's arrival.
   int64_t records_iteration = 0;
   bool weights = false;
   std::set<std::string> checkpoints;
-  for (const auto& [name, bytes] : fake_->uploaded_) {
+  for (const auto& [name, bytes] : uploads) {
     if (name == "records.csv") {
       const std::vector<std::string> lines = absl::StrSplit(bytes, '\n', absl::SkipEmpty());
       const std::vector<std::string> last = absl::StrSplit(lines.back(), ',');
@@ -836,7 +850,8 @@ echo 'checkpoint 3' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
 // them). At every upload, while the old checkpoint is the coordinator's, its records are the old
 // run's or empty; the new run's go up only after its first checkpoint.
 TEST_F(DaemonTest, AfterARestartTheNewLogsGoUpOnlyAfterTheNewCheckpoint) {
-  Start(R"(printf 'epoch,iteration\n1,1\n1,2\n' > $OUT/records.csv
+  const auto uploads =
+      UploadsOfASucceededRun(R"(printf 'epoch,iteration\n1,1\n1,2\n' > $OUT/records.csv
 echo 'checkpoint old' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
 sleep 2
 rm -f $OUT/checkpoint.pt $OUT/records.csv
@@ -846,18 +861,12 @@ echo 'checkpoint new' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
 echo '1,1' >> $OUT/records.csv
 sleep 2
 echo '1,2' >> $OUT/records.csv
-)" + std::string(kEpoch) +
-        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
-  fake_->Assign(11, 1);
-  ASSERT_TRUE(fake_->WaitForOutcome());
-  stop_ = true;
-  thread_.join();
-  absl::MutexLock lock(&fake_->mu_);
-  ASSERT_EQ(fake_->completed_.size(), 1u);
+)");
+  ASSERT_FALSE(uploads.empty()) << "the run did not complete";
   const std::string old_records = "epoch,iteration\n1,1\n1,2\n";
   std::string checkpoint, records;
   bool old_sent = false, new_sent = false;
-  for (const auto& [name, bytes] : fake_->uploaded_) {
+  for (const auto& [name, bytes] : uploads) {
     if (name == "checkpoint.pt") checkpoint = bytes;
     if (name == "records.csv") records = bytes;
     old_sent = old_sent || checkpoint == "checkpoint old\n";
