@@ -4,6 +4,8 @@
 // from metrics.json, and per epoch a histogram of the FE sample weights per expression from
 // weights/epoch_NNN.csv.
 
+#include "client/export_command.h"
+
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <iostream>
@@ -14,6 +16,7 @@
 #include "client/service_client.h"
 #include "common/tensorboard/event_writer.h"
 #include "common/tensorboard/run_summaries.h"
+#include "common/util/grpc_status.h"
 #include "common/util/run_files.h"
 
 namespace mal::cli {
@@ -28,6 +31,11 @@ struct ExportOptions {
   std::optional<int> trial;
 };
 
+// A download's failure, named with the file ("records.csv: ...").
+absl::Status Named(const std::string& name, const absl::Status& s) {
+  return s.ok() ? s : absl::Status(s.code(), absl::StrCat(name, ": ", s.message()));
+}
+
 int Export(const ServiceClient& c, const ExportOptions& o) {
   v1::ExperimentInfo info;
   if (grpc::Status s = GetExperiment(c, o.id, &info); !s.ok()) return RpcFail(s);
@@ -38,50 +46,26 @@ int Export(const ServiceClient& c, const ExportOptions& o) {
     ro.id = o.id;
     ro.trial = run.trial();
     ro.fold = run.fold();
-    std::string records;
-    if (!DownloadArtifact(c, Request(ro, run_files::kRecords), &records).ok()) {
-      std::cerr << "malctl: " << Where(ro) << ": nothing uploaded yet, skipped\n";
-      continue;
-    }
     const std::string dir =
         absl::StrCat(o.dir, "/", o.id, "/trial-", run.trial(), "/",
                      run.fold() == 0 ? "final-fit" : absl::StrCat("fold-", run.fold()));
-    // A new file replaces the run's earlier export (TensorBoard would show both).
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-      if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0)
-        fs::remove(e.path(), ec);
+    auto path = ExportRun(
+        [&](const std::string& name, std::string* out) {
+          return FromGrpcStatus(DownloadArtifact(c, Request(ro, name), out));
+        },
+        dir);
+    if (absl::IsNotFound(path.status())) {
+      std::cerr << "malctl: " << Where(ro) << ": nothing uploaded yet, skipped\n";
+      continue;
     }
-    auto writer = tensorboard::EventWriter::Create(dir, /*atomic=*/true);
-    if (!writer.ok()) return Fail(kFailed, std::string(writer.status().message()));
-    absl::Status s = tensorboard::AddRecordsCsv(**writer, records);
-    std::map<int, int64_t> steps;
-    std::string metrics;
-    if (s.ok() && DownloadArtifact(c, Request(ro, run_files::kMetrics), &metrics).ok()) {
-      auto written_steps = tensorboard::AddMetricsJson(**writer, metrics);
-      if (written_steps.ok())
-        steps = *written_steps;
-      else
-        s = written_steps.status();
-    }
-    for (const auto& [epoch, step] : steps) {
-      std::string csv;
-      if (!s.ok() || !DownloadArtifact(c, Request(ro, run_files::WeightsCsv(epoch)), &csv).ok())
-        continue;
-      s = tensorboard::AddWeightsCsv(**writer, csv, step);
-    }
-    if (s.ok()) s = (*writer)->Close();
-    if (!s.ok()) {
-      // One run's unreadable files do not cost the others their export: it is named and left
-      // out (no half-written event file), the rest are written, and the exit says it failed.
-      const std::string path = (*writer)->path();
-      writer->reset();
-      fs::remove(path, ec);
-      std::cerr << "malctl: " << Where(ro) << ": " << s.message() << "; not exported\n";
+    if (!path.ok()) {
+      // One run that cannot be exported does not cost the others theirs: it is named, its earlier
+      // export (if any) is kept, the rest are written, and the exit says it failed.
+      std::cerr << "malctl: " << Where(ro) << ": " << path.status().message() << "; not exported\n";
       ++failed;
       continue;
     }
-    std::cout << (*writer)->path() << "\n";
+    std::cout << *path << "\n";
     ++written;
   }
   if (written == 0 && failed == 0)
@@ -96,6 +80,50 @@ int Export(const ServiceClient& c, const ExportOptions& o) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ExportRun(const FetchArtifact& fetch, const std::string& dir) {
+  std::string records;
+  if (absl::Status s = fetch(run_files::kRecords, &records); !s.ok())
+    return absl::IsNotFound(s) ? s : Named(run_files::kRecords, s);
+  auto writer = tensorboard::EventWriter::Create(dir, /*atomic=*/true);
+  if (!writer.ok()) return writer.status();
+  // The event file stays a temporary one until Close; on any error the writer's destructor drops
+  // it, so `dir` keeps what it had. (The parsers' errors name their file.)
+  absl::Status s = tensorboard::AddRecordsCsv(**writer, records);
+  std::map<int, int64_t> steps;
+  std::string metrics;
+  if (s.ok()) {
+    if (absl::Status got = fetch(run_files::kMetrics, &metrics); got.ok()) {
+      auto written_steps = tensorboard::AddMetricsJson(**writer, metrics);
+      if (written_steps.ok())
+        steps = *written_steps;
+      else
+        s = written_steps.status();
+    } else if (!absl::IsNotFound(got)) {
+      s = Named(run_files::kMetrics, got);
+    }
+  }
+  for (const auto& [epoch, step] : steps) {
+    if (!s.ok()) break;
+    const std::string name = run_files::WeightsCsv(epoch);
+    std::string csv;
+    if (absl::Status got = fetch(name, &csv); !got.ok()) {
+      if (!absl::IsNotFound(got)) s = Named(name, got);
+      continue;
+    }
+    s = Named(name, tensorboard::AddWeightsCsv(**writer, csv, step));
+  }
+  if (!s.ok()) return s;
+  if (s = (*writer)->Close(); !s.ok()) return s;
+  // A new file replaces the run's earlier exports (TensorBoard would show both).
+  const fs::path path = (*writer)->path();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path() != path && e.path().filename().string().rfind("events.out.tfevents.", 0) == 0)
+      fs::remove(e.path(), ec);
+  }
+  return path.string();
+}
 
 void AddExportCommand(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<ExportOptions>();

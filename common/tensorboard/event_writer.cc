@@ -49,7 +49,16 @@ absl::StatusOr<std::unique_ptr<EventWriter>> EventWriter::Create(const std::stri
   return writer;
 }
 
-EventWriter::~EventWriter() { (void)Close(); }
+EventWriter::~EventWriter() {
+  if (tmp_.empty() || file_ == nullptr) {
+    (void)Close();
+    return;
+  }
+  // Never Closed: what was written is incomplete, and an atomic writer keeps nothing of it.
+  std::fclose(file_);
+  std::error_code ec;
+  fs::remove(tmp_, ec);
+}
 
 absl::Status EventWriter::Write(const std::string& data) {
   if (file_ == nullptr) return absl::FailedPreconditionError(absl::StrCat(path_, ": closed"));

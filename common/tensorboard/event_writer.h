@@ -23,7 +23,9 @@ class EventWriter {
   // (an export never leaves a partial file); otherwise they are appended and flushed as they come,
   // for TensorBoard to read live. Errors name the path.
   static absl::StatusOr<std::unique_ptr<EventWriter>> Create(const std::string& dir, bool atomic);
-  ~EventWriter();  // Close(), errors dropped
+  // Not atomic: Close(), errors dropped. Atomic and not Closed: the temporary file is removed, so
+  // an export that stopped at an error leaves nothing (and replaces nothing).
+  ~EventWriter();
   EventWriter(const EventWriter&) = delete;
   EventWriter& operator=(const EventWriter&) = delete;
 
