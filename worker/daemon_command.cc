@@ -57,6 +57,10 @@ std::function<int()> AddDaemonOptions(CLI::App& app) {
                 "stop and retry a run whose engine shows no progress (no batch trained or "
                 "evaluated, no image file checked) for this long, s (0: never)")
       ->check(CLI::Range(0, 604800));
+  g->add_option("--keep-failed-runs", o->keep_failed_runs,
+                "failed runs' directories kept for inspection, the newest (older ones are "
+                "removed; their logs stay on the coordinator)")
+      ->check(CLI::Range(0, 100000));
   g->add_option("--listen", o->listen,
                 "serve grpc.health.v1 and reflection at HOST:PORT (default: not served)");
   g->add_option("--engine", o->engine,

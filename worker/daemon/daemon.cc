@@ -187,6 +187,15 @@ void Daemon::Launch(const v1::Assignment& a) {
           Fail(raw, absl::StrCat("worker ", o_.name, ": ", e.what()), /*retryable=*/true);
         }
       }
+      // Revoked (a cancel, a lapsed lease): the run resumes from the coordinator's checkpoint
+      // wherever it runs next, so its directory only filled the disk of a daemon that runs for
+      // months (it went only at the next start). A later assignment of the same run waits for
+      // this task (Start), so nothing trains in it now. Kept if it failed here first.
+      std::error_code ec;
+      if (raw->dropped && !fs::exists(fs::path(raw->dir) / kFailedMarker, ec)) {
+        LOG(INFO) << "run " << raw->a.run_id() << ": removing " << raw->dir << " (revoked)";
+        RemoveRunDir(raw->dir);
+      }
       absl::MutexLock lock(&mu_);
       raw->done = true;
       wake_.SignalAll();

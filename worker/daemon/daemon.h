@@ -43,6 +43,10 @@ struct DaemonOptions {
   // dataset and weight path of a run's spec must lie under; a run outside fails without retry
   // before anything is opened. Empty: no containment.
   std::vector<std::string> data_roots;
+  // How many failed runs' directories stay for inspection (marked .failed, the newest kept); an
+  // older one is removed when a run fails and at a start. Their logs are on the coordinator
+  // (`malctl logs`); the directory adds the checkpoint and output (about 260 MB for ResNet-34).
+  int keep_failed_runs = 10;
 };
 
 // Runs until `*stop` becomes true; then stops its children (checkpointing), hands their runs

@@ -44,6 +44,13 @@ constexpr milliseconds kProgressUploadPatience{10000};
 // the logs after a restart (Supervised::restart_pending).
 constexpr char kCheckpointSnapshot[] = "checkpoint.upload";
 constexpr char kEmptyUpload[] = "empty.upload";
+// Written into a run's directory once every file of the run reached the coordinator, just before
+// its completion is sent: the local copy is no longer needed, whatever the answer.
+constexpr char kSent[] = ".sent";
+// Written into a run's directory when this daemon fails the run (not a hand-back): the directory
+// is kept for inspection (the newest DaemonOptions::keep_failed_runs). A start removes every run
+// directory without kSent's or this marker's reason to exist (RemoveLeftovers).
+constexpr char kFailedMarker[] = ".failed";
 // A child still there this long after its SIGKILL is in uninterruptible sleep (a hard-mounted
 // network file system, FUSE): its run is given up (docs/service.md).
 constexpr milliseconds kUnkillableAfter{60000};
@@ -148,8 +155,11 @@ class Daemon {
   // daemon killed between the acknowledgement and the rename left it), every run directory without
   // the marker of a run this daemon failed (a run it held when it was killed or stopped, or one
   // revoked: it resumes from the coordinator's copy), and then-empty experiment directories.
-  // Failed runs' directories are kept for inspection.
+  // Failed runs' directories are kept for inspection, the newest DaemonOptions::keep_failed_runs.
   void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
+  // Removes the directories of failed runs (kFailedMarker) beyond the newest keep_failed_runs, by
+  // the marker's time.
+  void PruneFailedRunDirs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);
   // The logs, the weights CSVs of `s.owed_weights` (every one in the output not yet sent), and

@@ -36,14 +36,6 @@ namespace internal {
 
 namespace {
 
-// Written into a run's directory once every file of the run reached the coordinator, just before
-// its completion is sent: the local copy is no longer needed, whatever the answer.
-constexpr char kSent[] = ".sent";
-// Written into a run's directory when this daemon fails the run (not a hand-back): the directory
-// is kept for inspection. A start removes every run directory without kSent's or this marker's
-// reason to exist (RemoveLeftovers).
-constexpr char kFailedMarker[] = ".failed";
-
 // The last non-empty line of the engine's log (context for a crash, which sends no outcome).
 std::string LastLogLine(const std::string& path) {
   auto text = ReadFile(path);
@@ -357,8 +349,10 @@ void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool r
                << (retryable ? " (retryable)" : "") << ": " << message;
   if (!released) {
     // Kept for inspection, and marked so that a start keeps it (RemoveLeftovers).
+    absl::MutexLock lock(&run_dirs_mu_);
     std::error_code ec;
     if (fs::is_directory(t->dir, ec)) (void)WriteFileAtomic(t->dir + "/" + kFailedMarker, message);
+    PruneFailedRunDirs();
   }
   const v1::FailRunRequest req = FailRunRequestFor(t->a, message, retryable, released);
   (void)Deliver(t, [&]() { return client_->FailRun(req, kCallTimeout); });
@@ -563,6 +557,7 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
   const int64_t run_id = t->a.run_id();
   if (t->dropped || s.stale) {
     LOG(INFO) << "run " << run_id << " stopped (revoked)";
+    t->dropped = true;  // its directory goes when the task ends (Launch)
     return;
   }
   if (s.abandoned) return;  // failed already, for a retry elsewhere
@@ -574,7 +569,10 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
     if (*stop_ && (!t->stopping || tries > 20)) break;  // shutting down: do not wait forever
     Sleep(milliseconds(500));
   }
-  if (s.stale || t->dropped) return;
+  if (s.stale || t->dropped) {
+    t->dropped = true;
+    return;
+  }
   if (s.refused) {
     // Stopped as soon as the coordinator refused a file for good (a checkpoint over its
     // --max-upload-mb at the first epoch): training on would only make files it also refuses.
@@ -739,6 +737,35 @@ void Daemon::RemoveLeftovers() {
     }
   } catch (const fs::filesystem_error& e) {
     LOG(WARNING) << "sweeping " << root.string() << ": " << e.what();
+  }
+  PruneFailedRunDirs();
+}
+
+void Daemon::PruneFailedRunDirs() {
+  const fs::path root = fs::path(o_.work_dir) / "runs";
+  std::vector<std::pair<fs::file_time_type, fs::path>> failed;  // marker time, run directory
+  std::error_code ec;
+  try {  // an iterator's increment throws on an error: nothing is removed then
+    for (const auto& experiment : fs::directory_iterator(root, ec)) {
+      if (!experiment.is_directory(ec)) continue;
+      for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
+        const auto when = fs::last_write_time(run.path() / kFailedMarker, ec);
+        if (!ec) failed.emplace_back(when, run.path());
+      }
+    }
+  } catch (const fs::filesystem_error& e) {
+    LOG(WARNING) << "listing failed runs in " << root.string() << ": " << e.what();
+    return;
+  }
+  const size_t keep = static_cast<size_t>(std::max(0, o_.keep_failed_runs));
+  if (failed.size() <= keep) return;
+  std::sort(failed.begin(), failed.end(), std::greater<>());  // newest first
+  for (size_t i = keep; i < failed.size(); ++i) {
+    const fs::path& dir = failed[i].second;
+    LOG(INFO) << "removing " << dir.string() << " (a failed run's, beyond the newest " << keep
+              << " kept: --keep-failed-runs; its log is on the coordinator)";
+    fs::remove_all(dir, ec);
+    fs::remove(dir.parent_path(), ec);  // the experiment's, once empty
   }
 }
 

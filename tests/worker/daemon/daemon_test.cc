@@ -239,6 +239,7 @@ class DaemonTest : public ::testing::Test {
     o.stop_grace_s = stop_grace_s_;
     o.stall_timeout_s = stall_timeout_s_;
     o.upload_every_s = 1;
+    o.keep_failed_runs = keep_failed_runs_;
     thread_ = std::thread(
         [this, o]() { rc_ = RunDaemon(o, &stop_, std::make_unique<Lent>(fake_.get())); });
   }
@@ -287,6 +288,7 @@ class DaemonTest : public ::testing::Test {
   int rc_ = -1;
   int stall_timeout_s_ = 1800;  // the daemon's default
   int stop_grace_s_ = 1;
+  int keep_failed_runs_ = 10;  // the daemon's default
 };
 
 constexpr char kEpoch[] =
@@ -606,11 +608,44 @@ TEST_F(DaemonTest, ARevokedRunIsStoppedAndReportsNothing) {
   Start("sleep 30 & wait");
   fake_->Assign(15, 1);
   ASSERT_TRUE(fake_->WaitForClaims(1));  // running
+  const std::string run_dir = dir_ / "work/runs/e-1/trial-0-fold-1";
+  EXPECT_TRUE(std::filesystem::exists(run_dir));
   fake_->Revoke(15);
   ASSERT_TRUE(fake_->WaitForClaims(0));  // stopped and reaped well before the 30 s sleep ends
+  // It resumes from the coordinator's checkpoint wherever it runs next: its directory goes now,
+  // not at the daemon's next start (which may be months away).
+  EXPECT_FALSE(std::filesystem::exists(run_dir));
   absl::MutexLock lock(&fake_->mu_);
   EXPECT_TRUE(fake_->completed_.empty());
   EXPECT_TRUE(fake_->failed_.empty());
+}
+
+// Failed runs' directories are kept for inspection, but only the newest --keep-failed-runs: a
+// flaky host failing runs for weeks would otherwise fill its disk (a ResNet-34 run's 260 MB each).
+TEST_F(DaemonTest, OnlyTheNewestFailedRunsDirectoriesAreKept) {
+  keep_failed_runs_ = 2;
+  auto failed_run = [&](const std::string& name, std::chrono::hours age) {
+    const std::string run = dir_ / ("work/runs/e-0/" + name);
+    std::filesystem::create_directories(run + "/out");
+    testing::WriteText(run + "/out/checkpoint.pt", "weights");
+    testing::WriteText(run + "/.failed", "engine process killed by signal 9");
+    std::filesystem::last_write_time(run + "/.failed",
+                                     std::filesystem::file_time_type::clock::now() - age);
+    return run;
+  };
+  const std::string oldest = failed_run("trial-0-fold-1", std::chrono::hours(3));
+  const std::string older = failed_run("trial-0-fold-2", std::chrono::hours(2));
+  const std::string old = failed_run("trial-0-fold-3", std::chrono::hours(1));
+  Start(R"(echo '{"outcome":{"code":3,"message":"non-finite loss"}}' >&3
+exit 1)");
+  fake_->Assign(12, 2);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  // The start kept the newest two; the new failure is now the newest.
+  EXPECT_FALSE(std::filesystem::exists(oldest));
+  EXPECT_FALSE(std::filesystem::exists(older));
+  EXPECT_TRUE(std::filesystem::exists(old + "/out/checkpoint.pt"));
+  EXPECT_EQ(ReadFile(dir_ / "work/runs/e-1/trial-0-fold-2/.failed").value_or(""),
+            "non-finite loss");
 }
 
 // The daemon told to stop after a run started but before its engine was spawned: the engine is
