@@ -202,16 +202,23 @@ class Coordinator {
   // After a run reached a final state: settles its trial, then the experiment.
   void Settle(Experiment& e, int trial) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies SettleTrial's answer for `t`: nothing for nullopt; else its state (SetTrialState),
-  // cancelling its other runs first when it FAILED.
-  void ApplySettlement(Experiment& e, Trial& t, const std::optional<TrialSettlement>& settled)
+  // cancelling its other runs first when it FAILED. `runs`: the trial's entry in FoldRunsByTrial
+  // (null: found by walking every run of `e`; SettleAll passes them, so that settling every trial
+  // is one pass, not trials x runs).
+  void ApplySettlement(Experiment& e, Trial& t, const std::optional<TrialSettlement>& settled,
+                       const std::vector<const FoldRun*>* runs = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cancels the unfinished runs of `trial` (every trial when < 0), publishing each change. A store
-  // error is logged and the rest are still cancelled; returns the first error.
-  absl::Status CancelRuns(Experiment& e, int trial, const std::string& message)
+  // error is logged and the rest are still cancelled; returns the first error. `runs`: as for
+  // ApplySettlement (only with trial >= 0).
+  absl::Status CancelRuns(Experiment& e, int trial, const std::string& message,
+                          const std::vector<const FoldRun*>* runs = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets, persists and publishes (trial_result) a trial's final state, in one transaction. When
   // that fails, the trial stays open and the experiment is settled again at the next Tick.
-  void SetTrialState(Experiment& e, Trial& t, TrialState state, const std::string& message)
+  // `runs`: as for ApplySettlement.
+  void SetTrialState(Experiment& e, Trial& t, TrialState state, const std::string& message,
+                     const std::vector<const FoldRun*>* runs = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Once every trial settled: adds the final fit when asked (and not yet run), else finishes.
   void MaybeFinish(Experiment& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

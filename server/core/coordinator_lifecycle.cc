@@ -16,10 +16,23 @@
 
 namespace mal::server {
 
-absl::Status Coordinator::CancelRuns(Experiment& e, int trial, const std::string& message) {
+absl::Status Coordinator::CancelRuns(Experiment& e, int trial, const std::string& message,
+                                     const std::vector<const FoldRun*>* runs) {
+  std::vector<int64_t> ids;  // the runs to cancel
+  if (runs != nullptr && trial >= 0) {
+    for (const FoldRun* r : *runs) {
+      if (!IsFinished(r->state)) ids.push_back(r->id);
+    }
+  } else {
+    for (const auto& [id, r] : e.runs) {
+      if ((trial < 0 || r.trial == trial) && !IsFinished(r.state)) ids.push_back(id);
+    }
+  }
   absl::Status first;
-  for (auto& [id, r] : e.runs) {
-    if ((trial >= 0 && r.trial != trial) || IsFinished(r.state)) continue;
+  for (const int64_t id : ids) {
+    auto found = e.runs.find(id);
+    if (found == e.runs.end()) continue;
+    FoldRun& r = found->second;
     FoldRun updated;
     RunEvents events = MoveEvents();
     const int64_t run_id = id;
@@ -36,13 +49,15 @@ absl::Status Coordinator::CancelRuns(Experiment& e, int trial, const std::string
 }
 
 void Coordinator::SetTrialState(Experiment& e, Trial& t, TrialState state,
-                                const std::string& message) {
+                                const std::string& message,
+                                const std::vector<const FoldRun*>* runs) {
   const TrialState was = t.state;
   const std::string was_message = t.message;
   t.state = state;
   t.message = message;
   v1::Event ev;
-  *ev.mutable_trial_result() = AggregateTrial(e, t.trial);
+  *ev.mutable_trial_result() =
+      runs != nullptr ? AggregateTrial(t, *runs) : AggregateTrial(e, t.trial);
   // The state and its trial_result in one transaction. Should it fail (a full disk), the trial
   // stays open, so that the experiment cannot end over it, and Tick settles it again.
   StateEvents events;
@@ -67,12 +82,13 @@ void Coordinator::Settle(Experiment& e, int trial) {
 }
 
 void Coordinator::ApplySettlement(Experiment& e, Trial& t,
-                                  const std::optional<TrialSettlement>& settled) {
+                                  const std::optional<TrialSettlement>& settled,
+                                  const std::vector<const FoldRun*>* runs) {
   if (!settled) return;
   // The trial's metric is undefined without every fold: a failure stops the others.
   if (settled->state == TrialState::kFailed)
-    CancelRuns(e, t.trial, "another fold of the trial failed").IgnoreError();  // logged
-  SetTrialState(e, t, settled->state, settled->message);
+    CancelRuns(e, t.trial, "another fold of the trial failed", runs).IgnoreError();  // logged
+  SetTrialState(e, t, settled->state, settled->message, runs);
 }
 
 void Coordinator::SettleAll(Experiment& e) {
@@ -80,7 +96,10 @@ void Coordinator::SettleAll(Experiment& e) {
   // 10,000-trial search spent seconds here, tests/bench/lifecycle_bench.cc). CancelRuns and
   // SetTrialState change runs in place, so the pointers stay valid.
   const auto runs = FoldRunsByTrial(e);
-  for (Trial& t : e.trials) ApplySettlement(e, t, SettleTrial(t, RunsOf(runs, t.trial)));
+  for (Trial& t : e.trials) {
+    const std::vector<const FoldRun*>& of_trial = RunsOf(runs, t.trial);
+    ApplySettlement(e, t, SettleTrial(t, of_trial), &of_trial);
+  }
   MaybeFinish(e);
 }
 

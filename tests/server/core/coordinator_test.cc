@@ -1116,6 +1116,57 @@ TEST_F(CoordinatorTest, ARestartSettlesATrialStoppedBeforeItsStateWasWritten) {
   EXPECT_EQ(results.best_trial(), 0);
 }
 
+// A crash after a fold run failed for good and before its trial was settled: the restart's one
+// pass over the runs (SettleAll) fails the trial, cancels its fold still running, publishes its
+// trial_result with the folds it has, and leaves the other trials as they were.
+TEST_F(CoordinatorTest, ARestartFailsATrialWhoseFoldFailedBeforeTheCrashAndCancelsItsOthers) {
+  const std::string id =
+      Submit(Spec("cv: {only: [1, 2]}\nsearch: {algorithm: grid, concurrent: 3, space: {train.lr: "
+                  "{choice: ['0.1', '0.01', '0.001']}}}\n"));
+  Register("w1", 6);
+  const auto hb = Beat("w1", 6);
+  ASSERT_EQ(hb.assignments_size(), 6);
+  int64_t still_running = 0;
+  for (const auto& a : hb.assignments()) {
+    if (a.trial() == 0) {
+      ASSERT_TRUE(Complete(a, 0.6).ok());
+    } else if (a.trial() == 1 && a.fold() == 1) {
+      // What the worker's failure wrote before the crash, without the settling that follows.
+      ASSERT_TRUE(
+          store_->Transition(a.run_id(), a.lease_epoch(), RunState::kFailed, "non-finite loss")
+              .ok());
+    } else if (a.trial() == 1) {
+      still_running = a.run_id();
+    }
+  }
+  ASSERT_NE(still_running, 0);
+  Reopen();
+  auto results = *core_->Results(id);
+  ASSERT_EQ(results.trials_size(), 3);
+  EXPECT_EQ(results.trials(0).state(), "SUCCEEDED");
+  EXPECT_EQ(results.trials(1).state(), "FAILED");
+  EXPECT_EQ(results.trials(2).state(), "");  // still training
+  const v1::ExperimentInfo info = Info(id);
+  for (const auto& run : info.runs()) {
+    if (run.id() == still_running) {
+      EXPECT_EQ(run.state(), v1::RUN_CANCELLED);
+      EXPECT_EQ(run.message(), "another fold of the trial failed");
+    } else if (run.trial() == 2) {
+      EXPECT_NE(run.state(), v1::RUN_CANCELLED);
+    }
+  }
+  std::map<int, int> published;  // trial -> trial_result events
+  v1::TrialResult failed;
+  for (const v1::Event& e : Events(id)) {
+    if (!e.has_trial_result()) continue;
+    ++published[e.trial_result().trial()];
+    if (e.trial_result().trial() == 1) failed = e.trial_result();
+  }
+  EXPECT_THAT(published, ::testing::ElementsAre(::testing::Pair(0, 1), ::testing::Pair(1, 1)));
+  EXPECT_EQ(failed.state(), "FAILED");
+  EXPECT_THAT(failed.message(), ::testing::HasSubstr("non-finite loss"));
+}
+
 // A log written before a trial's state and its trial_result were one transaction: the
 // trial_result went out, the state write was lost. The restart settles the trial as the event
 // announced (state and message), publishes no second trial_result, and ends the experiment.
