@@ -85,21 +85,25 @@ absl::StatusOr<std::string> ExportRun(const FetchArtifact& fetch, const std::str
   std::string records;
   if (absl::Status s = fetch(run_files::kRecords, &records); !s.ok())
     return absl::IsNotFound(s) ? s : Named(run_files::kRecords, s);
+  // Empty: emptied by an out-of-memory restart (train.oom_retries) before the new run's first rows.
+  if (records.empty()) return absl::NotFoundError(absl::StrCat(run_files::kRecords, ": empty"));
   auto writer = tensorboard::EventWriter::Create(dir, /*atomic=*/true);
   if (!writer.ok()) return writer.status();
   // The event file stays a temporary one until Close; on any error the writer's destructor drops
-  // it, so `dir` keeps what it had. (The parsers' errors name their file.)
-  absl::Status s = tensorboard::AddRecordsCsv(**writer, records);
+  // it, so `dir` keeps what it had.
+  absl::Status s = Named(run_files::kRecords, tensorboard::AddRecordsCsv(**writer, records));
   std::map<int, int64_t> steps;
   std::string metrics;
   if (s.ok()) {
-    if (absl::Status got = fetch(run_files::kMetrics, &metrics); got.ok()) {
+    // Empty: the run started over after running out of memory (train.oom_retries) and has not
+    // ended an epoch since; as for a run that has not uploaded one.
+    if (absl::Status got = fetch(run_files::kMetrics, &metrics); got.ok() && !metrics.empty()) {
       auto written_steps = tensorboard::AddMetricsJson(**writer, metrics);
       if (written_steps.ok())
         steps = *written_steps;
       else
         s = written_steps.status();
-    } else if (!absl::IsNotFound(got)) {
+    } else if (!got.ok() && !absl::IsNotFound(got)) {
       s = Named(run_files::kMetrics, got);
     }
   }

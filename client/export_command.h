@@ -21,10 +21,11 @@ using FetchArtifact = std::function<absl::Status(const std::string& name, std::s
 // common/tensorboard/run_summaries.h). Returns the new file's path. Only once it is complete
 // (written to a temporary file and renamed) are the run's earlier exports in `dir`
 // (events.out.tfevents.*) removed, so a failure keeps them. Errors: NOT_FOUND when the run has no
-// records.csv yet (nothing written, nothing removed); a download's failure other than NOT_FOUND
-// (named with the file); InvalidArgument for a file that does not parse; the writer's errors
-// (naming the path). A metrics.json or weights CSV that is NOT_FOUND is left out (a run mid-epoch,
-// or STL, which has no FE weights).
+// records.csv yet, or an empty one (nothing written, nothing removed); a download's failure other
+// than NOT_FOUND (named with the file); InvalidArgument for a file that does not parse (named);
+// the writer's errors (naming the path). A metrics.json that is NOT_FOUND or empty (a run in its
+// first epoch, or its first after an out-of-memory restart emptied its logs) and a weights CSV
+// that is NOT_FOUND (not yet uploaded, or STL's, which has no FE weights) are left out.
 absl::StatusOr<std::string> ExportRun(const FetchArtifact& fetch, const std::string& dir);
 
 }  // namespace mal::cli

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <opencv2/imgcodecs.hpp>
 #include <stdexcept>
+#include <thread>
 
 namespace mal::testing {
 
@@ -38,5 +39,14 @@ void WriteImage(const std::string& path, int size, int value) {
 std::string SourceDir() { return MAL_SOURCE_DIR; }
 
 std::string BinaryDir() { return MAL_BINARY_DIR; }
+
+bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline) {
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
 
 }  // namespace mal::testing

@@ -4,6 +4,8 @@
 // Fixture helpers: a temporary directory removed at the end of the test, and writers for the
 // small files that reproduce real dataset layouts.
 
+#include <chrono>
+#include <functional>
 #include <string>
 
 namespace mal::testing {
@@ -26,6 +28,10 @@ class TempDir {
 void WriteText(const std::string& path, const std::string& contents);
 // Writes a small valid JPEG (or PNG, by extension) of a flat colour, creating parent directories.
 void WriteImage(const std::string& path, int size = 16, int value = 128);
+
+// Polls `done` every 100 ms until it holds (true) or `deadline` passed (then one last call's
+// answer).
+bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline);
 
 // Where the built binaries are (set by CMake).
 std::string BinaryDir();

@@ -23,7 +23,7 @@ double Number(absl::string_view s, double otherwise) {
 
 absl::Status AddIteration(EventWriter& w, const std::map<std::string, double>& row) {
   auto step = row.find("iteration");
-  if (step == row.end()) return absl::InvalidArgumentError("records: no iteration column");
+  if (step == row.end()) return absl::InvalidArgumentError("no iteration column");
   static const std::pair<const char*, const char*> kTags[] = {
       {"loss_au", "loss/au"},
       {"loss_fe", "loss/fe"},

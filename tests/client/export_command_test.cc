@@ -100,7 +100,8 @@ TEST(ExportRunTest, AFailureKeepsTheEarlierExportAndLeavesNothingElse) {
       {"weights/epoch_001.csv", absl::OkStatus(), "id,weight\n\"unterminated\n",
        "weights/epoch_001.csv: line 2: unterminated quoted field"},
       {"metrics.json", absl::OkStatus(), "[1, 2]", "metrics.json: not"},
-      {"records.csv", absl::OkStatus(), "epoch,loss_au\n1,0.5\n", "records: no iteration column"},
+      {"records.csv", absl::OkStatus(), "epoch,loss_au\n1,0.5\n",
+       "records.csv: no iteration column"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name + " " + c.expected);
@@ -143,6 +144,16 @@ TEST(ExportRunTest, OnlyAMissingRecordsFileMeansNothingUploadedYet) {
 // weights) export what there is.
 TEST(ExportRunTest, MissingMetricsOrWeightsAreLeftOut) {
   testing::TempDir tmp;
+  // After an out-of-memory restart the daemon empties the run's logs on the coordinator: an
+  // empty records.csv is nothing yet, an empty metrics.json no epoch yet.
+  FakeRun restarted = TwoEpochs();
+  restarted.files["records.csv"] = "";
+  EXPECT_TRUE(absl::IsNotFound(ExportRun(restarted.Fetch(), tmp / "r").status()));
+  restarted = TwoEpochs();
+  restarted.files["metrics.json"] = "";
+  ASSERT_TRUE(ExportRun(restarted.Fetch(), tmp / "m").ok());
+  EXPECT_THAT(restarted.asked, ::testing::ElementsAre("records.csv", "metrics.json"));
+
   FakeRun no_metrics = TwoEpochs();
   no_metrics.files.erase("metrics.json");
   ASSERT_TRUE(ExportRun(no_metrics.Fetch(), tmp / "a").ok());

@@ -91,14 +91,7 @@ class Process {
   pid_t pid_ = -1;
 };
 
-bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline) {
-  const auto end = Clock::now() + deadline;
-  while (Clock::now() < end) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
-}
+using testing::WaitFor;
 
 // Runs a command line, returns its exit code and output.
 int Shell(const std::string& command, std::string* output = nullptr) {

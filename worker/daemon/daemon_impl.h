@@ -150,6 +150,10 @@ class Daemon {
   // deleting leaves a name that the next start sweeps (RemoveLeftovers), not a partial run
   // directory that looks kept after a failure. The experiment's directory goes once empty.
   void RemoveRunDir(const std::string& dir) ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
+  // The same with run_dirs_mu_ held; nothing for a directory that is not there.
+  void RemoveRunDirLocked(const std::string& dir) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_dirs_mu_);
+  // The directories of the runs this daemon holds (tasks not done).
+  std::set<std::string> HeldRunDirs() ABSL_LOCKS_EXCLUDED(mu_);
   // At start: every runs/EXPERIMENT/*.removing a killed daemon left, every run directory holding
   // the kSent marker (its output files all reached the coordinator and its completion was sent: a
   // daemon killed between the acknowledgement and the rename left it), every run directory without
@@ -158,8 +162,9 @@ class Daemon {
   // Failed runs' directories are kept for inspection, the newest DaemonOptions::keep_failed_runs.
   void RemoveLeftovers() ABSL_LOCKS_EXCLUDED(run_dirs_mu_);
   // Removes the directories of failed runs (kFailedMarker) beyond the newest keep_failed_runs, by
-  // the marker's time.
-  void PruneFailedRunDirs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_dirs_mu_);
+  // the marker's time, except those in `held` (HeldRunDirs, taken before run_dirs_mu_).
+  void PruneFailedRunDirs(const std::set<std::string>& held)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_dirs_mu_);
   grpc::Status Upload(RunTask* t, const std::string& name, const std::string& path,
                       milliseconds patience = kForever);
   // The logs, the weights CSVs of `s.owed_weights` (every one in the output not yet sent), and

@@ -139,6 +139,19 @@ bool Daemon::Prepare(RunTask* t, std::string* error) {
     *error = std::string(s.message());
     return false;
   }
+  // The engine's log of the earlier attempts, which the new engine appends to: without it the
+  // upload of the new one replaced them on the coordinator. Also for a retry without a checkpoint
+  // (it trains from the start, but the earlier attempts' log says why they ended), now that a
+  // revoked or pruned run's directory is gone when it comes back to this host. A log already here
+  // (the retry runs in its old directory) is at least as long as the uploaded copy.
+  const std::string log = t->dir + "/" + run_files::kLog;
+  std::error_code exists_ec;
+  if ((t->a.attempt() > 0 || t->a.has_checkpoint()) && !fs::exists(log, exists_ec)) {
+    grpc::Status s = Deliver(
+        t, [&]() { return client_->Fetch(t->a.run_id(), run_files::kLog, log, kTransferTimeout); });
+    if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND)
+      LOG(WARNING) << "run " << t->a.run_id() << ": fetching its log: " << s.error_message();
+  }
   if (!t->a.has_checkpoint()) return true;
   for (const char* name :
        {run_files::kCheckpoint, run_files::kRecords, run_files::kSummaries, run_files::kMetrics}) {
@@ -148,17 +161,6 @@ bool Daemon::Prepare(RunTask* t, std::string* error) {
     if (s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND) continue;
     *error = absl::StrCat("fetching ", name, ": ", s.error_message());
     return false;
-  }
-  // The engine's log of the earlier attempts, which the resumed engine appends to: without it the
-  // upload of the new one replaced them on the coordinator. A log already here (the retry runs in
-  // its old directory) is at least as long as the uploaded copy.
-  const std::string log = t->dir + "/" + run_files::kLog;
-  std::error_code exists_ec;
-  if (!fs::exists(log, exists_ec)) {
-    grpc::Status s = Deliver(
-        t, [&]() { return client_->Fetch(t->a.run_id(), run_files::kLog, log, kTransferTimeout); });
-    if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND)
-      LOG(WARNING) << "run " << t->a.run_id() << ": fetching its log: " << s.error_message();
   }
   return true;
 }
@@ -349,10 +351,11 @@ void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool r
                << (retryable ? " (retryable)" : "") << ": " << message;
   if (!released) {
     // Kept for inspection, and marked so that a start keeps it (RemoveLeftovers).
+    const std::set<std::string> held = HeldRunDirs();
     absl::MutexLock lock(&run_dirs_mu_);
     std::error_code ec;
     if (fs::is_directory(t->dir, ec)) (void)WriteFileAtomic(t->dir + "/" + kFailedMarker, message);
-    PruneFailedRunDirs();
+    PruneFailedRunDirs(held);
   }
   const v1::FailRunRequest req = FailRunRequestFor(t->a, message, retryable, released);
   (void)Deliver(t, [&]() { return client_->FailRun(req, kCallTimeout); });
@@ -697,14 +700,28 @@ void Daemon::Conclude(RunTask* t, const ChildExit& exit, Supervised& s) {
 
 void Daemon::RemoveRunDir(const std::string& dir) {
   absl::MutexLock lock(&run_dirs_mu_);  // not while another run creates the parent
-  const std::string removing = dir + ".removing";
+  RemoveRunDirLocked(dir);
+}
+
+void Daemon::RemoveRunDirLocked(const std::string& dir) {
   std::error_code ec;
+  if (!fs::exists(dir, ec)) return;  // removed already (a completed run dropped afterwards)
+  const std::string removing = dir + ".removing";
   fs::remove_all(removing, ec);  // an older one a killed daemon left under this name
   fs::rename(dir, removing, ec);
   if (ec) LOG(WARNING) << "renaming " << dir << ": " << ec.message();
   fs::remove_all(ec ? dir : removing, ec);
   if (ec) LOG(WARNING) << "removing " << dir << ": " << ec.message();
   fs::remove(fs::path(dir).parent_path(), ec);  // the experiment's, once empty
+}
+
+std::set<std::string> Daemon::HeldRunDirs() {
+  absl::MutexLock lock(&mu_);
+  std::set<std::string> held;
+  for (const auto& [id, t] : runs_) {
+    if (!t->done) held.insert(fs::path(t->dir).lexically_normal().string());
+  }
+  return held;
 }
 
 void Daemon::RemoveLeftovers() {
@@ -738,10 +755,10 @@ void Daemon::RemoveLeftovers() {
   } catch (const fs::filesystem_error& e) {
     LOG(WARNING) << "sweeping " << root.string() << ": " << e.what();
   }
-  PruneFailedRunDirs();
+  PruneFailedRunDirs({});  // a start: no run held yet
 }
 
-void Daemon::PruneFailedRunDirs() {
+void Daemon::PruneFailedRunDirs(const std::set<std::string>& held) {
   const fs::path root = fs::path(o_.work_dir) / "runs";
   std::vector<std::pair<fs::file_time_type, fs::path>> failed;  // marker time, run directory
   std::error_code ec;
@@ -762,10 +779,12 @@ void Daemon::PruneFailedRunDirs() {
   std::sort(failed.begin(), failed.end(), std::greater<>());  // newest first
   for (size_t i = keep; i < failed.size(); ++i) {
     const fs::path& dir = failed[i].second;
+    // A run still held (an engine that outlived its SIGKILL, failed as abandoned) keeps its
+    // directory until its task ends; it still counts among the newest.
+    if (held.count(dir.lexically_normal().string()) > 0) continue;
     LOG(INFO) << "removing " << dir.string() << " (a failed run's, beyond the newest " << keep
               << " kept: --keep-failed-runs; its log is on the coordinator)";
-    fs::remove_all(dir, ec);
-    fs::remove(dir.parent_path(), ec);  // the experiment's, once empty
+    RemoveRunDirLocked(dir.string());  // renamed first: a kill midway leaves no half-kept run
   }
 }
 

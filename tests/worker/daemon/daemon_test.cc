@@ -38,10 +38,11 @@ using ::testing::HasSubstr;
 // Hands out queued assignments on heartbeats and records every call.
 class FakeCoordinator : public CoordinatorClient {
  public:
-  void Assign(int64_t run_id, int fold, bool has_checkpoint = false) {
+  void Assign(int64_t run_id, int fold, bool has_checkpoint = false, int attempt = 0) {
     absl::MutexLock lock(&mu_);
     v1::Assignment a;
     a.set_run_id(run_id);
+    a.set_attempt(attempt);
     a.set_lease_epoch(7);
     a.set_experiment_id("e-1");
     a.set_fold(fold);
@@ -385,6 +386,25 @@ TEST_F(DaemonTest, AResumedRunKeepsTheLogOfItsEarlierAttempts) {
   EXPECT_THAT(fake_->uploaded_log_, HasSubstr("the retry resumes"));
 }
 
+// A retry before the first checkpoint trains from the start, but keeps the earlier attempts' log
+// (why they ended) all the same, also on a host whose directory of the run is gone (a revoked or
+// pruned run's directory is removed); a first attempt fetches nothing.
+TEST_F(DaemonTest, ARetryWithoutACheckpointKeepsTheLogOfItsEarlierAttempts) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->stored_["log.txt"] = "attempt 0: engine process killed by signal 9\n";
+  }
+  Start(std::string("echo 'attempt 1 starts over' >&2\n") + kEpoch +
+        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(11, 1, /*has_checkpoint=*/false, /*attempt=*/1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  ASSERT_EQ(fake_->completed_.size(), 1u);
+  EXPECT_THAT(fake_->fetched_, ::testing::ElementsAre("log.txt"));
+  EXPECT_THAT(fake_->uploaded_log_, HasSubstr("attempt 0: engine process killed by signal 9\n"));
+  EXPECT_THAT(fake_->uploaded_log_, HasSubstr("attempt 1 starts over"));
+}
+
 TEST_F(DaemonTest, SuccessWithoutTheMetricsOfAnyEpochFailsTheRun) {
   Start("echo model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
   fake_->Assign(11, 1);
@@ -609,12 +629,14 @@ TEST_F(DaemonTest, ARevokedRunIsStoppedAndReportsNothing) {
   fake_->Assign(15, 1);
   ASSERT_TRUE(fake_->WaitForClaims(1));  // running
   const std::string run_dir = dir_ / "work/runs/e-1/trial-0-fold-1";
-  EXPECT_TRUE(std::filesystem::exists(run_dir));
+  EXPECT_TRUE(testing::WaitFor([&] { return std::filesystem::exists(run_dir + "/log.txt"); },
+                               std::chrono::seconds(20)));
   fake_->Revoke(15);
-  ASSERT_TRUE(fake_->WaitForClaims(0));  // stopped and reaped well before the 30 s sleep ends
-  // It resumes from the coordinator's checkpoint wherever it runs next: its directory goes now,
-  // not at the daemon's next start (which may be months away).
-  EXPECT_FALSE(std::filesystem::exists(run_dir));
+  ASSERT_TRUE(fake_->WaitForClaims(0));  // stopped well before the 30 s sleep ends
+  // It resumes from the coordinator's checkpoint wherever it runs next: its directory goes when
+  // its task ends, not at the daemon's next start (which may be months away).
+  EXPECT_TRUE(testing::WaitFor([&] { return !std::filesystem::exists(run_dir); },
+                               std::chrono::seconds(20)));
   absl::MutexLock lock(&fake_->mu_);
   EXPECT_TRUE(fake_->completed_.empty());
   EXPECT_TRUE(fake_->failed_.empty());
@@ -638,14 +660,42 @@ TEST_F(DaemonTest, OnlyTheNewestFailedRunsDirectoriesAreKept) {
   const std::string old = failed_run("trial-0-fold-3", std::chrono::hours(1));
   Start(R"(echo '{"outcome":{"code":3,"message":"non-finite loss"}}' >&3
 exit 1)");
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    auto registered = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      return fake_->registered_ > 0;
+    };
+    ASSERT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&registered), absl::Seconds(20)));
+  }
+  // The start (before it registers) kept the newest two.
+  EXPECT_FALSE(std::filesystem::exists(oldest));
+  EXPECT_TRUE(std::filesystem::exists(older));
   fake_->Assign(12, 2);
   ASSERT_TRUE(fake_->WaitForOutcome());
-  // The start kept the newest two; the new failure is now the newest.
-  EXPECT_FALSE(std::filesystem::exists(oldest));
+  // The new failure is now the newest.
   EXPECT_FALSE(std::filesystem::exists(older));
   EXPECT_TRUE(std::filesystem::exists(old + "/out/checkpoint.pt"));
   EXPECT_EQ(ReadFile(dir_ / "work/runs/e-1/trial-0-fold-2/.failed").value_or(""),
             "non-finite loss");
+}
+
+// A failed run's directory is never removed while its task holds it (an engine that outlived its
+// SIGKILL may still write there): with --keep-failed-runs 0 it goes at the next failure or start.
+TEST_F(DaemonTest, AFailedRunsDirectoryStaysWhileItsRunIsHeld) {
+  keep_failed_runs_ = 0;
+  Start(R"(echo '{"outcome":{"code":3,"message":"non-finite loss"}}' >&3
+exit 1)");
+  fake_->Assign(12, 2);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  EXPECT_EQ(ReadFile(dir_ / "work/runs/e-1/trial-0-fold-2/.failed").value_or(""),
+            "non-finite loss");
+  stop_ = true;
+  thread_.join();
+  stop_ = false;
+  Start("exit 0");  // the next start removes it
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return !std::filesystem::exists(dir_ / "work/runs/e-1/trial-0-fold-2"); },
+      std::chrono::seconds(20)));
 }
 
 // The daemon told to stop after a run started but before its engine was spawned: the engine is
