@@ -210,7 +210,8 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cancels the unfinished runs of `trial` (every trial when < 0), publishing each change. A store
   // error is logged and the rest are still cancelled; returns the first error. `runs`: as for
-  // ApplySettlement (only with trial >= 0).
+  // ApplySettlement (only with trial >= 0): its cross-validation folds, without a final fit (which
+  // exists only once every trial settled, so never while one is being failed).
   absl::Status CancelRuns(Experiment& e, int trial, const std::string& message,
                           const std::vector<const FoldRun*>* runs = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
