@@ -794,11 +794,11 @@ TEST_F(ServiceTest, StalledWorkerGetsItsRevokedRunBackSafely) {
 TEST_F(ServiceTest, ReassignedRunWaitsForItsOldTaskToStop) {
   // First call: one loss point, then ignore SIGTERM and hang (the daemon SIGKILLs it after
   // --stop-grace-s). Second call: an epoch and success.
+  // (The marker lies outside the run's directory, which the daemon removes once the run is
+  // revoked.)
   const std::string engine = dir_ / "slow-engine.sh";
   testing::WriteText(engine, R"(#!/bin/bash
-out=""
-while [ $# -gt 0 ]; do [ "$1" = "--out" ] && out="$2"; shift; done
-marker="$(dirname "$out")/first-call"
+marker=")" + (dir_ / "first-call") + R"("
 if [ ! -e "$marker" ]; then
   touch "$marker"
   echo '{"point": {"epoch": 1, "iteration": 1}}' >&3

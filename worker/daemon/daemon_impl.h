@@ -91,6 +91,11 @@ struct Supervised {
   std::set<int> owed_weights;
   std::set<int> sent_weights;  // epochs whose weights CSV the coordinator has
   bool upload_owed = false;
+  // The modification time (ns) of the checkpoint the coordinator last received from this run, as
+  // it was before UploadProgress set it aside (0: none yet). A periodic tick sends a checkpoint
+  // whose time differs. The checkpoint's time after the upload would mark one the engine wrote
+  // meanwhile as sent (it went up only at the next checkpoint or the run's end).
+  int64_t sent_checkpoint_mtime = 0;
   // The engine started over with halved batches (a `restart` event) and the coordinator still
   // holds the larger batches' checkpoint: until the new run's checkpoint is there, the new logs
   // must not be (a retry would resume the old run with them). UploadProgress then sends empty

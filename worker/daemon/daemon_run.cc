@@ -201,6 +201,9 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
   // epoch's weights CSV and metrics before its checkpoint), and the set-aside checkpoint last.
   // The checkpoint alone went first until 2026-12-07 (found by a kill-at-random probe).
   const std::string snapshot = t->dir + "/" + kCheckpointSnapshot;
+  // Read before the link: a checkpoint replaced in between makes this older than the snapshot,
+  // so the next tick sends it again rather than never.
+  const int64_t snapshot_mtime = CheckpointMtime(t, 0);
   std::error_code ec;
   fs::remove(snapshot, ec);
   ec.clear();
@@ -257,7 +260,10 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
     if (!fs::exists(f.path, ec)) continue;
     grpc::Status st = Upload(t, f.name, f.path, patience);
     if (st.ok() && f.weights_epoch > 0) s.sent_weights.insert(f.weights_epoch);
-    if (st.ok() && f.name == run_files::kCheckpoint) s.restart_pending = false;
+    if (st.ok() && f.name == run_files::kCheckpoint) {
+      s.restart_pending = false;
+      s.sent_checkpoint_mtime = snapshot_mtime;
+    }
     NoteRefusal(t->a.run_id(), f.name, st, s);
     covered = covered && (st.ok() || !f.covered);
     if (!st.ok() && IsTransient(st)) {
@@ -445,7 +451,6 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
   std::string partial;
   auto last_flush = Clock::now(), last_upload = Clock::now();
   auto term_sent = Clock::time_point();
-  int64_t checkpoint_mtime = 0;
   auto last_progress = Clock::now();
   for (bool open = true; open;) {
     pollfd p{child.events_fd, POLLIN, 0};
@@ -481,7 +486,6 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
           Flush(t, s);
           s.owed_weights.insert(s.last_epoch.epoch());
           UploadProgress(t, s, kProgressUploadPatience);
-          if (!s.upload_owed) checkpoint_mtime = CheckpointMtime(t, checkpoint_mtime);
           last_upload = Clock::now();
         } else {
           if (ev->has_point()) s.last_iteration = ev->point().iteration();
@@ -506,12 +510,11 @@ void Daemon::Supervise(RunTask* t, const Child& child, Supervised& s) {
     }
     if (!s.stale && !t->dropped &&
         Clock::now() - last_upload > std::chrono::seconds(std::max(1, o_.upload_every_s))) {
-      const int64_t mtime = CheckpointMtime(t, checkpoint_mtime);
-      if (s.upload_owed || !s.owed_weights.empty() || mtime != checkpoint_mtime) {
+      const int64_t mtime = CheckpointMtime(t, s.sent_checkpoint_mtime);
+      if (s.upload_owed || !s.owed_weights.empty() || mtime != s.sent_checkpoint_mtime) {
         // A new checkpoint goes up with the logs it covers (after them), and what an epoch end
         // could not send while the coordinator was away with it.
         UploadProgress(t, s, kProgressUploadPatience);
-        if (!s.upload_owed) checkpoint_mtime = mtime;  // else: again next tick
       }
       last_upload = Clock::now();
     }

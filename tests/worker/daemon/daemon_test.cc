@@ -113,6 +113,7 @@ class FakeCoordinator : public CoordinatorClient {
                       milliseconds) override {
     absl::MutexLock lock(&mu_);
     if (away_) return Away();
+    if (on_upload_) on_upload_(name);
     if (throw_on_upload_) {
       throw_on_upload_ = false;
       throw std::runtime_error("an unforeseen error while uploading " + name);
@@ -166,6 +167,8 @@ class FakeCoordinator : public CoordinatorClient {
   std::map<std::string, std::pair<grpc::Status, int>> refuse_upload_ ABSL_GUARDED_BY(mu_);
   // Called with every ReportEvents request (the first of a run, with no events, says it started).
   std::function<void(const v1::ReportEventsRequest&)> on_report_ ABSL_GUARDED_BY(mu_);
+  // Called with each upload's name before it is taken (mu_ held).
+  std::function<void(const std::string&)> on_upload_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Assignment> queued_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::RunClaim> drops_ ABSL_GUARDED_BY(mu_);
   int registered_ ABSL_GUARDED_BY(mu_) = 0;
@@ -290,6 +293,7 @@ class DaemonTest : public ::testing::Test {
   int stall_timeout_s_ = 1800;  // the daemon's default
   int stop_grace_s_ = 1;
   int keep_failed_runs_ = 10;  // the daemon's default
+  bool replaced_ = false;      // ACheckpointWrittenDuringAnUploadGoesUpAtTheNextTick
 };
 
 constexpr char kEpoch[] =
@@ -877,6 +881,41 @@ kill -9 $$)");
   absl::MutexLock lock(&fake_->mu_);
   ASSERT_EQ(fake_->failed_.size(), 1u);
   EXPECT_TRUE(fake_->failed_[0].retryable());
+}
+
+// A checkpoint the engine writes while the daemon uploads the one it set aside is not marked as
+// sent: it goes up at the next periodic tick (it went up only with the checkpoint after it, or at
+// the run's end, so a daemon killed meanwhile left the coordinator one checkpoint further behind).
+TEST_F(DaemonTest, ACheckpointWrittenDuringAnUploadGoesUpAtTheNextTick) {
+  const std::string out = dir_ / "work/runs/e-1/trial-0-fold-1/out";
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->on_upload_ = [this, out](const std::string& name) {
+      if (name != "records.csv" || replaced_) return;
+      replaced_ = true;  // the engine's next checkpoint, as it writes one: a rename
+      testing::WriteText(out + "/c.tmp", "checkpoint 2");
+      std::filesystem::rename(out + "/c.tmp", out + "/checkpoint.pt");
+    };
+  }
+  Start(R"(printf 'epoch,iteration\n1,1\n' > $OUT/records.csv
+echo 'checkpoint 1' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+while [ ! -e "$OUT/../go" ]; do echo '{"progress":{"units":1}}' >&3; sleep 0.2; done
+kill -9 $$)");
+  fake_->Assign(11, 1);
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    auto second = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(fake_->mu_) {
+      for (const auto& [name, bytes] : fake_->uploaded_) {
+        if (name == "checkpoint.pt" && bytes == "checkpoint 2") return true;
+      }
+      return false;
+    };
+    EXPECT_TRUE(fake_->mu_.AwaitWithTimeout(absl::Condition(&second), absl::Seconds(20)));
+    EXPECT_TRUE(fake_->failed_.empty()) << "it went up only at the run's end";
+    ASSERT_FALSE(fake_->uploaded_.empty());
+  }
+  std::ofstream(out + "/../go").put('\n');
+  ASSERT_TRUE(fake_->WaitForOutcome());
 }
 
 // The coordinator's checkpoint is never ahead of its logs and weights CSVs: each checkpoint goes
