@@ -798,7 +798,8 @@ TEST_F(ServiceTest, ReassignedRunWaitsForItsOldTaskToStop) {
   // revoked.)
   const std::string engine = dir_ / "slow-engine.sh";
   testing::WriteText(engine, R"(#!/bin/bash
-marker=")" + (dir_ / "first-call") + R"("
+marker=")" + (dir_ / "first-call") +
+                                 R"("
 if [ ! -e "$marker" ]; then
   touch "$marker"
   echo '{"point": {"epoch": 1, "iteration": 1}}' >&3
