@@ -797,9 +797,7 @@ TEST_F(ServiceTest, ReassignedRunWaitsForItsOldTaskToStop) {
   // (The marker lies outside the run's directory, which the daemon removes once the run is
   // revoked.)
   const std::string engine = dir_ / "slow-engine.sh";
-  testing::WriteText(engine, R"(#!/bin/bash
-marker=")" + (dir_ / "first-call") +
-                                 R"("
+  testing::WriteText(engine, "#!/bin/bash\nmarker=" + (dir_ / "first-call") + R"(
 if [ ! -e "$marker" ]; then
   touch "$marker"
   echo '{"point": {"epoch": 1, "iteration": 1}}' >&3
