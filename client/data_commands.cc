@@ -113,7 +113,7 @@ void AddInspect(CLI::App& data, int* exit_code) {
         auto aus = ParseAuList(text);
         return aus.ok() ? std::string() : std::string(aus.status().message());
       });
-  cmd->add_option("-o,--output", o->output, "table, json or yaml")
+  cmd->add_option("-o,--output", o->output, "table (or text), json or yaml")
       ->check(CLI::IsMember({"table", "text", "json", "yaml"}));
   cmd->add_option("--protocol", o->folds.protocol,
                   "standard (published 3-fold lists), official (train/test split) or kfold "

@@ -268,7 +268,7 @@ void AddResultsCommand(CLI::App& app, int* exit_code) {
       "per-AU F1 per fold, mean +- std, trials ranked, models; several experiments side by side");
   cmd->add_option("ids", o->ids, "experiment ids (exp-N)")->required();
   AddServiceOptions(*cmd, &o->service, "MAL_ADDRESS", /*output=*/false);
-  cmd->add_option("-o,--output", o->service.output, "table, json, yaml or csv")
+  cmd->add_option("-o,--output", o->service.output, "table (or text), json, yaml or csv")
       ->check(CLI::IsMember({"table", "text", "json", "yaml", "csv"}));
   cmd->footer("Example: malctl results exp-1 exp-2 exp-3   # STL, MTL, MAL compared per AU");
   cmd->callback([o, exit_code] {

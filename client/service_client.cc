@@ -19,7 +19,7 @@ const std::vector<std::string>& EventKinds() {
 void AddServiceOptions(CLI::App& command, ServiceOptions* o, const char* address_env, bool output) {
   command.add_option("--address", o->address, "the server, HOST:PORT")->envname(address_env);
   if (output) {
-    command.add_option("-o,--output", o->output, "table, json or yaml")
+    command.add_option("-o,--output", o->output, "table (or text), json or yaml")
         ->check(CLI::IsMember({"table", "text", "json", "yaml"}));
   }
   command.add_option("--tls-ca", o->security.ca_file, "CA bundle (PEM) for TLS to the server")

@@ -41,7 +41,8 @@ std::function<int()> AddDaemonOptions(CLI::App& app) {
       g->add_option("--work-dir", o->work_dir, "where fold runs and their checkpoints live");
   CLI::Option* slots =
       g->add_option("--slots", o->slots, "fold runs at once (default: one per --devices entry)")
-          ->check(CLI::Range(1, 1024));
+          ->check(CLI::Range(1, 1024))
+          ->default_str("");  // the variable's 1 is not the default
   g->add_option("--name", o->name, "a stable worker name (default: HOST-PID)");
   g->add_option("--devices", o->devices,
                 "cpu, or GPUs: cuda:0,cuda:1 (slot i trains on device i mod n)")

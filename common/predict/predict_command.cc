@@ -25,7 +25,8 @@ void AddPredictOptions(CLI::App& cmd, PredictCommandOptions* o) {
   cmd.add_option("inputs", p.inputs, "image files, directories of images, video files");
   cmd.add_option("--camera", p.camera,
                  "read frames from this camera (OpenCV's index, e.g. 0) until Ctrl-C")
-      ->check(CLI::Range(0, 255));
+      ->check(CLI::Range(0, 255))
+      ->default_str("");  // none (its -1 is not a camera)
   cmd.add_option("--frames", p.max_frames,
                  "videos and camera: stop after this many frames (0: no limit)")
       ->check(CLI::NonNegativeNumber);
