@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -141,16 +142,30 @@ bool Daemon::Prepare(RunTask* t, std::string* error) {
   }
   // The engine's log of the earlier attempts, which the new engine appends to: without it the
   // upload of the new one replaced them on the coordinator. Also for a retry without a checkpoint
-  // (it trains from the start, but the earlier attempts' log says why they ended), now that a
-  // revoked or pruned run's directory is gone when it comes back to this host. A log already here
-  // (the retry runs in its old directory) is at least as long as the uploaded copy.
-  const std::string log = t->dir + "/" + run_files::kLog;
-  std::error_code exists_ec;
-  if ((t->a.attempt() > 0 || t->a.has_checkpoint()) && !fs::exists(log, exists_ec)) {
-    grpc::Status s = Deliver(
-        t, [&]() { return client_->Fetch(t->a.run_id(), run_files::kLog, log, kTransferTimeout); });
-    if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND)
+  // (it trains from the start, but the earlier attempts' log says why they ended). The
+  // coordinator's copy has every attempt that uploaded, on any host; a log here (a run that failed
+  // on this host, its directory kept) is kept only where it continues that copy (lines of this
+  // host's attempt that did not go up), else an attempt on another host in between would be lost
+  // (found by a probe: a retry back in its old .failed directory replaced them).
+  if (t->a.attempt() > 0 || t->a.has_checkpoint()) {
+    const std::string log = t->dir + "/" + run_files::kLog;
+    const std::string fetched = log + ".fetched";
+    grpc::Status s = Deliver(t, [&]() {
+      return client_->Fetch(t->a.run_id(), run_files::kLog, fetched, kTransferTimeout);
+    });
+    if (s.ok()) {
+      const absl::StatusOr<std::string> remote = ReadFile(fetched);
+      const absl::StatusOr<std::string> local = ReadFile(log);
+      std::error_code rename_ec;
+      if (remote.ok() && !(local.ok() && absl::StartsWith(*local, *remote)))
+        fs::rename(fetched, log, rename_ec);
+      if (rename_ec)
+        LOG(WARNING) << "run " << t->a.run_id() << ": " << log << ": " << rename_ec.message();
+    } else if (s.error_code() != grpc::StatusCode::NOT_FOUND) {
       LOG(WARNING) << "run " << t->a.run_id() << ": fetching its log: " << s.error_message();
+    }
+    std::error_code ec;
+    fs::remove(fetched, ec);
   }
   if (!t->a.has_checkpoint()) return true;
   for (const char* name :

@@ -390,6 +390,39 @@ TEST_F(DaemonTest, AResumedRunKeepsTheLogOfItsEarlierAttempts) {
   EXPECT_THAT(fake_->uploaded_log_, HasSubstr("the retry resumes"));
 }
 
+// A retry back on a host that kept the run's directory (it failed here: .failed) takes the
+// coordinator's log, which has the attempts on other hosts in between, not the shorter one here
+// (found by a probe: the lines of an attempt elsewhere were lost for good); a log here that
+// continues the coordinator's copy (this host's last lines did not go up) is kept.
+TEST_F(DaemonTest, ARetryInItsOldDirectoryKeepsTheAttemptsOfOtherHosts) {
+  const std::string run = dir_ / "work/runs/e-1/trial-0-fold-1";
+  const std::string fold2 = dir_ / "work/runs/e-1/trial-0-fold-2";
+  testing::WriteText(run + "/log.txt", "epoch 1 here\n");
+  testing::WriteText(run + "/.failed", "engine process killed by signal 9");
+  testing::WriteText(fold2 + "/log.txt", "epoch 1 here\nepoch 2 here, not uploaded\n");
+  testing::WriteText(fold2 + "/.failed", "engine process killed by signal 9");
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->stored_["checkpoint.pt"] = "weights at epoch 3";
+    fake_->stored_["log.txt"] = "epoch 1 here\n";
+  }
+  Start(std::string("echo 'attempt resumes' >&2\n") + kEpoch +
+        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  fake_->Assign(12, 2, /*has_checkpoint=*/true, /*attempt=*/1);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    EXPECT_THAT(fake_->uploaded_log_, HasSubstr("epoch 1 here\nepoch 2 here, not uploaded\n"));
+    fake_->completed_.clear();
+    fake_->stored_["log.txt"] = "epoch 1 here\nepoch 2 elsewhere\nepoch 3 elsewhere\n";
+  }
+  fake_->Assign(11, 1, /*has_checkpoint=*/true, /*attempt=*/2);
+  ASSERT_TRUE(fake_->WaitForOutcome());
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_THAT(fake_->uploaded_log_,
+              HasSubstr("epoch 1 here\nepoch 2 elsewhere\nepoch 3 elsewhere\nattempt resumes"));
+}
+
 // A retry before the first checkpoint trains from the start, but keeps the earlier attempts' log
 // (why they ended) all the same, also on a host whose directory of the run is gone (a revoked or
 // pruned run's directory is removed); a first attempt fetches nothing.
