@@ -279,6 +279,17 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
       s.restart_pending = false;
       s.sent_checkpoint_mtime = snapshot_mtime;
     }
+    if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      // The coordinator no longer leases the run to this worker (as for a report, Flush): nothing
+      // more goes up, the child is stopped. (It read "checkpoint held back ... sent again later".)
+      // Not NOT_FOUND: the client's answer for a local file the engine removed meanwhile.
+      LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
+                   << st.error_message() << "; stopping it";
+      s.stale = true;
+      fs::remove(snapshot, ec);
+      fs::remove(empty, ec);
+      return;
+    }
     NoteRefusal(t->a.run_id(), f.name, st, s);
     covered = covered && (st.ok() || !f.covered);
     if (!st.ok() && IsTransient(st)) {

@@ -951,6 +951,29 @@ kill -9 $$)");
   ASSERT_TRUE(fake_->WaitForOutcome());
 }
 
+// An upload refused because the coordinator no longer leases the run to this worker stops the run
+// as a refused report does (it read "checkpoint.pt held back ... sent again later" and trained on).
+TEST_F(DaemonTest, AnUploadRefusedAsNotLeasedStopsTheRun) {
+  {
+    absl::MutexLock lock(&fake_->mu_);
+    fake_->refuse_upload_["records.csv"] = {
+        grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "fold run 11 is not leased to w1"), -1};
+  }
+  Start(R"(printf 'epoch,iteration\n1,1\n' > $OUT/records.csv
+echo 'checkpoint 1' > $OUT/c.tmp && mv $OUT/c.tmp $OUT/checkpoint.pt
+while true; do echo '{"progress":{"units":1}}' >&3; sleep 0.2; done)");
+  fake_->Assign(11, 1);
+  ASSERT_TRUE(fake_->WaitForClaims(1));
+  ASSERT_TRUE(fake_->WaitForClaims(0));  // stopped at the first upload tick, not after 20 s
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return !std::filesystem::exists(dir_ / "work/runs/e-1/trial-0-fold-1"); },
+      std::chrono::seconds(20)));
+  absl::MutexLock lock(&fake_->mu_);
+  EXPECT_TRUE(fake_->completed_.empty());
+  EXPECT_TRUE(fake_->failed_.empty());
+  EXPECT_THAT(fake_->uploads_, ::testing::Not(Contains("checkpoint.pt")));
+}
+
 // The coordinator's checkpoint is never ahead of its logs and weights CSVs: each checkpoint goes
 // up after the records that reach its iteration and every weights CSV written before it, in the
 // periodic uploads while the engine trains (with no epoch event read yet) and at the end. A run
