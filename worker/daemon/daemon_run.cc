@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -83,6 +84,24 @@ void NoteRefusal(int64_t run_id, const std::string& name, const grpc::Status& st
   if (!RefusedForGood(st) || s.refused) return;
   s.refused = UploadFailure(name, st);
   LOG(WARNING) << "run " << run_id << ": " << *s.refused << "; stopping it";
+}
+
+// Every entry runs/EXPERIMENT/RUN under `root` (run directories, and the RUN.removing a killed
+// deletion left) into `*runs`. False when listing failed midway (logged): `*runs` has what was
+// listed before.
+bool ListRunDirs(const fs::path& root, std::vector<fs::path>* runs) {
+  std::error_code ec;
+  try {  // an iterator's increment throws on an error
+    for (const auto& experiment : fs::directory_iterator(root, ec)) {
+      if (!experiment.is_directory(ec)) continue;
+      for (const auto& run : fs::directory_iterator(experiment.path(), ec))
+        runs->push_back(run.path());
+    }
+  } catch (const fs::filesystem_error& e) {
+    LOG(WARNING) << "listing " << root.string() << ": " << e.what();
+    return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -236,6 +255,11 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
   };
   std::vector<File> files;
   const std::string empty = t->dir + "/" + kEmptyUpload;
+  absl::Cleanup remove_set_aside = [&snapshot, &empty] {  // at every return below
+    std::error_code remove_ec;
+    fs::remove(snapshot, remove_ec);
+    fs::remove(empty, remove_ec);
+  };
   const bool restart = s.restart_pending;
   if (restart) {
     // After a restart the coordinator holds the old run's checkpoint: its logs go first (a retry
@@ -286,8 +310,6 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
       LOG(WARNING) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                    << st.error_message() << "; stopping it";
       s.stale = true;
-      fs::remove(snapshot, ec);
-      fs::remove(empty, ec);
       return;
     }
     NoteRefusal(t->a.run_id(), f.name, st, s);
@@ -296,13 +318,9 @@ void Daemon::UploadProgress(RunTask* t, Supervised& s, milliseconds patience) {
       LOG_EVERY_N(WARNING, 10) << "run " << t->a.run_id() << ": uploading " << f.name << ": "
                                << st.error_message() << " (sent again later)";
       s.upload_owed = true;  // the coordinator is away: the rest would wait as long
-      fs::remove(snapshot, ec);
-      fs::remove(empty, ec);
       return;
     }
   }
-  fs::remove(snapshot, ec);
-  fs::remove(empty, ec);
   if (!s.upload_owed) s.owed_weights.clear();
 }
 
@@ -755,53 +773,38 @@ std::set<std::string> Daemon::HeldRunDirs() {
 
 void Daemon::RemoveLeftovers() {
   absl::MutexLock lock(&run_dirs_mu_);
-  const fs::path root = fs::path(o_.work_dir) / "runs";
+  std::vector<fs::path> runs;
+  (void)ListRunDirs(fs::path(o_.work_dir) / "runs", &runs);  // the daemon starts all the same
   std::error_code ec;
-  try {  // an iterator's increment throws on an error: the daemon starts all the same
-    for (const auto& experiment : fs::directory_iterator(root, ec)) {
-      if (!experiment.is_directory(ec)) continue;
-      std::vector<std::pair<fs::path, const char*>> leftovers;  // with why it goes
-      for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
-        if (run.path().extension() == ".removing" || fs::exists(run.path() / kSent, ec)) {
-          leftovers.emplace_back(run.path(),
-                                 "a completed run's, its files on the coordinator, left by a stop");
-        } else if (run.is_directory(ec) && !fs::exists(run.path() / kFailedMarker, ec)) {
-          // Neither completed nor failed here: the run this daemon had when it was killed or
-          // stopped, or one the coordinator revoked. It resumes from the coordinator's copy
-          // wherever it runs next (this host too), so the local one only filled the disk (it was
-          // kept for good until 2026-12-07; found by a kill-at-random probe).
-          leftovers.emplace_back(run.path(),
-                                 "a run this daemon no longer holds, left by a kill, a stop or a "
-                                 "revocation; it resumes from the coordinator's checkpoint");
-        }
-      }
-      for (const auto& [path, why] : leftovers) {
-        LOG(INFO) << "removing " << path.string() << " (" << why << ")";
-        fs::remove_all(path, ec);
-      }
-      if (!leftovers.empty()) fs::remove(experiment.path(), ec);  // once empty
+  for (const fs::path& run : runs) {
+    const char* why = nullptr;
+    if (run.extension() == ".removing" || fs::exists(run / kSent, ec)) {
+      why = "a completed run's, its files on the coordinator, left by a stop";
+    } else if (fs::is_directory(run, ec) && !fs::exists(run / kFailedMarker, ec)) {
+      // Neither completed nor failed here: the run this daemon had when it was killed or
+      // stopped, or one the coordinator revoked. It resumes from the coordinator's copy wherever
+      // it runs next (this host too), so the local one only filled the disk (it was kept for good
+      // until 2026-12-07; found by a kill-at-random probe).
+      why =
+          "a run this daemon no longer holds, left by a kill, a stop or a revocation; it resumes "
+          "from the coordinator's checkpoint";
     }
-  } catch (const fs::filesystem_error& e) {
-    LOG(WARNING) << "sweeping " << root.string() << ": " << e.what();
+    if (why == nullptr) continue;
+    LOG(INFO) << "removing " << run.string() << " (" << why << ")";
+    fs::remove_all(run, ec);
+    fs::remove(run.parent_path(), ec);  // the experiment's, once empty
   }
   PruneFailedRunDirs({});  // a start: no run held yet
 }
 
 void Daemon::PruneFailedRunDirs(const std::set<std::string>& held) {
-  const fs::path root = fs::path(o_.work_dir) / "runs";
-  std::vector<std::pair<fs::file_time_type, fs::path>> failed;  // marker time, run directory
+  std::vector<fs::path> runs;
+  if (!ListRunDirs(fs::path(o_.work_dir) / "runs", &runs)) return;  // nothing removed then
+  std::vector<std::pair<fs::file_time_type, fs::path>> failed;      // marker time, run directory
   std::error_code ec;
-  try {  // an iterator's increment throws on an error: nothing is removed then
-    for (const auto& experiment : fs::directory_iterator(root, ec)) {
-      if (!experiment.is_directory(ec)) continue;
-      for (const auto& run : fs::directory_iterator(experiment.path(), ec)) {
-        const auto when = fs::last_write_time(run.path() / kFailedMarker, ec);
-        if (!ec) failed.emplace_back(when, run.path());
-      }
-    }
-  } catch (const fs::filesystem_error& e) {
-    LOG(WARNING) << "listing failed runs in " << root.string() << ": " << e.what();
-    return;
+  for (const fs::path& run : runs) {
+    const auto when = fs::last_write_time(run / kFailedMarker, ec);
+    if (!ec) failed.emplace_back(when, run);
   }
   const size_t keep = static_cast<size_t>(std::max(0, o_.keep_failed_runs));
   if (failed.size() <= keep) return;
