@@ -299,9 +299,15 @@ class DaemonTest : public ::testing::Test {
 constexpr char kEpoch[] =
     R"(echo '{"epoch":{"epoch":2,"iteration":40,"aus":[1,2],"testF1":[0.5,0.7],"testMeanF1":0.6}}' >&3)";
 
+// An engine body that runs the shell lines `before`, reports epoch 2 (kEpoch), writes model.pt
+// and ends with a successful outcome.
+std::string TrainsAnEpochAndSucceeds(const std::string& before = "") {
+  return before + kEpoch + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0";
+}
+
 std::vector<std::pair<std::string, std::string>> DaemonTest::UploadsOfASucceededRun(
     const std::string& training) {
-  Start(training + kEpoch + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds(training));
   fake_->Assign(11, 1);
   if (!fake_->WaitForOutcome()) return {};
   stop_ = true;
@@ -316,7 +322,7 @@ v1::FailRunRequest DaemonTest::FailureWhenModelRefused(const grpc::Status& refus
     absl::MutexLock lock(&fake_->mu_);
     fake_->refuse_upload_["model.pt"] = {refusal, -1};
   }
-  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds());
   fake_->Assign(11, 1);
   EXPECT_TRUE(fake_->WaitForOutcome());
   absl::MutexLock lock(&fake_->mu_);
@@ -326,7 +332,7 @@ v1::FailRunRequest DaemonTest::FailureWhenModelRefused(const grpc::Status& refus
 }
 
 TEST_F(DaemonTest, ASucceededEngineCompletesTheRunWithItsLastEpochAndUploadsItsFiles) {
-  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds());
   fake_->Assign(11, 1);
   ASSERT_TRUE(fake_->WaitForOutcome());
   stop_ = true;
@@ -378,8 +384,7 @@ TEST_F(DaemonTest, AResumedRunKeepsTheLogOfItsEarlierAttempts) {
     fake_->stored_["checkpoint.pt"] = "weights at epoch 2";
     fake_->stored_["log.txt"] = "epoch 1 of the first attempt\nepoch 2 of the first attempt\n";
   }
-  Start(std::string("echo 'the retry resumes' >&2\n") + kEpoch +
-        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds("echo 'the retry resumes' >&2\n"));
   fake_->Assign(11, 1, /*has_checkpoint=*/true);
   ASSERT_TRUE(fake_->WaitForOutcome());
   absl::MutexLock lock(&fake_->mu_);
@@ -406,8 +411,7 @@ TEST_F(DaemonTest, ARetryInItsOldDirectoryKeepsTheAttemptsOfOtherHosts) {
     fake_->stored_["checkpoint.pt"] = "weights at epoch 3";
     fake_->stored_["log.txt"] = "epoch 1 here\n";
   }
-  Start(std::string("echo 'attempt resumes' >&2\n") + kEpoch +
-        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds("echo 'attempt resumes' >&2\n"));
   fake_->Assign(12, 2, /*has_checkpoint=*/true, /*attempt=*/1);
   ASSERT_TRUE(fake_->WaitForOutcome());
   {
@@ -431,8 +435,7 @@ TEST_F(DaemonTest, ARetryWithoutACheckpointKeepsTheLogOfItsEarlierAttempts) {
     absl::MutexLock lock(&fake_->mu_);
     fake_->stored_["log.txt"] = "attempt 0: engine process killed by signal 9\n";
   }
-  Start(std::string("echo 'attempt 1 starts over' >&2\n") + kEpoch +
-        "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds("echo 'attempt 1 starts over' >&2\n"));
   fake_->Assign(11, 1, /*has_checkpoint=*/false, /*attempt=*/1);
   ASSERT_TRUE(fake_->WaitForOutcome());
   absl::MutexLock lock(&fake_->mu_);
@@ -512,7 +515,7 @@ TEST_F(DaemonTest, AFullDiskOnTheCoordinatorIsWaitedOut) {
         grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the coordinator's disk is nearly full"),
         3};
   }
-  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds());
   fake_->Assign(11, 1);
   ASSERT_TRUE(fake_->WaitForOutcome());
   absl::MutexLock lock(&fake_->mu_);
@@ -565,7 +568,7 @@ TEST_F(DaemonTest, ACompletionWhoseReplyWasLostIsAskedAgainAfterTheDrop) {
     absl::MutexLock lock(&fake_->mu_);
     fake_->lost_completion_replies_ = 2;  // Deliver's first try, and its retry after the drop
   }
-  Start(std::string(kEpoch) + "\necho model > $OUT/model.pt\necho '{\"outcome\":{}}' >&3\nexit 0");
+  Start(TrainsAnEpochAndSucceeds());
   fake_->Assign(11, 1);
   {
     absl::MutexLock lock(&fake_->mu_);
