@@ -40,11 +40,12 @@ std::string SourceDir() { return MAL_SOURCE_DIR; }
 
 std::string BinaryDir() { return MAL_BINARY_DIR; }
 
-bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline) {
+bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline,
+             std::chrono::milliseconds poll) {
   const auto end = std::chrono::steady_clock::now() + deadline;
   while (std::chrono::steady_clock::now() < end) {
     if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(poll);
   }
   return done();
 }

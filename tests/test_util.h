@@ -29,9 +29,10 @@ void WriteText(const std::string& path, const std::string& contents);
 // Writes a small valid JPEG (or PNG, by extension) of a flat colour, creating parent directories.
 void WriteImage(const std::string& path, int size = 16, int value = 128);
 
-// Polls `done` every 100 ms until it holds (true) or `deadline` passed (then one last call's
+// Polls `done` every `poll` until it holds (true) or `deadline` passed (then one last call's
 // answer).
-bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline);
+bool WaitFor(const std::function<bool()>& done, std::chrono::seconds deadline,
+             std::chrono::milliseconds poll = std::chrono::milliseconds(100));
 
 // Where the built binaries are (set by CMake).
 std::string BinaryDir();

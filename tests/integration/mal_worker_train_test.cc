@@ -59,14 +59,11 @@ int RecordRows(const std::string& path) {
   return n;
 }
 
-// Polls until `path` has at least `rows` records, with a deadline.
+// Polls until `path` has at least `rows` records, with a deadline (every 50 ms: the tests stop
+// the run right after, well before its last row).
 bool WaitForRows(const std::string& path, int rows, std::chrono::seconds deadline) {
-  const auto end = std::chrono::steady_clock::now() + deadline;
-  while (std::chrono::steady_clock::now() < end) {
-    if (RecordRows(path) >= rows) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
+  return testing::WaitFor([&] { return RecordRows(path) >= rows; }, deadline,
+                          std::chrono::milliseconds(50));
 }
 
 class MalWorkerTrainTest : public ::testing::Test {
