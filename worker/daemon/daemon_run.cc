@@ -404,7 +404,14 @@ void Daemon::Fail(RunTask* t, const std::string& message, bool retryable, bool r
     const std::set<std::string> held = HeldRunDirs();
     absl::MutexLock lock(&run_dirs_mu_);
     std::error_code ec;
-    if (fs::is_directory(t->dir, ec)) (void)WriteFileAtomic(t->dir + "/" + kFailedMarker, message);
+    if (fs::is_directory(t->dir, ec)) {
+      // Without its marker the directory goes at the next start, as a revoked run's does (its
+      // log is on the coordinator; typically the disk is full, and the space is welcome then).
+      if (absl::Status s = WriteFileAtomic(t->dir + "/" + kFailedMarker, message); !s.ok()) {
+        LOG(WARNING) << "run " << t->a.run_id() << ": " << s.message() << "; " << t->dir
+                     << " is not kept past this daemon's next start";
+      }
+    }
     PruneFailedRunDirs(held);
   }
   const v1::FailRunRequest req = FailRunRequestFor(t->a, message, retryable, released);
