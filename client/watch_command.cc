@@ -22,6 +22,19 @@ std::string RunLabel(int trial, int fold) {
   return fold == 0 ? absl::StrFormat("t%d/all", trial) : absl::StrFormat("t%d/f%d", trial, fold);
 }
 
+namespace {
+// "  images not decoded: 3 training, 2 test" (empty when every image decoded).
+std::string FailedImages(const v1::EpochMetrics& m) {
+  std::vector<std::string> parts;
+  if (m.train_failed_images() > 0)
+    parts.push_back(absl::StrCat(m.train_failed_images(), " training"));
+  if (m.test_failed_images() > 0) parts.push_back(absl::StrCat(m.test_failed_images(), " test"));
+  if (m.val_failed_images() > 0)
+    parts.push_back(absl::StrCat(m.val_failed_images(), " validation"));
+  return parts.empty() ? "" : absl::StrCat("  images not decoded: ", absl::StrJoin(parts, ", "));
+}
+}  // namespace
+
 std::string FormatEvent(const v1::Event& e) {
   std::string where = e.trial() < 0 ? "exp" : RunLabel(e.trial(), e.fold());
   std::string head = absl::StrFormat("%6d %-8s ", e.seq(), where);
@@ -63,7 +76,8 @@ std::string FormatEvent(const v1::Event& e) {
           m.mean_fe_weight() >= 0
               ? absl::StrFormat("  mean FE weight %.3f  rho(w, consistency) %+.2f",
                                 m.mean_fe_weight(), m.fe_weight_consistency_spearman())
-              : "");
+              : "",
+          FailedImages(m));
     }
     case v1::Event::kFoldResult:
       if (e.fold() == 0) {

@@ -1,6 +1,7 @@
 #include "common/image/batch_loader.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/util/progress.h"
@@ -97,6 +98,11 @@ std::optional<Batch> BatchLoader::Next() {
     NoteProgress();  // the consumer took a batch: the run moves (a stall watchdog reads this)
     return batch;
   }
+}
+
+std::vector<std::string> BatchLoader::TakeFailures() {
+  absl::MutexLock lock(&mu_);
+  return std::exchange(carried_failures_, {});
 }
 
 void BatchLoader::WorkerLoop() {

@@ -63,6 +63,10 @@ class BatchLoader {
   // The next batch of the current epoch, or nullopt when it is over. Batches whose every image
   // failed are not returned; their failures are carried to the next batch returned.
   std::optional<Batch> Next();
+  // The failures ("path: reason") of images in batches Next() skipped because none of their
+  // images decoded, and that no batch returned since carried: after Next() returned nullopt, the
+  // end of the pass's. Cleared by the call.
+  std::vector<std::string> TakeFailures();
 
   int64_t batches_per_epoch() const;
   int64_t failed_images() const { return failed_images_.load(); }

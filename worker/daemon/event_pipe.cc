@@ -72,6 +72,9 @@ v1::Event ToEvent(const engine::EpochRecord& r) {
   m->set_mean_au_weight(r.mean_au_weight);
   m->set_fe_weight_consistency_spearman(r.fe_weight_consistency_spearman);
   m->set_seconds(r.seconds);
+  m->set_train_failed_images(r.train_failed_images);
+  m->set_test_failed_images(r.test_failed_images);
+  m->set_val_failed_images(r.val_failed_images);
   return e;
 }
 

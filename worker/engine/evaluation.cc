@@ -23,11 +23,18 @@ Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor
                     const torch::Device& device, int num_aus, EvaluationOutputs* outputs) {
   torch::NoGradGuard no_grad;
   model.eval();
-  Evaluation e{AuF1(num_aus), 0};
+  Evaluation e;
+  e.f1 = AuF1(num_aus);
   double loss_sum = 0;
   int64_t n = 0;
+  auto count_failures = [&e](const std::vector<std::string>& failures) {
+    if (e.failed == 0 && !failures.empty()) e.first_failure = failures.front();
+    e.failed += static_cast<int64_t>(failures.size());
+  };
   loader.StartEpoch(0);
+  (void)loader.TakeFailures();  // an earlier pass's, already counted there
   while (auto b = loader.Next()) {
+    count_failures(b->failures);
     torch::Tensor logits = model.forward(Images(*b, device));
     torch::Tensor labels = AuTensor(b->au_labels, b->size, device);
     torch::Tensor mask = AuTensor(b->au_mask, b->size, device);
@@ -44,7 +51,9 @@ Evaluation Evaluate(BaseNetImpl& model, BatchLoader& loader, const torch::Tensor
                            b->au_mask.begin() + b->size * num_aus);
     }
   }
+  count_failures(loader.TakeFailures());  // batches at the end of the pass that none decoded in
   e.loss = n > 0 ? loss_sum / n : 0;
+  e.scored = n;
   model.train();
   return e;
 }

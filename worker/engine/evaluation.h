@@ -26,15 +26,20 @@ torch::Tensor Images(image::Batch& b, const torch::Device& device);
 torch::Tensor AuTensor(std::vector<float>& v, int n, const torch::Device& device);
 
 struct Evaluation {
-  AuF1 f1{0};       // per-AU F1 at threshold 0.5
-  double loss = 0;  // mean rebalanced AU loss per sample (RebalancedAuLoss with `pos_weight`)
+  AuF1 f1{0};          // per-AU F1 at threshold 0.5
+  double loss = 0;     // mean rebalanced AU loss per sample (RebalancedAuLoss with `pos_weight`)
+  int64_t scored = 0;  // images that decoded: what f1 and loss count
+  // Images that did not decode, left out of f1 and loss, and the first one's "path: reason".
+  int64_t failed = 0;
+  std::string first_failure;
 };
 // Every sample's AU probabilities, labels and mask (n x num_aus, row-major) of one pass.
 struct EvaluationOutputs {
   std::vector<float> probs, labels, mask;
 };
 // The model in eval mode over one pass of `loader` (then back to train mode); with `outputs`, the
-// per-sample values too (for TuneThresholds).
+// per-sample values too (for TuneThresholds). An image that does not decode is counted in
+// `failed`, not scored; the caller decides what that means (none scored: Training fails the run).
 Evaluation Evaluate(BaseNetImpl& model, image::BatchLoader& loader, const torch::Tensor& pos_weight,
                     const torch::Device& device, int num_aus, EvaluationOutputs* outputs = nullptr);
 

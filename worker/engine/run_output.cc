@@ -125,10 +125,12 @@ std::string EpochJson(const EpochRecord& e) {
   return absl::StrFormat(
       "{\"epoch\": %d, \"iteration\": %d, \"aus\": [%s], \"test_f1\": %s, \"test_mean_f1\": %.6f, "
       "\"val_f1\": %s, \"val_mean_f1\": %.6f, \"val_loss\": %.6f, \"mean_au_weight\": %.6f, "
-      "\"mean_fe_weight\": %.6f, \"fe_weight_consistency_spearman\": %.6f, \"seconds\": %.3f}",
+      "\"mean_fe_weight\": %.6f, \"fe_weight_consistency_spearman\": %.6f, \"seconds\": %.3f, "
+      "\"train_failed_images\": %d, \"test_failed_images\": %d, \"val_failed_images\": %d}",
       e.epoch, e.iteration, absl::StrJoin(e.aus, ", "), JsonList(e.test_f1), e.test_mean_f1,
       JsonList(e.val_f1), e.val_mean_f1, e.val_loss, e.mean_au_weight, e.mean_fe_weight,
-      e.fe_weight_consistency_spearman, e.seconds);
+      e.fe_weight_consistency_spearman, e.seconds, e.train_failed_images, e.test_failed_images,
+      e.val_failed_images);
 }
 
 absl::StatusOr<std::unique_ptr<RunLog>> RunLog::Open(const std::string& out_dir,
@@ -244,15 +246,21 @@ void Progress::Iteration(const IterationRecord& r, int64_t in_epoch, int log_eve
 void Progress::Epoch(const EpochRecord& e) {
   // Always, also with --quiet: one line per epoch is the run's log (log.txt under a worker daemon,
   // `malctl logs`).
-  std::fprintf(stderr,
-               "%sepoch %d: test mean F1 %.4f, val mean F1 %.4f, val loss %.4f%s (%.1f s)\n",
-               enabled_ && tty_ ? "\n" : "", e.epoch, e.test_mean_f1, e.val_mean_f1, e.val_loss,
-               e.mean_fe_weight >= 0
-                   ? absl::StrFormat(", mean FE weight %.3f, rho(FE weight, consistency) %+.2f",
-                                     e.mean_fe_weight, e.fe_weight_consistency_spearman)
-                         .c_str()
-                   : "",
-               e.seconds);
+  const int64_t failed = e.train_failed_images + e.test_failed_images + e.val_failed_images;
+  std::fprintf(
+      stderr, "%sepoch %d: test mean F1 %.4f, val mean F1 %.4f, val loss %.4f%s%s (%.1f s)\n",
+      enabled_ && tty_ ? "\n" : "", e.epoch, e.test_mean_f1, e.val_mean_f1, e.val_loss,
+      e.mean_fe_weight >= 0
+          ? absl::StrFormat(", mean FE weight %.3f, rho(FE weight, consistency) %+.2f",
+                            e.mean_fe_weight, e.fe_weight_consistency_spearman)
+                .c_str()
+          : "",
+      failed > 0 ? absl::StrFormat(", images not decoded: %d training, %d test, %d "
+                                   "validation (left out)",
+                                   e.train_failed_images, e.test_failed_images, e.val_failed_images)
+                       .c_str()
+                 : "",
+      e.seconds);
 }
 
 }  // namespace mal::engine

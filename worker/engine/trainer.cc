@@ -69,6 +69,8 @@ void RestoreEpochStatistics(const std::string& json, EpochRecord& e) {
   e.fe_weight_consistency_spearman =
       number("fe_weight_consistency_spearman").value_or(e.fe_weight_consistency_spearman);
   e.seconds = number("seconds").value_or(e.seconds);
+  e.train_failed_images = static_cast<int64_t>(
+      number("train_failed_images").value_or(static_cast<double>(e.train_failed_images)));
 }
 
 // The batch sizes `spec`'s method trains with (checkpoint.h).
@@ -158,7 +160,7 @@ class Training {
     // Resumed after the last epoch had finished: the final metrics again, for the metadata and
     // the result; the weights' statistics and time of that epoch from its line in metrics.json.
     if (last_.epoch == 0) {
-      last_ = Evaluate(t_.epochs());
+      ASSIGN_OR_RETURN(last_, Evaluate(t_.epochs()));
       RestoreEpochStatistics(log_->LastEpochJson(), last_);
     }
     return Export();
@@ -177,7 +179,11 @@ class Training {
   void RecordWeights(const StepStats& stats, const Batch& au, const Batch& fe,
                      const IterationRecord& r);
   absl::Status FinishEpoch(Clock::time_point start);
-  EpochRecord Evaluate(int epoch);
+  // The epoch's test and validation figures; DataLoss when no image of the test part or of the
+  // validation reserve decodes.
+  absl::StatusOr<EpochRecord> Evaluate(int epoch);
+  // Logs a training image left out of its batch, counted in the epoch's train_failed_images.
+  void SkippedImages(const std::vector<std::string>& failures);
   absl::Status Save();
   absl::StatusOr<TrainResult> Export();
 
@@ -209,7 +215,8 @@ class Training {
   StepOptions so_;
   // Samples weighted since the last summary; alignment sums of this epoch's meta updates.
   std::vector<std::pair<int64_t, double>> window_au_, window_fe_;
-  AlignmentSums alignment_[2];  // AU, FE samples
+  AlignmentSums alignment_[2];       // AU, FE samples
+  int64_t epoch_failed_images_ = 0;  // training images (AU, FE, reserve) left out this epoch
   EpochRecord last_;
 };
 
@@ -223,6 +230,8 @@ absl::Status Training::SetUp() {
   // cuDNN picks the fastest convolution algorithms for the (fixed) batch shapes; on CUDA, runs are
   // then not bit-reproducible (same-seed determinism is a CPU guarantee, docs/engine.md).
   if (device_.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
+  // The data first: a run its data refuses leaves no run directory behind.
+  ASSIGN_OR_RETURN(data_, LoadData(spec_, options_.fold));
   std::error_code ec;
   fs::create_directories(fs::path(options_.out_dir) / run_files::kWeightsDir, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(options_.out_dir, ": ", ec.message()));
@@ -231,7 +240,6 @@ absl::Status Training::SetUp() {
     if (entry.path().filename().string().find(".tmp.") != std::string::npos)
       fs::remove(entry.path(), ec);
   }
-  ASSIGN_OR_RETURN(data_, LoadData(spec_, options_.fold));
   fe_draw_ = FeDrawDigest(data_.fe_train, !t_.fe_weights().empty());
   num_aus_ = static_cast<int>(data_.au.aus.size());
   seed_ = MixSeed(static_cast<uint64_t>(spec_.seed()), static_cast<uint64_t>(options_.fold));
@@ -375,19 +383,37 @@ absl::Status Training::Save() {
   return SaveCheckpoint(checkpoint_, *model_, *meta_, *base_opt_, *meta_opt_, pos_);
 }
 
-EpochRecord Training::Evaluate(int epoch) {
+absl::StatusOr<EpochRecord> Training::Evaluate(int epoch) {
+  // Images that do not decode are left out of the figures, said in the log and counted in
+  // metrics.json; a part with no image that decodes has no figure at all.
+  auto check = [epoch](const Evaluation& ev, const char* part) -> absl::Status {
+    if (ev.failed == 0) return absl::OkStatus();
+    if (ev.scored == 0) {
+      return absl::DataLossError(absl::StrCat("epoch ", epoch, ": no image of the ", part,
+                                              " decodes (", ev.failed,
+                                              " failed; first: ", ev.first_failure, ")"));
+    }
+    LOG(WARNING) << "epoch " << epoch << ": " << ev.failed << " of the " << ev.failed + ev.scored
+                 << " images of the " << part
+                 << " did not decode and are not scored (first: " << ev.first_failure << ")";
+    return absl::OkStatus();
+  };
   EpochRecord e;
   e.epoch = epoch;
   e.iteration = pos_.global_iter;
   e.aus = data_.au.aus;
   if (test_eval_) {
     Evaluation test = engine::Evaluate(*model_, *test_eval_, val_pos_weight_, device_, num_aus_);
+    RETURN_IF_ERROR(check(test, "test part"));
     e.test_f1 = test.f1.PerAu();
     e.test_mean_f1 = test.f1.Mean();
+    e.test_failed_images = test.failed;
   } else {
     e.test_mean_f1 = -1;  // no test part
   }
   Evaluation val = engine::Evaluate(*model_, *val_eval_, val_pos_weight_, device_, num_aus_);
+  RETURN_IF_ERROR(check(val, "validation reserve"));
+  e.val_failed_images = val.failed;
   e.val_f1 = val.f1.PerAu();
   e.val_mean_f1 = val.f1.Mean();
   e.val_loss = val.loss;
@@ -410,7 +436,22 @@ absl::Status Training::TrainEpoch() {
     }
     RETURN_IF_ERROR(Iterate(lr, &exhausted));
   }
+  if (exhausted) {
+    SkippedImages(au_train_->TakeFailures());  // batches at the end that none decoded in
+    if (pos_.iter_in_epoch == 0) {
+      return absl::DataLossError(
+          absl::StrCat("epoch ", pos_.epoch, ": no AU training image of fold ", options_.fold,
+                       " decodes (", epoch_failed_images_, " failed; the log names them)"));
+    }
+    LOG(WARNING) << "epoch " << pos_.epoch << " ends after " << pos_.iter_in_epoch << " of "
+                 << per_epoch_ << " iterations: AU training images did not decode";
+  }
   return FinishEpoch(start);
+}
+
+void Training::SkippedImages(const std::vector<std::string>& failures) {
+  for (const auto& f : failures) LOG(WARNING) << "skipped image: " << f;
+  epoch_failed_images_ += static_cast<int64_t>(failures.size());
 }
 
 absl::Status Training::Iterate(double lr, bool* exhausted) {
@@ -421,7 +462,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
     return absl::OkStatus();
   }
   pos_.au_next = au->number + 1;
-  for (const auto& f : au->failures) LOG(WARNING) << "skipped image: " << f;
+  SkippedImages(au->failures);
   // N x 3 x H x W on the device, NHWC in memory with train.channels_last.
   auto images = [this](Batch& b) {
     torch::Tensor x = Images(b, device_);
@@ -435,7 +476,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
   if (fe_train_) {
     fe = fe_train_->Next();
     if (!fe) return absl::DataLossError("data.fe: no image of the expression data decodes");
-    for (const auto& f : fe->failures) LOG(WARNING) << "skipped image: " << f;
+    SkippedImages(fe->failures);
     batch.fe_images = images(*fe);
     batch.fe_labels =
         torch::from_blob(fe->expressions.data(), {fe->size}, torch::kLong).to(device_);
@@ -446,7 +487,7 @@ absl::Status Training::Iterate(double lr, bool* exhausted) {
   if (so_.update_meta) {
     vb = val_train_->Next();
     if (!vb) return absl::DataLossError("validation reserve: no image decodes");
-    for (const auto& f : vb->failures) LOG(WARNING) << "skipped image: " << f;
+    SkippedImages(vb->failures);
     val.images = images(*vb);
     val.labels = AuTensor(vb->au_labels, vb->size, device_);
     val.mask = AuTensor(vb->au_mask, vb->size, device_);
@@ -534,7 +575,8 @@ void Training::RecordWeights(const StepStats& stats, const Batch& au, const Batc
 
 // End of epoch: evaluate, per-sample weights, metrics, checkpoint at the start of the next epoch.
 absl::Status Training::FinishEpoch(Clock::time_point start) {
-  EpochRecord e = Evaluate(static_cast<int>(pos_.epoch));
+  ASSIGN_OR_RETURN(EpochRecord e, Evaluate(static_cast<int>(pos_.epoch)));
+  e.train_failed_images = epoch_failed_images_;
   if (method_ == Method::kMal) {
     AllWeights w =
         ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe, alignment_,
@@ -554,6 +596,7 @@ absl::Status Training::FinishEpoch(Clock::time_point start) {
   if (options_.sink) options_.sink->OnEpoch(e);
   last_ = e;
   ++pos_.epoch;
+  epoch_failed_images_ = 0;
   pos_.iter_in_epoch = 0;
   pos_.au_next = 0;
   return Save();

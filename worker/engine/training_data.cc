@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/image/transforms.h"
 #include "common/synth/synth_dataset.h"
 #include "common/util/csv.h"
 #include "common/util/logging.h"
@@ -189,30 +190,46 @@ absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe
   }
   const size_t n = fe.samples.size();
   std::vector<double> w(n);
-  size_t missing = 0;
-  std::string first_missing;
+  std::vector<bool> has_row(n, false);
+  std::vector<size_t> no_row;  // samples without a row
   for (size_t i = 0; i < n; ++i) {
     auto it = weight.find(fe.samples[i].id);
     if (it == weight.end()) {
-      if (missing++ == 0) first_missing = fe.samples[i].id;
+      no_row.push_back(i);
       continue;
     }
     w[i] = it->second.first;
+    has_row[i] = true;
   }
-  if (missing > 0) {
-    return error(absl::StatusCode::kFailedPrecondition, path, " has no row for FE image '",
-                 first_missing, "' (", missing, " of the ", n,
-                 " FE training images have none): use the weights of a run on the same FE data");
+  // A MAL run writes no row for an image that does not decode (it was never weighted); the same
+  // image here is left out of training again. An image without a row that decodes means the
+  // weights are of other FE data. Stops at the first that decodes.
+  std::string first_failure;
+  for (size_t i : no_row) {
+    absl::StatusOr<cv::Mat> decoded = image::DecodeImage(fe.samples[i].image);
+    if (decoded.ok()) {
+      return error(absl::StatusCode::kFailedPrecondition, path, " has no row for FE image '",
+                   fe.samples[i].id, "' (", no_row.size(), " of the ", n,
+                   " FE training images have none): use the weights of a run on the same FE data");
+    }
+    if (first_failure.empty()) first_failure = std::string(decoded.status().message());
   }
-  if (weight.size() > n) {
-    LOG(INFO) << "train.fe_weights: " << path << ": " << weight.size() - n
+  if (!no_row.empty()) {
+    LOG(WARNING) << "train.fe_weights: " << no_row.size() << " FE image(s) have no row in " << path
+                 << " and do not decode (first: " << first_failure
+                 << "): drawn once, and left out of their batches as in the run that wrote it";
+  }
+  const size_t ranked = n - no_row.size();
+  if (weight.size() > ranked) {
+    LOG(INFO) << "train.fe_weights: " << path << ": " << weight.size() - ranked
               << " row(s) name no FE training image of this data; ignored";
   }
-  std::vector<size_t> rank(n);  // sample indexes, lowest weight first
-  std::iota(rank.begin(), rank.end(), 0);
+  std::vector<size_t> rank;  // sample indexes with a row, lowest weight first
+  for (size_t i = 0; i < n; ++i)
+    if (has_row[i]) rank.push_back(i);
   std::stable_sort(rank.begin(), rank.end(), [&w](size_t a, size_t b) { return w[a] < w[b]; });
-  std::vector<int> times(n);
-  for (size_t r = 0; r < n; ++r) times[rank[r]] = static_cast<int>(r * levels / n) + 1;
+  std::vector<int> times(n, 1);
+  for (size_t r = 0; r < ranked; ++r) times[rank[r]] = static_cast<int>(r * levels / ranked) + 1;
   std::vector<int64_t> draw;
   for (size_t i = 0; i < n; ++i) draw.insert(draw.end(), times[i], static_cast<int64_t>(i));
   LOG(INFO) << "train.fe_weights: " << n << " FE training images in " << levels

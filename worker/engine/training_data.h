@@ -61,8 +61,10 @@ std::vector<int64_t> AllOf(const data::DatasetIndex& index);
 // "train.fe_weights: ": the file's (NotFound, PermissionDenied ... naming it); InvalidArgument for
 // an empty file, a header without an id or weight column, a malformed line or a weight that is not
 // a finite number >= 0 (path:line), an id listed twice (path:line and the first line);
-// FailedPrecondition when a sample of `fe` has no row (the first such id and how many: the weights
-// are from a run on other FE data).
+// FailedPrecondition when a sample of `fe` whose image decodes has no row (that id and how many
+// have none: the weights are from a run on other FE data). A sample without a row whose image
+// does not decode (a MAL run writes none for it) is listed once, outside the levels, with a
+// warning.
 absl::StatusOr<std::vector<int64_t>> WeightedFeDraw(const data::DatasetIndex& fe,
                                                     const std::string& path, int levels);
 

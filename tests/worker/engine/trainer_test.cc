@@ -675,14 +675,16 @@ TEST_F(TrainerTest, AResumeRefusesAnFeDrawThatChangedSinceItsCheckpoint) {
 // WeightedFeDraw on a hand-made index: the levels by rank, ties by order, AU rows and unknown ids
 // ignored, and every malformed input refused naming the file and line.
 TEST(WeightedFeDrawTest, GroupsByRankAndNamesTheLineOfEveryBadInput) {
+  testing::TempDir dir;
   data::DatasetIndex fe;
   for (const char* id : {"a", "b", "c", "d", "e", "f"}) {
     data::Sample s;
     s.id = id;
     s.expression = 1;
+    s.image = dir / absl::StrCat(id, ".png");
+    testing::WriteImage(s.image);
     fe.samples.push_back(s);
   }
-  testing::TempDir dir;
   const std::string path = dir / "w.csv";
   auto counts = [&](const std::string& csv, int levels) {
     testing::WriteText(path, csv);
@@ -723,11 +725,69 @@ TEST(WeightedFeDrawTest, GroupsByRankAndNamesTheLineOfEveryBadInput) {
               HasSubstr(path + ":8: id 'c' is listed twice (first on line 4)"));
   EXPECT_THAT(error("id,weight\na,1\nb,1\nd,1\n"),
               HasSubstr("has no row for FE image 'c' (3 of the 6 FE training images have none)"));
+  // A MAL run writes no row for an image that does not decode: the same image here is drawn once
+  // (and left out of its batches again); the others are ranked among themselves.
+  testing::WriteText(fe.samples[2].image, "");  // c
+  testing::WriteText(fe.samples[4].image, "");  // e
+  EXPECT_EQ(counts("id,weight\na,1\nb,2\nd,3\nf,4\n", 2), "111212");
+  EXPECT_THAT(error("id,weight\na,1\nb,2\nd,3\n"),
+              HasSubstr("has no row for FE image 'f' (3 of the 6 FE training images have none)"));
   auto missing = WeightedFeDraw(fe, dir / "nope.csv", 3);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(missing.status().message()),
               HasSubstr("train.fe_weights: " + (dir / "nope.csv")));
+}
+
+// Images that do not decode are left out, counted per part in the epoch's metrics and said in the
+// log; a test part or a training set of which no image decodes fails the run, naming the part.
+TEST_F(TrainerTest, ImagesThatDoNotDecodeAreCountedAndAPartWithoutAnyFailsTheRun) {
+  testing::TempDir data;
+  fs::copy(*dir_ / "sf", data / "sf", fs::copy_options::recursive);
+  v1::ExperimentSpec spec = Spec("mal");
+  spec.mutable_data()->mutable_au()->set_root(data / "sf");
+  spec.mutable_data()->mutable_fe()->set_root(data / "sf");
+  absl::StatusOr<Data> d = LoadData(spec, 1);
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_GE(d->fold.test.size(), 3u);
+  auto corrupt = [&](const std::vector<int64_t>& which, size_t n) {
+    for (size_t k = 0; k < std::min(n, which.size()); ++k)
+      testing::WriteText(d->au.samples[which[k]].image, "");
+  };
+  auto train = [&](const std::string& out) {
+    TrainOptions o;
+    o.spec = spec;
+    o.out_dir = out;
+    return Train(o);
+  };
+
+  corrupt(d->fold.test, 2);
+  testing::TempDir some;
+  auto result = train(some.path());
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->final_epoch.test_failed_images, 2);
+  EXPECT_EQ(result->final_epoch.train_failed_images, 0);
+  const absl::StatusOr<std::string> metrics = ReadFile(some / "metrics.json");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(*metrics, HasSubstr("\"train_failed_images\": 0, \"test_failed_images\": 2, "
+                                  "\"val_failed_images\": 0"));
+
+  corrupt(d->fold.test, d->fold.test.size());
+  testing::TempDir none;
+  result = train(none.path());
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("epoch 1: no image of the test part decodes ("));
+
+  corrupt(d->fold.train, d->fold.train.size());
+  testing::TempDir untrained;
+  result = train(untrained.path());
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("epoch 1: no AU training image of fold 1 decodes"));
+  EXPECT_FALSE(fs::exists(untrained / "model.pt"));
 }
 
 TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
@@ -736,10 +796,11 @@ TEST_F(TrainerTest, MissingDatasetFailsNamingThePath) {
   o.spec = Spec("stl");
   o.spec.mutable_data()->mutable_au()->set_format("bp4d");
   o.spec.mutable_data()->mutable_au()->set_root("/nonexistent/BP4D");
-  o.out_dir = out.path();
+  o.out_dir = out / "run";
   auto result = Train(o);
   ASSERT_FALSE(result.ok());
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("/nonexistent/BP4D"));
+  EXPECT_FALSE(fs::exists(out / "run"));  // data refused: no run directory left behind
 }
 
 // An AU the dataset does not code trained on nothing and counted 0 in the mean F1.
