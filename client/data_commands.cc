@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -34,6 +35,9 @@ absl::StatusOr<std::vector<int>> ParseAuList(const std::string& text) {
     int au;
     if (!absl::SimpleAtoi(part, &au) || au < 1 || au > 99) {
       return absl::InvalidArgumentError(absl::StrCat("'", part, "' is not an AU number 1..99"));
+    }
+    if (std::find(aus.begin(), aus.end(), au) != aus.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("AU", au, " listed twice"));
     }
     aus.push_back(au);
   }

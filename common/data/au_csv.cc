@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/data/reader_util.h"
 #include "common/util/csv.h"
@@ -23,10 +25,50 @@ struct AuColumns {
   size_t needed = 0;    // fields a row must have
 };
 
+// Why a header has no frame column, where the bytes say: "" when they do not.
+std::string HeaderHint(const std::string& line, const std::vector<std::string>& header) {
+  if (line.find('\0') != std::string::npos || absl::StartsWith(line, "\xff\xfe") ||
+      absl::StartsWith(line, "\xfe\xff")) {
+    return "; the file is UTF-16 text (Excel's 'Unicode Text'): save it as CSV (UTF-8 or ASCII)";
+  }
+  if (header.size() == 1) {
+    for (const char* sep : {";", "\t", "|"}) {
+      if (line.find(sep) != std::string::npos) {
+        return absl::StrCat("; the header is one field: are the columns separated by '",
+                            sep[0] == '\t' ? "\\t" : sep, "'? AU label files are comma-separated");
+      }
+    }
+  }
+  return "";
+}
+
+// An AU column name the header repeats ("" when none): a first line of labels ("1,0,0,1,9") where
+// the header belongs (BP4D codes AUs >= 40 as 9: a frame's line repeats 9 at least). Empty names
+// (trailing commas) do not count.
+std::string RepeatedColumn(const std::vector<std::string>& header) {
+  std::set<std::string> seen;
+  for (const std::string& cell : header) {
+    const std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(cell));
+    // Not the frame column's name: a header may give it again to a last, occlusion column.
+    if (name.empty() || name == "0" || name == "frame") continue;
+    if (!seen.insert(name).second) return name;
+  }
+  return "";
+}
+
 absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(
     const std::vector<std::string>& header, const TextLines& lines, const AuVideo& video,
     const ReaderOptions& options, DatasetIndex& index,
     std::map<int, std::vector<std::string>>& missing_columns) {
+  if (const std::string twice = RepeatedColumn(header); !twice.empty()) {
+    RETURN_IF_ERROR(index.report.Skip(
+        "malformed_header",
+        absl::StrCat(lines.Where(0), ": column '", twice,
+                     "' is named twice: the first line looks like a frame's labels, and the file "
+                     "has no header (BP4D's files start with one of column numbers: 0 the frame, "
+                     "k AU k)")));
+    return std::nullopt;
+  }
   AuColumns cols;
   std::map<int, int> col_of_au;
   for (size_t c = 0; c < header.size(); ++c) {
@@ -40,7 +82,8 @@ absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(
   }
   if (cols.frame < 0) {
     RETURN_IF_ERROR(index.report.Skip(
-        "malformed_header", absl::StrCat(lines.Where(0), ": no frame column (named 0 or frame)")));
+        "malformed_header", absl::StrCat(lines.Where(0), ": no frame column (named 0 or frame)",
+                                         HeaderHint(lines.lines[0], header))));
     return std::nullopt;
   }
   for (int au : index.aus) {
@@ -156,6 +199,10 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     return report.Skip("empty_label_file",
                        absl::StrCat(video.label_file, ": a header and no frame rows"));
   }
+  if (video.images != nullptr && !video.images->error().empty()) {
+    return SkipUnreadableImageDirectory(video.image_dir, video.images->error(),
+                                        static_cast<int64_t>(rows.size()), report);
+  }
   // Image numbers equal the label frames in BP4D's and GFT's releases; frames re-extracted from
   // the videos are often numbered from 0 or from 1 instead: take what the directory holds.
   FrameNaming naming;
@@ -164,6 +211,8 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     for (const Row& r : rows) frames.push_back(r.frame);
     naming = DetectFrameNaming(*video.images, frames, {0, -1, 1});
     if (naming_tally != nullptr) naming_tally->Add(naming.offset);
+    if (!naming.ambiguity.empty())
+      index.report.Note(absl::StrCat(video.image_dir, ": ", naming.ambiguity));
   }
   int64_t kept = 0;
   for (Row& r : rows) {

@@ -1,5 +1,6 @@
 // BP4D-Spontaneous: AUCoding/AU_OCC/<Subject>_<Task>.csv, images <images>/<Subject>/<Task>/<frame>.jpg.
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -31,7 +32,15 @@ absl::StatusOr<DatasetIndex> ReadBp4d(const ReaderOptions& options) {
         "unreadable_label_file",
         absl::StrCat((fs::path(label_dir) / name).string(), ": is a directory, not a file")));
   }
-  for (const std::string& name : ListDirectory(label_dir, /*directories=*/false)) {
+  const std::vector<std::string> files = ListDirectory(label_dir, /*directories=*/false);
+  if (std::none_of(files.begin(), files.end(),
+                   [](const std::string& f) { return absl::EndsWithIgnoreCase(f, ".csv"); })) {
+    return absl::NotFoundError(absl::StrCat(
+        label_dir, ": no <Subject>_<Task>.csv label file there",
+        files.empty() ? std::string(" (empty)")
+                      : absl::StrCat(" (", files.size(), " other file(s), e.g. ", files[0], ")")));
+  }
+  for (const std::string& name : files) {
     const std::string path = (fs::path(label_dir) / name).string();
     if (!absl::EndsWithIgnoreCase(name, ".csv")) continue;
     const std::string stem = fs::path(name).stem().string();

@@ -103,15 +103,34 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
       RETURN_IF_ERROR(report.Skip(
           "line_count_mismatch",
           absl::StrCat(subject_dir.string(), ": AU files differ in line count (",
-                       absl::StrJoin(counts, " "), "); subject skipped"),
-          1));
+                       absl::StrJoin(counts, " "), "); subject skipped (", frames.size(),
+                       " labelled frames)"),
+          static_cast<int64_t>(frames.size())));
       continue;
     }
-    const std::string image_dir = (fs::path(image_root) / subject).string();
+    std::string image_dir = (fs::path(image_root) / subject).string();
+    // One public list names SN013 where others have SN033 (datasets.md): labels and frames may
+    // have been obtained under the two names.
+    if (std::error_code ec; !fs::exists(image_dir, ec) && (subject == "SN013" || subject == "SN033")) {
+      const std::string other =
+          (fs::path(image_root) / (subject == "SN013" ? "SN033" : "SN013")).string();
+      if (fs::is_directory(other, ec)) {
+        report.Note(absl::StrCat(subject, ": images read from ", other, " (SN013 and SN033 name "
+                                 "the same subject in different lists)"));
+        image_dir = other;
+      }
+    }
     FrameDirectory images(image_dir);
+    if (!images.error().empty()) {
+      RETURN_IF_ERROR(SkipUnreadableImageDirectory(image_dir, images.error(),
+                                                   static_cast<int64_t>(frames.size()), report));
+      continue;
+    }
     const FrameNaming naming =
-        DetectFrameNaming(images, std::vector<long>(frames.begin(), frames.end()), {-1, 0});
+        DetectFrameNaming(images, std::vector<long>(frames.begin(), frames.end()), {-1, 0},
+                          /*whole_video=*/true);
     if (images.exists()) tally.Add(naming.offset);
+    if (!naming.ambiguity.empty()) report.Note(absl::StrCat(image_dir, ": ", naming.ambiguity));
     int64_t kept = 0;
     for (long frame : frames) {
       const long image_number = frame + naming.offset;

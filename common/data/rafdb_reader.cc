@@ -126,6 +126,21 @@ absl::StatusOr<DatasetIndex> ReadRafDb(const ReaderOptions& options) {
     RETURN_IF_ERROR(report.Skip("empty_label_file", absl::StrCat(list_path, ": no image listed")));
   }
 
+  // A list re-indexed from 0 (a training script's own copy) reads one class off in every line that
+  // is not 0: the whole file is refused, not only its lines labelled 0.
+  for (size_t i = 0; i < lines.lines.size(); ++i) {
+    std::vector<std::string> f =
+        absl::StrSplit(lines.lines[i], absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
+    long label = -1;
+    if (f.size() == 2 && absl::SimpleAtoi(f[1], &label) && label == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          lines.Where(i),
+          ": label 0: RAF-DB's labels are 1..7 (1 Surprise ... 7 Neutral), so this "
+          "list is numbered from 0 and every other line would read one expression off; use the "
+          "dataset's own EmoLabel/list_patition_label.txt"));
+    }
+  }
+
   ASSIGN_OR_RETURN(const std::string dist_path, FindDistributionFile(options));
   std::unordered_map<std::string, Distribution> distribution;
   if (dist_path.empty()) {

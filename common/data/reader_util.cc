@@ -39,7 +39,12 @@ bool IsImageFile(absl::string_view name) {
 FrameDirectory::FrameDirectory(const std::string& dir) {
   std::error_code ec;
   fs::directory_iterator it(dir, ec);
-  if (ec) return;
+  if (ec) {
+    // Missing: its frames are missing images. Anything else (permission denied, not a directory)
+    // is said as it is.
+    if (ec != std::errc::no_such_file_or_directory) error_ = ec.message();
+    return;
+  }
   exists_ = true;
   std::vector<std::string> names;
   for (const auto& entry : it) {
@@ -52,6 +57,7 @@ FrameDirectory::FrameDirectory(const std::string& dir) {
     long frame;
     if (!absl::SimpleAtoi(stem, &frame)) continue;
     frames_.emplace(frame, (fs::path(dir) / name).string());
+    if (!first_ || frame < *first_) first_ = frame;
   }
 }
 
@@ -60,39 +66,72 @@ const std::string* FrameDirectory::Find(long frame) const {
   return it == frames_.end() ? nullptr : &it->second;
 }
 
+namespace {
+// "image N", "image N-1", "image N+1": the image of label frame N under `offset`.
+std::string ImageNumberName(long offset) {
+  return absl::StrCat("image N",
+                      offset > 0   ? "+"
+                      : offset < 0 ? "-"
+                                   : "",
+                      offset == 0 ? "" : absl::StrCat(std::labs(offset)));
+}
+}  // namespace
+
 FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<long>& frames,
-                              const std::vector<long>& offsets) {
-  if (offsets.empty()) return FrameNaming{};
-  auto matched = [&](long offset) {
-    int64_t n = 0;
-    for (long f : frames) n += images.Find(f + offset) != nullptr;
-    return n;
-  };
-  const FrameNaming documented{offsets[0], matched(offsets[0])};
-  FrameNaming best = documented;
-  for (size_t k = 1; k < offsets.size(); ++k) {
-    const FrameNaming other{offsets[k], matched(offsets[k])};
-    if (other.matched > best.matched) best = other;
+                              const std::vector<long>& offsets, bool whole_video) {
+  FrameNaming none;
+  if (offsets.empty()) return none;
+  none.offset = offsets[0];
+  if (frames.empty()) return none;
+  std::vector<FrameNaming> fits(offsets.size());  // per offset, in `offsets`' order
+  for (size_t k = 0; k < offsets.size(); ++k) {
+    fits[k].offset = offsets[k];
+    for (long f : frames) fits[k].matched += images.Find(f + offsets[k]) != nullptr;
   }
+  const FrameNaming& documented = fits[0];
+  const FrameNaming* best = &documented;
+  for (const FrameNaming& other : fits)
+    if (other.matched > best->matched) best = &other;
   // Another naming must explain the directory, not just a frame more of it: frames renumbered
   // from 1 match (nearly) all of the labels; in a folder holding every other frame each offset
   // matches about half, and edge frames would decide by one.
   const int64_t n = static_cast<int64_t>(frames.size());
-  const bool covers = best.matched * 10 >= n * 9;
+  const bool covers = best->matched * 10 >= n * 9;
   const bool clearly_more =
-      best.matched >= documented.matched + 2 && best.matched * 10 >= documented.matched * 11;
-  return covers || clearly_more ? best : documented;
+      best->matched >= documented.matched + 2 && best->matched * 10 >= documented.matched * 11;
+  if (covers || clearly_more) return *best;
+  // The counts do not decide.
+  FrameNaming chosen = documented;
+  std::string why = "the format's documented naming";
+  const long first_frame = *std::min_element(frames.begin(), frames.end());
+  if (whole_video && images.first()) {
+    for (const FrameNaming& fit : fits) {
+      if (*images.first() == first_frame + fit.offset && fit.matched >= documented.matched) {
+        chosen = fit;
+        why = absl::StrCat("the first image, ", *images.first(), ", is the first labelled frame's");
+      }
+    }
+  }
+  std::vector<std::string> close;  // the offsets that fit nearly as well as the one taken
+  for (const FrameNaming& fit : fits) {
+    if (fit.offset == chosen.offset || fit.matched == 0 || fit.matched * 10 < chosen.matched * 9)
+      continue;
+    close.push_back(absl::StrCat(ImageNumberName(fit.offset), " (", fit.matched, ")"));
+  }
+  if (!close.empty()) {
+    chosen.ambiguity = absl::StrCat(
+        "image names fit label frame N as ", ImageNumberName(chosen.offset), " (", chosen.matched,
+        " of ", n, " frames) and as ", absl::StrJoin(close, ", "), "; took ",
+        ImageNumberName(chosen.offset), ": ", why, " (check that labels and images line up)");
+  }
+  return chosen;
 }
 
 void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport& report) const {
   if (directories_.empty()) return;
   std::vector<std::string> parts;
   for (const auto& [offset, n] : directories_) {
-    parts.push_back(absl::StrCat("image N",
-                                 offset == 0  ? ""
-                                 : offset > 0 ? "+"
-                                              : "-",
-                                 offset == 0 ? "" : absl::StrCat(std::labs(offset)),
+    parts.push_back(absl::StrCat(ImageNumberName(offset),
                                  offset == documented ? " (the documented layout)" : "", " in ", n,
                                  " of them"));
   }
@@ -185,11 +224,32 @@ absl::Status RequireDirectory(const std::string& path, absl::string_view expecte
   return absl::OkStatus();
 }
 
+absl::Status SkipUnreadableImageDirectory(const std::string& dir, const std::string& error,
+                                          int64_t frames, LoadReport& report) {
+  return report.Skip("unreadable_image_directory",
+                     absl::StrCat(dir, ": ", error, " (its ", frames, " labelled frames skipped)"),
+                     frames);
+}
+
+bool IsSystemMetadata(absl::string_view name) {
+  return absl::StartsWith(name, ".") || name == "__MACOSX" || name == "Thumbs.db" ||
+         name == "desktop.ini";
+}
+
 std::vector<std::string> ListDirectory(const std::string& dir, bool directories) {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.is_directory(ec) == directories) names.push_back(entry.path().filename().string());
+    const std::string name = entry.path().filename().string();
+    if (IsSystemMetadata(name)) continue;
+    std::error_code type_ec;
+    const bool wanted = directories
+                            ? entry.is_directory(type_ec)
+                            // Files: regular ones, and links to nothing (opening one says so);
+                            // never a named pipe, socket or device, which a read would block on.
+                            : entry.is_regular_file(type_ec) ||
+                                  (entry.is_symlink(type_ec) && !fs::exists(entry.path(), type_ec));
+    if (wanted) names.push_back(name);
   }
   std::sort(names.begin(), names.end());
   return names;

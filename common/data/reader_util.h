@@ -4,6 +4,7 @@
 // Helpers shared by the dataset readers (internal to common/data).
 
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -21,11 +22,18 @@ class FrameDirectory {
  public:
   explicit FrameDirectory(const std::string& dir);
   bool exists() const { return exists_; }
+  // Why the directory could not be listed when it exists but cannot be read ("Permission
+  // denied"); empty otherwise (a missing directory: exists() is false).
+  const std::string& error() const { return error_; }
+  // The lowest image number in the directory, or nullopt when it holds no numbered image.
+  std::optional<long> first() const { return first_; }
   // The image path of `frame`, or nullptr.
   const std::string* Find(long frame) const;
 
  private:
   bool exists_ = false;
+  std::string error_;
+  std::optional<long> first_;
   std::unordered_map<long, std::string> frames_;
 };
 
@@ -36,6 +44,9 @@ class FrameDirectory {
 struct FrameNaming {
   long offset = 0;
   int64_t matched = 0;  // label frames with an image under that offset
+  // Empty when the names decide; otherwise what they allow, for a note: "image names fit label
+  // frame N as image N (80 of 100 frames) and as image N-1 (80); took image N: ...".
+  std::string ambiguity;
 };
 
 // Picks among `offsets` (the format's documented convention first) the one under which most of
@@ -43,8 +54,13 @@ struct FrameNaming {
 // only for an offset that has an image for at least 90% of the frames, or for 2 frames and 10%
 // more than the documented one: a folder of every other frame matches about half under each
 // offset, and must not be shifted by an edge frame.
+// `whole_video`: the labels cover every frame of the video from its first (DISFA), so the
+// extraction's first image is the first labelled frame. Where the counts do not decide (an
+// extraction stopped early: 1..80 for 100 labels matches 80 frames at N and at N-1), the offset
+// that puts the directory's first image on the first labelled frame is taken if it matches at
+// least as many frames as the documented one.
 FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<long>& frames,
-                              const std::vector<long>& offsets);
+                              const std::vector<long>& offsets, bool whole_video = false);
 
 // Counts directories per detected offset, for a note saying which conventions were found.
 class FrameNamingTally {
@@ -85,7 +101,19 @@ absl::StatusOr<bool> CheckImage(const std::string& path, absl::string_view what,
 // Fails with NotFound naming `path` and what was expected there when it is not a directory.
 absl::Status RequireDirectory(const std::string& path, absl::string_view expected);
 
-// Sorted names of the entries of a directory (files or directories).
+// Records the `frames` labelled frames of an image directory that exists but cannot be listed
+// (`error`: "Permission denied") as skipped under "unreadable_image_directory", naming it; an error
+// in strict mode.
+absl::Status SkipUnreadableImageDirectory(const std::string& dir, const std::string& error,
+                                          int64_t frames, LoadReport& report);
+
+// Names that operating systems and archivers leave beside data and that are never data: hidden
+// names (".DS_Store", macOS's "._<name>" AppleDouble files), "__MACOSX", "Thumbs.db", "desktop.ini".
+bool IsSystemMetadata(absl::string_view name);
+
+// Sorted names of the entries of a directory: its directories, or its regular files (and links to
+// nothing, which fail clearly when opened; never a named pipe, socket or device). Names for which
+// IsSystemMetadata holds are left out.
 std::vector<std::string> ListDirectory(const std::string& dir, bool directories);
 
 // Counts per requested AU how many files lacked its column, as a note.

@@ -112,6 +112,9 @@ TEST(MalctlDataTest, UsageAndMissingDataErrors) {
   EXPECT_EQ(format.exit_code, 1);
   EXPECT_THAT(format.output, HasSubstr("unknown dataset format"));
   EXPECT_EQ(Malctl("nonsense").exit_code, 2);
+  Result twice = Malctl("data inspect --format bp4d --root /x --aus 1,2,1");
+  EXPECT_EQ(twice.exit_code, 2);
+  EXPECT_THAT(twice.output, HasSubstr("AU1 listed twice"));
 }
 
 }  // namespace

@@ -89,7 +89,8 @@ TEST(DisfaReaderTest, UnequalLineCountsSkipTheSubject) {
   ASSERT_TRUE(index.ok()) << index.status();
   EXPECT_EQ(index->samples.size(), 1u);
   const auto& skip = index->report.skips().at("line_count_mismatch");
-  EXPECT_THAT(skip.examples[0], HasSubstr("au1=3 au2=2"));
+  EXPECT_EQ(skip.count, 3);  // the subject's frames, not one file
+  EXPECT_THAT(skip.examples[0], HasSubstr("au1=3 au2=2); subject skipped (3 labelled frames)"));
 }
 
 TEST(DisfaReaderTest, MalformedLineNamesFileAndLine) {
@@ -133,6 +134,73 @@ TEST(DisfaReaderTest, MissingAuFileIsReportedAndMasked) {
   ASSERT_TRUE(index.ok()) << index.status();
   EXPECT_THAT(index->samples[0].au, ElementsAre(kAuPresent, kAuUnknown));
   EXPECT_THAT(index->report.skips().at("missing_label_file").examples[0], HasSubstr("SN001_au26.txt"));
+}
+
+// Frames extracted with ffmpeg (1.jpg ...) by a run that stopped early: 1..8 for 10 labelled
+// frames matches 8 at image N and 8 at N-1 (the documented naming, which the tie used to keep:
+// every label one frame off). The first image is the first labelled frame's under image N: that
+// is taken, and said.
+TEST(DisfaReaderTest, AnExtractionThatStoppedEarlyIsReadFromItsFirstImage) {
+  testing::TempDir dir;
+  std::vector<int> au1(10, 0);
+  au1[0] = 3;  // frame 1 only
+  WriteAu(dir, "SN001", 1, au1);
+  for (int f = 1; f <= 8; ++f) testing::WriteImage(dir / absl::StrCat("SN001/", f, ".jpg"), 4);
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->samples.size(), 8u);
+  EXPECT_THAT(index->samples[0].image, HasSubstr("SN001/1.jpg"));
+  EXPECT_EQ(index->samples[0].au[0], kAuPresent);
+  EXPECT_EQ(index->samples[1].au[0], kAuAbsent);
+  EXPECT_EQ(index->report.skips().at("missing_image").count, 2);  // frames 9 and 10
+  bool said = false;
+  for (const std::string& note : index->report.notes()) {
+    said |= note.find("SN001: image names fit label frame N as image N (8 of 10 frames) and as "
+                      "image N-1 (8); took image N: the first image, 1, is the first labelled "
+                      "frame's") != std::string::npos;
+  }
+  EXPECT_TRUE(said) << ::testing::PrintToString(index->report.notes());
+}
+
+// macOS's archive folder is not a subject; SN013's labels find their frames under SN033 (one
+// public list's name for the same subject), and the other way round.
+TEST(DisfaReaderTest, SystemFoldersAreNotSubjectsAndSn013FindsSn033sFrames) {
+  testing::TempDir dir;
+  WriteAu(dir, "SN013", 1, {0, 3});
+  WriteAu(dir, "SN033", 1, {2, 0});
+  testing::WriteText(dir / "ActionUnit_Labels/__MACOSX/._SN013", "AppleDouble");
+  testing::WriteText(dir / "ActionUnit_Labels/._SN001", "AppleDouble");
+  for (int f = 0; f < 2; ++f) {
+    testing::WriteImage(dir / absl::StrCat("SN033/", f, ".jpg"), 4);
+  }
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->report.total(), 0) << ::testing::PrintToString(index->report.skips().begin()->first);
+  ASSERT_EQ(index->samples.size(), 4u);
+  EXPECT_EQ(index->samples[0].subject, "SN013");
+  EXPECT_THAT(index->samples[1].image, HasSubstr("SN033/1.jpg"));
+  EXPECT_EQ(index->samples[1].au[0], kAuPresent);
+}
+
+// An image folder that cannot be listed is said as such, not as every frame's missing image.
+TEST(DisfaReaderTest, AnUnreadableImageFolderIsNamedOnce) {
+  testing::TempDir dir;
+  WriteAu(dir, "SN001", 1, {0, 3, 0});
+  testing::WriteText(dir / "SN001", "not a folder");
+  ReaderOptions o;
+  o.root = dir.path();
+  o.aus = {1};
+  auto index = LoadDataset("disfa", o, DataRole::kAu);
+  ASSERT_FALSE(index.ok());  // no usable sample
+  EXPECT_THAT(std::string(index.status().message()),
+              HasSubstr("unreadable_image_directory x3 (e.g. " + (dir / "SN001") +
+                        ": Not a directory (its 3 labelled frames skipped)"));
 }
 
 }  // namespace

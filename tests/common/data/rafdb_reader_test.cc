@@ -129,6 +129,31 @@ TEST_F(RafDbReaderTest, AnEmptyListSaysWhichFile) {
               HasSubstr("empty_label_file x1 (e.g. " + (dir_ / "EmoLabel/list_patition_label.txt")));
 }
 
+// A list re-indexed from 0 by a training script: its lines labelled 1..6 would read one
+// expression off, so the whole file is refused, not only its lines labelled 0.
+TEST_F(RafDbReaderTest, AListNumberedFromZeroIsRefused) {
+  testing::WriteText(dir_ / "EmoLabel/list_patition_label.txt",
+                     "train_00001.jpg 4\ntrain_00002.jpg 0\ntest_0001.jpg 6\n");
+  ReaderOptions o;
+  o.root = dir_.path();
+  auto index = LoadDataset("rafdb", o, DataRole::kFe);
+  ASSERT_FALSE(index.ok());
+  EXPECT_EQ(index.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(index.status().message()),
+              HasSubstr("list_patition_label.txt:2: label 0: RAF-DB's labels are 1..7"));
+}
+
+// Files that macOS and archivers leave beside the data are not data.
+TEST_F(RafDbReaderTest, SystemFilesBesideTheImagesAreNotImages) {
+  testing::WriteText(dir_ / "Image/aligned/._train_00004_aligned.jpg", "AppleDouble");
+  ReaderOptions o;
+  o.root = dir_.path();
+  auto index = LoadDataset("rafdb", o, DataRole::kFe);
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->samples.size(), 2u);
+  EXPECT_THAT(index->report.skips().at("missing_image").examples[0], HasSubstr("train_00004"));
+}
+
 TEST_F(RafDbReaderTest, MissingListNamesExpectedFile) {
   testing::TempDir empty;
   ReaderOptions o;
