@@ -34,19 +34,33 @@ void AddPredictCommand(CLI::App& app, int* exit_code) {
   cmd->footer(
       "Example: malctl predict --model bp4d-mal@champion photo.jpg faces/ clip.mp4 --out aus.csv");
   cmd->callback([o, exit_code] {
-    auto channel = OpenChannel(o->service);
-    if (!channel.ok()) {
-      *exit_code = Fail(kUsage, std::string(channel.status().message()));
+    auto channel_or = OpenChannel(o->service);
+    if (!channel_or.ok()) {
+      *exit_code = Fail(kUsage, std::string(channel_or.status().message()));
       return;
     }
-    std::shared_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(*channel);
+    std::shared_ptr<grpc::Channel> channel = *std::move(channel_or);
+    std::shared_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(channel);
     const std::string address = o->service.address;
-    predict::Backend backend = [stub, address](const v1::DetectActionUnitsRequest& request)
+    predict::Backend backend = [channel, stub, address](const v1::DetectActionUnitsRequest& request)
         -> absl::StatusOr<v1::DetectActionUnitsResponse> {
       v1::DetectActionUnitsResponse response;
-      grpc::ClientContext ctx;
-      rpc::SetDeadline(ctx, std::chrono::minutes(5));
-      grpc::Status s = stub->DetectActionUnits(&ctx, request, &response);
+      grpc::Status s;
+      {
+        grpc::ClientContext ctx;
+        rpc::SetDeadline(ctx, std::chrono::minutes(5));
+        s = stub->DetectActionUnits(&ctx, request, &response);
+      }
+      // A connection attempt that timed out in the handshake (many clients starting at once on
+      // a loaded host: each attempt may take 0.1 to 0.5 s, grpc_channel.cc) or a server
+      // restarting: once more, after waiting up to 10 s for the channel to connect.
+      if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+          channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+        grpc::ClientContext ctx;
+        rpc::SetDeadline(ctx, std::chrono::minutes(5));
+        response.Clear();
+        s = stub->DetectActionUnits(&ctx, request, &response);
+      }
       if (!s.ok()) {
         absl::Status status = FromGrpcStatus(s);
         return absl::Status(status.code(),

@@ -49,6 +49,12 @@ class Batcher {
     request_.set_min_face(o.min_face);
   }
 
+  // An input that could not be read here (a video OpenCV cannot open, a file that cannot be read):
+  // sent as an empty slot so that it has its row, with `message` and `code` as its result.
+  absl::Status AddUnreadable(const std::string& name, absl::StatusCode code, std::string message) {
+    return Enqueue(v1::ImageInput(), name, 0, 0, code, std::move(message));
+  }
+
   absl::Status Add(v1::ImageInput input, const std::string& name, int64_t frame, double timestamp) {
     std::string local_error;
     if (o_.max_image_bytes > 0 &&
@@ -61,6 +67,12 @@ class Batcher {
           static_cast<double>(o_.max_image_bytes) / 1e6);
       input.clear_encoded();
     }
+    return Enqueue(std::move(input), name, frame, timestamp, absl::StatusCode::kResourceExhausted,
+                   std::move(local_error));
+  }
+
+  absl::Status Enqueue(v1::ImageInput input, const std::string& name, int64_t frame,
+                       double timestamp, absl::StatusCode local_code, std::string local_error) {
     const int64_t size = static_cast<int64_t>(input.ByteSizeLong());
     if (request_.images_size() > 0 &&
         (request_.images_size() >= batch_ || bytes_ + size > o_.max_request_bytes)) {
@@ -68,7 +80,7 @@ class Batcher {
     }
     input.set_id(frame > 0 ? absl::StrCat(name, "#", frame) : name);
     *request_.add_images() = std::move(input);
-    where_.push_back({name, frame, timestamp, std::move(local_error)});
+    where_.push_back({name, frame, timestamp, local_code, std::move(local_error)});
     bytes_ += size;
     return absl::OkStatus();
   }
@@ -86,7 +98,7 @@ class Batcher {
       v1::ImageResult& r = *response.mutable_results(i);
       if (!where_[i].local_error.empty()) {
         r.clear_faces();
-        r.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+        r.set_code(static_cast<int>(where_[i].local_code));
         r.set_message(where_[i].local_error);
       }
       if (where_[i].frame > 0) TrackFaces(where_[i].name, r);
@@ -189,7 +201,9 @@ class Batcher {
     std::string name;
     int64_t frame;
     double timestamp;
-    std::string local_error;  // set when the image was not sent (max_image_bytes)
+    // Set when the input was not sent (more than max_image_bytes, unreadable here): its result.
+    absl::StatusCode local_code;
+    std::string local_error;
   };
   const PredictOptions& o_;
   const Backend& backend_;
@@ -208,15 +222,17 @@ class Batcher {
 };
 
 // Frames of an opened capture, every N-th, until the end, max_frames or should_stop.
+// `*read` counts the frames that came out of the capture.
 absl::Status ReadFrames(cv::VideoCapture& capture, const std::string& name, bool live,
                         const PredictOptions& o, Batcher& batcher,
-                        const std::function<bool()>& should_stop) {
+                        const std::function<bool()>& should_stop, int64_t* read) {
   const double fps = live ? 0 : capture.get(cv::CAP_PROP_FPS);
   const auto start = std::chrono::steady_clock::now();
   cv::Mat frame;
   for (int64_t n = 1; o.max_frames <= 0 || n <= o.max_frames; ++n) {
     if (should_stop && should_stop()) break;
     if (!capture.read(frame) || frame.empty()) break;
+    ++*read;
     if ((n - 1) % std::max(1, o.every) != 0) continue;
     const double t =
         live ? std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
@@ -291,14 +307,26 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
     const fs::path p(input);
     if (fs::is_directory(p, ec)) {
       std::vector<fs::path> found;
+      int64_t not_files = 0;  // image names that are not regular files: links to nothing, pipes
       for (const fs::directory_entry& e : fs::directory_iterator(p, ec)) {
-        if (e.is_regular_file(ec) && kImageExtensions.count(Extension(e.path())))
+        if (!kImageExtensions.count(Extension(e.path()))) continue;
+        if (e.is_regular_file(ec)) {
           found.push_back(e.path());
+        } else if (!e.is_directory(ec)) {
+          ++not_files;
+        }
       }
       std::sort(found.begin(), found.end());
       if (found.empty()) log << "predict: " << input << ": no .jpg, .jpeg, .png or .bmp files\n";
+      if (not_files > 0) {
+        log << "predict: " << input << ": " << not_files
+            << " image name(s) that are not regular files (links to nothing, pipes) left out\n";
+      }
       files.insert(files.end(), found.begin(), found.end());
     } else if (fs::exists(p, ec)) {
+      if (!fs::is_regular_file(p, ec)) {  // a pipe or a device would block the read
+        return absl::InvalidArgumentError(absl::StrCat(input, ": not a regular file"));
+      }
       const std::string ext = Extension(p);
       if (!kImageExtensions.count(ext) && !kVideoExtensions.count(ext)) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -310,6 +338,8 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
       return absl::NotFoundError(absl::StrCat(input, ": no such file or directory"));
     }
   }
+  if (files.empty() && o.camera < 0)
+    return absl::InvalidArgumentError("no image or video among the inputs");
   Batcher batcher(o, backend, out, log);
   const bool any_video = std::any_of(files.begin(), files.end(), [](const fs::path& p) {
     return kVideoExtensions.count(Extension(p)) > 0;
@@ -319,17 +349,28 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
     if (should_stop && should_stop()) break;
     if (kVideoExtensions.count(Extension(p))) {
       cv::VideoCapture capture(p.string());
-      if (!capture.isOpened()) {
-        log << "predict: " << p.string() << ": OpenCV cannot open this video\n";
+      if (!capture.isOpened()) {  // a row that says so (the log line comes with the answer)
+        RETURN_IF_ERROR(batcher.AddUnreadable(
+            p.string(), absl::StatusCode::kDataLoss,
+            absl::StrCat(p.string(),
+                         ": OpenCV cannot open this video (not a video, or cut off "
+                         "before its first frame)")));
         continue;
       }
-      RETURN_IF_ERROR(ReadFrames(capture, p.string(), false, o, batcher, should_stop));
+      int64_t read = 0;
+      RETURN_IF_ERROR(ReadFrames(capture, p.string(), false, o, batcher, should_stop, &read));
+      if (read == 0 && !(should_stop && should_stop())) {
+        RETURN_IF_ERROR(batcher.AddUnreadable(
+            p.string(), absl::StatusCode::kDataLoss,
+            absl::StrCat(p.string(), ": OpenCV opens this video but reads no frame from it")));
+      }
       continue;
     }
     v1::ImageInput in;
     auto bytes = ReadFile(p.string());
     if (!bytes.ok()) {
-      log << "predict: " << bytes.status().message() << "\n";
+      RETURN_IF_ERROR(batcher.AddUnreadable(p.string(), bytes.status().code(),
+                                            std::string(bytes.status().message())));
       continue;
     }
     in.set_encoded(std::move(*bytes));  // decoded (and checked) by the backend
@@ -339,8 +380,9 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
     cv::VideoCapture capture(o.camera);
     if (!capture.isOpened())
       return absl::NotFoundError(absl::StrCat("camera ", o.camera, ": OpenCV cannot open it"));
-    RETURN_IF_ERROR(
-        ReadFrames(capture, absl::StrCat("camera:", o.camera), true, o, batcher, should_stop));
+    int64_t read = 0;
+    RETURN_IF_ERROR(ReadFrames(capture, absl::StrCat("camera:", o.camera), true, o, batcher,
+                               should_stop, &read));
   }
   RETURN_IF_ERROR(batcher.Flush());
   return batcher.Finish();

@@ -44,7 +44,15 @@ void AddPredictOptions(CLI::App& cmd, PredictCommandOptions* o) {
 }
 
 int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, const char* program) {
+  // Ctrl-C (or a SIGTERM) ends the run after the request in flight: the normal end of a camera,
+  // an interruption otherwise (exit 3, --out not written).
+  g_interrupted = false;
   std::signal(SIGINT, OnInterrupt);
+  std::signal(SIGTERM, OnInterrupt);
+  if (std::error_code ec; !o.out.empty() && std::filesystem::is_directory(o.out, ec)) {
+    std::cerr << program << ": --out " << o.out << ": is a directory (give a file name)\n";
+    return 2;
+  }
   const std::string tmp = o.out.empty() ? "" : absl::StrCat(o.out, ".tmp.", ::getpid());
   std::ofstream file;
   if (!tmp.empty()) {
@@ -64,10 +72,11 @@ int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, co
     return response;
   };
   auto summary = RunPredict(predict, checked, out, std::cerr, [] { return g_interrupted.load(); });
+  const bool interrupted = g_interrupted.load() && o.predict.camera < 0;
   if (!tmp.empty()) {
     file.close();
     std::error_code ec;
-    if (!summary.ok() || !file) {
+    if (!summary.ok() || !file || interrupted) {
       std::filesystem::remove(tmp, ec);
     } else {
       std::filesystem::rename(tmp, o.out, ec);
@@ -81,6 +90,11 @@ int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, co
   if (!summary.ok()) {
     std::cerr << program << ": " << summary.status().message() << "\n";
     return backend_failed ? 1 : 2;
+  }
+  if (interrupted) {
+    std::cerr << program << ": interrupted after " << summary->images << " image(s)"
+              << (o.out.empty() ? "" : absl::StrCat("; ", o.out, " not written")) << "\n";
+    return 3;
   }
   std::cerr << FormatSummary(*summary)
             << (o.out.empty() ? "" : absl::StrCat("rows written to ", o.out, "\n"));

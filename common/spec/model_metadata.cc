@@ -2,7 +2,10 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/spec/backbones.h"
 #include "common/util/files.h"
 
 namespace mal {
@@ -32,13 +35,26 @@ absl::StatusOr<v1::ModelMetadata> ParseModelMetadata(const std::string& json,
   if (m.format() != kModelFormat)
     return bad("format", absl::StrCat("\"", m.format(), "\" is not ", kModelFormat));
   if (m.backbone().empty()) return bad("backbone", "required");
-  if (m.aus().empty()) return bad("aus", "required");
-  for (int au : m.aus()) {
-    if (au < 1 || au > 99) return bad("aus", absl::StrCat(au, " is not an AU number 1..99"));
+  if (!absl::c_linear_search(Backbones(), m.backbone())) {
+    return bad("backbone", absl::StrCat("\"", m.backbone(), "\" is not one of ",
+                                        absl::StrJoin(Backbones(), ", ")));
   }
-  if (m.input() < 8) return bad("input", absl::StrCat(m.input(), " px: at least 8"));
-  if (m.resize() < m.input())
-    return bad("resize", absl::StrCat(m.resize(), " px: at least input (", m.input(), ")"));
+  if (m.aus().empty()) return bad("aus", "required");
+  for (int i = 0; i < m.aus_size(); ++i) {
+    const int au = m.aus(i);
+    if (au < 1 || au > 99) return bad("aus", absl::StrCat(au, " is not an AU number 1..99"));
+    for (int j = 0; j < i; ++j) {
+      if (m.aus(j) == au) return bad("aus", absl::StrCat("AU", au, " listed twice"));
+    }
+  }
+  // The spec's bounds (model.input 32..1024, model.resize up to 2048), with room for models
+  // written by hand below them; beyond, one image's tensor alone is gigabytes.
+  if (m.input() < 8 || m.input() > 1024)
+    return bad("input", absl::StrCat(m.input(), " px: 8..1024"));
+  if (m.resize() < m.input() || m.resize() > 2048) {
+    return bad("resize",
+               absl::StrCat(m.resize(), " px: at least input (", m.input(), "), at most 2048"));
+  }
   if (m.feature_grid() < 0 || m.feature_grid() > 8)
     return bad("feature_grid", absl::StrCat(m.feature_grid(), ": 0..8 (0 = 1)"));
   if (m.mean_size() != 3 || m.std_size() != 3) return bad("mean/std", "three values each (RGB)");

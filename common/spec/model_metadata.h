@@ -14,9 +14,10 @@ inline constexpr char kModelFormat[] = "mal-model-v1";
 std::string ModelMetadataToJson(const v1::ModelMetadata& metadata);
 
 // Parses model.json's text (unknown fields are ignored, for newer writers) and checks that a
-// model can be used with it: format, backbone, aus (1..99, not empty), input >= 8 px,
-// resize >= input, three means and three positive stds, one threshold in (0, 1) per AU (missing
-// thresholds become 0.5). Errors (InvalidArgument) start with `source` and name the field.
+// model can be used with it: format, backbone (one the engine builds), aus (1..99, not empty, none
+// twice), input 8..1024 px, resize from input to 2048 px, three means and three positive stds, one
+// threshold in (0, 1) per AU (missing thresholds become 0.5). Errors (InvalidArgument) start with
+// `source` and name the field.
 absl::StatusOr<v1::ModelMetadata> ParseModelMetadata(const std::string& json,
                                                      const std::string& source);
 

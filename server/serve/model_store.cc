@@ -26,8 +26,9 @@ absl::StatusOr<std::pair<std::string, std::string>> ModelStore::Locate(const std
     ASSIGN_OR_RETURN(std::string dir, options_.registry->Fetch(version));
     return std::make_pair(key, dir);
   }
-  if (name.empty() || name[0] == '.' || name.find_first_of("/\\") != std::string::npos ||
-      name.find('\0') != std::string::npos) {
+  // A name is one directory entry: no separator, not hidden, within NAME_MAX (255 bytes).
+  if (name.empty() || name[0] == '.' || name.size() > 255 ||
+      name.find_first_of("/\\") != std::string::npos || name.find('\0') != std::string::npos) {
     return absl::NotFoundError(
         absl::StrCat("no model \"", name, "\" (a model is named by its directory)"));
   }
@@ -52,7 +53,8 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher>> ModelStore::Get(const std::strin
     loading_.insert(key);
   }
   auto load = [&]() -> absl::StatusOr<std::shared_ptr<const engine::AuModel>> {
-    if (dir.empty() || !fs::exists(fs::path(dir) / run_files::kModelMetadata)) {
+    std::error_code ec;  // a link loop, a name too long: not a model directory
+    if (dir.empty() || !fs::exists(fs::path(dir) / run_files::kModelMetadata, ec)) {
       // Unloaded meanwhile (registry) or not a model directory: find it again.
       if (options_.registry != nullptr) {
         ASSIGN_OR_RETURN(auto again, Locate(name));
@@ -62,7 +64,16 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher>> ModelStore::Get(const std::strin
     }
     return engine::AuModel::Load(dir, options_.device);
   };
-  auto model = load();
+  // Whatever happens, the key leaves loading_ below: a throw from the file system here once left
+  // every later caller of the name waiting for good, one server thread each.
+  absl::StatusOr<std::shared_ptr<const engine::AuModel>> model;
+  try {
+    model = load();
+  } catch (const std::exception& e) {
+    model = absl::InternalError(absl::StrCat("model \"", name, "\": ", e.what()));
+  } catch (...) {
+    model = absl::InternalError(absl::StrCat("model \"", name, "\": unknown exception"));
+  }
   absl::MutexLock lock(&mu_);
   loading_.erase(key);
   if (!model.ok()) return model.status();

@@ -17,6 +17,7 @@
 #include "server/serve/model_store.h"
 #include "server/serve/open_inference.h"
 #include "server/service/metrics.h"
+#include "worker/engine/au_model.h"
 
 namespace mal::serve {
 
@@ -135,6 +136,8 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
     return absl::NotFoundError(absl::StrCat("--model-dir ", o.model_dir, ": not a directory"));
   }
   if (o.memory_budget <= 0) return absl::InvalidArgumentError("--memory-budget-mb must be > 0");
+  // Refused at the start, not at every request after it (a typo, a GPU on a CPU-only build).
+  RETURN_IF_ERROR(engine::AuModel::CheckDevice(o.device));
   auto p = std::make_unique<Parts>();
   ModelStore::Options store;
   store.dir = o.model_dir;

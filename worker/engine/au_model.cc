@@ -50,6 +50,19 @@ std::string InternalName(const std::string& name) {
   return "backbone." + name;
 }
 
+// LibTorch's error of a forward pass as a status: ResourceExhausted where memory ran out (CUDA's
+// out of memory, the CPU allocator's "can't allocate memory"), so that a client halves its
+// request; Internal otherwise.
+absl::Status ForwardError(const std::exception& e, const torch::Device& device) {
+  const std::string what = FirstLine(e.what());
+  if (what.find("out of memory") != std::string::npos ||
+      what.find("can't allocate memory") != std::string::npos ||
+      what.find("ALLOC_FAILED") != std::string::npos) {
+    return absl::ResourceExhaustedError(absl::StrCat("AU model on ", device.str(), ": ", what));
+  }
+  return absl::InternalError(absl::StrCat("AU model: ", what));
+}
+
 // sigmoid(AU head) of `x` (N x 3 x S x S, CPU) on `device`: N x A values; LibTorch's errors as a
 // status (ResourceExhausted for out of memory).
 absl::StatusOr<std::vector<float>> Forward(BaseNetImpl& net, const torch::Device& device,
@@ -59,11 +72,7 @@ absl::StatusOr<std::vector<float>> Forward(BaseNetImpl& net, const torch::Device
     torch::Tensor p = torch::sigmoid(net.forward(x.to(device))).to(torch::kCPU).contiguous();
     return std::vector<float>(p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
   } catch (const std::exception& e) {
-    const std::string what = FirstLine(e.what());
-    if (what.find("out of memory") != std::string::npos) {
-      return absl::ResourceExhaustedError(absl::StrCat("AU model on ", device.str(), ": ", what));
-    }
-    return absl::InternalError(absl::StrCat("AU model: ", what));
+    return ForwardError(e, device);
   }
 }
 
@@ -83,6 +92,10 @@ AuModel::~AuModel() = default;
 
 const v1::ModelMetadata& AuModel::metadata() const { return impl_->metadata; }
 int64_t AuModel::bytes() const { return impl_->bytes; }
+
+absl::Status AuModel::CheckDevice(const std::string& device) {
+  return ParseDevice(device, "--device").status();
+}
 
 absl::StatusOr<std::unique_ptr<AuModel>> AuModel::Load(const std::string& dir,
                                                        const std::string& device) {
@@ -156,7 +169,12 @@ absl::StatusOr<std::vector<float>> AuModel::Predict(const std::vector<cv::Mat>& 
   const int64_t n = static_cast<int64_t>(faces.size());
   const int64_t side = impl_->metadata.input();
   if (n == 0) return std::vector<float>();
-  torch::Tensor x = torch::empty({n, 3, side, side}, torch::kFloat32);
+  torch::Tensor x;
+  try {  // the batch's input alone can be more than the host has
+    x = torch::empty({n, 3, side, side}, torch::kFloat32);
+  } catch (const std::exception& e) {
+    return ForwardError(e, torch::Device(torch::kCPU));
+  }
   for (int64_t i = 0; i < n; ++i) {
     const cv::Mat& f = faces[static_cast<size_t>(i)];
     if (f.empty() || f.depth() != CV_8U || (f.channels() != 1 && f.channels() != 3)) {

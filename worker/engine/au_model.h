@@ -17,6 +17,11 @@ namespace mal::engine {
 // normalisation, thresholds). No torch in this header.
 class AuModel {
  public:
+  // Whether models can be loaded on `device` ("cpu", "cuda", "cuda:N") here: InvalidArgument for
+  // another name or a GPU index not visible, FailedPrecondition for cuda on a CPU-only LibTorch or
+  // a host without a GPU (engine::ParseDevice's errors, field "--device"). For a server's start.
+  static absl::Status CheckDevice(const std::string& device);
+
   // Loads `dir`/model.json and `dir`/model.pt onto `device` ("cpu", "cuda", "cuda:N"). Errors:
   // NotFound naming a missing file, InvalidArgument naming a bad metadata field or device,
   // DataLoss when model.pt cannot be read or does not fit the metadata's network.

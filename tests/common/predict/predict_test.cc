@@ -2,7 +2,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <csignal>
 #include <filesystem>
 #include <opencv2/videoio.hpp>
 #include <sstream>
@@ -273,6 +275,77 @@ TEST(PredictTest, OutFileAppearsWholeOrNotAtAll) {
   }
   o.predict.inputs = {dir / "nope.jpg"};
   EXPECT_EQ(RunPredictCommand(o, backend.AsBackend(), "test"), 2);
+
+  // --out a directory: refused before the first request.
+  backend.fail = absl::OkStatus();
+  backend.requests.clear();
+  o.predict.inputs = {dir / "a.jpg"};
+  o.out = dir.path();
+  EXPECT_EQ(RunPredictCommand(o, backend.AsBackend(), "test"), 2);
+  EXPECT_TRUE(backend.requests.empty());
+}
+
+// Ctrl-C or SIGTERM in the middle of files: exit 3 and no --out file (a partial one under the
+// final name, with exit 0, looked like a finished run).
+TEST(PredictTest, AnInterruptedRunExitsThreeAndWritesNoFile) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "a.jpg");
+  testing::WriteImage(dir / "b.jpg");
+  FakeBackend backend;
+  const Backend answer = backend.AsBackend();
+  for (int sig : {SIGINT, SIGTERM}) {
+    PredictCommandOptions o;
+    o.predict.inputs = {dir / "a.jpg", dir / "b.jpg"};
+    o.predict.batch = 1;
+    o.out = dir / "rows.csv";
+    const Backend interrupting = [&](const v1::DetectActionUnitsRequest& r) {
+      std::raise(sig);  // during the first request
+      return answer(r);
+    };
+    EXPECT_EQ(RunPredictCommand(o, interrupting, "test"), 3) << sig;
+    for (const auto& e : fs::directory_iterator(dir.path())) {
+      EXPECT_THAT(e.path().filename().string(), ::testing::Not(HasSubstr("rows.csv"))) << sig;
+    }
+  }
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+}
+
+// A video OpenCV cannot open has its row saying so (it was left out with exit 0); a pipe under an
+// image's name is refused before anything is sent (reading it blocked for good), and in a
+// directory it is counted, not read.
+TEST(PredictTest, UnreadableVideosGetARowAndPipesAreNotRead) {
+  testing::TempDir dir;
+  testing::WriteImage(dir / "a.jpg");
+  testing::WriteText(dir / "empty.mp4", "");
+  FakeBackend backend;
+  PredictOptions o;
+  o.inputs = {dir / "empty.mp4", dir / "a.jpg"};
+  std::ostringstream out, log;
+  auto summary = RunPredict(o, backend.AsBackend(), out, log);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->images, 2);
+  EXPECT_EQ(summary->unreadable, 1);
+  const std::vector<std::string> lines = Lines(out.str());
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_THAT(lines[1], ::testing::StartsWith(dir / "empty.mp4" + ",1,0,0.000,0,0,"));
+  EXPECT_THAT(log.str(), HasSubstr("empty.mp4: OpenCV cannot open this video"));
+
+  fs::create_directories(dir / "pipes");
+  ASSERT_EQ(::mkfifo((dir / "pipes/x.jpg").c_str(), 0600), 0);
+  fs::create_symlink(dir / "gone.jpg", dir / "pipes/link.jpg");
+  backend.requests.clear();
+  o.inputs = {dir / "pipes/x.jpg"};
+  auto pipe = RunPredict(o, backend.AsBackend(), out, log);
+  EXPECT_EQ(pipe.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(pipe.status().message()), HasSubstr("x.jpg: not a regular file"));
+  o.inputs = {dir / "pipes"};
+  auto none = RunPredict(o, backend.AsBackend(), out, log);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(none.status().message()),
+              HasSubstr("no image or video among the inputs"));
+  EXPECT_THAT(log.str(), HasSubstr("2 image name(s) that are not regular files"));
+  EXPECT_TRUE(backend.requests.empty());
 }
 
 }  // namespace

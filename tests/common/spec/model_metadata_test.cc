@@ -60,6 +60,19 @@ TEST(ModelMetadataTest, ErrorsNameTheSourceAndTheField) {
   m.set_aus(0, 120);
   expect_error(m, "aus");
   m = Valid();
+  m.set_aus(1, 1);
+  expect_error(m, "aus: AU1 listed twice");  // two AU01_p columns in predict's CSV
+  m = Valid();
+  m.set_backbone("vit");
+  expect_error(m, "backbone: \"vit\" is not one of small_cnn, resnet18, resnet34");
+  m = Valid();
+  m.set_input(60000);
+  m.set_resize(60000);
+  expect_error(m, "input: 60000 px: 8..1024");  // one image's tensor alone is 43 GB
+  m = Valid();
+  m.set_resize(4096);
+  expect_error(m, "resize");
+  m = Valid();
   m.set_resize(32);
   expect_error(m, "resize");
   m = Valid();

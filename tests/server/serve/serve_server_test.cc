@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <opencv2/imgcodecs.hpp>
 #include <thread>
 
@@ -76,7 +77,12 @@ TEST_F(ServeServerTest, DetectsListsAndRefusesUnknownModels) {
   EXPECT_FALSE(list.models(1).loaded());
   EXPECT_EQ(list.models(1).metadata().aus_size(), 2);
 
-  for (const char* name : {"nope", "../models/a", "", ".hidden"}) {
+  // A link loop and a name beyond NAME_MAX made the file system throw while the name was marked
+  // as loading: every later call of it waited for good. Each is asked twice.
+  std::filesystem::create_symlink("loop", dir_ / "models/loop");
+  for (const std::string& name :
+       std::vector<std::string>{"nope", "../models/a", "", ".hidden", "loop", "loop",
+                                std::string(300, 'x'), std::string(300, 'x')}) {
     req.set_model(name);
     grpc::Status s = Detect(req, &res);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << name;
@@ -334,6 +340,17 @@ TEST_F(ServeServerTest, ASecondServerOnAPortInUseIsRefusedNotShared) {
   auto second = ServeServer::Start(o);
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ServeServerTest, StartRefusesADeviceItCannotUse) {
+  testing::WriteTestModel(dir_ / "models/a", {1, 2}, 32, 36, 1);
+  ServeServer::Options o;
+  o.listen = "127.0.0.1:0";
+  o.model_dir = dir_ / "models";
+  o.device = "gpu7";
+  auto server = ServeServer::Start(o);
+  ASSERT_FALSE(server.ok());
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("--device"));
 }
 
 TEST_F(ServeServerTest, StartRefusesAMissingModelDirectory) {
