@@ -32,6 +32,9 @@ void OnInterrupt(int) {
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
+  // A write past `ulimit -f` fails with EFBIG, an error naming the file, instead of SIGXFSZ
+  // killing the process without a word (a coordinator under a limit crash-looped so).
+  std::signal(SIGXFSZ, SIG_IGN);
   mal::rpc::InitClientPolling();  // before any gRPC use
   std::signal(SIGINT, OnInterrupt);
   std::signal(SIGTERM, OnInterrupt);

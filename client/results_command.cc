@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/service_client.h"
+#include "common/util/csv.h"
 
 namespace mal::cli {
 
@@ -188,15 +189,24 @@ void PrintCsv(const std::vector<v1::ResultsResponse>& all,
         if (std::find(aus.begin(), aus.end(), a) == aus.end()) aus.push_back(a);
     }
   }
-  std::cout << "experiment,name,method,trial,fold";
+  std::cout << "experiment,name,method,trial,params,fold";
   for (int a : aus) std::cout << ",AU" << a;
   std::cout << ",mean\n";
-  auto row = [&](const v1::ExperimentInfo& info, int trial, const std::string& fold,
+  auto row = [&](const v1::ExperimentInfo& info, const v1::TrialResult& t, const std::string& fold,
                  const google::protobuf::RepeatedField<int>& row_aus,
                  const google::protobuf::RepeatedField<double>& values, double mean) {
-    std::cout << info.id() << "," << info.name() << ","
-              << absl::AsciiStrToLower(v1::Method_Name(info.spec().method())) << "," << trial << ","
-              << fold;
+    // The trial's own method where the search chose it (an STL / MTL / MAL ablation in one
+    // experiment), and its searched values as "key=value" pairs, sorted, ';'-separated.
+    const auto searched = t.params().find("method");
+    const std::string method = searched != t.params().end()
+                                   ? searched->second
+                                   : absl::AsciiStrToLower(v1::Method_Name(info.spec().method()));
+    const std::map<std::string, std::string> params(t.params().begin(), t.params().end());
+    std::string pairs;
+    for (const auto& [key, value] : params)
+      absl::StrAppend(&pairs, pairs.empty() ? "" : ";", key, "=", value);
+    std::cout << CsvField(info.id()) << "," << CsvField(info.name()) << "," << CsvField(method)
+              << "," << t.trial() << "," << CsvField(pairs) << "," << fold;
     for (int a : aus) {
       std::cout << ",";
       for (int k = 0; k < row_aus.size() && k < values.size(); ++k)
@@ -208,12 +218,12 @@ void PrintCsv(const std::vector<v1::ResultsResponse>& all,
     for (const auto& t : all[i].trials()) {
       for (const auto& run : all[i].runs()) {
         if (run.trial() == t.trial() && run.state() == v1::RUN_SUCCEEDED && run.fold() != 0)
-          row(infos[i], t.trial(), absl::StrCat(run.fold()), run.result().aus(),
-              run.result().test_f1(), run.result().test_mean_f1());
+          row(infos[i], t, absl::StrCat(run.fold()), run.result().aus(), run.result().test_f1(),
+              run.result().test_mean_f1());
       }
       if (t.aus_size() == 0 || t.state() != "SUCCEEDED") continue;
-      row(infos[i], t.trial(), "mean", t.aus(), t.au_mean_f1(), t.mean_f1());
-      row(infos[i], t.trial(), "std", t.aus(), t.au_std_f1(), t.std_f1());
+      row(infos[i], t, "mean", t.aus(), t.au_mean_f1(), t.mean_f1());
+      row(infos[i], t, "std", t.aus(), t.au_std_f1(), t.std_f1());
     }
   }
 }

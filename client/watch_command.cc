@@ -121,6 +121,10 @@ std::string FormatEvent(const v1::Event& e) {
   }
 }
 
+// Streams that end in INTERNAL or UNKNOWN one after the other, with no message between them,
+// after which watch gives up (exit 1).
+constexpr int kMaxInternalFailures = 5;
+
 int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
            const std::vector<std::string>& kinds) {
   v1::Coordinator::Stub* stub = c.stub.get();
@@ -135,7 +139,15 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
                                       info.spec().train().epochs(), info.runs_total());
   }
   int backoff = 200;
-  bool reached = false;
+  // Whether the coordinator has answered: a stream broken after that is resumed across its
+  // restart. A filtered stream may carry no message for seconds, so one call first settles it.
+  bool reached = view != nullptr;
+  if (!reached) {
+    v1::ExperimentInfo info;
+    if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
+    reached = true;
+  }
+  int failures = 0;  // failed streams since the last message; an error that persists is final
   auto last_contact = std::chrono::steady_clock::now();
   for (;;) {
     grpc::ClientContext ctx;
@@ -147,7 +159,7 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
     v1::WatchResponse resp;
     while (reader->Read(&resp)) {
       backoff = 200;
-      reached = true;
+      failures = 0;
       last_contact = std::chrono::steady_clock::now();
       if (resp.has_progress()) continue;  // keeps the stream alive; carries the latest seq
       const v1::Event& e = resp.event();
@@ -183,6 +195,13 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
     // Resume after falling behind (RESOURCE_EXHAUSTED), a coordinator shutdown (UNAVAILABLE,
     // CANCELLED) or a broken stream; anything else (not found, not authenticated...) is final.
     if (!IsTransient(s)) return RpcFail(s);
+    // INTERNAL and UNKNOWN are also how a broken stream can end, so they are retried, but not
+    // for ever: a coordinator that answers with the same failure (a damaged state store) ends it.
+    if ((s.error_code() == grpc::StatusCode::INTERNAL ||
+         s.error_code() == grpc::StatusCode::UNKNOWN) &&
+        ++failures >= kMaxInternalFailures) {
+      return RpcFail(s);
+    }
     // Reconnect across a coordinator restart, but not to an address that never answered.
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
         (!reached || std::chrono::steady_clock::now() - last_contact >

@@ -8,8 +8,12 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <string>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/spec/spec_paths.h"
 #include "common/util/files.h"
@@ -82,7 +86,25 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   std::filesystem::create_directories(o.data_dir + "/artifacts", ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(o.data_dir, ": ", ec.message()));
   ASSIGN_OR_RETURN(p->lock_fd, LockDataDir(o.data_dir));
-  ASSIGN_OR_RETURN(p->store, StateStore::Open(o.data_dir + "/state.db"));
+  const std::string state_db = o.data_dir + "/state.db";
+  // A new database beside the artifacts of experiments: state.db was lost, emptied or replaced.
+  // Starting would number experiments from exp-1 again and serve the old runs' files as theirs.
+  std::error_code size_ec;
+  if (const auto size = std::filesystem::file_size(state_db, size_ec); size_ec || size == 0) {
+    std::vector<std::string> orphans;
+    for (const auto& entry : std::filesystem::directory_iterator(o.data_dir + "/artifacts", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (absl::StartsWith(name, "exp-")) orphans.push_back(name);
+    }
+    if (!orphans.empty()) {
+      std::sort(orphans.begin(), orphans.end());
+      return absl::FailedPreconditionError(absl::StrCat(
+          state_db, " is ", size_ec ? "missing" : "empty", " but ", o.data_dir, "/artifacts holds ",
+          orphans.size(), " experiment(s) (", orphans.front(), orphans.size() > 1 ? ", ..." : "",
+          "): restore state.db from a backup, or move artifacts/ away to start afresh"));
+    }
+  }
+  ASSIGN_OR_RETURN(p->store, StateStore::Open(state_db));
   p->hub = std::make_unique<EventHub>(p->store.get(), static_cast<size_t>(o.watch_queue));
   p->artifacts = std::make_unique<ArtifactStore>(
       o.data_dir + "/artifacts", ArtifactStore::Limits{o.max_upload_bytes, o.min_free_bytes});
@@ -109,7 +131,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   p->client_service = std::make_unique<CoordinatorService>(p->core.get(), p->hub.get(), tokens,
                                                            o.submit_per_minute);
   p->worker_service = std::make_unique<WorkerGatewayService>(p->core.get(), tokens);
-  p->registry = std::make_unique<ModelRegistry>(p->store.get());
+  p->registry = std::make_unique<ModelRegistry>(p->store.get(), o.data_dir + "/artifacts");
   p->registry_service = std::make_unique<ModelRegistryService>(p->registry.get(), tokens);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

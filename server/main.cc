@@ -9,6 +9,7 @@
 // CoordinatorServer::Options (server/coordinator_server.h), which does the rest.
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -21,6 +22,9 @@
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
+  // A write past `ulimit -f` fails with EFBIG, an error naming the file, instead of SIGXFSZ
+  // killing the process without a word (a coordinator under a limit crash-looped so).
+  std::signal(SIGXFSZ, SIG_IGN);
   mal::server::CoordinatorServer::Options o;
   CLI::App app(
       "mal-coordinator: owns the experiments' state, schedules fold runs onto worker daemons and "

@@ -47,6 +47,9 @@ void TuneMalloc() {
 int main(int argc, char** argv) {
   TuneMalloc();
   mal::InitLogging(argv[0]);
+  // A write past `ulimit -f` fails with EFBIG, an error naming the file, instead of SIGXFSZ
+  // killing the process without a word (a coordinator under a limit crash-looped so).
+  std::signal(SIGXFSZ, SIG_IGN);
   mal::rpc::InitClientPolling();  // before any gRPC use
   CLI::App app(
       "mal-worker: with --coordinator, the worker daemon, which takes fold runs from the "

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "common/image/face_tracker.h"
 #include "common/predict/track_ids.h"
+#include "common/util/csv.h"
 #include "common/util/files.h"
 #include "common/util/status_macros.h"
 
@@ -28,14 +29,6 @@ const std::set<std::string> kVideoExtensions = {".mp4",  ".avi", ".mov", ".mkv",
                                                 ".webm", ".m4v", ".mpg", ".mpeg"};
 
 std::string Extension(const fs::path& p) { return absl::AsciiStrToLower(p.extension().string()); }
-
-// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled.
-std::string CsvField(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
 
 std::string AuName(int au) { return absl::StrFormat("AU%02d", au); }
 

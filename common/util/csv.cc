@@ -14,6 +14,13 @@
 
 namespace mal {
 
+std::string CsvField(absl::string_view s) {
+  if (s.find_first_of(",\"\r\n") == absl::string_view::npos) return std::string(s);
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
 absl::StatusOr<std::vector<std::string>> SplitCsvLine(absl::string_view line, char sep) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   std::vector<std::string> fields;

@@ -10,6 +10,10 @@
 
 namespace mal {
 
+// One CSV field as RFC 4180 writes it: quoted when it holds a comma, quote or line break, its
+// quotes doubled.
+std::string CsvField(absl::string_view s);
+
 // Splits one CSV record on `sep`, honouring double quotes ("a,b" and "" escapes). Trailing CR
 // is stripped. Fails on an unterminated quote.
 absl::StatusOr<std::vector<std::string>> SplitCsvLine(absl::string_view line, char sep = ',');

@@ -134,7 +134,17 @@ absl::StatusOr<std::pair<std::string, v1::ModelInfo>> ModelRegistry::ModelFile(
         absl::StrCat("model \"", row.name, ":", row.version, "\" has no model file"));
   }
   ASSIGN_OR_RETURN(v1::ModelInfo info, WithAliases(row));
-  return std::make_pair(row.artifact, std::move(info));
+  std::string path = row.artifact;
+  if (!artifacts_root_.empty()) {
+    // "/old/data/artifacts/exp-1/trial-0/fold-1/model.pt" -> ROOT/exp-1/trial-0/fold-1/model.pt
+    const size_t at = path.rfind("/artifacts/");
+    if (at != std::string::npos) {
+      path = absl::StrCat(artifacts_root_, "/", path.substr(at + 11));
+    } else if (!path.empty() && path[0] != '/') {
+      path = absl::StrCat(artifacts_root_, "/", path);
+    }
+  }
+  return std::make_pair(std::move(path), std::move(info));
 }
 
 }  // namespace mal::server

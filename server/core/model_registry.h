@@ -7,6 +7,7 @@
 // call does not wait for scheduling. No gRPC here; thread-safe (the store is).
 
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "mal/v1/service.pb.h"
@@ -19,7 +20,10 @@ v1::ModelInfo ToModelInfo(const ModelRow& row);
 
 class ModelRegistry {
  public:
-  explicit ModelRegistry(StateStore* store) : store_(store) {}
+  // `artifacts_root`: the artifact store's directory (DATA_DIR/artifacts) that model files are
+  // found under now; empty: the paths as registered.
+  explicit ModelRegistry(StateStore* store, std::string artifacts_root = "")
+      : store_(store), artifacts_root_(std::move(artifacts_root)) {}
 
   // Every version of model `name` (empty: of all models) with its aliases, by name and version.
   // InvalidArgument for a badly formed name.
@@ -34,7 +38,9 @@ class ModelRegistry {
   // Removes the version `model` means (NAME:VERSION or NAME@ALIAS; a bare NAME is refused, so a
   // typo cannot delete the newest version) and its aliases; returns it with those aliases.
   absl::StatusOr<v1::ModelInfo> Delete(const std::string& model);
-  // The path of model.pt of the version `model` means, and that version's info.
+  // The path of model.pt of the version `model` means, and that version's info. The path is under
+  // `artifacts_root` whatever data directory it was registered in (rows hold the path of their
+  // time: a data directory copied or restored elsewhere served the old place's files, or none).
   absl::StatusOr<std::pair<std::string, v1::ModelInfo>> ModelFile(const std::string& model);
 
  private:
@@ -42,6 +48,7 @@ class ModelRegistry {
   absl::StatusOr<v1::ModelInfo> WithAliases(const ModelRow& row);
 
   StateStore* const store_;
+  const std::string artifacts_root_;
 };
 
 }  // namespace mal::server

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -31,6 +32,9 @@ std::string DefaultCacheDir() {
 
 int main(int argc, char** argv) {
   mal::InitLogging(argv[0]);
+  // A write past `ulimit -f` fails with EFBIG, an error naming the file, instead of SIGXFSZ
+  // killing the process without a word (a coordinator under a limit crash-looped so).
+  std::signal(SIGXFSZ, SIG_IGN);
   mal::rpc::InitClientPolling();  // before any gRPC use (its registry client)
   mal::serve::ServeServer::Options o;
   o.registry.cache_dir = DefaultCacheDir();

@@ -123,5 +123,14 @@ TEST_F(ModelRegistryTest, AliasesSurviveReopen) {
   EXPECT_EQ(file->second.artifact(), "bp4d-mal/model.pt");  // clients see store-relative names
 }
 
+// A data directory copied or restored elsewhere: the rows still hold the old absolute paths, and
+// the files are read under the artifact store's directory of now.
+TEST_F(ModelRegistryTest, ModelFilesAreFoundUnderTheArtifactStoreOfNow) {
+  ModelRegistry registry(store_.get(), "/srv/mal2/artifacts");
+  auto file = registry.ModelFile("bp4d-mal:1");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->first, "/srv/mal2/artifacts/bp4d-mal/model.pt");
+}
+
 }  // namespace
 }  // namespace mal::server

@@ -7,6 +7,7 @@
 #include <grpcpp/client_context.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "common/spec/spec.h"
@@ -159,6 +160,42 @@ TEST_F(CoordinatorServerTest, TokensAreCheckedAndASecondServerOnTheDirectoryIsRe
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(second.status().message()), HasSubstr("another mal-coordinator"));
+}
+
+// A state database lost, emptied or damaged beside a data directory's artifacts: the start is
+// refused naming the file (an empty one numbered experiments from exp-1 again and served the old
+// runs' logs as theirs; damaged pages were found only by the one call that read them).
+TEST_F(CoordinatorServerTest, ALostOrDamagedStateDatabaseIsRefusedAtTheStart) {
+  Start();
+  const std::string id = Submit();
+  ASSERT_EQ(id, "exp-1");
+  testing::WriteText(dir_ / "data/artifacts/exp-1/trial-0/fold-1/log.txt", "epoch 1\n");
+  server_->Shutdown();
+  server_.reset();
+  const std::string db = dir_ / "data/state.db";
+  CoordinatorServer::Options o;
+  o.listen = "127.0.0.1:0";
+  o.data_dir = dir_ / "data";
+  {
+    std::filesystem::resize_file(db, 0);
+    auto emptied = CoordinatorServer::Start(o);
+    ASSERT_FALSE(emptied.ok());
+    EXPECT_EQ(emptied.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(emptied.status().message()),
+                HasSubstr(db + " is empty but " + (dir_ / "data") +
+                          "/artifacts holds 1 experiment(s) (exp-1): restore state.db"));
+    std::filesystem::remove(db);
+    std::filesystem::remove(db + "-wal");
+    std::filesystem::remove(db + "-shm");
+    auto lost = CoordinatorServer::Start(o);
+    ASSERT_FALSE(lost.ok());
+    EXPECT_THAT(std::string(lost.status().message()), HasSubstr(db + " is missing but "));
+  }
+  // Not a database at all: the message names the file.
+  testing::WriteText(db, std::string(8192, 'x'));
+  auto garbage = CoordinatorServer::Start(o);
+  ASSERT_FALSE(garbage.ok());
+  EXPECT_THAT(std::string(garbage.status().message()), HasSubstr(db + ": "));
 }
 
 // Roles (issue 14): a user token cannot act as a worker, a worker token cannot submit or read
