@@ -101,8 +101,9 @@ int Weights(const ServiceClient& c, RunOptions& o, std::optional<int> epoch,
   const std::vector<int> epochs = WeightEpochs(list);
   if (epochs.empty()) {
     return Fail(kFailed, absl::StrCat(Where(o),
-                                      " has no per-sample weights yet (one CSV is "
-                                      "uploaded per finished epoch)"));
+                                      " has no per-sample weights (MAL runs write them, one "
+                                      "CSV per finished epoch: an STL or MTL run has none, a "
+                                      "MAL run in its first epoch none yet)"));
   }
   const int chosen = epoch ? *epoch : epochs.back();
   if (std::find(epochs.begin(), epochs.end(), chosen) == epochs.end()) {
