@@ -177,9 +177,9 @@ void PrintComparison(const std::vector<v1::ResultsResponse>& all,
                "d() the difference to the first; - no trial succeeded)\n";
 }
 
-// experiment,name,method,trial,fold,AU..,mean: one row per finished fold run, then "mean" and "std"
-// rows for each trial that succeeded (a failed or unfinished trial has only its folds' rows: a
-// mean over the folds that happened to finish is not the trial's result).
+// experiment,name,method,trial,fold,AU..,mean,params: one row per finished fold run, then "mean"
+// and "std" rows for each trial that succeeded (a failed or unfinished trial has only its folds'
+// rows: a mean over the folds that happened to finish is not the trial's result).
 void PrintCsv(const std::vector<v1::ResultsResponse>& all,
               const std::vector<v1::ExperimentInfo>& infos) {
   std::vector<int> aus;
@@ -189,9 +189,9 @@ void PrintCsv(const std::vector<v1::ResultsResponse>& all,
         if (std::find(aus.begin(), aus.end(), a) == aus.end()) aus.push_back(a);
     }
   }
-  std::cout << "experiment,name,method,trial,params,fold";
+  std::cout << "experiment,name,method,trial,fold";
   for (int a : aus) std::cout << ",AU" << a;
-  std::cout << ",mean\n";
+  std::cout << ",mean,params\n";
   auto row = [&](const v1::ExperimentInfo& info, const v1::TrialResult& t, const std::string& fold,
                  const google::protobuf::RepeatedField<int>& row_aus,
                  const google::protobuf::RepeatedField<double>& values, double mean) {
@@ -206,13 +206,13 @@ void PrintCsv(const std::vector<v1::ResultsResponse>& all,
     for (const auto& [key, value] : params)
       absl::StrAppend(&pairs, pairs.empty() ? "" : ";", key, "=", value);
     std::cout << CsvField(info.id()) << "," << CsvField(info.name()) << "," << CsvField(method)
-              << "," << t.trial() << "," << CsvField(pairs) << "," << fold;
+              << "," << t.trial() << "," << fold;
     for (int a : aus) {
       std::cout << ",";
       for (int k = 0; k < row_aus.size() && k < values.size(); ++k)
         if (row_aus[k] == a) std::cout << absl::StrFormat("%.4f", values[k]);
     }
-    std::cout << absl::StrFormat(",%.4f\n", mean);
+    std::cout << absl::StrFormat(",%.4f,", mean) << CsvField(pairs) << "\n";
   };
   for (size_t i = 0; i < all.size(); ++i) {
     for (const auto& t : all[i].trials()) {

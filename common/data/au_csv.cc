@@ -42,25 +42,28 @@ std::string HeaderHint(const std::string& line, const std::vector<std::string>& 
   return "";
 }
 
-// An AU column name the header repeats ("" when none): a first line of labels ("1,0,0,1,9") where
-// the header belongs (BP4D codes AUs >= 40 as 9: a frame's line repeats 9 at least). Empty names
-// (trailing commas) do not count.
-std::string RepeatedColumn(const std::vector<std::string>& header) {
+// Whether the header line is a frame's labels where the header belongs: its cells after the first
+// (the frame number) are all AU values (0, 1, 9, -1 or empty) and an AU value repeats (BP4D codes
+// AUs >= 40 as 9, so a frame's line repeats 9 at least). A real header names columns by number
+// and repeats none; a header with a name repeated but not label-like is read as before (the first
+// column of a name counts).
+std::string LabelLikeRepeat(const std::vector<std::string>& header) {
   std::set<std::string> seen;
-  for (const std::string& cell : header) {
-    const std::string name = absl::AsciiStrToLower(absl::StripAsciiWhitespace(cell));
-    // Not the frame column's name: a header may give it again to a last, occlusion column.
-    if (name.empty() || name == "0" || name == "frame") continue;
-    if (!seen.insert(name).second) return name;
+  std::string repeated;
+  for (size_t c = 1; c < header.size(); ++c) {
+    const std::string cell(absl::StripAsciiWhitespace(header[c]));
+    if (cell.empty()) continue;
+    if (cell != "0" && cell != "1" && cell != "9" && cell != "-1") return "";
+    if (!seen.insert(cell).second && repeated.empty()) repeated = cell;
   }
-  return "";
+  return repeated;
 }
 
 absl::StatusOr<std::optional<AuColumns>> ParseAuHeader(
     const std::vector<std::string>& header, const TextLines& lines, const AuVideo& video,
     const ReaderOptions& options, DatasetIndex& index,
     std::map<int, std::vector<std::string>>& missing_columns) {
-  if (const std::string twice = RepeatedColumn(header); !twice.empty()) {
+  if (const std::string twice = LabelLikeRepeat(header); !twice.empty()) {
     RETURN_IF_ERROR(index.report.Skip(
         "malformed_header",
         absl::StrCat(lines.Where(0), ": column '", twice,
@@ -211,8 +214,14 @@ absl::Status ReadAuVideoCsv(const AuVideo& video, const ReaderOptions& options, 
     for (const Row& r : rows) frames.push_back(r.frame);
     naming = DetectFrameNaming(*video.images, frames, {0, -1, 1});
     if (naming_tally != nullptr) naming_tally->Add(naming.offset);
-    if (!naming.ambiguity.empty())
-      index.report.Note(absl::StrCat(video.image_dir, ": ", naming.ambiguity));
+    if (!naming.ambiguity.empty()) {
+      std::string note = absl::StrCat(video.image_dir, ": ", naming.ambiguity);
+      if (naming_tally != nullptr) {
+        naming_tally->AddAmbiguity(std::move(note));
+      } else {
+        index.report.Note(std::move(note));
+      }
+    }
   }
   int64_t kept = 0;
   for (Row& r : rows) {

@@ -111,10 +111,12 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
     std::string image_dir = (fs::path(image_root) / subject).string();
     // One public list names SN013 where others have SN033 (datasets.md): labels and frames may
     // have been obtained under the two names.
-    if (std::error_code ec; !fs::exists(image_dir, ec) && (subject == "SN013" || subject == "SN033")) {
-      const std::string other =
-          (fs::path(image_root) / (subject == "SN013" ? "SN033" : "SN013")).string();
-      if (fs::is_directory(other, ec)) {
+    // Only when the other name has no labels of its own (then they would be two subjects).
+    if (std::error_code ec;
+        !fs::exists(image_dir, ec) && (subject == "SN013" || subject == "SN033")) {
+      const std::string other_name = subject == "SN013" ? "SN033" : "SN013";
+      const std::string other = (fs::path(image_root) / other_name).string();
+      if (fs::is_directory(other, ec) && !fs::exists(fs::path(label_dir) / other_name, ec)) {
         report.Note(absl::StrCat(subject, ": images read from ", other, " (SN013 and SN033 name "
                                  "the same subject in different lists)"));
         image_dir = other;
@@ -130,7 +132,7 @@ absl::StatusOr<DatasetIndex> ReadDisfa(const ReaderOptions& options) {
         DetectFrameNaming(images, std::vector<long>(frames.begin(), frames.end()), {-1, 0},
                           /*whole_video=*/true);
     if (images.exists()) tally.Add(naming.offset);
-    if (!naming.ambiguity.empty()) report.Note(absl::StrCat(image_dir, ": ", naming.ambiguity));
+    if (!naming.ambiguity.empty()) tally.AddAmbiguity(absl::StrCat(image_dir, ": ", naming.ambiguity));
     int64_t kept = 0;
     for (long frame : frames) {
       const long image_number = frame + naming.offset;

@@ -92,6 +92,26 @@ FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<lo
   const FrameNaming* best = &documented;
   for (const FrameNaming& other : fits)
     if (other.matched > best->matched) best = &other;
+  // DISFA's labels cover the whole video from its first frame: the offset that puts the folder's
+  // first image on the first labelled frame is the extraction's. It breaks a tie at the top (an
+  // ffmpeg extraction that stopped early, 1..4800 for 4845 labelled frames, fits 4800 at N and at
+  // N-1 alike, and the tie kept the documented N-1: every label a frame off).
+  const long first_frame = *std::min_element(frames.begin(), frames.end());
+  const FrameNaming* first_fit = nullptr;
+  if (whole_video && images.first()) {
+    for (const FrameNaming& fit : fits)
+      if (*images.first() == first_frame + fit.offset) first_fit = &fit;
+  }
+  const std::string by_first_image =
+      images.first()
+          ? absl::StrCat("the first image, ", *images.first(), ", is the first labelled frame's")
+          : std::string();
+  FrameNaming chosen = documented;
+  std::string why = "the format's documented naming";
+  bool decided = false;  // by the counts alone
+  if (first_fit != nullptr && first_fit != best && first_fit->matched == best->matched) {
+    best = first_fit;
+  }
   // Another naming must explain the directory, not just a frame more of it: frames renumbered
   // from 1 match (nearly) all of the labels; in a folder holding every other frame each offset
   // matches about half, and edge frames would decide by one.
@@ -99,19 +119,21 @@ FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<lo
   const bool covers = best->matched * 10 >= n * 9;
   const bool clearly_more =
       best->matched >= documented.matched + 2 && best->matched * 10 >= documented.matched * 11;
-  if (covers || clearly_more) return *best;
-  // The counts do not decide.
-  FrameNaming chosen = documented;
-  std::string why = "the format's documented naming";
-  const long first_frame = *std::min_element(frames.begin(), frames.end());
-  if (whole_video && images.first()) {
+  if (covers || clearly_more) {
+    chosen = *best;
+    // Decided, unless DISFA's top count is shared (then said in a note, with what broke the tie).
+    decided = true;
     for (const FrameNaming& fit : fits) {
-      if (*images.first() == first_frame + fit.offset && fit.matched >= documented.matched) {
-        chosen = fit;
-        why = absl::StrCat("the first image, ", *images.first(), ", is the first labelled frame's");
-      }
+      if (whole_video && &fit != best && fit.matched == best->matched) decided = false;
     }
+    if (!decided && best == first_fit) why = by_first_image;
+  } else if (first_fit != nullptr && first_fit->matched >= documented.matched) {
+    // The counts do not decide: the first image does, if it fits as many frames as the
+    // documented naming.
+    chosen = *first_fit;
+    why = by_first_image;
   }
+  if (decided) return chosen;
   std::vector<std::string> close;  // the offsets that fit nearly as well as the one taken
   for (const FrameNaming& fit : fits) {
     if (fit.offset == chosen.offset || fit.matched == 0 || fit.matched * 10 < chosen.matched * 9)
@@ -128,6 +150,11 @@ FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<lo
 }
 
 void FrameNamingTally::Note(absl::string_view what, long documented, LoadReport& report) const {
+  for (const std::string& note : ambiguities_) report.Note(note);
+  if (ambiguous_ > static_cast<int64_t>(ambiguities_.size())) {
+    report.Note(absl::StrCat("... and ", ambiguous_ - static_cast<int64_t>(ambiguities_.size()),
+                             " more ", what, " whose image names fit two namings nearly alike"));
+  }
   if (directories_.empty()) return;
   std::vector<std::string> parts;
   for (const auto& [offset, n] : directories_) {

@@ -66,12 +66,20 @@ FrameNaming DetectFrameNaming(const FrameDirectory& images, const std::vector<lo
 class FrameNamingTally {
  public:
   void Add(long offset) { ++directories_[offset]; }
+  // A folder's FrameNaming::ambiguity ("DIR: image names fit ..."); Note says the first 5 and
+  // counts the rest (a release of sparse folders would otherwise give one note per video).
+  void AddAmbiguity(std::string note) {
+    if (ambiguities_.size() < 5) ambiguities_.push_back(std::move(note));
+    ++ambiguous_;
+  }
   // Adds to `report` a note such as "image names of DISFA subjects: label frame N is image N-1
   // (the documented layout) in 26, image N in 1". `documented` is the format's own offset.
   void Note(absl::string_view what, long documented, LoadReport& report) const;
 
  private:
   std::map<long, int64_t> directories_;
+  std::vector<std::string> ambiguities_;
+  int64_t ambiguous_ = 0;
 };
 
 // An empty index of `format` for `options`: root, strictness, and for AU formats the requested AUs

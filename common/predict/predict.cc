@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/image/face_tracker.h"
 #include "common/predict/track_ids.h"
 #include "common/util/csv.h"
@@ -331,8 +332,13 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
       return absl::NotFoundError(absl::StrCat(input, ": no such file or directory"));
     }
   }
-  if (files.empty() && o.camera < 0)
-    return absl::InvalidArgumentError("no image or video among the inputs");
+  if (files.empty() && o.camera < 0) {
+    std::vector<std::string> shown(o.inputs.begin(),
+                                   o.inputs.begin() + std::min<size_t>(o.inputs.size(), 3));
+    return absl::InvalidArgumentError(absl::StrCat("no image or video among the inputs (",
+                                                   absl::StrJoin(shown, ", "),
+                                                   o.inputs.size() > 3 ? ", ..." : "", ")"));
+  }
   Batcher batcher(o, backend, out, log);
   const bool any_video = std::any_of(files.begin(), files.end(), [](const fs::path& p) {
     return kVideoExtensions.count(Extension(p)) > 0;
@@ -377,7 +383,9 @@ absl::StatusOr<PredictSummary> RunPredict(const PredictOptions& o, const Backend
     RETURN_IF_ERROR(ReadFrames(capture, absl::StrCat("camera:", o.camera), true, o, batcher,
                                should_stop, &read));
   }
-  RETURN_IF_ERROR(batcher.Flush());
+  // Interrupted outside a camera: the rows would be thrown away (predict_command.cc), so the
+  // images still queued are not sent.
+  if (!(should_stop && should_stop()) || o.camera >= 0) RETURN_IF_ERROR(batcher.Flush());
   return batcher.Finish();
 }
 

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -16,7 +17,15 @@ namespace mal::predict {
 namespace {
 
 std::atomic<bool> g_interrupted{false};
-void OnInterrupt(int) { g_interrupted = true; }
+char g_tmp[4096] = "";  // --out's temporary file, for a second signal's handler
+// The first Ctrl-C or SIGTERM ends the run after the request in flight; a second one at once
+// (async-signal-safe: unlink and _exit only).
+void OnInterrupt(int) {
+  if (g_interrupted.exchange(true)) {
+    if (g_tmp[0] != '\0') ::unlink(g_tmp);
+    ::_exit(3);
+  }
+}
 
 }  // namespace
 
@@ -54,6 +63,7 @@ int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, co
     return 2;
   }
   const std::string tmp = o.out.empty() ? "" : absl::StrCat(o.out, ".tmp.", ::getpid());
+  std::snprintf(g_tmp, sizeof(g_tmp), "%s", tmp.size() < sizeof(g_tmp) ? tmp.c_str() : "");
   std::ofstream file;
   if (!tmp.empty()) {
     file.open(tmp, std::ios::binary | std::ios::trunc);
@@ -73,6 +83,7 @@ int RunPredictCommand(const PredictCommandOptions& o, const Backend& backend, co
   };
   auto summary = RunPredict(predict, checked, out, std::cerr, [] { return g_interrupted.load(); });
   const bool interrupted = g_interrupted.load() && o.predict.camera < 0;
+  g_tmp[0] = '\0';
   if (!tmp.empty()) {
     file.close();
     std::error_code ec;

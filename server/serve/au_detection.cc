@@ -19,9 +19,10 @@ absl::Status CheckPixels(const std::string& what, uint64_t width, uint64_t heigh
       absl::StrCat(what, ": ", width, "x", height, " px is over the limit of ", limits.max_pixels));
 }
 
-// The image of one input, or why it cannot be read.
-absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& what,
-                                  const DetectLimits& limits) {
+}  // namespace
+
+absl::StatusOr<cv::Mat> ReadImageInput(const v1::ImageInput& in, const std::string& what,
+                                       const DetectLimits& limits) {
   if (in.has_raw()) {
     const v1::RawFrame& r = in.raw();
     if (r.width() <= 0 || r.height() <= 0 || (r.channels() != 1 && r.channels() != 3)) {
@@ -54,8 +55,6 @@ absl::StatusOr<cv::Mat> ReadInput(const v1::ImageInput& in, const std::string& w
   return image;
 }
 
-}  // namespace
-
 absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ModelMetadata& meta,
                                            const image::FaceDetector* detector,
                                            const v1::DetectActionUnitsRequest& request,
@@ -78,7 +77,7 @@ absl::StatusOr<PreparedBatch> PrepareBatch(const v1::ModelMetadata& meta,
     // The input's own name where it has one (its position in this request means nothing to a
     // client that splits its inputs into requests, or streams them one by one).
     const std::string what = in.id().empty() ? absl::StrCat("image ", i) : in.id();
-    auto image = ReadInput(in, what, limits);
+    auto image = ReadImageInput(in, what, limits);
     if (!image.ok()) {
       result->set_code(static_cast<int>(absl::StatusCode::kInvalidArgument));
       result->set_message(std::string(image.status().message()));

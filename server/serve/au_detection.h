@@ -18,6 +18,12 @@ struct DetectLimits {
   int max_faces_per_image = 32;     // the largest ones are kept
 };
 
+// The 8-bit image of one input (encoded bytes, decoded after their declared size passed
+// limits.max_pixels, or a raw frame), or InvalidArgument / DataLoss naming `what` and why it cannot
+// be read. The one reader of images for DetectActionUnits and the Open Inference Protocol.
+absl::StatusOr<cv::Mat> ReadImageInput(const v1::ImageInput& in, const std::string& what,
+                                       const DetectLimits& limits);
+
 // Faces and their AUs in a batch of images, gRPC-free (mal-serve's RPC and `mal-worker predict`
 // share it). Each image is decoded (encoded JPEG/PNG/BMP bytes through image_file.h's decoder, or
 // a raw 8-bit frame), its faces found by `detector` (or the whole image is the face with

@@ -152,6 +152,17 @@ grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
       return Invalid(absl::StrCat("output ", o.name(), ": the output is ", kProbabilities));
   }
   const auto& in = request->inputs(0);
+  // The input's name says what it holds, and its datatype must be that input's.
+  const char* wanted = in.name() == kImages ? "BYTES" : in.name() == kPixels ? "FP32" : nullptr;
+  if (wanted == nullptr) {
+    return Invalid(absl::StrCat("input ", in.name(), ": the inputs are ", kImages,
+                                " (BYTES [N]) and ", kPixels, " (FP32 [N, 3, ", meta.input(), ", ",
+                                meta.input(), "])"));
+  }
+  if (in.datatype() != wanted) {
+    return Invalid(
+        absl::StrCat(in.name(), ": datatype ", in.datatype(), ", ", in.name(), " is ", wanted));
+  }
   const bool raw = request->raw_input_contents_size() > 0;
   if (raw && request->raw_input_contents_size() != 1)
     return Invalid("raw_input_contents: one entry per input");
@@ -173,14 +184,15 @@ grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
       return Invalid(
           absl::StrCat(in.name(), ": shape ", Shape(in.shape()), " but ", n, " elements"));
     }
-    if (n > max_images_) {
+    if (n > limits_.max_images) {
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat(n, " images in one request: at most ", max_images_));
+                          absl::StrCat(n, " images in one request: at most ", limits_.max_images));
     }
     std::vector<cv::Mat> faces;
     for (int64_t i = 0; i < n; ++i) {
-      auto image = image::DecodeImageBytes(elements[static_cast<size_t>(i)],
-                                           absl::StrCat(in.name(), "[", i, "]"));
+      v1::ImageInput element;  // the same reader and pixel limit as DetectActionUnits
+      element.set_encoded(std::move(elements[static_cast<size_t>(i)]));
+      auto image = ReadImageInput(element, absl::StrCat(in.name(), "[", i, "]"), limits_);
       if (!image.ok()) return Invalid(std::string(image.status().message()));
       faces.push_back(std::move(*image));
     }
@@ -193,9 +205,9 @@ grpc::Status OpenInferenceService::ModelInfer(grpc::ServerContext* context,
                                   ", the model takes [N, 3, ", s, ", ", s, "]"));
     }
     n = in.shape(0);
-    if (n > max_images_) {
+    if (n > limits_.max_images) {
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat(n, " images in one request: at most ", max_images_));
+                          absl::StrCat(n, " images in one request: at most ", limits_.max_images));
     }
     const size_t count = static_cast<size_t>(n * 3 * s * s);
     std::vector<float> data;

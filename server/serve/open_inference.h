@@ -6,6 +6,7 @@
 
 #include "common/util/grpc_channel.h"
 #include "inference/grpc_predict_v2.grpc.pb.h"
+#include "server/serve/au_detection.h"
 #include "server/serve/model_store.h"
 
 namespace mal::serve {
@@ -23,8 +24,8 @@ namespace mal::serve {
 // errors), RESOURCE_EXHAUSTED past the server's --max-images, UNAUTHENTICATED without a token.
 class OpenInferenceService final : public inference::GRPCInferenceService::Service {
  public:
-  OpenInferenceService(ModelStore* models, rpc::TokenTable tokens, int max_images)
-      : models_(models), tokens_(std::move(tokens)), max_images_(max_images) {}
+  OpenInferenceService(ModelStore* models, rpc::TokenTable tokens, DetectLimits limits)
+      : models_(models), tokens_(std::move(tokens)), limits_(limits) {}
 
   grpc::Status ServerLive(grpc::ServerContext* context, const inference::ServerLiveRequest* request,
                           inference::ServerLiveResponse* response) override;
@@ -54,7 +55,7 @@ class OpenInferenceService final : public inference::GRPCInferenceService::Servi
 
   ModelStore* const models_;
   const rpc::TokenTable tokens_;
-  const int max_images_;
+  const DetectLimits limits_;  // max_images and max_pixels, as DetectActionUnits applies them
 };
 
 }  // namespace mal::serve

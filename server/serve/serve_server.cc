@@ -175,8 +175,7 @@ absl::StatusOr<std::unique_ptr<ServeServer>> ServeServer::Start(Options o) {
   ASSIGN_OR_RETURN(rpc::TokenTable tokens, rpc::LoadTokens(o.security.token_file));
   p->service =
       std::make_unique<InferenceService>(p->models.get(), p->detector.get(), tokens, o.limits);
-  p->open_inference =
-      std::make_unique<OpenInferenceService>(p->models.get(), tokens, o.limits.max_images);
+  p->open_inference = std::make_unique<OpenInferenceService>(p->models.get(), tokens, o.limits);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

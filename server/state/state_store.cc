@@ -236,29 +236,30 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
        {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
     if (absl::Status s = store->Exec(pragma); !s.ok()) return named(s);
   }
+  // Damaged pages (a disk fault, a copy taken mid-write without its -wal file) are otherwise
+  // found only by the read that meets them, as an INTERNAL error of that one call; checked before
+  // a migration writes to the file. SQLite's quick_check reads every page once (about a second
+  // per GB).
   {
-    Statement version(db, "PRAGMA user_version");
-    if (!version.ok() || version.Step() != SQLITE_ROW)
-      return named(SqlError(db, "reading the schema version"));
-    const int64_t v = version.Int(0);
-    if (v > kSchemaVersion) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          path, ": schema version ", v, " is newer than this coordinator's ", kSchemaVersion));
-    }
-    if (v < kSchemaVersion) {
-      if (absl::Status s = store->Migrate(v); !s.ok()) return named(s);
+    Statement check(db, "PRAGMA quick_check(1)");
+    const int rc = check.ok() ? check.Step() : SQLITE_ERROR;
+    const std::string verdict = rc == SQLITE_ROW ? check.Text(0) : std::string(sqlite3_errmsg(db));
+    if (verdict != "ok") {
+      return absl::DataLossError(absl::StrCat(
+          path, ": the state database is damaged (SQLite's quick_check: ", verdict,
+          "); restore it from a backup (docs/service.md, \"Durability and failures\")"));
     }
   }
-  // Damaged pages (a disk fault, a copy taken mid-write without its -wal file) are otherwise
-  // found only by the read that meets them, as an INTERNAL error of that one call. SQLite's
-  // quick_check reads every page once (about a second per GB).
-  Statement check(db, "PRAGMA quick_check(1)");
-  if (!check.ok() || check.Step() != SQLITE_ROW)
-    return named(SqlError(db, "checking the database (PRAGMA quick_check)"));
-  if (const std::string verdict = check.Text(0); verdict != "ok") {
-    return absl::DataLossError(
-        absl::StrCat(path, ": the state database is damaged (SQLite's quick_check: ", verdict,
-                     "); restore it from a backup (docs/service.md, \"Durability and failures\")"));
+  Statement version(db, "PRAGMA user_version");
+  if (!version.ok() || version.Step() != SQLITE_ROW)
+    return named(SqlError(db, "reading the schema version"));
+  const int64_t v = version.Int(0);
+  if (v > kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": schema version ", v, " is newer than this coordinator's ", kSchemaVersion));
+  }
+  if (v < kSchemaVersion) {
+    if (absl::Status s = store->Migrate(v); !s.ok()) return named(s);
   }
   return store;
 }

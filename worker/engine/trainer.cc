@@ -15,6 +15,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -215,8 +216,9 @@ class Training {
   StepOptions so_;
   // Samples weighted since the last summary; alignment sums of this epoch's meta updates.
   std::vector<std::pair<int64_t, double>> window_au_, window_fe_;
-  AlignmentSums alignment_[2];       // AU, FE samples
-  int64_t epoch_failed_images_ = 0;  // training images (AU, FE, reserve) left out this epoch
+  AlignmentSums alignment_[2];  // AU, FE samples
+  // Training images (AU, FE, reserve) left out this epoch, as their "path: reason".
+  absl::flat_hash_set<std::string> epoch_failed_images_;
   EpochRecord last_;
 };
 
@@ -441,7 +443,7 @@ absl::Status Training::TrainEpoch() {
     if (pos_.iter_in_epoch == 0) {
       return absl::DataLossError(
           absl::StrCat("epoch ", pos_.epoch, ": no AU training image of fold ", options_.fold,
-                       " decodes (", epoch_failed_images_, " failed; the log names them)"));
+                       " decodes (", epoch_failed_images_.size(), " failed; the log names them)"));
     }
     LOG(WARNING) << "epoch " << pos_.epoch << " ends after " << pos_.iter_in_epoch << " of "
                  << per_epoch_ << " iterations: AU training images did not decode";
@@ -450,8 +452,11 @@ absl::Status Training::TrainEpoch() {
 }
 
 void Training::SkippedImages(const std::vector<std::string>& failures) {
-  for (const auto& f : failures) LOG(WARNING) << "skipped image: " << f;
-  epoch_failed_images_ += static_cast<int64_t>(failures.size());
+  // The FE and reserve loaders cycle (the reserve several times an epoch): an image is counted,
+  // and logged, once per epoch however often it was drawn.
+  for (const auto& f : failures) {
+    if (epoch_failed_images_.insert(f).second) LOG(WARNING) << "skipped image: " << f;
+  }
 }
 
 absl::Status Training::Iterate(double lr, bool* exhausted) {
@@ -576,7 +581,7 @@ void Training::RecordWeights(const StepStats& stats, const Batch& au, const Batc
 // End of epoch: evaluate, per-sample weights, metrics, checkpoint at the start of the next epoch.
 absl::Status Training::FinishEpoch(Clock::time_point start) {
   ASSIGN_OR_RETURN(EpochRecord e, Evaluate(static_cast<int>(pos_.epoch)));
-  e.train_failed_images = epoch_failed_images_;
+  e.train_failed_images = static_cast<int64_t>(epoch_failed_images_.size());
   if (method_ == Method::kMal) {
     AllWeights w =
         ComputeAllWeights(*model_, *meta_, *au_all_, data_.au, *fe_all_, data_.fe, alignment_,
@@ -596,7 +601,7 @@ absl::Status Training::FinishEpoch(Clock::time_point start) {
   if (options_.sink) options_.sink->OnEpoch(e);
   last_ = e;
   ++pos_.epoch;
-  epoch_failed_images_ = 0;
+  epoch_failed_images_.clear();
   pos_.iter_in_epoch = 0;
   pos_.au_next = 0;
   return Save();

@@ -56,8 +56,8 @@ struct EpochRecord {
   double seconds = 0;
   std::string weights_csv;      // per-sample weights of this epoch (MAL)
   // Images that did not decode and were left out: of this epoch's training batches (AU, FE and
-  // the reserve's meta-validation batches; a resumed epoch counts from the resume), of the test
-  // part and of the validation reserve in this evaluation.
+  // the reserve's meta-validation batches, each image once however often drawn; a resumed epoch
+  // counts from the resume), of the test part and of the validation reserve in this evaluation.
   int64_t train_failed_images = 0, test_failed_images = 0, val_failed_images = 0;
 };
 

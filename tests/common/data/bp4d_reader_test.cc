@@ -235,7 +235,7 @@ TEST(Bp4dLabelFileTest, SystemFilesPipesAndHeaderlessFilesAreNamedOrPassedOver) 
   const auto& bad = skips.at("malformed_header");
   EXPECT_EQ(bad.count, 3);
   ASSERT_EQ(bad.examples.size(), 3u);
-  EXPECT_THAT(bad.examples[0], HasSubstr("F003_T1.csv:1: column '1' is named twice: the first line "
+  EXPECT_THAT(bad.examples[0], HasSubstr("F003_T1.csv:1: column '9' is named twice: the first line "
                                          "looks like a frame's labels, and the file has no header"));
   EXPECT_THAT(bad.examples[1], HasSubstr("F004_T1.csv:1: no frame column (named 0 or frame); the "
                                          "header is one field: are the columns separated by ';'?"));

@@ -166,26 +166,54 @@ TEST(DisfaReaderTest, AnExtractionThatStoppedEarlyIsReadFromItsFirstImage) {
 }
 
 // macOS's archive folder is not a subject; SN013's labels find their frames under SN033 (one
-// public list's name for the same subject), and the other way round.
+// public list's name for the same subject), and the other way round, but not when both names
+// have labels (two subjects: the frames are the one whose folder they are in).
 TEST(DisfaReaderTest, SystemFoldersAreNotSubjectsAndSn013FindsSn033sFrames) {
-  testing::TempDir dir;
-  WriteAu(dir, "SN013", 1, {0, 3});
-  WriteAu(dir, "SN033", 1, {2, 0});
-  testing::WriteText(dir / "ActionUnit_Labels/__MACOSX/._SN013", "AppleDouble");
-  testing::WriteText(dir / "ActionUnit_Labels/._SN001", "AppleDouble");
-  for (int f = 0; f < 2; ++f) {
-    testing::WriteImage(dir / absl::StrCat("SN033/", f, ".jpg"), 4);
+  for (const auto& [labels, frames] : {std::pair{"SN013", "SN033"}, std::pair{"SN033", "SN013"}}) {
+    testing::TempDir dir;
+    WriteAu(dir, labels, 1, {0, 3});
+    testing::WriteText(dir / "ActionUnit_Labels/__MACOSX/._SN013", "AppleDouble");
+    testing::WriteText(dir / "ActionUnit_Labels/._SN001", "AppleDouble");
+    for (int f = 0; f < 2; ++f) testing::WriteImage(dir / absl::StrCat(frames, "/", f, ".jpg"), 4);
+    ReaderOptions o;
+    o.root = dir.path();
+    o.aus = {1};
+    auto index = LoadDataset("disfa", o, DataRole::kAu);
+    ASSERT_TRUE(index.ok()) << index.status();
+    EXPECT_EQ(index->report.total(), 0) << labels;
+    ASSERT_EQ(index->samples.size(), 2u) << labels;
+    EXPECT_EQ(index->samples[0].subject, labels);
+    EXPECT_THAT(index->samples[1].image, HasSubstr(absl::StrCat(frames, "/1.jpg")));
+    EXPECT_EQ(index->samples[1].au[0], kAuPresent);
+
+    WriteAu(dir, frames, 1, {2, 0});  // both names labelled: two subjects, one without frames
+    auto both = LoadDataset("disfa", o, DataRole::kAu);
+    ASSERT_TRUE(both.ok()) << both.status();
+    ASSERT_EQ(both->samples.size(), 2u) << labels;
+    EXPECT_EQ(both->samples[0].subject, frames);
   }
+}
+
+// The same early stop within the last 10% of the video: 1..9 for 10 frames fits 9 at image N
+// and at N-1 (90%, enough to count as covering): the tie is the first image's to break.
+TEST(DisfaReaderTest, ATieAtTheTopIsBrokenByTheFirstImage) {
+  testing::TempDir dir;
+  std::vector<int> au1(10, 0);
+  au1[0] = 3;  // frame 1 only
+  WriteAu(dir, "SN001", 1, au1);
+  for (int f = 1; f <= 9; ++f) testing::WriteImage(dir / absl::StrCat("SN001/", f, ".jpg"), 4);
   ReaderOptions o;
   o.root = dir.path();
   o.aus = {1};
   auto index = LoadDataset("disfa", o, DataRole::kAu);
   ASSERT_TRUE(index.ok()) << index.status();
-  EXPECT_EQ(index->report.total(), 0) << ::testing::PrintToString(index->report.skips().begin()->first);
-  ASSERT_EQ(index->samples.size(), 4u);
-  EXPECT_EQ(index->samples[0].subject, "SN013");
-  EXPECT_THAT(index->samples[1].image, HasSubstr("SN033/1.jpg"));
-  EXPECT_EQ(index->samples[1].au[0], kAuPresent);
+  ASSERT_EQ(index->samples.size(), 9u);
+  EXPECT_THAT(index->samples[0].image, HasSubstr("SN001/1.jpg"));
+  EXPECT_EQ(index->samples[0].au[0], kAuPresent);
+  EXPECT_THAT(index->report.notes(),
+              ::testing::Contains(HasSubstr("SN001: image names fit label frame N as image N (9 "
+                                            "of 10 frames) and as image N-1 (9); took image N: "
+                                            "the first image, 1, is the first labelled frame's")));
 }
 
 // An image folder that cannot be listed is said as such, not as every frame's missing image.

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <opencv2/imgcodecs.hpp>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/synth/face_renderer.h"
@@ -295,6 +296,33 @@ TEST_F(ServeServerTest, OpenInferenceProtocolV2OnTheSamePort) {
     grpc::Status s = oip->ModelInfer(&ctx, infer, &out);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(s.error_message(), HasSubstr("IMAGES"));
+  }
+  // An input of another name, or IMAGES as FP32, is named as such (it read as a shape error).
+  for (const auto& [name, datatype, says] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"FOO", "BYTES", "input FOO: the inputs are IMAGES (BYTES [N]) and PIXELS"},
+           {"IMAGES", "FP32", "IMAGES: datatype FP32, IMAGES is BYTES"}}) {
+    inference::ModelInferRequest other = infer;
+    other.mutable_inputs(0)->set_name(name);
+    other.mutable_inputs(0)->set_datatype(datatype);
+    grpc::ClientContext ctx;
+    grpc::Status s = oip->ModelInfer(&ctx, other, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr(says));
+  }
+  // The pixel limit of DetectActionUnits (40 MP) holds here too, before decoding: an 8000 x 8000
+  // PNG header.
+  {
+    std::vector<uchar> big;
+    cv::imencode(".png", cv::Mat(8000, 8000, CV_8UC1, cv::Scalar(0)), big);
+    inference::ModelInferRequest large = infer;
+    large.mutable_inputs(0)->mutable_contents()->clear_bytes_contents();
+    large.mutable_inputs(0)->mutable_contents()->add_bytes_contents(
+        std::string(big.begin(), big.end()));
+    grpc::ClientContext ctx;
+    grpc::Status s = oip->ModelInfer(&ctx, large, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(s.error_message(), HasSubstr("8000x8000 px is over the limit of 40000000"));
   }
   infer.set_model_name("nope");
   {

@@ -62,7 +62,9 @@ TEST(StateStoreTest, ADamagedDatabaseIsRefusedAtTheOpen) {
   testing::WriteText(path, bytes);
   auto damaged = StateStore::Open(path);
   ASSERT_FALSE(damaged.ok());
-  EXPECT_THAT(std::string(damaged.status().message()), HasSubstr(path + ": "));
+  EXPECT_EQ(damaged.status().code(), absl::StatusCode::kDataLoss) << damaged.status();
+  EXPECT_THAT(std::string(damaged.status().message()),
+              HasSubstr(path + ": the state database is damaged (SQLite's quick_check: "));
 }
 
 TEST(StateStoreTest, RequestIdMakesSubmissionIdempotent) {
