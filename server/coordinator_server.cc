@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/spec/spec_paths.h"
 #include "common/util/files.h"
@@ -87,24 +88,32 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Opti
   if (ec) return absl::PermissionDeniedError(absl::StrCat(o.data_dir, ": ", ec.message()));
   ASSIGN_OR_RETURN(p->lock_fd, LockDataDir(o.data_dir));
   const std::string state_db = o.data_dir + "/state.db";
-  // A new database beside the artifacts of experiments: state.db was lost, emptied or replaced.
-  // Starting would number experiments from exp-1 again and serve the old runs' files as theirs.
   std::error_code size_ec;
-  if (const auto size = std::filesystem::file_size(state_db, size_ec); size_ec || size == 0) {
-    std::vector<std::string> orphans;
+  const auto db_size = std::filesystem::file_size(state_db, size_ec);
+  ASSIGN_OR_RETURN(p->store, StateStore::Open(state_db));
+  // Artifacts of experiments the database never had: state.db was lost, emptied, or replaced by
+  // a new or older one. Starting would number experiments from where it stands and serve the old
+  // runs' files (logs, models) as the new ones'.
+  {
+    ASSIGN_OR_RETURN(const int64_t known, p->store->ExperimentCount());
+    int64_t newest = 0;
     for (const auto& entry : std::filesystem::directory_iterator(o.data_dir + "/artifacts", ec)) {
       const std::string name = entry.path().filename().string();
-      if (absl::StartsWith(name, "exp-")) orphans.push_back(name);
+      int64_t n = 0;
+      if (absl::StartsWith(name, "exp-") && absl::SimpleAtoi(name.substr(4), &n))
+        newest = std::max(newest, n);
     }
-    if (!orphans.empty()) {
-      std::sort(orphans.begin(), orphans.end());
+    if (newest > known) {
       return absl::FailedPreconditionError(absl::StrCat(
-          state_db, " is ", size_ec ? "missing" : "empty", " but ", o.data_dir, "/artifacts holds ",
-          orphans.size(), " experiment(s) (", orphans.front(), orphans.size() > 1 ? ", ..." : "",
-          "): restore state.db from a backup, or move artifacts/ away to start afresh"));
+          state_db, " is ",
+          size_ec ? "missing"
+          : db_size == 0
+              ? "empty"
+              : absl::StrCat("behind the artifacts (it knows ", known, " experiment(s))"),
+          " but ", o.data_dir, "/artifacts holds exp-", newest,
+          ": restore the state.db that goes with them, or move artifacts/ away to start afresh"));
     }
   }
-  ASSIGN_OR_RETURN(p->store, StateStore::Open(state_db));
   p->hub = std::make_unique<EventHub>(p->store.get(), static_cast<size_t>(o.watch_queue));
   p->artifacts = std::make_unique<ArtifactStore>(
       o.data_dir + "/artifacts", ArtifactStore::Limits{o.max_upload_bytes, o.min_free_bytes});

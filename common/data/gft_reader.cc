@@ -60,6 +60,7 @@ absl::StatusOr<DatasetIndex> ReadGft(const ReaderOptions& options) {
   std::map<int, std::vector<std::string>> missing_columns;
   FrameNamingTally naming;
   std::map<std::string, int64_t> per_subject;
+  RETURN_IF_ERROR(ReportSpecialFiles(label_dir, ".csv", index.report));
   for (const std::string& name : ListDirectory(label_dir, /*directories=*/false)) {
     if (!absl::EndsWithIgnoreCase(name, ".csv")) continue;
     const std::string path = (fs::path(label_dir) / name).string();

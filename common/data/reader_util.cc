@@ -14,6 +14,7 @@
 #include "common/image/image_file.h"
 #include "common/util/files.h"
 #include "common/util/progress.h"
+#include "common/util/status_macros.h"
 
 namespace mal::data {
 
@@ -280,6 +281,29 @@ std::vector<std::string> ListDirectory(const std::string& dir, bool directories)
   }
   std::sort(names.begin(), names.end());
   return names;
+}
+
+absl::Status ReportSpecialFiles(const std::string& dir, absl::string_view extension,
+                                LoadReport& report) {
+  std::error_code ec;
+  std::vector<std::string> special;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    std::error_code type_ec;
+    const fs::file_status st = entry.status(type_ec);  // links followed
+    if (type_ec || IsSystemMetadata(name) || !absl::EndsWithIgnoreCase(name, extension)) continue;
+    if (fs::is_fifo(st) || fs::is_socket(st) || fs::is_block_file(st) ||
+        fs::is_character_file(st)) {
+      special.push_back((fs::path(dir) / name).string());
+    }
+  }
+  std::sort(special.begin(), special.end());
+  for (const std::string& path : special) {
+    RETURN_IF_ERROR(report.Skip(
+        "unreadable_label_file",
+        absl::StrCat(path, ": not a regular file (a named pipe, socket or device): not read")));
+  }
+  return absl::OkStatus();
 }
 
 void NoteMissingAuColumns(const std::map<int, std::vector<std::string>>& missing,

@@ -124,6 +124,12 @@ bool IsSystemMetadata(absl::string_view name);
 // IsSystemMetadata holds are left out.
 std::vector<std::string> ListDirectory(const std::string& dir, bool directories);
 
+// Records every named pipe, socket or device in `dir` whose name ends in `extension` (which
+// ListDirectory leaves out: a read would block) as a skipped "unreadable_label_file", naming it;
+// an error in strict mode. So a label file that is not a file is said, not silently absent.
+absl::Status ReportSpecialFiles(const std::string& dir, absl::string_view extension,
+                                LoadReport& report);
+
 // Counts per requested AU how many files lacked its column, as a note.
 void NoteMissingAuColumns(const std::map<int, std::vector<std::string>>& missing,
                           LoadReport& report);

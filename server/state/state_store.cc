@@ -526,6 +526,13 @@ absl::Status StateStore::SetTrialState(const std::string& experiment_id, int tri
   });
 }
 
+absl::StatusOr<int64_t> StateStore::ExperimentCount() {
+  absl::MutexLock lock(&mu_);
+  Statement count(db_, "SELECT COUNT(*) FROM experiments");
+  if (count.Step() != SQLITE_ROW) return SqlError(db_, "counting experiments");
+  return count.Int(0);
+}
+
 absl::StatusOr<std::string> StateStore::ExperimentSpec(const std::string& experiment_id) {
   absl::MutexLock lock(&mu_);
   Statement s(db_, "SELECT spec FROM experiments WHERE id = ?");

@@ -132,6 +132,10 @@ class StateStore {
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;
 
+  // How many experiments the database has ever held, deleted ones included (ids are exp-1 ..
+  // exp-N and never reused).
+  absl::StatusOr<int64_t> ExperimentCount();
+
   // Creates an experiment and its trials x folds runs (PENDING) in one transaction, and returns
   // its id. A non-empty `request_id` seen before returns that experiment's id instead, so a client
   // may retry a submission whose answer it lost.

@@ -242,6 +242,9 @@ TEST(Bp4dLabelFileTest, SystemFilesPipesAndHeaderlessFilesAreNamedOrPassedOver) 
   EXPECT_THAT(bad.examples[2], HasSubstr("F005_T1.csv:1: no frame column (named 0 or frame); the "
                                          "file is UTF-16 text"));
   EXPECT_FALSE(skips.count("unrecognised_label_file"));  // "._F001_T1.csv" is not a subject "."
+  ASSERT_TRUE(skips.count("unreadable_label_file"));      // the pipe: said, not read
+  EXPECT_THAT(skips.at("unreadable_label_file").examples[0],
+              HasSubstr("F002_T1.csv: not a regular file (a named pipe, socket or device)"));
 }
 
 TEST(Bp4dLabelFileTest, AFolderWithoutLabelFilesSaysWhatItHolds) {

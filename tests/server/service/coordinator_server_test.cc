@@ -183,13 +183,19 @@ TEST_F(CoordinatorServerTest, ALostOrDamagedStateDatabaseIsRefusedAtTheStart) {
     EXPECT_EQ(emptied.status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(std::string(emptied.status().message()),
                 HasSubstr(db + " is empty but " + (dir_ / "data") +
-                          "/artifacts holds 1 experiment(s) (exp-1): restore state.db"));
+                          "/artifacts holds exp-1: restore the state.db that goes with them"));
     std::filesystem::remove(db);
     std::filesystem::remove(db + "-wal");
     std::filesystem::remove(db + "-shm");
     auto lost = CoordinatorServer::Start(o);
     ASSERT_FALSE(lost.ok());
     EXPECT_THAT(std::string(lost.status().message()), HasSubstr(db + " is missing but "));
+    // That start created a new database (another coordinator's, a backup older than the
+    // artifacts: the same): it knows none of them.
+    auto behind = CoordinatorServer::Start(o);
+    ASSERT_FALSE(behind.ok());
+    EXPECT_THAT(std::string(behind.status().message()),
+                HasSubstr(db + " is behind the artifacts (it knows 0 experiment(s)) but "));
   }
   // Not a database at all: the message names the file.
   testing::WriteText(db, std::string(8192, 'x'));
