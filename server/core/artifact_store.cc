@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/util/logging.h"
 #include "common/util/status_macros.h"
 
 namespace mal::server {
@@ -127,9 +128,11 @@ int64_t FreeBytes(const std::string& path) {
 absl::Status CheckFree(const std::string& path, int64_t min_free, int64_t more) {
   const int64_t free = FreeBytes(path);
   if (free >= 0 && free - more < min_free) {
-    return absl::ResourceExhaustedError(absl::StrCat(
+    absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
         "the coordinator's disk is nearly full: ", free >> 20, " MiB free, uploads need ",
         min_free >> 20, " MiB left (mal-coordinator --min-free-mb)"));
+    LOG_EVERY_T(WARNING, 30) << "upload refused: " << s.message();
+    return s;
   }
   return absl::OkStatus();
 }
@@ -175,7 +178,11 @@ absl::Status ArtifactStore::Upload::Append(absl::string_view data) {
     const ssize_t n = ::write(fd_, data.data(), data.size());
     if (n < 0) {
       if (errno == EINTR) continue;
-      return absl::ResourceExhaustedError(absl::StrCat(tmp_, ": ", std::strerror(errno)));
+      // The worker retries (a disk may get space back): an operator must see why in this log
+      // too, not only in the run's message (a probe found nothing here under `ulimit -f`).
+      absl::Status s = absl::ResourceExhaustedError(absl::StrCat(tmp_, ": ", std::strerror(errno)));
+      LOG_EVERY_T(WARNING, 30) << "upload refused: " << s.message();
+      return s;
     }
     data.remove_prefix(static_cast<size_t>(n));
   }
