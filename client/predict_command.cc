@@ -45,21 +45,19 @@ void AddPredictCommand(CLI::App& app, int* exit_code) {
     predict::Backend backend = [channel, stub, address](const v1::DetectActionUnitsRequest& request)
         -> absl::StatusOr<v1::DetectActionUnitsResponse> {
       v1::DetectActionUnitsResponse response;
-      grpc::Status s;
-      {
+      auto call = [&]() {
         grpc::ClientContext ctx;
         rpc::SetDeadline(ctx, std::chrono::minutes(5));
-        s = stub->DetectActionUnits(&ctx, request, &response);
-      }
+        response.Clear();
+        return stub->DetectActionUnits(&ctx, request, &response);
+      };
+      grpc::Status s = call();
       // A connection attempt that timed out in the handshake (many clients starting at once on
       // a loaded host: each attempt may take 0.1 to 0.5 s, grpc_channel.cc) or a server
       // restarting: once more, after waiting up to 10 s for the channel to connect.
       if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
           channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-        grpc::ClientContext ctx;
-        rpc::SetDeadline(ctx, std::chrono::minutes(5));
-        response.Clear();
-        s = stub->DetectActionUnits(&ctx, request, &response);
+        s = call();
       }
       if (!s.ok()) {
         absl::Status status = FromGrpcStatus(s);

@@ -129,24 +129,19 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
            const std::vector<std::string>& kinds) {
   v1::Coordinator::Stub* stub = c.stub.get();
   int64_t next = std::max<int64_t>(from_seq, 1);
+  // The experiment first: an address that never answers is not waited for (exit 4), and once
+  // the coordinator has answered, a stream broken by its restart is resumed, also before a
+  // filtered stream's first message (which may take seconds).
+  v1::ExperimentInfo info;
+  if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
   std::unique_ptr<LiveView> view;
   if (c.live) {
-    v1::ExperimentInfo info;
-    if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
     view = std::make_unique<LiveView>(std::cout,
                                       absl::StrCat(info.id(), " (", info.name(), ", ",
                                                    v1::Method_Name(info.spec().method()), ")"),
                                       info.spec().train().epochs(), info.runs_total());
   }
   int backoff = 200;
-  // Whether the coordinator has answered: a stream broken after that is resumed across its
-  // restart. A filtered stream may carry no message for seconds, so one call first settles it.
-  bool reached = view != nullptr;
-  if (!reached) {
-    v1::ExperimentInfo info;
-    if (grpc::Status s = GetExperiment(c, id, &info); !s.ok()) return RpcFail(s);
-    reached = true;
-  }
   int failures = 0;  // failed streams since the last message; an error that persists is final
   auto last_contact = std::chrono::steady_clock::now();
   for (;;) {
@@ -181,7 +176,6 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
     grpc::Status s = reader->Finish();
     if (s.ok()) {
       // Filtered streams end without the End event being sent: ask for the state.
-      v1::ExperimentInfo info;
       if (GetExperiment(c, id, &info).ok() && info.state() != v1::EXPERIMENT_RUNNING) {
         if (!c.structured() && next > info.last_seq()) {
           std::cerr << "malctl: " << id << " is " << Name(info.state())
@@ -202,10 +196,9 @@ int Follow(const ServiceClient& c, const std::string& id, int64_t from_seq,
         ++failures >= kMaxInternalFailures) {
       return RpcFail(s);
     }
-    // Reconnect across a coordinator restart, but not to an address that never answered.
+    // Reconnect across a coordinator restart, for up to kReconnectSeconds without contact.
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE &&
-        (!reached || std::chrono::steady_clock::now() - last_contact >
-                         std::chrono::seconds(kReconnectSeconds))) {
+        std::chrono::steady_clock::now() - last_contact > std::chrono::seconds(kReconnectSeconds)) {
       return RpcFail(s);
     }
     const std::string resuming =

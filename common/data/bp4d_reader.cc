@@ -32,8 +32,9 @@ absl::StatusOr<DatasetIndex> ReadBp4d(const ReaderOptions& options) {
         "unreadable_label_file",
         absl::StrCat((fs::path(label_dir) / name).string(), ": is a directory, not a file")));
   }
-  RETURN_IF_ERROR(ReportSpecialFiles(label_dir, ".csv", index.report));
-  const std::vector<std::string> files = ListDirectory(label_dir, /*directories=*/false);
+  std::vector<std::string> special;
+  const std::vector<std::string> files = ListDirectory(label_dir, /*directories=*/false, &special);
+  RETURN_IF_ERROR(ReportSpecialFiles(label_dir, special, ".csv", index.report));
   if (std::none_of(files.begin(), files.end(),
                    [](const std::string& f) { return absl::EndsWithIgnoreCase(f, ".csv"); })) {
     return absl::NotFoundError(absl::StrCat(

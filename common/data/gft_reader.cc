@@ -60,8 +60,10 @@ absl::StatusOr<DatasetIndex> ReadGft(const ReaderOptions& options) {
   std::map<int, std::vector<std::string>> missing_columns;
   FrameNamingTally naming;
   std::map<std::string, int64_t> per_subject;
-  RETURN_IF_ERROR(ReportSpecialFiles(label_dir, ".csv", index.report));
-  for (const std::string& name : ListDirectory(label_dir, /*directories=*/false)) {
+  std::vector<std::string> special;
+  const std::vector<std::string> files = ListDirectory(label_dir, /*directories=*/false, &special);
+  RETURN_IF_ERROR(ReportSpecialFiles(label_dir, special, ".csv", index.report));
+  for (const std::string& name : files) {
     if (!absl::EndsWithIgnoreCase(name, ".csv")) continue;
     const std::string path = (fs::path(label_dir) / name).string();
     const std::string video = fs::path(name).stem().string();

@@ -264,44 +264,41 @@ bool IsSystemMetadata(absl::string_view name) {
          name == "desktop.ini";
 }
 
-std::vector<std::string> ListDirectory(const std::string& dir, bool directories) {
+std::vector<std::string> ListDirectory(const std::string& dir, bool directories,
+                                       std::vector<std::string>* special) {
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (IsSystemMetadata(name)) continue;
     std::error_code type_ec;
-    const bool wanted = directories
-                            ? entry.is_directory(type_ec)
-                            // Files: regular ones, and links to nothing (opening one says so);
-                            // never a named pipe, socket or device, which a read would block on.
-                            : entry.is_regular_file(type_ec) ||
-                                  (entry.is_symlink(type_ec) && !fs::exists(entry.path(), type_ec));
-    if (wanted) names.push_back(name);
+    const bool is_directory = entry.is_directory(type_ec);
+    if (directories) {
+      if (is_directory) names.push_back(name);
+      continue;
+    }
+    // Files: regular ones, and links to nothing (opening one says so); never a named pipe,
+    // socket or device, which a read would block on.
+    if (entry.is_regular_file(type_ec) ||
+        (entry.is_symlink(type_ec) && !fs::exists(entry.path(), type_ec))) {
+      names.push_back(name);
+    } else if (!is_directory && special != nullptr) {
+      special->push_back(name);
+    }
   }
   std::sort(names.begin(), names.end());
+  if (special != nullptr) std::sort(special->begin(), special->end());
   return names;
 }
 
-absl::Status ReportSpecialFiles(const std::string& dir, absl::string_view extension,
-                                LoadReport& report) {
-  std::error_code ec;
-  std::vector<std::string> special;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    std::error_code type_ec;
-    const fs::file_status st = entry.status(type_ec);  // links followed
-    if (type_ec || IsSystemMetadata(name) || !absl::EndsWithIgnoreCase(name, extension)) continue;
-    if (fs::is_fifo(st) || fs::is_socket(st) || fs::is_block_file(st) ||
-        fs::is_character_file(st)) {
-      special.push_back((fs::path(dir) / name).string());
-    }
-  }
-  std::sort(special.begin(), special.end());
-  for (const std::string& path : special) {
+absl::Status ReportSpecialFiles(const std::string& dir, const std::vector<std::string>& special,
+                                absl::string_view extension, LoadReport& report) {
+  for (const std::string& name : special) {
+    if (!absl::EndsWithIgnoreCase(name, extension)) continue;
     RETURN_IF_ERROR(report.Skip(
         "unreadable_label_file",
-        absl::StrCat(path, ": not a regular file (a named pipe, socket or device): not read")));
+        absl::StrCat((fs::path(dir) / name).string(),
+                     ": not a regular file (a named pipe, socket or device): not read")));
   }
   return absl::OkStatus();
 }

@@ -121,14 +121,16 @@ bool IsSystemMetadata(absl::string_view name);
 
 // Sorted names of the entries of a directory: its directories, or its regular files (and links to
 // nothing, which fail clearly when opened; never a named pipe, socket or device). Names for which
-// IsSystemMetadata holds are left out.
-std::vector<std::string> ListDirectory(const std::string& dir, bool directories);
+// IsSystemMetadata holds are left out. Listing files, `special` (when given) receives the sorted
+// names of the named pipes, sockets and devices that were left out.
+std::vector<std::string> ListDirectory(const std::string& dir, bool directories,
+                                       std::vector<std::string>* special = nullptr);
 
-// Records every named pipe, socket or device in `dir` whose name ends in `extension` (which
-// ListDirectory leaves out: a read would block) as a skipped "unreadable_label_file", naming it;
-// an error in strict mode. So a label file that is not a file is said, not silently absent.
-absl::Status ReportSpecialFiles(const std::string& dir, absl::string_view extension,
-                                LoadReport& report);
+// Records each of `special` (ListDirectory's, in `dir`) whose name ends in `extension` as a
+// skipped "unreadable_label_file", naming it (a read would block); an error in strict mode. So a
+// label file that is not a file is said, not silently absent.
+absl::Status ReportSpecialFiles(const std::string& dir, const std::vector<std::string>& special,
+                                absl::string_view extension, LoadReport& report);
 
 // Counts per requested AU how many files lacked its column, as a note.
 void NoteMissingAuColumns(const std::map<int, std::vector<std::string>>& missing,
